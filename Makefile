@@ -1,0 +1,45 @@
+# Every target installs what it needs and is safe to run twice.
+# `make help` lists them.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: help venv run test lint bench bench-quick soak clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install the project with its dev extras
+
+run: venv ## gateway + embedded simulator fleet + dashboard at http://127.0.0.1:8080/
+	@scripts/run.sh
+
+test: venv ## lint, then the whole test suite (what CI runs)
+	@scripts/system-deps.sh test
+	$(MAKE) --no-print-directory lint
+	$(BIN)/python -m pytest
+
+lint: venv ## ruff (lint + format check) and mypy (strict on gateway/core)
+	$(BIN)/ruff check gateway devices_sim tests bench
+	$(BIN)/ruff format --check gateway devices_sim tests bench
+	$(BIN)/mypy gateway
+
+bench: venv ## run the benchmarks and rewrite docs/benchmarks.md
+	$(BIN)/python bench/core_bench.py --write
+
+bench-quick: venv ## a reduced benchmark run (no docs rewrite)
+	$(BIN)/python bench/core_bench.py --quick
+
+soak: venv ## long randomized soak tests (not in the default run)
+	$(BIN)/python -m pytest -m soak
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

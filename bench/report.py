@@ -1,0 +1,76 @@
+"""Shared helpers for the benchmark scripts: machine facts and docs/benchmarks.md sections."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pathlib
+import platform
+
+LIBS = (
+    "trio",
+    "trio-websocket",
+    "wsproto",
+    "orjson",
+    "paho-mqtt",
+    "prometheus-client",
+    "websockets",
+)
+
+
+def cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, object]:
+    versions = {}
+    for lib in LIBS:
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            versions[lib] = None
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "libraries": versions,
+    }
+
+
+HEADER = """# Benchmarks
+
+Every number here was produced on this project's machine by the command named in its
+section, with the peer baseline measured in the same run. `make bench` rewrites the
+sections it owns; text outside the markers is kept.
+"""
+
+
+def write_section(path: pathlib.Path, key: str, title: str, body: str) -> None:
+    """Replace (or append) the section between <!-- bench:key --> markers."""
+    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
+    text = path.read_text() if path.exists() else HEADER
+    block = f"{start}\n## {title}\n\n{body.strip()}\n{end}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    info = machine_info()
+    libs = ", ".join(f"{k} {v}" for k, v in info["libraries"].items() if v)  # type: ignore[union-attr]
+    machine = f"Machine: {info['cores']} cores, {info['cpu']}; Python {info['python']}; {libs}."
+    m_start, m_end = "<!-- bench:machine -->", "<!-- /bench:machine -->"
+    m_block = f"{m_start}\n{machine}\n{m_end}"
+    if m_start in text:
+        head, rest = text.split(m_start, 1)
+        _, tail = rest.split(m_end, 1)
+        text = head + m_block + tail
+    else:
+        text = text.replace(HEADER.strip(), HEADER.strip() + "\n\n" + m_block, 1)
+    path.write_text(text)

@@ -1,0 +1,122 @@
+"""Latest-value outboxes: shared group streams and per-subscriber cursors.
+
+A naive outbox keeps, per subscriber, the set of changed topics and the last
+``seq`` sent for each topic. That is O(topics) memory per subscriber (10,000 topics
+x 1,000 screens = 10 million entries) and O(subscribers) work per changed topic.
+Here the same information is kept once per *group* instead:
+
+* A :class:`Group` is one stream: one filter, one rate (in hub ticks), one grant
+  set. It knows, for every topic it carries, the ``seq`` as of its last tick
+  (``sent``), the topics changed since (``pending``), and a short ring of its last
+  ticks: which topics each tick carried and from which base, plus that tick's
+  encoded frames.
+* A :class:`Member` (one filter of one subscription of one connection) is a
+  cursor: the number of the last group tick whose state the client holds *or is
+  newer than*. "Topics changed since last written" is "topics in the ring after
+  the cursor", and "last seq sent" of such a topic is its base in the first of
+  those ticks. Everything else the client holds is current as of the cursor.
+
+The stepped slow-subscriber policy falls out of the cursor's lag (in ticks):
+
+* lag 1: the member gets the tick's frames, the very bytes every other in-sync
+  member gets (encode once, send many);
+* lag 2 .. ring length: *coalesce*: one personal delta per topic from its base
+  in the first missed tick to the current state (counted: updates folded away);
+* older than the ring: a *snapshot* of the group's topics (counted);
+* a write stalled longer than ``stall_s``, or data waiting longer than
+  ``max_lag_s``: *disconnect* with close code 4008 (counted by reason).
+
+Clients accept a delta iff ``delta.base <= held seq < delta.seq`` (state.py,
+invariant 3), so shared and personal frames compose in any interleaving.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .topics import matches
+
+if TYPE_CHECKING:
+    from .hub import Subscriber
+
+__all__ = ["Group", "GroupKey", "Member", "OutboxStats", "TickRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupKey:
+    filter: str
+    every: int  # the group ticks once every `every` hub ticks
+    grants: tuple[str, ...] | None  # None: every matching topic is allowed
+
+
+@dataclass(frozen=True, slots=True)
+class TickRecord:
+    no: int
+    at: float  # hub time (monotonic seconds) of the tick
+    #: (topic, base) per topic the tick carried; base None: the group had no
+    #: earlier state of the topic, so the tick carried a snapshot.
+    items: tuple[tuple[str, int | None], ...]
+    frames: tuple[bytes, ...]
+
+
+@dataclass(slots=True)
+class OutboxStats:
+    coalesced: int = 0  # topic updates folded into a later one for a lagging member
+    lag_snapshots: int = 0  # members so far behind that they got a group snapshot
+    shared_frames: int = 0  # tick frames handed out as-is (encode once, send many)
+    personal_fragments: int = 0  # fragments built for one member (join, lag, resume)
+    slow: dict[str, int] = field(default_factory=dict)  # reason -> disconnects
+
+    def slow_disconnect(self, reason: str) -> None:
+        self.slow[reason] = self.slow.get(reason, 0) + 1
+
+
+class Group:
+    __slots__ = ("key", "members", "next_tick", "pending", "ring", "sent", "tick_no")
+
+    def __init__(self, key: GroupKey, sent: dict[str, int], ring_ticks: int) -> None:
+        self.key = key
+        self.sent = sent  # topic -> seq as of the last tick
+        self.pending: dict[str, None] = {}  # topics changed since the last tick
+        self.ring: deque[TickRecord] = deque(maxlen=ring_ticks)
+        self.tick_no = 0
+        self.next_tick = 0  # hub tick number at which this group may tick next
+        self.members: set[Member] = set()
+
+    def allows(self, topic: str) -> bool:
+        grants = self.key.grants
+        if grants is None:
+            return True
+        return any(matches(g, topic) for g in grants)
+
+    def missed(self, cursor: int) -> list[TickRecord] | None:
+        """The ticks after ``cursor``, or None if the ring no longer holds them all."""
+        if cursor >= self.tick_no:
+            return []
+        if not self.ring or self.ring[0].no > cursor + 1:
+            return None
+        return [rec for rec in self.ring if rec.no > cursor]
+
+    def waiting_since(self, cursor: int) -> float | None:
+        """Hub time of the oldest tick a member at ``cursor`` has not received."""
+        if cursor >= self.tick_no or not self.ring:
+            return None
+        for rec in self.ring:
+            if rec.no > cursor:
+                return rec.at
+        return None  # unreachable: tick_no > cursor implies a record after it
+
+
+class Member:
+    """One filter of one subscription of one subscriber: a cursor into a group."""
+
+    __slots__ = ("cursor", "group", "joined", "sub", "sub_id")
+
+    def __init__(self, sub: Subscriber, sub_id: str, group: Group) -> None:
+        self.sub = sub
+        self.sub_id = sub_id
+        self.group = group
+        self.cursor = 0
+        self.joined = False  # False until the member's initial state was built

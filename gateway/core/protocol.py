@@ -1,0 +1,427 @@
+"""Protocol v1: the messages on the WebSocket, as typed values, and their encoding.
+
+Rules:
+
+* Every WebSocket message is one UTF-8 JSON object with a string ``type``.
+* ``decode_client(data)`` returns one of the client message classes or raises
+  :class:`ProtocolError` with a ``code`` from :data:`ERROR_CODES`; for *any* input it
+  raises nothing else (tests fuzz this).
+* State messages (``snapshot``, ``delta``) are encoded once per ``(topic, base,
+  seq)`` by the hub and reused byte for byte; several of them travel in one
+  ``batch`` message whose bytes are the fragments joined, never re-encoded.
+* Unknown *fields* in a client message are ignored (forward compatibility); unknown
+  *types* get an ``error`` with code ``unknown_type``.
+
+``docs/protocol.md`` is the reference for people; keep it in step with this file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final, TypeAlias
+
+import orjson
+
+from .state import Delta, JsonValue, Snapshot
+from .topics import MAX_TOPIC_BYTES, TopicError, validate_filter, validate_topic
+
+__all__ = [
+    "CLOSE_CODES",
+    "ERROR_CODES",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Auth",
+    "ClientMessage",
+    "DecodeLimits",
+    "Error",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "Resume",
+    "ServerMessage",
+    "Subscribe",
+    "Unsubscribe",
+    "Welcome",
+    "decode_client",
+    "decode_server",
+    "encode_batch",
+    "encode_state",
+]
+
+PROTOCOL_VERSION: Final = 1
+
+#: Error codes of ``error`` messages (and of :class:`ProtocolError`).
+ERROR_CODES: Final[Mapping[str, str]] = {
+    "bad_json": "the message is not a UTF-8 JSON object",
+    "bad_message": "a field is missing or has the wrong type or value",
+    "unknown_type": "the message type is not part of this protocol version",
+    "bad_filter": "a topic filter or topic name breaks the topic rules",
+    "unauthorized": "authentication is required first, or the token was refused",
+    "forbidden": "the filter lies outside the topics this identity may read",
+    "too_many_subscriptions": "the per-connection subscription limit is reached",
+    "unknown_subscription": "no subscription has this id",
+    "duplicate_subscription": "a subscription with this id exists already",
+    "rate_limited": "too many messages per second from this connection",
+}
+
+#: WebSocket close codes the gateway uses (see docs/protocol.md for client actions).
+CLOSE_CODES: Final[Mapping[int, str]] = {
+    1000: "normal closure",
+    1001: "going away",
+    1002: "WebSocket protocol error",
+    1007: "invalid UTF-8 in a text message",
+    1008: "policy violation",
+    1009: "message too big",
+    1011: "internal error",
+    1012: "service restart: reconnect (with resume)",
+    1013: "try again later: reconnect with backoff",
+    4001: "authentication failed or expired",
+    4002: "authentication deadline passed",
+    4008: "slow subscriber: writes stalled or data too old",
+    4029: "client message rate limit exceeded",
+    4400: "too many protocol errors",
+}
+
+
+class ProtocolError(Exception):
+    """A client message the gateway refuses. ``code`` is one of :data:`ERROR_CODES`."""
+
+    def __init__(self, code: str, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds applied while decoding client messages (they come from the config)."""
+
+    max_filters: int = 64
+    max_resume_topics: int = 10_000
+    max_id_len: int = 64
+    max_token_len: int = 8192
+    max_topic_bytes: int = MAX_TOPIC_BYTES
+
+
+DEFAULT_LIMITS: Final = DecodeLimits()
+
+# -- helpers for decoders -------------------------------------------------------------
+
+
+def _bad(message: str) -> ProtocolError:
+    return ProtocolError("bad_message", message)
+
+
+def _str(obj: Mapping[str, Any], key: str, max_len: int, *, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None and not required:
+        return None
+    if type(value) is not str or not 0 < len(value) <= max_len:
+        raise _bad(f"'{key}' must be a string of 1 to {max_len} characters")
+    return value
+
+
+# -- client messages ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    type: ClassVar[str] = "auth"
+    token: str = field(repr=False)  # never in logs or reprs
+
+    @classmethod
+    def from_obj(cls, obj: Mapping[str, Any], limits: DecodeLimits) -> Auth:
+        token = _str(obj, "token", limits.max_token_len)
+        assert token is not None
+        return cls(token)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    type: ClassVar[str] = "subscribe"
+    id: str
+    filters: tuple[str, ...]
+    rate_hz: float | None = None  # None: the server's default rate
+
+    @classmethod
+    def from_obj(cls, obj: Mapping[str, Any], limits: DecodeLimits) -> Subscribe:
+        sub_id = _str(obj, "id", limits.max_id_len)
+        assert sub_id is not None
+        filters = obj.get("filters")
+        if type(filters) is not list or not 0 < len(filters) <= limits.max_filters:
+            raise ProtocolError(
+                "bad_message",
+                f"'filters' must be a list of 1 to {limits.max_filters} filters",
+                sub_id,
+            )
+        try:
+            checked = tuple(validate_filter(f, limits.max_topic_bytes) for f in filters)
+        except TopicError as err:
+            raise ProtocolError("bad_filter", str(err), sub_id) from None
+        rate = obj.get("rate_hz")
+        if rate is not None and (
+            type(rate) not in (int, float) or not math.isfinite(rate) or rate <= 0
+        ):
+            raise ProtocolError("bad_message", "'rate_hz' must be a number > 0", sub_id)
+        return cls(sub_id, tuple(dict.fromkeys(checked)), None if rate is None else float(rate))
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    type: ClassVar[str] = "unsubscribe"
+    id: str
+
+    @classmethod
+    def from_obj(cls, obj: Mapping[str, Any], limits: DecodeLimits) -> Unsubscribe:
+        sub_id = _str(obj, "id", limits.max_id_len)
+        assert sub_id is not None
+        return cls(sub_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """The client's positions: for each topic it holds, the ``seq`` it holds."""
+
+    type: ClassVar[str] = "resume"
+    epoch: str
+    topics: Mapping[str, int]
+
+    @classmethod
+    def from_obj(cls, obj: Mapping[str, Any], limits: DecodeLimits) -> Resume:
+        epoch = _str(obj, "epoch", 64)
+        assert epoch is not None
+        topics = obj.get("topics")
+        if type(topics) is not dict or len(topics) > limits.max_resume_topics:
+            raise _bad(f"'topics' must be an object of at most {limits.max_resume_topics} topics")
+        for topic, seq in topics.items():
+            try:
+                validate_topic(topic, limits.max_topic_bytes)
+            except TopicError as err:
+                raise ProtocolError("bad_filter", str(err)) from None
+            if type(seq) is not int or seq < 0:
+                raise _bad("each topic's seq must be an integer >= 0")
+        return cls(epoch, topics)
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    type: ClassVar[str] = "ping"
+    id: str | int | None = None
+
+    @classmethod
+    def from_obj(cls, obj: Mapping[str, Any], limits: DecodeLimits) -> Ping:
+        ping_id = obj.get("id")
+        if ping_id is not None and type(ping_id) not in (str, int):
+            raise _bad("'id' must be a string or an integer")
+        if type(ping_id) is str and len(ping_id) > limits.max_id_len:
+            raise _bad(f"'id' must be at most {limits.max_id_len} characters")
+        if type(ping_id) is int and not -(2**53) <= ping_id <= 2**53:
+            raise _bad("'id' must be a safe integer")
+        return cls(ping_id)
+
+
+ClientMessage: TypeAlias = Auth | Subscribe | Unsubscribe | Resume | Ping
+
+_CLIENT_TYPES: Final[Mapping[str, Callable[[Mapping[str, Any], DecodeLimits], ClientMessage]]] = {
+    cls.type: cls.from_obj for cls in (Auth, Subscribe, Unsubscribe, Resume, Ping)
+}
+
+
+def decode_client(data: bytes | str, limits: DecodeLimits = DEFAULT_LIMITS) -> ClientMessage:
+    """Decode one client message; raises :class:`ProtocolError` and nothing else."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise ProtocolError("bad_json", f"not valid UTF-8 JSON: {err.msg}") from None
+    except Exception:  # defensive: an orjson change must not crash a connection
+        raise ProtocolError("bad_json", "not valid UTF-8 JSON") from None
+    if type(obj) is not dict:
+        raise ProtocolError("bad_json", "a message must be a JSON object")
+    kind = obj.get("type")
+    decoder = _CLIENT_TYPES.get(kind) if type(kind) is str else None
+    if decoder is None:
+        shown = kind[:40] if type(kind) is str else type(kind).__name__
+        raise ProtocolError("unknown_type", f"unknown message type {shown!r}")
+    return decoder(obj, limits)
+
+
+# -- server messages ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    type: ClassVar[str] = "welcome"
+    epoch: str
+    server_time: float
+    heartbeat_s: float
+    auth_required: bool
+    limits: Mapping[str, JsonValue]
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Answer to subscribe (``id``, ``filters``, granted ``rate_hz``), unsubscribe,
+    auth (``op="auth"``) and resume (``resumed``: same epoch or not)."""
+
+    type: ClassVar[str] = "ack"
+    op: str
+    id: str | None = None
+    filters: tuple[str, ...] | None = None
+    rate_hz: float | None = None
+    resumed: bool | None = None
+    restricted: bool | None = None  # some matching topics are outside the grants
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    ref: str | None = None  # the subscription id the error is about, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    type: ClassVar[str] = "pong"
+    id: str | int | None
+    server_time: float
+
+
+ServerMessage: TypeAlias = Welcome | Ack | Error | Pong | Snapshot | Delta
+
+
+def encode(msg: Welcome | Ack | Error | Pong) -> bytes:
+    """Encode a control message; ``None`` fields are left out."""
+    out: dict[str, Any] = {"type": msg.type}
+    for name in msg.__slots__:
+        value = getattr(msg, name)
+        if value is not None:
+            out[name] = value
+    return orjson.dumps(out)
+
+
+def encode_state(item: Snapshot | Delta) -> bytes:
+    """Encode one snapshot or delta fragment (the hub caches these bytes)."""
+    if type(item) is Delta:
+        out: dict[str, Any] = {
+            "type": "delta",
+            "topic": item.topic,
+            "base": item.base,
+            "seq": item.seq,
+            "set": item.set,
+        }
+        if item.unset:
+            out["unset"] = item.unset
+        out["ts"] = item.ts
+        out["rx"] = item.rx
+        if item.meta:
+            out["online"] = item.online
+            out["stale"] = item.stale
+        return orjson.dumps(out)
+    assert type(item) is Snapshot
+    return orjson.dumps(
+        {
+            "type": "snapshot",
+            "topic": item.topic,
+            "seq": item.seq,
+            "fields": item.fields,
+            "online": item.online,
+            "stale": item.stale,
+            "ts": item.ts,
+            "rx": item.rx,
+        }
+    )
+
+
+_BATCH_HEAD: Final = b'{"type":"batch","items":['
+_BATCH_TAIL: Final = b"]}"
+
+
+def encode_batch(fragments: Sequence[bytes]) -> bytes:
+    """One message carrying several state fragments, without re-encoding them."""
+    if len(fragments) == 1:
+        return fragments[0]
+    return _BATCH_HEAD + b",".join(fragments) + _BATCH_TAIL
+
+
+def batch_overhead(count: int) -> int:
+    """Bytes a batch adds around ``count`` fragments."""
+    return 0 if count <= 1 else len(_BATCH_HEAD) + len(_BATCH_TAIL) + count - 1
+
+
+def decode_server(data: bytes | str) -> list[ServerMessage]:
+    """Decode a server message (a batch yields several). For clients and tests.
+
+    Raises :class:`ProtocolError` for anything that is not a well-formed server
+    message: a client that meets one should reconnect, not guess.
+    """
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise ProtocolError("bad_json", f"not valid UTF-8 JSON: {err.msg}") from None
+    if type(obj) is not dict:
+        raise ProtocolError("bad_json", "a message must be a JSON object")
+    if obj.get("type") == "batch":
+        items = obj.get("items")
+        if type(items) is not list:
+            raise _bad("a batch needs a list of items")
+        return [_server_obj(item) for item in items]
+    return [_server_obj(obj)]
+
+
+def _server_obj(obj: Any) -> ServerMessage:
+    try:
+        kind = obj["type"]
+        if kind == "delta":
+            return Delta(
+                obj["topic"],
+                int(obj["base"]),
+                int(obj["seq"]),
+                dict(obj["set"]),
+                tuple(obj.get("unset", ())),
+                obj.get("ts"),
+                float(obj["rx"]),
+                "online" in obj,
+                obj.get("online"),
+                bool(obj.get("stale", False)),
+            )
+        if kind == "snapshot":
+            return Snapshot(
+                obj["topic"],
+                int(obj["seq"]),
+                dict(obj["fields"]),
+                obj.get("online"),
+                bool(obj.get("stale", False)),
+                obj.get("ts"),
+                float(obj["rx"]),
+            )
+        if kind == "welcome":
+            return Welcome(
+                obj["epoch"],
+                float(obj["server_time"]),
+                float(obj["heartbeat_s"]),
+                bool(obj["auth_required"]),
+                dict(obj.get("limits", {})),
+                int(obj["protocol"]),
+            )
+        if kind == "ack":
+            filters = obj.get("filters")
+            return Ack(
+                obj["op"],
+                obj.get("id"),
+                None if filters is None else tuple(filters),
+                obj.get("rate_hz"),
+                obj.get("resumed"),
+                obj.get("restricted"),
+            )
+        if kind == "error":
+            return Error(obj["code"], obj["message"], obj.get("ref"))
+        if kind == "pong":
+            return Pong(obj.get("id"), float(obj["server_time"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise _bad(f"malformed server message: {err!r}") from None
+    raise ProtocolError("unknown_type", f"unknown server message type {obj.get('type')!r}")

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install the Debian packages a target needs, only those that are missing.
+# Usage: scripts/system-deps.sh test|run|bench
+# Safe to run twice; does nothing when everything is present.
+set -euo pipefail
+
+case "${1:-test}" in
+  test)  want=() ;;
+  run)   want=() ;;
+  bench) want=() ;;
+  *) echo "usage: $0 test|run|bench" >&2; exit 2 ;;
+esac
+
+missing=()
+for pkg in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+  exit 1
+fi
+echo "installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

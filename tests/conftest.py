@@ -1,0 +1,30 @@
+"""Shared test policy.
+
+A test that needs something outside Python (mosquitto, prometheus, chromium, ...)
+asks for it through :func:`require_binary`: on a developer machine a missing
+dependency skips the test with the command that installs it; in CI (``CI=true``)
+it fails, because a skipped test there would hide a broken set-up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_binary(name: str, package: str | None = None) -> str:
+    path = shutil.which(name)
+    if path is None and os.path.isabs(name) and os.access(name, os.X_OK):
+        path = name
+    if path:
+        return path
+    hint = f"{name} is missing: apt-get install {package or name} (make test installs it)"
+    if in_ci():
+        pytest.fail(hint, pytrace=False)
+    pytest.skip(hint)

@@ -1,0 +1,217 @@
+import pytest
+
+from gateway.core.hub import Hub, HubConfig
+from gateway.core.mirror import Mirror
+from gateway.core.protocol import Ack, Error, Resume, Subscribe, Unsubscribe, decode_server
+from gateway.core.state import Delta, Snapshot, StateStore
+
+from .helpers import deliver, expected_view, mirror_view
+
+
+def make(**cfg: object) -> tuple[StateStore, Hub]:
+    store = StateStore("e1")
+    return store, Hub(store, HubConfig(**cfg))  # type: ignore[arg-type]
+
+
+def fill(store: StateStore, n: int = 3, value: int = 0) -> None:
+    for i in range(n):
+        store.apply(f"site/a/d{i}", {"v": value, "i": i}, 0.0)
+    store.apply("site/b/d0", {"v": value}, 0.0)
+
+
+def test_snapshot_then_deltas_rebuild_the_gateway_state() -> None:
+    store, hub = make()
+    fill(store)
+    sub = hub.connect()
+    ack = hub.subscribe(sub, Subscribe("s", ("site/a/#",)))
+    assert ack == Ack("subscribe", "s", ("site/a/#",), 10.0)
+    mirror = Mirror()
+    assert deliver(hub, sub, mirror) == ["applied"] * 3
+    assert mirror_view(mirror) == expected_view(store, ["site/a/#"])
+    store.apply("site/a/d1", {"v": 5}, 1.0)
+    store.apply("site/b/d0", {"v": 5}, 1.0)  # not subscribed
+    store.apply("site/a/new", {"v": 1}, 1.0)
+    assert hub.tick(0.05) == [sub]
+    frames = hub.take(sub, 0.05)
+    kinds = [type(m).__name__ for f in frames for m in decode_server(f)]
+    assert sorted(kinds) == ["Delta", "Snapshot"]  # the new topic arrives as a snapshot
+    for f in frames:
+        for m in decode_server(f):
+            mirror.apply(m)  # type: ignore[arg-type]
+    assert mirror_view(mirror) == expected_view(store, ["site/a/#"])
+
+
+def test_in_sync_subscribers_share_the_same_frame_bytes() -> None:
+    store, hub = make()
+    fill(store)
+    subs = [hub.connect() for _ in range(5)]
+    for s in subs:
+        hub.subscribe(s, Subscribe("s", ("site/#",)))
+        hub.take(s, 0)
+    store.apply("site/a/d0", {"v": 9}, 1.0)
+    assert set(hub.tick(0.05)) == set(subs)
+    frames = [hub.take(s, 0.05) for s in subs]
+    assert all(f[0] is frames[0][0] for f in frames)  # one encode, same object
+    assert hub.stats.shared_frames == 5
+    assert hub.groups == 1
+
+
+def test_rate_limits_ticks_per_group_and_ack_reports_the_granted_rate() -> None:
+    store, hub = make(tick_hz=20)
+    fill(store)
+    fast, slow = hub.connect(), hub.connect()
+    assert hub.subscribe(fast, Subscribe("f", ("site/#",), 100)).rate_hz == 20  # type: ignore[union-attr]
+    assert hub.subscribe(slow, Subscribe("s", ("site/#",), 5)).rate_hz == 5  # type: ignore[union-attr]
+    hub.take(fast, 0)
+    hub.take(slow, 0)
+    woken = {"fast": 0, "slow": 0}
+    for n in range(1, 21):
+        store.apply("site/a/d0", {"v": n}, n)
+        for s in hub.tick(n / 20):
+            woken["fast" if s is fast else "slow"] += 1
+            hub.take(s, n / 20)
+    assert woken == {"fast": 20, "slow": 5}
+
+
+def test_lagging_member_coalesces_then_snapshots_and_stays_exact() -> None:
+    store, hub = make(ring_ticks=4)
+    fill(store, n=2)
+    lazy, busy = hub.connect(), hub.connect()
+    lazy_m = Mirror()
+    for s in (lazy, busy):
+        hub.subscribe(s, Subscribe("s", ("site/a/#",), rate_hz=20))  # one group tick per hub tick
+    deliver(hub, lazy, lazy_m)
+    hub.take(busy, 0)
+    for n in range(3):  # 3 ticks missed: coalesce 3 updates of d0 into one delta
+        store.apply("site/a/d0", {"v": n + 10}, n)
+        hub.tick(n)
+        hub.take(busy, n)
+    deliver(hub, lazy, lazy_m)
+    assert hub.stats.coalesced == 2
+    assert mirror_view(lazy_m) == expected_view(store, ["site/a/#"])
+    for n in range(6):  # more ticks missed than the ring holds: a snapshot
+        store.apply("site/a/d1", {"v": n + 20}, n)
+        hub.tick(10 + n)
+    assert sorted(deliver(hub, lazy, lazy_m)) == ["applied", "skipped"]  # d0 already current
+    assert hub.stats.lag_snapshots == 1
+    assert mirror_view(lazy_m) == expected_view(store, ["site/a/#"])
+
+
+def test_grants_restrict_and_forbid() -> None:
+    store, hub = make()
+    fill(store)
+    store.apply("$SYS/x", {"v": 1}, 0)
+    sub = hub.connect(grants=["site/a/#"])
+    assert isinstance(hub.subscribe(sub, Subscribe("x", ("site/b/#",))), Error)
+    ack = hub.subscribe(sub, Subscribe("s", ("#",)))
+    assert isinstance(ack, Ack) and ack.restricted
+    m = Mirror()
+    deliver(hub, sub, m)
+    store.apply("site/b/d0", {"v": 7}, 1)
+    store.apply("site/a/d0", {"v": 7}, 1)
+    hub.tick(1)
+    deliver(hub, sub, m)
+    assert set(m.topics) == {"site/a/d0", "site/a/d1", "site/a/d2"}
+    nobody = hub.connect(grants=[])
+    err = hub.subscribe(nobody, Subscribe("s", ("#",)))
+    assert isinstance(err, Error) and err.code == "forbidden"
+
+
+def test_subscription_limits_and_unsubscribe() -> None:
+    _store, hub = make(max_subscriptions=1)
+    sub = hub.connect()
+    assert isinstance(hub.subscribe(sub, Subscribe("a", ("a",))), Ack)
+    dup = hub.subscribe(sub, Subscribe("a", ("b",)))
+    assert isinstance(dup, Error) and dup.code == "duplicate_subscription"
+    over = hub.subscribe(sub, Subscribe("b", ("b",)))
+    assert isinstance(over, Error) and over.code == "too_many_subscriptions"
+    assert isinstance(hub.unsubscribe(sub, Unsubscribe("a")), Ack)
+    assert hub.groups == 0
+    gone = hub.unsubscribe(sub, Unsubscribe("a"))
+    assert isinstance(gone, Error) and gone.code == "unknown_subscription"
+
+
+def test_resume_in_same_epoch_sends_only_the_delta() -> None:
+    store, hub = make()
+    fill(store)
+    first = hub.connect()
+    m = Mirror()
+    m.set_epoch("e1")
+    hub.subscribe(first, Subscribe("s", ("site/a/#",)))
+    deliver(hub, first, m)
+    hub.disconnect(first)
+    store.apply("site/a/d1", {"v": 42}, 2)
+    second = hub.connect()
+    assert m.set_epoch(store.epoch)
+    assert hub.resume(second, Resume("e1", m.positions())) == Ack("resume", resumed=True)
+    hub.subscribe(second, Subscribe("s", ("site/a/#",)))
+    frames = hub.take(second, 1)
+    msgs = [msg for f in frames for msg in decode_server(f)]
+    assert msgs == [store.diff("site/a/d1", 1)]
+    assert isinstance(msgs[0], Delta) and msgs[0].set == {"v": 42}
+    for msg in msgs:
+        m.apply(msg)  # type: ignore[arg-type]
+    assert mirror_view(m) == expected_view(store, ["site/a/#"])
+
+
+def test_resume_with_another_epoch_gets_snapshots() -> None:
+    store, hub = make()
+    fill(store)
+    sub = hub.connect()
+    assert hub.resume(sub, Resume("old", {"site/a/d0": 1})) == Ack("resume", resumed=False)
+    hub.subscribe(sub, Subscribe("s", ("site/a/#",)))
+    msgs = [msg for f in hub.take(sub, 0) for msg in decode_server(f)]
+    assert len(msgs) == 3 and all(isinstance(x, Snapshot) for x in msgs)
+
+
+def test_resume_after_joining_resyncs_the_named_topics() -> None:
+    store, hub = make()
+    fill(store)
+    sub = hub.connect()
+    hub.subscribe(sub, Subscribe("s", ("site/a/#",)))
+    hub.take(sub, 0)
+    hub.resume(sub, Resume("e1", {"site/a/d0": 0, "site/b/d0": 0}))  # b: not subscribed
+    msgs = [msg for f in hub.take(sub, 0) for msg in decode_server(f)]
+    assert [x.topic for x in msgs] == ["site/a/d0"]  # type: ignore[union-attr]
+
+
+def test_stalled_writer_and_lagging_reader_are_named_slow() -> None:
+    store, hub = make(stall_s=5, max_lag_s=8)
+    fill(store)
+    stalled, lagging, healthy = hub.connect(), hub.connect(), hub.connect()
+    for s in (stalled, lagging, healthy):
+        hub.subscribe(s, Subscribe("s", ("site/#",)))
+        hub.take(s, 0)
+    hub.write_begun(stalled, 1.0)
+    store.apply("site/a/d0", {"v": 1}, 1)
+    hub.tick(2.0)  # lagging never takes from here on
+    hub.take(healthy, 2.0)
+    assert hub.find_slow(5.5) == []
+    assert hub.find_slow(6.5) == [(stalled, "stalled")]
+    hub.write_done(stalled, 6.6)
+    hub.take(stalled, 6.6)
+    assert hub.find_slow(9.0) == []
+    assert hub.find_slow(10.5) == [(lagging, "lagging")]
+    assert hub.stats.slow == {"stalled": 1, "lagging": 1}
+    hub.disconnect(lagging)
+    hub.disconnect(lagging)  # idempotent
+    assert hub.subscribers == 2
+
+
+def test_large_joins_are_split_into_bounded_frames() -> None:
+    store, hub = make(max_frame_bytes=2048)
+    for i in range(200):
+        store.apply(f"t/{i}", {"payload": "x" * 50}, 0)
+    sub = hub.connect()
+    hub.subscribe(sub, Subscribe("s", ("#",)))
+    frames = hub.take(sub, 0)
+    assert len(frames) > 5
+    assert all(len(f) <= 2048 for f in frames)
+    assert sum(len(decode_server(f)) for f in frames) == 200
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="default_rate_hz"):
+        HubConfig(tick_hz=5, default_rate_hz=10)
+    with pytest.raises(ValueError):
+        HubConfig(ring_ticks=1)
