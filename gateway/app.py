@@ -1,0 +1,121 @@
+"""Composition root: builds every part from the config and owns their tasks.
+
+serve(cfg)
+├── Server.serve            (listeners, sessions, tick, sweep; see serve/server.py)
+├── data sources            (embedded simulator fleet; MQTT ingest)
+└── signal watcher          (SIGTERM/SIGINT -> graceful shutdown, exit 0)
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from .auth import Authenticator
+from .clock import Clock
+from .config import Config
+from .core.hub import Hub, HubConfig
+from .core.state import Deadband, StateStore
+from .core.topics import RuleTable
+from .serve.server import Server
+
+__all__ = ["Gateway", "build", "serve"]
+
+log = logging.getLogger("gateway")
+
+
+@dataclass
+class Gateway:
+    cfg: Config
+    clock: Clock
+    store: StateStore
+    hub: Hub
+    server: Server
+
+    @property
+    def port(self) -> int:
+        assert self.server.ports is not None
+        return self.server.ports[0]
+
+    @property
+    def admin_port(self) -> int:
+        assert self.server.ports is not None
+        return self.server.ports[1]
+
+
+def build(cfg: Config, *, epoch: str | None = None) -> Gateway:
+    """Every part, wired, with nothing started (call inside ``trio.run``)."""
+    st = cfg.state
+    bands: dict[str, dict[str, Deadband]] = {}
+    for flt, fld, band in st.deadbands:
+        bands.setdefault(flt, {})[fld] = band
+    store = StateStore(
+        epoch or secrets.token_hex(8),
+        deadbands=RuleTable(bands.items()),
+        stale_after=RuleTable(st.stale_after),
+        max_topics=st.max_topics,
+        max_fields=st.max_fields,
+        max_tombstones=st.max_tombstones,
+        max_topic_bytes=st.max_topic_bytes,
+    )
+    sc = cfg.server
+    hub = Hub(
+        store,
+        HubConfig(
+            tick_hz=sc.tick_hz,
+            default_rate_hz=sc.default_rate_hz,
+            max_subscriptions=sc.max_subscriptions,
+            max_frame_bytes=sc.max_frame_bytes,
+            stall_s=sc.stall_s,
+            max_lag_s=sc.max_lag_s,
+        ),
+    )
+    clock = Clock()
+    server = Server(cfg, store, hub, Authenticator(cfg.auth), clock)
+    return Gateway(cfg, clock, store, hub, server)
+
+
+Source = Callable[..., object]
+
+
+async def serve(
+    cfg: Config,
+    *,
+    install_signals: bool = False,
+    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    gw = build(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gw.server.serve)
+        if install_signals:
+            nursery.start_soon(_watch_signals, gw.server)
+        if cfg.simulator.devices:
+            from devices_sim.inprocess import run_inprocess
+
+            await nursery.start(run_inprocess, gw.store, gw.clock, cfg.simulator)
+        sc = cfg.server
+        log.info(
+            "listening on http://%s:%d/ (WebSocket /ws), admin on http://%s:%d/metrics; epoch %s",
+            sc.host,
+            gw.port,
+            sc.admin_host,
+            gw.admin_port,
+            gw.store.epoch,
+        )
+        task_status.started(gw)
+        await gw.server.stopped.wait()
+        nursery.cancel_scope.cancel()
+    log.info("stopped")
+
+
+async def _watch_signals(server: Server) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s: shutting down gracefully", signal.Signals(signum).name)
+            server.request_shutdown()
+            return

@@ -1,0 +1,295 @@
+"""An async (Trio) client for the gateway, and ``gateway tail`` built on it.
+
+It keeps a local copy of the subscribed state (:class:`gateway.core.mirror.Mirror`,
+the same rules as every client: docs/protocol.md), and:
+
+* reconnects by itself with exponential backoff and full jitter (``random(0,
+  min(cap, base * 2**attempt))``), the attempt count reset once a connection has
+  stayed up for ``stable_s``;
+* on a new connection, resumes with ``(epoch, seq)`` per topic when the gateway's
+  epoch is the one it holds (and only receives the deltas), else drops its copy and
+  receives snapshots;
+* detects gaps and asks for a resync of the topic;
+* sends an application ping every ``heartbeat_s`` and reconnects when nothing at
+  all arrived for twice that long (a half-open connection).
+
+Usage::
+
+    client = GatewayClient("ws://127.0.0.1:8080/ws", filters=["site/#"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        await client.wait_until(lambda m: "site/a/dev1" in m.topics)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import logging
+import random
+import sys
+from collections.abc import Callable, Sequence
+
+import orjson
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from .core.mirror import Mirror
+from .core.protocol import Ack, Error, ProtocolError, Welcome, decode_server
+from .core.state import Delta, Snapshot
+
+__all__ = ["AuthRejected", "GatewayClient", "tail"]
+
+log = logging.getLogger("gateway.client")
+
+RESUME_CHUNK = 1000  # topics per resume message: stays well under 64 KiB
+NO_RETRY_CODES = {1002, 1003, 1007, 1008, 1009, 4001, 4400}
+
+UpdateCallback = Callable[[Snapshot | Delta], None]
+
+
+class AuthRejected(Exception):
+    """The gateway refused the token (HTTP 401 or close 4001): retrying cannot help."""
+
+
+class GatewayClient:
+    def __init__(
+        self,
+        url: str,
+        filters: Sequence[str],
+        *,
+        token: str | None = None,
+        rate_hz: float | None = None,
+        on_update: UpdateCallback | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        stable_s: float = 10.0,
+        heartbeat_s: float = 15.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.url = url
+        self.filters = list(filters)
+        self.token = token
+        self.rate_hz = rate_hz
+        self.on_update = on_update
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.stable_s = stable_s
+        self.heartbeat_s = heartbeat_s
+        self.rng = rng or random.Random()
+        self.mirror = Mirror()
+        self.connected = False
+        self.connects = 0  # successful connections (welcome received)
+        self.resumes = 0  # connections that resumed within the same epoch
+        self.last_close: tuple[int | None, str | None] = (None, None)
+        self._changed = trio.Event()
+        self._stop = False
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[Mirror], bool]) -> None:
+        """Return once ``predicate(self.mirror)`` holds (checked after every change)."""
+        while not predicate(self.mirror):
+            await self._changed.wait()
+
+    def stop(self) -> None:
+        self._stop = True
+
+    # -- the connection loop ---------------------------------------------------------------
+
+    def backoff_delay(self, attempt: int) -> float:
+        return self.rng.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**attempt))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, and reconnect after every failure, until :meth:`stop` or cancellation."""
+        attempt = 0
+        started = False
+        while not self._stop:
+            began = trio.current_time()
+            try:
+                await self._connection(task_status if not started else None)
+                started = True
+            except AuthRejected:
+                raise
+            except (OSError, HandshakeError, ConnectionClosed, ProtocolError) as err:
+                log.info("connection to %s lost: %s", self.url, _describe(err))
+            finally:
+                self.connected = False
+                self._notify()
+            if self._stop:
+                return
+            if trio.current_time() - began >= self.stable_s:
+                attempt = 0
+            delay = self.backoff_delay(attempt)
+            attempt += 1
+            log.info("reconnecting in %.2f s (attempt %d)", delay, attempt)
+            await trio.sleep(delay)
+
+    async def _connection(self, task_status: trio.TaskStatus[None] | None) -> None:
+        extra = [(b"authorization", f"Bearer {self.token}".encode())] if self.token else None
+        try:
+            async with open_websocket_url(
+                self.url, subprotocols=["telemetry.v1"], extra_headers=extra
+            ) as ws:
+                await self._session(ws, task_status)
+        except ConnectionRejected as err:
+            if err.status_code == 401:
+                raise AuthRejected(
+                    f"the gateway refused the token (HTTP {err.status_code})"
+                ) from None
+            raise
+
+    async def _session(
+        self, ws: WebSocketConnection, task_status: trio.TaskStatus[None] | None
+    ) -> None:
+        welcome = self._first(await ws.get_message())
+        if not isinstance(welcome, Welcome):
+            raise ProtocolError("bad_message", "the first message was not a welcome")
+        self.heartbeat_s = welcome.heartbeat_s
+        resumable = self.mirror.set_epoch(welcome.epoch) and bool(self.mirror.topics)
+        if resumable:
+            positions = list(self.mirror.positions().items())
+            for start in range(0, len(positions), RESUME_CHUNK):
+                chunk = dict(positions[start : start + RESUME_CHUNK])
+                await self._send(ws, {"type": "resume", "epoch": welcome.epoch, "topics": chunk})
+            self.resumes += 1
+        sub: dict[str, object] = {"type": "subscribe", "id": "main", "filters": self.filters}
+        if self.rate_hz is not None:
+            sub["rate_hz"] = self.rate_hz
+        await self._send(ws, sub)
+        self.connected = True
+        self.connects += 1
+        self._notify()
+        if task_status is not None:
+            task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._heartbeat, ws)
+            try:
+                await self._read(ws)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _read(self, ws: WebSocketConnection) -> None:
+        while not self._stop:
+            with trio.move_on_after(2 * self.heartbeat_s) as idle:
+                try:
+                    data = await ws.get_message()
+                except ConnectionClosed as err:
+                    reason = err.reason
+                    code = None if reason is None else reason.code
+                    self.last_close = (code, None if reason is None else reason.reason)
+                    if code == 4001:
+                        raise AuthRejected(f"closed by the gateway: {reason}") from None
+                    if code in NO_RETRY_CODES:
+                        log.warning("closed by the gateway with %s; reconnecting anyway", reason)
+                    raise
+            if idle.cancelled_caught:
+                raise ConnectionClosed(None)  # half-open: reconnect
+            gaps: dict[str, int] = {}
+            for msg in decode_server(data):
+                if isinstance(msg, Snapshot | Delta):
+                    outcome = self.mirror.apply(msg)
+                    if outcome == "gap":
+                        held = self.mirror.topics.get(msg.topic)
+                        gaps[msg.topic] = held.seq if held else 0
+                    elif outcome == "applied" and self.on_update is not None:
+                        self.on_update(msg)
+                elif isinstance(msg, Error):
+                    log.warning("gateway error %s: %s", msg.code, msg.message)
+                elif isinstance(msg, Ack) and msg.op == "unsubscribe":
+                    pass
+            if gaps and self.mirror.epoch is not None:
+                log.info("gap in %d topics: asking for a resync", len(gaps))
+                await self._send(ws, {"type": "resume", "epoch": self.mirror.epoch, "topics": gaps})
+            self._notify()
+
+    async def _heartbeat(self, ws: WebSocketConnection) -> None:
+        for n in itertools.count(1):
+            await trio.sleep(self.heartbeat_s)
+            await self._send(ws, {"type": "ping", "id": n})
+
+    @staticmethod
+    async def _send(ws: WebSocketConnection, obj: dict[str, object]) -> None:
+        await ws.send_message(orjson.dumps(obj).decode())
+
+    @staticmethod
+    def _first(data: str | bytes) -> object:
+        msgs = decode_server(data)
+        return msgs[0] if msgs else None
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, ConnectionClosed) and err.reason is not None:
+        return f"closed {err.reason.code} {err.reason.reason or ''}".strip()
+    return f"{type(err).__name__}: {err}"
+
+
+# -- gateway tail ------------------------------------------------------------------------------
+
+
+def _format_human(msg: Snapshot | Delta) -> str:
+    stamp = datetime.datetime.fromtimestamp(msg.rx).strftime("%H:%M:%S.%f")[:-3]
+    if isinstance(msg, Snapshot):
+        values = msg.fields
+        extra = ""
+    else:
+        values = msg.set
+        extra = "".join(f" -{name}" for name in msg.unset)
+    shown = " ".join(f"{k}={orjson.dumps(v).decode()}" for k, v in values.items())
+    flags = ""
+    if msg.online is False:
+        flags += " [offline]"
+    if msg.stale:
+        flags += " [stale]"
+    return f"{stamp} {msg.topic} #{msg.seq} {shown}{extra}{flags}".rstrip()
+
+
+def _format_json(msg: Snapshot | Delta) -> str:
+    out: dict[str, object] = {"topic": msg.topic, "seq": msg.seq, "rx": msg.rx, "ts": msg.ts}
+    if isinstance(msg, Snapshot):
+        out.update(kind="snapshot", fields=msg.fields, online=msg.online, stale=msg.stale)
+    else:
+        out.update(kind="delta", base=msg.base, set=msg.set, unset=list(msg.unset))
+        if msg.meta:
+            out.update(online=msg.online, stale=msg.stale)
+    return orjson.dumps(out).decode()
+
+
+async def tail(args: argparse.Namespace) -> int:
+    fmt = _format_json if args.json else _format_human
+    printed = 0
+    done = trio.Event()
+
+    def show(msg: Snapshot | Delta) -> None:
+        nonlocal printed
+        print(fmt(msg), flush=True)
+        printed += 1
+        if args.count and printed >= args.count:
+            done.set()
+
+    client = GatewayClient(
+        args.url, [args.filter], token=args.token, rate_hz=args.rate, on_update=show
+    )
+    refused: list[BaseException] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.run)
+            await done.wait()
+            nursery.cancel_scope.cancel()
+    except* AuthRejected as group:
+        refused.extend(group.exceptions)
+    if refused:
+        print(f"gateway tail: {refused[0]}", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,350 @@
+"""One frozen, validated configuration object, built once at start.
+
+Sources, later ones win: defaults < TOML file (``--config``) < environment
+(``GATEWAY_<SECTION>_<KEY>``, e.g. ``GATEWAY_SERVER_PORT=9000``) < command-line flags.
+Every error names the key and what is allowed (:class:`ConfigError`). Units are in
+the key names (``_s`` seconds, ``_hz`` per second, ``_bytes``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import math
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .core.state import Deadband
+from .core.topics import TopicError, validate_filter
+
+__all__ = ["AuthConfig", "Config", "ConfigError", "ServerConfig", "StateConfig", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class StaticToken:
+    name: str
+    token: str = field(repr=False)
+    grants: tuple[str, ...] = ("#",)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9108
+    #: exact Origin values allowed to open /ws, besides the gateway's own origin and
+    #: localhost origins (which are always allowed); ["*"] allows any origin
+    allowed_origins: tuple[str, ...] = ()
+    #: requests without an Origin header (non-browser clients) are allowed unless false
+    allow_missing_origin: bool = True
+    allow_anonymous: bool = False  # auth "none" on a non-loopback address
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 1_000
+    max_message_bytes: int = 65_536
+    messages_per_s: float = 50.0  # per connection, token bucket
+    message_burst: int = 100
+    max_protocol_errors: int = 20
+    max_subscriptions: int = 32
+    handshake_timeout_s: float = 10.0
+    auth_timeout_s: float = 10.0
+    idle_timeout_s: float = 0.0  # 0: no idle limit (screens may watch quiet topics)
+    heartbeat_s: float = 15.0
+    pong_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 5.0
+    close_timeout_s: float = 2.0
+    tick_hz: float = 20.0
+    default_rate_hz: float = 10.0
+    stall_s: float = 10.0
+    max_lag_s: float = 30.0
+    max_frame_bytes: int = 1 << 20
+    dashboard_dir: str = ""  # empty: the dashboard/ folder next to the package
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    mode: str = "none"  # none | static | jwt
+    tokens: tuple[StaticToken, ...] = ()
+    jwt_secret: str = field(default="", repr=False)  # HS256
+    jwt_public_key_file: str = ""  # RS256 (PEM)
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_grants_claim: str = "topics"
+    jwt_leeway_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    max_topics: int = 1_000_000
+    max_fields: int = 256
+    max_tombstones: int = 32
+    max_topic_bytes: int = 1024
+    #: (filter, field, Deadband); field "*" is every numeric field
+    deadbands: tuple[tuple[str, str, Deadband], ...] = ()
+    #: (filter, seconds): a topic silent longer than this is marked stale
+    stale_after: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    devices: int = 0  # 0: no embedded simulator
+    sites: int = 4
+    rate_hz: float = 1.0  # messages per second per device
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+
+
+_SECTIONS: Mapping[str, type] = {
+    "server": ServerConfig,
+    "auth": AuthConfig,
+    "state": StateConfig,
+    "simulator": SimulatorConfig,
+}
+
+
+def _coerce(key: str, value: Any, annotation: Any, from_env: bool) -> Any:
+    """Convert a TOML/env value to the field's type, or raise naming the key."""
+    hint = annotation
+    if hint is bool:
+        if from_env and isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if hint is int:
+        if from_env and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if hint is float:
+        if from_env and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    origin = typing.get_origin(hint)
+    if origin is tuple and typing.get_args(hint)[:1] == (str,):
+        if from_env and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    raise ConfigError(f"{key}: cannot be set here")  # structured keys: see _special
+
+
+def _section(
+    name: str, cls: type, values: Mapping[str, Any], from_env: bool = False
+) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    allowed = sorted(f.name for f in dataclasses.fields(cls))
+    for key, value in values.items():
+        full = f"{name}.{key}"
+        if key not in hints:
+            raise ConfigError(
+                f"{full}: unknown key; allowed keys in [{name}]: {', '.join(allowed)}"
+            )
+        special = _SPECIAL.get(full)
+        out[key] = special(full, value) if special else _coerce(full, value, hints[key], from_env)
+    return out
+
+
+def _tokens(key: str, value: Any) -> tuple[StaticToken, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of tables ([[auth.tokens]])")
+    tokens = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict) or set(item) - {"name", "token", "grants"}:
+            raise ConfigError(f"{where}: expected keys name, token, grants")
+        name, token = item.get("name"), item.get("token")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}.name: expected a non-empty string")
+        if not isinstance(token, str) or len(token) < 16:
+            raise ConfigError(f"{where}.token: expected a string of at least 16 characters")
+        grants = _filters(f"{where}.grants", item.get("grants", ["#"]))
+        tokens.append(StaticToken(name, token, grants))
+    return tuple(tokens)
+
+
+def _filters(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of topic filters")
+    try:
+        return tuple(validate_filter(v) for v in value)
+    except TopicError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+def _deadbands(key: str, value: Any) -> tuple[tuple[str, str, Deadband], ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of tables ([[state.deadbands]])")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict) or set(item) - {"filter", "field", "abs", "rel"}:
+            raise ConfigError(f"{where}: expected keys filter, field, abs, rel")
+        (flt,) = _filters(f"{where}.filter", [item.get("filter")])
+        fld = item.get("field", "*")
+        if not isinstance(fld, str) or not fld:
+            raise ConfigError(f"{where}.field: expected a field name or '*'")
+        try:
+            band = Deadband(abs=item.get("abs", 0.0), rel=item.get("rel", 0.0))
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+        out.append((flt, fld, band))
+    return tuple(out)
+
+
+def _stale(key: str, value: Any) -> tuple[tuple[str, float], ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list of tables ([[state.stale_after]])")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict) or set(item) != {"filter", "after_s"}:
+            raise ConfigError(f"{where}: expected keys filter and after_s")
+        (flt,) = _filters(f"{where}.filter", [item["filter"]])
+        after = _coerce(f"{where}.after_s", item["after_s"], float, False)
+        if after <= 0:
+            raise ConfigError(f"{where}.after_s: must be > 0")
+        out.append((flt, after))
+    return tuple(out)
+
+
+_SPECIAL = {
+    "auth.tokens": _tokens,
+    "state.deadbands": _deadbands,
+    "state.stale_after": _stale,
+}
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build and validate the configuration; raises :class:`ConfigError`."""
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as err:
+            raise ConfigError(f"--config {path}: cannot read: {err.strerror}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"--config {path}: not valid TOML: {err}") from None
+        for name, values in data.items():
+            if name not in _SECTIONS or not isinstance(values, dict):
+                raise ConfigError(f"{name}: unknown section; allowed: {', '.join(_SECTIONS)}")
+            sections[name].update(_section(name, _SECTIONS[name], values))
+    for var, raw in (env or {}).items():
+        if not var.startswith("GATEWAY_"):
+            continue
+        rest = var[len("GATEWAY_") :].lower()
+        name, _, key = rest.partition("_")
+        if name not in _SECTIONS:
+            raise ConfigError(f"{var}: unknown section {name!r}; allowed: {', '.join(_SECTIONS)}")
+        if f"{name}.{key}" in _SPECIAL:
+            raise ConfigError(f"{var}: {name}.{key} can only be set in the config file")
+        sections[name].update(_section(name, _SECTIONS[name], {key: raw}, from_env=True))
+    for name, values in (overrides or {}).items():
+        sections[name].update(_section(name, _SECTIONS[name], values))
+    cfg = Config(**{name: _SECTIONS[name](**vals) for name, vals in sections.items()})
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    s, a = cfg.server, cfg.auth
+    for key in ("port", "admin_port"):
+        if not 0 <= getattr(s, key) <= 65535:
+            raise ConfigError(f"server.{key}: must be 0 (any free port) to 65535")
+    positive = [
+        "max_connections",
+        "max_connections_per_ip",
+        "max_message_bytes",
+        "messages_per_s",
+        "message_burst",
+        "max_protocol_errors",
+        "max_subscriptions",
+        "handshake_timeout_s",
+        "auth_timeout_s",
+        "heartbeat_s",
+        "pong_timeout_s",
+        "shutdown_timeout_s",
+        "close_timeout_s",
+        "tick_hz",
+        "default_rate_hz",
+        "stall_s",
+        "max_lag_s",
+        "max_frame_bytes",
+    ]
+    for key in positive:
+        if not getattr(s, key) > 0:
+            raise ConfigError(f"server.{key}: must be > 0, got {getattr(s, key)!r}")
+    if s.idle_timeout_s < 0:
+        raise ConfigError("server.idle_timeout_s: must be >= 0 (0 disables it)")
+    if s.default_rate_hz > s.tick_hz:
+        raise ConfigError(
+            f"server.default_rate_hz: {s.default_rate_hz} exceeds server.tick_hz {s.tick_hz}"
+        )
+    if a.mode not in ("none", "static", "jwt"):
+        raise ConfigError(f"auth.mode: {a.mode!r} is not one of none, static, jwt")
+    if a.mode == "static" and not a.tokens:
+        raise ConfigError("auth.tokens: auth.mode = 'static' needs at least one [[auth.tokens]]")
+    if a.mode == "jwt":
+        algs = set(a.jwt_algorithms)
+        if not algs or algs - {"HS256", "RS256"}:
+            raise ConfigError("auth.jwt_algorithms: allowed values are HS256 and RS256")
+        if "HS256" in algs and len(a.jwt_secret) < 32:
+            raise ConfigError("auth.jwt_secret: HS256 needs a secret of at least 32 characters")
+        if "RS256" in algs and not a.jwt_public_key_file:
+            raise ConfigError("auth.jwt_public_key_file: RS256 needs a PEM public key file")
+        if algs == {"HS256", "RS256"}:
+            raise ConfigError(
+                "auth.jwt_algorithms: choose HS256 or RS256, not both "
+                "(mixing them invites key-confusion attacks)"
+            )
+    if a.mode == "none" and not s.allow_anonymous and not _is_loopback(s.host):
+        raise ConfigError(
+            f"server.host: {s.host!r} is not a loopback address and auth.mode is 'none'; "
+            "configure auth, or pass --allow-anonymous to serve every topic to anyone"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

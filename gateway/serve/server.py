@@ -1,0 +1,509 @@
+"""The public listener (WebSocket at /ws, dashboard, REST, health) and the admin one.
+
+Task ownership (every task has an owner):
+
+    serve()
+    ├── connections nursery: one handler task per accepted socket
+    │     └── WsSession nursery: a drain task only while the socket is full
+    └── services nursery: accept loops (public, admin), tick loop, sweep loop
+
+Shutdown (``request_shutdown``, wired to SIGTERM/SIGINT by the app): the services
+nursery is cancelled (no more accepts, no more ticks), every WebSocket gets close
+1012 "service restart", plain HTTP connections are cancelled, and the connections
+nursery gets ``shutdown_timeout_s`` to finish before it is cancelled too.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h11
+import trio
+
+from ..auth import Authenticator, AuthError, Identity, extract_token
+from ..clock import Clock
+from ..config import Config
+from ..core.hub import Hub
+from ..core.protocol import ClientMessage, DecodeLimits, decode_client
+from ..core.state import StateStore
+from ..core.topics import TopicError, matches, validate_filter
+from ..log import RateLimitedLog
+from .http import (
+    HttpError,
+    Request,
+    json_body,
+    new_connection,
+    read_request,
+    respond,
+    respond_raw_error,
+    static_file,
+    websocket_accept,
+)
+from .sockio import Outbound, close_socket
+from .ws import WsSession
+
+__all__ = ["Server", "ServerStats"]
+
+log = logging.getLogger("gateway.server")
+
+SUBPROTOCOLS = ("telemetry.v1",)
+SWEEP_INTERVAL_S = 0.5
+DISCONNECT_REASONS = (
+    "client_close",
+    "client_gone",
+    "slow",
+    "auth",
+    "limit",
+    "protocol",
+    "heartbeat",
+    "idle",
+    "error",
+    "shutdown",
+)
+
+
+@dataclass
+class ServerStats:
+    """Counters the metrics collector reads at scrape time."""
+
+    connections_opened: int = 0
+    disconnects: collections.Counter[str] = field(default_factory=collections.Counter)
+    send_failures: collections.Counter[str] = field(default_factory=collections.Counter)
+    handshake_rejected: collections.Counter[str] = field(default_factory=collections.Counter)
+    auth_failures: collections.Counter[str] = field(default_factory=collections.Counter)
+    inbound_rejected: collections.Counter[str] = field(default_factory=collections.Counter)
+    http_requests: collections.Counter[str] = field(default_factory=collections.Counter)
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    ticks: int = 0
+    tick_seconds: list[float] = field(default_factory=list)  # drained by the collector
+
+    def send_failure(self, reason: str) -> None:
+        self.send_failures[reason] += 1
+
+
+ReadyCheck = Callable[[], tuple[bool, str]]
+
+
+class Server:
+    def __init__(
+        self,
+        cfg: Config,
+        store: StateStore,
+        hub: Hub,
+        auth: Authenticator,
+        clock: Clock,
+        *,
+        metrics_handler: Callable[[], tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.hub = hub
+        self.auth = auth
+        self.clock = clock
+        self.stats = ServerStats()
+        self.log = RateLimitedLog(log)
+        self.metrics_handler = metrics_handler
+        self.ready_checks: dict[str, ReadyCheck] = {}
+        self.ports: tuple[int, int] | None = None
+        sc = cfg.server
+        self.welcome_limits = {
+            "max_message_bytes": sc.max_message_bytes,
+            "max_subscriptions": sc.max_subscriptions,
+            "max_filters": 64,
+            "max_rate_hz": sc.tick_hz,
+            "default_rate_hz": sc.default_rate_hz,
+            "auth_deadline_s": sc.auth_timeout_s,
+            "messages_per_s": sc.messages_per_s,
+        }
+        self._limits = DecodeLimits(max_topic_bytes=cfg.state.max_topic_bytes)
+        self._sessions: set[WsSession] = set()
+        self._by_sub: dict[int, WsSession] = {}
+        self._http_scopes: set[trio.CancelScope] = set()
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._open = 0
+        self._shutdown = trio.Event()
+        self._drained = trio.Event()
+        self.stopped = trio.Event()  # set when serve() has returned
+        self._stopping = False
+        root = sc.dashboard_dir or str(Path(__file__).resolve().parents[2] / "dashboard")
+        self.dashboard_root = Path(root)
+
+    # -- registry (used by sessions) ---------------------------------------------------
+
+    def attach(self, session: WsSession) -> None:
+        assert session.sub is not None
+        self._by_sub[session.sub.id] = session
+
+    def detach(self, session: WsSession) -> None:
+        if session.sub is not None:
+            self._by_sub.pop(session.sub.id, None)
+        if session in self._sessions:
+            self._sessions.discard(session)
+            self.stats.disconnects[session.reason or "error"] += 1
+        if self._stopping and not self._sessions:
+            self._drained.set()
+
+    def decode(self, text: str) -> ClientMessage:
+        return decode_client(text, self._limits)
+
+    @property
+    def connections(self) -> int:
+        return len(self._sessions)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[tuple[int, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        sc = self.cfg.server
+        public = _listen(sc.host, sc.port)
+        admin = _listen(sc.admin_host, sc.admin_port)
+        self.ports = (public.getsockname()[1], admin.getsockname()[1])
+        try:
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as services:
+                    services.start_soon(self._accept_loop, public, connections, self._handle_public)
+                    services.start_soon(self._accept_loop, admin, connections, self._handle_admin)
+                    services.start_soon(self._tick_loop)
+                    services.start_soon(self._sweep_loop)
+                    task_status.started(self.ports)
+                    await self._shutdown.wait()
+                    services.cancel_scope.cancel()
+                await self._drain_connections()
+                connections.cancel_scope.cancel()
+        finally:
+            close_socket(public)
+            close_socket(admin)
+            self.stopped.set()
+
+    async def _drain_connections(self) -> None:
+        self._stopping = True
+        for scope in list(self._http_scopes):
+            scope.cancel()
+        for session in list(self._sessions):
+            session.close(1012, "service restart: reconnect", "shutdown")
+        if self._sessions:
+            with trio.move_on_after(self.cfg.server.shutdown_timeout_s):
+                await self._drained.wait()
+        log.info("shutdown: %d connections still open at the deadline", len(self._sessions))
+
+    async def _accept_loop(
+        self,
+        listener: socket.socket,
+        nursery: trio.Nursery,
+        handler: Callable[[socket.socket, str], Awaitable[None]],
+    ) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            while True:
+                try:
+                    sock, addr = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as err:
+                    if err.errno == errno.ECONNABORTED:
+                        continue
+                    # EMFILE, ENFILE, ENOBUFS, ENOMEM and anything else: back off, go on
+                    self.log.limited("accept", "accept failed: %s; pausing 100 ms", err)
+                    await trio.sleep(0.1)
+                    break
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                nursery.start_soon(handler, sock, addr[0])
+
+    async def _tick_loop(self) -> None:
+        interval = 1.0 / self.cfg.server.tick_hz
+        hub = self.hub
+        by_sub = self._by_sub
+        next_at = trio.current_time()
+        while True:
+            next_at += interval
+            now = trio.current_time()
+            if next_at < now - interval:
+                next_at = now  # fell behind (overload): skip ticks rather than burst
+            await trio.sleep_until(next_at)
+            start = trio.current_time()
+            for sub in hub.tick(start):
+                session = by_sub.get(sub.id)
+                if session is not None:
+                    session.pump()
+            self.stats.ticks += 1
+            if len(self.stats.tick_seconds) < 10_000:
+                self.stats.tick_seconds.append(trio.current_time() - start)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await trio.sleep(SWEEP_INTERVAL_S)
+            now = self.clock.mono()
+            wall = self.clock.wall()
+            for sub, why in self.hub.find_slow(now):
+                session = self._by_sub.get(sub.id)
+                if session is not None:
+                    self.log.limited("slow", "closing slow subscriber %s (%s)", session.ip, why)
+                    if why == "stalled":
+                        self.stats.send_failure("stalled")
+                    session.close(4008, f"slow subscriber: {why}", "slow")
+            for session in list(self._sessions):
+                session.check_timers(now, wall)
+            self.store.sweep_stale(wall)
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def _handle_public(self, sock: socket.socket, ip: str) -> None:
+        await self._http_connection(sock, ip, public=True)
+
+    async def _handle_admin(self, sock: socket.socket, ip: str) -> None:
+        await self._http_connection(sock, ip, public=False)
+
+    async def _http_connection(self, sock: socket.socket, ip: str, *, public: bool) -> None:
+        sc = self.cfg.server
+        out = Outbound(sock, self.stats)
+        counted = False
+        scope = trio.CancelScope()
+        self._http_scopes.add(scope)
+        try:
+            with scope:
+                if public:
+                    if (
+                        self._open >= sc.max_connections
+                        or self._per_ip[ip] >= sc.max_connections_per_ip
+                    ):
+                        which = "total" if self._open >= sc.max_connections else "per_ip"
+                        self.stats.handshake_rejected[f"limit_{which}"] += 1
+                        with trio.move_on_after(sc.close_timeout_s):
+                            await respond_raw_error(out, 503, f"connection limit ({which}) reached")
+                        return
+                    self._open += 1
+                    self._per_ip[ip] += 1
+                    counted = True
+                conn = new_connection()
+                for _ in range(100):  # keep-alive: at most 100 requests per connection
+                    with trio.move_on_after(sc.handshake_timeout_s) as deadline:
+                        try:
+                            req = await read_request(sock, conn)
+                        except HttpError as err:
+                            self.stats.handshake_rejected[err.reason] += 1
+                            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                                await _try_respond(out, conn, err.status, err.message)
+                            return
+                        except OSError:
+                            return
+                    if deadline.cancelled_caught:
+                        self.stats.handshake_rejected["timeout"] += 1
+                        return
+                    if req is None:
+                        return
+                    if public and req.path == "/ws":
+                        self._http_scopes.discard(scope)  # sessions close gracefully instead
+                        await self._upgrade(sock, out, conn, req, ip)
+                        return
+                    try:
+                        await self._route(out, conn, req, public)
+                    except OSError:
+                        return
+                    if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                        return
+                    try:
+                        conn.start_next_cycle()
+                    except h11.LocalProtocolError:
+                        return
+        finally:
+            self._http_scopes.discard(scope)
+            if counted:
+                self._open -= 1
+                self._per_ip[ip] -= 1
+                if not self._per_ip[ip]:
+                    del self._per_ip[ip]
+            close_socket(sock)
+
+    async def _upgrade(
+        self,
+        sock: socket.socket,
+        out: Outbound,
+        conn: h11.Connection,
+        req: Request,
+        ip: str,
+    ) -> None:
+        stats = self.stats
+        if not req.wants_websocket:
+            stats.handshake_rejected["not_websocket"] += 1
+            await _try_respond(out, conn, 426, "this endpoint speaks WebSocket only")
+            return
+        if not self._origin_allowed(req):
+            stats.handshake_rejected["origin"] += 1
+            self.log.limited("origin", "refused WebSocket from %s: Origin not allowed", ip)
+            await _try_respond(out, conn, 403, "Origin not allowed")
+            return
+        try:
+            identity = self._identity(req)
+            headers = websocket_accept(req, SUBPROTOCOLS)
+        except AuthError as err:
+            stats.auth_failures[err.reason] += 1
+            stats.handshake_rejected["auth"] += 1
+            await _try_respond(out, conn, 401, err.message)
+            return
+        except HttpError as err:
+            stats.handshake_rejected[err.reason] += 1
+            await _try_respond(out, conn, err.status, err.message)
+            return
+        data = conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
+        trailing, _closed = conn.trailing_data
+        session = WsSession(self, sock, out, ip, identity, bytes(trailing))
+        if not out.send([data]):
+            with trio.move_on_after(self.cfg.server.handshake_timeout_s):
+                await out.drain()
+        stats.connections_opened += 1
+        self._sessions.add(session)
+        if self._stopping:
+            session.close(1012, "service restart: reconnect", "shutdown")
+        await session.run()
+
+    def _identity(self, req: Request) -> Identity | None:
+        token = extract_token(req.headers, req.target)
+        if token is not None:
+            return self.auth.verify(token, self.clock.wall())
+        if not self.auth.required:
+            return self.auth.verify("", self.clock.wall())
+        return None  # must send an 'auth' message before the auth deadline
+
+    def _origin_allowed(self, req: Request) -> bool:
+        sc = self.cfg.server
+        origin = req.header(b"origin")
+        if origin is None:
+            return sc.allow_missing_origin
+        text = origin.decode("ascii", "replace")
+        if "*" in sc.allowed_origins or text in sc.allowed_origins:
+            return True
+        host = req.header(b"host")
+        if host is not None and text in (
+            f"http://{host.decode('ascii', 'replace')}",
+            f"https://{host.decode('ascii', 'replace')}",
+        ):
+            return True
+        scheme, _, rest = text.partition("://")
+        hostname = rest.rsplit(":", 1)[0] if not rest.startswith("[") else rest.split("]")[0] + "]"
+        return scheme in ("http", "https") and hostname in ("localhost", "127.0.0.1", "[::1]")
+
+    # -- plain HTTP ------------------------------------------------------------------------
+
+    async def _route(self, out: Outbound, conn: h11.Connection, req: Request, public: bool) -> None:
+        stats = self.stats
+        head = req.method == "HEAD"
+        if req.method not in ("GET", "HEAD"):
+            stats.http_requests["method_not_allowed"] += 1
+            await respond(out, conn, 405, b"only GET and HEAD", headers=[(b"allow", b"GET, HEAD")])
+            return
+        path = req.path
+        if path == "/healthz":
+            stats.http_requests["healthz"] += 1
+            await respond(out, conn, 200, b"ok\n", head_only=head)
+            return
+        if path == "/readyz":
+            stats.http_requests["readyz"] += 1
+            ready, detail = self.readiness()
+            await respond(
+                out,
+                conn,
+                200 if ready else 503,
+                json_body(detail),
+                b"application/json",
+                head_only=head,
+            )
+            return
+        if not public:
+            if path == "/metrics" and self.metrics_handler is not None:
+                stats.http_requests["metrics"] += 1
+                body, ctype = self.metrics_handler()
+                await respond(out, conn, 200, body, ctype, head_only=head)
+                return
+            stats.http_requests["not_found"] += 1
+            await respond(out, conn, 404, b"admin endpoints: /metrics /healthz /readyz\n")
+            return
+        if path in ("/api/topics", "/api/snapshot"):
+            stats.http_requests[path.rsplit("/", 1)[1]] += 1
+            status, body = self._api(req, full=path == "/api/snapshot")
+            await respond(out, conn, status, body, b"application/json", head_only=head)
+            return
+        found = static_file(self.dashboard_root, path)
+        if found is None:
+            stats.http_requests["not_found"] += 1
+            await respond(out, conn, 404, b"not found\n", head_only=head)
+            return
+        stats.http_requests["static"] += 1
+        await respond(out, conn, 200, found[0], found[1], head_only=head)
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        checks = {name: check() for name, check in self.ready_checks.items()}
+        ready = not self._stopping and all(ok for ok, _ in checks.values())
+        return ready, {
+            "ready": ready,
+            "stopping": self._stopping,
+            "checks": {name: {"ok": ok, "detail": why} for name, (ok, why) in checks.items()},
+        }
+
+    def _api(self, req: Request, full: bool) -> tuple[int, bytes]:
+        try:
+            identity = self._identity(req)
+        except AuthError as err:
+            self.stats.auth_failures[err.reason] += 1
+            return 401, json_body({"error": "unauthorized", "message": err.message})
+        if identity is None:
+            return 401, json_body({"error": "unauthorized", "message": "a token is required"})
+        try:
+            flt = validate_filter(req.query.get("filter", "#"), self.cfg.state.max_topic_bytes)
+        except TopicError as err:
+            return 400, json_body({"error": "bad_filter", "message": str(err)})
+        grants = identity.grants
+        out: dict[str, object] = {}
+        for st in self.store.states():
+            if not st.seq or not matches(flt, st.topic):
+                continue
+            if grants is not None and not any(matches(g, st.topic) for g in grants):
+                continue
+            entry: dict[str, object] = {
+                "seq": st.seq,
+                "online": st.online,
+                "stale": st.stale,
+                "ts": st.device_ts,
+                "rx": st.changed_at,
+            }
+            if full:
+                entry["fields"] = st.fields
+            out[st.topic] = entry
+        return 200, json_body({"epoch": self.store.epoch, "filter": flt, "topics": out})
+
+
+async def _try_respond(out: Outbound, conn: h11.Connection, status: int, message: str) -> None:
+    try:
+        with trio.move_on_after(2.0):
+            await respond(
+                out, conn, status, message.encode() + b"\n", headers=[(b"connection", b"close")]
+            )
+    except (OSError, h11.LocalProtocolError):
+        pass
+    except Exception as err:
+        log.debug("could not send %d: %r", status, err)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise OSError(err.errno, f"cannot listen on {host}:{port}: {err.strerror}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

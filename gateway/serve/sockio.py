@@ -1,0 +1,150 @@
+"""Non-blocking stdlib sockets driven by Trio's low-level waits, and the write queue.
+
+Why not ``trio.SocketStream``: every ``send_all`` there costs two scheduler round
+trips, which dominate fan-out (docs/architecture.md). Here a write is one
+non-blocking ``sendmsg`` from whichever task has the frame; a task waits (with
+``trio.lowlevel.wait_writable``) only when the kernel buffer is full.
+
+Rules:
+* Only :class:`Outbound` writes to a socket, and it never interleaves two writers:
+  while its queue is non-empty every new chunk is appended behind it, and only the
+  drain (one task) writes the queue out.
+* A socket is closed with :func:`close_socket`, which first wakes any task waiting
+  on it (``notify_closing``).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
+
+import trio
+
+__all__ = ["Outbound", "close_socket", "recv_some", "text_frame_header"]
+
+_IOV_MAX = 512  # chunks per sendmsg call (Linux allows 1024)
+
+
+def text_frame_header(length: int) -> bytes:
+    """Header of an unmasked, final WebSocket text frame (server to client)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
+
+
+async def recv_some(sock: socket.socket, max_bytes: int = 65536) -> bytes:
+    """Bytes from the socket (b"" at EOF); a Trio checkpoint every call."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return sock.recv(max_bytes)
+        except (BlockingIOError, InterruptedError):
+            continue
+
+
+def close_socket(sock: socket.socket) -> None:
+    if sock.fileno() != -1:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+
+class SendFailed(Exception):
+    """The peer is gone (reset, broken pipe); ``reason`` is a metric label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ByteCounter(Protocol):
+    bytes_sent: int
+
+
+class Outbound:
+    """The ordered bytes still to write to one socket."""
+
+    __slots__ = ("counter", "queue", "queued_bytes", "sock")
+
+    def __init__(self, sock: socket.socket, counter: ByteCounter) -> None:
+        self.sock = sock
+        self.counter = counter  # shared: the server's bytes_sent total
+        self.queue: deque[memoryview | bytes] = deque()
+        self.queued_bytes = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue
+
+    def send(self, chunks: Sequence[bytes]) -> bool:
+        """Write now what the kernel takes, queue the rest. True if all went out.
+
+        Raises :class:`SendFailed` if the peer is gone.
+        """
+        if self.queue:
+            self.queue.extend(chunks)
+            self.queued_bytes += sum(len(c) for c in chunks)
+            return False
+        total = sum(len(c) for c in chunks)
+        sent = self._sendmsg(chunks)
+        if sent == total:
+            return True
+        self._queue_rest(chunks, sent)
+        return False
+
+    def _sendmsg(self, chunks: Sequence[bytes | memoryview]) -> int:
+        sent = 0
+        for start in range(0, len(chunks), _IOV_MAX):
+            part = chunks[start : start + _IOV_MAX]
+            want = sum(len(c) for c in part)
+            try:
+                n = self.sock.sendmsg(part)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as err:
+                raise SendFailed(_reason(err)) from None
+            sent += n
+            self.counter.bytes_sent += n
+            if n < want:
+                break
+        return sent
+
+    def _queue_rest(self, chunks: Sequence[bytes | memoryview], sent: int) -> None:
+        for chunk in chunks:
+            size = len(chunk)
+            if sent >= size:
+                sent -= size
+                continue
+            rest = memoryview(chunk)[sent:] if sent else chunk
+            sent = 0
+            self.queue.append(rest)
+            self.queued_bytes += len(rest)
+
+    async def drain(self) -> None:
+        """Write the queue out, waiting for the socket as needed."""
+        while self.queue:
+            await trio.lowlevel.wait_writable(self.sock)
+            chunks = list(self.queue)[:_IOV_MAX]
+            sent = self._sendmsg(chunks)
+            while sent and self.queue:
+                head = self.queue[0]
+                if len(head) <= sent:
+                    sent -= len(head)
+                    self.queued_bytes -= len(head)
+                    self.queue.popleft()
+                else:
+                    self.queue[0] = memoryview(head)[sent:]
+                    self.queued_bytes -= sent
+                    sent = 0
+
+
+def _reason(err: OSError) -> str:
+    if err.errno in (errno.EPIPE, errno.ECONNRESET, errno.ESHUTDOWN):
+        return "peer_gone"
+    if err.errno == errno.EBADF:
+        return "closed"
+    return "os_error"

@@ -1,0 +1,372 @@
+"""One WebSocket connection: inbound messages to the hub, frames out to the socket.
+
+Rules:
+* The connection's task reads; nothing else awaits its socket except a drain task,
+  started in the connection's own nursery only while the kernel buffer is full.
+* State frames come from ``hub.take`` only while nothing is queued (``pump``): a
+  screen that cannot keep up is not handed more bytes; its hub cursor lags and it
+  later gets coalesced frames (or is closed with 4008 by the slow policy).
+* Every close path goes through :meth:`WsSession.close` (a close frame, then the
+  close deadline) or :meth:`WsSession.abort` (no frame: the peer is unreachable),
+  and records one disconnect reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import trio
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Ping,
+    Pong,
+    TextMessage,
+)
+
+from ..auth import AuthError, Identity
+from ..core.hub import Subscriber
+from ..core.protocol import (
+    Ack,
+    Auth,
+    ClientMessage,
+    Error,
+    ProtocolError,
+    Resume,
+    Subscribe,
+    Unsubscribe,
+    Welcome,
+    encode,
+)
+from ..core.protocol import (
+    Ping as AppPing,
+)
+from ..core.protocol import (
+    Pong as AppPong,
+)
+from .sockio import Outbound, SendFailed, recv_some, text_frame_header
+
+if TYPE_CHECKING:
+    import socket
+
+    from .server import Server
+
+__all__ = ["WsSession"]
+
+
+class WsSession:
+    def __init__(
+        self,
+        server: Server,
+        sock: socket.socket,
+        out: Outbound,
+        ip: str,
+        identity: Identity | None,
+        trailing: bytes,
+    ) -> None:
+        self.server = server
+        self.sock = sock
+        self.out = out
+        self.ip = ip
+        self.identity = identity
+        self.ws = Connection(ConnectionType.SERVER)
+        self.sub: Subscriber | None = None
+        now = server.clock.mono()
+        self.opened_at = now
+        self.last_rx = now
+        self.ping_sent_at: float | None = None
+        self.closing = False
+        self.reason: str | None = None  # disconnect reason, once known
+        self.errors = 0
+        self._trailing = trailing
+        self._parts: list[str] = []
+        self._size = 0
+        self._tokens = float(server.cfg.server.message_burst)
+        self._tokens_at = now
+        self._draining = False
+        self._nursery: trio.Nursery | None = None
+        self._read_scope = trio.CancelScope()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        srv = self.server
+        if self.identity is not None:
+            self.sub = srv.hub.connect(self.identity.grants)
+            srv.attach(self)
+        self._send_control(
+            Welcome(
+                srv.store.epoch,
+                srv.clock.wall(),
+                srv.cfg.server.heartbeat_s,
+                self.identity is None,
+                srv.welcome_limits,
+            )
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                with self._read_scope:
+                    if self._trailing:
+                        self._receive(self._trailing)
+                        self._trailing = b""
+                    if not self._finished():
+                        await self._read_loop()
+                # let a close frame (ours or the reply) reach the peer, briefly
+                if not self.out.idle:
+                    with (
+                        trio.move_on_after(srv.cfg.server.close_timeout_s),
+                        contextlib.suppress(SendFailed),
+                    ):
+                        await self.out.drain()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._detach()
+
+    def _finished(self) -> bool:
+        return self.ws.state is ConnectionState.CLOSED or self.reason == "client_close"
+
+    async def _read_loop(self) -> None:
+        while not self._finished():
+            try:
+                data = await recv_some(self.sock)
+            except OSError:
+                self._set_reason("error")
+                return
+            if not data:
+                self._set_reason("client_close" if self.closing else "client_gone")
+                return
+            self.last_rx = self.server.clock.mono()
+            self.ping_sent_at = None
+            self._receive(data)
+
+    def _detach(self) -> None:
+        self._set_reason("error")
+        if self.sub is not None:
+            self.server.hub.disconnect(self.sub)
+        self.server.detach(self)
+
+    def _set_reason(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def close(self, code: int, text: str, reason: str) -> None:
+        """Send a close frame and give the peer ``close_timeout_s`` to answer."""
+        if self.closing:
+            return
+        self.closing = True
+        self._set_reason(reason)
+        if self.sub is not None:
+            self.server.hub.disconnect(self.sub)  # no frames after the close frame
+        if self.ws.state is ConnectionState.OPEN:
+            self._write([self.ws.send(CloseConnection(code, text[:120]))])
+        self._read_scope.deadline = min(
+            self._read_scope.deadline,
+            trio.current_time() + self.server.cfg.server.close_timeout_s,
+        )
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection now (the peer cannot even take a close frame)."""
+        self._set_reason(reason)
+        self.closing = True
+        if self.sub is not None:
+            self.server.hub.disconnect(self.sub)
+        self._read_scope.cancel()
+
+    # -- writing ---------------------------------------------------------------------
+
+    def _write(self, chunks: list[bytes]) -> bool:
+        try:
+            done = self.out.send(chunks)
+        except SendFailed as err:
+            self.server.stats.send_failure(err.reason)
+            self.abort("error")
+            return False
+        if not done:
+            self._start_drain()
+        return done
+
+    def _start_drain(self) -> None:
+        if not self._draining and self._nursery is not None:
+            self._draining = True
+            if self.sub is not None:
+                self.server.hub.write_begun(self.sub, self.server.clock.mono())
+            self._nursery.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        try:
+            await self.out.drain()
+        except SendFailed as err:
+            self.server.stats.send_failure(err.reason)
+            self.abort("error")
+            return
+        finally:
+            self._draining = False
+        if self.sub is not None:
+            self.server.hub.write_done(self.sub, self.server.clock.mono())
+        self.pump()
+
+    def _send_control(self, msg: Welcome | Ack | Error | AppPong) -> None:
+        data = encode(msg)
+        self._write([text_frame_header(len(data)), data])
+
+    def pump(self) -> None:
+        """Hand this subscriber's due frames to the socket, if it can take them."""
+        sub = self.sub
+        if sub is None or self.closing or not self.out.idle:
+            return
+        hub = self.server.hub
+        stats = self.server.stats
+        now = self.server.clock.mono()
+        while sub.ready:
+            frames = hub.take(sub, now)
+            if not frames:
+                return
+            chunks: list[bytes] = []
+            for frame in frames:
+                chunks.append(text_frame_header(len(frame)))
+                chunks.append(frame)
+            stats.frames_sent += len(frames)
+            if not self._write(chunks):
+                return
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _receive(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events():
+            self._on_event(event)
+            if self._finished():
+                return
+
+    def _on_event(self, event: Event) -> None:
+        limit = self.server.cfg.server.max_message_bytes
+        if isinstance(event, TextMessage):
+            if self.closing:
+                return
+            self._size += len(event.data.encode("utf-8", "surrogatepass"))
+            if self._size > limit:
+                self.server.stats.inbound_rejected["too_big"] += 1
+                self.close(1009, f"messages are limited to {limit} bytes", "limit")
+                return
+            self._parts.append(event.data)
+            if event.message_finished:
+                text = "".join(self._parts)
+                self._parts.clear()
+                self._size = 0
+                self._on_message(text)
+        elif isinstance(event, BytesMessage):
+            self.server.stats.inbound_rejected["binary"] += 1
+            self.close(1003, "binary messages are not supported; send JSON text", "protocol")
+        elif isinstance(event, Ping):
+            if self.ws.state is ConnectionState.OPEN:
+                self._write([self.ws.send(event.response())])
+        elif isinstance(event, Pong):
+            pass  # liveness is any received byte (last_rx)
+        elif isinstance(event, CloseConnection):
+            if self.ws.state is ConnectionState.REMOTE_CLOSING:
+                self._set_reason("client_close")
+                self._write([self.ws.send(event.response())])
+            elif self.ws.state is ConnectionState.CLOSED:
+                pass  # the answer to our own close frame
+            else:  # wsproto could not parse a frame: answer with its code
+                self.server.stats.inbound_rejected["bad_frame"] += 1
+                self.close(event.code, event.reason or "protocol error", "protocol")
+
+    def _on_message(self, text: str) -> None:
+        srv = self.server
+        now = srv.clock.mono()
+        cfg = srv.cfg.server
+        self._tokens = min(
+            float(cfg.message_burst), self._tokens + (now - self._tokens_at) * cfg.messages_per_s
+        )
+        self._tokens_at = now
+        if self._tokens < 1:
+            srv.stats.inbound_rejected["rate"] += 1
+            self.close(4029, f"more than {cfg.messages_per_s:g} messages per second", "limit")
+            return
+        self._tokens -= 1
+        try:
+            msg = srv.decode(text)
+            self._dispatch(msg)
+        except ProtocolError as err:
+            self._error(err.code, err.message, err.ref)
+
+    def _error(self, code: str, message: str, ref: str | None = None) -> None:
+        srv = self.server
+        srv.stats.inbound_rejected[code] += 1
+        srv.log.limited("protocol_error", "client %s: %s: %s", self.ip, code, message)
+        self.errors += 1
+        if self.errors > srv.cfg.server.max_protocol_errors:
+            self.close(4400, "too many protocol errors", "protocol")
+            return
+        self._send_control(Error(code, message, ref))
+
+    def _dispatch(self, msg: ClientMessage) -> None:
+        srv = self.server
+        if isinstance(msg, AppPing):
+            self._send_control(AppPong(msg.id, srv.clock.wall()))
+            return
+        if isinstance(msg, Auth):
+            self._authenticate(msg.token)
+            return
+        sub = self.sub
+        if sub is None:
+            raise ProtocolError("unauthorized", "send 'auth' with a token first")
+        hub = srv.hub
+        reply: Ack | Error
+        if isinstance(msg, Subscribe):
+            reply = hub.subscribe(sub, msg)
+        elif isinstance(msg, Unsubscribe):
+            reply = hub.unsubscribe(sub, msg)
+        elif isinstance(msg, Resume):
+            reply = hub.resume(sub, msg)
+        else:  # pragma: no cover - the decode table has no other types
+            raise ProtocolError("unknown_type", "unexpected message")
+        if isinstance(reply, Error):
+            self._error(reply.code, reply.message, reply.ref)
+            return
+        self._send_control(reply)
+        self.pump()
+
+    def _authenticate(self, token: str) -> None:
+        srv = self.server
+        if self.identity is not None:
+            raise ProtocolError("bad_message", "this connection is authenticated already")
+        try:
+            identity = srv.auth.verify(token, srv.clock.wall())
+        except AuthError as err:
+            srv.stats.auth_failures[err.reason] += 1
+            self.close(4001, err.message, "auth")
+            return
+        self.identity = identity
+        self.sub = srv.hub.connect(identity.grants)
+        srv.attach(self)
+        self._send_control(Ack("auth"))
+
+    # -- timers (called by the server's sweep) --------------------------------------------
+
+    def check_timers(self, now: float, wall: float) -> None:
+        if self.closing:
+            return
+        cfg = self.server.cfg.server
+        if self.identity is None:
+            if now - self.opened_at > cfg.auth_timeout_s:
+                self.close(4002, "authentication deadline passed", "auth")
+            return
+        expires = self.identity.expires_at
+        if expires is not None and wall > expires:
+            self.close(4001, "token expired", "auth")
+            return
+        if cfg.idle_timeout_s and now - self.last_rx > cfg.idle_timeout_s:
+            self.close(1001, "idle", "idle")
+            return
+        if self.ping_sent_at is not None:
+            if now - self.ping_sent_at > cfg.pong_timeout_s:
+                self.abort("heartbeat")
+        elif now - self.last_rx >= cfg.heartbeat_s and self.ws.state is ConnectionState.OPEN:
+            self.ping_sent_at = now
+            self._write([self.ws.send(Ping(b"hb"))])
