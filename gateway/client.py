@@ -28,7 +28,9 @@ import datetime
 import itertools
 import logging
 import random
+import ssl
 import sys
+import urllib.parse
 from collections.abc import Callable, Sequence
 
 import orjson
@@ -38,7 +40,7 @@ from trio_websocket import (
     ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
-    open_websocket_url,
+    wrap_client_stream,
 )
 
 from .core.mirror import Mirror
@@ -120,10 +122,16 @@ class GatewayClient:
             try:
                 await self._connection(task_status if not started else None)
                 started = True
-            except AuthRejected:
+            except* AuthRejected:
                 raise
-            except (OSError, HandshakeError, ConnectionClosed, ProtocolError) as err:
-                log.info("connection to %s lost: %s", self.url, _describe(err))
+            except* (
+                OSError,
+                HandshakeError,
+                ConnectionClosed,
+                ProtocolError,
+                trio.BrokenResourceError,
+            ) as group:
+                log.info("connection to %s lost: %s", self.url, _describe(group.exceptions[0]))
             finally:
                 self.connected = False
                 self._notify()
@@ -137,18 +145,47 @@ class GatewayClient:
             await trio.sleep(delay)
 
     async def _connection(self, task_status: trio.TaskStatus[None] | None) -> None:
+        # We open and close the TCP stream ourselves: trio-websocket 0.12 leaves it
+        # open when the *server* starts the close handshake (its aclose() returns
+        # early once a close reason is set), which leaks a socket per reconnect.
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"not a ws:// or wss:// URL: {self.url!r}")
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         extra = [(b"authorization", f"Bearer {self.token}".encode())] if self.token else None
+        tcp = await trio.open_tcp_stream(parts.hostname, port)
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
+        if parts.scheme == "wss":
+            stream = trio.SSLStream(
+                tcp, ssl.create_default_context(), server_hostname=parts.hostname
+            )
         try:
-            async with open_websocket_url(
-                self.url, subprotocols=["telemetry.v1"], extra_headers=extra
-            ) as ws:
-                await self._session(ws, task_status)
-        except ConnectionRejected as err:
-            if err.status_code == 401:
-                raise AuthRejected(
-                    f"the gateway refused the token (HTTP {err.status_code})"
-                ) from None
-            raise
+            async with trio.open_nursery() as nursery:
+                try:
+                    ws = await wrap_client_stream(
+                        nursery,
+                        stream,
+                        parts.hostname,
+                        resource,
+                        subprotocols=["telemetry.v1"],
+                        extra_headers=extra,
+                    )
+                except ConnectionRejected as err:
+                    if err.status_code == 401:
+                        raise AuthRejected(
+                            f"the gateway refused the token (HTTP {err.status_code})"
+                        ) from None
+                    raise
+                try:
+                    await self._session(ws, task_status)
+                finally:
+                    with trio.move_on_after(1.0) as cleanup:
+                        cleanup.shield = True
+                        await ws.aclose()
+                    nursery.cancel_scope.cancel()
+        finally:
+            await trio.aclose_forcefully(stream)
 
     async def _session(
         self, ws: WebSocketConnection, task_status: trio.TaskStatus[None] | None

@@ -214,6 +214,11 @@ class Hub:
                 del self._groups[group.key]
                 self._index.remove(group.key.filter, group)
 
+    @property
+    def idle(self) -> bool:
+        """True when a tick would do nothing: no changes waiting anywhere."""
+        return not self.store.has_changes and not any(g.pending for g in self._groups.values())
+
     def tick(self, now: float) -> list[Subscriber]:
         """One hub tick: returns the subscribers that have frames to take."""
         n = self._tick_count = self._tick_count + 1

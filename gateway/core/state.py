@@ -28,7 +28,7 @@ seconds); nothing here reads a clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, TypeAlias
@@ -186,6 +186,9 @@ class StateStore:
         self.max_tombstones = max_tombstones
         self.max_topic_bytes = max_topic_bytes
         self.stats = StateStats()
+        #: called (with no arguments) when the first change after a drain happens: the
+        #: shell uses it to wake its tick loop, which sleeps while nothing changes
+        self.on_change: Callable[[], None] | None = None
         self._topics: dict[str, TopicState] = {}
         self._changed: dict[str, None] = {}  # ordered set of topics changed since drain
 
@@ -205,6 +208,10 @@ class StateStore:
 
     def states(self) -> Iterator[TopicState]:
         return iter(self._topics.values())
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._changed)
 
     def drain_changed(self) -> list[str]:
         """Topics changed since the last call, each once, in order of first change."""
@@ -391,6 +398,8 @@ class StateStore:
         if changed_at:
             st.changed_at = now
         self.stats.changes += 1
+        if not self._changed and self.on_change is not None:
+            self.on_change()
         self._changed[st.topic] = None
 
     # -- diffs -----------------------------------------------------------------

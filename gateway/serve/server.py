@@ -81,6 +81,7 @@ class ServerStats:
     http_requests: collections.Counter[str] = field(default_factory=collections.Counter)
     frames_sent: int = 0
     bytes_sent: int = 0
+    internal_errors: int = 0  # connection handlers that failed (a bug: see the log)
     ticks: int = 0
     tick_seconds: list[float] = field(default_factory=list)  # drained by the collector
 
@@ -222,15 +223,28 @@ class Server:
                 nursery.start_soon(handler, sock, addr[0])
 
     async def _tick_loop(self) -> None:
+        """Tick at ``tick_hz`` while there is work; sleep while nothing changes."""
         interval = 1.0 / self.cfg.server.tick_hz
         hub = self.hub
         by_sub = self._by_sub
+        work = trio.Event()
+
+        def wake() -> None:
+            work.set()
+
+        self.store.on_change = wake
         next_at = trio.current_time()
         while True:
-            next_at += interval
-            now = trio.current_time()
-            if next_at < now - interval:
-                next_at = now  # fell behind (overload): skip ticks rather than burst
+            if hub.idle:
+                await work.wait()
+                work = trio.Event()
+                # the first change after a quiet spell goes out at once, not a tick later
+                next_at = max(next_at, trio.current_time())
+            else:
+                next_at += interval
+                now = trio.current_time()
+                if next_at < now - interval:
+                    next_at = now  # fell behind (overload): skip ticks rather than burst
             await trio.sleep_until(next_at)
             start = trio.current_time()
             for sub in hub.tick(start):
@@ -260,10 +274,18 @@ class Server:
     # -- connections ---------------------------------------------------------------------
 
     async def _handle_public(self, sock: socket.socket, ip: str) -> None:
-        await self._http_connection(sock, ip, public=True)
+        await self._contained(self._http_connection(sock, ip, public=True))
 
     async def _handle_admin(self, sock: socket.socket, ip: str) -> None:
-        await self._http_connection(sock, ip, public=False)
+        await self._contained(self._http_connection(sock, ip, public=False))
+
+    async def _contained(self, handler: Awaitable[None]) -> None:
+        """One connection's failure is logged and counted, never the server's."""
+        try:
+            await handler
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("connection handler failed (the server goes on)")
 
     async def _http_connection(self, sock: socket.socket, ip: str, *, public: bool) -> None:
         sc = self.cfg.server

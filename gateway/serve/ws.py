@@ -13,7 +13,6 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING
 
 import trio
@@ -87,6 +86,7 @@ class WsSession:
         self._tokens = float(server.cfg.server.message_burst)
         self._tokens_at = now
         self._draining = False
+        self._drain_done = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._read_scope = trio.CancelScope()
 
@@ -115,13 +115,12 @@ class WsSession:
                         self._trailing = b""
                     if not self._finished():
                         await self._read_loop()
-                # let a close frame (ours or the reply) reach the peer, briefly
+                # let a close frame (ours or the reply) reach the peer, briefly; the
+                # drain task is the only one that may wait on the socket for writing
                 if not self.out.idle:
-                    with (
-                        trio.move_on_after(srv.cfg.server.close_timeout_s),
-                        contextlib.suppress(SendFailed),
-                    ):
-                        await self.out.drain()
+                    self._start_drain()
+                    with trio.move_on_after(srv.cfg.server.close_timeout_s):
+                        await self._drain_done.wait()
                 nursery.cancel_scope.cancel()
         finally:
             self._detach()
@@ -192,6 +191,7 @@ class WsSession:
     def _start_drain(self) -> None:
         if not self._draining and self._nursery is not None:
             self._draining = True
+            self._drain_done = trio.Event()
             if self.sub is not None:
                 self.server.hub.write_begun(self.sub, self.server.clock.mono())
             self._nursery.start_soon(self._drain)
@@ -205,6 +205,7 @@ class WsSession:
             return
         finally:
             self._draining = False
+            self._drain_done.set()
         if self.sub is not None:
             self.server.hub.write_done(self.sub, self.server.clock.mono())
         self.pump()
