@@ -18,7 +18,7 @@ clock. Nothing in this module reads either.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .outbox import Group, GroupKey, Member, OutboxStats, TickRecord
@@ -300,11 +300,23 @@ class Hub:
             frames.append(encode_batch(chunk))
         return tuple(frames)
 
-    def take(self, sub: Subscriber, now: float) -> list[bytes]:
+    def take(self, sub: Subscriber, now: float) -> Sequence[bytes]:
         """The frames ``sub`` should write now; advances its cursors."""
         sub.ready = False
         if sub.closed:
-            return []
+            return ()
+        if len(sub.subs) == 1 and not sub.resync:
+            # fast path, the steady state of a big screen: one subscription with one
+            # filter, one tick behind its group: hand out that tick's shared frames
+            (s,) = sub.subs.values()
+            if len(s.members) == 1:
+                m = s.members[0]
+                group = m.group
+                if m.joined and m.cursor == group.tick_no - 1:
+                    m.cursor = group.tick_no
+                    frames = group.ring[-1].frames
+                    self.stats.shared_frames += len(frames)
+                    return frames
         personal: dict[str, int | None] = {}
         shared: list[bytes] = []
         store = self.store
@@ -356,7 +368,7 @@ class Hub:
                 frags.append(frag)
         stats.personal_fragments += len(frags)
         # personal frames first: they may carry snapshots the shared deltas build on
-        return [*self._pack(frags), *shared] if frags else shared
+        return (*self._pack(frags), *shared) if frags else shared
 
     # -- the slow-subscriber policy ------------------------------------------------------
 

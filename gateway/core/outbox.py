@@ -95,9 +95,12 @@ class Group:
         """The ticks after ``cursor``, or None if the ring no longer holds them all."""
         if cursor >= self.tick_no:
             return []
-        if not self.ring or self.ring[0].no > cursor + 1:
+        ring = self.ring
+        if cursor == self.tick_no - 1:
+            return [ring[-1]]  # the common case: one tick behind
+        if not ring or ring[0].no > cursor + 1:
             return None
-        return [rec for rec in self.ring if rec.no > cursor]
+        return [rec for rec in ring if rec.no > cursor]
 
     def waiting_since(self, cursor: int) -> float | None:
         """Hub time of the oldest tick a member at ``cursor`` has not received."""

@@ -45,7 +45,7 @@ from .http import (
     static_file,
     websocket_accept,
 )
-from .sockio import Outbound, close_socket
+from .sockio import Outbound, close_socket, text_frame_header
 from .ws import WsSession
 
 __all__ = ["Server", "ServerStats"]
@@ -124,6 +124,7 @@ class Server:
             "messages_per_s": sc.messages_per_s,
         }
         self._limits = DecodeLimits(max_topic_bytes=cfg.state.max_topic_bytes)
+        self._framed: dict[int, tuple[bytes, bytes]] = {}
         self._sessions: set[WsSession] = set()
         self._by_sub: dict[int, WsSession] = {}
         self._http_scopes: set[trio.CancelScope] = set()
@@ -150,6 +151,19 @@ class Server:
             self.stats.disconnects[session.reason or "error"] += 1
         if self._stopping and not self._sessions:
             self._drained.set()
+
+    def framed(self, frame: bytes) -> bytes:
+        """``frame`` as a WebSocket text frame. Shared frames are framed once per tick:
+        the cache is keyed by the frame object and cleared every tick (and when large),
+        so an id is never reused while its entry lives."""
+        entry = self._framed.get(id(frame))
+        if entry is not None and entry[0] is frame:
+            return entry[1]
+        data = text_frame_header(len(frame)) + frame
+        if len(self._framed) >= 256:
+            self._framed.clear()
+        self._framed[id(frame)] = (frame, data)
+        return data
 
     def decode(self, text: str) -> ClientMessage:
         return decode_client(text, self._limits)
@@ -247,10 +261,11 @@ class Server:
                     next_at = now  # fell behind (overload): skip ticks rather than burst
             await trio.sleep_until(next_at)
             start = trio.current_time()
+            self._framed.clear()
             for sub in hub.tick(start):
                 session = by_sub.get(sub.id)
                 if session is not None:
-                    session.pump()
+                    session.pump(start)
             self.stats.ticks += 1
             if len(self.stats.tick_seconds) < 10_000:
                 self.stats.tick_seconds.append(trio.current_time() - start)
@@ -327,7 +342,12 @@ class Server:
                         return
                     if public and req.path == "/ws":
                         self._http_scopes.discard(scope)  # sessions close gracefully instead
-                        await self._upgrade(sock, out, conn, req, ip)
+                        session = await self._upgrade(sock, out, conn, req, ip)
+                        # the HTTP state is done with: an idle connection must not
+                        # keep the parser's buffers and the request headers alive
+                        del conn, req
+                        if session is not None:
+                            await session.run()
                         return
                     try:
                         await self._route(out, conn, req, public)
@@ -355,17 +375,17 @@ class Server:
         conn: h11.Connection,
         req: Request,
         ip: str,
-    ) -> None:
+    ) -> WsSession | None:
         stats = self.stats
         if not req.wants_websocket:
             stats.handshake_rejected["not_websocket"] += 1
             await _try_respond(out, conn, 426, "this endpoint speaks WebSocket only")
-            return
+            return None
         if not self._origin_allowed(req):
             stats.handshake_rejected["origin"] += 1
             self.log.limited("origin", "refused WebSocket from %s: Origin not allowed", ip)
             await _try_respond(out, conn, 403, "Origin not allowed")
-            return
+            return None
         try:
             identity = self._identity(req)
             headers = websocket_accept(req, SUBPROTOCOLS)
@@ -373,11 +393,11 @@ class Server:
             stats.auth_failures[err.reason] += 1
             stats.handshake_rejected["auth"] += 1
             await _try_respond(out, conn, 401, err.message)
-            return
+            return None
         except HttpError as err:
             stats.handshake_rejected[err.reason] += 1
             await _try_respond(out, conn, err.status, err.message)
-            return
+            return None
         data = conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
         trailing, _closed = conn.trailing_data
         session = WsSession(self, sock, out, ip, identity, bytes(trailing))
@@ -388,7 +408,7 @@ class Server:
         self._sessions.add(session)
         if self._stopping:
             session.close(1012, "service restart: reconnect", "shutdown")
-        await session.run()
+        return session
 
     def _identity(self, req: Request) -> Identity | None:
         token = extract_token(req.headers, req.target)

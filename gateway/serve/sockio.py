@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -73,12 +72,32 @@ class Outbound:
     def __init__(self, sock: socket.socket, counter: ByteCounter) -> None:
         self.sock = sock
         self.counter = counter  # shared: the server's bytes_sent total
-        self.queue: deque[memoryview | bytes] = deque()
+        # a deque preallocates ~600 bytes; most sockets never queue anything, so the
+        # queue is a list (pops from the front happen only while a socket is full)
+        self.queue: list[memoryview | bytes] = []
         self.queued_bytes = 0
 
     @property
     def idle(self) -> bool:
         return not self.queue
+
+    def send_one(self, data: bytes) -> bool:
+        """:meth:`send` for one buffer: the fan-out fast path (one ``send`` call)."""
+        if self.queue:
+            self.queue.append(data)
+            self.queued_bytes += len(data)
+            return False
+        try:
+            n = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as err:
+            raise SendFailed(_reason(err)) from None
+        self.counter.bytes_sent += n
+        if n == len(data):
+            return True
+        self._queue_rest((data,), n)
+        return False
 
     def send(self, chunks: Sequence[bytes]) -> bool:
         """Write now what the kernel takes, queue the rest. True if all went out.
@@ -135,7 +154,7 @@ class Outbound:
                 if len(head) <= sent:
                     sent -= len(head)
                     self.queued_bytes -= len(head)
-                    self.queue.popleft()
+                    del self.queue[0]
                 else:
                     self.queue[0] = memoryview(head)[sent:]
                     self.queued_bytes -= sent

@@ -57,6 +57,12 @@ __all__ = ["WsSession"]
 
 
 class WsSession:
+    __slots__ = (
+        "_drain_done", "_draining", "_nursery", "_parts", "_read_scope", "_size", "_tokens",
+        "_tokens_at", "_trailing", "closing", "errors", "identity", "ip", "last_rx",
+        "opened_at", "out", "ping_sent_at", "reason", "server", "sock", "sub", "ws",
+    )  # fmt: skip
+
     def __init__(
         self,
         server: Server,
@@ -214,24 +220,30 @@ class WsSession:
         data = encode(msg)
         self._write([text_frame_header(len(data)), data])
 
-    def pump(self) -> None:
+    def pump(self, now: float | None = None) -> None:
         """Hand this subscriber's due frames to the socket, if it can take them."""
         sub = self.sub
-        if sub is None or self.closing or not self.out.idle:
+        if sub is None or self.closing or self.out.queue:
             return
-        hub = self.server.hub
-        stats = self.server.stats
-        now = self.server.clock.mono()
+        srv = self.server
+        hub = srv.hub
+        if now is None:
+            now = srv.clock.mono()
         while sub.ready:
             frames = hub.take(sub, now)
             if not frames:
                 return
-            chunks: list[bytes] = []
-            for frame in frames:
-                chunks.append(text_frame_header(len(frame)))
-                chunks.append(frame)
-            stats.frames_sent += len(frames)
-            if not self._write(chunks):
+            srv.stats.frames_sent += len(frames)
+            framed = srv.framed
+            data = framed(frames[0]) if len(frames) == 1 else b"".join(map(framed, frames))
+            try:
+                done = self.out.send_one(data)
+            except SendFailed as err:
+                srv.stats.send_failure(err.reason)
+                self.abort("error")
+                return
+            if not done:
+                self._start_drain()
                 return
 
     # -- reading ---------------------------------------------------------------------
