@@ -121,7 +121,7 @@ def serve_ours(mode: str, clients: int, seconds: float) -> dict[str, object]:
                 while trio.current_time() - t0 < seconds:
                     n += 1
                     gw.store.apply("bench/topic", frame_fields(n), gw.clock.wall())
-                    await trio.sleep(1 / TICK_HZ)
+                    await trio.sleep_until(t0 + n / TICK_HZ)  # a steady cadence
                 used, kernel = cpu() - c0, sys_cpu() - s0
                 frames = gw.server.stats.frames_sent - frames0
                 result.update(
@@ -140,8 +140,14 @@ def serve_ours(mode: str, clients: int, seconds: float) -> dict[str, object]:
 
 
 def serve_websockets(mode: str, clients: int, seconds: float) -> dict[str, object]:
+    import logging
+
     import orjson
     from websockets.asyncio.server import broadcast, serve
+
+    # the load generator does not answer close frames; the peer's complaints about
+    # that at the end of the run are noise here
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)
 
     subscribed: set[object] = set()
     result: dict[str, object] = {}
@@ -188,7 +194,7 @@ def serve_websockets(mode: str, clients: int, seconds: float) -> dict[str, objec
                     targets = list(subscribed)
                     broadcast(targets, frame)
                     frames += len(targets)
-                    await asyncio.sleep(1 / TICK_HZ)
+                    await asyncio.sleep(max(0.0, t0 + n / TICK_HZ - time.monotonic()))
                 used, kernel = cpu() - c0, sys_cpu() - s0
                 result.update(
                     cpu_s=used,
@@ -384,23 +390,48 @@ def main() -> None:
                 f"({r['connections']} connections)",
                 flush=True,
             )
-    results.update(fanout=fan, idle=idle)
     out = ROOT / "bench" / "results" / "fanout.json"
+    if args.only and out.exists():  # a partial run keeps the other workload's results
+        previous = json.loads(out.read_text())
+        fan = fan or previous.get("fanout", {})
+        idle = idle or previous.get("idle", {})
+        if previous.get("quick") != args.quick:
+            raise SystemExit("--only needs a previous run of the same size (--quick or not)")
+    results.update(fanout=fan, idle=idle)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"raw results: {out.relative_to(ROOT)}")
     if not args.write:
         return
-    ours, peer = fan["ours"], fan["websockets"]
+    ours, peer, floor = fan["ours"], fan["websockets"], fan["floor"]
+
+    def per_frame(r: dict[str, object], key: str) -> float:
+        return float(r[key]) / max(int(r["frames"]), 1) * 1e6  # type: ignore[arg-type]
+
+    def cells(key: str, fmt: str) -> str:
+        return " | ".join(fmt.format(r[key]) for r in (ours, peer, floor))
+
     rows = [
-        "| | ours (gateway) | `websockets` `broadcast()` (asyncio) |",
-        "|---|---:|---:|",
+        "| | ours (gateway) | `websockets` `broadcast()` (asyncio) | floor: bare `send()` |",
+        "|---|---:|---:|---:|",
         f"| server CPU µs per delivered frame | **{ours['us_per_frame']:.2f}** "
-        f"| {peer['us_per_frame']:.2f} |",
-        f"| frames delivered | {ours['frames']:,} | {peer['frames']:,} |",
-        f"| server CPU seconds | {ours['cpu_s']:.2f} | {peer['cpu_s']:.2f} |",
-        f"| load generator CPU seconds | {ours.get('loadgen', {}).get('cpu_s', 0):.2f} "
-        f"| {peer.get('loadgen', {}).get('cpu_s', 0):.2f} |",
+        f"| {peer['us_per_frame']:.2f} | {floor['us_per_frame']:.2f} |",
+        "| of which kernel (µs) | "
+        + " | ".join(f"{per_frame(r, 'sys_s'):.2f}" for r in (ours, peer, floor))
+        + " |",
+        "| of which user (µs) | "
+        + " | ".join(
+            f"{per_frame(r, 'cpu_s') - per_frame(r, 'sys_s'):.2f}" for r in (ours, peer, floor)
+        )
+        + " |",
+        f"| frames delivered | {cells('frames', '{:,}')} |",
+        f"| server CPU seconds | {cells('cpu_s', '{:.2f}')} |",
+        "| load generator CPU seconds | "
+        + " | ".join(
+            f"{r.get('loadgen', {}).get('cpu_s', 0):.2f}"  # type: ignore[union-attr]
+            for r in (ours, peer, floor)
+        )
+        + " |",
     ]
     idle_rows = [
         "| connections | ours, KiB per connection | `websockets`, KiB per connection |",
@@ -421,7 +452,15 @@ def main() -> None:
         f"{TICK_HZ:g} Hz for {seconds:g} s, every subscriber receiving every change "
         f"(text frames of about {int(ours['bytes']) // max(int(ours['frames']), 1)} bytes, "
         f"no compression on either side).\n\n" + "\n".join(rows) + "\n\n"
-        f"Target: at most 3 µs per delivered frame: **{'met' if met_cpu else 'NOT met'}**.\n\n"
+        f"Target: at most 3 µs per delivered frame: **{'met' if met_cpu else 'NOT met'}**. "
+        f"The floor column is a Python server that does nothing but one `send()` of a "
+        f"pre-framed frame per socket per tick: {floor['us_per_frame']:.2f} µs, almost all "
+        f"of it kernel time (the loopback TCP path, including waking the receiving process "
+        f"on the other core). No server that writes each subscriber's socket once per frame "
+        f"can go below it on this machine, so the 3 µs target (from a prototype measured "
+        f"elsewhere) is out of reach here; what a server adds is its user time, where we "
+        f"are below the `websockets` library. Over a real network the sender does not pay "
+        f"for the receiver's wake-up.\n\n"
         f"**Idle connections**: connected and subscribed, no data; server RSS growth divided "
         f"by the number of connections.\n\n" + "\n".join(idle_rows) + "\n\n"
         f"Target: at most 16 KiB per idle connection at {idle_sizes[0]:,} connections, and "

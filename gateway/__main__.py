@@ -94,6 +94,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.allow_anonymous:
         server["allow_anonymous"] = True
     out: dict[str, dict[str, Any]] = {"server": server}
+    if args.mqtt:
+        out["mqtt"] = {"url": args.mqtt}
     if args.simulate is not None:
         if args.simulate < 0:
             raise ConfigError("--simulate: the number of devices must be >= 0")
@@ -108,12 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "run":
-        if args.mqtt:
-            print(
-                "gateway: --mqtt: MQTT ingest is not in this build yet; use --simulate N",
-                file=sys.stderr,
-            )
-            return 2
         try:
             cfg = load_config(args.config, os.environ, _run_overrides(args))
         except ConfigError as err:

@@ -13,6 +13,7 @@ import secrets
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -23,6 +24,9 @@ from .core.hub import Hub, HubConfig
 from .core.state import Deadband, StateStore
 from .core.topics import RuleTable
 from .serve.server import Server
+
+if TYPE_CHECKING:
+    from .ingest.mqtt import MqttIngest
 
 __all__ = ["Gateway", "build", "serve"]
 
@@ -36,6 +40,7 @@ class Gateway:
     store: StateStore
     hub: Hub
     server: Server
+    mqtt: MqttIngest | None = None
 
     @property
     def port(self) -> int:
@@ -94,6 +99,12 @@ async def serve(
         await nursery.start(gw.server.serve)
         if install_signals:
             nursery.start_soon(_watch_signals, gw.server)
+        if cfg.mqtt.url:
+            from .ingest.mqtt import MqttIngest
+
+            gw.mqtt = MqttIngest(cfg.mqtt, gw.store, gw.clock, cfg.state.max_topic_bytes)
+            gw.server.ready_checks["mqtt"] = gw.mqtt.ready
+            await nursery.start(gw.mqtt.run)
         if cfg.simulator.devices:
             from devices_sim.inprocess import run_inprocess
 

@@ -19,10 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .core.state import Deadband
+from .core.state import Deadband, UpdateMode
 from .core.topics import TopicError, validate_filter
+from .ingest.codec import Route
 
-__all__ = ["AuthConfig", "Config", "ConfigError", "ServerConfig", "StateConfig", "load_config"]
+__all__ = [
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "MqttConfig",
+    "ServerConfig",
+    "SimulatorConfig",
+    "StateConfig",
+    "load_config",
+]
 
 
 class ConfigError(ValueError):
@@ -103,12 +113,42 @@ class SimulatorConfig:
     seed: int = 1
 
 
+#: Devices publish data to telemetry/<device path> and their presence (retained,
+#: and as last will) to status/<device path>; the gateway topic is the device path.
+DEFAULT_ROUTES = (
+    Route("telemetry/#", topic="{#}", kind="data"),
+    Route("status/#", topic="{#}", kind="status"),
+)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str = field(default="", repr=False)  # may hold a password
+    client_id: str = ""  # default: gateway-<random>
+    protocol: str = "5"  # "5" or "3.1.1"
+    keepalive_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    #: (filter, QoS) pairs the gateway subscribes to
+    subscriptions: tuple[tuple[str, int], ...] = (("telemetry/#", 0), ("status/#", 1))
+    routes: tuple[Route, ...] = DEFAULT_ROUTES
+    max_payload_bytes: int = 65_536
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_insecure: bool = False
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    stable_s: float = 60.0  # connected this long: the next failure starts backoff afresh
+    tcp_nodelay: bool = True  # a lone message must not wait for Nagle (data age)
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     state: StateConfig = field(default_factory=StateConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
 
 
 _SECTIONS: Mapping[str, type] = {
@@ -116,6 +156,7 @@ _SECTIONS: Mapping[str, type] = {
     "auth": AuthConfig,
     "state": StateConfig,
     "simulator": SimulatorConfig,
+    "mqtt": MqttConfig,
 }
 
 
@@ -241,10 +282,59 @@ def _stale(key: str, value: Any) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
+def _subscriptions(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a non-empty list of {{filter = '...', qos = 0}}")
+    out = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict) or set(item) - {"filter", "qos"} or "filter" not in item:
+            raise ConfigError(f"{where}: expected keys filter and qos")
+        (flt,) = _filters(f"{where}.filter", [item["filter"]])
+        qos = item.get("qos", 0)
+        if qos not in (0, 1, 2) or isinstance(qos, bool):
+            raise ConfigError(f"{where}.qos: must be 0, 1 or 2")
+        out.append((flt, int(qos)))
+    return tuple(out)
+
+
+def _routes(key: str, value: Any) -> tuple[Route, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected a non-empty list of tables ([[mqtt.routes]])")
+    allowed = {"filter", "topic", "kind", "mode", "timestamp_field", "value_field"}
+    out = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict) or set(item) - allowed or "filter" not in item:
+            raise ConfigError(f"{where}: expected keys {', '.join(sorted(allowed))}")
+        for k, v in item.items():
+            if not isinstance(v, str):
+                raise ConfigError(f"{where}.{k}: expected a string")
+        mode = item.get("mode", "merge")
+        if mode not in ("merge", "replace"):
+            raise ConfigError(f"{where}.mode: must be 'merge' or 'replace'")
+        try:
+            out.append(
+                Route(
+                    item["filter"],
+                    item.get("topic", "{topic}"),
+                    item.get("kind", "data"),
+                    UpdateMode(mode),
+                    item.get("timestamp_field", "ts"),
+                    item.get("value_field", "value"),
+                )
+            )
+        except (ValueError, TopicError) as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return tuple(out)
+
+
 _SPECIAL = {
     "auth.tokens": _tokens,
     "state.deadbands": _deadbands,
     "state.stale_after": _stale,
+    "mqtt.subscriptions": _subscriptions,
+    "mqtt.routes": _routes,
 }
 
 
@@ -334,6 +424,27 @@ def _validate(cfg: Config) -> None:
                 "auth.jwt_algorithms: choose HS256 or RS256, not both "
                 "(mixing them invites key-confusion attacks)"
             )
+    m = cfg.mqtt
+    if m.url:
+        from .ingest.mqtt import parse_url
+
+        try:
+            parse_url(m.url)
+        except ValueError as err:
+            raise ConfigError(f"mqtt.url: {err}") from None
+    if m.protocol not in ("5", "3.1.1"):
+        raise ConfigError(f"mqtt.protocol: {m.protocol!r} is not '5' or '3.1.1'")
+    for key in (
+        "keepalive_s",
+        "connect_timeout_s",
+        "reconnect_min_s",
+        "stable_s",
+        "max_payload_bytes",
+    ):
+        if not getattr(m, key) > 0:
+            raise ConfigError(f"mqtt.{key}: must be > 0")
+    if m.reconnect_max_s < m.reconnect_min_s:
+        raise ConfigError("mqtt.reconnect_max_s: must be >= mqtt.reconnect_min_s")
     if a.mode == "none" and not s.allow_anonymous and not _is_loopback(s.host):
         raise ConfigError(
             f"server.host: {s.host!r} is not a loopback address and auth.mode is 'none'; "

@@ -5,9 +5,9 @@
 set -euo pipefail
 
 case "${1:-test}" in
-  test)  want=() ;;
+  test)  want=(mosquitto mosquitto-clients) ;;
   run)   want=() ;;
-  bench) want=() ;;
+  bench) want=(mosquitto mosquitto-clients) ;;
   *) echo "usage: $0 test|run|bench" >&2; exit 2 ;;
 esac
 

@@ -28,3 +28,37 @@ def require_binary(name: str, package: str | None = None) -> str:
     if in_ci():
         pytest.fail(hint, pytrace=False)
     pytest.skip(hint)
+
+
+@pytest.fixture
+async def mosquitto(tmp_path):  # type: ignore[no-untyped-def]
+    from tests.broker import Mosquitto
+
+    broker = Mosquitto(tmp_path / "mosquitto")
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+@pytest.fixture
+async def gateway_factory(nursery):  # type: ignore[no-untyped-def]
+    """Start gateways in the test's nursery; each is shut down at teardown."""
+    from tests.gw import start_gateway
+
+    started = []
+
+    async def factory(**sections):  # type: ignore[no-untyped-def]
+        gw = await start_gateway(nursery, **sections)
+        started.append(gw)
+        return gw
+
+    yield factory
+    for gw in started:
+        gw.server.request_shutdown()
+
+
+@pytest.fixture
+async def gateway(gateway_factory):  # type: ignore[no-untyped-def]
+    return await gateway_factory()

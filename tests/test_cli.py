@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from gateway.config import ConfigError, load_config
-from tests.serve.conftest import start_gateway
+from tests.gw import start_gateway
 from tests.serve.rawws import RawWs
 
 GATEWAY = [sys.executable, "-m", "gateway"]

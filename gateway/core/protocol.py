@@ -69,14 +69,13 @@ ERROR_CODES: Final[Mapping[str, str]] = {
 #: WebSocket close codes the gateway uses (see docs/protocol.md for client actions).
 CLOSE_CODES: Final[Mapping[int, str]] = {
     1000: "normal closure",
-    1001: "going away",
+    1001: "going away (idle timeout)",
     1002: "WebSocket protocol error",
+    1003: "binary messages are not supported",
     1007: "invalid UTF-8 in a text message",
-    1008: "policy violation",
     1009: "message too big",
-    1011: "internal error",
     1012: "service restart: reconnect (with resume)",
-    1013: "try again later: reconnect with backoff",
+    1013: "try again later: reconnect with backoff (reserved)",
     4001: "authentication failed or expired",
     4002: "authentication deadline passed",
     4008: "slow subscriber: writes stalled or data too old",
