@@ -135,7 +135,7 @@ def test_fuzz_payloads_decode_or_refuse(payload: bytes) -> None:
 def test_fuzz_topics_route_or_refuse(topic: str) -> None:
     router = Router((Route("a/+/#", topic="{1}-{#}"), *DEFAULT_ROUTES))
     try:
-        route, gw_topic = router.route(topic)
+        _route, gw_topic = router.route(topic)
     except IngestError as err:
         assert err.reason == "unmapped"
     else:
