@@ -125,7 +125,10 @@ DEFAULT_ROUTES = (
 class MqttConfig:
     url: str = field(default="", repr=False)  # may hold a password
     client_id: str = ""  # default: gateway-<random>
-    protocol: str = "5"  # "5" or "3.1.1"
+    #: "3.1.1" or "5". 3.1.1 by default: the ingest uses no MQTT 5 feature, and paho
+    #: 2.x parses MQTT 5 properties on every PUBLISH, which costs about 45% of its
+    #: receive rate (docs/benchmarks.md)
+    protocol: str = "3.1.1"
     keepalive_s: float = 30.0
     connect_timeout_s: float = 10.0
     #: (filter, QoS) pairs the gateway subscribes to

@@ -23,7 +23,13 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, *, ws_port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        ws_port: int | None = None,
+        listener_options: list[str] | None = None,
+    ) -> None:
         self.binary = require_binary("mosquitto")
         self.pub = require_binary("mosquitto_pub", "mosquitto-clients")
         self.dir = workdir
@@ -33,7 +39,7 @@ class Mosquitto:
         self.conf = self.dir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            *(listener_options or ["allow_anonymous true"]),
             "persistence true",
             f"persistence_location {self.dir}/",
             "max_queued_messages 200000",

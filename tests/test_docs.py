@@ -4,7 +4,13 @@ import dataclasses
 import pathlib
 import re
 
-from gateway.config import AuthConfig, ServerConfig, SimulatorConfig, StateConfig
+from gateway.config import (
+    AuthConfig,
+    MqttConfig,
+    ServerConfig,
+    SimulatorConfig,
+    StateConfig,
+)
 from gateway.core.protocol import CLOSE_CODES, ERROR_CODES
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
@@ -17,6 +23,7 @@ def test_every_config_key_is_documented() -> None:
         ("auth", AuthConfig),
         ("state", StateConfig),
         ("simulator", SimulatorConfig),
+        ("mqtt", MqttConfig),
     ):
         assert f"### `[{section}]`" in text
         for f in dataclasses.fields(cls):

@@ -23,11 +23,13 @@ served, marked stale, and ``/readyz`` says not ready.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import random
 import secrets
 import socket
 import ssl
+import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +93,46 @@ def parse_url(url: str) -> BrokerUrl:
     )
 
 
+class _TrackingContext(ssl.SSLContext):
+    """An SSL context that remembers the sockets it wrapped, so that a failed TLS
+    handshake inside paho's connect() (which does not close its socket) can be
+    cleaned up by us."""
+
+    created: list[ssl.SSLSocket]
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kwargs)
+        if not hasattr(self, "created"):
+            self.created = []
+        self.created = [*[s for s in self.created if s.fileno() != -1][-4:], sock]
+        return sock
+
+    def close_created(self) -> None:
+        for sock in getattr(self, "created", []):
+            _close_quietly(sock)
+        self.created = []
+
+
+def _tls_context(cfg: MqttConfig) -> _TrackingContext:
+    ctx = _TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cfg.tls_ca_file:
+        ctx.load_verify_locations(cfg.tls_ca_file)
+    else:
+        ctx.load_default_certs()
+    if cfg.tls_cert_file:
+        ctx.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file or None)
+    if cfg.tls_insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _close_quietly(sock: Any) -> None:
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     err: BaseException = group
     while isinstance(err, BaseExceptionGroup):
@@ -119,7 +161,9 @@ class MqttIngest:
         self.client_id = cfg.client_id or f"gateway-{secrets.token_hex(4)}"
         self._log = RateLimitedLog(log)
         self._client: paho.Client | None = None
-        self._delivered = 0
+        self._tls: _TrackingContext | None = None
+        self._delivered = 0  # messages paho handed us (counted into stats per read burst)
+        self._now = clock.wall()  # the receive time of the current read burst
         self._last_rx = 0.0
         self._want_write = trio.Event()
         self._connack = trio.Event()
@@ -175,11 +219,8 @@ class MqttIngest:
         if b.username:
             client.username_pw_set(b.username, b.password)
         if b.tls:
-            client.tls_set(
-                ca_certs=self.cfg.tls_ca_file or None,
-                certfile=self.cfg.tls_cert_file or None,
-                keyfile=self.cfg.tls_key_file or None,
-            )
+            self._tls = _tls_context(self.cfg)
+            client.tls_set_context(self._tls)
             client.tls_insecure_set(self.cfg.tls_insecure)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
@@ -198,16 +239,37 @@ class MqttIngest:
         keepalive = max(1, round(self.cfg.keepalive_s))
         self.detail = f"connecting to {b}"
         kwargs: dict[str, Any] = {"clean_start": True} if self.cfg.protocol == "5" else {}
-        with trio.fail_after(self.cfg.connect_timeout_s):
+        # The blocking connect runs in a thread we may abandon (on timeout or shutdown).
+        # Whichever comes second, the thread finishing or us giving up on it, closes
+        # the socket, so an abandoned connect never leaks one.
+        lock = threading.Lock()
+        abandoned = False
+
+        def connect() -> None:
             try:
-                await trio.to_thread.run_sync(
-                    lambda: client.connect(b.host, b.port, keepalive, **kwargs),
-                    abandon_on_cancel=True,
-                )
-            except trio.TooSlowError:
+                client.connect(b.host, b.port, keepalive, **kwargs)
+            except BaseException:
+                # paho leaves the SSL socket open when the TLS handshake fails
+                if self._tls is not None:
+                    self._tls.close_created()
+                raise
+            finally:
+                with lock:
+                    if abandoned:
+                        _close_quietly(client.socket())
+
+        try:
+            with trio.fail_after(self.cfg.connect_timeout_s):
+                await trio.to_thread.run_sync(connect, abandon_on_cancel=True)
+        except BaseException as err:
+            with lock:
+                abandoned = True
+                _close_quietly(client.socket())
+            if isinstance(err, trio.TooSlowError):
                 raise MqttFailure(
                     f"connect timed out after {self.cfg.connect_timeout_s} s"
                 ) from None
+            raise
         sock = client.socket()
         if sock is None:
             raise MqttFailure("paho returned no socket after connect")
@@ -243,17 +305,22 @@ class MqttIngest:
         while True:
             await trio.lowlevel.wait_readable(sock)
             self._last_rx = trio.current_time()
+            # one receive time per wake-up: the messages of one read burst arrived
+            # within microseconds of each other, and the clock read is per-message cost
+            self._now = self.clock.wall()
+            start = self._delivered
             while True:
                 before = self._delivered
                 rc = client.loop_read()
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    raise MqttFailure(self._lost or f"connection lost ({paho.error_string(rc)})")
+                    raise MqttFailure(self._reason(f"connection lost ({paho.error_string(rc)})"))
                 if client.want_write():
                     self._want_write.set()
                 if self._delivered == before and not (
                     isinstance(sock, ssl.SSLSocket) and sock.pending()
                 ):
                     break  # the last call delivered nothing: back to waiting
+            self.stats.messages["mqtt"] += self._delivered - start
 
     async def _writer(self, client: paho.Client, sock: Any) -> None:
         while True:
@@ -263,7 +330,7 @@ class MqttIngest:
                 await trio.lowlevel.wait_writable(sock)
                 rc = client.loop_write()
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    raise MqttFailure(self._lost or f"write failed ({paho.error_string(rc)})")
+                    raise MqttFailure(self._reason(f"write failed ({paho.error_string(rc)})"))
 
     async def _watchdog(self, client: paho.Client, keepalive: int) -> None:
         limit = 1.5 * keepalive
@@ -271,13 +338,20 @@ class MqttIngest:
             await trio.sleep(min(0.5, keepalive / 4))
             rc = client.loop_misc()
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                raise MqttFailure(self._lost or f"keepalive failed ({paho.error_string(rc)})")
+                raise MqttFailure(self._reason(f"keepalive failed ({paho.error_string(rc)})"))
             if client.want_write():
                 self._want_write.set()
             silent = trio.current_time() - self._last_rx
             if silent > limit:
                 self.stats.disconnects["keepalive"] += 1
                 raise MqttFailure(f"nothing received for {silent:.1f} s (1.5 x keepalive)")
+
+    def _reason(self, default: str) -> str:
+        """Why the connection ended: a broker's refusal says more than the closed
+        socket that follows it, and that more than paho's return code."""
+        if self._connack_error:
+            return f"broker refused the connection: {self._connack_error}"
+        return self._lost or default
 
     # -- paho callbacks (run synchronously inside loop_read/loop_write) ----------------------
 
@@ -321,8 +395,7 @@ class MqttIngest:
     def handle(self, mqtt_topic: str, payload: bytes) -> None:
         """One MQTT message into the store; refusals are counted and logged, never raised."""
         stats = self.stats
-        stats.messages["mqtt"] += 1
-        now = self.clock.wall()
+        now = self._now
         try:
             route, topic = self.router.route(mqtt_topic)
             if route.kind == "status":

@@ -36,8 +36,17 @@ def paho_publish(port: int, msgs: list[tuple[str, bytes, bool]]) -> None:
         for topic, payload, retain in msgs:
             client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
     finally:
-        client.disconnect()
-        client.loop_stop()
+        close_paho(client)
+
+
+def close_paho(client: paho.Client) -> None:
+    """disconnect() then loop_stop() can stop paho's thread before it closes its
+    socket; close whatever is left, so no test leaks one."""
+    client.disconnect()
+    client.loop_stop()
+    sock = client.socket()
+    if sock is not None:
+        sock.close()
 
 
 async def test_messages_reach_websocket_subscribers_with_fields_ts_and_presence(
