@@ -36,7 +36,7 @@ test: venv ## lint, then the whole test suite (what CI runs)
 lint: venv ## ruff (lint + format check) and mypy (strict on gateway/core)
 	$(BIN)/ruff check gateway devices_sim tests bench
 	$(BIN)/ruff format --check gateway devices_sim tests bench
-	$(BIN)/mypy gateway
+	$(BIN)/mypy gateway devices_sim
 
 bench: $(BENCH_STAMP) ## run the benchmarks and rewrite docs/benchmarks.md
 	$(BIN)/python bench/core_bench.py --write

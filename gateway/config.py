@@ -109,8 +109,10 @@ class StateConfig:
 class SimulatorConfig:
     devices: int = 0  # 0: no embedded simulator
     sites: int = 4
+    lines: int = 4  # per site
     rate_hz: float = 1.0  # messages per second per device
     seed: int = 1
+    scenario: str = ""  # a scenario TOML file (devices_sim/README.md)
 
 
 #: Devices publish data to telemetry/<device path> and their presence (retained,
@@ -427,9 +429,27 @@ def _validate(cfg: Config) -> None:
                 "auth.jwt_algorithms: choose HS256 or RS256, not both "
                 "(mixing them invites key-confusion attacks)"
             )
+    sim = cfg.simulator
+    if sim.devices:
+        from devices_sim.fleet import Fleet, FleetConfig, FleetError, load_scenario
+
+        try:  # scenario targets are checked against the real device list
+            events = load_scenario(sim.scenario) if sim.scenario else []
+            Fleet(
+                FleetConfig(
+                    devices=sim.devices,
+                    sites=sim.sites,
+                    lines=sim.lines,
+                    rate_hz=sim.rate_hz,
+                    seed=sim.seed,
+                ),
+                events,
+            )
+        except FleetError as err:
+            raise ConfigError(f"simulator: {err}") from None
     m = cfg.mqtt
     if m.url:
-        from .ingest.mqtt import parse_url
+        from .ingest.paho_trio import parse_url
 
         try:
             parse_url(m.url)
