@@ -177,6 +177,7 @@ class PahoSession:
         self.connected = False
         self._want_write = trio.Event()
         self._writable = trio.Event()
+        self._raw = bytearray()  # QoS 0 PUBLISH packets we encoded (publish_qos0)
         self._connack = trio.Event()
         self._connack_error: str | None = None
         self._lost: str | None = None
@@ -185,14 +186,49 @@ class PahoSession:
         client.on_disconnect = self._on_disconnect
         client.on_socket_register_write = self._on_register_write
         client.on_socket_close = self._on_socket_close
+        client.on_publish = self._on_publish
+        self._acked = trio.Event()
+
+    async def wait_acked(self, infos: Sequence[paho.MQTTMessageInfo]) -> None:
+        """Return once the broker acknowledged these QoS 1/2 publishes."""
+        while not all(info.is_published() for info in infos):
+            await self._acked.wait()
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        self._acked.set()
+        self._acked = trio.Event()
 
     def kick(self) -> None:
         """Something was queued with the client (a publish): let the writer send it."""
         self._want_write.set()
 
+    def publish_qos0(self, topic: str, payload: bytes) -> None:
+        """Queue a QoS 0 PUBLISH encoded here, not by paho.
+
+        paho's publish() costs a threading.Condition, an MQTT 5 Properties object and a
+        send() per message; a QoS 0 PUBLISH carries no protocol state, so we encode it
+        and write a whole batch with one send(). The writer interleaves these bytes
+        with paho's own packets only at packet boundaries (see _writer).
+        """
+        t = topic.encode("utf-8")
+        head = len(t).to_bytes(2, "big") + t + (b"\x00" if self.protocol == "5" else b"")
+        size = len(head) + len(payload)
+        raw = self._raw
+        raw.append(0x30)
+        while True:  # "remaining length": 7 bits per byte, high bit = more
+            byte = size & 0x7F
+            size >>= 7
+            raw.append(byte | 0x80 if size else byte)
+            if not size:
+                break
+        raw += head
+        raw += payload
+
     async def wait_sent(self) -> None:
-        """Return once paho has nothing left to write (publisher backpressure)."""
-        while self.client.want_write():
+        """Return once nothing is left to write (publisher backpressure)."""
+        while self.client.want_write() or self._raw:
             self.kick()
             await self._writable.wait()
 
@@ -263,10 +299,25 @@ class PahoSession:
             return f"broker refused the connection: {self._connack_error}"
         return self._lost or default
 
+    def disconnect(self) -> None:
+        """Say goodbye (DISCONNECT: no last will); ``run`` then ends with MqttFailure."""
+        self._lost = "disconnected by us"
+        if self.connected:
+            self.client.disconnect()
+            self.kick()
+
+    async def _wait(self, wait: Callable[[Any], Any], sock: Any) -> None:
+        # paho closes its socket itself (on errors, or after DISCONNECT): the wait
+        # then ends with ClosedResourceError, which is the end of this connection
+        try:
+            await wait(sock)
+        except trio.ClosedResourceError:
+            raise MqttFailure(self._reason("socket closed")) from None
+
     async def _reader(self, sock: Any) -> None:
         client = self.client
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            await self._wait(trio.lowlevel.wait_readable, sock)
             self.last_rx = trio.current_time()
             if self.on_read_burst is not None:
                 self.on_read_burst()
@@ -283,12 +334,25 @@ class PahoSession:
                     break  # the last call delivered nothing: back to waiting
 
     async def _writer(self, sock: Any) -> None:
+        # Packets never interleave: our raw bytes are written only while paho's queue
+        # is empty (so it has no half-written packet), and paho writes (loop_write)
+        # only while no raw bytes are pending (so we have none).
         client = self.client
+        raw = self._raw
         while True:
             await self._want_write.wait()
             self._want_write = trio.Event()
-            while client.want_write():
-                await trio.lowlevel.wait_writable(sock)
+            while client.want_write() or raw:
+                await self._wait(trio.lowlevel.wait_writable, sock)
+                if raw and not client.want_write():
+                    try:
+                        sent = sock.send(raw)
+                    except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                        sent = 0
+                    except OSError as err:
+                        raise MqttFailure(self._reason(f"write failed ({err})")) from None
+                    del raw[:sent]
+                    continue
                 rc = client.loop_write()
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     raise MqttFailure(self._reason(f"write failed ({paho.error_string(rc)})"))

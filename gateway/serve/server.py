@@ -210,7 +210,11 @@ class Server:
         if self._sessions:
             with trio.move_on_after(self.cfg.server.shutdown_timeout_s):
                 await self._drained.wait()
-        log.info("shutdown: %d connections still open at the deadline", len(self._sessions))
+        if self._sessions:
+            log.warning("shutdown: %d connections still open at the deadline; dropping them",
+                        len(self._sessions))
+        else:
+            log.info("shutdown: every client was told to reconnect (1012)")
 
     async def _accept_loop(
         self,

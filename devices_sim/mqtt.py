@@ -1,0 +1,220 @@
+"""The MQTT transport: the fleet publishes to a broker through paho driven by Trio.
+
+Two modes:
+
+* one connection per device (``connections=0``): each device's client sets a last
+  will ``status/<path>`` = ``offline`` (retained, QoS 1) and publishes ``online``
+  (retained) once connected; a crashed or killed simulator shows every device
+  offline;
+* ``connections=N`` shared connections for large fleets: device ``i`` publishes on
+  connection ``i % N``; statuses are still retained per device, but a last will can
+  only cover a connection (``status/sim/<client id>``), so a crash is visible per
+  connection, not per device.
+
+Data goes to ``telemetry/<path>`` as JSON (the fields and ``ts``). After each step
+the publisher waits until paho has written everything it queued, so memory stays
+bounded; if the broker is slower than the requested rate, the achieved rate drops
+and the status line shows it. A clean stop publishes every device ``offline``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+import orjson
+import paho.mqtt.client as paho
+import trio
+
+from gateway.ingest.paho_trio import BrokerUrl, MqttFailure, PahoSession, first_leaf, new_client
+
+from .fleet import Fleet, Message
+
+__all__ = ["MqttPublisher", "PublishStats"]
+
+log = logging.getLogger("devices_sim.mqtt")
+STEP_S = 0.01
+
+
+@dataclass
+class PublishStats:
+    published: int = 0
+    errors: int = 0
+    connected: int = 0
+    reconnects: int = 0
+    lag_s: float = 0.0  # how far publishing runs behind the schedule
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class _Conn:
+    def __init__(self, name: str, will_topic: str | None) -> None:
+        self.name = name
+        self.will_topic = will_topic
+        self.session: PahoSession | None = None
+        self.ready = trio.Event()
+
+
+class MqttPublisher:
+    def __init__(
+        self,
+        fleet: Fleet,
+        broker: BrokerUrl,
+        *,
+        connections: int = 4,
+        qos: int = 0,
+        protocol: str = "3.1.1",
+        client_prefix: str = "sim",
+        keepalive_s: float = 30.0,
+        offline_on_exit: bool = True,
+    ) -> None:
+        self.fleet = fleet
+        self.broker = broker
+        self.qos = qos
+        self.protocol = protocol
+        self.keepalive_s = keepalive_s
+        self.offline_on_exit = offline_on_exit
+        self.stats = PublishStats()
+        self._stopping = False
+        self.per_device = connections == 0
+        if self.per_device:
+            self.conns = [
+                _Conn(f"{client_prefix}-{d.index:05d}", f"status/{d.path}") for d in fleet.devices
+            ]
+        else:
+            self.conns = [
+                _Conn(f"{client_prefix}-c{i}", f"status/sim/{client_prefix}-c{i}")
+                for i in range(connections)
+            ]
+
+    def conn_for(self, path: str) -> _Conn:
+        index = self.fleet.by_path[path].index
+        return self.conns[index if self.per_device else index % len(self.conns)]
+
+    async def run(
+        self,
+        duration_s: float | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            for conn in self.conns:
+                nursery.start_soon(self._keep_connected, conn)
+            with trio.fail_after(60):
+                for conn in self.conns:
+                    await conn.ready.wait()
+            self._publish(self._initial_statuses())
+            task_status.started()
+            t0 = trio.current_time()
+            n = 0
+            try:
+                while duration_s is None or trio.current_time() - t0 < duration_s:
+                    n += 1
+                    await trio.sleep_until(t0 + n * STEP_S)
+                    now = trio.current_time() - t0
+                    msgs = self.fleet.step(now)
+                    touched = self._publish(msgs)
+                    for conn in touched:
+                        if conn.session is not None:
+                            await conn.session.wait_sent()
+                    self.stats.lag_s = max(0.0, trio.current_time() - t0 - now)
+            finally:
+                if self.offline_on_exit:
+                    with trio.move_on_after(5) as cleanup:
+                        cleanup.shield = True
+                        # Disconnect only once the broker acknowledged the goodbyes (QoS
+                        # 1): closing with its PUBACKs unread makes the kernel reset the
+                        # connection and drop what it had not sent yet.
+                        goodbyes: dict[_Conn, list[paho.MQTTMessageInfo]] = {}
+                        for m in self.fleet.final():  # all in flight at once...
+                            conn = self.conn_for(m.path)
+                            self._publish([m], goodbyes.setdefault(conn, []))
+                        for conn, acks in goodbyes.items():  # ...then each acknowledged
+                            if conn.session is not None:
+                                await conn.session.wait_sent()
+                                await conn.session.wait_acked(acks)
+                        self._stopping = True
+                        for conn in self.conns:
+                            if conn.session is not None:
+                                conn.session.disconnect()
+                        await trio.sleep(0.1)  # let the DISCONNECT packets go out
+                nursery.cancel_scope.cancel()
+
+    def _initial_statuses(self) -> list[Message]:
+        msgs = self.fleet.initial()
+        if self.per_device:
+            return []  # each device announced itself when its connection came up
+        return msgs
+
+    def _publish(
+        self, msgs: list[Message], acks: list[paho.MQTTMessageInfo] | None = None
+    ) -> set[_Conn]:
+        touched: set[_Conn] = set()
+        stats = self.stats
+        for m in msgs:
+            conn = self.conn_for(m.path)
+            session = conn.session
+            if session is None or not session.connected:
+                stats.errors += 1
+                continue
+            if m.kind == "data":
+                assert m.fields is not None
+                payload = orjson.dumps({**m.fields, "ts": m.ts})
+                if self.qos == 0:
+                    session.publish_qos0(f"telemetry/{m.path}", payload)
+                    stats.published += 1
+                    stats.by_kind["data"] = stats.by_kind.get("data", 0) + 1
+                    touched.add(conn)
+                    continue
+                info = session.client.publish(f"telemetry/{m.path}", payload, qos=self.qos)
+            else:
+                info = session.client.publish(
+                    f"status/{m.path}", b"online" if m.online else b"offline", qos=1, retain=True
+                )
+            if info.rc != 0:
+                stats.errors += 1
+                continue
+            stats.published += 1
+            stats.by_kind[m.kind] = stats.by_kind.get(m.kind, 0) + 1
+            if acks is not None:
+                acks.append(info)
+            touched.add(conn)
+        return touched
+
+    async def _keep_connected(self, conn: _Conn) -> None:
+        rng = random.Random(conn.name)
+        attempt = 0
+        while True:
+            client, tls = new_client(self.broker, conn.name, self.protocol)
+            if conn.will_topic:
+                client.will_set(conn.will_topic, b"offline", qos=1, retain=True)
+            session = PahoSession(
+                client,
+                self.broker,
+                protocol=self.protocol,
+                keepalive_s=self.keepalive_s,
+                tcp_nodelay=False,
+                tls=tls,
+            )
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(session.run)
+                    conn.session = session
+                    self.stats.connected += 1
+                    if self.per_device and conn.will_topic:
+                        client.publish(conn.will_topic, b"online", qos=1, retain=True)
+                        session.kick()
+                    conn.ready.set()
+                    attempt = 0
+            except* (MqttFailure, OSError) as group:
+                if not self._stopping:
+                    log.warning("MQTT connection %s: %s", conn.name, first_leaf(group))
+            finally:
+                if conn.session is session:
+                    conn.session = None
+                    self.stats.connected -= 1
+            if self._stopping:
+                return
+            attempt += 1
+            self.stats.reconnects += 1
+            await trio.sleep(rng.uniform(0.5, min(30.0, 0.5 * 2**attempt)))

@@ -1,0 +1,96 @@
+"""devices-sim as people run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.broker import Mosquitto
+
+SIM = [sys.executable, "-m", "devices_sim"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SIM, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_help() -> None:
+    out = run("--help").stdout
+    for flag in (
+        "--devices",
+        "--sites",
+        "--rate",
+        "--seed",
+        "--duration",
+        "--scenario",
+        "--mqtt",
+        "--connections",
+        "--config",
+    ):
+        assert flag in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--stdout", "--kinds", "env,robot"], "unknown sensor kind 'robot'"),
+        (["--stdout", "--rate", "-2"], "rate must be > 0"),
+        (["--stdout", "--duration", "0"], "--duration must be > 0"),
+        (["--mqtt", "http://x"], "expected mqtt://"),
+    ],
+)
+def test_bad_configuration_exits_2_and_says_why(args: list[str], message: str) -> None:
+    proc = run(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_scenario_naming_a_missing_site(tmp_path: Path) -> None:
+    s = tmp_path / "s.toml"
+    s.write_text('[[event]]\nat_s = 30\naction = "offline"\nsite = "atlantis"\n')
+    proc = run("--stdout", "--scenario", str(s))
+    assert proc.returncode == 2 and "no site 'atlantis'" in proc.stderr
+
+
+def test_same_seed_same_values_on_stdout() -> None:
+    def values(seed: str) -> list[tuple[str, dict]]:
+        proc = run("--stdout", "--devices", "5", "--rate", "10", "--duration", "1", "--seed", seed)
+        assert proc.returncode == 0, proc.stderr
+        rows = [json.loads(line) for line in proc.stdout.splitlines()]
+        data = [
+            (r["topic"], {k: v for k, v in r["payload"].items() if k != "ts"})
+            for r in rows
+            if r["topic"].startswith("telemetry/")
+        ]
+        return data[:40]
+
+    a, b, c = values("7"), values("7"), values("8")
+    assert len(a) == 40 and a == b and a != c
+
+
+async def test_mqtt_run_stops_by_itself_with_a_summary(mosquitto: Mosquitto) -> None:
+    done = await trio.run_process(
+        [
+            *SIM,
+            "--mqtt",
+            mosquitto.url,
+            "--devices",
+            "20",
+            "--rate",
+            "5",
+            "--duration",
+            "2",
+            "--quiet",
+        ],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "summary:" in err and ", 0 errors" in err and "20 devices" in err

@@ -1,0 +1,142 @@
+"""The simulator's fleet: determinism, scenarios on MockClock, configuration errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from devices_sim.fleet import Event, Fleet, FleetConfig, FleetError, load_scenario
+from devices_sim.inprocess import run_inprocess
+from gateway.clock import Clock
+from gateway.config import SimulatorConfig
+from gateway.core.state import StateStore
+
+
+def run(fleet: Fleet, until: float, step: float) -> list[tuple]:
+    out = []
+    t = 0.0
+    while t < until:
+        t = min(until, t + step)
+        out += [(m.kind, m.path, m.fields, m.ts, m.online) for m in fleet.step(t)]
+    return out
+
+
+def test_same_seed_same_values_whatever_the_driver_cadence() -> None:
+    cfg = FleetConfig(devices=30, sites=3, rate_hz=5, seed=42)
+    a = run(Fleet(cfg, start_wall=1000.0), 9.999, 0.013)
+    b = run(Fleet(cfg, start_wall=1000.0), 9.999, 0.5)
+    assert len(a) == 30 * 5 * 10
+    assert a == b
+    c = run(
+        Fleet(FleetConfig(devices=30, sites=3, rate_hz=5, seed=43), start_wall=1000.0), 10.0, 0.5
+    )
+    assert [x[2] for x in c] != [x[2] for x in a]
+
+
+def test_hierarchy_kinds_and_rate() -> None:
+    fleet = Fleet(FleetConfig(devices=12, sites=2, lines=3))
+    assert fleet.devices[0].path == "berlin/line1/env-00000"
+    assert fleet.devices[1].path == "paris/line1/machine-00001"
+    assert fleet.devices[5].path == "paris/line3/server-00005"
+    assert {d.site for d in fleet.devices} == {"berlin", "paris"}
+    msgs = fleet.step(9.999)  # [0, 10): device 0 (phase 0) would sample again at 10
+    assert len(msgs) == 12 * 10  # 1 message per second per device, phases spread
+    fields = {m.path.split("/")[-1].split("-")[0]: set(m.fields or {}) for m in msgs}
+    assert fields == {
+        "env": {"temperature", "humidity"},
+        "machine": {"status", "power", "current", "vibration", "count"},
+        "server": {"cpu", "memory"},
+    }
+
+
+def test_faults_spike_stuck_dropout_skew() -> None:
+    events = [
+        Event(at_s=5, action="spike", device="berlin/line1/env-00000", factor=10),
+        Event(at_s=10, action="stuck", device="paris/line1/machine-00001", duration_s=5),
+        Event(at_s=10, action="dropout", device="madrid/line1/server-00002", duration_s=5),
+        Event(at_s=10, action="skew", device="rome/line1/env-00003", skew_s=600, duration_s=5),
+    ]
+    fleet = Fleet(FleetConfig(devices=4, sites=4), events, start_wall=0.0)
+    by: dict[str, list] = {}
+    t = 0.0
+    while t < 20:
+        t += 0.25
+        for m in fleet.step(t):
+            by.setdefault(m.path, []).append(m)
+    temps = [m.fields["temperature"] for m in by["berlin/line1/env-00000"]]
+    assert max(temps) > 5 * sorted(temps)[len(temps) // 2]  # one spiked sample
+    stuck = [m for m in by["paris/line1/machine-00001"] if 10 <= m.ts < 15]
+    assert len(stuck) >= 4 and all(m.fields == stuck[0].fields for m in stuck)
+    assert not [m for m in by["madrid/line1/server-00002"] if 10 <= m.ts < 15]
+    skewed = [m.ts - round(m.ts) for m in by["rome/line1/env-00003"]]
+    assert any(m.ts > 600 for m in by["rome/line1/env-00003"] if m.ts < 616)
+    assert skewed
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> Path:
+    p = tmp_path / "incidents.toml"
+    p.write_text(
+        '[[event]]\nat_s = 30\naction = "offline"\nsite = "berlin"\nduration_s = 20\n\n'
+        '[[event]]\nat_s = 60\naction = "spike"\nfraction = 0.05\nfactor = 4\n'
+    )
+    return p
+
+
+async def test_scenario_events_happen_at_their_time(
+    autojump_clock: trio.testing.MockClock, scenario: Path
+) -> None:
+    store = StateStore("e")
+    clock = Clock()
+    cfg = SimulatorConfig(devices=40, sites=4, rate_hz=1, scenario=str(scenario))
+    berlin = [
+        f"berlin/line{(i // 4) % 4 + 1}/{k}-{i:05d}"
+        for i, k in ((i, ("env", "machine", "server")[i % 3]) for i in range(0, 40, 4))
+    ]
+    async with trio.open_nursery() as nursery:
+        t0 = trio.current_time()
+        await nursery.start(run_inprocess, store, clock, cfg)
+
+        def online() -> list[bool | None]:
+            return [store.get(p).online for p in berlin]  # type: ignore[union-attr]
+
+        await trio.sleep_until(t0 + 29.9)
+        assert all(online())
+        await trio.sleep_until(t0 + 30.1)
+        assert not any(online())
+        paris = store.get("paris/line1/machine-00001")
+        assert paris is not None and paris.online
+        await trio.sleep_until(t0 + 49.9)
+        assert not any(online())
+        await trio.sleep_until(t0 + 51.1)  # back with their next sample after 50 s
+        assert all(online())
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("cfg", "events", "message"),
+    [
+        (dict(kinds=("env", "robot")), [], "unknown sensor kind 'robot'"),
+        (dict(rate_hz=-1), [], "rate must be > 0"),
+        (dict(devices=-5), [], "devices must be >= 0"),
+        ({}, [Event(at_s=1, action="offline", site="atlantis")], "no site 'atlantis'"),
+        ({}, [Event(at_s=1, action="explode", site="berlin")], "unknown action 'explode'"),
+        ({}, [Event(at_s=1, action="offline")], "exactly one of"),
+        ({}, [Event(at_s=1, action="stuck", line="berlin/line9")], "no line 'berlin/line9'"),
+    ],
+)
+def test_bad_configuration_names_the_problem(cfg: dict, events: list, message: str) -> None:
+    with pytest.raises(FleetError, match=message):
+        Fleet(FleetConfig(**cfg), events)
+
+
+def test_scenario_file_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "s.toml"
+    bad.write_text('[[event]]\nat_s = 1\naction = "offline"\nwhere = "x"\n')
+    with pytest.raises(FleetError, match="unknown keys"):
+        load_scenario(bad)
+    with pytest.raises(FleetError, match="cannot read"):
+        load_scenario(tmp_path / "missing.toml")

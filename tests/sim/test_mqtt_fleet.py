@@ -1,0 +1,152 @@
+"""The simulator's MQTT transport against a real mosquitto, read by a real gateway."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from devices_sim.fleet import Fleet, FleetConfig
+from devices_sim.mqtt import MqttPublisher
+from gateway.app import Gateway
+from gateway.client import GatewayClient
+from gateway.ingest.paho_trio import parse_url
+from tests.broker import Mosquitto
+
+FAST = {"keepalive_s": 2.0, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
+
+
+async def mqtt_gateway(factory: Callable[..., Any], broker: Mosquitto) -> Gateway:
+    gw: Gateway = await factory(mqtt={"url": broker.url, **FAST})
+    with trio.fail_after(10):
+        while not (gw.mqtt and gw.mqtt.connected):
+            await trio.sleep(0.01)
+    await trio.sleep(0.2)
+    return gw
+
+
+def presence(gw: Gateway, fleet: Fleet) -> list[bool | None]:
+    return [st.online if (st := gw.store.get(d.path)) else None for d in fleet.devices]
+
+
+async def test_per_device_connections_statuses_and_last_wills(
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto
+) -> None:
+    gw = await mqtt_gateway(gateway_factory, mosquitto)
+    fleet = Fleet(FleetConfig(devices=6, sites=2, rate_hz=5))
+    pub = MqttPublisher(fleet, parse_url(mosquitto.url), connections=0, offline_on_exit=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pub.run)
+        with trio.fail_after(10):
+            while not all(
+                (st := gw.store.get(d.path)) is not None and st.fields and st.online
+                for d in fleet.devices
+            ):
+                await trio.sleep(0.02)
+        env = gw.store.get("berlin/line1/env-00000")
+        assert env is not None and set(env.fields) == {"temperature", "humidity"}
+        assert env.device_ts is not None
+        # a gateway started now gets the retained statuses
+        late = await mqtt_gateway(gateway_factory, mosquitto)
+        with trio.fail_after(5):
+            while presence(late, fleet) != [True] * 6:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()  # killed: sockets closed with no DISCONNECT
+    with trio.fail_after(10):  # the broker publishes every device's last will
+        while presence(gw, fleet) != [False] * 6:
+            await trio.sleep(0.02)
+    assert pub.stats.errors == 0
+
+
+async def test_clean_stop_publishes_offline_and_shared_connections_deliver(
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto
+) -> None:
+    gw = await mqtt_gateway(gateway_factory, mosquitto)
+    fleet = Fleet(FleetConfig(devices=50, sites=5, rate_hz=4))
+    pub = MqttPublisher(fleet, parse_url(mosquitto.url), connections=2)
+    with trio.fail_after(20):
+        await pub.run(duration_s=2.0)
+    with trio.fail_after(5):  # said goodbye on the way out
+        while presence(gw, fleet) != [False] * 50:
+            await trio.sleep(0.02)
+    assert all(gw.store.get(d.path).fields for d in fleet.devices)  # type: ignore[union-attr]
+    assert pub.stats.by_kind["data"] >= 50 * 4 * 2 * 0.9
+    assert pub.stats.errors == 0
+
+
+async def test_gateway_run_simulate_serves_live_data_without_a_broker() -> None:
+    proc = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "run",
+            "--simulate",
+            "500",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        env={**os.environ},
+    )
+    try:
+        assert proc.stderr is not None
+        buf = b""
+        with trio.fail_after(20):
+            while not (m := re.search(rb"listening on http://127\.0\.0\.1:(\d+)/", buf)):
+                chunk = await proc.stderr.receive_some(4096)
+                assert chunk, buf.decode()
+                buf += chunk
+        client = GatewayClient(f"ws://127.0.0.1:{int(m.group(1))}/ws", ["#"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            with trio.fail_after(10):
+                await client.wait_until(lambda mi: len(mi.topics) == 500)
+                first = {t: x.seq for t, x in client.mirror.topics.items()}
+                await client.wait_until(  # live: most devices report again
+                    lambda mi: sum(x.seq > first[t] for t, x in mi.topics.items()) > 400
+                )
+            nursery.cancel_scope.cancel()
+        assert all(x.online for x in client.mirror.topics.values())
+    finally:
+        proc.terminate()
+        with trio.move_on_after(10):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+
+
+async def test_our_qos0_publish_encoding_is_understood_in_mqtt_5_too(
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto
+) -> None:
+    gw = await mqtt_gateway(gateway_factory, mosquitto)
+    fleet = Fleet(FleetConfig(devices=9, sites=3, rate_hz=5))
+    pub = MqttPublisher(
+        fleet, parse_url(mosquitto.url), connections=1, protocol="5", offline_on_exit=False
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pub.run)
+        with trio.fail_after(10):
+            while not all(
+                (st := gw.store.get(d.path)) is not None and st.fields for d in fleet.devices
+            ):
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    machine = gw.store.get("paris/line1/machine-00001")
+    assert machine is not None and set(machine.fields) == {
+        "status",
+        "power",
+        "current",
+        "vibration",
+        "count",
+    }
+    assert gw.mqtt is not None and not gw.mqtt.stats.rejected
