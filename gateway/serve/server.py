@@ -211,8 +211,10 @@ class Server:
             with trio.move_on_after(self.cfg.server.shutdown_timeout_s):
                 await self._drained.wait()
         if self._sessions:
-            log.warning("shutdown: %d connections still open at the deadline; dropping them",
-                        len(self._sessions))
+            log.warning(
+                "shutdown: %d connections still open at the deadline; dropping them",
+                len(self._sessions),
+            )
         else:
             log.info("shutdown: every client was told to reconnect (1012)")
 
