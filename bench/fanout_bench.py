@@ -59,6 +59,23 @@ def frame_fields(n: int) -> dict[str, float]:
     }
 
 
+def peer_frame(n: int) -> bytes:
+    """What the peers send for update ``n``: the delta our gateway sends, encoded once."""
+    import orjson
+
+    return orjson.dumps(
+        {
+            "type": "delta",
+            "topic": "bench/topic",
+            "base": n,
+            "seq": n + 1,
+            "set": frame_fields(n),
+            "ts": None,
+            "rx": time.time(),
+        }
+    )
+
+
 def announce(port: int) -> None:
     print(json.dumps({"port": port}), flush=True)
 
@@ -142,7 +159,6 @@ def serve_ours(mode: str, clients: int, seconds: float) -> dict[str, object]:
 def serve_websockets(mode: str, clients: int, seconds: float) -> dict[str, object]:
     import logging
 
-    import orjson
     from websockets.asyncio.server import broadcast, serve
 
     # the load generator does not answer close frames; the peer's complaints about
@@ -180,17 +196,7 @@ def serve_websockets(mode: str, clients: int, seconds: float) -> dict[str, objec
                 while time.monotonic() - t0 < seconds:
                     n += 1
                     # the same content our gateway sends: a delta of one topic, encoded once
-                    frame = orjson.dumps(
-                        {
-                            "type": "delta",
-                            "topic": "bench/topic",
-                            "base": n,
-                            "seq": n + 1,
-                            "set": frame_fields(n),
-                            "ts": None,
-                            "rx": time.time(),
-                        }
-                    ).decode()
+                    frame = peer_frame(n).decode()
                     targets = list(subscribed)
                     broadcast(targets, frame)
                     frames += len(targets)
@@ -216,8 +222,6 @@ def serve_floor(mode: str, clients: int, seconds: float) -> dict[str, object]:
     tick. No protocol, no state: what any Python server pays for the writes alone."""
     import selectors
     import socket
-
-    import orjson
 
     from gateway.serve.sockio import text_frame_header
 
@@ -256,17 +260,7 @@ def serve_floor(mode: str, clients: int, seconds: float) -> dict[str, object]:
     n = frames = 0
     while time.monotonic() - t0 < seconds:
         n += 1
-        payload = orjson.dumps(
-            {
-                "type": "delta",
-                "topic": "bench/topic",
-                "base": n,
-                "seq": n + 1,
-                "set": frame_fields(n),
-                "ts": None,
-                "rx": time.time(),
-            }
-        )
+        payload = peer_frame(n)
         data = text_frame_header(len(payload)) + payload
         for sock in ready:
             sock.send(data)

@@ -111,7 +111,7 @@ async def serve(
             await nursery.start(run_inprocess, gw.store, gw.clock, cfg.simulator)
         sc = cfg.server
         log.info(
-            "listening on http://%s:%d/ (WebSocket /ws), admin on http://%s:%d/metrics; epoch %s",
+            "listening on http://%s:%d/ (WebSocket /ws), admin on http://%s:%d/; epoch %s",
             sc.host,
             gw.port,
             sc.admin_host,

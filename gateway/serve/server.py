@@ -475,7 +475,8 @@ class Server:
                 await respond(out, conn, 200, body, ctype, head_only=head)
                 return
             stats.http_requests["not_found"] += 1
-            await respond(out, conn, 404, b"admin endpoints: /metrics /healthz /readyz\n")
+            listing = b"/metrics /healthz /readyz" if self.metrics_handler else b"/healthz /readyz"
+            await respond(out, conn, 404, b"admin endpoints: " + listing + b"\n")
             return
         if path in ("/api/topics", "/api/snapshot"):
             stats.http_requests[path.rsplit("/", 1)[1]] += 1

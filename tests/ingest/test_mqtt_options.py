@@ -136,18 +136,9 @@ async def test_mqtts_with_user_and_password(
         await trio.to_thread.run_sync(publish)
         await wait_for_value(gw, "secure/1", {"ok": True})
         # a wrong password is refused by the broker and reported, not retried silently
-        bad: Gateway = await gateway_factory(
-            mqtt={
-                "url": f"mqtts://gateway:wrong@127.0.0.1:{broker.port}",
-                "tls_ca_file": str(ca),
-                **FAST,
-            }
+        bad = await refused_gateway(
+            gateway_factory, f"mqtts://gateway:wrong@127.0.0.1:{broker.port}", ca, "refused"
         )
-        with trio.fail_after(10):
-            while "refused" not in bad.mqtt.detail:  # type: ignore[union-attr]
-                await trio.sleep(0.02)
-        assert not bad.mqtt.connected  # type: ignore[union-attr]
-        assert (await _ready(bad)) is False
         bad.server.request_shutdown()
         with trio.fail_after(5):
             await bad.server.stopped.wait()
@@ -156,17 +147,12 @@ async def test_mqtts_with_user_and_password(
         (tmp_path / "other").mkdir()
         other_ca, _, _ = make_certs(tmp_path / "other")
         fds_before = open_fds()
-        untrusting: Gateway = await gateway_factory(
-            mqtt={
-                "url": f"mqtts://gateway:s3cret%20pass@127.0.0.1:{broker.port}",
-                "tls_ca_file": str(other_ca),
-                **FAST,
-            }
+        untrusting = await refused_gateway(
+            gateway_factory,
+            f"mqtts://gateway:s3cret%20pass@127.0.0.1:{broker.port}",
+            other_ca,
+            "CERTIFICATE_VERIFY_FAILED",
         )
-        with trio.fail_after(10):
-            while "CERTIFICATE_VERIFY_FAILED" not in untrusting.mqtt.detail:  # type: ignore[union-attr]
-                await trio.sleep(0.02)
-        assert (await _ready(untrusting)) is False
         untrusting.server.request_shutdown()
         with trio.fail_after(5):
             await untrusting.server.stopped.wait()
@@ -174,6 +160,18 @@ async def test_mqtts_with_user_and_password(
         assert open_fds() == fds_before  # checked before any GC could close a leak
     finally:
         await broker.stop()
+
+
+async def refused_gateway(factory: Callable[..., Any], url: str, ca: Path, reason: str) -> Gateway:
+    """A gateway whose broker connection fails; returns once ``reason`` is reported."""
+    gw: Gateway = await factory(mqtt={"url": url, "tls_ca_file": str(ca), **FAST})
+    assert gw.mqtt is not None
+    with trio.fail_after(10):
+        while reason not in gw.mqtt.detail:
+            await trio.sleep(0.02)
+    assert not gw.mqtt.connected
+    assert (await _ready(gw)) is False
+    return gw
 
 
 def open_fds() -> int:
