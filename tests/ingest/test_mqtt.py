@@ -203,3 +203,28 @@ async def test_retained_values_are_in_the_first_snapshot_after_a_gateway_restart
     assert all(m["type"] == "snapshot" for m in items)
     got = {m["topic"]: (m["fields"], m["online"]) for m in items}
     assert got == {f"r/{i}": ({"v": i}, True if i == 0 else None) for i in range(10)}
+
+
+async def test_a_silent_device_turns_stale_then_fresh_again(
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto
+) -> None:
+    gw: Gateway = await gateway_factory(
+        mqtt={"url": mosquitto.url, **FAST},
+        state={"stale_after": [{"filter": "quiet/#", "after_s": 1.0}]},
+    )
+    with trio.fail_after(10):
+        while not (gw.mqtt and gw.mqtt.connected):
+            await trio.sleep(0.01)
+    await trio.sleep(0.2)
+    client = GatewayClient(url(gw), ["#"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        await mosquitto.publish("telemetry/quiet/1", b"1")
+        await mosquitto.publish("telemetry/chatty/1", b"1")
+        with trio.fail_after(5):  # silent for over 1 s (+ one 0.5 s sweep): stale
+            await client.wait_until(lambda m: "quiet/1" in m.topics and m.topics["quiet/1"].stale)
+        assert not client.mirror.topics["chatty/1"].stale  # no rule for it
+        await mosquitto.publish("telemetry/quiet/1", b"1")  # same value: still news of life
+        with trio.fail_after(5):
+            await client.wait_until(lambda m: not m.topics["quiet/1"].stale)
+        nursery.cancel_scope.cancel()
