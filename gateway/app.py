@@ -23,6 +23,7 @@ from .config import Config
 from .core.hub import Hub, HubConfig
 from .core.state import Deadband, StateStore
 from .core.topics import RuleTable
+from .metrics import Metrics
 from .serve.server import Server
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class Gateway:
     store: StateStore
     hub: Hub
     server: Server
+    metrics: Metrics
     mqtt: MqttIngest | None = None
 
     @property
@@ -81,8 +83,11 @@ def build(cfg: Config, *, epoch: str | None = None) -> Gateway:
         ),
     )
     clock = Clock()
-    server = Server(cfg, store, hub, Authenticator(cfg.auth), clock)
-    return Gateway(cfg, clock, store, hub, server)
+    metrics = Metrics()
+    server = Server(cfg, store, hub, Authenticator(cfg.auth), clock, metrics=metrics)
+    gw = Gateway(cfg, clock, store, hub, server, metrics)
+    metrics.attach(server, hub, store, lambda: gw.mqtt)
+    return gw
 
 
 Source = Callable[..., object]
@@ -111,7 +116,7 @@ async def serve(
             await nursery.start(run_inprocess, gw.store, gw.clock, cfg.simulator)
         sc = cfg.server
         log.info(
-            "listening on http://%s:%d/ (WebSocket /ws), admin on http://%s:%d/; epoch %s",
+            "listening on http://%s:%d/ (WebSocket /ws), admin on http://%s:%d/metrics; epoch %s",
             sc.host,
             gw.port,
             sc.admin_host,

@@ -32,7 +32,7 @@ from .protocol import (
     encode_batch,
     encode_state,
 )
-from .state import StateStore
+from .state import StateStore, TopicState
 from .topics import SubscriptionIndex, filter_covers, filters_overlap, matches
 
 __all__ = ["Hub", "HubConfig", "Subscriber", "Subscription"]
@@ -97,6 +97,8 @@ class Hub:
         self._cache: dict[tuple[str, int | None, int], bytes] = {}
         self._cache_bytes = 0
         self._writing: set[Subscriber] = set()
+        #: states of the topics the last tick sent (each once), for latency metrics
+        self.tick_states: dict[str, TopicState] = {}
 
     # -- connections ---------------------------------------------------------------
 
@@ -223,6 +225,7 @@ class Hub:
         """One hub tick: returns the subscribers that have frames to take."""
         n = self._tick_count = self._tick_count + 1
         store = self.store
+        self.tick_states = {}
         for topic in store.drain_changed():
             for group in self._index.match(topic):
                 if group.key.grants is None or group.allows(topic):
@@ -260,6 +263,7 @@ class Hub:
             items.append((topic, base))
             frags.append(frag)
             sent[topic] = st.seq
+            self.tick_states[topic] = st
         group.pending.clear()
         if not items:
             return
@@ -380,8 +384,14 @@ class Hub:
         sub.write_started = None
         self._writing.discard(sub)
 
-    def find_slow(self, now: float) -> list[tuple[Subscriber, str]]:
-        """Subscribers to disconnect (close 4008), with the reason; counted here."""
+    def find_slow(
+        self, now: float, ages: list[float] | None = None
+    ) -> list[tuple[Subscriber, str]]:
+        """Subscribers to disconnect (close 4008), with the reason; counted here.
+
+        ``ages``, if given, receives for every member with data waiting how long the
+        oldest of it has waited (for the data-age metric).
+        """
         cfg = self.config
         slow: dict[Subscriber, str] = {}
         for sub in self._writing:
@@ -394,7 +404,11 @@ class Hub:
                 if m.sub in slow or not m.joined:
                     continue
                 since = group.waiting_since(m.cursor)
-                if since is not None and now - since > cfg.max_lag_s:
+                if since is None:
+                    continue
+                if ages is not None:
+                    ages.append(now - since)
+                if now - since > cfg.max_lag_s:
                     slow[m.sub] = "lagging"
         for reason in slow.values():
             self.stats.slow_disconnect(reason)

@@ -34,6 +34,7 @@ from ..core.protocol import ClientMessage, DecodeLimits, decode_client
 from ..core.state import StateStore
 from ..core.topics import TopicError, matches, validate_filter
 from ..log import RateLimitedLog
+from ..metrics import Metrics
 from .http import (
     HttpError,
     Request,
@@ -83,7 +84,6 @@ class ServerStats:
     bytes_sent: int = 0
     internal_errors: int = 0  # connection handlers that failed (a bug: see the log)
     ticks: int = 0
-    tick_seconds: list[float] = field(default_factory=list)  # drained by the collector
 
     def send_failure(self, reason: str) -> None:
         self.send_failures[reason] += 1
@@ -101,7 +101,7 @@ class Server:
         auth: Authenticator,
         clock: Clock,
         *,
-        metrics_handler: Callable[[], tuple[bytes, bytes]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -110,7 +110,8 @@ class Server:
         self.clock = clock
         self.stats = ServerStats()
         self.log = RateLimitedLog(log)
-        self.metrics_handler = metrics_handler
+        self.metrics = metrics
+        self.metrics_handler = metrics.exposition if metrics is not None else None
         self.ready_checks: dict[str, ReadyCheck] = {}
         self.ports: tuple[int, int] | None = None
         sc = cfg.server
@@ -273,21 +274,37 @@ class Server:
                 if session is not None:
                     session.pump(start)
             self.stats.ticks += 1
-            if len(self.stats.tick_seconds) < 10_000:
-                self.stats.tick_seconds.append(trio.current_time() - start)
+            if self.metrics is not None:
+                self._observe_tick(start)
+
+    def _observe_tick(self, start: float) -> None:
+        m = self.metrics
+        assert m is not None
+        m.tick_seconds.observe(trio.current_time() - start)
+        states = self.hub.tick_states
+        if states:
+            wall = self.clock.wall()
+            for st in states.values():
+                if st.device_ts is not None:
+                    m.device_to_send.observe(max(0.0, wall - st.device_ts))
+                m.ingest_to_send.observe(max(0.0, wall - st.changed_at))
 
     async def _sweep_loop(self) -> None:
         while True:
             await trio.sleep(SWEEP_INTERVAL_S)
             now = self.clock.mono()
             wall = self.clock.wall()
-            for sub, why in self.hub.find_slow(now):
+            ages: list[float] | None = [] if self.metrics is not None else None
+            for sub, why in self.hub.find_slow(now, ages):
                 session = self._by_sub.get(sub.id)
                 if session is not None:
                     self.log.limited("slow", "closing slow subscriber %s (%s)", session.ip, why)
                     if why == "stalled":
                         self.stats.send_failure("stalled")
                     session.close(4008, f"slow subscriber: {why}", "slow")
+            if ages and self.metrics is not None:
+                for age in ages:
+                    self.metrics.subscriber_data_age.observe(age)
             for session in list(self._sessions):
                 session.check_timers(now, wall)
             self.store.sweep_stale(wall)

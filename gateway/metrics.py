@@ -1,0 +1,267 @@
+"""Prometheus metrics, on an injected registry (never the process-wide default).
+
+Rules:
+* Counters live where the work happens (ServerStats, OutboxStats, StateStats,
+  IngestStats) as plain integers; :class:`GatewayCollector` turns them into metric
+  families at scrape time, and computes current-state gauges (connections, topics,
+  devices by state) then too.
+* Labels are low-cardinality: reasons, sources, states. Never a topic, device,
+  token or address, so 10,000 topics add no series.
+* Every known label value is exported from the start (at 0), so dashboards and
+  alert expressions have series before the first event.
+* Latencies are histograms observed by the shell: per topic per tick on the path
+  of subscribers in sync (device timestamp -> frame written, gateway receive ->
+  frame written), and per subscriber per sweep (how old the data waiting for it is).
+
+docs/metrics.md lists every metric with its meaning and the panel that uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .core.hub import Hub
+    from .core.state import StateStore
+    from .ingest.mqtt import MqttIngest
+    from .serve.server import Server
+
+__all__ = ["GatewayCollector", "Metrics"]
+
+DISCONNECT_REASONS = (
+    "client_close", "client_gone", "slow", "auth", "limit", "protocol", "heartbeat", "idle",
+    "error", "shutdown",
+)  # fmt: skip
+SEND_FAILURE_REASONS = ("peer_gone", "closed", "os_error", "stalled")
+SLOW_REASONS = ("stalled", "lagging")
+SNAPSHOT_REASONS = ("window", "ahead", "size")
+INGEST_REJECT_REASONS = (
+    "bad_json", "not_utf8", "too_large", "unsupported_json", "bad_timestamp", "unmapped",
+    "bad_status", "bad_topic", "bad_field", "bad_value", "field_limit", "topic_limit",
+    "internal_error",
+)  # fmt: skip
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+def _counter(
+    name: str,
+    doc: str,
+    label: str | None = None,
+    values: Mapping[str, int] | int = 0,
+    known: Iterable[str] = (),
+) -> Metric:
+    if label is None:
+        assert isinstance(values, int)
+        return CounterMetricFamily(name, doc, value=values)
+    family = CounterMetricFamily(name, doc, labels=[label])
+    assert not isinstance(values, int)
+    for key in dict.fromkeys([*known, *values]):
+        family.add_metric([key], values.get(key, 0))
+    return family
+
+
+class GatewayCollector(Collector):
+    def __init__(
+        self, server: Server, hub: Hub, store: StateStore, mqtt: Callable[[], MqttIngest | None]
+    ) -> None:
+        self.server = server
+        self.hub = hub
+        self.store = store
+        self.mqtt = mqtt
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.server.stats
+        o = self.hub.stats
+        st = self.store.stats
+        info = GaugeMetricFamily(
+            "gateway_build", "Build information (always 1).", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "gateway_websocket_connections",
+            "Open WebSocket connections.",
+            value=self.server.connections,
+        )
+        yield _counter(
+            "gateway_websocket_connections_opened",
+            "WebSocket connections accepted (after the upgrade).",
+            values=s.connections_opened,
+        )
+        yield _counter(
+            "gateway_websocket_disconnects",
+            "WebSocket connections ended, by reason.",
+            "reason",
+            s.disconnects,
+            DISCONNECT_REASONS,
+        )
+        yield _counter(
+            "gateway_websocket_send_failures",
+            "Writes that failed or stalled, by reason.",
+            "reason",
+            s.send_failures,
+            SEND_FAILURE_REASONS,
+        )
+        yield _counter(
+            "gateway_websocket_frames_sent", "WebSocket frames written.", values=s.frames_sent
+        )
+        yield _counter(
+            "gateway_websocket_sent_bytes",
+            "Bytes written to WebSocket clients.",
+            values=s.bytes_sent,
+        )
+        yield _counter(
+            "gateway_handshake_rejections",
+            "HTTP/WebSocket handshakes refused, by reason.",
+            "reason",
+            s.handshake_rejected,
+            ("origin", "auth", "limit_total", "limit_per_ip", "timeout"),
+        )
+        yield _counter(
+            "gateway_auth_failures", "Tokens refused, by reason.", "reason", s.auth_failures
+        )
+        yield _counter(
+            "gateway_client_message_rejections",
+            "Client messages refused, by reason (error code or limit).",
+            "reason",
+            s.inbound_rejected,
+        )
+        yield _counter(
+            "gateway_internal_errors",
+            "Connection handlers that failed (a bug: see the log).",
+            values=s.internal_errors,
+        )
+        yield _counter(
+            "gateway_outbox_coalesced_updates",
+            "Topic updates folded into a later one for a lagging subscriber.",
+            values=o.coalesced,
+        )
+        yield _counter(
+            "gateway_outbox_lag_snapshots",
+            "Subscribers so far behind that they received a full snapshot.",
+            values=o.lag_snapshots,
+        )
+        yield _counter(
+            "gateway_outbox_snapshots_instead",
+            "Snapshots sent where a delta was asked for, by reason.",
+            "reason",
+            st.snapshots_instead,
+            SNAPSHOT_REASONS,
+        )
+        yield _counter(
+            "gateway_outbox_slow_disconnects",
+            "Subscribers closed with 4008, by reason.",
+            "reason",
+            o.slow,
+            SLOW_REASONS,
+        )
+        yield _counter(
+            "gateway_outbox_shared_frames",
+            "Tick frames handed out as-is (encoded once, sent many times).",
+            values=o.shared_frames,
+        )
+        mqtt = self.mqtt()
+        sources: dict[str, int] = {"simulator": 0, "mqtt": 0}
+        rejected: dict[str, int] = dict(st.rejected)
+        if mqtt is not None:
+            sources["mqtt"] = mqtt.stats.messages["mqtt"]
+            for reason, n in mqtt.stats.rejected.items():
+                if reason not in st.rejected:  # the store's refusals are counted there
+                    rejected[reason] = rejected.get(reason, 0) + n
+        sources["simulator"] = max(0, st.messages - sources["mqtt"])
+        yield _counter(
+            "gateway_ingest_messages", "Device messages received, by source.", "source", sources
+        )
+        yield _counter(
+            "gateway_ingest_rejections",
+            "Device messages refused, by reason.",
+            "reason",
+            rejected,
+            INGEST_REJECT_REASONS,
+        )
+        yield _counter(
+            "gateway_state_changes", "Accepted topic changes (seq increments).", values=st.changes
+        )
+        yield _counter(
+            "gateway_deadband_suppressed",
+            "Field updates inside their deadband (not news).",
+            values=st.deadband_suppressed,
+        )
+        yield GaugeMetricFamily(
+            "gateway_mqtt_connected",
+            "1 while connected to the MQTT broker (0 without MQTT).",
+            value=1 if mqtt is not None and mqtt.connected else 0,
+        )
+        yield _counter(
+            "gateway_mqtt_reconnects",
+            "MQTT reconnection attempts.",
+            values=mqtt.stats.reconnects if mqtt is not None else 0,
+        )
+        yield GaugeMetricFamily("gateway_topics", "Topics in the state.", value=len(self.store))
+        devices = {"online": 0, "offline": 0, "unknown": 0, "stale": 0}
+        for ts in self.store.states():
+            devices["unknown" if ts.online is None else "online" if ts.online else "offline"] += 1
+            devices["stale"] += ts.stale
+        family = GaugeMetricFamily(
+            "gateway_devices",
+            "Topics by presence (online, offline, unknown) and stale.",
+            labels=["state"],
+        )
+        for state, n in devices.items():
+            family.add_metric([state], n)
+        yield family
+        yield GaugeMetricFamily(
+            "gateway_subscription_groups",
+            "Distinct (filter, rate, grants) streams.",
+            value=self.hub.groups,
+        )
+
+
+class Metrics:
+    """The registry, the collector and the histograms the shell observes."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        r = self.registry
+        self.tick_seconds = Histogram(
+            "gateway_tick_duration_seconds",
+            "Time to run one hub tick and write its frames.",
+            buckets=TICK_BUCKETS,
+            registry=r,
+        )
+        self.device_to_send = Histogram(
+            "gateway_device_to_send_seconds",
+            "Device timestamp to frame written, per topic per tick (subscribers in sync).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ingest_to_send = Histogram(
+            "gateway_ingest_to_send_seconds",
+            "Gateway receive time to frame written, per topic per tick (subscribers in sync).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.subscriber_data_age = Histogram(
+            "gateway_subscriber_data_age_seconds",
+            "How old the data waiting for a subscriber is, per subscriber per sweep (0.5 s).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def attach(
+        self, server: Server, hub: Hub, store: StateStore, mqtt: Callable[[], MqttIngest | None]
+    ) -> None:
+        self.registry.register(GatewayCollector(server, hub, store, mqtt))
+
+    def exposition(self) -> tuple[bytes, bytes]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()
