@@ -83,7 +83,7 @@ class GatewayCollector(Collector):
         o = self.hub.stats
         st = self.store.stats
         info = GaugeMetricFamily(
-            "gateway_build", "Build information (always 1).", labels=["version"]
+            "gateway_build_info", "Build information (always 1).", labels=["version"]
         )
         info.add_metric([__version__], 1)
         yield info
@@ -196,16 +196,17 @@ class GatewayCollector(Collector):
             "Field updates inside their deadband (not news).",
             values=st.deadband_suppressed,
         )
-        yield GaugeMetricFamily(
-            "gateway_mqtt_connected",
-            "1 while connected to the MQTT broker (0 without MQTT).",
-            value=1 if mqtt is not None and mqtt.connected else 0,
-        )
-        yield _counter(
-            "gateway_mqtt_reconnects",
-            "MQTT reconnection attempts.",
-            values=mqtt.stats.reconnects if mqtt is not None else 0,
-        )
+        if mqtt is not None:  # only with MQTT configured: no false "disconnected" alerts
+            yield GaugeMetricFamily(
+                "gateway_mqtt_connected",
+                "1 while connected to the MQTT broker.",
+                value=1 if mqtt.connected else 0,
+            )
+            yield _counter(
+                "gateway_mqtt_reconnects",
+                "MQTT reconnection attempts.",
+                values=mqtt.stats.reconnects,
+            )
         yield GaugeMetricFamily("gateway_topics", "Topics in the state.", value=len(self.store))
         devices = {"online": 0, "offline": 0, "unknown": 0, "stale": 0}
         for ts in self.store.states():

@@ -57,7 +57,7 @@ async def test_promtool_accepts_the_live_exposition_under_traffic(
     assert value(m, "gateway_device_to_send_seconds_count") > 0
     assert value(m, "gateway_ingest_messages_total", source="simulator") > 200
     assert value(m, "gateway_devices", state="online") == 200
-    assert value(m, "gateway_build", version="0.1.0") == 1
+    assert value(m, "gateway_build_info", version="0.1.0") == 1
 
 
 async def test_connections_and_disconnects_are_counted_by_reason(gateway: Gateway) -> None:
