@@ -23,13 +23,20 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
+NPM_STAMP := dashboard/node_modules/.package-lock.json
+
+$(NPM_STAMP): dashboard/package-lock.json
+	@scripts/system-deps.sh run
+	cd dashboard && npm ci --no-audit --no-fund
+
 venv: $(STAMP) ## create .venv and install the project with its dev extras
 
-run: venv ## gateway + embedded simulator fleet + dashboard at http://127.0.0.1:8080/
+run: venv $(NPM_STAMP) ## gateway + embedded simulator fleet + dashboard at http://127.0.0.1:8080/
 	@scripts/run.sh
 
 test: venv ## lint, then the whole test suite (what CI runs)
 	@scripts/system-deps.sh test
+	@$(MAKE) --no-print-directory $(NPM_STAMP)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest
 
@@ -56,4 +63,4 @@ soak: venv ## long randomized soak tests (not in the default run)
 	$(BIN)/python -m pytest -m soak
 
 clean: ## remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dashboard/node_modules

@@ -5,14 +5,15 @@
 set -euo pipefail
 
 case "${1:-test}" in
-  test)  want=(mosquitto mosquitto-clients prometheus) ;;
+  test)  want=(mosquitto mosquitto-clients prometheus chromium) ;;
   run)   want=() ;;
   bench) want=(mosquitto mosquitto-clients) ;;
   *) echo "usage: $0 test|run|bench" >&2; exit 2 ;;
 esac
 
 missing=()
-for pkg in "${want[@]}"; do
+command -v npm >/dev/null 2>&1 || want+=(nodejs npm)  # the dashboard's packages
+for pkg in "${want[@]+"${want[@]}"}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

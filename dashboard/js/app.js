@@ -1,0 +1,297 @@
+// The big screen. URL parameters (kiosk mode):
+//   filter=berlin/#   which topics (default #)
+//   field=temperature the field that colours the tiles (default: per kind, see PRIMARY)
+//   device=<path>     the device shown in the lower chart
+//   rate=10           updates per second per topic (default 10)
+//   token=...         access token (else localStorage "gatewayToken")
+//   title=...         the header
+// Rules: socket updates only mark things dirty; one requestAnimationFrame draws them.
+// Every history is a fixed-size ring buffer, so memory stays flat over hours.
+
+import uPlot from "../node_modules/uplot/dist/uPlot.esm.js";
+import { GatewayClient } from "./client.js";
+
+const params = new URLSearchParams(location.search);
+const FILTER = params.get("filter") || "#";
+const FIELD = params.get("field") || "auto";
+const RATE = Number(params.get("rate") || 10);
+const TOKEN = params.get("token") || localStorage.getItem("gatewayToken");
+const PRIMARY = { env: "temperature", machine: "power", server: "cpu" };
+const ALARMS = { temperature: [null, 28], vibration: [null, 5], cpu: [null, 95],
+                 humidity: [10, 85] };
+const HISTORY = 300; // chart points (1 per second: 5 minutes)
+const MAX_EVENTS = 40;
+
+const $ = (id) => document.getElementById(id);
+if (params.get("title")) $("title").textContent = params.get("title");
+$("field-name").textContent = FIELD === "auto" ? "temperature" : FIELD;
+
+const wsUrl = new URL("ws", location.href);
+wsUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+const client = new GatewayClient({ url: wsUrl.toString(), filters: [FILTER], rateHz: RATE,
+                                   token: TOKEN });
+window.gatewayClient = client; // for people debugging a wall, and for the tests
+
+const tiles = new Map(); // topic -> element
+const sites = new Map(); // site -> {el, tiles, count}
+const ranges = new Map(); // field -> [min, max] seen (for colours)
+const alarms = new Set();
+const dirty = new Set();
+let selected = params.get("device");
+let updates = 0;
+let frameScheduled = false;
+
+function fieldOf(topic) {
+  if (FIELD !== "auto") return FIELD;
+  const kind = topic.split("/").pop().split("-")[0];
+  return PRIMARY[kind] || "value";
+}
+
+function siteBlock(site) {
+  let s = sites.get(site);
+  if (!s) {
+    const el = document.createElement("div");
+    el.className = "site";
+    el.innerHTML = `<h2><span></span><small></small></h2><div class="tiles"></div>`;
+    el.querySelector("span").textContent = site;
+    const ordered = [...sites.keys(), site].sort();
+    const next = sites.get(ordered[ordered.indexOf(site) + 1]);
+    $("sites").insertBefore(el, next ? next.el : null);
+    s = { el, tilesEl: el.querySelector(".tiles"), count: el.querySelector("small"), n: 0 };
+    sites.set(site, s);
+  }
+  return s;
+}
+
+function tileFor(topic) {
+  let el = tiles.get(topic);
+  if (!el) {
+    const s = siteBlock(topic.split("/")[0]);
+    el = document.createElement("div");
+    el.className = "tile";
+    el.dataset.topic = topic;
+    el.title = topic;
+    el.onclick = () => select(topic);
+    s.tilesEl.appendChild(el);
+    s.n += 1;
+    s.count.textContent = `${s.n} devices`;
+    tiles.set(topic, el);
+    layoutPending = true;
+    if (!selected) select(topic);
+  }
+  return el;
+}
+
+function colour(field, v) {
+  if (typeof v !== "number") return v === "run" ? "#2f7d57" : v === "idle" ? "#6b5b2a" :
+    v === "maintenance" ? "#7a3a3a" : "#2a3340";
+  const r = ranges.get(field) || [v, v];
+  const lo = Math.min(r[0], v), hi = Math.max(r[1], v);
+  ranges.set(field, [lo, hi]);
+  const t = hi > lo ? (v - lo) / (hi - lo) : 0.5;
+  return `hsl(${Math.round(220 - 220 * t)}, 70%, ${Math.round(38 + 10 * t)}%)`;
+}
+
+function isAlarm(state) {
+  for (const [f, [lo, hi]] of Object.entries(ALARMS)) {
+    const v = state.fields[f];
+    if (typeof v !== "number") continue;
+    if ((lo !== null && v < lo) || (hi !== null && v > hi)) return `${f} ${v}`;
+  }
+  return null;
+}
+
+// Tiles as large as the wall allows: the sites area divided among all devices.
+let layoutPending = false;
+function layout() {
+  const area = $("sites");
+  const perSite = Math.max(1, ...[...sites.values()].map((x) => x.n));
+  const columns = Math.min(sites.size || 1, 4);
+  const rows = Math.ceil((sites.size || 1) / columns);
+  const w = area.clientWidth / columns - 16;
+  const h = area.clientHeight / rows - 40;
+  let side = Math.sqrt((w * h) / perSite);
+  while (side > 4 && Math.floor(w / (side + 2)) * Math.floor(h / (side + 2)) < perSite) side -= 1;
+  area.style.setProperty("--tile", `${Math.floor(side)}px`);
+  area.style.gridTemplateColumns = `repeat(${columns}, 1fr)`;
+  layoutPending = false;
+}
+
+function draw() {
+  frameScheduled = false;
+  if (layoutPending) layout();
+  for (const topic of dirty) {
+    const st = client.topics.get(topic);
+    const el = tileFor(topic);
+    if (!st) { el.remove(); tiles.delete(topic); continue; }
+    const field = fieldOf(topic);
+    el.style.background = colour(field, st.fields[field]);
+    el.classList.toggle("offline", st.online === false);
+    el.classList.toggle("stale", !!st.stale);
+    el.classList.toggle("selected", topic === selected);
+    const alarm = isAlarm(st);
+    el.classList.toggle("alarm", !!alarm);
+    el.dataset.state = st.online === false ? "offline" : st.stale ? "stale" : "live";
+    el.dataset.value = String(st.fields[field] ?? "");
+    if (alarm && !alarms.has(topic)) event(`${topic}: ${alarm}`, "bad");
+    if (alarm) alarms.add(topic); else alarms.delete(topic);
+  }
+  dirty.clear();
+  kpis();
+}
+
+function schedule() {
+  if (!frameScheduled) {
+    frameScheduled = true;
+    requestAnimationFrame(draw);
+  }
+}
+
+const previous = new Map(); // topic -> "online|offline|stale" for the event list
+client.addEventListener("change", (e) => {
+  for (const topic of e.detail.topics) {
+    dirty.add(topic);
+    updates += 1;
+    const st = client.topics.get(topic);
+    const now = st ? (st.online === false ? "offline" : st.stale ? "stale" : "online") : "gone";
+    const before = previous.get(topic);
+    if (before && before !== now) {
+      event(`${topic} is ${now}`, now === "online" ? "ok" : now === "stale" ? "warn" : "bad");
+    }
+    previous.set(topic, now);
+  }
+  schedule();
+});
+
+function event(text, cls) {
+  const li = document.createElement("li");
+  li.className = cls;
+  li.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
+  const list = $("events");
+  list.insertBefore(li, list.firstChild);
+  while (list.children.length > MAX_EVENTS) list.lastChild.remove();
+}
+
+function kpis() {
+  let online = 0, offline = 0, stale = 0;
+  for (const st of client.topics.values()) {
+    if (st.online === false) offline += 1; else online += 1;
+    if (st.stale) stale += 1;
+  }
+  $("kpi-total").textContent = client.topics.size;
+  $("kpi-online").textContent = online;
+  $("kpi-offline").textContent = offline;
+  $("kpi-stale").textContent = stale;
+  $("kpi-alarms").textContent = alarms.size;
+}
+
+// -- connection indicator with data age -------------------------------------------------
+const conn = $("conn");
+client.addEventListener("status", (e) => {
+  const { status, code } = e.detail;
+  conn.className = `conn ${status}`;
+  conn.dataset.status = status === "closed" ? "disconnected" : status;
+  $("conn-text").textContent = status === "closed" ? `disconnected (${code})` : status;
+});
+setInterval(() => {
+  let newest = 0;
+  for (const st of client.topics.values()) newest = Math.max(newest, st.rx || 0);
+  const age = newest ? Math.max(0, Date.now() / 1000 - newest) : null;
+  if (client.status === "open") {
+    $("conn-text").textContent = age === null ? "live" : `live, data age ${age.toFixed(1)} s`;
+  }
+  $("kpi-rate").textContent = updates;
+  updates = 0;
+}, 1000);
+
+// -- charts: ring buffers sampled once a second -----------------------------------------
+class Ring {
+  constructor(n) { this.a = new Float64Array(n); this.n = n; this.len = 0; this.i = 0; }
+  push(v) { this.a[this.i] = v; this.i = (this.i + 1) % this.n; this.len = Math.min(this.len + 1, this.n); }
+  values() {
+    const out = new Array(this.len);
+    for (let k = 0; k < this.len; k++) out[k] = this.a[(this.i - this.len + k + this.n) % this.n];
+    return out;
+  }
+}
+
+const times = new Ring(HISTORY);
+const siteSeries = new Map(); // site -> Ring
+const deviceRing = new Ring(HISTORY);
+let siteChart = null, deviceChart = null, chartSites = [];
+
+function chartOpts(el, series) {
+  const axis = { stroke: "#8b98a8", grid: { stroke: "#1c2530" }, ticks: { stroke: "#1c2530" } };
+  // leave room for the legend under the plot
+  return { width: el.clientWidth, height: Math.max(80, el.clientHeight - 34), series: [{}, ...series],
+           axes: [axis, axis], legend: { show: true }, cursor: { show: false } };
+}
+
+const PALETTE = ["#5cc8ff", "#ffc542", "#3ecf8e", "#ff5c5c", "#c38bff", "#ff9f5c", "#7ee0d0",
+                 "#f28fb1"];
+
+function sample() {
+  times.push(Date.now() / 1000);
+  const sums = new Map();
+  for (const [topic, st] of client.topics) {
+    const v = st.fields[FIELD === "auto" ? "temperature" : FIELD];
+    if (typeof v !== "number") continue;
+    const site = topic.split("/")[0];
+    const s = sums.get(site) || [0, 0];
+    s[0] += v; s[1] += 1;
+    sums.set(site, s);
+  }
+  for (const site of sums.keys()) {
+    if (!siteSeries.has(site)) {
+      const ring = new Ring(HISTORY);
+      for (let k = 1; k < times.len; k++) ring.push(NaN);
+      siteSeries.set(site, ring);
+    }
+  }
+  for (const [site, ring] of siteSeries) {
+    const s = sums.get(site);
+    ring.push(s ? s[0] / s[1] : NaN);
+  }
+  const sel = selected && client.topics.get(selected);
+  const v = sel ? sel.fields[fieldOf(selected)] : NaN;
+  deviceRing.push(typeof v === "number" ? v : NaN);
+  render();
+}
+
+function render() {
+  const t = times.values();
+  const names = [...siteSeries.keys()].sort();
+  const elS = $("chart-sites");
+  if (!siteChart || names.join() !== chartSites.join()) {
+    siteChart?.destroy();
+    chartSites = names;
+    siteChart = new uPlot(chartOpts(elS, names.map((n, i) => ({
+      label: n, stroke: PALETTE[i % PALETTE.length], width: 2 }))), [t, ...names.map(() => [])], elS);
+  }
+  siteChart.setData([t, ...names.map((n) => siteSeries.get(n).values())]);
+  const elD = $("chart-device");
+  if (!deviceChart) {
+    deviceChart = new uPlot(chartOpts(elD, [{ label: "value", stroke: "#5cc8ff", width: 2 }]),
+                            [t, []], elD);
+  }
+  deviceChart.setData([t, deviceRing.values()]);
+}
+
+function select(topic) {
+  if (selected) tiles.get(selected)?.classList.remove("selected");
+  selected = topic;
+  tiles.get(topic)?.classList.add("selected");
+  $("device-title").textContent = `${topic} (${fieldOf(topic)})`;
+  deviceRing.len = 0;
+}
+
+if (selected) $("device-title").textContent = selected;
+setInterval(sample, 1000);
+window.addEventListener("resize", () => {
+  layout();
+  for (const [chart, el] of [[siteChart, $("chart-sites")], [deviceChart, $("chart-device")]]) {
+    chart?.setSize({ width: el.clientWidth, height: Math.max(80, el.clientHeight - 34) });
+  }
+});
+$("legend").textContent = `filter ${FILTER} · colour: ${FIELD === "auto" ? "temperature / power / cpu" : FIELD} · offline: red outline · stale: dashed, dimmed · click a tile to chart it`;
+client.start();

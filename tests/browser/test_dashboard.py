@@ -1,0 +1,159 @@
+"""The big screen in a real Chromium (Debian's, through Playwright; never downloaded)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import pytest
+import trio
+
+from gateway.app import Gateway, serve
+from tests.broker import free_port
+from tests.conftest import require_binary
+from tests.gw import make_config
+from tests.serve.httpget import http_get
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def chromium() -> str:
+    require_binary("node", "nodejs")  # the dashboard's npm packages
+    return require_binary("/usr/bin/chromium", "chromium")
+
+
+@contextmanager
+def browser_page(chromium: str, width: int = 1920, height: int = 1080) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.errors = errors  # type: ignore[attr-defined]
+            yield page
+        finally:
+            browser.close()
+
+
+def page_state(page: Any) -> dict[str, Any]:
+    return page.evaluate(
+        "() => Object.fromEntries([...window.gatewayClient.topics].map(([t, v]) =>"
+        " [t, {seq: v.seq, fields: v.fields}]))"
+    )
+
+
+async def in_browser(fn: Callable[[], Any]) -> Any:
+    return await trio.to_thread.run_sync(fn)
+
+
+async def test_live_values_within_two_seconds_then_offline_and_stale_shown(
+    gateway_factory: Callable[..., Any], chromium: str
+) -> None:
+    gw: Gateway = await gateway_factory(
+        simulator={"devices": 200, "rate_hz": 2},
+        state={"stale_after": [{"filter": "lab/#", "after_s": 1.0}]},
+    )
+    gw.store.apply("lab/bench/probe-1", {"temperature": 20.0}, gw.clock.wall())
+    device = "berlin/line1/env-00000"
+
+    def visit() -> dict[str, Any]:
+        with browser_page(chromium) as page:
+            page.goto(f"http://127.0.0.1:{gw.port}/")
+            # live values within 2 s of opening
+            page.wait_for_function(
+                "() => document.querySelectorAll('.tile[data-value]:not([data-value=\"\"])')"
+                ".length >= 200",
+                timeout=2000,
+            )
+            online = page.inner_text("#kpi-online")
+            trio.from_thread.run_sync(lambda: gw.store.set_presence(device, False, gw.clock.wall()))
+            page.wait_for_selector(f'.tile[data-topic="{device}"].offline', timeout=5000)
+            page.wait_for_selector('.tile[data-topic="lab/bench/probe-1"].stale', timeout=5000)
+            events = page.inner_text("#events")
+            conn = page.get_attribute("#conn", "data-status")
+            return {"online": online, "events": events, "conn": conn, "errors": page.errors}
+
+    got = await in_browser(visit)
+    assert int(got["online"]) >= 200
+    assert f"{device} is offline" in got["events"]
+    assert "lab/bench/probe-1 is stale" in got["events"]
+    assert got["conn"] == "open"
+    assert got["errors"] == []
+
+
+async def test_the_page_survives_a_gateway_restart_and_matches_its_snapshot(
+    chromium: str,
+) -> None:
+    port = free_port()
+    cfg = make_config(
+        server={"port": port, "shutdown_timeout_s": 1.0}, simulator={"devices": 100, "rate_hz": 2}
+    )
+    restarted = trio.Event()
+    results: dict[str, Any] = {}
+
+    def visit() -> None:
+        with browser_page(chromium) as page:
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("() => window.gatewayClient.topics.size >= 100", timeout=5000)
+            epoch = page.evaluate("() => window.gatewayClient.epoch")
+            trio.from_thread.run_sync(first_scope.cancel)  # the gateway goes away
+            page.wait_for_selector('#conn[data-status="disconnected"]', timeout=5000)
+            results["disconnected_shown"] = True
+            trio.from_thread.run_sync(restarted.set)
+            page.wait_for_function(
+                f"() => window.gatewayClient.epoch && window.gatewayClient.epoch !== '{epoch}'"
+                " && window.gatewayClient.status === 'open'",
+                timeout=20000,
+            )
+            results["reloads"] = page.evaluate(
+                "() => performance.getEntriesByType('navigation').length"
+            )
+            # compare with the new gateway's snapshot (the fleet keeps publishing: retry)
+            for _ in range(50):
+                snap = trio.from_thread.run(snapshot)
+                mine = page_state(page)
+                if all(mine.get(t, {}).get("seq", -1) >= v["seq"] for t, v in snap.items()) and set(
+                    mine
+                ) == set(snap):
+                    results["matched"] = all(
+                        mine[t]["fields"] == v["fields"]
+                        for t, v in snap.items()
+                        if mine[t]["seq"] == v["seq"]
+                    )
+                    break
+                page.wait_for_timeout(100)
+            results["errors"] = page.errors
+
+    async def snapshot() -> dict[str, Any]:
+        _, _, body = await http_get(port, "/api/snapshot")
+        return dict(orjson.loads(body)["topics"])
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as first_scope:  # cancelled: like a kill, no close frames
+            async with trio.open_nursery() as first:
+                await first.start(serve, cfg)
+                nursery.start_soon(in_browser, visit)
+                await trio.sleep_forever()  # until the browser side cancels us
+        await restarted.wait()
+        second: Gateway = await nursery.start(serve, cfg)
+        with trio.fail_after(60):
+            while "errors" not in results:
+                await trio.sleep(0.1)
+        second.server.request_shutdown()
+    assert results["disconnected_shown"]
+    assert results.get("matched") is True
+    assert results["reloads"] == 1  # reconnected by itself, no reload
+    assert results["errors"] == []
