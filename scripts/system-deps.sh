@@ -7,7 +7,7 @@ set -euo pipefail
 case "${1:-test}" in
   test)  want=(mosquitto mosquitto-clients prometheus chromium) ;;
   run)   want=() ;;
-  bench) want=(mosquitto mosquitto-clients) ;;
+  bench) want=(mosquitto mosquitto-clients chromium) ;;
   *) echo "usage: $0 test|run|bench" >&2; exit 2 ;;
 esac
 

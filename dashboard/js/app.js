@@ -31,6 +31,15 @@ wsUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
 const client = new GatewayClient({ url: wsUrl.toString(), filters: [FILTER], rateHz: RATE,
                                    token: TOKEN });
 window.gatewayClient = client; // for people debugging a wall, and for the tests
+window.wall = {
+  // what a tile shows: {state: live|stale|offline, value, alarm}, or null
+  tile: (topic) => {
+    const t = tiles.get(topic);
+    return t ? { state: t.state, value: t.value, alarm: t.alarm } : null;
+  },
+  tilesWithValues: () => [...tiles.values()].filter((t) => t.value !== "").length,
+  drawMs: () => drawMs.slice(),
+};
 
 const tiles = new Map(); // topic -> element
 const sites = new Map(); // site -> {el, tiles, count}
@@ -47,39 +56,46 @@ function fieldOf(topic) {
   return PRIMARY[kind] || "value";
 }
 
+// Each site is one canvas: repainting thousands of tiles is thousands of fillRect
+// calls, not thousands of DOM style changes (which the renderer must restyle and paint).
 function siteBlock(site) {
   let s = sites.get(site);
   if (!s) {
     const el = document.createElement("div");
     el.className = "site";
-    el.innerHTML = `<h2><span></span><small></small></h2><div class="tiles"></div>`;
+    el.innerHTML = `<h2><span></span><small></small></h2><canvas></canvas>`;
     el.querySelector("span").textContent = site;
     const ordered = [...sites.keys(), site].sort();
     const next = sites.get(ordered[ordered.indexOf(site) + 1]);
     $("sites").insertBefore(el, next ? next.el : null);
-    s = { el, tilesEl: el.querySelector(".tiles"), count: el.querySelector("small"), n: 0 };
+    const canvas = el.querySelector("canvas");
+    s = { el, canvas, ctx: canvas.getContext("2d"), count: el.querySelector("small"),
+          list: [], cols: 1, side: 10 };
+    canvas.onclick = (ev) => {
+      const r = canvas.getBoundingClientRect();
+      const col = Math.floor((ev.clientX - r.left) / (s.side + 2));
+      const row = Math.floor((ev.clientY - r.top) / (s.side + 2));
+      const tile = s.list[row * s.cols + col];
+      if (tile) select(tile.topic);
+    };
     sites.set(site, s);
   }
   return s;
 }
 
 function tileFor(topic) {
-  let el = tiles.get(topic);
-  if (!el) {
+  let t = tiles.get(topic);
+  if (!t) {
     const s = siteBlock(topic.split("/")[0]);
-    el = document.createElement("div");
-    el.className = "tile";
-    el.dataset.topic = topic;
-    el.title = topic;
-    el.onclick = () => select(topic);
-    s.tilesEl.appendChild(el);
-    s.n += 1;
-    s.count.textContent = `${s.n} devices`;
-    tiles.set(topic, el);
+    t = { topic, site: s, index: s.list.length, bg: "#2a3340", state: "live", alarm: false,
+          value: "" };
+    s.list.push(t);
+    s.count.textContent = `${s.list.length} devices`;
+    tiles.set(topic, t);
     layoutPending = true;
     if (!selected) select(topic);
   }
-  return el;
+  return t;
 }
 
 function colour(field, v) {
@@ -105,39 +121,91 @@ function isAlarm(state) {
 let layoutPending = false;
 function layout() {
   const area = $("sites");
-  const perSite = Math.max(1, ...[...sites.values()].map((x) => x.n));
+  const perSite = Math.max(1, ...[...sites.values()].map((x) => x.list.length));
   const columns = Math.min(sites.size || 1, 4);
   const rows = Math.ceil((sites.size || 1) / columns);
+  area.style.gridTemplateColumns = `repeat(${columns}, 1fr)`;
   const w = area.clientWidth / columns - 16;
   const h = area.clientHeight / rows - 40;
-  let side = Math.sqrt((w * h) / perSite);
-  while (side > 4 && Math.floor(w / (side + 2)) * Math.floor(h / (side + 2)) < perSite) side -= 1;
-  area.style.setProperty("--tile", `${Math.floor(side)}px`);
-  area.style.gridTemplateColumns = `repeat(${columns}, 1fr)`;
+  let side = Math.floor(Math.sqrt((w * h) / perSite));
+  while (side > 3 && Math.floor(w / (side + 2)) * Math.floor(h / (side + 2)) < perSite) side -= 1;
+  const dpr = window.devicePixelRatio || 1;
+  for (const s of sites.values()) {
+    s.side = side;
+    s.cols = Math.max(1, Math.floor(w / (side + 2)));
+    const height = Math.ceil(s.list.length / s.cols) * (side + 2);
+    s.canvas.style.width = `${s.cols * (side + 2)}px`;
+    s.canvas.style.height = `${height}px`;
+    s.canvas.width = s.cols * (side + 2) * dpr;
+    s.canvas.height = height * dpr;
+    s.ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    for (const t of s.list) paint(t);
+  }
   layoutPending = false;
 }
+
+function paint(t) {
+  const s = t.site;
+  const x = (t.index % s.cols) * (s.side + 2);
+  const y = Math.floor(t.index / s.cols) * (s.side + 2);
+  const ctx = s.ctx;
+  const d = s.side;
+  ctx.clearRect(x, y, d + 2, d + 2);
+  ctx.globalAlpha = t.state === "stale" ? 0.45 : 1;
+  ctx.fillStyle = t.state === "offline" ? "#1a1f26" : t.bg;
+  ctx.fillRect(x, y, d, d);
+  ctx.globalAlpha = 1;
+  const ring = t.topic === selected ? "#5cc8ff" : t.state === "offline" || t.alarm ? "#ff5c5c" :
+    t.state === "stale" ? "#ffc542" : null;
+  if (ring) {
+    ctx.lineWidth = Math.max(1.5, d / 8);
+    ctx.setLineDash(t.state === "stale" && t.topic !== selected ? [d / 4, d / 6] : []);
+    ctx.strokeStyle = ring;
+    ctx.strokeRect(x + 1, y + 1, d - 2, d - 2);
+    ctx.setLineDash([]);
+  }
+}
+
+// Draw dirty tiles within a time budget per frame: a tick of thousands of changes
+// is spread over a few frames instead of one long one. Writes that would not change
+// anything (same colour, same classes) are skipped: the DOM work is the cost here.
+const FRAME_BUDGET_MS = 8;
+const drawMs = []; // the last 2,000 draw durations (window.wall.drawMs), for measurement
+drawMs.push = function (v) { if (this.length >= 2000) this.shift(); return Array.prototype.push.call(this, v); };
+const drawn = new Map(); // topic -> last written "colour|state|alarm|selected"
 
 function draw() {
   frameScheduled = false;
   if (layoutPending) layout();
+  const started = performance.now();
+  let n = 0;
   for (const topic of dirty) {
+    if ((++n & 63) === 0 && performance.now() - started > FRAME_BUDGET_MS) break;
+    dirty.delete(topic);
     const st = client.topics.get(topic);
     const el = tileFor(topic);
-    if (!st) { el.remove(); tiles.delete(topic); continue; }
+    if (!st) { drawn.delete(topic); continue; } // dropped (new epoch): repainted on relayout
     const field = fieldOf(topic);
-    el.style.background = colour(field, st.fields[field]);
-    el.classList.toggle("offline", st.online === false);
-    el.classList.toggle("stale", !!st.stale);
-    el.classList.toggle("selected", topic === selected);
+    const value = st.fields[field];
+    const bg = colour(field, value);
+    const state = st.online === false ? "offline" : st.stale ? "stale" : "live";
     const alarm = isAlarm(st);
-    el.classList.toggle("alarm", !!alarm);
-    el.dataset.state = st.online === false ? "offline" : st.stale ? "stale" : "live";
-    el.dataset.value = String(st.fields[field] ?? "");
+    const key = `${bg}|${state}|${alarm ? 1 : 0}|${topic === selected ? 1 : 0}`;
+    el.value = String(value ?? "");
+    if (drawn.get(topic) !== key && !layoutPending) {
+      drawn.set(topic, key);
+      Object.assign(el, { bg, state, alarm: !!alarm });
+      paint(el);
+    } else {
+      Object.assign(el, { bg, state, alarm: !!alarm });
+    }
     if (alarm && !alarms.has(topic)) event(`${topic}: ${alarm}`, "bad");
     if (alarm) alarms.add(topic); else alarms.delete(topic);
   }
-  dirty.clear();
+  if (layoutPending) layout();
   kpis();
+  drawMs.push(performance.now() - started);
+  if (dirty.size) schedule(); // the rest next frame
 }
 
 function schedule() {
@@ -278,9 +346,11 @@ function render() {
 }
 
 function select(topic) {
-  if (selected) tiles.get(selected)?.classList.remove("selected");
+  const before = selected && tiles.get(selected);
   selected = topic;
-  tiles.get(topic)?.classList.add("selected");
+  if (before) { drawn.delete(before.topic); paint(before); }
+  const now = tiles.get(topic);
+  if (now && !layoutPending) paint(now);
   $("device-title").textContent = `${topic} (${fieldOf(topic)})`;
   deviceRing.len = 0;
 }

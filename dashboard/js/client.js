@@ -87,6 +87,7 @@ export class GatewayClient extends EventTarget {
     ws.onclose = (ev) => {
       this._clearTimers();
       this.stats.closes.push(ev.code);
+      if (this.stats.closes.length > 20) this.stats.closes.shift(); // bounded over days
       if (this._ws === ws) this._ws = null;
       this._setStatus("closed", { code: ev.code, reason: ev.reason });
       if (!this._stopped && ev.code !== 4001) this._scheduleReconnect(openedAt);

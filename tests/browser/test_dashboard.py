@@ -73,15 +73,15 @@ async def test_live_values_within_two_seconds_then_offline_and_stale_shown(
         with browser_page(chromium) as page:
             page.goto(f"http://127.0.0.1:{gw.port}/")
             # live values within 2 s of opening
-            page.wait_for_function(
-                "() => document.querySelectorAll('.tile[data-value]:not([data-value=\"\"])')"
-                ".length >= 200",
-                timeout=2000,
-            )
+            page.wait_for_function("() => window.wall.tilesWithValues() >= 200", timeout=2000)
             online = page.inner_text("#kpi-online")
             trio.from_thread.run_sync(lambda: gw.store.set_presence(device, False, gw.clock.wall()))
-            page.wait_for_selector(f'.tile[data-topic="{device}"].offline', timeout=5000)
-            page.wait_for_selector('.tile[data-topic="lab/bench/probe-1"].stale', timeout=5000)
+            page.wait_for_function(
+                f"() => window.wall.tile('{device}')?.state === 'offline'", timeout=5000
+            )
+            page.wait_for_function(
+                "() => window.wall.tile('lab/bench/probe-1')?.state === 'stale'", timeout=5000
+            )
             events = page.inner_text("#events")
             conn = page.get_attribute("#conn", "data-status")
             return {"online": online, "events": events, "conn": conn, "errors": page.errors}

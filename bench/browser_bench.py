@@ -1,0 +1,201 @@
+"""The big screen under load in headless Chromium: frame times and JS heap.
+
+A gateway with N simulated devices at R messages per second each (default 5,000 at
+10 Hz) serves the dashboard at 1920x1080 in Debian's Chromium (Playwright). Through the
+Performance API the page records every animation frame's interval, and every 5 s the
+JS heap after a forced GC. Reported: average and p99 frame time, long tasks, heap at
+start and end and its trend (least-squares slope after a 10 s warm-up), and the
+updates per second the page actually received.
+
+    python bench/browser_bench.py [--quick] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--enable-precise-memory-info",
+    "--js-flags=--expose-gc",
+]
+
+PROBE = """
+window.__bench = { frames: [], heap: [], longTasks: 0, updates: 0, start: performance.now() };
+(function loop(prev) {
+  requestAnimationFrame((t) => {
+    if (prev !== undefined) window.__bench.frames.push(t - prev);
+    loop(t);
+  });
+})();
+new PerformanceObserver((l) => { window.__bench.longTasks += l.getEntries().length; })
+  .observe({ type: "longtask", buffered: true });
+window.gatewayClient.addEventListener("change", (e) => {
+  window.__bench.updates += e.detail.topics.size;
+});
+setInterval(() => {
+  if (window.gc) window.gc();
+  window.__bench.heap.push([(performance.now() - window.__bench.start) / 1000,
+                            performance.memory.usedJSHeapSize]);
+}, 5000);
+"""
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mx = sum(p[0] for p in points) / n
+    my = sum(p[1] for p in points) / n
+    den = sum((p[0] - mx) ** 2 for p in points)
+    return sum((p[0] - mx) * (p[1] - my) for p in points) / den if den else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="20 s instead of 60 s")
+    ap.add_argument("--write", action="store_true", help="rewrite docs/benchmarks.md")
+    ap.add_argument("--devices", type=int, default=5000)
+    ap.add_argument("--rate", type=float, default=10.0)
+    ap.add_argument("--seconds", type=int, default=None, help="run length (default 60)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=10,
+        help="seconds excluded from the heap trend (the charts' 300 s history "
+        "fills first: use more than 300 to judge the plateau)",
+    )
+    args = ap.parse_args()
+    seconds = args.seconds or (20 if args.quick else 60)
+    from playwright.sync_api import sync_playwright
+
+    from bench.report import machine_info, write_section
+
+    gw = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "run",
+            "--simulate",
+            str(args.devices),
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "GATEWAY_SIMULATOR_RATE_HZ": str(args.rate)},
+    )
+    os.sched_setaffinity(gw.pid, {0})
+    try:
+        assert gw.stderr is not None
+        port = None
+        while port is None:
+            line = gw.stderr.readline()
+            assert line, "the gateway did not start"
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+            port = int(m.group(1)) if m else None
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            page = browser.new_page(viewport={"width": 1920, "height": 1080})
+            page.goto(f"http://127.0.0.1:{port}/?rate=10")
+            page.wait_for_function(
+                f"() => window.gatewayClient.topics.size >= {args.devices}", timeout=30_000
+            )
+            page.evaluate(PROBE)
+            print(
+                f"browser: {args.devices} devices at {args.rate:g} Hz for {seconds} s ...",
+                flush=True,
+            )
+            time.sleep(seconds)
+            data = page.evaluate("() => window.__bench")
+            draws = sorted(page.evaluate("() => window.wall.drawMs()"))
+            browser.close()
+    finally:
+        gw.terminate()
+        gw.wait(timeout=10)
+    frames = sorted(data["frames"])
+    avg = sum(frames) / len(frames)
+    p99 = frames[int(0.99 * (len(frames) - 1))]
+    heap = [(t, b) for t, b in data["heap"]]
+    after_warmup = [(t, b) for t, b in heap if t >= args.warmup]
+    trend = slope(after_warmup) * 3600 / 2**20  # MiB per hour
+    updates = data["updates"] / seconds
+    draw_avg = sum(draws) / len(draws)
+    draw_p99 = draws[int(0.99 * (len(draws) - 1))]
+    result = {
+        "draw_avg_ms": draw_avg,
+        "draw_p99_ms": draw_p99,
+        "machine": machine_info(),
+        "devices": args.devices,
+        "rate_hz": args.rate,
+        "seconds": seconds,
+        "frames": len(frames),
+        "frame_avg_ms": avg,
+        "frame_p99_ms": p99,
+        "long_tasks": data["longTasks"],
+        "heap_start_mib": heap[0][1] / 2**20,
+        "heap_end_mib": heap[-1][1] / 2**20,
+        "heap_trend_mib_per_hour": trend,
+        "warmup_s": args.warmup,
+        "updates_per_s": updates,
+    }
+    out = ROOT / "bench" / "results" / "browser.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"  frame time avg {avg:.1f} ms, p99 {p99:.1f} ms ({len(frames)} frames, "
+        f"{data['longTasks']} long tasks); heap {heap[0][1] / 2**20:.1f} -> "
+        f"{heap[-1][1] / 2**20:.1f} MiB, trend {trend:+.1f} MiB/h; "
+        f"{updates:,.0f} topic updates/s received; draw avg {draw_avg:.2f} ms, "
+        f"p99 {draw_p99:.2f} ms"
+    )
+    if not args.write:
+        return
+    met = draw_avg < 16 and p99 < 50
+    body = (
+        f"Command: `make bench` (`python bench/browser_bench.py --write`). A gateway with "
+        f"{args.devices:,} simulated devices at {args.rate:g} messages/s each (pinned to CPU "
+        f"0), the dashboard at 1920x1080 in headless Chromium (Debian's, via Playwright), "
+        f"{seconds} s, measured in the page with the Performance API.\n\n"
+        "| measure | value |\n|---|---:|\n"
+        f"| topic updates/s received by the page | {updates:,.0f} |\n"
+        f"| frame interval (requestAnimationFrame to the next), average | **{avg:.1f} ms** |\n"
+        f"| frame interval, p99 | **{p99:.1f} ms** |\n"
+        f"| the page's work per frame (draw), average | **{draw_avg:.2f} ms** |\n"
+        f"| the page's work per frame (draw), p99 | **{draw_p99:.2f} ms** |\n"
+        f"| long tasks (> 50 ms) | {data['longTasks']} |\n"
+        f"| JS heap after GC, first and last sample | {heap[0][1] / 2**20:.1f} → "
+        f"{heap[-1][1] / 2**20:.1f} MiB |\n"
+        f"| heap trend after a {args.warmup} s warm-up | {trend:+.1f} MiB per hour |\n\n"
+        f"Targets: average frame time under 16 ms and p99 under 50 ms: "
+        f"**{'met' if met else 'NOT met'}** (the frame interval cannot go below the 16.7 ms "
+        f"of a 60 Hz display, so the average is the page's own work per frame; the p99 is "
+        f"the interval: what a viewer sees as a stutter). "
+        f"The updates received show the load the page really had: the in-process simulator "
+        f"shares one core with the gateway and may not reach "
+        f"{args.devices * args.rate:,.0f} messages/s."
+    )
+    write_section(ROOT / "docs" / "benchmarks.md", "browser", "Big screen in the browser", body)
+    print("docs/benchmarks.md updated")
+
+
+if __name__ == "__main__":
+    main()
