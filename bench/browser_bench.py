@@ -14,26 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import re
-import subprocess
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--enable-precise-memory-info",
-    "--js-flags=--expose-gc",
-]
+from bench.report import CHROMIUM_ARGS as _CHROMIUM  # noqa: E402
+
+ARGS = [*_CHROMIUM, "--enable-precise-memory-info", "--js-flags=--expose-gc"]
 
 PROBE = """
 window.__bench = { frames: [], heap: [], longTasks: 0, updates: 0, start: performance.now() };
@@ -84,54 +74,32 @@ def main() -> None:
     seconds = args.seconds or (20 if args.quick else 60)
     from playwright.sync_api import sync_playwright
 
-    from bench.report import machine_info, write_section
+    from bench.report import gateway_process, machine_info, write_section
 
-    gw = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "run",
+    with (
+        gateway_process(
             "--simulate",
             str(args.devices),
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "GATEWAY_SIMULATOR_RATE_HZ": str(args.rate)},
-    )
-    os.sched_setaffinity(gw.pid, {0})
-    try:
-        assert gw.stderr is not None
-        port = None
-        while port is None:
-            line = gw.stderr.readline()
-            assert line, "the gateway did not start"
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
-            port = int(m.group(1)) if m else None
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-            page = browser.new_page(viewport={"width": 1920, "height": 1080})
-            page.goto(f"http://127.0.0.1:{port}/?rate=10")
-            page.wait_for_function(
-                f"() => window.gatewayClient.topics.size >= {args.devices}", timeout=30_000
-            )
-            page.evaluate(PROBE)
-            print(
-                f"browser: {args.devices} devices at {args.rate:g} Hz for {seconds} s ...",
-                flush=True,
-            )
-            time.sleep(seconds)
-            data = page.evaluate("() => window.__bench")
-            draws = sorted(page.evaluate("() => window.wall.drawMs()"))
-            browser.close()
-    finally:
-        gw.terminate()
-        gw.wait(timeout=10)
+            env={"GATEWAY_SIMULATOR_RATE_HZ": str(args.rate)},
+            cpu=0,
+        ) as port,
+        sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        page = browser.new_page(viewport={"width": 1920, "height": 1080})
+        page.goto(f"http://127.0.0.1:{port}/?rate=10")
+        page.wait_for_function(
+            f"() => window.gatewayClient.topics.size >= {args.devices}", timeout=30_000
+        )
+        page.evaluate(PROBE)
+        print(
+            f"browser: {args.devices} devices at {args.rate:g} Hz for {seconds} s ...",
+            flush=True,
+        )
+        time.sleep(seconds)
+        data = page.evaluate("() => window.__bench")
+        draws = sorted(page.evaluate("() => window.wall.drawMs()"))
+        browser.close()
     frames = sorted(data["frames"])
     avg = sum(frames) / len(frames)
     p99 = frames[int(0.99 * (len(frames) - 1))]

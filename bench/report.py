@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import pathlib
 import platform
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
 
 LIBS = (
     "trio",
@@ -74,3 +79,49 @@ def write_section(path: pathlib.Path, key: str, title: str, body: str) -> None:
     else:
         text = text.replace(HEADER.strip(), HEADER.strip() + "\n\n" + m_block, 1)
     path.write_text(text)
+
+
+#: how Debian's Chromium is started here (headless as root, no network chatter)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextlib.contextmanager
+def gateway_process(
+    *args: str, env: dict[str, str] | None = None, cpu: int | None = None
+) -> Iterator[int]:
+    """Run ``gateway run --port 0 --admin-port 0 ARGS`` and yield its public port;
+    the process is stopped (SIGTERM, then killed) on the way out."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "--port", "0", "--admin-port", "0", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        if cpu is not None:
+            os.sched_setaffinity(proc.pid, {cpu})
+        assert proc.stderr is not None
+        while True:
+            line = proc.stderr.readline()
+            if not line:
+                raise RuntimeError("the gateway exited before listening")
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+            if m:
+                break
+        yield int(m.group(1))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

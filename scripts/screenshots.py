@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import re
-import subprocess
 import sys
-import time
 
 from playwright.sync_api import sync_playwright
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from bench.report import CHROMIUM_ARGS, gateway_process
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def main() -> None:
@@ -32,35 +24,11 @@ def main() -> None:
     )
     ap.add_argument("--devices", type=int, default=2000)
     args = ap.parse_args()
-    gw = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "run",
-            "--simulate",
-            str(args.devices),
-            "--port",
-            "0",
-            "--admin-port",
-            "0",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert gw.stderr is not None
-        port = None
-        deadline = time.monotonic() + 30
-        while port is None and time.monotonic() < deadline:
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", gw.stderr.readline())
-            port = int(m.group(1)) if m else None
-        assert port, "the gateway did not start"
+    with gateway_process("--simulate", str(args.devices)) as port:
         out = ROOT / "docs" / "img"
         out.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             for w, h in ((1920, 1080), (3840, 2160)):
                 page = browser.new_page(viewport={"width": w, "height": h})
                 page.goto(f"http://127.0.0.1:{port}/?title=Plant%20wall")
@@ -70,9 +38,6 @@ def main() -> None:
                 print(f"{path.relative_to(ROOT)}: {path.stat().st_size // 1024} KiB")
                 page.close()
             browser.close()
-    finally:
-        gw.terminate()
-        gw.wait(timeout=10)
 
 
 if __name__ == "__main__":
