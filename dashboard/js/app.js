@@ -125,8 +125,14 @@ function layout() {
   const columns = Math.min(sites.size || 1, 4);
   const rows = Math.ceil((sites.size || 1) / columns);
   area.style.gridTemplateColumns = `repeat(${columns}, 1fr)`;
-  const w = area.clientWidth / columns - 16;
-  const h = area.clientHeight / rows - 40;
+  // measure a real block: its padding, gaps and heading scale with the viewport
+  const first = sites.values().next().value;
+  const style = first ? getComputedStyle(first.el) : null;
+  const padX = style ? parseFloat(style.paddingLeft) + parseFloat(style.paddingRight) : 16;
+  const head = first ? first.el.querySelector("h2").getBoundingClientRect().height : 24;
+  const gap = parseFloat(getComputedStyle(area).rowGap) || 0;
+  const w = (first ? first.el.clientWidth : area.clientWidth / columns) - padX;
+  const h = (area.clientHeight - gap * (rows - 1)) / rows - head - padX - 8;
   let side = Math.floor(Math.sqrt((w * h) / perSite));
   while (side > 3 && Math.floor(w / (side + 2)) * Math.floor(h / (side + 2)) < perSite) side -= 1;
   const dpr = window.devicePixelRatio || 1;
@@ -289,10 +295,17 @@ const deviceRing = new Ring(HISTORY);
 let siteChart = null, deviceChart = null, chartSites = [];
 
 function chartOpts(el, series) {
-  const axis = { stroke: "#8b98a8", grid: { stroke: "#1c2530" }, ticks: { stroke: "#1c2530" } };
+  // uPlot draws axis text on its canvas in pixels: scale it with the page's root font
+  // size (which follows the viewport), or it is unreadable on a 4K wall
+  const px = parseFloat(getComputedStyle(document.documentElement).fontSize) || 12;
+  const font = `${Math.round(px * 0.95)}px system-ui, sans-serif`;
+  const axis = { stroke: "#8b98a8", grid: { stroke: "#1c2530" }, ticks: { stroke: "#1c2530" },
+                 font };
+  const x = { ...axis, space: Math.round(px * 7), size: Math.round(px * 3.4) };
+  const y = { ...axis, space: Math.round(px * 2.5), size: Math.round(px * 4.2) };
   // leave room for the legend under the plot
   return { width: el.clientWidth, height: Math.max(80, el.clientHeight - 34), series: [{}, ...series],
-           axes: [axis, axis], legend: { show: true }, cursor: { show: false } };
+           axes: [x, y], legend: { show: true }, cursor: { show: false } };
 }
 
 const PALETTE = ["#5cc8ff", "#ffc542", "#3ecf8e", "#ff5c5c", "#c38bff", "#ff9f5c", "#7ee0d0",
