@@ -18,6 +18,19 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+async def stop_process(proc) -> None:  # type: ignore[no-untyped-def]
+    """Stop a process a test started: SIGTERM, 10 s to exit, then SIGKILL."""
+    import trio
+
+    if proc.returncode is None:
+        proc.terminate()
+        with trio.move_on_after(10):
+            await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
 def require_binary(name: str, package: str | None = None) -> str:
     path = shutil.which(name)
     if path is None and os.path.isabs(name) and os.access(name, os.X_OK):

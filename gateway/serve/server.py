@@ -55,18 +55,6 @@ log = logging.getLogger("gateway.server")
 
 SUBPROTOCOLS = ("telemetry.v1",)
 SWEEP_INTERVAL_S = 0.5
-DISCONNECT_REASONS = (
-    "client_close",
-    "client_gone",
-    "slow",
-    "auth",
-    "limit",
-    "protocol",
-    "heartbeat",
-    "idle",
-    "error",
-    "shutdown",
-)
 
 
 @dataclass

@@ -10,20 +10,12 @@ import orjson
 import pytest
 import trio
 
+from bench.report import CHROMIUM_ARGS
 from gateway.app import Gateway, serve
 from tests.broker import free_port
 from tests.conftest import require_binary
 from tests.gw import make_config
 from tests.serve.httpget import http_get
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture

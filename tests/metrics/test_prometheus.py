@@ -18,7 +18,7 @@ import yaml  # type: ignore[import-untyped]
 from gateway.app import Gateway
 from gateway.client import GatewayClient
 from tests.broker import Mosquitto, free_port
-from tests.conftest import require_binary
+from tests.conftest import require_binary, stop_process
 from tests.gw import url
 from tests.serve.httpget import http_get
 
@@ -110,12 +110,7 @@ async def test_every_dashboard_and_alert_expression_has_data(
             nursery.cancel_scope.cancel()
         assert empty == []
     finally:
-        proc.terminate()
-        with trio.move_on_after(10):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
 
 
 @pytest.mark.parametrize("expr", dashboard_exprs())

@@ -17,6 +17,7 @@ from gateway.app import Gateway
 from gateway.client import GatewayClient
 from gateway.ingest.paho_trio import parse_url
 from tests.broker import Mosquitto
+from tests.conftest import stop_process
 
 FAST = {"keepalive_s": 2.0, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
 
@@ -116,12 +117,7 @@ async def test_gateway_run_simulate_serves_live_data_without_a_broker() -> None:
             nursery.cancel_scope.cancel()
         assert all(x.online for x in client.mirror.topics.values())
     finally:
-        proc.terminate()
-        with trio.move_on_after(10):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc)
     assert proc.returncode == 0
 
 
