@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -242,20 +243,23 @@ class Server:
             work.set()
 
         self.store.on_change = wake
-        next_at = trio.current_time()
+        next_at = last = -math.inf
         while True:
             if hub.idle:
                 await work.wait()
                 work = trio.Event()
-                # the first change after a quiet spell goes out at once, not a tick later
-                next_at = max(next_at, trio.current_time())
+                # The first change after a quiet spell goes out at once, but never
+                # sooner than one interval after the previous tick: with sparse
+                # changes the hub goes idle after every tick, and waking it at each
+                # change would tick (and send) far more often than tick_hz.
+                next_at = max(last + interval, trio.current_time())
             else:
                 next_at += interval
                 now = trio.current_time()
                 if next_at < now - interval:
                     next_at = now  # fell behind (overload): skip ticks rather than burst
             await trio.sleep_until(next_at)
-            start = trio.current_time()
+            start = last = trio.current_time()
             self._framed.clear()
             for sub in hub.tick(start):
                 session = by_sub.get(sub.id)

@@ -6,6 +6,7 @@ always arrive before virtual time moves on.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -72,4 +73,42 @@ async def test_token_expiry_closes_the_connection(
     assert await ws.close_code_at_end() == 4001
     # closed after exp + leeway, within one sweep
     assert exp + 2.0 <= gw.clock.wall() <= exp + 2.0 + 1.0
+    ws.close()
+
+
+async def test_sparse_changes_never_exceed_the_subscription_rate(
+    clock: trio.testing.MockClock, gateway_factory: Callable[..., Any]
+) -> None:
+    # Changes every 30 ms leave the hub idle between ticks; each one wakes it. The
+    # screen asked for 10 Hz (tick 20 Hz): it must get at most one frame per 100 ms,
+    # and every change must still arrive.
+    gw: Gateway = await gateway_factory(server={"tick_hz": 20, "default_rate_hz": 10})
+    gw.store.apply("site/a", {"v": 0}, gw.clock.wall())
+    ws = await RawWs.connect(gw.port)
+    await ws.recv_json()  # welcome
+    await ws.send_json({"type": "subscribe", "id": "s", "filters": ["site/#"], "rate_hz": 10})
+    await ws.recv_json()  # ack
+    await ws.recv_json()  # the snapshot
+    frames: list[float] = []
+    last_seq = 0
+
+    async def read() -> None:
+        nonlocal last_seq
+        while True:
+            msg = await ws.recv_json()
+            frames.append(trio.current_time())
+            items = msg["items"] if msg["type"] == "batch" else [msg]
+            last_seq = max(last_seq, *(item["seq"] for item in items))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        for i in range(1, 101):
+            await trio.sleep(0.03)
+            gw.store.apply("site/a", {"v": i}, gw.clock.wall())
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(frames)]
+    assert min(gaps) >= 0.1 - 1e-9, min(gaps)
+    assert len(frames) <= 3.0 / 0.1 + 2
+    assert last_seq == gw.store.get("site/a").seq  # nothing lost, only coalesced
     ws.close()
