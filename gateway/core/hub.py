@@ -47,7 +47,7 @@ class HubConfig:
     ring_ticks: int = 16  # how many missed ticks a lagging member can coalesce
     stall_s: float = 10.0  # a write blocked this long: disconnect (4008)
     max_lag_s: float = 30.0  # data waiting this long for a subscriber: disconnect (4008)
-    cache_bytes: int = 32 << 20  # bound of the encode-once fragment cache
+    cache_bytes: int = 8 << 20  # bound of the encode-once fragment cache
     max_positions: int = 100_000  # resume positions one connection may hold
 
     def __post_init__(self) -> None:
@@ -94,7 +94,11 @@ class Hub:
         self._subscribers: dict[int, Subscriber] = {}
         self._ids = itertools.count(1)
         self._tick_count = 0
+        # Two generations: a fragment is reused within a tick (by every group) and by
+        # members lagging a few ticks; older ones only cost memory. When the young
+        # generation reaches half the budget, the old one is dropped.
         self._cache: dict[tuple[str, int | None, int], bytes] = {}
+        self._cache_old: dict[tuple[str, int | None, int], bytes] = {}
         self._cache_bytes = 0
         self._writing: set[Subscriber] = set()
         #: states of the topics the last tick sent (each once), for latency metrics
@@ -276,15 +280,18 @@ class Hub:
         frag = self._cache.get(key)
         if frag is not None:
             return frag
-        item = self.store.diff(topic, base)
-        if item is None:
-            return None
-        frag = encode_state(item)
-        if self._cache_bytes > self.config.cache_bytes:
-            self._cache.clear()
+        frag = self._cache_old.get(key)
+        if frag is None:
+            item = self.store.diff(topic, base)
+            if item is None:
+                return None
+            frag = encode_state(item)
+        if self._cache_bytes > self.config.cache_bytes // 2:
+            self._cache_old = self._cache
+            self._cache = {}
             self._cache_bytes = 0
         self._cache[key] = frag
-        self._cache_bytes += len(frag) + 100
+        self._cache_bytes += len(frag) + 200  # with the key and the dict's slot
         return frag
 
     def _pack(self, frags: list[bytes]) -> tuple[bytes, ...]:

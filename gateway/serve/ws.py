@@ -138,6 +138,9 @@ class WsSession:
         while not self._finished():
             try:
                 data = await recv_some(self.sock)
+            except (ConnectionResetError, BrokenPipeError):
+                self._set_reason("client_gone")  # it left with data unread: a reset
+                return
             except OSError:
                 self._set_reason("error")
                 return
@@ -187,12 +190,15 @@ class WsSession:
         try:
             done = self.out.send(chunks)
         except SendFailed as err:
-            self.server.stats.send_failure(err.reason)
-            self.abort("error")
+            self._send_failed(err)
             return False
         if not done:
             self._start_drain()
         return done
+
+    def _send_failed(self, err: SendFailed) -> None:
+        self.server.stats.send_failure(err.reason)
+        self.abort("client_gone" if err.reason == "peer_gone" else "error")
 
     def _start_drain(self) -> None:
         if not self._draining and self._nursery is not None:
@@ -206,8 +212,7 @@ class WsSession:
         try:
             await self.out.drain()
         except SendFailed as err:
-            self.server.stats.send_failure(err.reason)
-            self.abort("error")
+            self._send_failed(err)
             return
         finally:
             self._draining = False
@@ -239,8 +244,7 @@ class WsSession:
             try:
                 done = self.out.send_one(data)
             except SendFailed as err:
-                srv.stats.send_failure(err.reason)
-                self.abort("error")
+                self._send_failed(err)
                 return
             if not done:
                 self._start_drain()

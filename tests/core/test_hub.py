@@ -215,3 +215,22 @@ def test_config_validation() -> None:
         HubConfig(tick_hz=5, default_rate_hz=10)
     with pytest.raises(ValueError):
         HubConfig(ring_ticks=1)
+
+
+def test_the_fragment_cache_stays_within_its_budget_and_still_shares_bytes() -> None:
+    budget = 64 * 1024
+    store, hub = make(cache_bytes=budget)
+    subs = [hub.connect() for _ in range(2)]
+    hub.subscribe(subs[0], Subscribe("s", ("site/#",)))
+    hub.subscribe(subs[1], Subscribe("s", ("site/a/#",)))  # another group, same topics
+    for s in subs:
+        hub.take(s, 0)
+    for n in range(200):  # 200 ticks of 50 changing topics: far more than the budget
+        for i in range(50):
+            store.apply(f"site/a/d{i}", {"v": n, "pad": "x" * 40}, float(n))
+        hub.tick(float(n))
+        a, b = (hub.take(s, float(n)) for s in subs)
+        assert a == b  # both groups got the same fragments: encoded once, reused
+        held = sum(len(f) + 200 for f in hub._cache.values())
+        held += sum(len(f) + 200 for f in hub._cache_old.values())
+        assert held <= budget + 2 * 1024, held  # half the budget per generation, plus one

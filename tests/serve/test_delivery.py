@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -177,3 +179,24 @@ async def test_resume_same_epoch_sends_only_the_delta_and_new_epoch_a_snapshot(
         f"s/{i}" for i in range(5)
     ]
     assert not [m for m in fresh if m["type"] == "delta"]
+
+
+async def test_a_screen_that_vanishes_with_data_unread_counts_as_gone_not_as_an_error(
+    gateway: Gateway,
+) -> None:
+    gw = gateway
+    for i in range(200):
+        gw.store.apply(f"site/a/d{i}", {"v": i, "pad": "x" * 200}, gw.clock.wall())
+    ws = await RawWs.connect(gw.port)
+    await ws.recv_json()
+    await ws.send_json({"type": "subscribe", "id": "s", "filters": ["#"]})
+    await trio.sleep(0.2)  # the snapshot sits unread in our receive buffer
+    # closing with unread data sends a reset, as a killed browser tab or process does
+    ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.close()
+    with trio.fail_after(5):
+        while gw.server.connections:
+            gw.store.apply("site/a/d0", {"v": trio.current_time()}, gw.clock.wall())
+            await trio.sleep(0.05)
+    assert gw.server.stats.disconnects["client_gone"] == 1
+    assert gw.server.stats.disconnects["error"] == 0
