@@ -55,6 +55,10 @@ if TYPE_CHECKING:
 
 __all__ = ["WsSession"]
 
+#: frames up to this size are framed by concatenation (cached per tick when shared);
+#: larger ones are written as header + frame without a copy
+_COPY_LIMIT = 16 * 1024
+
 
 class WsSession:
     __slots__ = (
@@ -239,10 +243,17 @@ class WsSession:
             if not frames:
                 return
             srv.stats.frames_sent += len(frames)
-            framed = srv.framed
-            data = framed(frames[0]) if len(frames) == 1 else b"".join(map(framed, frames))
             try:
-                done = self.out.send_one(data)
+                if len(frames) == 1 and len(frames[0]) <= _COPY_LIMIT:
+                    done = self.out.send_one(srv.framed(frames[0]))  # the fan-out fast path
+                else:
+                    # Large frames (join snapshots above all) go out as header + frame
+                    # in one sendmsg: framing them by concatenation would hold a second
+                    # copy of every screen's snapshot while it is written.
+                    chunks: list[bytes] = []
+                    for frame in frames:
+                        chunks += (text_frame_header(len(frame)), frame)
+                    done = self.out.send(chunks)
             except SendFailed as err:
                 self._send_failed(err)
                 return

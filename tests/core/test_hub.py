@@ -234,3 +234,22 @@ def test_the_fragment_cache_stays_within_its_budget_and_still_shares_bytes() -> 
         held = sum(len(f) + 200 for f in hub._cache.values())
         held += sum(len(f) + 200 for f in hub._cache_old.values())
         assert held <= budget + 2 * 1024, held  # half the budget per generation, plus one
+
+
+def test_cached_fragments_hold_no_more_memory_than_their_size() -> None:
+    import tracemalloc
+
+    store, hub = make()
+    for i in range(2000):
+        store.apply(f"site/a/d{i}", {"v": i}, 0.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        frags = [hub.fragment(f"site/a/d{i}", None, 1) for i in range(2000)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    size = sum(len(f) for f in frags if f is not None)
+    # the bytes themselves plus object headers, keys and the dicts' slots; not the 4 KiB
+    # buffer orjson allocates for every output
+    assert held < size + 2000 * 400, (held, size)
