@@ -77,6 +77,9 @@ class ServerConfig:
     stall_s: float = 10.0
     max_lag_s: float = 30.0
     max_frame_bytes: int = 1 << 20
+    #: permessage-deflate when the client offers it (browsers do): each frame is
+    #: compressed once for every screen that receives it
+    compression: bool = True
     dashboard_dir: str = ""  # empty: the dashboard/ folder next to the package
 
 

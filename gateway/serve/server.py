@@ -36,6 +36,7 @@ from ..core.state import StateStore
 from ..core.topics import TopicError, matches, validate_filter
 from ..log import RateLimitedLog
 from ..metrics import Metrics
+from .deflate import deflate_frame, negotiate
 from .http import (
     HttpError,
     Request,
@@ -115,6 +116,7 @@ class Server:
         }
         self._limits = DecodeLimits(max_topic_bytes=cfg.state.max_topic_bytes)
         self._framed: dict[int, tuple[bytes, bytes]] = {}
+        self._framed_z: dict[int, tuple[bytes, bytes]] = {}
         self._sessions: set[WsSession] = set()
         self._by_sub: dict[int, WsSession] = {}
         self._http_scopes: set[trio.CancelScope] = set()
@@ -142,17 +144,19 @@ class Server:
         if self._stopping and not self._sessions:
             self._drained.set()
 
-    def framed(self, frame: bytes) -> bytes:
-        """``frame`` as a WebSocket text frame. Shared frames are framed once per tick:
-        the cache is keyed by the frame object and cleared every tick (and when large),
-        so an id is never reused while its entry lives."""
-        entry = self._framed.get(id(frame))
+    def framed(self, frame: bytes, compressed: bool = False) -> bytes:
+        """``frame`` as a WebSocket text frame, deflated if ``compressed``. Shared
+        frames are framed (and compressed) once per tick: the caches are keyed by the
+        frame object and cleared every tick (and when large), so an id is never reused
+        while its entry lives."""
+        cache = self._framed_z if compressed else self._framed
+        entry = cache.get(id(frame))
         if entry is not None and entry[0] is frame:
             return entry[1]
-        data = text_frame_header(len(frame)) + frame
-        if len(self._framed) >= 256:
-            self._framed.clear()
-        self._framed[id(frame)] = (frame, data)
+        data = deflate_frame(frame) if compressed else text_frame_header(len(frame)) + frame
+        if len(cache) >= 256:
+            cache.clear()
+        cache[id(frame)] = (frame, data)
         return data
 
     def decode(self, text: str) -> ClientMessage:
@@ -261,6 +265,7 @@ class Server:
             await trio.sleep_until(next_at)
             start = last = trio.current_time()
             self._framed.clear()
+            self._framed_z.clear()
             for sub in hub.tick(start):
                 session = by_sub.get(sub.id)
                 if session is not None:
@@ -413,9 +418,16 @@ class Server:
             stats.handshake_rejected[err.reason] += 1
             await _try_respond(out, conn, err.status, err.message)
             return None
+        deflate = None
+        if self.cfg.server.compression:
+            offer = req.header(b"sec-websocket-extensions")
+            negotiated = negotiate(offer, self.cfg.server.max_message_bytes)
+            if negotiated is not None:
+                answer, deflate = negotiated
+                headers.append((b"sec-websocket-extensions", answer))
         data = conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
         trailing, _closed = conn.trailing_data
-        session = WsSession(self, sock, out, ip, identity, bytes(trailing))
+        session = WsSession(self, sock, out, ip, identity, bytes(trailing), deflate)
         if not out.send([data]):
             with trio.move_on_after(self.cfg.server.handshake_timeout_s):
                 await out.drain()

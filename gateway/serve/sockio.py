@@ -27,13 +27,15 @@ __all__ = ["Outbound", "close_socket", "recv_some", "text_frame_header"]
 _IOV_MAX = 512  # chunks per sendmsg call (Linux allows 1024)
 
 
-def text_frame_header(length: int) -> bytes:
-    """Header of an unmasked, final WebSocket text frame (server to client)."""
+def text_frame_header(length: int, compressed: bool = False) -> bytes:
+    """Header of an unmasked, final WebSocket text frame (server to client); with
+    ``compressed``, RSV1 is set (permessage-deflate)."""
+    first = 0xC1 if compressed else 0x81
     if length < 126:
-        return bytes((0x81, length))
+        return bytes((first, length))
     if length < 65536:
-        return b"\x81\x7e" + length.to_bytes(2, "big")
-    return b"\x81\x7f" + length.to_bytes(8, "big")
+        return bytes((first, 126)) + length.to_bytes(2, "big")
+    return bytes((first, 127)) + length.to_bytes(8, "big")
 
 
 async def recv_some(sock: socket.socket, max_bytes: int = 65536) -> bytes:

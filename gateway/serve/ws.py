@@ -46,6 +46,7 @@ from ..core.protocol import (
 from ..core.protocol import (
     Pong as AppPong,
 )
+from .deflate import BoundedDeflate
 from .sockio import Outbound, SendFailed, recv_some, text_frame_header
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ _COPY_LIMIT = 16 * 1024
 class WsSession:
     __slots__ = (
         "_drain_done", "_draining", "_nursery", "_parts", "_read_scope", "_size", "_tokens",
-        "_tokens_at", "_trailing", "closing", "errors", "identity", "ip", "last_rx",
+        "_tokens_at", "_trailing", "closing", "compressed", "errors", "identity", "ip", "last_rx",
         "opened_at", "out", "ping_sent_at", "reason", "server", "sock", "sub", "ws",
     )  # fmt: skip
 
@@ -75,13 +76,17 @@ class WsSession:
         ip: str,
         identity: Identity | None,
         trailing: bytes,
+        deflate: BoundedDeflate | None = None,
     ) -> None:
         self.server = server
         self.sock = sock
         self.out = out
         self.ip = ip
         self.identity = identity
-        self.ws = Connection(ConnectionType.SERVER)
+        # wsproto inflates what the client compresses; our frames are deflated by
+        # Server.framed, once per frame for every screen (gateway/serve/deflate.py)
+        self.ws = Connection(ConnectionType.SERVER, extensions=[deflate] if deflate else None)
+        self.compressed = deflate is not None
         self.sub: Subscriber | None = None
         now = server.clock.mono()
         self.opened_at = now
@@ -244,7 +249,12 @@ class WsSession:
                 return
             srv.stats.frames_sent += len(frames)
             try:
-                if len(frames) == 1 and len(frames[0]) <= _COPY_LIMIT:
+                if self.compressed:
+                    if len(frames) == 1:
+                        done = self.out.send_one(srv.framed(frames[0], True))
+                    else:
+                        done = self.out.send([srv.framed(f, True) for f in frames])
+                elif len(frames) == 1 and len(frames[0]) <= _COPY_LIMIT:
                     done = self.out.send_one(srv.framed(frames[0]))  # the fan-out fast path
                 else:
                     # Large frames (join snapshots above all) go out as header + frame

@@ -58,7 +58,6 @@ async def test_live_values_within_two_seconds_then_offline_and_stale_shown(
         simulator={"devices": 200, "rate_hz": 2},
         state={"stale_after": [{"filter": "lab/#", "after_s": 1.0}]},
     )
-    gw.store.apply("lab/bench/probe-1", {"temperature": 20.0}, gw.clock.wall())
     device = "berlin/line1/env-00000"
 
     def visit() -> dict[str, Any]:
@@ -67,6 +66,9 @@ async def test_live_values_within_two_seconds_then_offline_and_stale_shown(
             # live values within 2 s of opening
             page.wait_for_function("() => window.wall.tilesWithValues() >= 200", timeout=2000)
             online = page.inner_text("#kpi-online")
+            # a probe that reports once while the page watches, then goes silent
+            probe = ("lab/bench/probe-1", {"temperature": 20.0})
+            trio.from_thread.run_sync(lambda: gw.store.apply(*probe, gw.clock.wall()))
             trio.from_thread.run_sync(lambda: gw.store.set_presence(device, False, gw.clock.wall()))
             page.wait_for_function(
                 f"() => window.wall.tile('{device}')?.state === 'offline'", timeout=5000

@@ -158,6 +158,9 @@ async def test_a_hung_broker_is_detected_within_one_and_a_half_keepalives(
     gw = await mqtt_gateway(gateway_factory, mosquitto)
     assert gw.mqtt is not None
     await mosquitto.publish("telemetry/h/1", b"1")
+    with trio.fail_after(5):  # delivered before the broker hangs
+        while gw.store.get("h/1") is None:
+            await trio.sleep(0.02)
     mosquitto.pause()
     stopped = trio.current_time()
     try:

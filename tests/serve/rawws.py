@@ -21,6 +21,7 @@ class RawWs:
         self.buf = b""
         self.status = 0
         self.headers: dict[str, str] = {}
+        self.rsv1 = False  # of the last frame received
 
     @classmethod
     async def connect(
@@ -111,6 +112,7 @@ class RawWs:
                         n = struct.unpack("!Q", self.buf[2:10])[0]
                         off = 10
                 if n >= 0 and len(self.buf) >= off + n:
+                    self.rsv1 = bool(self.buf[0] & 0x40)  # permessage-deflate
                     payload = self.buf[off : off + n]
                     self.buf = self.buf[off + n :]
                     return opcode, payload

@@ -1,0 +1,154 @@
+"""permessage-deflate: negotiation, frames compressed once for every screen, and inflation
+bounded by the message limit."""
+
+from __future__ import annotations
+
+import tracemalloc
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+import trio
+
+from gateway.app import Gateway
+from gateway.core.mirror import Mirror
+from gateway.core.protocol import decode_server
+from gateway.serve.deflate import negotiate
+
+from .rawws import RawWs
+
+CHROME = "permessage-deflate; client_max_window_bits"
+
+
+@pytest.mark.parametrize(
+    ("offer", "answer"),
+    [
+        (CHROME, "permessage-deflate; server_no_context_takeover; client_max_window_bits=10"),
+        ("permessage-deflate", "permessage-deflate; server_no_context_takeover"),
+        (
+            "permessage-deflate; client_no_context_takeover; server_max_window_bits=15",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=15; "
+            "client_no_context_takeover",
+        ),
+        ("permessage-deflate; client_max_window_bits=9", None),  # taken below
+        # a server window under 15 bits cannot share frames: that offer is declined,
+        # the fallback after the comma accepted
+        (
+            "permessage-deflate; server_max_window_bits=10, permessage-deflate",
+            "permessage-deflate; server_no_context_takeover",
+        ),
+        ("permessage-deflate; server_max_window_bits=10", None),
+        ("x-webkit-deflate-frame", None),
+        ("permessage-deflate; unknown_param", None),
+        ("permessage-deflate; client_max_window_bits=7", None),
+        ("permessage-deflate; client_max_window_bits=abc", None),
+        ("permessage-deflate; client_no_context_takeover; client_no_context_takeover", None),
+        ("", None),
+    ],
+)
+def test_negotiation_answers_what_rfc_7692_allows(offer: str, answer: str | None) -> None:
+    got = negotiate(offer.encode(), 65536)
+    if offer.endswith("=9"):
+        assert got is not None and got[0].endswith(b"client_max_window_bits=9")
+        return
+    assert (got[0].decode() if got else None) == answer
+    assert negotiate(None, 65536) is None
+
+
+def inflate(payload: bytes) -> bytes:
+    # server_no_context_takeover: every message is a complete deflate stream of its own
+    return zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+
+
+async def read_json(ws: RawWs) -> dict:
+    opcode, payload = await ws.recv_frame()
+    assert opcode == 1, opcode
+    return orjson.loads(inflate(payload) if ws.rsv1 else payload)
+
+
+async def test_compressed_screens_rebuild_the_state_from_smaller_frames(gateway: Gateway) -> None:
+    gw = gateway
+    for i in range(300):
+        gw.store.apply(f"site/a/d{i}", {"temperature": 20.0 + i, "mode": "run"}, gw.clock.wall())
+    screens = [
+        await RawWs.connect(gw.port, headers={"Sec-WebSocket-Extensions": CHROME}) for _ in range(2)
+    ]
+    assert "server_no_context_takeover" in screens[0].headers["sec-websocket-extensions"]
+    mirrors = [Mirror(), Mirror()]
+    wire = inflated = compressed_frames = 0
+    for ws, mirror in zip(screens, mirrors, strict=True):
+        mirror.set_epoch((await read_json(ws))["epoch"])
+        await ws.send_json({"type": "subscribe", "id": "s", "filters": ["site/#"]})
+    tick_frames: list[list[bytes]] = [[], []]
+    for step in range(4):
+        if step:
+            for i in range(0, 300, 3):
+                gw.store.apply(f"site/a/d{i}", {"temperature": step + i / 10}, gw.clock.wall())
+        for k, (ws, mirror) in enumerate(zip(screens, mirrors, strict=True)):
+            while True:
+                with trio.move_on_after(0.3) as idle:
+                    opcode, payload = await ws.recv_frame()
+                if idle.cancelled_caught:
+                    break
+                assert opcode == 1
+                data = inflate(payload) if ws.rsv1 else payload
+                wire += len(payload)
+                inflated += len(data)
+                compressed_frames += ws.rsv1
+                if step:
+                    tick_frames[k].append(payload)
+                for msg in decode_server(data):
+                    if hasattr(msg, "seq"):
+                        assert mirror.apply(msg) != "gap"  # type: ignore[arg-type]
+    expected = {st.topic: (st.seq, st.fields) for st in gw.store.states() if st.seq}
+    for mirror in mirrors:
+        assert {t: (m.seq, m.fields) for t, m in mirror.topics.items()} == expected
+    assert compressed_frames >= 4
+    assert wire < 0.4 * inflated, (wire, inflated)
+    # the two screens are in one group: the same compressed bytes, compressed once
+    assert tick_frames[0] == tick_frames[1] and tick_frames[0]
+    for ws in screens:
+        ws.close()
+
+
+async def test_a_client_may_compress_and_a_deflate_bomb_is_refused_at_the_limit(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    gw: Gateway = await gateway_factory(server={"max_message_bytes": 4096})
+    gw.store.apply("site/a", {"v": 1}, gw.clock.wall())
+    ws = await RawWs.connect(gw.port, headers={"Sec-WebSocket-Extensions": CHROME})
+    await read_json(ws)
+    z = zlib.compressobj(6, zlib.DEFLATED, -10)  # the window we asked for, with takeover
+
+    def deflated(text: bytes) -> bytes:
+        return (z.compress(text) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+    sub = orjson.dumps({"type": "subscribe", "id": "s", "filters": ["site/#"]})
+    await ws.send_raw(ws.frame(deflated(sub), rsv=4))
+    assert (await read_json(ws))["type"] == "ack"
+    assert (await read_json(ws))["type"] == "snapshot"
+    # 10 MB of spaces deflate to about 10 KB: inflating must stop at the 4 KiB limit
+    bomb = deflated(b'{"type":"ping","pad":"' + b" " * 10_000_000 + b'"}')
+    assert len(bomb) < 20_000
+    tracemalloc.start()
+    try:
+        await ws.send_raw(ws.frame(bomb, rsv=4))
+        with trio.fail_after(5):
+            assert await ws.close_code_at_end() == 1009
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, peak  # never the 10 MB the bomb would inflate to
+    other = await RawWs.connect(gw.port)  # the gateway serves on
+    assert (await other.recv_json())["type"] == "welcome"
+    other.close()
+    ws.close()
+
+
+async def test_compression_can_be_turned_off(gateway_factory: Callable[..., Any]) -> None:
+    gw: Gateway = await gateway_factory(server={"compression": False})
+    ws = await RawWs.connect(gw.port, headers={"Sec-WebSocket-Extensions": CHROME})
+    assert ws.status == 101 and "sec-websocket-extensions" not in ws.headers
+    ws.close()
