@@ -61,6 +61,8 @@ class ServerConfig:
     max_connections: int = 10_000
     max_connections_per_ip: int = 1_000
     max_message_bytes: int = 65_536
+    #: a client message begun must be complete within this (a cut frame, then silence)
+    message_timeout_s: float = 5.0
     messages_per_s: float = 50.0  # per connection, token bucket
     message_burst: int = 100
     max_protocol_errors: int = 20
@@ -390,6 +392,7 @@ def _validate(cfg: Config) -> None:
         "max_connections",
         "max_connections_per_ip",
         "max_message_bytes",
+        "message_timeout_s",
         "messages_per_s",
         "message_burst",
         "max_protocol_errors",

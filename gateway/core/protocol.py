@@ -73,6 +73,7 @@ CLOSE_CODES: Final[Mapping[int, str]] = {
     1002: "WebSocket protocol error",
     1003: "binary messages are not supported",
     1007: "invalid UTF-8 in a text message",
+    1008: "a message did not arrive whole within the message deadline",
     1009: "message too big",
     1012: "service restart: reconnect (with resume)",
     1013: "try again later: reconnect with backoff (reserved)",

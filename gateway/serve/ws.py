@@ -25,6 +25,7 @@ from wsproto.events import (
     Pong,
     TextMessage,
 )
+from wsproto.extensions import Extension
 
 from ..auth import AuthError, Identity
 from ..core.hub import Subscriber
@@ -47,6 +48,7 @@ from ..core.protocol import (
     Pong as AppPong,
 )
 from .deflate import BoundedDeflate
+from .frameguard import FrameGuard
 from .sockio import Outbound, SendFailed, recv_some, text_frame_header
 
 if TYPE_CHECKING:
@@ -63,9 +65,31 @@ _COPY_LIMIT = 16 * 1024
 
 class WsSession:
     __slots__ = (
-        "_drain_done", "_draining", "_nursery", "_parts", "_read_scope", "_size", "_tokens",
-        "_tokens_at", "_trailing", "closing", "compressed", "errors", "identity", "ip", "last_rx",
-        "opened_at", "out", "ping_sent_at", "reason", "server", "sock", "sub", "ws",
+        "_drain_done",
+        "_draining",
+        "_nursery",
+        "_parts",
+        "_read_scope",
+        "_size",
+        "_tokens",
+        "_tokens_at",
+        "_trailing",
+        "closing",
+        "compressed",
+        "errors",
+        "guard",
+        "identity",
+        "ip",
+        "last_rx",
+        "opened_at",
+        "out",
+        "partial_since",
+        "ping_sent_at",
+        "reason",
+        "server",
+        "sock",
+        "sub",
+        "ws",
     )  # fmt: skip
 
     def __init__(
@@ -85,7 +109,10 @@ class WsSession:
         self.identity = identity
         # wsproto inflates what the client compresses; our frames are deflated by
         # Server.framed, once per frame for every screen (gateway/serve/deflate.py)
-        self.ws = Connection(ConnectionType.SERVER, extensions=[deflate] if deflate else None)
+        self.guard = FrameGuard(server.cfg.server.max_message_bytes)
+        extensions: list[Extension] = [self.guard, deflate] if deflate else [self.guard]
+        self.ws = Connection(ConnectionType.SERVER, extensions=extensions)
+        self.partial_since: float | None = None  # a message begun and not finished
         self.compressed = deflate is not None
         self.sub: Subscriber | None = None
         now = server.clock.mono()
@@ -279,6 +306,11 @@ class WsSession:
             self._on_event(event)
             if self._finished():
                 return
+        if self.guard.in_frame or self._parts:
+            if self.partial_since is None:
+                self.partial_since = self.server.clock.mono()
+        else:
+            self.partial_since = None
 
     def _on_event(self, event: Event) -> None:
         limit = self.server.cfg.server.max_message_bytes
@@ -398,6 +430,10 @@ class WsSession:
         expires = self.identity.expires_at
         if expires is not None and wall > expires:
             self.close(4001, "token expired", "auth")
+            return
+        if self.partial_since is not None and now - self.partial_since > cfg.message_timeout_s:
+            self.server.stats.inbound_rejected["incomplete"] += 1
+            self.close(1008, "a message must arrive whole within message_timeout_s", "protocol")
             return
         if cfg.idle_timeout_s and now - self.last_rx > cfg.idle_timeout_s:
             self.close(1001, "idle", "idle")
