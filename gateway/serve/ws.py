@@ -368,7 +368,9 @@ class WsSession:
     def _error(self, code: str, message: str, ref: str | None = None) -> None:
         srv = self.server
         srv.stats.inbound_rejected[code] += 1
-        srv.log.limited("protocol_error", "client %s: %s: %s", self.ip, code, message)
+        # the code only: the reply's message may quote what the client sent, and logs
+        # never carry message bodies (docs/security.md)
+        srv.log.limited("protocol_error", "client %s: message refused: %s", self.ip, code)
         self.errors += 1
         if self.errors > srv.cfg.server.max_protocol_errors:
             self.close(4400, "too many protocol errors", "protocol")

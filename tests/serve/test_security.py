@@ -99,6 +99,9 @@ def bad_tokens() -> list[tuple[str, str]]:
         ("wrong_signature", hs(good_claims(), key="x" * 40)),
         ("alg_none", jwt.encode(good_claims(), None, algorithm="none")),
         ("identity_with_wildcard", hs(good_claims(sub="a/#"))),
+        ("identity_with_plus", hs(good_claims(sub="wall+1"))),
+        ("identity_with_slash", hs(good_claims(sub="plant/wall"))),
+        ("identity_with_nul", hs(good_claims(sub="wall\x00"))),
         ("bad_grant", hs(good_claims(topics=["a/#/b"]))),
     ]
 
