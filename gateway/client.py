@@ -116,12 +116,12 @@ class GatewayClient:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, and reconnect after every failure, until :meth:`stop` or cancellation."""
         attempt = 0
-        started = False
         while not self._stop:
             began = trio.current_time()
             try:
-                await self._connection(task_status if not started else None)
-                started = True
+                # the first connection to get a welcome reports the start (once: a
+                # connection that fails after it must not report it again)
+                await self._connection(task_status if not self.connects else None)
             except* AuthRejected:
                 raise
             except* (

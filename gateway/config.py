@@ -79,6 +79,9 @@ class ServerConfig:
     stall_s: float = 10.0
     max_lag_s: float = 30.0
     max_frame_bytes: int = 1 << 20
+    #: SO_SNDBUF of client sockets; 0 keeps the kernel's autotuning (up to
+    #: net.ipv4.tcp_wmem's maximum, 4 MiB by default, per stalled screen)
+    send_buffer_bytes: int = 0
     #: permessage-deflate when the client offers it (browsers do): each frame is
     #: compressed once for every screen that receives it
     compression: bool = True
@@ -412,6 +415,8 @@ def _validate(cfg: Config) -> None:
     for key in positive:
         if not getattr(s, key) > 0:
             raise ConfigError(f"server.{key}: must be > 0, got {getattr(s, key)!r}")
+    if s.send_buffer_bytes < 0:
+        raise ConfigError("server.send_buffer_bytes: must be >= 0 (0: the kernel's default)")
     if s.idle_timeout_s < 0:
         raise ConfigError("server.idle_timeout_s: must be >= 0 (0 disables it)")
     if s.default_rate_hz > s.tick_hz:

@@ -218,6 +218,7 @@ class Server:
         nursery: trio.Nursery,
         handler: Callable[[socket.socket, str], Awaitable[None]],
     ) -> None:
+        sndbuf = self.cfg.server.send_buffer_bytes
         while True:
             await trio.lowlevel.wait_readable(listener)
             while True:
@@ -234,6 +235,8 @@ class Server:
                     break
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if sndbuf:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
                 nursery.start_soon(handler, sock, addr[0])
 
     async def _tick_loop(self) -> None:
