@@ -45,13 +45,14 @@ lint: venv ## ruff (lint + format check) and mypy (strict on gateway/core)
 	$(BIN)/ruff format --check gateway devices_sim tests bench
 	$(BIN)/mypy gateway devices_sim
 
-bench: $(BENCH_STAMP) $(NPM_STAMP) ## run the benchmarks and rewrite docs/benchmarks.md (about 20 minutes)
+bench: $(BENCH_STAMP) $(NPM_STAMP) ## run the benchmarks and rewrite docs/benchmarks.md (about 25 minutes)
 	@scripts/system-deps.sh bench
 	$(BIN)/python bench/core_bench.py --write
 	$(BIN)/python bench/fanout_bench.py --write
 	$(BIN)/python bench/ingest_bench.py --write
 	$(BIN)/python bench/sim_bench.py --write
 	$(BIN)/python bench/browser_bench.py --write --seconds 420 --warmup 330
+	$(BIN)/python bench/e2e_bench.py --write
 
 bench-quick: $(BENCH_STAMP) $(NPM_STAMP) ## a reduced benchmark run, under 3 minutes (no docs rewrite)
 	@scripts/system-deps.sh bench
@@ -60,6 +61,7 @@ bench-quick: $(BENCH_STAMP) $(NPM_STAMP) ## a reduced benchmark run, under 3 min
 	$(BIN)/python bench/ingest_bench.py --quick
 	$(BIN)/python bench/sim_bench.py --quick
 	$(BIN)/python bench/browser_bench.py --quick
+	$(BIN)/python bench/e2e_bench.py --quick
 
 soak: venv ## long randomized soak tests (not in the default run)
 	$(BIN)/python -m pytest -m soak

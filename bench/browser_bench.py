@@ -107,12 +107,12 @@ def main() -> None:
             str(args.devices),
             env={"GATEWAY_SIMULATOR_RATE_HZ": str(args.rate)},
             cpu=0,
-        ) as port,
+        ) as gw,
         sync_playwright() as p,
     ):
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
         page = browser.new_page(viewport={"width": 1920, "height": 1080})
-        page.goto(f"http://127.0.0.1:{port}/?rate=10")
+        page.goto(f"http://127.0.0.1:{gw.port}/?rate=10")
         page.wait_for_function(
             f"() => window.gatewayClient.topics.size >= {args.devices}", timeout=30_000
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import os
 import pathlib
@@ -92,12 +93,18 @@ CHROMIUM_ARGS = [
 ]
 
 
+@dataclasses.dataclass
+class Running:
+    port: int
+    proc: subprocess.Popen[str]
+
+
 @contextlib.contextmanager
 def gateway_process(
     *args: str, env: dict[str, str] | None = None, cpu: int | None = None
-) -> Iterator[int]:
-    """Run ``gateway run --port 0 --admin-port 0 ARGS`` and yield its public port;
-    the process is stopped (SIGTERM, then killed) on the way out."""
+) -> Iterator[Running]:
+    """Run ``gateway run --port 0 --admin-port 0 ARGS`` (later flags win) and yield its
+    public port and process; it is stopped (SIGTERM, then killed) on the way out."""
     root = pathlib.Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "run", "--port", "0", "--admin-port", "0", *args],
@@ -117,7 +124,7 @@ def gateway_process(
             m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
             if m:
                 break
-        yield int(m.group(1))
+        yield Running(int(m.group(1)), proc)
     finally:
         proc.terminate()
         try:

@@ -24,14 +24,14 @@ def main() -> None:
     )
     ap.add_argument("--devices", type=int, default=2000)
     args = ap.parse_args()
-    with gateway_process("--simulate", str(args.devices)) as port:
+    with gateway_process("--simulate", str(args.devices)) as gw:
         out = ROOT / "docs" / "img"
         out.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             for w, h in ((1920, 1080), (3840, 2160)):
                 page = browser.new_page(viewport={"width": w, "height": h})
-                page.goto(f"http://127.0.0.1:{port}/?title=Plant%20wall")
+                page.goto(f"http://127.0.0.1:{gw.port}/?title=Plant%20wall")
                 page.wait_for_timeout(8000)  # a few chart points
                 path = out / f"dashboard-{w}x{h}.jpg"
                 page.screenshot(path=str(path), type="jpeg", quality=80)

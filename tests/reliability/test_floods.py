@@ -51,7 +51,7 @@ async def test_junk_before_the_handshake_is_refused_and_memory_stays_flat(
     noise = os.urandom(1 << 16)
     sent, reply = await push_until_refused(gw.port, noise, 10 << 20)
     assert sent < 10 << 20  # hung up long before the end
-    assert reply == b"" or reply.startswith(b"HTTP/1.1 400")
+    assert reply == b"" or reply.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431"))
     huge = b"GET /ws HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * (1 << 20)
     sent, reply = await push_until_refused(gw.port, huge, len(huge))
     assert reply.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400")), reply[:40]
