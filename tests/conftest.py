@@ -75,3 +75,13 @@ async def gateway_factory(nursery):  # type: ignore[no-untyped-def]
 @pytest.fixture
 async def gateway(gateway_factory):  # type: ignore[no-untyped-def]
     return await gateway_factory()
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    """Soak tests run only when asked for (``make soak``: ``-m soak``), never by default."""
+    if "soak" in (config.getoption("-m") or ""):
+        return
+    keep = [i for i in items if i.get_closest_marker("soak") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
