@@ -60,6 +60,9 @@ class ServerConfig:
     allow_anonymous: bool = False  # auth "none" on a non-loopback address
     max_connections: int = 10_000
     max_connections_per_ip: int = 1_000
+    #: new public connections per second, all addresses together (burst: as many);
+    #: 0 = no limit. Over it: 503 before the upgrade
+    max_new_connections_per_s: float = 0.0
     max_message_bytes: int = 65_536
     #: a client message begun must be complete within this (a cut frame, then silence)
     message_timeout_s: float = 5.0
@@ -415,6 +418,8 @@ def _validate(cfg: Config) -> None:
     for key in positive:
         if not getattr(s, key) > 0:
             raise ConfigError(f"server.{key}: must be > 0, got {getattr(s, key)!r}")
+    if s.max_new_connections_per_s < 0:
+        raise ConfigError("server.max_new_connections_per_s: must be >= 0 (0: no limit)")
     if s.send_buffer_bytes < 0:
         raise ConfigError("server.send_buffer_bytes: must be >= 0 (0: the kernel's default)")
     if s.idle_timeout_s < 0:

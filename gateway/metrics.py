@@ -124,7 +124,7 @@ class GatewayCollector(Collector):
             "HTTP/WebSocket handshakes refused, by reason.",
             "reason",
             s.handshake_rejected,
-            ("origin", "auth", "limit_total", "limit_per_ip", "timeout"),
+            ("origin", "auth", "limit_total", "limit_per_ip", "limit_rate", "timeout"),
         )
         yield _counter(
             "gateway_auth_failures", "Tokens refused, by reason.", "reason", s.auth_failures

@@ -122,6 +122,7 @@ class Server:
         self._http_scopes: set[trio.CancelScope] = set()
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._open = 0
+        self._accept_bucket = (float(sc.max_new_connections_per_s), 0.0)  # (tokens, when)
         self._shutdown = trio.Event()
         self._drained = trio.Event()
         self.stopped = trio.Event()  # set when serve() has returned
@@ -334,11 +335,14 @@ class Server:
         try:
             with scope:
                 if public:
-                    if (
-                        self._open >= sc.max_connections
-                        or self._per_ip[ip] >= sc.max_connections_per_ip
-                    ):
-                        which = "total" if self._open >= sc.max_connections else "per_ip"
+                    which = None
+                    if self._open >= sc.max_connections:
+                        which = "total"
+                    elif self._per_ip[ip] >= sc.max_connections_per_ip:
+                        which = "per_ip"
+                    elif not self._accept_rate_ok():
+                        which = "rate"
+                    if which is not None:
                         self.stats.handshake_rejected[f"limit_{which}"] += 1
                         with trio.move_on_after(sc.close_timeout_s):
                             await respond_raw_error(out, 503, f"connection limit ({which}) reached")
@@ -439,6 +443,20 @@ class Server:
         if self._stopping:
             session.close(1012, "service restart: reconnect", "shutdown")
         return session
+
+    def _accept_rate_ok(self) -> bool:
+        """Token bucket on new public connections (``max_new_connections_per_s``)."""
+        rate = self.cfg.server.max_new_connections_per_s
+        if not rate:
+            return True
+        now = self.clock.mono()
+        tokens, at = self._accept_bucket
+        tokens = min(rate, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._accept_bucket = (tokens, now)
+            return False
+        self._accept_bucket = (tokens - 1.0, now)
+        return True
 
     def _identity(self, req: Request) -> Identity | None:
         token = extract_token(req.headers, req.target)

@@ -139,3 +139,20 @@ async def test_over_the_connection_limits_503_before_the_upgrade_and_others_are_
     assert (await ws.recv_json())["type"] == "welcome"
     ws.close()
     assert gw.server.stats.handshake_rejected["limit_total"] >= 1
+
+
+async def test_over_the_new_connection_rate_503_and_the_gateway_stays_responsive(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    gw: Gateway = await gateway_factory(server={"max_new_connections_per_s": 20})
+    statuses = []
+    for _ in range(60):  # a burst far over 20 a second
+        ws = await RawWs.connect(gw.port)
+        statuses.append(ws.status)
+        ws.close()
+    assert statuses.count(101) <= 20 + 3 and statuses.count(503) >= 30
+    assert gw.server.stats.handshake_rejected["limit_rate"] == statuses.count(503)
+    await trio.sleep(0.5)  # the bucket refills: served again
+    ws = await RawWs.connect(gw.port)
+    assert ws.status == 101 and (await ws.recv_json())["type"] == "welcome"
+    ws.close()
