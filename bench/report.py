@@ -126,6 +126,12 @@ def gateway_process(
                 break
         yield Running(int(m.group(1)), proc)
     finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, 10 s to exit, then SIGKILL: for the processes a benchmark started."""
+    if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout=10)

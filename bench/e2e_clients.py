@@ -1,0 +1,360 @@
+"""Load generator for the end-to-end benchmarks: many screens in one process.
+
+Three kinds of screen, all on raw non-blocking sockets and epoll so that the load
+generator is not the bottleneck:
+
+  ws    a WebSocket subscriber speaking protocol v1 (our gateway; the naive fan-out
+        peer accepts the same subscribe message and reads its filter)
+  mqtt  an MQTT 3.1.1 subscriber reading the broker directly (the MQTT-over-WebSocket
+        peer, without the WebSocket framing: see docs/benchmarks.md)
+
+Every screen reads everything it is sent and counts the bytes. One screen in
+``--sample-every`` also parses every message and records the *data age* of every value
+it receives: receipt time minus the device timestamp ``ts`` set by the simulator when it
+published. Sampled screens keep the latest value per topic, as a dashboard would.
+With ``--stalled`` the screens connect and subscribe with a tiny receive buffer, then
+never read again (the slow-screen workload).
+
+    python bench/e2e_clients.py --port P --kind ws --clients N --filters '#,berlin/#'
+
+Prints one JSON line at the end (its own CPU, bytes, sampled ages per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import resource
+import selectors
+import socket
+import struct
+import sys
+import time
+import zlib
+
+import orjson
+
+
+def masked(opcode: int, payload: bytes) -> bytes:
+    key = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, 0x80 | n])
+    else:
+        head = bytes([0x80 | opcode, 0xFE]) + struct.pack("!H", n)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def mqtt_string(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+def mqtt_packet(first: int, body: bytes) -> bytes:
+    n, out = len(body), bytearray([first])
+    while True:
+        digit, n = n % 128, n // 128
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out) + body
+
+
+def recv(sock: socket.socket, size: int) -> bytes | None:
+    """What the socket has: None if nothing yet, b"" when the peer is gone."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
+def upgrade_request(port: int, extra: str = "") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"{extra}Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class Screen:
+    __slots__ = ("buf", "bytes", "filt", "latest", "messages", "sample", "sock", "state")
+
+    def __init__(self, sock: socket.socket, filt: str, sample: bool) -> None:
+        self.sock = sock
+        self.filt = filt
+        self.sample = sample
+        self.state = "handshake"
+        self.buf = bytearray()
+        self.bytes = 0
+        self.messages = 0
+        self.latest: dict[str, float] = {}
+
+
+class Ages:
+    """Data ages of the sampled screens: a histogram in milliseconds (mergeable across
+    processes) and the largest age seen in each second of the run (its growth)."""
+
+    LIMIT_MS = 120_000
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.active = False
+        self.hist = [0] * (self.LIMIT_MS + 1)
+        self.max_by_second: dict[int, float] = {}
+
+    def add(self, now: float, ts: object) -> None:
+        if not self.active or (type(ts) is not float and type(ts) is not int):
+            return
+        age = now - ts  # type: ignore[operator]
+        self.hist[min(self.LIMIT_MS, max(0, int(age * 1000)))] += 1
+        sec = int(now - self.start)
+        if age > self.max_by_second.get(sec, -1e9):
+            self.max_by_second[sec] = age
+
+
+def ws_values(payload: bytes, now: float, screen: Screen, ages: Ages) -> None:
+    obj = orjson.loads(payload)
+    items = obj["items"] if obj.get("type") == "batch" else [obj]
+    for item in items:
+        kind = item.get("type")
+        if kind in ("delta", "snapshot"):
+            ts = item.get("ts")
+            ages.add(now, ts)
+            screen.latest[item["topic"]] = ts
+        elif "payload" in item:  # the naive peer: one raw device message per frame
+            data = item["payload"]
+            if type(data) is dict:
+                ages.add(now, data.get("ts"))
+                screen.latest[item["topic"]] = data.get("ts")
+
+
+def parse_ws(screen: Screen, now: float, ages: Ages) -> None:
+    buf = screen.buf
+    pos = 0
+    while len(buf) - pos >= 2:
+        b1 = buf[pos + 1] & 0x7F
+        head = 2
+        if b1 == 126:
+            if len(buf) - pos < 4:
+                break
+            b1 = struct.unpack_from("!H", buf, pos + 2)[0]
+            head = 4
+        elif b1 == 127:
+            if len(buf) - pos < 10:
+                break
+            b1 = struct.unpack_from("!Q", buf, pos + 2)[0]
+            head = 10
+        if len(buf) - pos < head + b1:
+            break
+        opcode = buf[pos] & 0x0F
+        if opcode == 1:
+            screen.messages += ages.active
+            payload = bytes(buf[pos + head : pos + head + b1])
+            if buf[pos] & 0x40:  # permessage-deflate, no server context takeover
+                payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+            ws_values(payload, now, screen, ages)
+        pos += head + b1
+    del buf[:pos]
+
+
+def parse_mqtt(screen: Screen, now: float, ages: Ages) -> None:
+    buf = screen.buf
+    pos, end = 0, len(buf)
+    while end - pos >= 2:
+        n = shift = 0
+        i = pos + 1
+        while i < end:  # the remaining length, a varint
+            b = buf[i]
+            i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        else:
+            break  # the length itself is incomplete
+        if end - i < n:
+            break
+        if buf[pos] >> 4 == 3:  # PUBLISH, QoS 0: topic, payload
+            tlen = struct.unpack_from("!H", buf, i)[0]
+            topic = bytes(buf[i + 2 : i + 2 + tlen]).decode()
+            payload = bytes(buf[i + 2 + tlen : i + n])
+            screen.messages += ages.active
+            if payload[:1] == b"{":
+                ts = orjson.loads(payload).get("ts")
+                ages.add(now, ts)
+                screen.latest[topic] = ts
+        pos = i + n
+    del buf[:pos]
+
+
+def per_screen(screens: list[Screen], filt: str) -> float:
+    """Mean bytes received during the measurement by the screens on ``filt``."""
+    mine = [s.bytes for s in screens if s.filt == filt]
+    return sum(mine) / max(1, len(mine))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--kind", choices=["ws", "mqtt"], default="ws")
+    ap.add_argument("--clients", type=int, default=250)
+    ap.add_argument("--filters", default="#", help="comma-separated, assigned round-robin")
+    ap.add_argument("--rate", type=float, default=10.0, help="rate_hz asked of the gateway")
+    ap.add_argument("--duration", type=float, default=30.0, help="measure for this long")
+    ap.add_argument("--sample-every", type=int, default=25, help="1 screen in N parses")
+    ap.add_argument("--stalled", action="store_true", help="subscribe, then never read")
+    ap.add_argument(
+        "--deflate", action="store_true", help="offer permessage-deflate, as browsers do"
+    )
+    ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
+    ap.add_argument("--start-at", type=float, default=0.0, help="wall time to start measuring")
+    args = ap.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    filters = args.filters.split(",")
+    sel = selectors.DefaultSelector()
+    screens: list[Screen] = []
+    extensions = (
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        if args.deflate
+        else ""
+    )
+    for i in range(args.clients):
+        s = socket.socket()
+        if args.stalled:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", args.port))
+        s.setblocking(False)
+        screen = Screen(s, filters[i % len(filters)], i % args.sample_every == 0)
+        if args.kind == "ws":
+            s.send(upgrade_request(args.port, extensions))
+        else:
+            body = (
+                mqtt_string("MQTT")
+                + bytes([4, 0x02])  # 3.1.1, clean session
+                + struct.pack("!H", 0)  # no keepalive: the broker never drops us
+                + mqtt_string(f"screen-{os.getpid()}-{i}")
+            )
+            s.send(mqtt_packet(0x10, body))
+        screens.append(screen)
+        sel.register(s, selectors.EVENT_READ, screen)
+    ping = masked(1, b'{"type":"ping"}')
+    total = 0
+    start = time.time()
+    ages = Ages(max(start, args.start_at))
+    measuring = False
+    cpu0 = cpu_seconds()
+    bytes0 = 0
+    subscribed = closed = 0
+    next_ping = time.monotonic() + 10
+    end = max(start, args.start_at) + args.duration
+    scratch = bytearray(1 << 18)
+    while time.time() < end:
+        now = time.time()
+        if not measuring and now >= args.start_at:
+            measuring = ages.active = True
+            cpu0, bytes0 = cpu_seconds(), total
+            ages.start = now
+        if args.kind == "ws" and time.monotonic() >= next_ping and not args.stalled:
+            next_ping += 10  # an app-level ping: a live screen, not a silent one
+            for screen in screens:
+                if screen.state == "open":
+                    with contextlib.suppress(OSError):
+                        screen.sock.send(ping)
+        for key, _ in sel.select(timeout=0.2):
+            screen = key.data
+            if screen.state == "open" and not screen.sample:
+                try:
+                    n = screen.sock.recv_into(scratch)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    n = 0
+                if n:
+                    total += n
+                    if measuring:
+                        screen.bytes += n
+                    continue
+                data = b""
+            else:
+                data = recv(screen.sock, 1 << 18)
+                if data is None:
+                    continue
+            if not data:
+                sel.unregister(screen.sock)
+                screen.sock.close()
+                screen.state = "closed"
+                closed += 1
+                continue
+            total += len(data)
+            if measuring:
+                screen.bytes += len(data)
+            screen.buf += data
+            if screen.state == "handshake":
+                if args.kind == "ws":
+                    if b"\r\n\r\n" not in screen.buf:
+                        continue
+                    head, _, rest = bytes(screen.buf).partition(b"\r\n\r\n")
+                    if b" 101 " not in head.split(b"\r\n", 1)[0]:
+                        raise SystemExit(f"upgrade refused: {head[:80]!r}")
+                    screen.buf = bytearray(rest)
+                    sub = {
+                        "type": "subscribe",
+                        "id": "s",
+                        "filters": [screen.filt],
+                        "rate_hz": args.rate,
+                    }
+                    screen.sock.send(masked(1, orjson.dumps(sub)))
+                else:
+                    if len(screen.buf) < 4:
+                        continue
+                    if screen.buf[0] != 0x20 or screen.buf[3] != 0:
+                        raise SystemExit(f"CONNACK refused: {bytes(screen.buf[:4])!r}")
+                    del screen.buf[:4]
+                    body = struct.pack("!H", 1) + mqtt_string(screen.filt) + b"\x00"
+                    screen.sock.send(mqtt_packet(0x82, body))
+                screen.state = "open"
+                subscribed += 1
+                if args.stalled:
+                    sel.unregister(screen.sock)  # never read again
+                    continue
+            if screen.sample:
+                (parse_ws if args.kind == "ws" else parse_mqtt)(screen, now, ages)
+            else:
+                screen.buf.clear()  # only the handshake's leftovers
+    elapsed = time.time() - ages.start if measuring else 0.0
+    sampled = [s for s in screens if s.sample]
+    result = {
+        "clients": args.clients,
+        "subscribed": subscribed,
+        "closed": closed,
+        "cpu_s": cpu_seconds() - cpu0,
+        "seconds": elapsed,
+        "bytes": total - bytes0,
+        "bytes_by_filter": {f: per_screen(screens, f) for f in filters},
+        "sampled": len(sampled),
+        "sampled_messages": sum(s.messages for s in sampled),
+        "sampled_bytes": sum(s.bytes for s in sampled),
+        "age_hist_ms": {str(i): n for i, n in enumerate(ages.hist) if n},
+        "max_by_second": {str(k): v for k, v in sorted(ages.max_by_second.items())},
+    }
+    for screen in screens:
+        if screen.state != "closed":
+            screen.sock.close()
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Screens for the reconnect-storm benchmark: many clients in one process that keep a
+mirror of their topics and reconnect with the client's backoff when the gateway goes.
+
+Each screen is the Python client's logic on a raw non-blocking socket (so that 5,000 of
+them fit on one core): the upgrade, `subscribe`, the same `Mirror` as
+gateway/client.py applying snapshots and deltas (gaps counted), and on a lost
+connection a reconnect after ``GatewayClient.backoff_delay`` (exponential, full jitter,
+capped), attempt after attempt.
+
+Protocol on stdin/stdout with bench/e2e_bench.py: the process prints ``ready EPOCH``
+once every screen holds its topics, then, after the gateway's restart, one JSON line
+with the wall time at which each screen held all its topics again under a new epoch.
+
+    python bench/storm_clients.py --port P --clients N --filters 'berlin/line1/#,...'
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import random
+import resource
+import selectors
+import socket
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import orjson
+
+from bench.e2e_clients import masked, recv, upgrade_request
+from gateway.client import GatewayClient
+from gateway.core.mirror import Mirror
+from gateway.core.protocol import Delta, ProtocolError, Snapshot, Welcome, decode_server
+
+
+class Screen:
+    def __init__(self, i: int, filt: str, rng: random.Random) -> None:
+        self.i = i
+        self.filt = filt
+        self.backoff = GatewayClient("ws://unused/ws", [filt], rng=rng)  # its backoff_delay
+        self.mirror = Mirror()
+        self.sock: socket.socket | None = None
+        self.state = "idle"
+        self.buf = bytearray()
+        self.attempt = 0
+        self.retry_at = 0.0
+        self.expected = 0  # topics held before the restart
+        self.consistent_at: float | None = None
+        self.connects = 0
+
+
+def frames(buf: bytearray) -> list[tuple[int, bytes]]:
+    """Complete server frames at the front of ``buf`` (removed from it)."""
+    out, pos = [], 0
+    while len(buf) - pos >= 2:
+        n, head = buf[pos + 1] & 0x7F, 2
+        if n == 126:
+            if len(buf) - pos < 4:
+                break
+            n, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+        elif n == 127:
+            if len(buf) - pos < 10:
+                break
+            n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+        if len(buf) - pos < head + n:
+            break
+        out.append((buf[pos] & 0x0F, bytes(buf[pos + head : pos + head + n])))
+        pos += head + n
+    del buf[:pos]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--filters", required=True, help="comma-separated, round-robin")
+    ap.add_argument("--rate", type=float, default=1.0)
+    ap.add_argument("--timeout", type=float, default=120.0, help="give up after this long")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--cpu", type=int, default=None)
+    args = ap.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    rng = random.Random(args.seed)
+    filters = args.filters.split(",")
+    screens = [Screen(i, filters[i % len(filters)], rng) for i in range(args.clients)]
+    sel = selectors.DefaultSelector()
+    sel.register(sys.stdin, selectors.EVENT_READ, None)
+    first_epoch: str | None = None
+    restarted = False
+    gaps = 0
+    deadline = time.monotonic() + args.timeout
+
+    def lost(s: Screen, now: float) -> None:
+        if s.sock is not None:
+            sel.unregister(s.sock)
+            s.sock.close()
+            s.sock = None
+        s.state = "idle"
+        s.retry_at = now + s.backoff.backoff_delay(s.attempt)
+        s.attempt += 1
+
+    def connect(s: Screen) -> None:
+        sock = socket.socket()
+        sock.setblocking(False)
+        err = sock.connect_ex(("127.0.0.1", args.port))
+        s.sock, s.buf = sock, bytearray()
+        if err not in (0, errno.EINPROGRESS):
+            sel.register(sock, selectors.EVENT_READ, s)
+            lost(s, time.monotonic())
+            return
+        s.state = "connecting"
+        sel.register(sock, selectors.EVENT_WRITE, s)
+
+    def on_message(s: Screen, data: bytes) -> None:
+        nonlocal gaps
+        for msg in decode_server(data):
+            if isinstance(msg, Welcome):
+                s.mirror.set_epoch(msg.epoch)  # a new epoch drops the held copies
+                sub = {"type": "subscribe", "id": "s", "filters": [s.filt], "rate_hz": args.rate}
+                assert s.sock is not None
+                s.sock.send(masked(1, orjson.dumps(sub)))
+            elif isinstance(msg, Snapshot | Delta) and s.mirror.apply(msg) == "gap":
+                gaps += 1
+                raise ProtocolError("gap", "a delta without its base")  # resubscribe
+        if (
+            restarted
+            and s.consistent_at is None
+            and s.mirror.epoch != first_epoch
+            and len(s.mirror.topics) >= s.expected
+        ):
+            s.consistent_at = time.time()
+
+    for s in screens:
+        connect(s)
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        for s in screens:
+            if s.state == "idle" and now >= s.retry_at:
+                connect(s)
+        for key, _events in sel.select(timeout=0.05):
+            s = key.data
+            if s is None:  # the orchestrator: the gateway is being restarted
+                if sys.stdin.readline():
+                    restarted = True
+                else:
+                    sel.unregister(sys.stdin)  # the orchestrator waits for our result
+                continue
+            assert s.sock is not None
+            if s.state == "connecting":
+                if s.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    lost(s, now)
+                    continue
+                s.sock.send(upgrade_request(args.port))
+                s.state = "handshake"
+                sel.modify(s.sock, selectors.EVENT_READ, s)
+                continue
+            data = recv(s.sock, 1 << 16)
+            if data is None:
+                continue
+            if not data:
+                lost(s, now)
+                continue
+            s.buf += data
+            if s.state == "handshake":
+                if b"\r\n\r\n" not in s.buf:
+                    continue
+                head, _, rest = bytes(s.buf).partition(b"\r\n\r\n")
+                if b" 101 " not in head.split(b"\r\n", 1)[0]:
+                    lost(s, now)  # 503 while it starts or sheds load: try again later
+                    continue
+                s.buf = bytearray(rest)
+                s.state = "open"
+                s.connects += 1
+            try:
+                for opcode, payload in frames(s.buf):
+                    if opcode == 1:
+                        on_message(s, payload)
+                    elif opcode == 9:
+                        s.sock.send(masked(10, payload))
+                    elif opcode == 8:
+                        raise ConnectionError("closed by the gateway")
+            except (ProtocolError, ConnectionError, OSError):
+                lost(s, now)
+                continue
+        if first_epoch is None and all(s.mirror.topics for s in screens):
+            epochs = {s.mirror.epoch for s in screens}
+            if len(epochs) == 1:
+                first_epoch = epochs.pop()
+                for s in screens:
+                    s.expected = len(s.mirror.topics)
+                    s.attempt = 0  # connected for a while: the backoff starts afresh
+                print(f"ready {first_epoch}", flush=True)
+        if restarted and all(s.consistent_at is not None for s in screens):
+            break
+    print(
+        json.dumps(
+            {
+                "consistent_at": [s.consistent_at for s in screens],
+                "gaps": gaps,
+                "connects": sum(s.connects for s in screens),
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
