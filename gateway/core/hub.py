@@ -100,6 +100,7 @@ class Hub:
         self._cache: dict[tuple[str, int | None, int], bytes] = {}
         self._cache_old: dict[tuple[str, int | None, int], bytes] = {}
         self._cache_bytes = 0
+        self._drained = 0
         self._writing: set[Subscriber] = set()
         #: states of the topics the last tick sent (each once), for latency metrics
         self.tick_states: dict[str, TopicState] = {}
@@ -205,6 +206,7 @@ class Hub:
                 if st.seq and matches(key.filter, st.topic)
             }
             group = Group(key, sent, self.config.ring_ticks)
+            group.gseq = self.store.stats.changes
             if key.grants is not None:
                 group.sent = {t: s for t, s in sent.items() if group.allows(t)}
             group.next_tick = self._tick_count
@@ -230,6 +232,7 @@ class Hub:
         n = self._tick_count = self._tick_count + 1
         store = self.store
         self.tick_states = {}
+        drained = self._drained = store.stats.changes
         for topic in store.drain_changed():
             for group in self._index.match(topic):
                 if group.key.grants is None or group.allows(topic):
@@ -240,6 +243,7 @@ class Hub:
                 continue
             group.next_tick = n + group.key.every
             self._tick_group(group, now)
+            group.gseq = drained
             for m in group.members:
                 sub = m.sub
                 if not sub.ready:
@@ -313,6 +317,14 @@ class Hub:
         if chunk:
             frames.append(encode_batch(chunk))
         return tuple(frames)
+
+    def sent_upto(self, sub: Subscriber) -> int:
+        """The store change count up to which ``sub`` has been handed every change of
+        its subscriptions (after :meth:`take`): an SSE stream's resume point."""
+        return min(
+            (m.group.gseq for s in sub.subs.values() for m in s.members),
+            default=self.store.stats.changes,
+        )
 
     def take(self, sub: Subscriber, now: float) -> Sequence[bytes]:
         """The frames ``sub`` should write now; advances its cursors."""

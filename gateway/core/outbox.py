@@ -74,7 +74,7 @@ class OutboxStats:
 
 
 class Group:
-    __slots__ = ("key", "members", "next_tick", "pending", "ring", "sent", "tick_no")
+    __slots__ = ("gseq", "key", "members", "next_tick", "pending", "ring", "sent", "tick_no")
 
     def __init__(self, key: GroupKey, sent: dict[str, int], ring_ticks: int) -> None:
         self.key = key
@@ -84,6 +84,9 @@ class Group:
         self.tick_no = 0
         self.next_tick = 0  # hub tick number at which this group may tick next
         self.members: set[Member] = set()
+        #: the store's change count up to which every change of this group's topics
+        #: is in its stream (``sent`` plus the ticks so far)
+        self.gseq = 0
 
     def allows(self, topic: str) -> bool:
         grants = self.key.grants

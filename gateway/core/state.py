@@ -111,6 +111,7 @@ class TopicState:
     device_ts: float | None = None  # device timestamp of the last change
     changed_at: float = 0.0  # gateway receive time of the last change
     seen_at: float = 0.0  # gateway receive time of the last message, changed or not
+    gseq: int = 0  # the store's change count at this topic's last change (SSE resume)
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +399,7 @@ class StateStore:
         if changed_at:
             st.changed_at = now
         self.stats.changes += 1
+        st.gseq = self.stats.changes
         if not self._changed and self.on_change is not None:
             self.on_change()
         self._changed[st.topic] = None

@@ -49,6 +49,7 @@ from .http import (
     websocket_accept,
 )
 from .sockio import Outbound, close_socket, text_frame_header
+from .sse import SseSession, parse_sse_request
 from .ws import WsSession
 
 __all__ = ["Server", "ServerStats"]
@@ -117,6 +118,7 @@ class Server:
         self._limits = DecodeLimits(max_topic_bytes=cfg.state.max_topic_bytes)
         self._framed: dict[int, tuple[bytes, bytes]] = {}
         self._framed_z: dict[int, tuple[bytes, bytes]] = {}
+        self._sse_events: dict[int, tuple[bytes, bytes]] = {}
         self._sessions: set[WsSession] = set()
         self._by_sub: dict[int, WsSession] = {}
         self._http_scopes: set[trio.CancelScope] = set()
@@ -270,6 +272,7 @@ class Server:
             start = last = trio.current_time()
             self._framed.clear()
             self._framed_z.clear()
+            self._sse_events.clear()
             for sub in hub.tick(start):
                 session = by_sub.get(sub.id)
                 if session is not None:
@@ -376,6 +379,13 @@ class Server:
                         if session is not None:
                             await session.run()
                         return
+                    if public and req.path == "/sse":
+                        self._http_scopes.discard(scope)
+                        stream = await self._event_stream(sock, out, conn, req, ip)
+                        del conn, req
+                        if stream is not None:
+                            await stream.run()
+                        return
                     try:
                         await self._route(out, conn, req, public)
                     except OSError:
@@ -394,6 +404,55 @@ class Server:
                 if not self._per_ip[ip]:
                     del self._per_ip[ip]
             close_socket(sock)
+
+    async def _event_stream(
+        self,
+        sock: socket.socket,
+        out: Outbound,
+        conn: h11.Connection,
+        req: Request,
+        ip: str,
+    ) -> SseSession | None:
+        """``/sse``: the same checks as the WebSocket upgrade, then an event stream."""
+        stats = self.stats
+        if not self._origin_allowed(req):
+            stats.handshake_rejected["origin"] += 1
+            await _try_respond(out, conn, 403, "Origin not allowed")
+            return None
+        try:
+            identity = self._identity(req)
+            if identity is None:
+                raise AuthError("malformed", "a token is required (header or access_token)")
+            sse_req = parse_sse_request(
+                req.target, req.header(b"last-event-id"), self.cfg.state.max_topic_bytes
+            )
+        except AuthError as err:
+            stats.auth_failures[err.reason] += 1
+            stats.handshake_rejected["auth"] += 1
+            await _try_respond(out, conn, 401, err.message)
+            return None
+        except HttpError as err:
+            stats.handshake_rejected[err.reason] += 1
+            await _try_respond(out, conn, err.status, err.message)
+            return None
+        session = SseSession(self, sock, out, ip, identity, sse_req)
+        stats.connections_opened += 1
+        self._sessions.add(session)  # type: ignore[arg-type]
+        if self._stopping:
+            session.close(1012, "service restart: reconnect", "shutdown")
+        return session
+
+    def sse_event(self, frame: bytes) -> bytes:
+        """``frame`` as an SSE event, built once per tick for every stream (as
+        :meth:`framed` does for WebSocket frames)."""
+        entry = self._sse_events.get(id(frame))
+        if entry is not None and entry[0] is frame:
+            return entry[1]
+        data = b"data: " + frame + b"\n\n"
+        if len(self._sse_events) >= 256:
+            self._sse_events.clear()
+        self._sse_events[id(frame)] = (frame, data)
+        return data
 
     async def _upgrade(
         self,

@@ -1,0 +1,281 @@
+"""Server-Sent Events at ``/sse``: the same snapshot and delta messages as ``/ws`` for
+networks that block WebSocket.
+
+    GET /sse?filter=site/%23&filter=plant/+/temp&rate=5[&access_token=...]
+    Accept: text/event-stream
+    Last-Event-ID: <epoch>:<changes>      (sent by EventSource when it reconnects)
+
+Every server message (welcome, snapshot, delta, batch, and a final ``close``) is one
+event whose ``data`` is the message's JSON, exactly as on the WebSocket; the event
+*type* is the default ("message"). The last event of each write carries an ``id`` of
+``<epoch>:<n>``: the gateway's change counter up to which this screen has been sent
+everything it subscribed to. On reconnect, EventSource sends it back as
+``Last-Event-ID``; within the same epoch the gateway then sends snapshots of the
+topics that changed after ``n`` and nothing for the others; in a new epoch, snapshots
+of everything. A comment line (``: hb``) goes out when the stream was quiet for
+``heartbeat_s``, so proxies keep it open. Tokens, grants, Origin and connection limits
+are those of ``/ws``; there is no ``auth`` message (the token comes in the
+``Authorization`` header or ``access_token``).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import TYPE_CHECKING
+
+import orjson
+import trio
+
+from ..auth import Identity
+from ..core.hub import Subscriber
+from ..core.protocol import Resume, Subscribe, Welcome, encode
+from ..core.topics import TopicError, matches, validate_filter
+from .http import HttpError
+from .sockio import Outbound, SendFailed, recv_some
+
+if TYPE_CHECKING:
+    import socket
+
+    from .server import Server
+
+__all__ = ["SseRequest", "SseSession", "parse_sse_request"]
+
+HEAD = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/event-stream; charset=utf-8\r\n"
+    b"Cache-Control: no-store\r\n"
+    b"X-Accel-Buffering: no\r\n"  # nginx: pass events on as they come
+    b"Connection: close\r\n"
+    b"Server: telemetry-gateway\r\n"
+    b"\r\n"
+    b"retry: 2000\n\n"  # EventSource reconnects after 2 s (plus our own backoff in JS)
+)
+HEARTBEAT = b": hb\n\n"
+
+
+class SseRequest:
+    __slots__ = ("filters", "last_event_id", "rate_hz")
+
+    def __init__(
+        self, filters: tuple[str, ...], rate_hz: float | None, last_event_id: str | None
+    ) -> None:
+        self.filters = filters
+        self.rate_hz = rate_hz
+        self.last_event_id = last_event_id
+
+
+def parse_sse_request(
+    target: bytes, last_event_id: bytes | None, max_topic_bytes: int
+) -> SseRequest:
+    """Filters, rate and resume point of a ``/sse`` request, or :class:`HttpError` 400."""
+    _, _, query = target.partition(b"?")
+    try:
+        params = urllib.parse.parse_qs(query.decode("ascii"), max_num_fields=50)
+    except (UnicodeDecodeError, ValueError):
+        raise HttpError(400, "the query string is malformed", "bad_request") from None
+    raw = params.get("filter", [])
+    if not raw or len(raw) > 16:
+        raise HttpError(400, "give 1 to 16 'filter' parameters", "bad_request")
+    try:
+        filters = tuple(validate_filter(f, max_topic_bytes) for f in raw)
+    except TopicError as err:
+        raise HttpError(400, f"bad filter: {err}", "bad_request") from None
+    rate = None
+    if "rate" in params:
+        try:
+            rate = float(params["rate"][0])
+        except ValueError:
+            raise HttpError(400, "'rate' must be a number", "bad_request") from None
+        if not rate > 0:
+            raise HttpError(400, "'rate' must be > 0", "bad_request")
+    resume = None
+    if last_event_id:
+        resume = last_event_id.decode("ascii", "replace")[:100]
+    return SseRequest(filters, rate, resume)
+
+
+class SseSession:
+    """One event stream: a hub subscriber whose frames are written as events."""
+
+    __slots__ = (
+        "_draining", "_last_write", "_nursery", "_read_scope", "closing", "identity", "ip", "out",
+        "reason", "request", "server", "sock", "sub",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        server: Server,
+        sock: socket.socket,
+        out: Outbound,
+        ip: str,
+        identity: Identity,
+        request: SseRequest,
+    ) -> None:
+        self.server = server
+        self.sock = sock
+        self.out = out
+        self.ip = ip
+        self.identity = identity
+        self.request = request
+        self.sub: Subscriber | None = None
+        self.closing = False
+        self.reason: str | None = None
+        self._draining = False
+        self._last_write = server.clock.mono()
+        self._nursery: trio.Nursery | None = None
+        self._read_scope = trio.CancelScope()
+
+    async def run(self) -> None:
+        srv = self.server
+        hub = srv.hub
+        sub = self.sub = hub.connect(self.identity.grants)
+        req = self.request
+        welcome = Welcome(
+            srv.store.epoch,
+            srv.clock.wall(),
+            srv.cfg.server.heartbeat_s,
+            False,
+            srv.welcome_limits,
+        )
+        events = [HEAD, self._event(encode(welcome))]
+        positions = self._resume_positions()
+        if positions:
+            hub.resume(sub, Resume(srv.store.epoch, positions))
+        reply = hub.subscribe(sub, Subscribe("sse", req.filters, req.rate_hz))
+        events.append(self._event(encode(reply)))
+        srv.attach(self)  # type: ignore[arg-type]
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._write(events)
+                self.pump()
+                await self._read_until_gone()
+                if not self.out.idle:  # a last event (close) on its way: a moment
+                    with trio.move_on_after(srv.cfg.server.close_timeout_s):
+                        await self.out.drain()
+                nursery.cancel_scope.cancel()
+        except SendFailed:
+            self._set_reason("client_gone")
+        finally:
+            self._set_reason("error")
+            hub.disconnect(sub)
+            srv.detach(self)  # type: ignore[arg-type]
+
+    def _resume_positions(self) -> dict[str, int]:
+        """What an EventSource reconnecting with ``Last-Event-ID`` holds: within the
+        same epoch, every topic of its filters that did not change after the id."""
+        last = self.request.last_event_id
+        if not last:
+            return {}
+        epoch, _, count = last.partition(":")
+        store = self.server.store
+        if epoch != store.epoch or not count.isdigit():
+            return {}  # another epoch (or garbage): snapshots of everything
+        upto = int(count)
+        filters = self.request.filters
+        return {
+            st.topic: st.seq
+            for st in store.states()
+            if st.seq and st.gseq <= upto and any(matches(f, st.topic) for f in filters)
+        }
+
+    async def _read_until_gone(self) -> None:
+        """An event stream is one-way: a read returns only when the client leaves
+        (or :meth:`close` cancels it)."""
+        with self._read_scope:
+            while True:
+                try:
+                    data = await recv_some(self.sock)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._set_reason("client_gone")
+                    return
+
+    @staticmethod
+    def _event(data: bytes, event_id: bytes | None = None) -> bytes:
+        head = b"id: " + event_id + b"\n" if event_id else b""
+        return head + b"data: " + data + b"\n\n"
+
+    def _set_reason(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _write(self, chunks: list[bytes]) -> None:
+        try:
+            done = self.out.send(chunks)
+        except SendFailed as err:
+            self.server.stats.send_failure(err.reason)
+            self.abort("client_gone" if err.reason == "peer_gone" else "error")
+            return
+        self._last_write = self.server.clock.mono()
+        if not done and not self._draining and self._nursery is not None:
+            self._draining = True
+            if self.sub is not None:
+                self.server.hub.write_begun(self.sub, self.server.clock.mono())
+            self._nursery.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        try:
+            await self.out.drain()
+        except SendFailed as err:
+            self.server.stats.send_failure(err.reason)
+            self.abort("client_gone" if err.reason == "peer_gone" else "error")
+            return
+        finally:
+            self._draining = False
+        if self.sub is not None:
+            self.server.hub.write_done(self.sub, self.server.clock.mono())
+        self.pump()
+
+    def pump(self, now: float | None = None) -> None:
+        sub = self.sub
+        if sub is None or self.closing or self.out.queue:
+            return
+        srv = self.server
+        if now is None:
+            now = srv.clock.mono()
+        chunks: list[bytes] = []
+        while sub.ready:
+            frames = srv.hub.take(sub, now)
+            if not frames:
+                break
+            srv.stats.frames_sent += len(frames)
+            chunks += (srv.sse_event(f) for f in frames)
+        if chunks:
+            mark = f"{srv.store.epoch}:{srv.hub.sent_upto(sub)}".encode()
+            chunks.append(b"id: " + mark + b"\n\n")  # an empty event carrying the id
+            self._write(chunks)
+
+    # -- timers and closing ------------------------------------------------------------
+
+    def check_timers(self, now: float, wall: float) -> None:
+        if self.closing:
+            return
+        expires = self.identity.expires_at
+        if expires is not None and wall > expires:
+            self.close(4001, "token expired", "auth")
+        elif now - self._last_write >= self.server.cfg.server.heartbeat_s and self.out.idle:
+            self._write([HEARTBEAT])
+
+    def close(self, code: int, text: str, reason: str) -> None:
+        """A last ``close`` event (the WebSocket close code and reason), then the end."""
+        if self.closing:
+            return
+        self._set_reason(reason)
+        if self.sub is not None:
+            self.server.hub.disconnect(self.sub)
+        msg = orjson.dumps({"type": "close", "code": code, "reason": text})
+        if self.out.idle:
+            self._write([self._event(msg)])
+        self.closing = True
+        self._read_scope.cancel()
+
+    def abort(self, reason: str) -> None:
+        self._set_reason(reason)
+        self.closing = True
+        if self.sub is not None:
+            self.server.hub.disconnect(self.sub)
+        self._read_scope.cancel()
