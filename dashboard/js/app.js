@@ -29,7 +29,7 @@ $("field-name").textContent = FIELD === "auto" ? "temperature" : FIELD;
 const wsUrl = new URL("ws", location.href);
 wsUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
 const client = new GatewayClient({ url: wsUrl.toString(), filters: [FILTER], rateHz: RATE,
-                                   token: TOKEN });
+                                   token: TOKEN, transport: params.get("transport") || "auto" });
 window.gatewayClient = client; // for people debugging a wall, and for the tests
 window.wall = {
   // what a tile shows: {state: live|stale|offline, value, alarm}, or null
@@ -265,7 +265,8 @@ client.addEventListener("status", (e) => {
   const { status, code } = e.detail;
   conn.className = `conn ${status}`;
   conn.dataset.status = status === "closed" ? "disconnected" : status;
-  $("conn-text").textContent = status === "closed" ? `disconnected (${code})` : status;
+  const via = client.transport === "sse" ? " (events)" : "";
+  $("conn-text").textContent = status === "closed" ? `disconnected (${code})` : status + via;
 });
 setInterval(() => {
   let newest = 0;

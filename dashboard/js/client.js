@@ -11,10 +11,16 @@
 // not, sends an application ping every heartbeat and reconnects when nothing arrived
 // for two heartbeats (a half-open connection), and reports its status.
 //
+// When the WebSocket cannot be opened at all (twice in a row, as behind a proxy that
+// refuses the upgrade), it falls back to Server-Sent Events at /sse (transport: "auto",
+// the default; "ws" or "sse" force one). The same messages arrive; EventSource resumes
+// with Last-Event-ID on its own; a gap there means a fresh stream (a snapshot).
+//
 // Usage:
 //   const client = new GatewayClient({ url, filters: ["#"], rateHz: 10, token });
 //   client.addEventListener("change", (e) => ...e.detail.topics...);  // Set of topics
 //   client.addEventListener("status", (e) => ...e.detail.status...);  // connecting|open|closed
+//   client.transport  // "ws" or "sse"
 //   client.start();
 //   client.topics.get("berlin/line1/env-00000")  // {seq, fields, online, stale, ts, rx}
 
@@ -22,9 +28,14 @@ const RESUME_CHUNK = 1000;
 
 export class GatewayClient extends EventTarget {
   constructor({ url, filters = ["#"], rateHz = null, token = null, backoffBaseMs = 500,
-                backoffCapMs = 30000, stableMs = 10000, WebSocketImpl = WebSocket } = {}) {
+                backoffCapMs = 30000, stableMs = 10000, WebSocketImpl = WebSocket,
+                transport = "auto", sseUrl = null } = {}) {
     super();
     this.url = url;
+    this.sseUrl = sseUrl;
+    this.transport = transport === "sse" ? "sse" : "ws";
+    this.fallback = transport === "auto";
+    this.wsFailures = 0; // WebSocket attempts in a row that never opened
     this.filters = filters;
     this.rateHz = rateHz;
     this.token = token;
@@ -40,6 +51,7 @@ export class GatewayClient extends EventTarget {
     this.lastMessageAt = 0;
     this.stats = { connects: 0, resumes: 0, gaps: 0, applied: 0, skipped: 0, closes: [] };
     this._ws = null;
+    this._es = null;
     this._stopped = false;
     this._timers = [];
   }
@@ -53,6 +65,7 @@ export class GatewayClient extends EventTarget {
     this._stopped = true;
     this._clearTimers();
     if (this._ws) this._ws.close(1000, "bye");
+    if (this._es) this._es.close();
   }
 
   _setStatus(status, detail = {}) {
@@ -72,9 +85,54 @@ export class GatewayClient extends EventTarget {
     return u.toString();
   }
 
-  _connect() {
-    this._setStatus("connecting", { attempt: this.attempt });
+  _sseStreamUrl() {
+    const u = this.sseUrl ? new URL(this.sseUrl, location.href) : new URL(this.url, location.href);
+    if (!this.sseUrl) {
+      u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+      u.pathname = u.pathname.replace(/\/ws$/, "/sse");
+    }
+    u.search = "";
+    for (const f of this.filters) u.searchParams.append("filter", f);
+    if (this.rateHz) u.searchParams.set("rate", String(this.rateHz));
+    if (this.token) u.searchParams.set("access_token", this.token);
+    return u.toString();
+  }
+
+  _connectSse() {
     const openedAt = Date.now();
+    const es = new EventSource(this._sseStreamUrl());
+    this._es = es;
+    es.onmessage = (ev) => {
+      if (this._es !== es) return;
+      this._onMessage(ev.data);
+    };
+    es.onerror = () => {
+      if (this._es !== es) return;
+      this._setStatus(es.readyState === EventSource.CLOSED ? "closed" : "connecting",
+                      { transport: "sse" });
+      if (es.readyState === EventSource.CLOSED) { // refused (401, 503...): our backoff
+        this._es = null;
+        if (!this._stopped) this._scheduleReconnect(openedAt);
+      } // else EventSource reconnects by itself, with Last-Event-ID
+    };
+  }
+
+  _restartSse(code) {
+    // a close event, or a gap: end this stream and open a fresh one (a snapshot)
+    const es = this._es;
+    this._es = null;
+    if (es) es.close();
+    this.stats.closes.push(code);
+    if (this.stats.closes.length > 20) this.stats.closes.shift();
+    this._setStatus("closed", { code, transport: "sse" });
+    if (!this._stopped && code !== 4001) this._scheduleReconnect(Date.now());
+  }
+
+  _connect() {
+    this._setStatus("connecting", { attempt: this.attempt, transport: this.transport });
+    if (this.transport === "sse") return this._connectSse();
+    const openedAt = Date.now();
+    let opened = false;
     let ws;
     try {
       ws = new this.WebSocketImpl(this._wsUrl(), ["telemetry.v1"]);
@@ -83,9 +141,14 @@ export class GatewayClient extends EventTarget {
       return;
     }
     this._ws = ws;
+    ws.onopen = () => { opened = true; this.wsFailures = 0; };
     ws.onmessage = (ev) => this._onMessage(ev.data);
     ws.onclose = (ev) => {
       this._clearTimers();
+      if (!opened && this.fallback && ++this.wsFailures >= 2) {
+        this.transport = "sse"; // the upgrade never succeeds here: events instead
+        this.attempt = 0;
+      }
       this.stats.closes.push(ev.code);
       if (this.stats.closes.length > 20) this.stats.closes.shift(); // bounded over days
       if (this._ws === ws) this._ws = null;
@@ -107,6 +170,10 @@ export class GatewayClient extends EventTarget {
     if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify(obj));
   }
 
+  get sse() {
+    return this.transport === "sse";
+  }
+
   _onWelcome(msg) {
     this.heartbeatMs = msg.heartbeat_s * 1000;
     const resumable = msg.epoch === this.epoch && this.topics.size > 0;
@@ -116,6 +183,11 @@ export class GatewayClient extends EventTarget {
       this._changed(dropped);
     }
     this.epoch = msg.epoch;
+    if (this.sse) { // the stream was subscribed by its URL and resumes by Last-Event-ID
+      this.stats.connects += 1;
+      this._setStatus("open", { epoch: msg.epoch, transport: "sse" });
+      return;
+    }
     if (resumable) {
       const entries = [...this.topics].map(([t, v]) => [t, v.seq]);
       for (let i = 0; i < entries.length; i += RESUME_CHUNK) {
@@ -148,6 +220,7 @@ export class GatewayClient extends EventTarget {
       return;
     }
     if (msg.type === "welcome") return this._onWelcome(msg);
+    if (msg.type === "close") return this._restartSse(msg.code); // SSE: the stream ends
     const items = msg.type === "batch" ? msg.items : [msg];
     const changed = new Set();
     const gaps = {};
@@ -161,7 +234,8 @@ export class GatewayClient extends EventTarget {
       }
     }
     if (Object.keys(gaps).length && this.epoch) {
-      this._send({ type: "resume", epoch: this.epoch, topics: gaps });
+      if (this.sse) this._restartSse(0); // no messages upstream: a fresh stream resyncs
+      else this._send({ type: "resume", epoch: this.epoch, topics: gaps });
     }
     if (changed.size) this._changed(changed);
   }

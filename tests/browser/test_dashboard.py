@@ -151,3 +151,54 @@ async def test_the_page_survives_a_gateway_restart_and_matches_its_snapshot(
     assert results.get("matched") is True
     assert results["reloads"] == 1  # reconnected by itself, no reload
     assert results["errors"] == []
+
+
+async def test_the_page_falls_back_to_server_sent_events_when_websocket_is_refused(
+    gateway_factory: Callable[..., Any], chromium: str
+) -> None:
+    gw: Gateway = await gateway_factory(simulator={"devices": 50, "rate_hz": 2})
+
+    def visit() -> dict[str, Any]:
+        with browser_page(chromium) as page:
+            # a network that refuses the upgrade: every WebSocket is closed unopened
+            page.route_web_socket("**/ws", lambda ws: ws.close(code=1011, reason="refused"))
+            page.goto(f"http://127.0.0.1:{gw.port}/")
+            page.wait_for_function(
+                "() => window.gatewayClient.transport === 'sse'"
+                " && window.gatewayClient.status === 'open'"
+                " && window.wall.tilesWithValues() >= 50",
+                timeout=10000,
+            )
+            conn = page.inner_text("#conn-text")
+            for _ in range(50):  # the fleet keeps publishing: compare until in step
+                snap = trio.from_thread.run(snapshot)
+                mine = page_state(page)
+                same = (
+                    set(mine) == set(snap)
+                    and all(
+                        mine[t]["fields"] == v["fields"]
+                        for t, v in snap.items()
+                        if mine[t]["seq"] == v["seq"]
+                    )
+                    and all(mine[t]["seq"] >= v["seq"] for t, v in snap.items())
+                )
+                if same:
+                    break
+                page.wait_for_timeout(100)
+            return {
+                "conn": conn,
+                "same": same,
+                "errors": page.errors,
+                "closes": page.evaluate("() => window.gatewayClient.stats.closes"),
+            }
+
+    async def snapshot() -> dict[str, Any]:
+        _, _, body = await http_get(gw.port, "/api/snapshot")
+        return dict(orjson.loads(body)["topics"])
+
+    got = await in_browser(visit)
+    assert got["same"], "the page's state never matched the gateway's"
+    assert "(events)" in got["conn"]
+    assert got["closes"][:2] == [1011, 1011]  # two refused upgrades, then events
+    assert got["errors"] == []
+    assert gw.server.stats.connections_opened >= 1
