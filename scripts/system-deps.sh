@@ -5,7 +5,7 @@
 set -euo pipefail
 
 case "${1:-test}" in
-  test)  want=(mosquitto mosquitto-clients prometheus chromium) ;;
+  test)  want=(mosquitto mosquitto-clients prometheus chromium nginx) ;;
   run)   want=() ;;
   bench) want=(mosquitto mosquitto-clients chromium) ;;
   *) echo "usage: $0 test|run|bench" >&2; exit 2 ;;
@@ -24,5 +24,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Tests start mosquitto and nginx themselves, on ephemeral ports: keep the packages'
+# services from starting on 1883 and 80 (policy-rc.d, the Debian way to say so).
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
