@@ -63,6 +63,9 @@ class ServerConfig:
     #: new public connections per second, all addresses together (burst: as many);
     #: 0 = no limit. Over it: 503 before the upgrade
     max_new_connections_per_s: float = 0.0
+    #: addresses of reverse proxies (nginx) whose X-Forwarded-For is believed: their
+    #: clients are limited and logged by the forwarded address
+    trusted_proxies: tuple[str, ...] = ()
     max_message_bytes: int = 65_536
     #: a client message begun must be complete within this (a cut frame, then silence)
     message_timeout_s: float = 5.0
@@ -418,6 +421,11 @@ def _validate(cfg: Config) -> None:
     for key in positive:
         if not getattr(s, key) > 0:
             raise ConfigError(f"server.{key}: must be > 0, got {getattr(s, key)!r}")
+    for addr in s.trusted_proxies:
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            raise ConfigError(f"server.trusted_proxies: {addr!r} is not an IP address") from None
     if s.max_new_connections_per_s < 0:
         raise ConfigError("server.max_new_connections_per_s: must be >= 0 (0: no limit)")
     if s.send_buffer_bytes < 0:

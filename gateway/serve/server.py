@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import ipaddress
 import logging
 import math
 import socket
@@ -124,6 +125,7 @@ class Server:
         self._http_scopes: set[trio.CancelScope] = set()
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._open = 0
+        self._trusted_proxies = frozenset(sc.trusted_proxies)
         self._accept_bucket = (float(sc.max_new_connections_per_s), 0.0)  # (tokens, when)
         self._shutdown = trio.Event()
         self._drained = trio.Event()
@@ -333,6 +335,8 @@ class Server:
         sc = self.cfg.server
         out = Outbound(sock, self.stats)
         counted = False
+        per_ip_key: str | None = None  # the address counted against max_connections_per_ip
+        proxied = public and ip in self._trusted_proxies
         scope = trio.CancelScope()
         self._http_scopes.add(scope)
         try:
@@ -341,7 +345,7 @@ class Server:
                     which = None
                     if self._open >= sc.max_connections:
                         which = "total"
-                    elif self._per_ip[ip] >= sc.max_connections_per_ip:
+                    elif not proxied and self._per_ip[ip] >= sc.max_connections_per_ip:
                         which = "per_ip"
                     elif not self._accept_rate_ok():
                         which = "rate"
@@ -351,8 +355,10 @@ class Server:
                             await respond_raw_error(out, 503, f"connection limit ({which}) reached")
                         return
                     self._open += 1
-                    self._per_ip[ip] += 1
                     counted = True
+                    if not proxied:  # behind a trusted proxy: the client's, once known
+                        per_ip_key = ip
+                        self._per_ip[ip] += 1
                 conn = new_connection()
                 for _ in range(100):  # keep-alive: at most 100 requests per connection
                     with trio.move_on_after(sc.handshake_timeout_s) as deadline:
@@ -370,6 +376,16 @@ class Server:
                         return
                     if req is None:
                         return
+                    if proxied and per_ip_key is None:
+                        ip = forwarded_for(
+                            req.header(b"x-forwarded-for"), ip, self._trusted_proxies
+                        )
+                        if self._per_ip[ip] >= sc.max_connections_per_ip:
+                            self.stats.handshake_rejected["limit_per_ip"] += 1
+                            await _try_respond(out, conn, 503, "connection limit (per_ip) reached")
+                            return
+                        per_ip_key = ip
+                        self._per_ip[ip] += 1
                     if public and req.path == "/ws":
                         self._http_scopes.discard(scope)  # sessions close gracefully instead
                         session = await self._upgrade(sock, out, conn, req, ip)
@@ -400,9 +416,10 @@ class Server:
             self._http_scopes.discard(scope)
             if counted:
                 self._open -= 1
-                self._per_ip[ip] -= 1
-                if not self._per_ip[ip]:
-                    del self._per_ip[ip]
+            if per_ip_key is not None:
+                self._per_ip[per_ip_key] -= 1
+                if not self._per_ip[per_ip_key]:
+                    del self._per_ip[per_ip_key]
             close_socket(sock)
 
     async def _event_stream(
@@ -631,6 +648,23 @@ class Server:
                 entry["fields"] = st.fields
             out[st.topic] = entry
         return 200, json_body({"epoch": self.store.epoch, "filter": flt, "topics": out})
+
+
+def forwarded_for(header: bytes | None, peer: str, trusted: frozenset[str]) -> str:
+    """The client's address behind trusted proxies: the rightmost X-Forwarded-For entry
+    that is not itself a trusted proxy (entries further left could be forged by the
+    client); the peer's own address when the header is missing or malformed."""
+    if not header:
+        return peer
+    for part in reversed(header.decode("latin-1").split(",")):
+        candidate = part.strip()
+        try:
+            ipaddress.ip_address(candidate)
+        except ValueError:
+            return peer
+        if candidate not in trusted:
+            return candidate
+    return peer
 
 
 async def _try_respond(out: Outbound, conn: h11.Connection, status: int, message: str) -> None:
