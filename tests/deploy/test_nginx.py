@@ -31,7 +31,9 @@ async def start_nginx(tmp: Path, **ports: str) -> tuple[trio.Process, int]:
     run.chmod(0o777)  # the workers may run as another user
     template = string.Template((ROOT / "deploy" / "nginx.conf.template").read_text())
     conf = run / "nginx.conf"
-    conf.write_text(template.safe_substitute(LISTEN_PORT=str(listen), RUN_DIR=str(run), **ports))
+    conf.write_text(
+        template.safe_substitute(LISTEN=f"127.0.0.1:{listen}", RUN_DIR=str(run), **ports)
+    )
     proc = await trio.lowlevel.open_process(
         [binary, "-c", str(conf), "-p", str(run), "-g", "daemon off;"],
         stderr=subprocess.DEVNULL,
