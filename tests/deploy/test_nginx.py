@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import trio
 
@@ -18,6 +19,8 @@ from gateway.client import GatewayClient
 from tests.broker import Mosquitto, free_port
 from tests.conftest import require_binary, stop_process
 from tests.gw import start_gateway
+from tests.serve.httpget import http_get
+from tests.serve.test_sse import EventStream
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES_A = ("berlin", "paris")  # the sites deploy/nginx.conf.template routes to SHARD_A
@@ -117,6 +120,19 @@ async def test_two_gateways_behind_nginx_and_one_dies(
             await settle([(c, by_epoch[c.mirror.epoch]) for c in clients])  # type: ignore[index]
         # the two gateways hold the same topics, fed by the same broker
         assert set(state(gws[0])) == set(state(gws[1]))
+        # the dashboard, the API and the event stream pass through nginx too
+        status, _, body = await http_get(port, "/")
+        assert status == 200 and b"<html" in body.lower()
+        status, _, body = await http_get(port, "/api/topics?filter=%23")
+        assert status == 200 and len(orjson.loads(body)["topics"]) == 40
+        sse = await EventStream.open(port, "filter=berlin/%23")
+        assert sse.status == 200
+        assert (await sse.event())["type"] == "welcome"  # type: ignore[index]
+        assert (await sse.event())["type"] == "ack"  # type: ignore[index]
+        with trio.fail_after(5):
+            first = await sse.event()
+        assert first is not None and first["type"] in ("snapshot", "batch")
+        sse.close()
         on_doomed = [c for c in clients if c.mirror.epoch == gws[0].store.epoch]
         assert on_doomed
         doomed_scope.cancel()
