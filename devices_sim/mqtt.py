@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 
 import orjson
@@ -107,6 +108,10 @@ class MqttPublisher:
             self._publish(self._initial_statuses())
             task_status.started()
             t0 = trio.current_time()
+            # Simulated time starts now, not when the fleet was built: connecting
+            # thousands of devices takes a while, and every timestamp would carry
+            # that delay as data age.
+            self.fleet.start_wall = time.time()
             n = 0
             sim_now = 0.0
             try:

@@ -146,3 +146,26 @@ async def test_our_qos0_publish_encoding_is_understood_in_mqtt_5_too(
         "count",
     }
     assert gw.mqtt is not None and not gw.mqtt.stats.rejected
+
+
+async def test_timestamps_start_when_publishing_does_not_when_the_fleet_was_built(
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto
+) -> None:
+    import time
+
+    gw = await mqtt_gateway(gateway_factory, mosquitto)
+    fleet = Fleet(FleetConfig(devices=20, sites=2, rate_hz=5), start_wall=time.time())
+    await trio.sleep(1.0)  # a slow start: connecting thousands of devices takes this long
+    pub = MqttPublisher(fleet, parse_url(mosquitto.url), connections=1, offline_on_exit=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pub.run)
+        await trio.sleep(1.0)
+        ages = [
+            st.changed_at - st.device_ts
+            for d in fleet.devices
+            if (st := gw.store.get(d.path)) is not None and st.device_ts is not None
+        ]
+        nursery.cancel_scope.cancel()
+    assert len(ages) == 20
+    # device timestamp to gateway receipt: loopback time, not the second of setup
+    assert max(ages) < 0.3, max(ages)
