@@ -674,6 +674,15 @@ def report(res: dict[str, Any]) -> list[tuple[str, str, str]]:
             "| | " + " | ".join(names[i] for i in impls) + " |",
             "|---|" + "---:|" * len(impls),
             "| data age p50 / p99 / max | " + cells(age) + " |",
+            "| gateway receipt to frame written, p50 / p99 (its histogram's bucket bounds) | "
+            + cells(
+                lambda r: (
+                    "≤ {p50:.0f} / ≤ {p99:.0f} ms".format(**r["ingest_to_send_ms"])
+                    if "ingest_to_send_ms" in r
+                    else ""
+                )
+            )
+            + " |",
             "| growth of the oldest age (ms per s of run) | "
             + cells(lambda r: f"{age_growth(r):+.0f}")
             + " |",
