@@ -99,7 +99,7 @@ def main() -> None:
     seconds = args.seconds or (20 if args.quick else 60)
     from playwright.sync_api import sync_playwright
 
-    from bench.report import gateway_process, machine_info, write_section
+    from bench.report import gateway_process, machine_info, results_path, write_section
 
     with (
         gateway_process(
@@ -162,7 +162,7 @@ def main() -> None:
     result["heap_first_half_mean_mib"] = sum(b for _, b in first_half) / len(first_half) / 2**20
     result["heap_second_half_mean_mib"] = sum(b for _, b in second_half) / len(second_half) / 2**20
     result["heap_max_mib"] = max(b for _, b in heap) / 2**20
-    out = ROOT / "bench" / "results" / f"{args.name}.json"
+    out = results_path(args.name, args.quick)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"  frame time avg {avg:.1f} ms, p99 {p99:.1f} ms ({nframes} frames, "

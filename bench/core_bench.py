@@ -34,7 +34,7 @@ import orjson
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from bench.report import machine_info, write_section
+from bench.report import machine_info, results_path, write_section
 from gateway.core.hub import Hub, HubConfig
 from gateway.core.protocol import Subscribe
 from gateway.core.state import Deadband, StateStore
@@ -202,7 +202,7 @@ def main() -> None:
             "hub_fanout": fan,
         }
     )
-    out = ROOT / "bench" / "results" / "core.json"
+    out = results_path("core", args.quick)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"  raw results: {out.relative_to(ROOT)}")

@@ -41,7 +41,7 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.report import stop  # noqa: E402
+from bench.report import results_path, stop  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, LOAD_CPU = 0, 1
@@ -602,7 +602,7 @@ def main() -> None:
         print(f"storm: {n:,} screens, gateway restarted", flush=True)
         results["storm"] = storm(n, d)
         print(json.dumps(results["storm"]), flush=True)
-    out = ROOT / "bench" / "results" / "e2e.json"
+    out = results_path("e2e", args.quick)
     if out.exists() and set(only) != {"bigscreen", "slow", "storm"}:
         previous = json.loads(out.read_text())  # a partial run keeps the others' results
         if previous.get("quick") == args.quick:

@@ -352,7 +352,7 @@ def main() -> None:
         print(json.dumps(fn(args.mode, args.clients, args.seconds)), flush=True)
         return
 
-    from bench.report import machine_info, write_section
+    from bench.report import machine_info, results_path, write_section
 
     fan_clients, seconds = (300, 4.0) if args.quick else (1000, 10.0)
     idle_sizes = [1000] if args.quick else [5000, 10000]
@@ -384,7 +384,7 @@ def main() -> None:
                 f"({r['connections']} connections)",
                 flush=True,
             )
-    out = ROOT / "bench" / "results" / "fanout.json"
+    out = results_path("fanout", args.quick)
     if args.only and out.exists():  # a partial run keeps the other workload's results
         previous = json.loads(out.read_text())
         fan = fan or previous.get("fanout", {})

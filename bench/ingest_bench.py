@@ -253,7 +253,7 @@ def main() -> None:
         return
     if not shutil.which("mosquitto") or not shutil.which("mosquitto_pub"):
         raise SystemExit("needs mosquitto and mosquitto-clients (make bench installs them)")
-    from bench.report import machine_info, write_section
+    from bench.report import machine_info, results_path, write_section
 
     total = 40_000 if args.quick else 200_000
     results: dict[str, object] = {"machine": machine_info(), "messages": total}
@@ -280,7 +280,7 @@ def main() -> None:
         finally:
             broker.terminate()
             broker.wait(timeout=10)
-    out = ROOT / "bench" / "results" / "ingest.json"
+    out = results_path("ingest", args.quick)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"raw results: {out.relative_to(ROOT)}")

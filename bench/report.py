@@ -93,6 +93,16 @@ CHROMIUM_ARGS = [
 ]
 
 
+def results_path(name: str, quick: bool) -> pathlib.Path:
+    """Where a benchmark's raw results go: bench/results/NAME.json for the full runs
+    that docs/benchmarks.md reports, bench/results/quick/ for `make bench-quick`, so a
+    quick run never replaces the numbers the report was written from."""
+    base = pathlib.Path(__file__).resolve().parent / "results"
+    out = (base / "quick" if quick else base) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 @dataclasses.dataclass
 class Running:
     port: int

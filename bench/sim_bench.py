@@ -109,7 +109,7 @@ def main() -> None:
     if args.publish:
         print(json.dumps(publish_run(args.port, args.publish, args.seconds)), flush=True)
         return
-    from bench.report import machine_info, write_section
+    from bench.report import machine_info, results_path, write_section
 
     seconds = 3.0 if args.quick else 8.0
     rates = [1_000, 20_000, 200_000] if args.quick else [1_000, 5_000, 10_000, 20_000, 200_000]
@@ -129,7 +129,7 @@ def main() -> None:
         finally:
             broker.terminate()
             broker.wait(timeout=10)
-    out = ROOT / "bench" / "results" / "sim.json"
+    out = results_path("sim", args.quick)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     if not args.write:
