@@ -23,6 +23,7 @@ from .config import Config
 from .core.hub import Hub, HubConfig
 from .core.state import Deadband, StateStore
 from .core.topics import RuleTable
+from .memory import tune_malloc
 from .metrics import Metrics
 from .serve.server import Server
 
@@ -99,6 +100,7 @@ async def serve(
     install_signals: bool = False,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    tune_malloc()  # a long-running server: keep glibc's heap from fragmenting (memory.py)
     gw = build(cfg)
     async with trio.open_nursery() as nursery:
         await nursery.start(gw.server.serve)

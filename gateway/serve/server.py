@@ -136,6 +136,14 @@ class Server:
 
     # -- registry (used by sessions) ---------------------------------------------------
 
+    def _session_failed(self, session: WsSession) -> None:
+        self.stats.internal_errors += 1
+        log.exception("a session failed in the tick or sweep loop; dropping it")
+        try:
+            session.abort("error")
+        except Exception:
+            log.exception("and dropping it failed too")
+
     def attach(self, session: WsSession) -> None:
         assert session.sub is not None
         self._by_sub[session.sub.id] = session
@@ -278,7 +286,10 @@ class Server:
             for sub in hub.tick(start):
                 session = by_sub.get(sub.id)
                 if session is not None:
-                    session.pump(start)
+                    try:
+                        session.pump(start)
+                    except Exception:  # one session's bug must not stop every screen
+                        self._session_failed(session)
             self.stats.ticks += 1
             if self.metrics is not None:
                 self._observe_tick(start)
@@ -312,7 +323,10 @@ class Server:
                 for age in ages:
                     self.metrics.subscriber_data_age.observe(age)
             for session in list(self._sessions):
-                session.check_timers(now, wall)
+                try:
+                    session.check_timers(now, wall)
+                except Exception:
+                    self._session_failed(session)
             self.store.sweep_stale(wall)
 
     # -- connections ---------------------------------------------------------------------

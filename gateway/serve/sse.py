@@ -147,13 +147,17 @@ class SseSession:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                self._write(events)
-                self.pump()
-                await self._read_until_gone()
-                if not self.out.idle:  # a last event (close) on its way: a moment
-                    with trio.move_on_after(srv.cfg.server.close_timeout_s):
-                        await self.out.drain()
-                nursery.cancel_scope.cancel()
+                try:
+                    self._write(events)
+                    self.pump()
+                    await self._read_until_gone()
+                    if not self.out.idle:  # a last event (close) on its way: a moment
+                        with trio.move_on_after(srv.cfg.server.close_timeout_s):
+                            await self.out.drain()
+                finally:
+                    self._nursery = None  # no new task from here (see WsSession.run)
+                    self.closing = True
+                    nursery.cancel_scope.cancel()
         except SendFailed:
             self._set_reason("client_gone")
         finally:

@@ -151,19 +151,26 @@ class WsSession:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                with self._read_scope:
-                    if self._trailing:
-                        self._receive(self._trailing)
-                        self._trailing = b""
-                    if not self._finished():
-                        await self._read_loop()
-                # let a close frame (ours or the reply) reach the peer, briefly; the
-                # drain task is the only one that may wait on the socket for writing
-                if not self.out.idle:
-                    self._start_drain()
-                    with trio.move_on_after(srv.cfg.server.close_timeout_s):
-                        await self._drain_done.wait()
-                nursery.cancel_scope.cancel()
+                try:
+                    with self._read_scope:
+                        if self._trailing:
+                            self._receive(self._trailing)
+                            self._trailing = b""
+                        if not self._finished():
+                            await self._read_loop()
+                    # let a close frame (ours or the reply) reach the peer, briefly; the
+                    # drain task is the only one that may wait on the socket for writing
+                    if not self.out.idle:
+                        self._start_drain()
+                        with trio.move_on_after(srv.cfg.server.close_timeout_s):
+                            await self._drain_done.wait()
+                finally:
+                    # From here the nursery takes no new task: the tick loop may still
+                    # pump this session until it is detached, and must not start a drain
+                    # (found by the soak: "Nursery is closed to new arrivals").
+                    self._nursery = None
+                    self.closing = True
+                    nursery.cancel_scope.cancel()
         finally:
             self._detach()
 
