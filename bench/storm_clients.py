@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import orjson
 
 from bench.e2e_clients import masked, recv, upgrade_request
-from gateway.client import GatewayClient
+from gateway.client import RESTART_GRACE_S, GatewayClient
 from gateway.core.mirror import Mirror
 from gateway.core.protocol import Delta, ProtocolError, Snapshot, Welcome, decode_server
 
@@ -51,6 +51,7 @@ class Screen:
         self.expected = 0  # topics held before the restart
         self.consistent_at: float | None = None
         self.connects = 0
+        self.restart_at = -1e9  # when the gateway last said "restarting" (close 1012)
 
 
 def frames(buf: bytearray) -> list[tuple[int, bytes]]:
@@ -103,9 +104,12 @@ def main() -> None:
             sel.unregister(s.sock)
             s.sock.close()
             s.sock = None
-        s.state = "idle"
-        s.retry_at = now + s.backoff.backoff_delay(s.attempt)
-        s.attempt += 1
+        opened, s.state = s.state == "open", "idle"
+        if not opened and now - s.restart_at < RESTART_GRACE_S:  # as GatewayClient.run
+            s.retry_at = now + s.backoff.backoff_delay(0)
+        else:
+            s.retry_at = now + s.backoff.backoff_delay(s.attempt)
+            s.attempt += 1
 
     def connect(s: Screen) -> None:
         sock = socket.socket()
@@ -186,6 +190,8 @@ def main() -> None:
                     elif opcode == 9:
                         s.sock.send(masked(10, payload))
                     elif opcode == 8:
+                        if payload[:2] == (1012).to_bytes(2, "big"):
+                            s.restart_at = now  # the gateway restarts: back shortly
                         raise ConnectionError("closed by the gateway")
             except (ProtocolError, ConnectionError, OSError):
                 lost(s, now)

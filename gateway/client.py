@@ -27,6 +27,7 @@ import argparse
 import datetime
 import itertools
 import logging
+import math
 import random
 import ssl
 import sys
@@ -55,6 +56,11 @@ RESUME_CHUNK = 1000  # topics per resume message: stays well under 64 KiB
 NO_RETRY_CODES = {1002, 1003, 1007, 1008, 1009, 4001, 4400}
 
 UpdateCallback = Callable[[Snapshot | Delta], None]
+
+
+#: after close 1012 (service restart), failures to connect for this long do not grow
+#: the backoff: the gateway is coming back, and a refused connection costs it nothing
+RESTART_GRACE_S = 30.0
 
 
 class AuthRejected(Exception):
@@ -116,8 +122,10 @@ class GatewayClient:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, and reconnect after every failure, until :meth:`stop` or cancellation."""
         attempt = 0
+        restart_at = -math.inf
         while not self._stop:
             began = trio.current_time()
+            connects = self.connects
             try:
                 # the first connection to get a welcome reports the start (once: a
                 # connection that fails after it must not report it again)
@@ -137,10 +145,19 @@ class GatewayClient:
                 self._notify()
             if self._stop:
                 return
-            if trio.current_time() - began >= self.stable_s:
+            now = trio.current_time()
+            opened = self.connects > connects
+            if opened and self.last_close[0] == 1012:
+                restart_at = now  # "service restart": the gateway will be back shortly
+            if now - began >= self.stable_s:
                 attempt = 0
-            delay = self.backoff_delay(attempt)
-            attempt += 1
+            if not opened and now - restart_at < RESTART_GRACE_S:
+                # Refused while the gateway restarts: a closed port costs it nothing,
+                # so retry within the first window instead of backing off further.
+                delay = self.backoff_delay(0)
+            else:
+                delay = self.backoff_delay(attempt)
+                attempt += 1
             log.info("reconnecting in %.2f s (attempt %d)", delay, attempt)
             await trio.sleep(delay)
 

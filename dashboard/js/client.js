@@ -36,6 +36,7 @@ export class GatewayClient extends EventTarget {
     this.transport = transport === "sse" ? "sse" : "ws";
     this.fallback = transport === "auto";
     this.wsFailures = 0; // WebSocket attempts in a row that never opened
+    this.restartAt = -Infinity; // when the gateway last said "restarting" (close 1012)
     this.filters = filters;
     this.rateHz = rateHz;
     this.token = token;
@@ -152,17 +153,25 @@ export class GatewayClient extends EventTarget {
       this.stats.closes.push(ev.code);
       if (this.stats.closes.length > 20) this.stats.closes.shift(); // bounded over days
       if (this._ws === ws) this._ws = null;
+      if (opened && ev.code === 1012) this.restartAt = Date.now(); // back shortly
       this._setStatus("closed", { code: ev.code, reason: ev.reason });
-      if (!this._stopped && ev.code !== 4001) this._scheduleReconnect(openedAt);
+      if (!this._stopped && ev.code !== 4001) this._scheduleReconnect(openedAt, opened);
     };
     ws.onerror = () => {}; // onclose follows with the details
   }
 
-  _scheduleReconnect(openedAt) {
+  _scheduleReconnect(openedAt, opened = true) {
     if (Date.now() - openedAt >= this.stableMs) this.attempt = 0;
-    const cap = Math.min(this.backoffCapMs, this.backoffBaseMs * 2 ** this.attempt);
+    let cap;
+    if (!opened && Date.now() - this.restartAt < 30000) {
+      // refused while the gateway restarts (close 1012): a closed port costs it
+      // nothing, so retry within the first window instead of backing off further
+      cap = this.backoffBaseMs;
+    } else {
+      cap = Math.min(this.backoffCapMs, this.backoffBaseMs * 2 ** this.attempt);
+      this.attempt += 1;
+    }
     const delay = Math.random() * cap; // full jitter
-    this.attempt += 1;
     setTimeout(() => { if (!this._stopped) this._connect(); }, delay);
   }
 

@@ -6,8 +6,9 @@ import random
 import socket
 
 import trio
+import trio.testing
 
-from gateway.app import serve
+from gateway.app import Gateway, serve
 from gateway.client import GatewayClient
 
 from .conftest import make_config
@@ -71,3 +72,31 @@ def test_backoff_is_full_jitter_and_capped() -> None:
         assert all(0 <= d <= bound for d in ds)
         assert max(ds) > 0.8 * bound  # spread over the whole range, not a fixed step
     assert max(delays[9]) <= 30
+
+
+async def test_after_a_restart_notice_refusals_do_not_grow_the_backoff(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The gateway says 1012 and is gone for 5 s (connections refused), then back on the
+    # same port. Growing the backoff over those refusals would leave the client waiting
+    # seconds more; it must be back within the first window (0.5 s) of the return.
+    port = free_port()
+    cfg = make_config(server={"port": port, "shutdown_timeout_s": 1.0})
+    client = GatewayClient(f"ws://127.0.0.1:{port}/ws", ["#"], rng=random.Random(7))
+    async with trio.open_nursery() as nursery:
+        first: Gateway = await nursery.start(serve, cfg)
+        await nursery.start(client.run)
+        first_epoch = client.mirror.epoch
+        first.server.request_shutdown()
+        with trio.fail_after(5):
+            await first.server.stopped.wait()
+        await trio.sleep(5.0)  # the restart takes a while: every attempt is refused
+        second: Gateway = await nursery.start(serve, cfg)
+        back = trio.current_time()
+        with trio.fail_after(30):
+            await client.wait_until(lambda m: m.epoch not in (None, first_epoch))
+        assert trio.current_time() - back <= client.backoff_base_s + 0.1
+        assert client.last_close[0] == 1012
+        client.stop()
+        second.server.request_shutdown()
+        nursery.cancel_scope.cancel()
