@@ -24,6 +24,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import h11
 import trio
@@ -50,10 +51,12 @@ from .http import (
     websocket_accept,
 )
 from .sockio import Outbound, close_socket, text_frame_header
-from .sse import SseSession, parse_sse_request
+from .sse import SseRequest, SseSession, parse_sse_request
 from .ws import WsSession
 
 __all__ = ["Server", "ServerStats"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("gateway.server")
 
@@ -445,32 +448,19 @@ class Server:
         ip: str,
     ) -> SseSession | None:
         """``/sse``: the same checks as the WebSocket upgrade, then an event stream."""
-        stats = self.stats
-        if not self._origin_allowed(req):
-            stats.handshake_rejected["origin"] += 1
-            await _try_respond(out, conn, 403, "Origin not allowed")
-            return None
-        try:
-            identity = self._identity(req)
-            if identity is None:
+
+        def prepare(identity: Identity | None) -> tuple[Identity, SseRequest]:
+            if identity is None:  # no auth message on a one-way stream
                 raise AuthError("malformed", "a token is required (header or access_token)")
-            sse_req = parse_sse_request(
-                req.target, req.header(b"last-event-id"), self.cfg.state.max_topic_bytes
-            )
-        except AuthError as err:
-            stats.auth_failures[err.reason] += 1
-            stats.handshake_rejected["auth"] += 1
-            await _try_respond(out, conn, 401, err.message)
+            limit = self.cfg.state.max_topic_bytes
+            return identity, parse_sse_request(req.target, req.header(b"last-event-id"), limit)
+
+        admitted = await self._admit(out, conn, req, ip, "event stream", prepare)
+        if admitted is None:
             return None
-        except HttpError as err:
-            stats.handshake_rejected[err.reason] += 1
-            await _try_respond(out, conn, err.status, err.message)
-            return None
+        identity, sse_req = admitted
         session = SseSession(self, sock, out, ip, identity, sse_req)
-        stats.connections_opened += 1
-        self._sessions.add(session)  # type: ignore[arg-type]
-        if self._stopping:
-            session.close(1012, "service restart: reconnect", "shutdown")
+        self._register(session)  # type: ignore[arg-type]
         return session
 
     def sse_event(self, frame: bytes) -> bytes:
@@ -493,28 +483,16 @@ class Server:
         req: Request,
         ip: str,
     ) -> WsSession | None:
-        stats = self.stats
         if not req.wants_websocket:
-            stats.handshake_rejected["not_websocket"] += 1
+            self.stats.handshake_rejected["not_websocket"] += 1
             await _try_respond(out, conn, 426, "this endpoint speaks WebSocket only")
             return None
-        if not self._origin_allowed(req):
-            stats.handshake_rejected["origin"] += 1
-            self.log.limited("origin", "refused WebSocket from %s: Origin not allowed", ip)
-            await _try_respond(out, conn, 403, "Origin not allowed")
+        admitted = await self._admit(
+            out, conn, req, ip, "WebSocket", lambda i: (i, websocket_accept(req, SUBPROTOCOLS))
+        )
+        if admitted is None:
             return None
-        try:
-            identity = self._identity(req)
-            headers = websocket_accept(req, SUBPROTOCOLS)
-        except AuthError as err:
-            stats.auth_failures[err.reason] += 1
-            stats.handshake_rejected["auth"] += 1
-            await _try_respond(out, conn, 401, err.message)
-            return None
-        except HttpError as err:
-            stats.handshake_rejected[err.reason] += 1
-            await _try_respond(out, conn, err.status, err.message)
-            return None
+        identity, headers = admitted
         deflate = None
         if self.cfg.server.compression:
             offer = req.header(b"sec-websocket-extensions")
@@ -528,11 +506,42 @@ class Server:
         if not out.send([data]):
             with trio.move_on_after(self.cfg.server.handshake_timeout_s):
                 await out.drain()
-        stats.connections_opened += 1
+        self._register(session)
+        return session
+
+    async def _admit(
+        self,
+        out: Outbound,
+        conn: h11.Connection,
+        req: Request,
+        ip: str,
+        what: str,
+        prepare: Callable[[Identity | None], _T],
+    ) -> _T | None:
+        """The checks every stream passes before it opens (Origin, then the token and
+        the endpoint's own, in ``prepare``); each refusal answered and counted."""
+        stats = self.stats
+        if not self._origin_allowed(req):
+            stats.handshake_rejected["origin"] += 1
+            self.log.limited("origin", "refused %s from %s: Origin not allowed", what, ip)
+            await _try_respond(out, conn, 403, "Origin not allowed")
+            return None
+        try:
+            return prepare(self._identity(req))
+        except AuthError as err:
+            stats.auth_failures[err.reason] += 1
+            stats.handshake_rejected["auth"] += 1
+            await _try_respond(out, conn, 401, err.message)
+        except HttpError as err:
+            stats.handshake_rejected[err.reason] += 1
+            await _try_respond(out, conn, err.status, err.message)
+        return None
+
+    def _register(self, session: WsSession) -> None:
+        self.stats.connections_opened += 1
         self._sessions.add(session)
         if self._stopping:
             session.close(1012, "service restart: reconnect", "shutdown")
-        return session
 
     def _accept_rate_ok(self) -> bool:
         """Token bucket on new public connections (``max_new_connections_per_s``)."""
