@@ -98,8 +98,8 @@ class SseSession:
     """One event stream: a hub subscriber whose frames are written as events."""
 
     __slots__ = (
-        "_draining", "_last_write", "_nursery", "_read_scope", "closing", "identity", "ip", "out",
-        "reason", "request", "server", "sock", "sub",
+        "_drain_done", "_draining", "_last_write", "_nursery", "_read_scope", "closing",
+        "identity", "ip", "out", "reason", "request", "server", "sock", "sub",
     )  # fmt: skip
 
     def __init__(
@@ -121,6 +121,7 @@ class SseSession:
         self.closing = False
         self.reason: str | None = None
         self._draining = False
+        self._drain_done = trio.Event()
         self._last_write = server.clock.mono()
         self._nursery: trio.Nursery | None = None
         self._read_scope = trio.CancelScope()
@@ -153,7 +154,10 @@ class SseSession:
                     await self._read_until_gone()
                     if not self.out.idle:  # a last event (close) on its way: a moment
                         with trio.move_on_after(srv.cfg.server.close_timeout_s):
-                            await self.out.drain()
+                            if self._draining:  # one task at a time waits on the socket
+                                await self._drain_done.wait()
+                            else:
+                                await self.out.drain()
                 finally:
                     self._nursery = None  # no new task from here (see WsSession.run)
                     self.closing = True
@@ -217,6 +221,7 @@ class SseSession:
         self._last_write = self.server.clock.mono()
         if not done and not self._draining and self._nursery is not None:
             self._draining = True
+            self._drain_done = trio.Event()
             if self.sub is not None:
                 self.server.hub.write_begun(self.sub, self.server.clock.mono())
             self._nursery.start_soon(self._drain)
@@ -230,6 +235,7 @@ class SseSession:
             return
         finally:
             self._draining = False
+            self._drain_done.set()
         if self.sub is not None:
             self.server.hub.write_done(self.sub, self.server.clock.mono())
         self.pump()
