@@ -1,15 +1,17 @@
-"""The public listener (WebSocket at /ws, dashboard, REST, health) and the admin one.
+"""The public listener (WebSocket at /ws, events at /sse, dashboard, REST, health) and
+the admin one.
 
 Task ownership (every task has an owner):
 
     serve()
     ├── connections nursery: one handler task per accepted socket
-    │     └── WsSession nursery: a drain task only while the socket is full
+    │     └── WsSession / SseSession nursery (StreamSession, session.py): a drain
+    │         task only while the socket is full
     └── services nursery: accept loops (public, admin), tick loop, sweep loop
 
 Shutdown (``request_shutdown``, wired to SIGTERM/SIGINT by the app): the services
-nursery is cancelled (no more accepts, no more ticks), every WebSocket gets close
-1012 "service restart", plain HTTP connections are cancelled, and the connections
+nursery is cancelled (no more accepts, no more ticks), every stream gets close
+1012 "service restart" (an SSE stream as a last ``close`` event), plain HTTP connections are cancelled, and the connections
 nursery gets ``shutdown_timeout_s`` to finish before it is cancelled too.
 """
 
@@ -50,6 +52,7 @@ from .http import (
     static_file,
     websocket_accept,
 )
+from .session import StreamSession
 from .sockio import Outbound, close_socket, text_frame_header
 from .sse import SseRequest, SseSession, parse_sse_request
 from .ws import WsSession
@@ -123,8 +126,8 @@ class Server:
         self._framed: dict[int, tuple[bytes, bytes]] = {}
         self._framed_z: dict[int, tuple[bytes, bytes]] = {}
         self._sse_events: dict[int, tuple[bytes, bytes]] = {}
-        self._sessions: set[WsSession] = set()
-        self._by_sub: dict[int, WsSession] = {}
+        self._sessions: set[StreamSession] = set()
+        self._by_sub: dict[int, StreamSession] = {}
         self._http_scopes: set[trio.CancelScope] = set()
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._open = 0
@@ -139,7 +142,7 @@ class Server:
 
     # -- registry (used by sessions) ---------------------------------------------------
 
-    def _session_failed(self, session: WsSession) -> None:
+    def _session_failed(self, session: StreamSession) -> None:
         self.stats.internal_errors += 1
         log.exception("a session failed in the tick or sweep loop; dropping it")
         try:
@@ -147,11 +150,11 @@ class Server:
         except Exception:
             log.exception("and dropping it failed too")
 
-    def attach(self, session: WsSession) -> None:
+    def attach(self, session: StreamSession) -> None:
         assert session.sub is not None
         self._by_sub[session.sub.id] = session
 
-    def detach(self, session: WsSession) -> None:
+    def detach(self, session: StreamSession) -> None:
         if session.sub is not None:
             self._by_sub.pop(session.sub.id, None)
         if session in self._sessions:
@@ -460,7 +463,7 @@ class Server:
             return None
         identity, sse_req = admitted
         session = SseSession(self, sock, out, ip, identity, sse_req)
-        self._register(session)  # type: ignore[arg-type]
+        self._register(session)
         return session
 
     def sse_event(self, frame: bytes) -> bytes:
@@ -537,7 +540,7 @@ class Server:
             await _try_respond(out, conn, err.status, err.message)
         return None
 
-    def _register(self, session: WsSession) -> None:
+    def _register(self, session: StreamSession) -> None:
         self.stats.connections_opened += 1
         self._sessions.add(session)
         if self._stopping:

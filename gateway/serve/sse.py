@@ -27,10 +27,10 @@ import orjson
 import trio
 
 from ..auth import Identity
-from ..core.hub import Subscriber
 from ..core.protocol import Resume, Subscribe, Welcome, encode
 from ..core.topics import TopicError, matches, validate_filter
 from .http import HttpError
+from .session import StreamSession
 from .sockio import Outbound, SendFailed, recv_some
 
 if TYPE_CHECKING:
@@ -94,13 +94,10 @@ def parse_sse_request(
     return SseRequest(filters, rate, resume)
 
 
-class SseSession:
+class SseSession(StreamSession):
     """One event stream: a hub subscriber whose frames are written as events."""
 
-    __slots__ = (
-        "_drain_done", "_draining", "_last_write", "_nursery", "_read_scope", "closing",
-        "identity", "ip", "out", "reason", "request", "server", "sock", "sub",
-    )  # fmt: skip
+    __slots__ = ("_last_write", "identity", "request")
 
     def __init__(
         self,
@@ -111,20 +108,10 @@ class SseSession:
         identity: Identity,
         request: SseRequest,
     ) -> None:
-        self.server = server
-        self.sock = sock
-        self.out = out
-        self.ip = ip
+        super().__init__(server, sock, out, ip)
         self.identity = identity
         self.request = request
-        self.sub: Subscriber | None = None
-        self.closing = False
-        self.reason: str | None = None
-        self._draining = False
-        self._drain_done = trio.Event()
         self._last_write = server.clock.mono()
-        self._nursery: trio.Nursery | None = None
-        self._read_scope = trio.CancelScope()
 
     async def run(self) -> None:
         srv = self.server
@@ -144,7 +131,7 @@ class SseSession:
             hub.resume(sub, Resume(srv.store.epoch, positions))
         reply = hub.subscribe(sub, Subscribe("sse", req.filters, req.rate_hz))
         events.append(self._event(encode(reply)))
-        srv.attach(self)  # type: ignore[arg-type]
+        srv.attach(self)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -152,12 +139,7 @@ class SseSession:
                     self._write(events)
                     self.pump()
                     await self._read_until_gone()
-                    if not self.out.idle:  # a last event (close) on its way: a moment
-                        with trio.move_on_after(srv.cfg.server.close_timeout_s):
-                            if self._draining:  # one task at a time waits on the socket
-                                await self._drain_done.wait()
-                            else:
-                                await self.out.drain()
+                    await self._flush()  # a last event
                 finally:
                     self._nursery = None  # no new task from here (see WsSession.run)
                     self.closing = True
@@ -167,7 +149,7 @@ class SseSession:
         finally:
             self._set_reason("error")
             hub.disconnect(sub)
-            srv.detach(self)  # type: ignore[arg-type]
+            srv.detach(self)
 
     def _resume_positions(self) -> dict[str, int]:
         """What an EventSource reconnecting with ``Last-Event-ID`` holds: within the
@@ -205,40 +187,11 @@ class SseSession:
         head = b"id: " + event_id + b"\n" if event_id else b""
         return head + b"data: " + data + b"\n\n"
 
-    def _set_reason(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-
     # -- writing -----------------------------------------------------------------------
 
-    def _write(self, chunks: list[bytes]) -> None:
-        try:
-            done = self.out.send(chunks)
-        except SendFailed as err:
-            self.server.stats.send_failure(err.reason)
-            self.abort("client_gone" if err.reason == "peer_gone" else "error")
-            return
-        self._last_write = self.server.clock.mono()
-        if not done and not self._draining and self._nursery is not None:
-            self._draining = True
-            self._drain_done = trio.Event()
-            if self.sub is not None:
-                self.server.hub.write_begun(self.sub, self.server.clock.mono())
-            self._nursery.start_soon(self._drain)
-
-    async def _drain(self) -> None:
-        try:
-            await self.out.drain()
-        except SendFailed as err:
-            self.server.stats.send_failure(err.reason)
-            self.abort("client_gone" if err.reason == "peer_gone" else "error")
-            return
-        finally:
-            self._draining = False
-            self._drain_done.set()
-        if self.sub is not None:
-            self.server.hub.write_done(self.sub, self.server.clock.mono())
-        self.pump()
+    def _write(self, chunks: list[bytes]) -> bool:
+        self._last_write = self.server.clock.mono()  # for the heartbeat comments
+        return super()._write(chunks)
 
     def pump(self, now: float | None = None) -> None:
         sub = self.sub
@@ -281,11 +234,4 @@ class SseSession:
         if self.out.idle:
             self._write([self._event(msg)])
         self.closing = True
-        self._read_scope.cancel()
-
-    def abort(self, reason: str) -> None:
-        self._set_reason(reason)
-        self.closing = True
-        if self.sub is not None:
-            self.server.hub.disconnect(self.sub)
         self._read_scope.cancel()

@@ -28,7 +28,6 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 
 from ..auth import AuthError, Identity
-from ..core.hub import Subscriber
 from ..core.protocol import (
     Ack,
     Auth,
@@ -49,6 +48,7 @@ from ..core.protocol import (
 )
 from .deflate import BoundedDeflate
 from .frameguard import FrameGuard
+from .session import StreamSession
 from .sockio import Outbound, SendFailed, recv_some, text_frame_header
 
 if TYPE_CHECKING:
@@ -63,32 +63,21 @@ __all__ = ["WsSession"]
 _COPY_LIMIT = 16 * 1024
 
 
-class WsSession:
+class WsSession(StreamSession):
     __slots__ = (
-        "_drain_done",
-        "_draining",
-        "_nursery",
         "_parts",
-        "_read_scope",
         "_size",
         "_tokens",
         "_tokens_at",
         "_trailing",
-        "closing",
         "compressed",
         "errors",
         "guard",
         "identity",
-        "ip",
         "last_rx",
         "opened_at",
-        "out",
         "partial_since",
         "ping_sent_at",
-        "reason",
-        "server",
-        "sock",
-        "sub",
         "ws",
     )  # fmt: skip
 
@@ -102,10 +91,7 @@ class WsSession:
         trailing: bytes,
         deflate: BoundedDeflate | None = None,
     ) -> None:
-        self.server = server
-        self.sock = sock
-        self.out = out
-        self.ip = ip
+        super().__init__(server, sock, out, ip)
         self.identity = identity
         # wsproto inflates what the client compresses; our frames are deflated by
         # Server.framed, once per frame for every screen (gateway/serve/deflate.py)
@@ -114,23 +100,16 @@ class WsSession:
         self.ws = Connection(ConnectionType.SERVER, extensions=extensions)
         self.partial_since: float | None = None  # a message begun and not finished
         self.compressed = deflate is not None
-        self.sub: Subscriber | None = None
         now = server.clock.mono()
         self.opened_at = now
         self.last_rx = now
         self.ping_sent_at: float | None = None
-        self.closing = False
-        self.reason: str | None = None  # disconnect reason, once known
         self.errors = 0
         self._trailing = trailing
         self._parts: list[str] = []
         self._size = 0
         self._tokens = float(server.cfg.server.message_burst)
         self._tokens_at = now
-        self._draining = False
-        self._drain_done = trio.Event()
-        self._nursery: trio.Nursery | None = None
-        self._read_scope = trio.CancelScope()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -158,12 +137,8 @@ class WsSession:
                             self._trailing = b""
                         if not self._finished():
                             await self._read_loop()
-                    # let a close frame (ours or the reply) reach the peer, briefly; the
-                    # drain task is the only one that may wait on the socket for writing
-                    if not self.out.idle:
-                        self._start_drain()
-                        with trio.move_on_after(srv.cfg.server.close_timeout_s):
-                            await self._drain_done.wait()
+                    # let a close frame (ours or the reply) reach the peer, briefly
+                    await self._flush()
                 finally:
                     # From here the nursery takes no new task: the tick loop may still
                     # pump this session until it is detached, and must not start a drain
@@ -200,10 +175,6 @@ class WsSession:
             self.server.hub.disconnect(self.sub)
         self.server.detach(self)
 
-    def _set_reason(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-
     def close(self, code: int, text: str, reason: str) -> None:
         """Send a close frame and give the peer ``close_timeout_s`` to answer."""
         if self.closing:
@@ -219,50 +190,7 @@ class WsSession:
             trio.current_time() + self.server.cfg.server.close_timeout_s,
         )
 
-    def abort(self, reason: str) -> None:
-        """Drop the connection now (the peer cannot even take a close frame)."""
-        self._set_reason(reason)
-        self.closing = True
-        if self.sub is not None:
-            self.server.hub.disconnect(self.sub)
-        self._read_scope.cancel()
-
     # -- writing ---------------------------------------------------------------------
-
-    def _write(self, chunks: list[bytes]) -> bool:
-        try:
-            done = self.out.send(chunks)
-        except SendFailed as err:
-            self._send_failed(err)
-            return False
-        if not done:
-            self._start_drain()
-        return done
-
-    def _send_failed(self, err: SendFailed) -> None:
-        self.server.stats.send_failure(err.reason)
-        self.abort("client_gone" if err.reason == "peer_gone" else "error")
-
-    def _start_drain(self) -> None:
-        if not self._draining and self._nursery is not None:
-            self._draining = True
-            self._drain_done = trio.Event()
-            if self.sub is not None:
-                self.server.hub.write_begun(self.sub, self.server.clock.mono())
-            self._nursery.start_soon(self._drain)
-
-    async def _drain(self) -> None:
-        try:
-            await self.out.drain()
-        except SendFailed as err:
-            self._send_failed(err)
-            return
-        finally:
-            self._draining = False
-            self._drain_done.set()
-        if self.sub is not None:
-            self.server.hub.write_done(self.sub, self.server.clock.mono())
-        self.pump()
 
     def _send_control(self, msg: Welcome | Ack | Error | AppPong) -> None:
         data = encode(msg)
