@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import orjson
 
 from bench.e2e_clients import masked, recv, upgrade_request
-from gateway.client import RESTART_GRACE_S, GatewayClient
+from gateway.client import GatewayClient
 from gateway.core.mirror import Mirror
 from gateway.core.protocol import Delta, ProtocolError, Snapshot, Welcome, decode_server
 
@@ -41,7 +41,7 @@ class Screen:
     def __init__(self, i: int, filt: str, rng: random.Random) -> None:
         self.i = i
         self.filt = filt
-        self.backoff = GatewayClient("ws://unused/ws", [filt], rng=rng)  # its backoff_delay
+        self.backoff = GatewayClient("ws://unused/ws", [filt], rng=rng)  # its next_delay
         self.mirror = Mirror()
         self.sock: socket.socket | None = None
         self.state = "idle"
@@ -105,11 +105,10 @@ def main() -> None:
             s.sock.close()
             s.sock = None
         opened, s.state = s.state == "open", "idle"
-        if not opened and now - s.restart_at < RESTART_GRACE_S:  # as GatewayClient.run
-            s.retry_at = now + s.backoff.backoff_delay(0)
-        else:
-            s.retry_at = now + s.backoff.backoff_delay(s.attempt)
-            s.attempt += 1
+        delay, s.attempt = s.backoff.next_delay(
+            s.attempt, opened=opened, since_restart=now - s.restart_at
+        )
+        s.retry_at = now + delay
 
     def connect(s: Screen) -> None:
         sock = socket.socket()

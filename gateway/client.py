@@ -119,6 +119,16 @@ class GatewayClient:
     def backoff_delay(self, attempt: int) -> float:
         return self.rng.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**attempt))
 
+    def next_delay(self, attempt: int, *, opened: bool, since_restart: float) -> tuple[float, int]:
+        """The wait before the next connection attempt, and the attempt count after it.
+
+        Full-jitter exponential backoff, except that attempts which never opened a
+        connection within RESTART_GRACE_S of a close 1012 ("service restart") do not
+        grow it: the gateway is coming back and a closed port costs it nothing."""
+        if not opened and since_restart < RESTART_GRACE_S:
+            return self.backoff_delay(0), attempt
+        return self.backoff_delay(attempt), attempt + 1
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, and reconnect after every failure, until :meth:`stop` or cancellation."""
         attempt = 0
@@ -151,13 +161,7 @@ class GatewayClient:
                 restart_at = now  # "service restart": the gateway will be back shortly
             if now - began >= self.stable_s:
                 attempt = 0
-            if not opened and now - restart_at < RESTART_GRACE_S:
-                # Refused while the gateway restarts: a closed port costs it nothing,
-                # so retry within the first window instead of backing off further.
-                delay = self.backoff_delay(0)
-            else:
-                delay = self.backoff_delay(attempt)
-                attempt += 1
+            delay, attempt = self.next_delay(attempt, opened=opened, since_restart=now - restart_at)
             log.info("reconnecting in %.2f s (attempt %d)", delay, attempt)
             await trio.sleep(delay)
 

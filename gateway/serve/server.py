@@ -10,9 +10,10 @@ Task ownership (every task has an owner):
     └── services nursery: accept loops (public, admin), tick loop, sweep loop
 
 Shutdown (``request_shutdown``, wired to SIGTERM/SIGINT by the app): the services
-nursery is cancelled (no more accepts, no more ticks), every stream gets close
-1012 "service restart" (an SSE stream as a last ``close`` event), plain HTTP connections are cancelled, and the connections
-nursery gets ``shutdown_timeout_s`` to finish before it is cancelled too.
+nursery is cancelled (no more accepts, no more ticks), every stream gets close 1012
+"service restart" (an SSE stream as a last ``close`` event), plain HTTP connections
+are cancelled, and the connections nursery gets ``shutdown_timeout_s`` to finish
+before it is cancelled too.
 """
 
 from __future__ import annotations
