@@ -1,6 +1,7 @@
 """Composition root: builds every part from the config and owns their tasks.
 
 serve(cfg)
+├── LoopLag.run             (event-loop lag, the first health signal: looplag.py)
 ├── Server.serve            (listeners, sessions, tick, sweep; see serve/server.py)
 ├── data sources            (embedded simulator fleet; MQTT ingest)
 └── signal watcher          (SIGTERM/SIGINT -> graceful shutdown, exit 0)
@@ -23,6 +24,7 @@ from .config import Config
 from .core.hub import Hub, HubConfig
 from .core.state import Deadband, StateStore
 from .core.topics import RuleTable
+from .looplag import LoopLag
 from .memory import tune_malloc
 from .metrics import Metrics
 from .serve.server import Server
@@ -43,6 +45,7 @@ class Gateway:
     hub: Hub
     server: Server
     metrics: Metrics
+    looplag: LoopLag
     mqtt: MqttIngest | None = None
 
     @property
@@ -86,8 +89,10 @@ def build(cfg: Config, *, epoch: str | None = None) -> Gateway:
     clock = Clock()
     metrics = Metrics()
     server = Server(cfg, store, hub, Authenticator(cfg.auth), clock, metrics=metrics)
-    gw = Gateway(cfg, clock, store, hub, server, metrics)
+    looplag = LoopLag()
+    gw = Gateway(cfg, clock, store, hub, server, metrics, looplag)
     metrics.attach(server, hub, store, lambda: gw.mqtt)
+    metrics.attach_loop_lag(looplag, clock.mono)
     return gw
 
 
@@ -103,6 +108,7 @@ async def serve(
     tune_malloc()  # a long-running server: keep glibc's heap from fragmenting (memory.py)
     gw = build(cfg)
     async with trio.open_nursery() as nursery:
+        await nursery.start(gw.looplag.run)
         await nursery.start(gw.server.serve)
         if install_signals:
             nursery.start_soon(_watch_signals, gw.server)

@@ -22,7 +22,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
     from .core.hub import Hub
     from .core.state import StateStore
     from .ingest.mqtt import MqttIngest
+    from .looplag import LoopLag
     from .serve.server import Server
 
 __all__ = ["GatewayCollector", "Metrics"]
@@ -227,6 +233,37 @@ class GatewayCollector(Collector):
         )
 
 
+class LoopLagCollector(Collector):
+    """``gateway_event_loop_lag_seconds`` and the last minute's maximum, read from the
+    monitor at scrape time (looplag.py)."""
+
+    def __init__(self, monitor: LoopLag, now: Callable[[], float]) -> None:
+        self.monitor = monitor
+        self.now = now
+
+    def collect(self) -> Iterator[Metric]:
+        from .looplag import BUCKETS
+
+        total = self.monitor.total
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip([*BUCKETS, float("inf")], total.counts, strict=True):
+            running += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        yield HistogramMetricFamily(
+            "gateway_event_loop_lag_seconds",
+            "How late a periodic sleeper wakes (event-loop lag); every timer, accept, "
+            "heartbeat and tick is late by as much.",
+            buckets=buckets,
+            sum_value=total.sum,
+        )
+        yield GaugeMetricFamily(
+            "gateway_event_loop_lag_max_seconds",
+            "The largest event-loop lag seen in the last minute.",
+            value=self.monitor.recent_max(self.now()),
+        )
+
+
 class Metrics:
     """The registry, the collector and the histograms the shell observes."""
 
@@ -263,6 +300,9 @@ class Metrics:
         self, server: Server, hub: Hub, store: StateStore, mqtt: Callable[[], MqttIngest | None]
     ) -> None:
         self.registry.register(GatewayCollector(server, hub, store, mqtt))
+
+    def attach_loop_lag(self, monitor: LoopLag, now: Callable[[], float]) -> None:
+        self.registry.register(LoopLagCollector(monitor, now))
 
     def exposition(self) -> tuple[bytes, bytes]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()

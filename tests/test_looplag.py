@@ -1,0 +1,68 @@
+"""The event-loop lag monitor: what it records, and that /metrics carries it."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import trio
+
+from gateway.looplag import LagWindow, LoopLag, from_metrics
+from tests.serve.httpget import http_get
+
+
+def test_window_quantiles_max_and_difference() -> None:
+    w = LagWindow()
+    for _ in range(98):
+        w.observe(0.0004)
+    w.observe(0.02)
+    w.observe(0.3)
+    assert w.count == 100
+    assert w.quantile(0.5) == 0.001
+    assert w.quantile(0.99) == 0.025  # the 99th sample is 20 ms: bucket (10, 25] ms
+    assert w.quantile(1.0) == 0.5
+    assert w.max == 0.3
+    earlier = LagWindow()
+    earlier.observe(0.0004)
+    diff = w.minus(earlier)
+    assert diff.count == 99
+    assert diff.counts[0] == 97
+    w.observe(99.0)
+    assert w.quantile(1.0) == math.inf
+    assert LagWindow().summary()["p99_ms"] == 0
+
+
+async def test_a_blocked_loop_shows_as_lag() -> None:
+    monitor = LoopLag(interval_s=0.005)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(monitor.run)
+        with monitor.window() as quiet:
+            await trio.sleep(0.1)
+        with monitor.window() as blocked:
+            await trio.sleep(0.02)
+            time.sleep(0.15)  # noqa: ASYNC251 (a burst handled without a checkpoint)
+            await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    assert quiet.count >= 5
+    assert quiet.max < 0.1
+    assert blocked.max >= 0.14
+    assert blocked.quantile(1.0) >= 0.14
+    assert monitor.recent_max(trio.current_time()) >= 0.14
+    assert monitor.total.count >= quiet.count + blocked.count
+
+
+async def test_metrics_expose_the_histogram_and_the_recent_max(gateway) -> None:  # type: ignore[no-untyped-def]
+    await trio.sleep(0.05)
+    _, _, body = await http_get(gateway.admin_port, "/metrics")
+    before = from_metrics(body.decode())
+    time.sleep(0.12)  # noqa: ASYNC251 (the loop held on purpose)
+    await trio.sleep(0.05)
+    _, _, body = await http_get(gateway.admin_port, "/metrics")
+    text = body.decode()
+    after = from_metrics(text)
+    between = after.minus(before)
+    assert between.count >= 1
+    assert between.max_bound() >= 0.1
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("gateway_event_loop_lag_max_s")]
+    assert float(line.split()[1]) >= 0.11
+    assert gateway.looplag.total.max >= 0.11
