@@ -28,6 +28,12 @@ Rules at start:
 * A failed write (full disk, read-only directory) is logged, counted by reason, and
   serving goes on; the next interval tries again.
 
+Further parts of the state (alarm states, history buffers) join the checkpoint as
+sections of their own: ``Persister.add_section(name, Section(encode, restore))``
+before the gateway starts. ``encode`` yields the payload in bounded chunks (the loop
+gets a checkpoint between chunks); ``restore`` gets the payload at start, before
+serving. A section in the file that nobody registered is logged and skipped.
+
 The event loop never waits on the disk: topics are encoded in slices of
 ``BATCH`` with a checkpoint between slices, and the CRC, the writes and the fsyncs
 run in a worker thread.
@@ -41,7 +47,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +59,7 @@ from .core import snapshotfile
 from .core.state import StateStore, TopicState
 from .log import RateLimitedLog
 
-__all__ = ["FAILURE_REASONS", "LOAD_REASONS", "Loaded", "PersistStats", "Persister"]
+__all__ = ["FAILURE_REASONS", "LOAD_REASONS", "Loaded", "PersistStats", "Persister", "Section"]
 
 log = logging.getLogger("gateway.persist")
 
@@ -86,6 +92,15 @@ class Loaded:
     epoch: str | None = None
     changes: int = 0
     states: list[TopicState] = field(default_factory=list)
+    sections: dict[str, memoryview] = field(default_factory=dict)  # the further ones
+
+
+@dataclass(frozen=True)
+class Section:
+    """A further part of the state in the checkpoint (the extension point)."""
+
+    encode: Callable[[], Iterator[bytes]]  # the payload, in bounded chunks
+    restore: Callable[[memoryview], None]  # at start, before serving
 
 
 def _reason(err: OSError) -> str:
@@ -127,9 +142,9 @@ def _write_atomic(path: Path, chunks: list[bytes]) -> int:
 
 
 def _assemble_and_write(
-    path: Path, meta: dict[str, object], topics: list[bytes]
+    path: Path, meta: dict[str, object], topics: list[bytes], extra: dict[str, list[bytes]]
 ) -> tuple[int, int]:
-    head, body = snapshotfile.assemble(meta, topics)
+    head, body = snapshotfile.assemble(meta, topics, extra)
     crc = snapshotfile.body_crc(head)
     return _write_atomic(path, [head, *body]), crc
 
@@ -146,6 +161,12 @@ class Persister:
         self._blocked = False  # a bad file is still in the way: never overwrite it
         self._written_changes = -1
         self._last: tuple[str, int, int] = ("", 0, 0)  # epoch, changes, CRC last written
+        self.sections: dict[str, Section] = {}
+
+    def add_section(self, name: str, section: Section) -> None:
+        if name in ("meta", "topics") or name in self.sections:
+            raise ValueError(f"checkpoint section {name!r} exists")
+        self.sections[name] = section
 
     # -- start -----------------------------------------------------------------------
 
@@ -174,10 +195,6 @@ class Persister:
         except snapshotfile.CheckpointError as err:
             await self._move_aside(err.reason, str(err))
             return Loaded()
-        if ckpt.unknown:
-            log.warning(
-                "persist: %s: sections not known here, skipped: %s", self.path, ckpt.unknown
-            )
         kept = await self._consume_clean_marker(ckpt)
         self.stats.epoch_kept = kept
         if kept:
@@ -198,7 +215,8 @@ class Persister:
                 CLEAN,
                 ckpt.epoch,
             )
-        return Loaded(ckpt.epoch if kept else None, ckpt.changes, states)
+        extra = {name: ckpt.sections[name] for name in ckpt.unknown}
+        return Loaded(ckpt.epoch if kept else None, ckpt.changes, states, extra)
 
     async def _consume_clean_marker(self, ckpt: snapshotfile.Checkpoint) -> bool:
         marker = self.dir / CLEAN
@@ -263,7 +281,20 @@ class Persister:
             restored += store.restore(st)
             if i % BATCH == BATCH - 1:
                 await trio.lowlevel.checkpoint()
+        if restored < len(loaded.states):
+            log.warning(
+                "persist: %d topics of the checkpoint not restored (state.max_topics is %d)",
+                len(loaded.states) - restored,
+                store.max_topics,
+            )
         loaded.states = []
+        for name, payload in loaded.sections.items():
+            section = self.sections.get(name)
+            if section is None:
+                log.warning("persist: %s: section %r is not known here; skipped", self.path, name)
+            else:
+                section.restore(payload)
+        loaded.sections = {}
         # nobody is subscribed yet: nothing is waiting for these changes
         store.drain_changed()
         self.stats.restored_topics = restored
@@ -297,6 +328,12 @@ class Persister:
             topics.append(chunk)
             count += chunk.count(b"\n")
             await trio.lowlevel.checkpoint()
+        extra: dict[str, list[bytes]] = {}
+        for name, section in self.sections.items():
+            chunks = extra[name] = []
+            for chunk in section.encode():
+                chunks.append(chunk)
+                await trio.lowlevel.checkpoint()
         changes = store.stats.changes  # every topic encoded was changed at or before this
         meta = {
             "epoch": store.epoch,
@@ -305,7 +342,9 @@ class Persister:
             "written_at": self._wall(),
         }
         try:
-            size, crc = await trio.to_thread.run_sync(_assemble_and_write, self.path, meta, topics)
+            size, crc = await trio.to_thread.run_sync(
+                _assemble_and_write, self.path, meta, topics, extra
+            )
         except OSError as err:
             reason = _reason(err)
             self.stats.failures[reason] += 1
