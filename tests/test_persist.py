@@ -169,7 +169,9 @@ def tmpfs(where: Path, size: str) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs (a disk that fills up) needs root")
     where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+    if subprocess.run(mount, capture_output=True, check=False).returncode != 0:
+        pytest.skip("mounting a small tmpfs failed (no CAP_SYS_ADMIN in this container?)")
     try:
         yield where
     finally:
@@ -194,47 +196,22 @@ async def test_a_full_disk_is_counted_and_serving_goes_on(
 
 
 async def test_a_read_only_directory_is_counted_and_serving_goes_on(tmp_path: Path) -> None:
-    with tmpfs(tmp_path / "ro", "1m") as state_dir:
-        remount_read_only(state_dir)
+    if os.geteuid() == 0:  # root writes through permissions: a read-only mount
+        ctx: contextlib.AbstractContextManager[Path] = tmpfs(tmp_path / "ro", "1m")
+        reason = "read_only"
+    else:
+        ctx = contextlib.nullcontext(tmp_path / "ro")
+        reason = "permission"
+    with ctx as state_dir:
+        if reason == "read_only":
+            remount_read_only(state_dir)
+        else:
+            state_dir.mkdir()
+            state_dir.chmod(0o555)
         async with running(state_dir) as gw:
             fill(gw, 10)
             assert gw.persister is not None
             assert not await gw.persister.checkpoint(gw.store)
-            assert gw.persister.stats.failures["read_only"] == 1
+            assert gw.persister.stats.failures[reason] == 1
             status, _, _ = await http_get(gw.port, "/healthz")
             assert status == 200
-
-
-async def test_a_further_section_is_written_and_restored_and_an_unknown_one_skipped(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The extension point for alarm states and history: a section of their own."""
-    from gateway.config import PersistConfig
-    from gateway.core.state import StateStore
-
-    cfg = PersistConfig(state_dir=str(tmp_path))
-    writer = persist.Persister(cfg)
-    alarms = [b'{"id": "a1", "state": "active-unacknowledged"}\n'] * 3
-    writer.add_section("alarms", persist.Section(lambda: iter(alarms), lambda _: None))
-    with pytest.raises(ValueError, match="exists"):
-        writer.add_section("topics", persist.Section(lambda: iter(()), lambda _: None))
-    store = StateStore("e1")
-    store.apply("d/1", {"v": 1}, 1.0)
-    assert await writer.final(store)
-
-    got: list[bytes] = []
-    reader = persist.Persister(cfg)
-    reader.add_section("alarms", persist.Section(lambda: iter(()), lambda p: got.append(bytes(p))))
-    loaded = await reader.load()
-    assert loaded.epoch == "e1"
-    restored = StateStore(loaded.epoch)
-    await reader.restore(restored, loaded)
-    assert got == [b"".join(alarms)] and len(restored) == 1
-
-    store.apply("d/1", {"v": 2}, 2.0)
-    assert await writer.checkpoint(store)
-    caplog.set_level(logging.WARNING, "gateway.persist")
-    stranger = persist.Persister(cfg)  # a gateway that does not know the section
-    loaded = await stranger.load()
-    await stranger.restore(StateStore("e2"), loaded)
-    assert any("'alarms' is not known here; skipped" in r.getMessage() for r in caplog.records)
