@@ -215,3 +215,17 @@ async def test_a_read_only_directory_is_counted_and_serving_goes_on(tmp_path: Pa
             assert gw.persister.stats.failures[reason] == 1
             status, _, _ = await http_get(gw.port, "/healthz")
             assert status == 200
+
+
+def test_the_persist_section_is_validated_and_read_from_the_environment() -> None:
+    from gateway.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"persist\.interval_s: must be > 0"):
+        load_config(overrides={"persist": {"interval_s": 0}})
+    with pytest.raises(ConfigError, match=r"persist\.state: unknown key"):
+        load_config(overrides={"persist": {"state": "x"}})
+    cfg = load_config(
+        env={"GATEWAY_PERSIST_STATE_DIR": "/tmp/x", "GATEWAY_PERSIST_INTERVAL_S": "5"}
+    )
+    assert (cfg.persist.state_dir, cfg.persist.interval_s) == ("/tmp/x", 5.0)
+    assert load_config().persist.state_dir == ""  # off unless configured
