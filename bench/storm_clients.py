@@ -7,9 +7,15 @@ gateway/client.py applying snapshots and deltas (gaps counted), and on a lost
 connection a reconnect after ``GatewayClient.backoff_delay`` (exponential, full jitter,
 capped), attempt after attempt.
 
+Like the client, a screen that finds the epoch it holds resumes (``resume`` with its
+seqs, then ``subscribe``): a gateway with a state directory keeps its epoch over a
+graceful restart, and then sends only deltas.
+
 Protocol on stdin/stdout with bench/e2e_bench.py: the process prints ``ready EPOCH``
 once every screen holds its topics, then, after the gateway's restart, one JSON line
-with the wall time at which each screen held all its topics again under a new epoch.
+with the wall time at which each screen held all its topics again: under a new epoch,
+every topic from a snapshot; under the same epoch, every topic past the seq it held
+when the gateway closed it (each restored topic changes: it is marked stale).
 
     python bench/storm_clients.py --port P --clients N --filters 'berlin/line1/#,...'
 """
@@ -52,6 +58,9 @@ class Screen:
         self.consistent_at: float | None = None
         self.connects = 0
         self.restart_at = -1e9  # when the gateway last said "restarting" (close 1012)
+        self.held_at_close: dict[str, int] | None = None  # seqs when the restart began
+        self.snapshots = 0  # snapshot messages received after the restart
+        self.catch_up_bytes = 0  # message bytes from the restart until consistent
 
 
 def frames(buf: bytearray) -> list[tuple[int, bytes]]:
@@ -126,20 +135,25 @@ def main() -> None:
         nonlocal gaps
         for msg in decode_server(data):
             if isinstance(msg, Welcome):
-                s.mirror.set_epoch(msg.epoch)  # a new epoch drops the held copies
-                sub = {"type": "subscribe", "id": "s", "filters": [s.filt], "rate_hz": args.rate}
                 assert s.sock is not None
+                # a new epoch drops the held copies; the same one resumes from them
+                if s.mirror.set_epoch(msg.epoch) and s.mirror.topics:
+                    resume = {"type": "resume", "epoch": msg.epoch, "topics": s.mirror.positions()}
+                    s.sock.send(masked(1, orjson.dumps(resume)))
+                sub = {"type": "subscribe", "id": "s", "filters": [s.filt], "rate_hz": args.rate}
                 s.sock.send(masked(1, orjson.dumps(sub)))
-            elif isinstance(msg, Snapshot | Delta) and s.mirror.apply(msg) == "gap":
-                gaps += 1
-                raise ProtocolError("gap", "a delta without its base")  # resubscribe
-        if (
-            restarted
-            and s.consistent_at is None
-            and s.mirror.epoch != first_epoch
-            and len(s.mirror.topics) >= s.expected
-        ):
-            s.consistent_at = time.time()
+            elif isinstance(msg, Snapshot | Delta):
+                if restarted and isinstance(msg, Snapshot):
+                    s.snapshots += 1
+                if s.mirror.apply(msg) == "gap":
+                    gaps += 1
+                    raise ProtocolError("gap", "a delta without its base")  # resubscribe
+        if restarted and s.consistent_at is None and len(s.mirror.topics) >= s.expected:
+            held = s.held_at_close
+            if s.mirror.epoch != first_epoch or (
+                held is not None and all(m.seq > held.get(t, 0) for t, m in s.mirror.topics.items())
+            ):
+                s.consistent_at = time.time()
 
     for s in screens:
         connect(s)
@@ -185,12 +199,16 @@ def main() -> None:
             try:
                 for opcode, payload in frames(s.buf):
                     if opcode == 1:
+                        if s.held_at_close is not None and s.consistent_at is None:
+                            s.catch_up_bytes += len(payload)
                         on_message(s, payload)
                     elif opcode == 9:
                         s.sock.send(masked(10, payload))
                     elif opcode == 8:
                         if payload[:2] == (1012).to_bytes(2, "big"):
                             s.restart_at = now  # the gateway restarts: back shortly
+                            if restarted and s.held_at_close is None:
+                                s.held_at_close = s.mirror.positions()
                         raise ConnectionError("closed by the gateway")
             except (ProtocolError, ConnectionError, OSError):
                 lost(s, now)
@@ -211,6 +229,8 @@ def main() -> None:
                 "consistent_at": [s.consistent_at for s in screens],
                 "gaps": gaps,
                 "connects": sum(s.connects for s in screens),
+                "snapshots": sum(s.snapshots for s in screens),
+                "catch_up_bytes": sum(s.catch_up_bytes for s in screens),
             }
         ),
         flush=True,

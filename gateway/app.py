@@ -2,9 +2,14 @@
 
 serve(cfg)
 ├── LoopLag.run             (event-loop lag, the first health signal: looplag.py)
+├── Persister.run           (periodic checkpoints, if [persist] state_dir: persist.py)
 ├── Server.serve            (listeners, sessions, tick, sweep; see serve/server.py)
 ├── data sources            (embedded simulator fleet; MQTT ingest)
 └── signal watcher          (SIGTERM/SIGINT -> graceful shutdown, exit 0)
+
+With persistence, the last checkpoint is loaded (and the epoch decided) before the
+store is built and restored before the server listens; the final checkpoint is
+written after the server has closed every client (1012) and returned.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .core.topics import RuleTable
 from .looplag import LoopLag
 from .memory import tune_malloc
 from .metrics import Metrics
+from .persist import Loaded, Persister
 from .serve.server import Server
 
 if TYPE_CHECKING:
@@ -47,6 +53,7 @@ class Gateway:
     metrics: Metrics
     looplag: LoopLag
     mqtt: MqttIngest | None = None
+    persister: Persister | None = None
 
     @property
     def port(self) -> int:
@@ -106,9 +113,17 @@ async def serve(
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     tune_malloc()  # a long-running server: keep glibc's heap from fragmenting (memory.py)
-    gw = build(cfg)
+    persister = Persister(cfg.persist) if cfg.persist.state_dir else None
+    loaded = await persister.load() if persister is not None else Loaded()
+    gw = build(cfg, epoch=loaded.epoch)
+    if persister is not None:
+        gw.persister = persister
+        gw.metrics.attach_persist(persister.stats)
     async with trio.open_nursery() as nursery:
         await nursery.start(gw.looplag.run)
+        if persister is not None:
+            await persister.restore(gw.store, loaded)
+            await nursery.start(persister.run, gw.store)
         await nursery.start(gw.server.serve)
         if install_signals:
             nursery.start_soon(_watch_signals, gw.server)
@@ -133,6 +148,8 @@ async def serve(
         )
         task_status.started(gw)
         await gw.server.stopped.wait()
+        if persister is not None:
+            await persister.final(gw.store)  # every client is closed: the epoch may be kept
         nursery.cancel_scope.cancel()
     log.info("stopped")
 

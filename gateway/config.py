@@ -28,6 +28,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "MqttConfig",
+    "PersistConfig",
     "ServerConfig",
     "SimulatorConfig",
     "StateConfig",
@@ -162,12 +163,25 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class PersistConfig:
+    #: where checkpoints go (gateway/persist.py); empty: nothing is persisted
+    state_dir: str = ""
+    #: a checkpoint this often while the state changes, and one at graceful shutdown
+    interval_s: float = 30.0
+
+    def validate(self) -> None:
+        if not self.interval_s > 0:
+            raise ConfigError(f"persist.interval_s: must be > 0, got {self.interval_s!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     state: StateConfig = field(default_factory=StateConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    persist: PersistConfig = field(default_factory=PersistConfig)
 
 
 _SECTIONS: Mapping[str, type] = {
@@ -176,6 +190,7 @@ _SECTIONS: Mapping[str, type] = {
     "state": StateConfig,
     "simulator": SimulatorConfig,
     "mqtt": MqttConfig,
+    "persist": PersistConfig,
 }
 
 
@@ -394,6 +409,7 @@ def load_config(
 
 def _validate(cfg: Config) -> None:
     s, a = cfg.server, cfg.auth
+    cfg.persist.validate()
     for key in ("port", "admin_port"):
         if not 0 <= getattr(s, key) <= 65535:
             raise ConfigError(f"server.{key}: must be 0 (any free port) to 65535")

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .core.state import StateStore
     from .ingest.mqtt import MqttIngest
     from .looplag import LoopLag
+    from .persist import PersistStats
     from .serve.server import Server
 
 __all__ = ["GatewayCollector", "Metrics"]
@@ -264,6 +265,51 @@ class LoopLagCollector(Collector):
         )
 
 
+class PersistCollector(Collector):
+    """Checkpoints (persist.py): the last one's time, duration and size, failures."""
+
+    def __init__(self, stats: PersistStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        from .persist import FAILURE_REASONS, LOAD_REASONS
+
+        s = self.stats
+        yield _counter("gateway_checkpoints", "Checkpoints written.", values=s.checkpoints)
+        yield _counter(
+            "gateway_checkpoint_failures",
+            "Checkpoints not written, by reason (serving goes on).",
+            "reason",
+            s.failures,
+            FAILURE_REASONS,
+        )
+        yield _counter(
+            "gateway_checkpoint_bad_files",
+            "Checkpoints found unusable at start, by reason (moved aside; started empty).",
+            "reason",
+            s.bad_files,
+            LOAD_REASONS,
+        )
+        yield GaugeMetricFamily(
+            "gateway_checkpoint_last_success_timestamp_seconds",
+            "Wall-clock time of the last checkpoint written (0: none yet).",
+            value=s.last_success,
+        )
+        yield GaugeMetricFamily(
+            "gateway_checkpoint_duration_seconds",
+            "How long the last checkpoint took, encoding to directory fsync.",
+            value=s.last_duration_s,
+        )
+        yield GaugeMetricFamily(
+            "gateway_checkpoint_bytes", "Size of the last checkpoint written.", value=s.last_bytes
+        )
+        yield GaugeMetricFamily(
+            "gateway_restored_topics",
+            "Topics restored from a checkpoint at start (stale until refreshed).",
+            value=s.restored_topics,
+        )
+
+
 class Metrics:
     """The registry, the collector and the histograms the shell observes."""
 
@@ -303,6 +349,9 @@ class Metrics:
 
     def attach_loop_lag(self, monitor: LoopLag, now: Callable[[], float]) -> None:
         self.registry.register(LoopLagCollector(monitor, now))
+
+    def attach_persist(self, stats: PersistStats) -> None:
+        self.registry.register(PersistCollector(stats))
 
     def exposition(self) -> tuple[bytes, bytes]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()

@@ -7,6 +7,7 @@ import re
 from gateway.config import (
     AuthConfig,
     MqttConfig,
+    PersistConfig,
     ServerConfig,
     SimulatorConfig,
     StateConfig,
@@ -24,6 +25,7 @@ def test_every_config_key_is_documented() -> None:
         ("state", StateConfig),
         ("simulator", SimulatorConfig),
         ("mqtt", MqttConfig),
+        ("persist", PersistConfig),
     ):
         assert f"### `[{section}]`" in text
         for f in dataclasses.fields(cls):

@@ -385,6 +385,24 @@ class StateStore:
         self.stats.stale_marked += count
         return count
 
+    def restore(self, st: TopicState) -> bool:
+        """Adopt a topic read from a checkpoint (gateway/persist.py), before serving.
+
+        It comes back stale until its device or a retained message speaks again;
+        marking it is a change, so its ``seq`` grows past any a client may hold.
+        Returns False (and adopts nothing) for a known topic or past ``max_topics``.
+        """
+        if st.topic in self._topics or len(self._topics) >= self.max_topics:
+            return False
+        self._topics[st.topic] = st
+        if not st.stale:
+            seq = st.seq + 1
+            st.stale = True
+            st.meta_seq = seq
+            self._bump(st, seq, st.changed_at, changed_at=False)
+            self.stats.stale_marked += 1
+        return True
+
     def _remove(self, st: TopicState, name: str, seq: int) -> None:
         del st.fields[name]
         del st.versions[name]

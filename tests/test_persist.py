@@ -1,0 +1,231 @@
+"""Checkpoints in-process: the epoch survives only a clean shutdown, a checkpoint of
+100,000 topics keeps the loop-lag budget, bad files are reported and kept aside, and
+a full disk or a read-only directory is counted while serving goes on."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+
+from gateway import persist
+from gateway.app import Gateway, serve
+from gateway.core import snapshotfile
+from tests.gw import make_config
+from tests.serve.httpget import http_get
+
+
+@contextlib.asynccontextmanager
+async def running(state_dir: Path, **persist_cfg: Any) -> AsyncIterator[Gateway]:
+    """A gateway with persistence; leaving the block shuts it down gracefully."""
+    cfg = make_config(persist={"state_dir": str(state_dir), "interval_s": 3600.0, **persist_cfg})
+    async with trio.open_nursery() as nursery:
+        gw: Gateway = await nursery.start(serve, cfg)
+        yield gw
+        gw.server.request_shutdown()
+
+
+@contextlib.asynccontextmanager
+async def crashing(state_dir: Path) -> AsyncIterator[Gateway]:
+    """A gateway that ends like a crash: cancelled, no shutdown, no final checkpoint."""
+    cfg = make_config(persist={"state_dir": str(state_dir), "interval_s": 3600.0})
+    async with trio.open_nursery() as nursery:
+        gw: Gateway = await nursery.start(serve, cfg)
+        yield gw
+        nursery.cancel_scope.cancel()
+
+
+def fill(gw: Gateway, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        gw.store.apply(f"site/{i % 10}/dev/{i}", {"t": i * 0.5, "n": i}, 1000.0, device_ts=999.0)
+
+
+async def metric(gw: Gateway, line_start: str) -> float:
+    status, _, body = await http_get(gw.admin_port, "/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{line_start} not on /metrics")
+
+
+async def test_epoch_kept_after_clean_shutdown_only_and_once(tmp_path: Path) -> None:
+    async with running(tmp_path) as gw:
+        fill(gw, 20)
+        first = gw.store.epoch
+        seqs = {st.topic: st.seq for st in gw.store.states()}
+    assert (tmp_path / persist.CLEAN).exists()
+    async with crashing(tmp_path) as gw:
+        assert gw.store.epoch == first
+        assert not (tmp_path / persist.CLEAN).exists()  # consumed before serving
+        assert gw.persister is not None and gw.persister.stats.restored_topics == 20
+        for st in gw.store.states():
+            assert st.stale and st.seq == seqs[st.topic] + 1 and st.device_ts == 999.0
+        gw.store.apply("site/0/dev/0", {"t": -1.0}, 2000.0)  # seen by nobody, lost by a crash
+    async with running(tmp_path) as gw:
+        # the crash: the checkpoint is older than what clients may have seen: new epoch
+        assert gw.store.epoch != first
+        st = gw.store.get("site/0/dev/0")
+        assert st is not None and st.fields == {"t": 0.0, "n": 0} and st.stale
+        second = gw.store.epoch
+    async with running(tmp_path) as gw:
+        assert gw.store.epoch == second
+
+
+async def test_checkpoint_and_restore_of_100k_topics_keep_the_loop_lag_budget(
+    tmp_path: Path,
+) -> None:
+    n = 100_000
+    async with running(tmp_path) as gw:
+        for start in range(0, n, 2000):
+            fill(gw, 2000, start)
+            await trio.lowlevel.checkpoint()
+        assert gw.persister is not None
+        with gw.looplag.window() as w:
+            assert await gw.persister.checkpoint(gw.store)
+        stats = gw.persister.stats
+        print(
+            f"checkpoint of {n} topics: {stats.last_bytes / 1e6:.1f} MB in "
+            f"{stats.last_duration_s:.2f} s; loop lag p99 {w.quantile(0.99) * 1000:.1f} ms, "
+            f"max {w.max * 1000:.1f} ms over {w.count} samples"
+        )
+        assert w.count > 10 and w.max < 0.5 and w.quantile(0.99) <= 0.25
+    async with running(tmp_path) as gw:
+        assert len(gw.store) == n and gw.persister is not None
+        lag = gw.looplag.total  # from before the restore to now
+        print(f"restore of {n} topics: loop lag max {lag.max * 1000:.1f} ms")
+        assert lag.max < 0.5
+
+
+def damaged(valid: bytes, kind: str) -> bytes:
+    return {
+        "truncated": valid[: len(valid) // 2],
+        "corrupt": valid[:-3] + b"zzz",
+        "version": valid[:8] + b"\x63\x00" + valid[10:],  # version 99 (header CRC fixed below)
+    }[kind]
+
+
+def with_header_crc(data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return data[:24] + struct.pack("<I", zlib.crc32(data[:24])) + data[28:]
+
+
+@pytest.mark.parametrize("kind", ["truncated", "corrupt", "version", "unreadable"])
+async def test_a_bad_checkpoint_is_reported_kept_aside_and_the_gateway_serves(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(tmp_path) as gw:
+        fill(gw, 10)
+    path = tmp_path / persist.CHECKPOINT
+    if kind == "unreadable":
+        path.unlink()
+        path.mkdir()  # reading it fails with EISDIR: unreadable, as a permission error is
+        (path / "inside").write_bytes(b"keep me")
+    else:
+        bad = damaged(path.read_bytes(), kind)
+        path.write_bytes(with_header_crc(bad) if kind == "version" else bad)
+    before = listing(tmp_path)
+    caplog.set_level(logging.INFO, "gateway.persist")
+    async with running(tmp_path) as gw:
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(lines) == 1 and str(path) in lines[0] and f"({kind}:" in lines[0], lines
+        aside = [tmp_path / p for p in listing(tmp_path) if p.startswith("state.ckpt.bad-")]
+        assert len(aside) == 1 and aside[0].name.startswith(f"state.ckpt.bad-{kind}-")
+        assert str(aside[0]) in lines[0]
+        if kind == "unreadable":
+            assert (aside[0] / "inside").read_bytes() == b"keep me"
+        else:
+            assert aside[0].read_bytes() == (with_header_crc(bad) if kind == "version" else bad)
+        assert len(gw.store) == 0  # started empty ...
+        status, _, _ = await http_get(gw.port, "/healthz")
+        assert status == 200  # ... and serves
+        assert await metric(gw, f'gateway_checkpoint_bad_files_total{{reason="{kind}"}}') == 1
+        fill(gw, 3)
+        assert gw.persister is not None and await gw.persister.checkpoint(gw.store)
+    assert len(before) == 2  # the bad file and the clean marker of the first run
+    assert snapshotfile.parse(path.read_bytes()).meta["topics"] == 3
+
+
+def listing(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+def remount_read_only(path: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a disk that fills up) needs root")
+    where.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+    if subprocess.run(mount, capture_output=True, check=False).returncode != 0:
+        pytest.skip("mounting a small tmpfs failed (no CAP_SYS_ADMIN in this container?)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+async def test_a_full_disk_is_counted_and_serving_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with tmpfs(tmp_path / "small", "64k") as state_dir:
+        async with running(state_dir) as gw:
+            fill(gw, 3000)  # a few hundred kB
+            assert gw.persister is not None
+            assert not await gw.persister.checkpoint(gw.store)
+            assert gw.persister.stats.failures["disk_full"] == 1
+            assert any("disk_full" in r.getMessage() for r in caplog.records)
+            assert listing(state_dir) == []  # the partial temporary file is gone
+            assert await metric(gw, 'gateway_checkpoint_failures_total{reason="disk_full"}') == 1
+            status, _, _ = await http_get(gw.port, "/api/snapshot?filter=site/1/%23")
+            assert status == 200
+        assert not (state_dir / persist.CLEAN).exists()  # the final one failed too: no marker
+
+
+async def test_a_read_only_directory_is_counted_and_serving_goes_on(tmp_path: Path) -> None:
+    if os.geteuid() == 0:  # root writes through permissions: a read-only mount
+        ctx: contextlib.AbstractContextManager[Path] = tmpfs(tmp_path / "ro", "1m")
+        reason = "read_only"
+    else:
+        ctx = contextlib.nullcontext(tmp_path / "ro")
+        reason = "permission"
+    with ctx as state_dir:
+        if reason == "read_only":
+            remount_read_only(state_dir)
+        else:
+            state_dir.mkdir()
+            state_dir.chmod(0o555)
+        async with running(state_dir) as gw:
+            fill(gw, 10)
+            assert gw.persister is not None
+            assert not await gw.persister.checkpoint(gw.store)
+            assert gw.persister.stats.failures[reason] == 1
+            status, _, _ = await http_get(gw.port, "/healthz")
+            assert status == 200
+
+
+def test_the_persist_section_is_validated_and_read_from_the_environment() -> None:
+    from gateway.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"persist\.interval_s: must be > 0"):
+        load_config(overrides={"persist": {"interval_s": 0}})
+    with pytest.raises(ConfigError, match=r"persist\.state: unknown key"):
+        load_config(overrides={"persist": {"state": "x"}})
+    cfg = load_config(
+        env={"GATEWAY_PERSIST_STATE_DIR": "/tmp/x", "GATEWAY_PERSIST_INTERVAL_S": "5"}
+    )
+    assert (cfg.persist.state_dir, cfg.persist.interval_s) == ("/tmp/x", 5.0)
+    assert load_config().persist.state_dir == ""  # off unless configured
