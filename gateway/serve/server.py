@@ -25,7 +25,6 @@ import logging
 import math
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -56,6 +55,7 @@ from .http import (
 from .session import StreamSession
 from .sockio import Outbound, close_socket, text_frame_header
 from .sse import SseRequest, SseSession, parse_sse_request
+from .stats import ServerStats
 from .ws import WsSession
 
 __all__ = ["Server", "ServerStats"]
@@ -66,26 +66,6 @@ log = logging.getLogger("gateway.server")
 
 SUBPROTOCOLS = ("telemetry.v1",)
 SWEEP_INTERVAL_S = 0.5
-
-
-@dataclass
-class ServerStats:
-    """Counters the metrics collector reads at scrape time."""
-
-    connections_opened: int = 0
-    disconnects: collections.Counter[str] = field(default_factory=collections.Counter)
-    send_failures: collections.Counter[str] = field(default_factory=collections.Counter)
-    handshake_rejected: collections.Counter[str] = field(default_factory=collections.Counter)
-    auth_failures: collections.Counter[str] = field(default_factory=collections.Counter)
-    inbound_rejected: collections.Counter[str] = field(default_factory=collections.Counter)
-    http_requests: collections.Counter[str] = field(default_factory=collections.Counter)
-    frames_sent: int = 0
-    bytes_sent: int = 0
-    internal_errors: int = 0  # connection handlers that failed (a bug: see the log)
-    ticks: int = 0
-
-    def send_failure(self, reason: str) -> None:
-        self.send_failures[reason] += 1
 
 
 ReadyCheck = Callable[[], tuple[bool, str]]
