@@ -52,7 +52,7 @@ from .http import (
     static_file,
     websocket_accept,
 )
-from .session import StreamSession
+from .session import SessionContext, StreamSession
 from .sockio import Outbound, close_socket, text_frame_header
 from .sse import SseRequest, SseSession, parse_sse_request
 from .stats import ServerStats
@@ -120,6 +120,21 @@ class Server:
         self._stopping = False
         root = sc.dashboard_dir or str(Path(__file__).resolve().parents[2] / "dashboard")
         self.dashboard_root = Path(root)
+        self.session_ctx = SessionContext(
+            cfg=sc,
+            hub=hub,
+            store=store,
+            clock=clock,
+            auth=auth,
+            stats=self.stats,
+            log=self.log,
+            welcome_limits=self.welcome_limits,
+            decode=self.decode,
+            framed=self.framed,
+            sse_event=self.sse_event,
+            attach=self.attach,
+            detach=self.detach,
+        )
 
     # -- registry (used by sessions) ---------------------------------------------------
 
@@ -443,7 +458,7 @@ class Server:
         if admitted is None:
             return None
         identity, sse_req = admitted
-        session = SseSession(self, sock, out, ip, identity, sse_req)
+        session = SseSession(self.session_ctx, sock, out, ip, identity, sse_req)
         self._register(session)
         return session
 
@@ -486,7 +501,7 @@ class Server:
                 headers.append((b"sec-websocket-extensions", answer))
         data = conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
         trailing, _closed = conn.trailing_data
-        session = WsSession(self, sock, out, ip, identity, bytes(trailing), deflate)
+        session = WsSession(self.session_ctx, sock, out, ip, identity, bytes(trailing), deflate)
         if not out.send([data]):
             with trio.move_on_after(self.cfg.server.handshake_timeout_s):
                 await out.drain()
