@@ -22,7 +22,6 @@ import collections
 import errno
 import ipaddress
 import logging
-import math
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -40,7 +39,8 @@ from ..core.state import StateStore
 from ..core.topics import TopicError, matches, validate_filter
 from ..log import RateLimitedLog
 from ..metrics import Metrics
-from .deflate import deflate_frame, negotiate
+from .deflate import negotiate
+from .fanout import FanOut
 from .http import (
     HttpError,
     Request,
@@ -53,7 +53,7 @@ from .http import (
     websocket_accept,
 )
 from .session import SessionContext, StreamSession
-from .sockio import Outbound, close_socket, text_frame_header
+from .sockio import Outbound, close_socket
 from .sse import SseRequest, SseSession, parse_sse_request
 from .stats import ServerStats
 from .ws import WsSession
@@ -65,7 +65,6 @@ _T = TypeVar("_T")
 log = logging.getLogger("gateway.server")
 
 SUBPROTOCOLS = ("telemetry.v1",)
-SWEEP_INTERVAL_S = 0.5
 
 
 ReadyCheck = Callable[[], tuple[bool, str]]
@@ -104,20 +103,14 @@ class Server:
             "messages_per_s": sc.messages_per_s,
         }
         self._limits = DecodeLimits(max_topic_bytes=cfg.state.max_topic_bytes)
-        self._framed: dict[int, tuple[bytes, bytes]] = {}
-        self._framed_z: dict[int, tuple[bytes, bytes]] = {}
-        self._sse_events: dict[int, tuple[bytes, bytes]] = {}
-        self._sessions: set[StreamSession] = set()
-        self._by_sub: dict[int, StreamSession] = {}
+        self.fanout = FanOut(sc, store, hub, clock, self.stats, self.log, metrics)
         self._http_scopes: set[trio.CancelScope] = set()
         self._per_ip: collections.Counter[str] = collections.Counter()
         self._open = 0
         self._trusted_proxies = frozenset(sc.trusted_proxies)
         self._accept_bucket = (float(sc.max_new_connections_per_s), 0.0)  # (tokens, when)
         self._shutdown = trio.Event()
-        self._drained = trio.Event()
         self.stopped = trio.Event()  # set when serve() has returned
-        self._stopping = False
         root = sc.dashboard_dir or str(Path(__file__).resolve().parents[2] / "dashboard")
         self.dashboard_root = Path(root)
         self.session_ctx = SessionContext(
@@ -130,56 +123,24 @@ class Server:
             log=self.log,
             welcome_limits=self.welcome_limits,
             decode=self.decode,
-            framed=self.framed,
-            sse_event=self.sse_event,
-            attach=self.attach,
-            detach=self.detach,
+            framed=self.fanout.framed,
+            sse_event=self.fanout.sse_event,
+            attach=self.fanout.attach,
+            detach=self.fanout.detach,
         )
 
     # -- registry (used by sessions) ---------------------------------------------------
-
-    def _session_failed(self, session: StreamSession) -> None:
-        self.stats.internal_errors += 1
-        log.exception("a session failed in the tick or sweep loop; dropping it")
-        try:
-            session.abort("error")
-        except Exception:
-            log.exception("and dropping it failed too")
-
-    def attach(self, session: StreamSession) -> None:
-        assert session.sub is not None
-        self._by_sub[session.sub.id] = session
-
-    def detach(self, session: StreamSession) -> None:
-        if session.sub is not None:
-            self._by_sub.pop(session.sub.id, None)
-        if session in self._sessions:
-            self._sessions.discard(session)
-            self.stats.disconnects[session.reason or "error"] += 1
-        if self._stopping and not self._sessions:
-            self._drained.set()
-
-    def framed(self, frame: bytes, compressed: bool = False) -> bytes:
-        """``frame`` as a WebSocket text frame, deflated if ``compressed``. Shared
-        frames are framed (and compressed) once per tick: the caches are keyed by the
-        frame object and cleared every tick (and when large), so an id is never reused
-        while its entry lives."""
-        cache = self._framed_z if compressed else self._framed
-        entry = cache.get(id(frame))
-        if entry is not None and entry[0] is frame:
-            return entry[1]
-        data = deflate_frame(frame) if compressed else text_frame_header(len(frame)) + frame
-        if len(cache) >= 256:
-            cache.clear()
-        cache[id(frame)] = (frame, data)
-        return data
 
     def decode(self, text: str) -> ClientMessage:
         return decode_client(text, self._limits)
 
     @property
     def connections(self) -> int:
-        return len(self._sessions)
+        return len(self.fanout.sessions)
+
+    @property
+    def _sessions(self) -> set[StreamSession]:
+        return self.fanout.sessions
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -198,8 +159,8 @@ class Server:
                 async with trio.open_nursery() as services:
                     services.start_soon(self._accept_loop, public, connections, self._handle_public)
                     services.start_soon(self._accept_loop, admin, connections, self._handle_admin)
-                    services.start_soon(self._tick_loop)
-                    services.start_soon(self._sweep_loop)
+                    services.start_soon(self.fanout.tick_loop)
+                    services.start_soon(self.fanout.sweep_loop)
                     task_status.started(self.ports)
                     await self._shutdown.wait()
                     services.cancel_scope.cancel()
@@ -211,21 +172,10 @@ class Server:
             self.stopped.set()
 
     async def _drain_connections(self) -> None:
-        self._stopping = True
+        self.fanout.stopping = True
         for scope in list(self._http_scopes):
             scope.cancel()
-        for session in list(self._sessions):
-            session.close(1012, "service restart: reconnect", "shutdown")
-        if self._sessions:
-            with trio.move_on_after(self.cfg.server.shutdown_timeout_s):
-                await self._drained.wait()
-        if self._sessions:
-            log.warning(
-                "shutdown: %d connections still open at the deadline; dropping them",
-                len(self._sessions),
-            )
-        else:
-            log.info("shutdown: every client was told to reconnect (1012)")
+        await self.fanout.close_all()
 
     async def _accept_loop(
         self,
@@ -253,83 +203,6 @@ class Server:
                 if sndbuf:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
                 nursery.start_soon(handler, sock, addr[0])
-
-    async def _tick_loop(self) -> None:
-        """Tick at ``tick_hz`` while there is work; sleep while nothing changes."""
-        interval = 1.0 / self.cfg.server.tick_hz
-        hub = self.hub
-        by_sub = self._by_sub
-        work = trio.Event()
-
-        def wake() -> None:
-            work.set()
-
-        self.store.on_change = wake
-        next_at = last = -math.inf
-        while True:
-            if hub.idle:
-                await work.wait()
-                work = trio.Event()
-                # The first change after a quiet spell goes out at once, but never
-                # sooner than one interval after the previous tick: with sparse
-                # changes the hub goes idle after every tick, and waking it at each
-                # change would tick (and send) far more often than tick_hz.
-                next_at = max(last + interval, trio.current_time())
-            else:
-                next_at += interval
-                now = trio.current_time()
-                if next_at < now - interval:
-                    next_at = now  # fell behind (overload): skip ticks rather than burst
-            await trio.sleep_until(next_at)
-            start = last = trio.current_time()
-            self._framed.clear()
-            self._framed_z.clear()
-            self._sse_events.clear()
-            for sub in hub.tick(start):
-                session = by_sub.get(sub.id)
-                if session is not None:
-                    try:
-                        session.pump(start)
-                    except Exception:  # one session's bug must not stop every screen
-                        self._session_failed(session)
-            self.stats.ticks += 1
-            if self.metrics is not None:
-                self._observe_tick(start)
-
-    def _observe_tick(self, start: float) -> None:
-        m = self.metrics
-        assert m is not None
-        m.tick_seconds.observe(trio.current_time() - start)
-        states = self.hub.tick_states
-        if states:
-            wall = self.clock.wall()
-            for st in states.values():
-                if st.device_ts is not None:
-                    m.device_to_send.observe(max(0.0, wall - st.device_ts))
-                m.ingest_to_send.observe(max(0.0, wall - st.changed_at))
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await trio.sleep(SWEEP_INTERVAL_S)
-            now = self.clock.mono()
-            wall = self.clock.wall()
-            ages: list[float] | None = [] if self.metrics is not None else None
-            for sub, why in self.hub.find_slow(now, ages):
-                session = self._by_sub.get(sub.id)
-                if session is not None:
-                    self.log.limited("slow", "closing slow subscriber %s (%s)", session.ip, why)
-                    if why == "stalled":
-                        self.stats.send_failure("stalled")
-                    session.close(4008, f"slow subscriber: {why}", "slow")
-            if ages and self.metrics is not None:
-                for age in ages:
-                    self.metrics.subscriber_data_age.observe(age)
-            for session in list(self._sessions):
-                try:
-                    session.check_timers(now, wall)
-                except Exception:
-                    self._session_failed(session)
-            self.store.sweep_stale(wall)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -459,20 +332,8 @@ class Server:
             return None
         identity, sse_req = admitted
         session = SseSession(self.session_ctx, sock, out, ip, identity, sse_req)
-        self._register(session)
+        self.fanout.register(session)
         return session
-
-    def sse_event(self, frame: bytes) -> bytes:
-        """``frame`` as an SSE event, built once per tick for every stream (as
-        :meth:`framed` does for WebSocket frames)."""
-        entry = self._sse_events.get(id(frame))
-        if entry is not None and entry[0] is frame:
-            return entry[1]
-        data = b"data: " + frame + b"\n\n"
-        if len(self._sse_events) >= 256:
-            self._sse_events.clear()
-        self._sse_events[id(frame)] = (frame, data)
-        return data
 
     async def _upgrade(
         self,
@@ -505,7 +366,7 @@ class Server:
         if not out.send([data]):
             with trio.move_on_after(self.cfg.server.handshake_timeout_s):
                 await out.drain()
-        self._register(session)
+        self.fanout.register(session)
         return session
 
     async def _admit(
@@ -535,12 +396,6 @@ class Server:
             stats.handshake_rejected[err.reason] += 1
             await _try_respond(out, conn, err.status, err.message)
         return None
-
-    def _register(self, session: StreamSession) -> None:
-        self.stats.connections_opened += 1
-        self._sessions.add(session)
-        if self._stopping:
-            session.close(1012, "service restart: reconnect", "shutdown")
 
     def _accept_rate_ok(self) -> bool:
         """Token bucket on new public connections (``max_new_connections_per_s``)."""
@@ -633,10 +488,10 @@ class Server:
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         checks = {name: check() for name, check in self.ready_checks.items()}
-        ready = not self._stopping and all(ok for ok, _ in checks.values())
+        ready = not self.fanout.stopping and all(ok for ok, _ in checks.values())
         return ready, {
             "ready": ready,
-            "stopping": self._stopping,
+            "stopping": self.fanout.stopping,
             "checks": {name: {"ok": ok, "detail": why} for name, (ok, why) in checks.items()},
         }
 
