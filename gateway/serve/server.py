@@ -18,9 +18,6 @@ before it is cancelled too.
 
 from __future__ import annotations
 
-import collections
-import errno
-import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -30,7 +27,7 @@ from typing import TypeVar
 import h11
 import trio
 
-from ..auth import Authenticator, AuthError, Identity, extract_token
+from ..auth import Authenticator, AuthError, Identity
 from ..clock import Clock
 from ..config import Config
 from ..core.hub import Hub
@@ -39,6 +36,7 @@ from ..core.state import StateStore
 from ..core.topics import TopicError, matches, validate_filter
 from ..log import RateLimitedLog
 from ..metrics import Metrics
+from .admission import Admission, accept_loop, forwarded_for, listen
 from .deflate import negotiate
 from .fanout import FanOut
 from .http import (
@@ -50,6 +48,7 @@ from .http import (
     respond,
     respond_raw_error,
     static_file,
+    try_respond,
     websocket_accept,
 )
 from .session import SessionContext, StreamSession
@@ -105,10 +104,7 @@ class Server:
         self._limits = DecodeLimits(max_topic_bytes=cfg.state.max_topic_bytes)
         self.fanout = FanOut(sc, store, hub, clock, self.stats, self.log, metrics)
         self._http_scopes: set[trio.CancelScope] = set()
-        self._per_ip: collections.Counter[str] = collections.Counter()
-        self._open = 0
-        self._trusted_proxies = frozenset(sc.trusted_proxies)
-        self._accept_bucket = (float(sc.max_new_connections_per_s), 0.0)  # (tokens, when)
+        self.admission = Admission(sc, auth, clock, self.stats, self.log)
         self._shutdown = trio.Event()
         self.stopped = trio.Event()  # set when serve() has returned
         root = sc.dashboard_dir or str(Path(__file__).resolve().parents[2] / "dashboard")
@@ -139,6 +135,10 @@ class Server:
         return len(self.fanout.sessions)
 
     @property
+    def _open(self) -> int:
+        return self.admission.open
+
+    @property
     def _sessions(self) -> set[StreamSession]:
         return self.fanout.sessions
 
@@ -151,14 +151,19 @@ class Server:
         self, *, task_status: trio.TaskStatus[tuple[int, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         sc = self.cfg.server
-        public = _listen(sc.host, sc.port)
-        admin = _listen(sc.admin_host, sc.admin_port)
+        public = listen(sc.host, sc.port)
+        admin = listen(sc.admin_host, sc.admin_port)
         self.ports = (public.getsockname()[1], admin.getsockname()[1])
         try:
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as services:
-                    services.start_soon(self._accept_loop, public, connections, self._handle_public)
-                    services.start_soon(self._accept_loop, admin, connections, self._handle_admin)
+                    sndbuf = sc.send_buffer_bytes
+                    services.start_soon(
+                        accept_loop, public, connections, self._handle_public, sndbuf, self.log
+                    )
+                    services.start_soon(
+                        accept_loop, admin, connections, self._handle_admin, sndbuf, self.log
+                    )
                     services.start_soon(self.fanout.tick_loop)
                     services.start_soon(self.fanout.sweep_loop)
                     task_status.started(self.ports)
@@ -176,35 +181,6 @@ class Server:
         for scope in list(self._http_scopes):
             scope.cancel()
         await self.fanout.close_all()
-
-    async def _accept_loop(
-        self,
-        listener: socket.socket,
-        nursery: trio.Nursery,
-        handler: Callable[[socket.socket, str], Awaitable[None]],
-    ) -> None:
-        sndbuf = self.cfg.server.send_buffer_bytes
-        while True:
-            await trio.lowlevel.wait_readable(listener)
-            while True:
-                try:
-                    sock, addr = listener.accept()
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as err:
-                    if err.errno == errno.ECONNABORTED:
-                        continue
-                    # EMFILE, ENFILE, ENOBUFS, ENOMEM and anything else: back off, go on
-                    self.log.limited("accept", "accept failed: %s; pausing 100 ms", err)
-                    await trio.sleep(0.1)
-                    break
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if sndbuf:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-                nursery.start_soon(handler, sock, addr[0])
-
-    # -- connections ---------------------------------------------------------------------
 
     async def _handle_public(self, sock: socket.socket, ip: str) -> None:
         await self._contained(self._http_connection(sock, ip, public=True))
@@ -225,29 +201,24 @@ class Server:
         out = Outbound(sock, self.stats)
         counted = False
         per_ip_key: str | None = None  # the address counted against max_connections_per_ip
-        proxied = public and ip in self._trusted_proxies
+        admission = self.admission
+        proxied = public and ip in admission.trusted_proxies
         scope = trio.CancelScope()
         self._http_scopes.add(scope)
         try:
             with scope:
                 if public:
-                    which = None
-                    if self._open >= sc.max_connections:
-                        which = "total"
-                    elif not proxied and self._per_ip[ip] >= sc.max_connections_per_ip:
-                        which = "per_ip"
-                    elif not self._accept_rate_ok():
-                        which = "rate"
+                    which = admission.refusal(ip, proxied)
                     if which is not None:
                         self.stats.handshake_rejected[f"limit_{which}"] += 1
                         with trio.move_on_after(sc.close_timeout_s):
                             await respond_raw_error(out, 503, f"connection limit ({which}) reached")
                         return
-                    self._open += 1
+                    admission.open += 1
                     counted = True
                     if not proxied:  # behind a trusted proxy: the client's, once known
                         per_ip_key = ip
-                        self._per_ip[ip] += 1
+                        admission.hold_ip(ip)
                 conn = new_connection()
                 for _ in range(100):  # keep-alive: at most 100 requests per connection
                     with trio.move_on_after(sc.handshake_timeout_s) as deadline:
@@ -256,7 +227,7 @@ class Server:
                         except HttpError as err:
                             self.stats.handshake_rejected[err.reason] += 1
                             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                                await _try_respond(out, conn, err.status, err.message)
+                                await try_respond(out, conn, err.status, err.message)
                             return
                         except OSError:
                             return
@@ -267,14 +238,14 @@ class Server:
                         return
                     if proxied and per_ip_key is None:
                         ip = forwarded_for(
-                            req.header(b"x-forwarded-for"), ip, self._trusted_proxies
+                            req.header(b"x-forwarded-for"), ip, admission.trusted_proxies
                         )
-                        if self._per_ip[ip] >= sc.max_connections_per_ip:
+                        if admission.per_ip_full(ip):
                             self.stats.handshake_rejected["limit_per_ip"] += 1
-                            await _try_respond(out, conn, 503, "connection limit (per_ip) reached")
+                            await try_respond(out, conn, 503, "connection limit (per_ip) reached")
                             return
                         per_ip_key = ip
-                        self._per_ip[ip] += 1
+                        admission.hold_ip(ip)
                     if public and req.path == "/ws":
                         self._http_scopes.discard(scope)  # sessions close gracefully instead
                         session = await self._upgrade(sock, out, conn, req, ip)
@@ -304,11 +275,9 @@ class Server:
         finally:
             self._http_scopes.discard(scope)
             if counted:
-                self._open -= 1
+                admission.open -= 1
             if per_ip_key is not None:
-                self._per_ip[per_ip_key] -= 1
-                if not self._per_ip[per_ip_key]:
-                    del self._per_ip[per_ip_key]
+                admission.release_ip(per_ip_key)
             close_socket(sock)
 
     async def _event_stream(
@@ -327,7 +296,7 @@ class Server:
             limit = self.cfg.state.max_topic_bytes
             return identity, parse_sse_request(req.target, req.header(b"last-event-id"), limit)
 
-        admitted = await self._admit(out, conn, req, ip, "event stream", prepare)
+        admitted = await self.admission.admit(out, conn, req, ip, "event stream", prepare)
         if admitted is None:
             return None
         identity, sse_req = admitted
@@ -345,9 +314,9 @@ class Server:
     ) -> WsSession | None:
         if not req.wants_websocket:
             self.stats.handshake_rejected["not_websocket"] += 1
-            await _try_respond(out, conn, 426, "this endpoint speaks WebSocket only")
+            await try_respond(out, conn, 426, "this endpoint speaks WebSocket only")
             return None
-        admitted = await self._admit(
+        admitted = await self.admission.admit(
             out, conn, req, ip, "WebSocket", lambda i: (i, websocket_accept(req, SUBPROTOCOLS))
         )
         if admitted is None:
@@ -368,74 +337,6 @@ class Server:
                 await out.drain()
         self.fanout.register(session)
         return session
-
-    async def _admit(
-        self,
-        out: Outbound,
-        conn: h11.Connection,
-        req: Request,
-        ip: str,
-        what: str,
-        prepare: Callable[[Identity | None], _T],
-    ) -> _T | None:
-        """The checks every stream passes before it opens (Origin, then the token and
-        the endpoint's own, in ``prepare``); each refusal answered and counted."""
-        stats = self.stats
-        if not self._origin_allowed(req):
-            stats.handshake_rejected["origin"] += 1
-            self.log.limited("origin", "refused %s from %s: Origin not allowed", what, ip)
-            await _try_respond(out, conn, 403, "Origin not allowed")
-            return None
-        try:
-            return prepare(self._identity(req))
-        except AuthError as err:
-            stats.auth_failures[err.reason] += 1
-            stats.handshake_rejected["auth"] += 1
-            await _try_respond(out, conn, 401, err.message)
-        except HttpError as err:
-            stats.handshake_rejected[err.reason] += 1
-            await _try_respond(out, conn, err.status, err.message)
-        return None
-
-    def _accept_rate_ok(self) -> bool:
-        """Token bucket on new public connections (``max_new_connections_per_s``)."""
-        rate = self.cfg.server.max_new_connections_per_s
-        if not rate:
-            return True
-        now = self.clock.mono()
-        tokens, at = self._accept_bucket
-        tokens = min(rate, tokens + (now - at) * rate)
-        if tokens < 1.0:
-            self._accept_bucket = (tokens, now)
-            return False
-        self._accept_bucket = (tokens - 1.0, now)
-        return True
-
-    def _identity(self, req: Request) -> Identity | None:
-        token = extract_token(req.headers, req.target)
-        if token is not None:
-            return self.auth.verify(token, self.clock.wall())
-        if not self.auth.required:
-            return self.auth.verify("", self.clock.wall())
-        return None  # must send an 'auth' message before the auth deadline
-
-    def _origin_allowed(self, req: Request) -> bool:
-        sc = self.cfg.server
-        origin = req.header(b"origin")
-        if origin is None:
-            return sc.allow_missing_origin
-        text = origin.decode("ascii", "replace")
-        if "*" in sc.allowed_origins or text in sc.allowed_origins:
-            return True
-        host = req.header(b"host")
-        if host is not None and text in (
-            f"http://{host.decode('ascii', 'replace')}",
-            f"https://{host.decode('ascii', 'replace')}",
-        ):
-            return True
-        scheme, _, rest = text.partition("://")
-        hostname = rest.rsplit(":", 1)[0] if not rest.startswith("[") else rest.split("]")[0] + "]"
-        return scheme in ("http", "https") and hostname in ("localhost", "127.0.0.1", "[::1]")
 
     # -- plain HTTP ------------------------------------------------------------------------
 
@@ -497,7 +398,7 @@ class Server:
 
     def _api(self, req: Request, full: bool) -> tuple[int, bytes]:
         try:
-            identity = self._identity(req)
+            identity = self.admission.identity(req)
         except AuthError as err:
             self.stats.auth_failures[err.reason] += 1
             return 401, json_body({"error": "unauthorized", "message": err.message})
@@ -525,46 +426,3 @@ class Server:
                 entry["fields"] = st.fields
             out[st.topic] = entry
         return 200, json_body({"epoch": self.store.epoch, "filter": flt, "topics": out})
-
-
-def forwarded_for(header: bytes | None, peer: str, trusted: frozenset[str]) -> str:
-    """The client's address behind trusted proxies: the rightmost X-Forwarded-For entry
-    that is not itself a trusted proxy (entries further left could be forged by the
-    client); the peer's own address when the header is missing or malformed."""
-    if not header:
-        return peer
-    for part in reversed(header.decode("latin-1").split(",")):
-        candidate = part.strip()
-        try:
-            ipaddress.ip_address(candidate)
-        except ValueError:
-            return peer
-        if candidate not in trusted:
-            return candidate
-    return peer
-
-
-async def _try_respond(out: Outbound, conn: h11.Connection, status: int, message: str) -> None:
-    try:
-        with trio.move_on_after(2.0):
-            await respond(
-                out, conn, status, message.encode() + b"\n", headers=[(b"connection", b"close")]
-            )
-    except (OSError, h11.LocalProtocolError):
-        pass
-    except Exception as err:
-        log.debug("could not send %d: %r", status, err)
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise OSError(err.errno, f"cannot listen on {host}:{port}: {err.strerror}") from None
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
