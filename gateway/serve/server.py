@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable
 from typing import TypeVar
 
 import h11
@@ -33,7 +32,6 @@ from ..config import Config
 from ..core.hub import Hub
 from ..core.protocol import ClientMessage, DecodeLimits, decode_client
 from ..core.state import StateStore
-from ..core.topics import TopicError, matches, validate_filter
 from ..log import RateLimitedLog
 from ..metrics import Metrics
 from .admission import Admission, accept_loop, forwarded_for, listen
@@ -42,15 +40,13 @@ from .fanout import FanOut
 from .http import (
     HttpError,
     Request,
-    json_body,
     new_connection,
     read_request,
-    respond,
     respond_raw_error,
-    static_file,
     try_respond,
     websocket_accept,
 )
+from .routes import Routes
 from .session import SessionContext, StreamSession
 from .sockio import Outbound, close_socket
 from .sse import SseRequest, SseSession, parse_sse_request
@@ -64,9 +60,6 @@ _T = TypeVar("_T")
 log = logging.getLogger("gateway.server")
 
 SUBPROTOCOLS = ("telemetry.v1",)
-
-
-ReadyCheck = Callable[[], tuple[bool, str]]
 
 
 class Server:
@@ -88,8 +81,6 @@ class Server:
         self.stats = ServerStats()
         self.log = RateLimitedLog(log)
         self.metrics = metrics
-        self.metrics_handler = metrics.exposition if metrics is not None else None
-        self.ready_checks: dict[str, ReadyCheck] = {}
         self.ports: tuple[int, int] | None = None
         sc = cfg.server
         self.welcome_limits = {
@@ -107,8 +98,16 @@ class Server:
         self.admission = Admission(sc, auth, clock, self.stats, self.log)
         self._shutdown = trio.Event()
         self.stopped = trio.Event()  # set when serve() has returned
-        root = sc.dashboard_dir or str(Path(__file__).resolve().parents[2] / "dashboard")
-        self.dashboard_root = Path(root)
+        self.routes = Routes(
+            cfg,
+            store,
+            self.stats,
+            self.admission.identity,
+            lambda: self.fanout.stopping,
+            metrics.exposition if metrics is not None else None,
+        )
+        #: name -> check; the gateway is ready when every one is (app.py adds "mqtt")
+        self.ready_checks = self.routes.ready_checks
         self.session_ctx = SessionContext(
             cfg=sc,
             hub=hub,
@@ -133,6 +132,9 @@ class Server:
     @property
     def connections(self) -> int:
         return len(self.fanout.sessions)
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        return self.routes.readiness()
 
     @property
     def _open(self) -> int:
@@ -263,7 +265,7 @@ class Server:
                             await stream.run()
                         return
                     try:
-                        await self._route(out, conn, req, public)
+                        await self.routes.route(out, conn, req, public)
                     except OSError:
                         return
                     if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
@@ -337,92 +339,3 @@ class Server:
                 await out.drain()
         self.fanout.register(session)
         return session
-
-    # -- plain HTTP ------------------------------------------------------------------------
-
-    async def _route(self, out: Outbound, conn: h11.Connection, req: Request, public: bool) -> None:
-        stats = self.stats
-        head = req.method == "HEAD"
-        if req.method not in ("GET", "HEAD"):
-            stats.http_requests["method_not_allowed"] += 1
-            await respond(out, conn, 405, b"only GET and HEAD", headers=[(b"allow", b"GET, HEAD")])
-            return
-        path = req.path
-        if path == "/healthz":
-            stats.http_requests["healthz"] += 1
-            await respond(out, conn, 200, b"ok\n", head_only=head)
-            return
-        if path == "/readyz":
-            stats.http_requests["readyz"] += 1
-            ready, detail = self.readiness()
-            await respond(
-                out,
-                conn,
-                200 if ready else 503,
-                json_body(detail),
-                b"application/json",
-                head_only=head,
-            )
-            return
-        if not public:
-            if path == "/metrics" and self.metrics_handler is not None:
-                stats.http_requests["metrics"] += 1
-                body, ctype = self.metrics_handler()
-                await respond(out, conn, 200, body, ctype, head_only=head)
-                return
-            stats.http_requests["not_found"] += 1
-            listing = b"/metrics /healthz /readyz" if self.metrics_handler else b"/healthz /readyz"
-            await respond(out, conn, 404, b"admin endpoints: " + listing + b"\n")
-            return
-        if path in ("/api/topics", "/api/snapshot"):
-            stats.http_requests[path.rsplit("/", 1)[1]] += 1
-            status, body = self._api(req, full=path == "/api/snapshot")
-            await respond(out, conn, status, body, b"application/json", head_only=head)
-            return
-        found = static_file(self.dashboard_root, path)
-        if found is None:
-            stats.http_requests["not_found"] += 1
-            await respond(out, conn, 404, b"not found\n", head_only=head)
-            return
-        stats.http_requests["static"] += 1
-        await respond(out, conn, 200, found[0], found[1], head_only=head)
-
-    def readiness(self) -> tuple[bool, dict[str, object]]:
-        checks = {name: check() for name, check in self.ready_checks.items()}
-        ready = not self.fanout.stopping and all(ok for ok, _ in checks.values())
-        return ready, {
-            "ready": ready,
-            "stopping": self.fanout.stopping,
-            "checks": {name: {"ok": ok, "detail": why} for name, (ok, why) in checks.items()},
-        }
-
-    def _api(self, req: Request, full: bool) -> tuple[int, bytes]:
-        try:
-            identity = self.admission.identity(req)
-        except AuthError as err:
-            self.stats.auth_failures[err.reason] += 1
-            return 401, json_body({"error": "unauthorized", "message": err.message})
-        if identity is None:
-            return 401, json_body({"error": "unauthorized", "message": "a token is required"})
-        try:
-            flt = validate_filter(req.query.get("filter", "#"), self.cfg.state.max_topic_bytes)
-        except TopicError as err:
-            return 400, json_body({"error": "bad_filter", "message": str(err)})
-        grants = identity.grants
-        out: dict[str, object] = {}
-        for st in self.store.states():
-            if not st.seq or not matches(flt, st.topic):
-                continue
-            if grants is not None and not any(matches(g, st.topic) for g in grants):
-                continue
-            entry: dict[str, object] = {
-                "seq": st.seq,
-                "online": st.online,
-                "stale": st.stale,
-                "ts": st.device_ts,
-                "rx": st.changed_at,
-            }
-            if full:
-                entry["fields"] = st.fields
-            out[st.topic] = entry
-        return 200, json_body({"epoch": self.store.epoch, "filter": flt, "topics": out})
