@@ -1,5 +1,6 @@
 """The package's structure: no import cycle inside ``gateway/`` (TYPE_CHECKING imports
-included: a cycle there is a cycle of concepts, whatever the interpreter allows)."""
+included: a cycle there is a cycle of concepts, whatever the interpreter allows), and
+serve/ as small modules of one concept each."""
 
 from __future__ import annotations
 
@@ -104,3 +105,18 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_no_import_cycle_inside_the_package() -> None:
     cycles = _cycles(_graph())
     assert not cycles, f"modules that import each other (directly or not): {cycles}"
+
+
+def test_every_serve_module_is_small_and_says_its_concept() -> None:
+    """gateway/serve is a few modules of one concept each: each under 400 lines, each
+    opening with a docstring whose first line alone says what it is (PEP 257: a
+    summary line, then a blank line before any detail)."""
+    for path in sorted((PACKAGE / "serve").glob("*.py")):
+        text = path.read_text()
+        lines = text.count("\n")
+        assert lines < 400, f"{path.name}: {lines} lines"
+        doc = ast.get_docstring(ast.parse(text))
+        assert doc, f"{path.name}: no module docstring"
+        summary, *rest = doc.split("\n")
+        assert summary.strip(), f"{path.name}: the docstring's first line is empty"
+        assert not rest or not rest[0].strip(), f"{path.name}: the summary is not one line"

@@ -1,6 +1,8 @@
-"""Who gets in: the listening sockets and accept loop, the connection limits (total,
-per address, new per second), the client's address behind trusted proxies, the Origin
-rule, the token, and the checks a stream passes before it opens."""
+"""Admission: who may connect, and who may open a stream.
+
+The listening sockets and the accept loop, the connection limits (total, per address,
+new per second), the client's address behind trusted proxies, the Origin rule, the
+token, and the checks a stream passes before it opens."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""One accepted connection: its place under the connection limits, its HTTP requests
-(keep-alive), and the hand-off of ``/ws`` and ``/sse`` to a session."""
+"""One accepted connection, from its first byte to the session it becomes.
+
+Its place under the connection limits, its HTTP requests (keep-alive), and the
+hand-off of ``/ws`` and ``/sse`` to a session."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The fan-out: the session registry, the tick loop that pumps due frames into every
-session, the sweep loop (slow screens, timers, stale topics), and the per-tick framing
-caches that build each shared frame once for every screen."""
+"""The fan-out: which sessions exist, and the loops that feed and police them.
+
+The session registry, the tick loop that pumps due frames into every session, the
+sweep loop (slow screens, timers, stale topics), and the per-tick framing caches that
+build each shared frame once for every screen."""
 
 from __future__ import annotations
 

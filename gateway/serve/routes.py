@@ -1,5 +1,7 @@
-"""Plain HTTP: liveness and readiness, the REST snapshot API (``/api``), the
-dashboard's static files, and the admin port's ``/metrics``."""
+"""Plain-HTTP routes: health, readiness, ``/api``, static files, admin ``/metrics``.
+
+Liveness and readiness, the REST snapshot API, the dashboard's static files, and the
+admin port's Prometheus exposition."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""What every stream to a screen shares, WebSocket or Server-Sent Events: the ordered
-writes to its socket, the one task that waits while the socket is full (and tells the
-hub, whose slow-screen policy times it), the disconnect reason, and the pump the tick
-loop calls."""
+"""A stream to a screen (WebSocket or SSE), and the narrow context it is given.
+
+What every stream shares, WebSocket or Server-Sent Events: the ordered writes to its
+socket, the one task that waits while the socket is full (and tells the hub, whose
+slow-screen policy times it), the disconnect reason, and the pump the tick loop calls.
+``SessionContext`` is all a session may use of the rest of the gateway."""
 
 from __future__ import annotations
 

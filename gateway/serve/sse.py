@@ -1,5 +1,6 @@
-"""Server-Sent Events at ``/sse``: the same snapshot and delta messages as ``/ws`` for
-networks that block WebSocket.
+"""One Server-Sent Events stream at ``/sse``.
+
+The same snapshot and delta messages as ``/ws``, for networks that block WebSocket.
 
     GET /sse?filter=site/%23&filter=plant/+/temp&rate=5[&access_token=...]
     Accept: text/event-stream
