@@ -19,7 +19,7 @@ docs/metrics.md lists every metric with its meaning and the panel that uses it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -39,9 +39,21 @@ if TYPE_CHECKING:
     from .ingest.mqtt import MqttIngest
     from .looplag import LoopLag
     from .persist import PersistStats
-    from .serve.server import Server
+    from .serve.stats import ServerStats
 
-__all__ = ["GatewayCollector", "Metrics"]
+__all__ = ["GatewayCollector", "Metrics", "Served"]
+
+
+class Served(Protocol):
+    """What the collector reads of the server (``serve.Server``), named here so that
+    this module needs only the stats' type, not the server's."""
+
+    @property
+    def stats(self) -> ServerStats: ...
+
+    @property
+    def connections(self) -> int: ...
+
 
 DISCONNECT_REASONS = (
     "client_close", "client_gone", "slow", "auth", "limit", "protocol", "heartbeat", "idle",
@@ -78,7 +90,7 @@ def _counter(
 
 class GatewayCollector(Collector):
     def __init__(
-        self, server: Server, hub: Hub, store: StateStore, mqtt: Callable[[], MqttIngest | None]
+        self, server: Served, hub: Hub, store: StateStore, mqtt: Callable[[], MqttIngest | None]
     ) -> None:
         self.server = server
         self.hub = hub
@@ -343,7 +355,7 @@ class Metrics:
         )
 
     def attach(
-        self, server: Server, hub: Hub, store: StateStore, mqtt: Callable[[], MqttIngest | None]
+        self, server: Served, hub: Hub, store: StateStore, mqtt: Callable[[], MqttIngest | None]
     ) -> None:
         self.registry.register(GatewayCollector(server, hub, store, mqtt))
 

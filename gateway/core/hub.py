@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .outbox import Group, GroupKey, Member, OutboxStats, TickRecord
+from .outbox import Group, GroupKey, Member, OutboxStats, Subscriber, Subscription, TickRecord
 from .protocol import (
     Ack,
     Error,
@@ -58,30 +58,6 @@ class HubConfig:
             raise ValueError("default_rate_hz must not exceed tick_hz")
         if self.ring_ticks < 2 or self.max_subscriptions < 1 or self.max_frame_bytes < 1024:
             raise ValueError("ring_ticks >= 2, max_subscriptions >= 1, max_frame_bytes >= 1024")
-
-
-@dataclass(slots=True)
-class Subscription:
-    id: str
-    filters: tuple[str, ...]
-    rate_hz: float
-    members: list[Member]
-
-
-@dataclass(eq=False, slots=True)
-class Subscriber:
-    """One connection's view of the hub. ``grants`` None means every topic."""
-
-    id: int
-    grants: tuple[str, ...] | None
-    subs: dict[str, Subscription] = field(default_factory=dict)
-    #: resume positions of the current epoch, consulted when a member joins
-    positions: dict[str, int] = field(default_factory=dict)
-    #: personal catch-up asked for after joining: topic -> base (None: snapshot)
-    resync: dict[str, int | None] = field(default_factory=dict)
-    ready: bool = False  # something to take (the shell's writer should wake)
-    write_started: float | None = None
-    closed: bool = False
 
 
 class Hub:

@@ -34,14 +34,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from .topics import matches
 
-if TYPE_CHECKING:
-    from .hub import Subscriber
-
-__all__ = ["Group", "GroupKey", "Member", "OutboxStats", "TickRecord"]
+__all__ = [
+    "Group", "GroupKey", "Member", "OutboxStats", "Subscriber", "Subscription", "TickRecord",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +124,32 @@ class Member:
         self.group = group
         self.cursor = 0
         self.joined = False  # False until the member's initial state was built
+
+
+# A subscriber's subscriptions hold members and every member points at its subscriber:
+# the three live in one module (hub.py re-exports them), so no two modules import
+# each other.
+
+
+@dataclass(slots=True)
+class Subscription:
+    id: str
+    filters: tuple[str, ...]
+    rate_hz: float
+    members: list[Member]
+
+
+@dataclass(eq=False, slots=True)
+class Subscriber:
+    """One connection's view of the hub. ``grants`` None means every topic."""
+
+    id: int
+    grants: tuple[str, ...] | None
+    subs: dict[str, Subscription] = field(default_factory=dict)
+    #: resume positions of the current epoch, consulted when a member joins
+    positions: dict[str, int] = field(default_factory=dict)
+    #: personal catch-up asked for after joining: topic -> base (None: snapshot)
+    resync: dict[str, int | None] = field(default_factory=dict)
+    ready: bool = False  # something to take (the shell's writer should wake)
+    write_started: float | None = None
+    closed: bool = False

@@ -1,0 +1,1 @@
+"""The serving side: listeners, HTTP, WebSocket and SSE streams, and the fan-out."""

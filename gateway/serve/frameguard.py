@@ -1,4 +1,6 @@
-"""A wsproto extension that is never negotiated: it sees every inbound frame header
+"""Inbound WebSocket frame headers checked before their payload arrives.
+
+A wsproto extension that is never negotiated: it sees every inbound frame header
 before any payload arrives, so the session can refuse a frame announcing more than the
 message limit at once (close 1009, without waiting for a payload that may never come),
 and knows when a frame has started and not finished (the message deadline)."""

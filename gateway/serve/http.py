@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import mimetypes
 import socket
 import urllib.parse
@@ -22,10 +23,16 @@ from pathlib import Path
 
 import h11
 import orjson
+import trio
 
 from .sockio import Outbound, recv_some
 
-__all__ = ["HttpError", "Request", "read_request", "respond", "static_file", "websocket_accept"]
+__all__ = [
+    "HttpError", "Request", "read_request", "respond", "static_file", "try_respond",
+    "websocket_accept",
+]  # fmt: skip
+
+log = logging.getLogger("gateway.server")
 
 MAX_HEADER_BYTES = 16 * 1024
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -128,6 +135,19 @@ async def respond(
     data += conn.send(h11.EndOfMessage()) or b""
     out.send([data])
     await out.drain()
+
+
+async def try_respond(out: Outbound, conn: h11.Connection, status: int, message: str) -> None:
+    """A refusal, sent if the peer takes it within 2 s (then the connection closes)."""
+    try:
+        with trio.move_on_after(2.0):
+            await respond(
+                out, conn, status, message.encode() + b"\n", headers=[(b"connection", b"close")]
+            )
+    except (OSError, h11.LocalProtocolError):
+        pass
+    except Exception as err:
+        log.debug("could not send %d: %r", status, err)
 
 
 async def respond_raw_error(out: Outbound, status: int, message: str) -> None:

@@ -1,33 +1,73 @@
-"""What every stream to a screen shares, WebSocket or Server-Sent Events: the ordered
-writes to its socket, the one task that waits while the socket is full (and tells the
-hub, whose slow-screen policy times it), the disconnect reason, and the pump the tick
-loop calls."""
+"""A stream to a screen (WebSocket or SSE), and the narrow context it is given.
+
+What every stream shares, WebSocket or Server-Sent Events: the ordered writes to its
+socket, the one task that waits while the socket is full (and tells the hub, whose
+slow-screen policy times it), the disconnect reason, and the pump the tick loop calls.
+``SessionContext`` is all a session may use of the rest of the gateway."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import trio
 
-from ..core.hub import Subscriber
+from ..auth import Authenticator
+from ..clock import Clock
+from ..config import ServerConfig
+from ..core.hub import Hub, Subscriber
+from ..core.protocol import ClientMessage
+from ..core.state import JsonValue, StateStore
+from ..log import RateLimitedLog
 from .sockio import Outbound, SendFailed
+from .stats import ServerStats
 
-if TYPE_CHECKING:
-    import socket
+__all__ = ["SessionContext", "StreamSession"]
 
-    from .server import Server
 
-__all__ = ["StreamSession"]
+@dataclass(frozen=True, slots=True, eq=False)
+class SessionContext:
+    """Everything a session may use of the gateway, and nothing else: settings, the
+    hub and store it serves from, counters, the tick's shared framing, the decoder,
+    and the registry the tick and sweep loops find it in."""
+
+    cfg: ServerConfig
+    hub: Hub
+    store: StateStore  # the epoch, and SSE's resume point (which topics changed since)
+    clock: Clock
+    auth: Authenticator  # the in-band 'auth' message
+    stats: ServerStats
+    log: RateLimitedLog
+    welcome_limits: Mapping[str, JsonValue]
+    decode: Callable[[str], ClientMessage]
+    #: a frame as a WebSocket text frame (deflated if asked), built once per tick
+    framed: Callable[[bytes, bool], bytes]
+    #: a frame as an SSE event, built once per tick
+    sse_event: Callable[[bytes], bytes]
+    #: the tick loop pumps attached sessions; attach once the session has a subscriber
+    attach: Callable[[StreamSession], None]
+    #: the session is gone: out of the registry, its disconnect reason counted
+    detach: Callable[[StreamSession], None]
 
 
 class StreamSession:
     __slots__ = (
-        "_drain_done", "_draining", "_nursery", "_read_scope", "closing", "ip", "out",
-        "reason", "server", "sock", "sub",
+        "_drain_done",
+        "_draining",
+        "_nursery",
+        "_read_scope",
+        "closing",
+        "ctx",
+        "ip",
+        "out",
+        "reason",
+        "sock",
+        "sub",
     )  # fmt: skip
 
-    def __init__(self, server: Server, sock: socket.socket, out: Outbound, ip: str) -> None:
-        self.server = server
+    def __init__(self, ctx: SessionContext, sock: socket.socket, out: Outbound, ip: str) -> None:
+        self.ctx = ctx
         self.sock = sock
         self.out = out
         self.ip = ip
@@ -63,7 +103,7 @@ class StreamSession:
         self._set_reason(reason)
         self.closing = True
         if self.sub is not None:
-            self.server.hub.disconnect(self.sub)
+            self.ctx.hub.disconnect(self.sub)
         self._read_scope.cancel()
 
     def _write(self, chunks: list[bytes]) -> bool:
@@ -79,7 +119,7 @@ class StreamSession:
         return done
 
     def _send_failed(self, err: SendFailed) -> None:
-        self.server.stats.send_failure(err.reason)
+        self.ctx.stats.send_failure(err.reason)
         self.abort("client_gone" if err.reason == "peer_gone" else "error")
 
     def _start_drain(self) -> None:
@@ -87,7 +127,7 @@ class StreamSession:
             self._draining = True
             self._drain_done = trio.Event()
             if self.sub is not None:
-                self.server.hub.write_begun(self.sub, self.server.clock.mono())
+                self.ctx.hub.write_begun(self.sub, self.ctx.clock.mono())
             self._nursery.start_soon(self._drain)
 
     async def _drain(self) -> None:
@@ -100,7 +140,7 @@ class StreamSession:
             self._draining = False
             self._drain_done.set()
         if self.sub is not None:
-            self.server.hub.write_done(self.sub, self.server.clock.mono())
+            self.ctx.hub.write_done(self.sub, self.ctx.clock.mono())
         self.pump()
 
     async def _flush(self) -> None:
@@ -109,5 +149,5 @@ class StreamSession:
         if self.out.idle:
             return
         self._start_drain()
-        with trio.move_on_after(self.server.cfg.server.close_timeout_s):
+        with trio.move_on_after(self.ctx.cfg.close_timeout_s):
             await self._drain_done.wait()

@@ -1,5 +1,6 @@
-"""Server-Sent Events at ``/sse``: the same snapshot and delta messages as ``/ws`` for
-networks that block WebSocket.
+"""One Server-Sent Events stream at ``/sse``.
+
+The same snapshot and delta messages as ``/ws``, for networks that block WebSocket.
 
     GET /sse?filter=site/%23&filter=plant/+/temp&rate=5[&access_token=...]
     Accept: text/event-stream
@@ -30,13 +31,12 @@ from ..auth import Identity
 from ..core.protocol import Resume, Subscribe, Welcome, encode
 from ..core.topics import TopicError, matches, validate_filter
 from .http import HttpError
-from .session import StreamSession
+from .session import SessionContext, StreamSession
 from .sockio import Outbound, SendFailed, recv_some
 
 if TYPE_CHECKING:
     import socket
 
-    from .server import Server
 
 __all__ = ["SseRequest", "SseSession", "parse_sse_request"]
 
@@ -101,37 +101,37 @@ class SseSession(StreamSession):
 
     def __init__(
         self,
-        server: Server,
+        ctx: SessionContext,
         sock: socket.socket,
         out: Outbound,
         ip: str,
         identity: Identity,
         request: SseRequest,
     ) -> None:
-        super().__init__(server, sock, out, ip)
+        super().__init__(ctx, sock, out, ip)
         self.identity = identity
         self.request = request
-        self._last_write = server.clock.mono()
+        self._last_write = ctx.clock.mono()
 
     async def run(self) -> None:
-        srv = self.server
-        hub = srv.hub
+        ctx = self.ctx
+        hub = ctx.hub
         sub = self.sub = hub.connect(self.identity.grants)
         req = self.request
         welcome = Welcome(
-            srv.store.epoch,
-            srv.clock.wall(),
-            srv.cfg.server.heartbeat_s,
+            ctx.store.epoch,
+            ctx.clock.wall(),
+            ctx.cfg.heartbeat_s,
             False,
-            srv.welcome_limits,
+            ctx.welcome_limits,
         )
         events = [HEAD, self._event(encode(welcome))]
         positions = self._resume_positions()
         if positions:
-            hub.resume(sub, Resume(srv.store.epoch, positions))
+            hub.resume(sub, Resume(ctx.store.epoch, positions))
         reply = hub.subscribe(sub, Subscribe("sse", req.filters, req.rate_hz))
         events.append(self._event(encode(reply)))
-        srv.attach(self)
+        ctx.attach(self)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -149,7 +149,7 @@ class SseSession(StreamSession):
         finally:
             self._set_reason("error")
             hub.disconnect(sub)
-            srv.detach(self)
+            ctx.detach(self)
 
     def _resume_positions(self) -> dict[str, int]:
         """What an EventSource reconnecting with ``Last-Event-ID`` holds: within the
@@ -158,7 +158,7 @@ class SseSession(StreamSession):
         if not last:
             return {}
         epoch, _, count = last.partition(":")
-        store = self.server.store
+        store = self.ctx.store
         if epoch != store.epoch or not count.isdigit():
             return {}  # another epoch (or garbage): snapshots of everything
         upto = int(count)
@@ -190,25 +190,25 @@ class SseSession(StreamSession):
     # -- writing -----------------------------------------------------------------------
 
     def _write(self, chunks: list[bytes]) -> bool:
-        self._last_write = self.server.clock.mono()  # for the heartbeat comments
+        self._last_write = self.ctx.clock.mono()  # for the heartbeat comments
         return super()._write(chunks)
 
     def pump(self, now: float | None = None) -> None:
         sub = self.sub
         if sub is None or self.closing or self.out.queue:
             return
-        srv = self.server
+        ctx = self.ctx
         if now is None:
-            now = srv.clock.mono()
+            now = ctx.clock.mono()
         chunks: list[bytes] = []
         while sub.ready:
-            frames = srv.hub.take(sub, now)
+            frames = ctx.hub.take(sub, now)
             if not frames:
                 break
-            srv.stats.frames_sent += len(frames)
-            chunks += (srv.sse_event(f) for f in frames)
+            ctx.stats.frames_sent += len(frames)
+            chunks += (ctx.sse_event(f) for f in frames)
         if chunks:
-            mark = f"{srv.store.epoch}:{srv.hub.sent_upto(sub)}".encode()
+            mark = f"{ctx.store.epoch}:{ctx.hub.sent_upto(sub)}".encode()
             chunks.append(b"id: " + mark + b"\n\n")  # an empty event carrying the id
             self._write(chunks)
 
@@ -220,7 +220,7 @@ class SseSession(StreamSession):
         expires = self.identity.expires_at
         if expires is not None and wall > expires:
             self.close(4001, "token expired", "auth")
-        elif now - self._last_write >= self.server.cfg.server.heartbeat_s and self.out.idle:
+        elif now - self._last_write >= self.ctx.cfg.heartbeat_s and self.out.idle:
             self._write([HEARTBEAT])
 
     def close(self, code: int, text: str, reason: str) -> None:
@@ -229,7 +229,7 @@ class SseSession(StreamSession):
             return
         self._set_reason(reason)
         if self.sub is not None:
-            self.server.hub.disconnect(self.sub)
+            self.ctx.hub.disconnect(self.sub)
         msg = orjson.dumps({"type": "close", "code": code, "reason": text})
         if self.out.idle:
             self._write([self._event(msg)])

@@ -48,13 +48,12 @@ from ..core.protocol import (
 )
 from .deflate import BoundedDeflate
 from .frameguard import FrameGuard
-from .session import StreamSession
+from .session import SessionContext, StreamSession
 from .sockio import Outbound, SendFailed, recv_some, text_frame_header
 
 if TYPE_CHECKING:
     import socket
 
-    from .server import Server
 
 __all__ = ["WsSession"]
 
@@ -83,7 +82,7 @@ class WsSession(StreamSession):
 
     def __init__(
         self,
-        server: Server,
+        ctx: SessionContext,
         sock: socket.socket,
         out: Outbound,
         ip: str,
@@ -91,16 +90,16 @@ class WsSession(StreamSession):
         trailing: bytes,
         deflate: BoundedDeflate | None = None,
     ) -> None:
-        super().__init__(server, sock, out, ip)
+        super().__init__(ctx, sock, out, ip)
         self.identity = identity
         # wsproto inflates what the client compresses; our frames are deflated by
-        # Server.framed, once per frame for every screen (gateway/serve/deflate.py)
-        self.guard = FrameGuard(server.cfg.server.max_message_bytes)
+        # FanOut.framed, once per frame for every screen (gateway/serve/deflate.py)
+        self.guard = FrameGuard(ctx.cfg.max_message_bytes)
         extensions: list[Extension] = [self.guard, deflate] if deflate else [self.guard]
         self.ws = Connection(ConnectionType.SERVER, extensions=extensions)
         self.partial_since: float | None = None  # a message begun and not finished
         self.compressed = deflate is not None
-        now = server.clock.mono()
+        now = ctx.clock.mono()
         self.opened_at = now
         self.last_rx = now
         self.ping_sent_at: float | None = None
@@ -108,23 +107,23 @@ class WsSession(StreamSession):
         self._trailing = trailing
         self._parts: list[str] = []
         self._size = 0
-        self._tokens = float(server.cfg.server.message_burst)
+        self._tokens = float(ctx.cfg.message_burst)
         self._tokens_at = now
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self) -> None:
-        srv = self.server
+        ctx = self.ctx
         if self.identity is not None:
-            self.sub = srv.hub.connect(self.identity.grants)
-            srv.attach(self)
+            self.sub = ctx.hub.connect(self.identity.grants)
+            ctx.attach(self)
         self._send_control(
             Welcome(
-                srv.store.epoch,
-                srv.clock.wall(),
-                srv.cfg.server.heartbeat_s,
+                ctx.store.epoch,
+                ctx.clock.wall(),
+                ctx.cfg.heartbeat_s,
                 self.identity is None,
-                srv.welcome_limits,
+                ctx.welcome_limits,
             )
         )
         try:
@@ -165,15 +164,15 @@ class WsSession(StreamSession):
             if not data:
                 self._set_reason("client_close" if self.closing else "client_gone")
                 return
-            self.last_rx = self.server.clock.mono()
+            self.last_rx = self.ctx.clock.mono()
             self.ping_sent_at = None
             self._receive(data)
 
     def _detach(self) -> None:
         self._set_reason("error")
         if self.sub is not None:
-            self.server.hub.disconnect(self.sub)
-        self.server.detach(self)
+            self.ctx.hub.disconnect(self.sub)
+        self.ctx.detach(self)
 
     def close(self, code: int, text: str, reason: str) -> None:
         """Send a close frame and give the peer ``close_timeout_s`` to answer."""
@@ -182,12 +181,12 @@ class WsSession(StreamSession):
         self.closing = True
         self._set_reason(reason)
         if self.sub is not None:
-            self.server.hub.disconnect(self.sub)  # no frames after the close frame
+            self.ctx.hub.disconnect(self.sub)  # no frames after the close frame
         if self.ws.state is ConnectionState.OPEN:
             self._write([self.ws.send(CloseConnection(code, text[:120]))])
         self._read_scope.deadline = min(
             self._read_scope.deadline,
-            trio.current_time() + self.server.cfg.server.close_timeout_s,
+            trio.current_time() + self.ctx.cfg.close_timeout_s,
         )
 
     # -- writing ---------------------------------------------------------------------
@@ -201,23 +200,23 @@ class WsSession(StreamSession):
         sub = self.sub
         if sub is None or self.closing or self.out.queue:
             return
-        srv = self.server
-        hub = srv.hub
+        ctx = self.ctx
+        hub = ctx.hub
         if now is None:
-            now = srv.clock.mono()
+            now = ctx.clock.mono()
         while sub.ready:
             frames = hub.take(sub, now)
             if not frames:
                 return
-            srv.stats.frames_sent += len(frames)
+            ctx.stats.frames_sent += len(frames)
             try:
                 if self.compressed:
                     if len(frames) == 1:
-                        done = self.out.send_one(srv.framed(frames[0], True))
+                        done = self.out.send_one(ctx.framed(frames[0], True))
                     else:
-                        done = self.out.send([srv.framed(f, True) for f in frames])
+                        done = self.out.send([ctx.framed(f, True) for f in frames])
                 elif len(frames) == 1 and len(frames[0]) <= _COPY_LIMIT:
-                    done = self.out.send_one(srv.framed(frames[0]))  # the fan-out fast path
+                    done = self.out.send_one(ctx.framed(frames[0], False))  # the fan-out fast path
                 else:
                     # Large frames (join snapshots above all) go out as header + frame
                     # in one sendmsg: framing them by concatenation would hold a second
@@ -243,18 +242,18 @@ class WsSession(StreamSession):
                 return
         if self.guard.in_frame or self._parts:
             if self.partial_since is None:
-                self.partial_since = self.server.clock.mono()
+                self.partial_since = self.ctx.clock.mono()
         else:
             self.partial_since = None
 
     def _on_event(self, event: Event) -> None:
-        limit = self.server.cfg.server.max_message_bytes
+        limit = self.ctx.cfg.max_message_bytes
         if isinstance(event, TextMessage):
             if self.closing:
                 return
             self._size += len(event.data.encode("utf-8", "surrogatepass"))
             if self._size > limit:
-                self.server.stats.inbound_rejected["too_big"] += 1
+                self.ctx.stats.inbound_rejected["too_big"] += 1
                 self.close(1009, f"messages are limited to {limit} bytes", "limit")
                 return
             self._parts.append(event.data)
@@ -264,7 +263,7 @@ class WsSession(StreamSession):
                 self._size = 0
                 self._on_message(text)
         elif isinstance(event, BytesMessage):
-            self.server.stats.inbound_rejected["binary"] += 1
+            self.ctx.stats.inbound_rejected["binary"] += 1
             self.close(1003, "binary messages are not supported; send JSON text", "protocol")
         elif isinstance(event, Ping):
             if self.ws.state is ConnectionState.OPEN:
@@ -278,44 +277,44 @@ class WsSession(StreamSession):
             elif self.ws.state is ConnectionState.CLOSED:
                 pass  # the answer to our own close frame
             else:  # wsproto could not parse a frame: answer with its code
-                self.server.stats.inbound_rejected["bad_frame"] += 1
+                self.ctx.stats.inbound_rejected["bad_frame"] += 1
                 self.close(event.code, event.reason or "protocol error", "protocol")
 
     def _on_message(self, text: str) -> None:
-        srv = self.server
-        now = srv.clock.mono()
-        cfg = srv.cfg.server
+        ctx = self.ctx
+        now = ctx.clock.mono()
+        cfg = ctx.cfg
         self._tokens = min(
             float(cfg.message_burst), self._tokens + (now - self._tokens_at) * cfg.messages_per_s
         )
         self._tokens_at = now
         if self._tokens < 1:
-            srv.stats.inbound_rejected["rate"] += 1
+            ctx.stats.inbound_rejected["rate"] += 1
             self.close(4029, f"more than {cfg.messages_per_s:g} messages per second", "limit")
             return
         self._tokens -= 1
         try:
-            msg = srv.decode(text)
+            msg = ctx.decode(text)
             self._dispatch(msg)
         except ProtocolError as err:
             self._error(err.code, err.message, err.ref)
 
     def _error(self, code: str, message: str, ref: str | None = None) -> None:
-        srv = self.server
-        srv.stats.inbound_rejected[code] += 1
+        ctx = self.ctx
+        ctx.stats.inbound_rejected[code] += 1
         # the code only: the reply's message may quote what the client sent, and logs
         # never carry message bodies (docs/security.md)
-        srv.log.limited("protocol_error", "client %s: message refused: %s", self.ip, code)
+        ctx.log.limited("protocol_error", "client %s: message refused: %s", self.ip, code)
         self.errors += 1
-        if self.errors > srv.cfg.server.max_protocol_errors:
+        if self.errors > ctx.cfg.max_protocol_errors:
             self.close(4400, "too many protocol errors", "protocol")
             return
         self._send_control(Error(code, message, ref))
 
     def _dispatch(self, msg: ClientMessage) -> None:
-        srv = self.server
+        ctx = self.ctx
         if isinstance(msg, AppPing):
-            self._send_control(AppPong(msg.id, srv.clock.wall()))
+            self._send_control(AppPong(msg.id, ctx.clock.wall()))
             return
         if isinstance(msg, Auth):
             self._authenticate(msg.token)
@@ -323,7 +322,7 @@ class WsSession(StreamSession):
         sub = self.sub
         if sub is None:
             raise ProtocolError("unauthorized", "send 'auth' with a token first")
-        hub = srv.hub
+        hub = ctx.hub
         reply: Ack | Error
         if isinstance(msg, Subscribe):
             reply = hub.subscribe(sub, msg)
@@ -340,26 +339,26 @@ class WsSession(StreamSession):
         self.pump()
 
     def _authenticate(self, token: str) -> None:
-        srv = self.server
+        ctx = self.ctx
         if self.identity is not None:
             raise ProtocolError("bad_message", "this connection is authenticated already")
         try:
-            identity = srv.auth.verify(token, srv.clock.wall())
+            identity = ctx.auth.verify(token, ctx.clock.wall())
         except AuthError as err:
-            srv.stats.auth_failures[err.reason] += 1
+            ctx.stats.auth_failures[err.reason] += 1
             self.close(4001, err.message, "auth")
             return
         self.identity = identity
-        self.sub = srv.hub.connect(identity.grants)
-        srv.attach(self)
+        self.sub = ctx.hub.connect(identity.grants)
+        ctx.attach(self)
         self._send_control(Ack("auth"))
 
-    # -- timers (called by the server's sweep) --------------------------------------------
+    # -- timers (called by the sweep loop, fanout.py) ----------------------------------------
 
     def check_timers(self, now: float, wall: float) -> None:
         if self.closing:
             return
-        cfg = self.server.cfg.server
+        cfg = self.ctx.cfg
         if self.identity is None:
             if now - self.opened_at > cfg.auth_timeout_s:
                 self.close(4002, "authentication deadline passed", "auth")
@@ -369,7 +368,7 @@ class WsSession(StreamSession):
             self.close(4001, "token expired", "auth")
             return
         if self.partial_since is not None and now - self.partial_since > cfg.message_timeout_s:
-            self.server.stats.inbound_rejected["incomplete"] += 1
+            self.ctx.stats.inbound_rejected["incomplete"] += 1
             self.close(1008, "a message must arrive whole within message_timeout_s", "protocol")
             return
         if cfg.idle_timeout_s and now - self.last_rx > cfg.idle_timeout_s:

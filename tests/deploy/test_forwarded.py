@@ -9,7 +9,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import ConfigError, load_config
-from gateway.serve.server import forwarded_for
+from gateway.serve.admission import forwarded_for
 from tests.serve.rawws import RawWs
 
 TRUSTED = frozenset({"127.0.0.1", "10.0.0.254"})

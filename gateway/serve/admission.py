@@ -1,0 +1,206 @@
+"""Admission: who may connect, and who may open a stream.
+
+The listening sockets and the accept loop, the connection limits (total, per address,
+new per second), the client's address behind trusted proxies, the Origin rule, the
+token, and the checks a stream passes before it opens."""
+
+from __future__ import annotations
+
+import collections
+import errno
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import h11
+import trio
+
+from ..auth import Authenticator, AuthError, Identity, extract_token
+from ..clock import Clock
+from ..config import ServerConfig
+from ..log import RateLimitedLog
+from .http import HttpError, Request, try_respond
+from .sockio import Outbound
+from .stats import ServerStats
+
+__all__ = ["Admission", "accept_loop", "forwarded_for", "listen"]
+
+_T = TypeVar("_T")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise OSError(err.errno, f"cannot listen on {host}:{port}: {err.strerror}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def accept_loop(
+    listener: socket.socket,
+    nursery: trio.Nursery,
+    handler: Callable[[socket.socket, str], Awaitable[None]],
+    send_buffer_bytes: int,
+    rlog: RateLimitedLog,
+) -> None:
+    """Accept everything pending at each wake-up; one ``handler`` task per socket."""
+    while True:
+        await trio.lowlevel.wait_readable(listener)
+        while True:
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as err:
+                if err.errno == errno.ECONNABORTED:
+                    continue
+                # EMFILE, ENFILE, ENOBUFS, ENOMEM and anything else: back off, go on
+                rlog.limited("accept", "accept failed: %s; pausing 100 ms", err)
+                await trio.sleep(0.1)
+                break
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if send_buffer_bytes:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
+            nursery.start_soon(handler, sock, addr[0])
+
+
+def forwarded_for(header: bytes | None, peer: str, trusted: frozenset[str]) -> str:
+    """The client's address behind trusted proxies: the rightmost X-Forwarded-For entry
+    that is not itself a trusted proxy (entries further left could be forged by the
+    client); the peer's own address when the header is missing or malformed."""
+    if not header:
+        return peer
+    for part in reversed(header.decode("latin-1").split(",")):
+        candidate = part.strip()
+        try:
+            ipaddress.ip_address(candidate)
+        except ValueError:
+            return peer
+        if candidate not in trusted:
+            return candidate
+    return peer
+
+
+class Admission:
+    """The public listener's limits and the checks every stream passes."""
+
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        auth: Authenticator,
+        clock: Clock,
+        stats: ServerStats,
+        rlog: RateLimitedLog,
+    ) -> None:
+        self.cfg = cfg
+        self.auth = auth
+        self.clock = clock
+        self.stats = stats
+        self.log = rlog
+        self.open = 0  # public connections counted against max_connections
+        self.per_ip: collections.Counter[str] = collections.Counter()
+        self.trusted_proxies = frozenset(cfg.trusted_proxies)
+        self._accept_bucket = (float(cfg.max_new_connections_per_s), 0.0)  # (tokens, when)
+
+    # -- connection limits -----------------------------------------------------------------
+
+    def refusal(self, ip: str, proxied: bool) -> str | None:
+        """Which limit a new public connection from ``ip`` exceeds, if any (the
+        per-address limit waits for X-Forwarded-For when ``proxied``)."""
+        cfg = self.cfg
+        if self.open >= cfg.max_connections:
+            return "total"
+        if not proxied and self.per_ip[ip] >= cfg.max_connections_per_ip:
+            return "per_ip"
+        if not self._accept_rate_ok():
+            return "rate"
+        return None
+
+    def per_ip_full(self, ip: str) -> bool:
+        return self.per_ip[ip] >= self.cfg.max_connections_per_ip
+
+    def hold_ip(self, ip: str) -> None:
+        self.per_ip[ip] += 1
+
+    def release_ip(self, ip: str) -> None:
+        self.per_ip[ip] -= 1
+        if not self.per_ip[ip]:
+            del self.per_ip[ip]
+
+    def _accept_rate_ok(self) -> bool:
+        """Token bucket on new public connections (``max_new_connections_per_s``)."""
+        rate = self.cfg.max_new_connections_per_s
+        if not rate:
+            return True
+        now = self.clock.mono()
+        tokens, at = self._accept_bucket
+        tokens = min(rate, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._accept_bucket = (tokens, now)
+            return False
+        self._accept_bucket = (tokens - 1.0, now)
+        return True
+
+    # -- who is asking -----------------------------------------------------------------------
+
+    def identity(self, req: Request) -> Identity | None:
+        token = extract_token(req.headers, req.target)
+        if token is not None:
+            return self.auth.verify(token, self.clock.wall())
+        if not self.auth.required:
+            return self.auth.verify("", self.clock.wall())
+        return None  # must send an 'auth' message before the auth deadline
+
+    def origin_allowed(self, req: Request) -> bool:
+        sc = self.cfg
+        origin = req.header(b"origin")
+        if origin is None:
+            return sc.allow_missing_origin
+        text = origin.decode("ascii", "replace")
+        if "*" in sc.allowed_origins or text in sc.allowed_origins:
+            return True
+        host = req.header(b"host")
+        if host is not None and text in (
+            f"http://{host.decode('ascii', 'replace')}",
+            f"https://{host.decode('ascii', 'replace')}",
+        ):
+            return True
+        scheme, _, rest = text.partition("://")
+        hostname = rest.rsplit(":", 1)[0] if not rest.startswith("[") else rest.split("]")[0] + "]"
+        return scheme in ("http", "https") and hostname in ("localhost", "127.0.0.1", "[::1]")
+
+    async def admit(
+        self,
+        out: Outbound,
+        conn: h11.Connection,
+        req: Request,
+        ip: str,
+        what: str,
+        prepare: Callable[[Identity | None], _T],
+    ) -> _T | None:
+        """The checks every stream passes before it opens (Origin, then the token and
+        the endpoint's own, in ``prepare``); each refusal answered and counted."""
+        stats = self.stats
+        if not self.origin_allowed(req):
+            stats.handshake_rejected["origin"] += 1
+            self.log.limited("origin", "refused %s from %s: Origin not allowed", what, ip)
+            await try_respond(out, conn, 403, "Origin not allowed")
+            return None
+        try:
+            return prepare(self.identity(req))
+        except AuthError as err:
+            stats.auth_failures[err.reason] += 1
+            stats.handshake_rejected["auth"] += 1
+            await try_respond(out, conn, 401, err.message)
+        except HttpError as err:
+            stats.handshake_rejected[err.reason] += 1
+            await try_respond(out, conn, err.status, err.message)
+        return None

@@ -1,0 +1,222 @@
+"""One accepted connection, from its first byte to the session it becomes.
+
+Its place under the connection limits, its HTTP requests (keep-alive), and the
+hand-off of ``/ws`` and ``/sse`` to a session."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable
+
+import h11
+import trio
+
+from ..auth import AuthError, Identity
+from ..config import Config
+from .admission import Admission, forwarded_for
+from .deflate import negotiate
+from .fanout import FanOut
+from .http import (
+    HttpError,
+    Request,
+    new_connection,
+    read_request,
+    respond_raw_error,
+    try_respond,
+    websocket_accept,
+)
+from .routes import Routes
+from .session import SessionContext
+from .sockio import Outbound, close_socket
+from .sse import SseRequest, SseSession, parse_sse_request
+from .stats import ServerStats
+from .ws import WsSession
+
+__all__ = ["SUBPROTOCOLS", "Connections"]
+
+log = logging.getLogger("gateway.server")
+
+SUBPROTOCOLS = ("telemetry.v1",)
+
+
+class Connections:
+    """The handler of every accepted socket, public or admin."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        stats: ServerStats,
+        admission: Admission,
+        routes: Routes,
+        fanout: FanOut,
+        session_ctx: SessionContext,
+    ) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self.admission = admission
+        self.routes = routes
+        self.fanout = fanout
+        self.session_ctx = session_ctx
+        #: plain-HTTP connections, cancelled at shutdown (streams close gracefully)
+        self._http_scopes: set[trio.CancelScope] = set()
+
+    def cancel_plain_http(self) -> None:
+        for scope in list(self._http_scopes):
+            scope.cancel()
+
+    async def handle_public(self, sock: socket.socket, ip: str) -> None:
+        await self._contained(self._http_connection(sock, ip, public=True))
+
+    async def handle_admin(self, sock: socket.socket, ip: str) -> None:
+        await self._contained(self._http_connection(sock, ip, public=False))
+
+    async def _contained(self, handler: Awaitable[None]) -> None:
+        """One connection's failure is logged and counted, never the server's."""
+        try:
+            await handler
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("connection handler failed (the server goes on)")
+
+    async def _http_connection(self, sock: socket.socket, ip: str, *, public: bool) -> None:
+        sc = self.cfg.server
+        out = Outbound(sock, self.stats)
+        counted = False
+        per_ip_key: str | None = None  # the address counted against max_connections_per_ip
+        admission = self.admission
+        proxied = public and ip in admission.trusted_proxies
+        scope = trio.CancelScope()
+        self._http_scopes.add(scope)
+        try:
+            with scope:
+                if public:
+                    which = admission.refusal(ip, proxied)
+                    if which is not None:
+                        self.stats.handshake_rejected[f"limit_{which}"] += 1
+                        with trio.move_on_after(sc.close_timeout_s):
+                            await respond_raw_error(out, 503, f"connection limit ({which}) reached")
+                        return
+                    admission.open += 1
+                    counted = True
+                    if not proxied:  # behind a trusted proxy: the client's, once known
+                        per_ip_key = ip
+                        admission.hold_ip(ip)
+                conn = new_connection()
+                for _ in range(100):  # keep-alive: at most 100 requests per connection
+                    with trio.move_on_after(sc.handshake_timeout_s) as deadline:
+                        try:
+                            req = await read_request(sock, conn)
+                        except HttpError as err:
+                            self.stats.handshake_rejected[err.reason] += 1
+                            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                                await try_respond(out, conn, err.status, err.message)
+                            return
+                        except OSError:
+                            return
+                    if deadline.cancelled_caught:
+                        self.stats.handshake_rejected["timeout"] += 1
+                        return
+                    if req is None:
+                        return
+                    if proxied and per_ip_key is None:
+                        ip = forwarded_for(
+                            req.header(b"x-forwarded-for"), ip, admission.trusted_proxies
+                        )
+                        if admission.per_ip_full(ip):
+                            self.stats.handshake_rejected["limit_per_ip"] += 1
+                            await try_respond(out, conn, 503, "connection limit (per_ip) reached")
+                            return
+                        per_ip_key = ip
+                        admission.hold_ip(ip)
+                    if public and req.path == "/ws":
+                        self._http_scopes.discard(scope)  # sessions close gracefully instead
+                        session = await self._upgrade(sock, out, conn, req, ip)
+                        # the HTTP state is done with: an idle connection must not
+                        # keep the parser's buffers and the request headers alive
+                        del conn, req
+                        if session is not None:
+                            await session.run()
+                        return
+                    if public and req.path == "/sse":
+                        self._http_scopes.discard(scope)
+                        stream = await self._event_stream(sock, out, conn, req, ip)
+                        del conn, req
+                        if stream is not None:
+                            await stream.run()
+                        return
+                    try:
+                        await self.routes.route(out, conn, req, public)
+                    except OSError:
+                        return
+                    if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                        return
+                    try:
+                        conn.start_next_cycle()
+                    except h11.LocalProtocolError:
+                        return
+        finally:
+            self._http_scopes.discard(scope)
+            if counted:
+                admission.open -= 1
+            if per_ip_key is not None:
+                admission.release_ip(per_ip_key)
+            close_socket(sock)
+
+    async def _event_stream(
+        self,
+        sock: socket.socket,
+        out: Outbound,
+        conn: h11.Connection,
+        req: Request,
+        ip: str,
+    ) -> SseSession | None:
+        """``/sse``: the same checks as the WebSocket upgrade, then an event stream."""
+
+        def prepare(identity: Identity | None) -> tuple[Identity, SseRequest]:
+            if identity is None:  # no auth message on a one-way stream
+                raise AuthError("malformed", "a token is required (header or access_token)")
+            limit = self.cfg.state.max_topic_bytes
+            return identity, parse_sse_request(req.target, req.header(b"last-event-id"), limit)
+
+        admitted = await self.admission.admit(out, conn, req, ip, "event stream", prepare)
+        if admitted is None:
+            return None
+        identity, sse_req = admitted
+        session = SseSession(self.session_ctx, sock, out, ip, identity, sse_req)
+        self.fanout.register(session)
+        return session
+
+    async def _upgrade(
+        self,
+        sock: socket.socket,
+        out: Outbound,
+        conn: h11.Connection,
+        req: Request,
+        ip: str,
+    ) -> WsSession | None:
+        if not req.wants_websocket:
+            self.stats.handshake_rejected["not_websocket"] += 1
+            await try_respond(out, conn, 426, "this endpoint speaks WebSocket only")
+            return None
+        admitted = await self.admission.admit(
+            out, conn, req, ip, "WebSocket", lambda i: (i, websocket_accept(req, SUBPROTOCOLS))
+        )
+        if admitted is None:
+            return None
+        identity, headers = admitted
+        deflate = None
+        if self.cfg.server.compression:
+            offer = req.header(b"sec-websocket-extensions")
+            negotiated = negotiate(offer, self.cfg.server.max_message_bytes)
+            if negotiated is not None:
+                answer, deflate = negotiated
+                headers.append((b"sec-websocket-extensions", answer))
+        data = conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
+        trailing, _closed = conn.trailing_data
+        session = WsSession(self.session_ctx, sock, out, ip, identity, bytes(trailing), deflate)
+        if not out.send([data]):
+            with trio.move_on_after(self.cfg.server.handshake_timeout_s):
+                await out.drain()
+        self.fanout.register(session)
+        return session

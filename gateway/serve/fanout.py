@@ -1,0 +1,215 @@
+"""The fan-out: which sessions exist, and the loops that feed and police them.
+
+The session registry, the tick loop that pumps due frames into every session, the
+sweep loop (slow screens, timers, stale topics), and the per-tick framing caches that
+build each shared frame once for every screen."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+
+from ..clock import Clock
+from ..config import ServerConfig
+from ..core.hub import Hub
+from ..core.state import StateStore
+from ..log import RateLimitedLog
+from ..metrics import Metrics
+from .deflate import deflate_frame
+from .session import StreamSession
+from .sockio import text_frame_header
+from .stats import ServerStats
+
+__all__ = ["SWEEP_INTERVAL_S", "FanOut"]
+
+log = logging.getLogger("gateway.server")
+
+SWEEP_INTERVAL_S = 0.5
+
+
+class FanOut:
+    """Every open stream, and the loops that feed and police them."""
+
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        store: StateStore,
+        hub: Hub,
+        clock: Clock,
+        stats: ServerStats,
+        rlog: RateLimitedLog,
+        metrics: Metrics | None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.hub = hub
+        self.clock = clock
+        self.stats = stats
+        self.log = rlog
+        self.metrics = metrics
+        self._framed: dict[int, tuple[bytes, bytes]] = {}
+        self._framed_z: dict[int, tuple[bytes, bytes]] = {}
+        self._sse_events: dict[int, tuple[bytes, bytes]] = {}
+        self.sessions: set[StreamSession] = set()  # every registered stream
+        self._by_sub: dict[int, StreamSession] = {}  # attached ones, by subscriber id
+        #: set once shutdown began: new streams are closed at once (1012) and the
+        #: gateway reports itself not ready
+        self.stopping = False
+        self._drained = trio.Event()
+
+    # -- registry ------------------------------------------------------------------------
+
+    def register(self, session: StreamSession) -> None:
+        """A stream that passed admission; counted as opened."""
+        self.stats.connections_opened += 1
+        self.sessions.add(session)
+        if self.stopping:
+            session.close(1012, "service restart: reconnect", "shutdown")
+
+    def attach(self, session: StreamSession) -> None:
+        assert session.sub is not None
+        self._by_sub[session.sub.id] = session
+
+    def detach(self, session: StreamSession) -> None:
+        if session.sub is not None:
+            self._by_sub.pop(session.sub.id, None)
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.stats.disconnects[session.reason or "error"] += 1
+        if self.stopping and not self.sessions:
+            self._drained.set()
+
+    def _session_failed(self, session: StreamSession) -> None:
+        self.stats.internal_errors += 1
+        log.exception("a session failed in the tick or sweep loop; dropping it")
+        try:
+            session.abort("error")
+        except Exception:
+            log.exception("and dropping it failed too")
+
+    async def close_all(self) -> None:
+        """Shutdown: tell every stream to reconnect (1012) and give them
+        ``shutdown_timeout_s`` to go."""
+        self.stopping = True
+        for session in list(self.sessions):
+            session.close(1012, "service restart: reconnect", "shutdown")
+        if self.sessions:
+            with trio.move_on_after(self.cfg.shutdown_timeout_s):
+                await self._drained.wait()
+        if self.sessions:
+            log.warning(
+                "shutdown: %d connections still open at the deadline; dropping them",
+                len(self.sessions),
+            )
+        else:
+            log.info("shutdown: every client was told to reconnect (1012)")
+
+    # -- framing, once per tick ----------------------------------------------------------
+
+    def framed(self, frame: bytes, compressed: bool = False) -> bytes:
+        """``frame`` as a WebSocket text frame, deflated if ``compressed``. Shared
+        frames are framed (and compressed) once per tick: the caches are keyed by the
+        frame object and cleared every tick (and when large), so an id is never reused
+        while its entry lives."""
+        cache = self._framed_z if compressed else self._framed
+        entry = cache.get(id(frame))
+        if entry is not None and entry[0] is frame:
+            return entry[1]
+        data = deflate_frame(frame) if compressed else text_frame_header(len(frame)) + frame
+        if len(cache) >= 256:
+            cache.clear()
+        cache[id(frame)] = (frame, data)
+        return data
+
+    def sse_event(self, frame: bytes) -> bytes:
+        """``frame`` as an SSE event, built once per tick for every stream (as
+        :meth:`framed` does for WebSocket frames)."""
+        entry = self._sse_events.get(id(frame))
+        if entry is not None and entry[0] is frame:
+            return entry[1]
+        data = b"data: " + frame + b"\n\n"
+        if len(self._sse_events) >= 256:
+            self._sse_events.clear()
+        self._sse_events[id(frame)] = (frame, data)
+        return data
+
+    # -- loops -----------------------------------------------------------------------------
+
+    async def tick_loop(self) -> None:
+        """Tick at ``tick_hz`` while there is work; sleep while nothing changes."""
+        interval = 1.0 / self.cfg.tick_hz
+        hub = self.hub
+        by_sub = self._by_sub
+        work = trio.Event()
+
+        def wake() -> None:
+            work.set()
+
+        self.store.on_change = wake
+        next_at = last = -math.inf
+        while True:
+            if hub.idle:
+                await work.wait()
+                work = trio.Event()
+                # The first change after a quiet spell goes out at once, but never
+                # sooner than one interval after the previous tick: with sparse
+                # changes the hub goes idle after every tick, and waking it at each
+                # change would tick (and send) far more often than tick_hz.
+                next_at = max(last + interval, trio.current_time())
+            else:
+                next_at += interval
+                now = trio.current_time()
+                if next_at < now - interval:
+                    next_at = now  # fell behind (overload): skip ticks rather than burst
+            await trio.sleep_until(next_at)
+            start = last = trio.current_time()
+            self._framed.clear()
+            self._framed_z.clear()
+            self._sse_events.clear()
+            for sub in hub.tick(start):
+                session = by_sub.get(sub.id)
+                if session is not None:
+                    try:
+                        session.pump(start)
+                    except Exception:  # one session's bug must not stop every screen
+                        self._session_failed(session)
+            self.stats.ticks += 1
+            if self.metrics is not None:
+                self._observe_tick(start)
+
+    def _observe_tick(self, start: float) -> None:
+        m = self.metrics
+        assert m is not None
+        m.tick_seconds.observe(trio.current_time() - start)
+        states = self.hub.tick_states
+        if states:
+            wall = self.clock.wall()
+            for st in states.values():
+                if st.device_ts is not None:
+                    m.device_to_send.observe(max(0.0, wall - st.device_ts))
+                m.ingest_to_send.observe(max(0.0, wall - st.changed_at))
+
+    async def sweep_loop(self) -> None:
+        while True:
+            await trio.sleep(SWEEP_INTERVAL_S)
+            now = self.clock.mono()
+            wall = self.clock.wall()
+            ages: list[float] | None = [] if self.metrics is not None else None
+            for sub, why in self.hub.find_slow(now, ages):
+                session = self._by_sub.get(sub.id)
+                if session is not None:
+                    self.log.limited("slow", "closing slow subscriber %s (%s)", session.ip, why)
+                    if why == "stalled":
+                        self.stats.send_failure("stalled")
+                    session.close(4008, f"slow subscriber: {why}", "slow")
+            if ages and self.metrics is not None:
+                for age in ages:
+                    self.metrics.subscriber_data_age.observe(age)
+            for session in list(self.sessions):
+                try:
+                    session.check_timers(now, wall)
+                except Exception:
+                    self._session_failed(session)
+            self.store.sweep_stale(wall)

@@ -1,0 +1,133 @@
+"""Plain-HTTP routes: health, readiness, ``/api``, static files, admin ``/metrics``.
+
+Liveness and readiness, the REST snapshot API, the dashboard's static files, and the
+admin port's Prometheus exposition."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import h11
+
+from ..auth import AuthError, Identity
+from ..config import Config
+from ..core.state import StateStore
+from ..core.topics import TopicError, matches, validate_filter
+from .http import Request, json_body, respond, static_file
+from .sockio import Outbound
+from .stats import ServerStats
+
+__all__ = ["ReadyCheck", "Routes"]
+
+ReadyCheck = Callable[[], tuple[bool, str]]
+
+
+class Routes:
+    """Every plain-HTTP request on either port, answered by path."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: StateStore,
+        stats: ServerStats,
+        identity: Callable[[Request], Identity | None],
+        stopping: Callable[[], bool],
+        metrics_handler: Callable[[], tuple[bytes, bytes]] | None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.stats = stats
+        self.identity = identity  # the caller's token, checked (admission.py)
+        self.stopping = stopping  # shutdown has begun: not ready
+        self.metrics_handler = metrics_handler
+        self.ready_checks: dict[str, ReadyCheck] = {}
+        root = cfg.server.dashboard_dir or str(Path(__file__).resolve().parents[2] / "dashboard")
+        self.dashboard_root = Path(root)
+
+    async def route(self, out: Outbound, conn: h11.Connection, req: Request, public: bool) -> None:
+        stats = self.stats
+        head = req.method == "HEAD"
+        if req.method not in ("GET", "HEAD"):
+            stats.http_requests["method_not_allowed"] += 1
+            await respond(out, conn, 405, b"only GET and HEAD", headers=[(b"allow", b"GET, HEAD")])
+            return
+        path = req.path
+        if path == "/healthz":
+            stats.http_requests["healthz"] += 1
+            await respond(out, conn, 200, b"ok\n", head_only=head)
+            return
+        if path == "/readyz":
+            stats.http_requests["readyz"] += 1
+            ready, detail = self.readiness()
+            await respond(
+                out,
+                conn,
+                200 if ready else 503,
+                json_body(detail),
+                b"application/json",
+                head_only=head,
+            )
+            return
+        if not public:
+            if path == "/metrics" and self.metrics_handler is not None:
+                stats.http_requests["metrics"] += 1
+                body, ctype = self.metrics_handler()
+                await respond(out, conn, 200, body, ctype, head_only=head)
+                return
+            stats.http_requests["not_found"] += 1
+            listing = b"/metrics /healthz /readyz" if self.metrics_handler else b"/healthz /readyz"
+            await respond(out, conn, 404, b"admin endpoints: " + listing + b"\n")
+            return
+        if path in ("/api/topics", "/api/snapshot"):
+            stats.http_requests[path.rsplit("/", 1)[1]] += 1
+            status, body = self._api(req, full=path == "/api/snapshot")
+            await respond(out, conn, status, body, b"application/json", head_only=head)
+            return
+        found = static_file(self.dashboard_root, path)
+        if found is None:
+            stats.http_requests["not_found"] += 1
+            await respond(out, conn, 404, b"not found\n", head_only=head)
+            return
+        stats.http_requests["static"] += 1
+        await respond(out, conn, 200, found[0], found[1], head_only=head)
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        checks = {name: check() for name, check in self.ready_checks.items()}
+        ready = not self.stopping() and all(ok for ok, _ in checks.values())
+        return ready, {
+            "ready": ready,
+            "stopping": self.stopping(),
+            "checks": {name: {"ok": ok, "detail": why} for name, (ok, why) in checks.items()},
+        }
+
+    def _api(self, req: Request, full: bool) -> tuple[int, bytes]:
+        try:
+            identity = self.identity(req)
+        except AuthError as err:
+            self.stats.auth_failures[err.reason] += 1
+            return 401, json_body({"error": "unauthorized", "message": err.message})
+        if identity is None:
+            return 401, json_body({"error": "unauthorized", "message": "a token is required"})
+        try:
+            flt = validate_filter(req.query.get("filter", "#"), self.cfg.state.max_topic_bytes)
+        except TopicError as err:
+            return 400, json_body({"error": "bad_filter", "message": str(err)})
+        grants = identity.grants
+        out: dict[str, object] = {}
+        for st in self.store.states():
+            if not st.seq or not matches(flt, st.topic):
+                continue
+            if grants is not None and not any(matches(g, st.topic) for g in grants):
+                continue
+            entry: dict[str, object] = {
+                "seq": st.seq,
+                "online": st.online,
+                "stale": st.stale,
+                "ts": st.device_ts,
+                "rx": st.changed_at,
+            }
+            if full:
+                entry["fields"] = st.fields
+            out[st.topic] = entry
+        return 200, json_body({"epoch": self.store.epoch, "filter": flt, "topics": out})
