@@ -48,13 +48,13 @@ class HistoryConfig:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.resolution_s) and self.resolution_s > 0):
-            raise ValueError("resolution_s must be a number > 0")
+            raise ValueError("resolution_s: must be a number > 0")
         if not (math.isfinite(self.window_s) and self.window_s >= self.resolution_s):
-            raise ValueError("window_s must be a number >= resolution_s")
+            raise ValueError("window_s: must be a number >= resolution_s")
         if self.window_s / self.resolution_s > 1_000_000:
-            raise ValueError("window_s / resolution_s must be at most 1,000,000 buckets")
+            raise ValueError("window_s: window_s / resolution_s must be at most 1,000,000 buckets")
         if self.max_bytes < 0:
-            raise ValueError("max_bytes must be >= 0")
+            raise ValueError("max_bytes: must be >= 0")
 
     @property
     def buckets(self) -> int:

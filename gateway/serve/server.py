@@ -53,6 +53,7 @@ from .http import (
     static_file,
     websocket_accept,
 )
+from .insight import Insight
 from .session import StreamSession
 from .sockio import Outbound, close_socket, text_frame_header
 from .sse import SseRequest, SseSession, parse_sse_request
@@ -112,6 +113,7 @@ class Server:
         self.metrics = metrics
         self.metrics_handler = metrics.exposition if metrics is not None else None
         self.ready_checks: dict[str, ReadyCheck] = {}
+        self.insight: Insight | None = None  # alarms, metadata, history (app.py sets it)
         self.ports: tuple[int, int] | None = None
         sc = cfg.server
         self.welcome_limits = {
@@ -628,6 +630,11 @@ class Server:
             status, body = self._api(req, full=path == "/api/snapshot")
             await respond(out, conn, status, body, b"application/json", head_only=head)
             return
+        if path in ("/api/alarms", "/api/meta", "/api/history") and self.insight is not None:
+            stats.http_requests[path.rsplit("/", 1)[1]] += 1
+            status, body = self._insight_api(req, path, self.insight)
+            await respond(out, conn, status, body, b"application/json", head_only=head)
+            return
         found = static_file(self.dashboard_root, path)
         if found is None:
             stats.http_requests["not_found"] += 1
@@ -675,6 +682,17 @@ class Server:
                 entry["fields"] = st.fields
             out[st.topic] = entry
         return 200, json_body({"epoch": self.store.epoch, "filter": flt, "topics": out})
+
+    def _insight_api(self, req: Request, path: str, insight: Insight) -> tuple[int, bytes]:
+        """The same authentication as /api/snapshot, then insight.py."""
+        try:
+            identity = self._identity(req)
+        except AuthError as err:
+            self.stats.auth_failures[err.reason] += 1
+            return 401, json_body({"error": "unauthorized", "message": err.message})
+        if identity is None:
+            return 401, json_body({"error": "unauthorized", "message": "a token is required"})
+        return insight.api(path, req.query, identity)
 
 
 def forwarded_for(header: bytes | None, peer: str, trusted: frozenset[str]) -> str:

@@ -124,6 +124,7 @@ class SseSession(StreamSession):
             srv.cfg.server.heartbeat_s,
             False,
             srv.welcome_limits,
+            meta=srv.insight.welcome if srv.insight is not None else None,
         )
         events = [HEAD, self._event(encode(welcome))]
         positions = self._resume_positions()

@@ -30,6 +30,7 @@ from wsproto.extensions import Extension
 from ..auth import AuthError, Identity
 from ..core.protocol import (
     Ack,
+    AckAlarm,
     Auth,
     ClientMessage,
     Error,
@@ -125,6 +126,7 @@ class WsSession(StreamSession):
                 srv.cfg.server.heartbeat_s,
                 self.identity is None,
                 srv.welcome_limits,
+                meta=srv.insight.welcome if srv.insight is not None else None,
             )
         )
         try:
@@ -331,12 +333,20 @@ class WsSession(StreamSession):
             reply = hub.unsubscribe(sub, msg)
         elif isinstance(msg, Resume):
             reply = hub.resume(sub, msg)
+        elif isinstance(msg, AckAlarm) and srv.insight is not None and self.identity is not None:
+            reply = srv.insight.ack_alarm(self.identity, msg)
+        elif isinstance(msg, AckAlarm):
+            reply = Error("unknown_alarm", "this gateway has no alarms", msg.id)
         else:  # pragma: no cover - the decode table has no other types
             raise ProtocolError("unknown_type", "unexpected message")
         if isinstance(reply, Error):
             self._error(reply.code, reply.message, reply.ref)
             return
         self._send_control(reply)
+        if isinstance(msg, Subscribe) and msg.history_s and srv.insight and self.identity:
+            # history before the subscription's first state frame (pump below)
+            for frame in srv.insight.history_frames(self.identity, msg):
+                self._write([text_frame_header(len(frame)), frame])
         self.pump()
 
     def _authenticate(self, token: str) -> None:
