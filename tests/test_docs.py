@@ -5,7 +5,10 @@ import pathlib
 import re
 
 from gateway.config import (
+    AlarmsConfig,
     AuthConfig,
+    HistoryConfig,
+    MetaConfig,
     MqttConfig,
     ServerConfig,
     SimulatorConfig,
@@ -24,6 +27,9 @@ def test_every_config_key_is_documented() -> None:
         ("state", StateConfig),
         ("simulator", SimulatorConfig),
         ("mqtt", MqttConfig),
+        ("meta", MetaConfig),
+        ("alarms", AlarmsConfig),
+        ("history", HistoryConfig),
     ):
         assert f"### `[{section}]`" in text
         for f in dataclasses.fields(cls):
