@@ -121,10 +121,7 @@ def _observer(history: History, alarms: AlarmEngine) -> Callable[[TopicState, fl
     def on_accept(st: TopicState, now: float) -> None:
         if st.topic[:1] == "$":
             return  # the gateway's own (alarm) topics
-        seq = st.seq
-        changed = {k: st.fields[k] for k, v in st.versions.items() if v == seq}
-        if changed:
-            history.record(st.topic, changed, now)
+        history.observe(st, now)
         alarms.observe(st, now)
 
     return on_accept

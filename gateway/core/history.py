@@ -30,6 +30,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .state import TopicState
+
 __all__ = ["History", "HistoryConfig", "HistoryStats", "Series"]
 
 _NAN: Final = math.nan
@@ -73,7 +75,7 @@ class HistoryStats:
 class Series:
     """One ring; ``head`` is the absolute number of its newest bucket."""
 
-    __slots__ = ("head", "last", "max", "min")
+    __slots__ = ("head", "last", "max", "min", "size")
 
     def __init__(self, size: int, bucket: int) -> None:
         nans = array("f", [_NAN]) * size
@@ -81,29 +83,38 @@ class Series:
         self.max = array("f", nans)
         self.last = array("f", nans)
         self.head = bucket
+        self.size = size
 
     def add(self, bucket: int, value: float) -> None:
-        size = len(self.min)
-        if bucket < self.head - size + 1:
-            return  # older than the ring (a clock step back): not shown anyway
-        if bucket > self.head:
-            gap = min(bucket - self.head, size)
-            for b in range(bucket - gap + 1, bucket + 1):
-                i = b % size
-                self.min[i] = self.max[i] = self.last[i] = _NAN
-            self.head = bucket
-        i = bucket % size
-        lo = self.min[i]
-        if lo != lo or value < lo:  # NaN (empty bucket) or lower
-            self.min[i] = value
-        hi = self.max[i]
-        if hi != hi or value > hi:
+        if bucket != self.head:
+            if bucket < self.head:
+                if bucket <= self.head - self.size:
+                    return  # older than the ring (a clock step back): not shown anyway
+            else:
+                self._advance(bucket)
+        i = bucket % self.size
+        mins = self.min
+        lo = mins[i]
+        if lo != lo:  # NaN: the bucket's first value
+            mins[i] = self.max[i] = self.last[i] = value
+            return
+        if value < lo:
+            mins[i] = value
+        elif value > self.max[i]:
             self.max[i] = value
         self.last[i] = value
 
+    def _advance(self, bucket: int) -> None:
+        """Empty the buckets between the old head and ``bucket`` (the new head)."""
+        size = self.size
+        for b in range(max(self.head + 1, bucket - size + 1), bucket + 1):
+            i = b % size
+            self.min[i] = self.max[i] = self.last[i] = _NAN
+        self.head = bucket
+
     def window(self, first: int, last: int) -> tuple[list[float | None], ...]:
         """min, max and last lists for buckets ``first..last`` (None: no value)."""
-        size = len(self.min)
+        size = self.size
         out: tuple[list[float | None], ...] = ([], [], [])
         for b in range(first, last + 1):
             if b > self.head or b <= self.head - size:
@@ -139,26 +150,39 @@ class History:
 
     def record(self, topic: str, values: dict[str, Any], now: float) -> None:
         """Record the numeric values of one accepted change of ``topic``."""
-        if not self.config.enabled or topic.startswith("$"):
+        if not self.config.enabled or topic[:1] == "$":
             return
-        bucket = self.bucket(now)
+        bucket = math.floor(now / self.config.resolution_s)
         for name, value in values.items():
-            t = type(value)
-            if t is not float and t is not int:
-                continue  # bool is not int here (type(), not isinstance)
-            v = float(value)
-            if not math.isfinite(v):
-                continue
-            key = (topic, name)
-            s = self._series.get(key)
+            self._add(topic, name, value, bucket)
+
+    def observe(self, st: TopicState, now: float) -> None:
+        """Record the fields that changed in ``st``'s latest accepted change."""
+        if not self.config.enabled or st.topic[:1] == "$":
+            return
+        bucket = math.floor(now / self.config.resolution_s)
+        seq = st.seq
+        fields = st.fields
+        for name, version in st.versions.items():
+            if version == seq:
+                self._add(st.topic, name, fields[name], bucket)
+
+    def _add(self, topic: str, name: str, value: Any, bucket: int) -> None:
+        t = type(value)
+        if t is not float and t is not int:
+            return  # bool is not int here (type(), not isinstance)
+        if t is float and not math.isfinite(value):
+            return
+        key = (topic, name)
+        s = self._series.get(key)
+        if s is None:
+            s = self._new(key, bucket)
             if s is None:
-                s = self._new(key, bucket)
-                if s is None:
-                    continue
-            else:
-                self._series.move_to_end(key)
-            s.add(bucket, v)
-            self.stats.samples += 1
+                return
+        else:
+            self._series.move_to_end(key)
+        s.add(bucket, value)
+        self.stats.samples += 1
 
     def _new(self, key: tuple[str, str], bucket: int) -> Series | None:
         cost = self.series_bytes
