@@ -115,22 +115,23 @@ class Series:
     def window(self, first: int, last: int) -> tuple[list[float | None], ...]:
         """min, max and last lists for buckets ``first..last`` (None: no value)."""
         size = self.size
-        out: tuple[list[float | None], ...] = ([], [], [])
-        for b in range(first, last + 1):
-            if b > self.head or b <= self.head - size:
-                for col in out:
-                    col.append(None)
+        head = self.head
+        lo = max(first, head - size + 1)  # the oldest bucket the ring still holds
+        hi = min(last, head)
+        before = [None] * max(0, min(lo, last + 1) - first)
+        after = [None] * max(0, last - max(hi, first - 1))
+        out: list[list[float | None]] = []
+        for arr in (self.min, self.max, self.last):
+            if lo > hi:
+                out.append([None] * (last - first + 1))
                 continue
-            i = b % size
-            for col, arr in zip(out, (self.min, self.max, self.last), strict=True):
-                v = arr[i]
-                col.append(None if v != v else _round(v))
-        return out
-
-
-def _round(v: float) -> float:
-    """A float32 back as the shortest decimal that reads the same (23.1, not 23.0999...)."""
-    return float(f"{v:.7g}")
+            a, b = lo % size, hi % size
+            vals = arr[a : b + 1].tolist() if a <= b else (arr[a:] + arr[: b + 1]).tolist()
+            col: list[float | None] = list(before)
+            col += [None if v != v else float("%.7g" % v) for v in vals]  # noqa: UP031
+            col += after
+            out.append(col)
+        return out[0], out[1], out[2]
 
 
 @dataclass(slots=True)

@@ -7,7 +7,8 @@ Rules:
   acknowledgement (and every refusal) is one audit line on the ``gateway.audit``
   logger: who, which alarms, the request id, when. Never the token.
 * History for a subscription goes out after its ``ack`` and before its first
-  state frame, one ``history`` message per topic, then ``history_end``; at most
+  state frame (the session holds its live frames meanwhile), one ``history``
+  message per topic and event-loop checkpoint, then ``history_end``; at most
   :data:`HISTORY_BUDGET_BYTES` per subscription (``truncated`` says when more
   existed: fetch the rest from ``/api/history``).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -121,12 +122,14 @@ class Insight:
             return None
         return {"topic": topic, **head, "fields": fields}
 
-    def history_frames(self, identity: Identity, msg: Subscribe) -> list[bytes]:
-        """The ``history`` messages for a new subscription, then ``history_end``."""
+    def history_frames(self, identity: Identity, msg: Subscribe) -> Iterator[bytes]:
+        """The ``history`` messages for a new subscription, then ``history_end``.
+
+        A generator: the session writes one frame per event-loop checkpoint, so a
+        big history never stalls the loop (one topic's full window is ~10 ms)."""
         assert msg.history_s
         now = self.wall()
         visible = _visible(identity.grants)
-        frames: list[bytes] = []
         size = 0
         count = 0
         truncated = False
@@ -135,17 +138,16 @@ class Insight:
                 continue
             doc = self.history_doc(topic, self.history.fields(topic), msg.history_s, now)
             if doc is None:
-                continue
+                continue  # evicted meanwhile
             frame = orjson.dumps({"type": "history", "id": msg.id, **doc})
             if size + len(frame) > HISTORY_BUDGET_BYTES:
                 truncated = True
                 break
             size += len(frame)
             count += 1
-            frames.append(frame)
+            yield frame
         end = {"type": "history_end", "id": msg.id, "topics": count, "truncated": truncated}
-        frames.append(orjson.dumps(end))
-        return frames
+        yield orjson.dumps(end)
 
     # -- HTTP --------------------------------------------------------------------------
 

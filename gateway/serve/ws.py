@@ -74,6 +74,7 @@ class WsSession(StreamSession):
         "compressed",
         "errors",
         "guard",
+        "history_hold",
         "identity",
         "last_rx",
         "opened_at",
@@ -94,6 +95,7 @@ class WsSession(StreamSession):
     ) -> None:
         super().__init__(server, sock, out, ip)
         self.identity = identity
+        self.history_hold = 0  # history being sent: live frames wait (insight.py)
         # wsproto inflates what the client compresses; our frames are deflated by
         # Server.framed, once per frame for every screen (gateway/serve/deflate.py)
         self.guard = FrameGuard(server.cfg.server.max_message_bytes)
@@ -201,7 +203,7 @@ class WsSession(StreamSession):
     def pump(self, now: float | None = None) -> None:
         """Hand this subscriber's due frames to the socket, if it can take them."""
         sub = self.sub
-        if sub is None or self.closing or self.out.queue:
+        if sub is None or self.closing or self.out.queue or self.history_hold:
             return
         srv = self.server
         hub = srv.hub
@@ -343,10 +345,31 @@ class WsSession(StreamSession):
             self._error(reply.code, reply.message, reply.ref)
             return
         self._send_control(reply)
-        if isinstance(msg, Subscribe) and msg.history_s and srv.insight and self.identity:
-            # history before the subscription's first state frame (pump below)
-            for frame in srv.insight.history_frames(self.identity, msg):
+        if (
+            isinstance(msg, Subscribe)
+            and msg.history_s
+            and srv.insight
+            and self.identity
+            and self._nursery is not None
+        ):
+            # history before the subscription's first state frame: pump waits
+            self.history_hold += 1
+            self._nursery.start_soon(self._send_history, msg)
+            return
+        self.pump()
+
+    async def _send_history(self, msg: Subscribe) -> None:
+        """The subscription's history, one topic per checkpoint, then the live state."""
+        insight = self.server.insight
+        assert insight is not None and self.identity is not None
+        try:
+            for frame in insight.history_frames(self.identity, msg):
+                if self.closing:
+                    return
                 self._write([text_frame_header(len(frame)), frame])
+                await trio.lowlevel.checkpoint()
+        finally:
+            self.history_hold -= 1
         self.pump()
 
     def _authenticate(self, token: str) -> None:
