@@ -394,8 +394,13 @@ def _tables(key: str, value: Any, what: str) -> list[dict[str, Any]]:
     return value
 
 
-def _build(where: str, cls: Any, item: dict[str, Any], allowed: dict[str, Any]) -> Any:
+def _build(
+    where: str, cls: Any, item: dict[str, Any], allowed: dict[str, Any], required: tuple[str, ...]
+) -> Any:
     """``cls(**item)`` with each key's type checked; errors name ``where.key``."""
+    for key in required:
+        if key not in item:
+            raise ConfigError(f"{where}.{key}: required")
     unknown = set(item) - set(allowed)
     if unknown:
         raise ConfigError(
@@ -420,12 +425,18 @@ _RULE_KEYS = {"name": str, "filter": str, "condition": str, "severity": str, "fi
 
 def _meta_fields(key: str, value: Any) -> tuple[FieldMeta, ...]:
     items = _tables(key, value, "with keys " + ", ".join(_FIELD_KEYS))
-    return tuple(_build(f"{key}[{i}]", FieldMeta, it, _FIELD_KEYS) for i, it in enumerate(items))
+    req = ("filter", "field")
+    return tuple(
+        _build(f"{key}[{i}]", FieldMeta, it, _FIELD_KEYS, req) for i, it in enumerate(items)
+    )
 
 
 def _alarm_rules(key: str, value: Any) -> tuple[AlarmRule, ...]:
     items = _tables(key, value, "with keys " + ", ".join(_RULE_KEYS))
-    rules = tuple(_build(f"{key}[{i}]", AlarmRule, it, _RULE_KEYS) for i, it in enumerate(items))
+    req = ("name", "filter", "condition")
+    rules = tuple(
+        _build(f"{key}[{i}]", AlarmRule, it, _RULE_KEYS, req) for i, it in enumerate(items)
+    )
     seen: set[str] = set()
     for i, rule in enumerate(rules):
         if rule.name in seen:
