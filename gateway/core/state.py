@@ -35,6 +35,7 @@ seconds); nothing here reads a clock.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -215,6 +216,11 @@ class StateStore:
         self.on_accept: Callable[[TopicState, float], None] | None = None
         self._topics: dict[str, TopicState] = {}
         self._changed: dict[str, None] = {}  # ordered set of topics changed since drain
+        # stale deadlines: a heap of (deadline, topic), valid when _due[topic] is that
+        # deadline; every non-stale topic with a message since it was last dropped is
+        # in _due (apply() re-arms it), so sweep_stale never scans every topic
+        self._deadlines: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
 
     # -- reading ---------------------------------------------------------------
 
@@ -321,6 +327,8 @@ class StateStore:
             )
             st.report_at = now
         st.seen_at = now
+        if topic not in self._due:
+            self._watch(topic, now)  # the next sweep computes the real deadline
         fields = st.fields
         versions = st.versions
         tombstones = st.tombstones
@@ -374,6 +382,8 @@ class StateStore:
         st = self._topic_state(topic)
         if online:
             st.seen_at = now
+            if topic not in self._due:
+                self._watch(topic, now)  # the next sweep computes the real deadline
         if st.online is online and not (online and st.stale):
             return 0
         seq = st.seq + 1
@@ -393,22 +403,40 @@ class StateStore:
             )
         return limit
 
-    def sweep_stale(self, now: float) -> list[str]:
-        """Mark topics silent for longer than their stale limit as stale."""
+    def _watch(self, topic: str, at: float) -> None:
+        self._due[topic] = at
+        heapq.heappush(self._deadlines, (at, topic))
+
+    def sweep_stale(self, now: float, max_checks: int = 10_000) -> list[str]:
+        """Mark topics silent for longer than their stale limit as stale.
+
+        Only topics whose deadline has passed are looked at (a heap of deadlines,
+        re-armed lazily from ``seen_at``), at most ``max_checks`` per call; the rest
+        wait for the next call. So a sweep costs O(due topics), not O(topics).
+        """
         marked: list[str] = []
-        if not self.stale_after.rules and not self.stale_learn:
-            return marked
-        stale_limit = self.stale_limit
-        for st in list(self._topics.values()):  # on_accept may add (alarm) topics
-            if st.stale:
+        heap, due = self._deadlines, self._due
+        checks = 0
+        while heap and heap[0][0] < now and checks < max_checks:
+            checks += 1
+            at, topic = heapq.heappop(heap)
+            if due.get(topic) != at:
+                continue  # superseded by a later entry
+            st = self._topics[topic]
+            limit = None if st.stale else self.stale_limit(st)
+            if limit is None:
+                del due[topic]  # stale, or no limit yet: the next message re-arms it
                 continue
-            limit = stale_limit(st)
-            if limit is not None and now - st.seen_at > limit:
-                seq = st.seq + 1
-                st.stale = True
-                st.meta_seq = seq
-                self._bump(st, seq, now, changed_at=False)
-                marked.append(st.topic)
+            deadline = st.seen_at + limit
+            if not deadline < now:
+                self._watch(topic, deadline)
+                continue
+            del due[topic]
+            seq = st.seq + 1
+            st.stale = True
+            st.meta_seq = seq
+            self._bump(st, seq, now, changed_at=False)
+            marked.append(st.topic)
         self.stats.stale_marked += len(marked)
         return marked
 

@@ -100,3 +100,30 @@ def test_learned_limit_stays_within_floor_and_ceiling(gaps: list[float]) -> None
     assert min(gaps) - 1e-9 <= st_.interval <= max(gaps) + 1e-9  # an average of the gaps
     assert s.sweep_stale(t + limit * 0.999) == []
     assert s.sweep_stale(t + limit + 0.01) == ["d"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c/x", "c/y"]), st.floats(0.0, 20.0), st.booleans()),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_sweep_by_deadlines_equals_a_full_scan(events: list[tuple[str, float, bool]]) -> None:
+    """The deadline heap marks exactly what scanning every topic would mark."""
+    s = StateStore("e", stale_after=RuleTable([("c/#", 7.0)]), stale_floor_s=2.0)
+    now = 0.0
+    for topic, gap, sweep in events:
+        now += gap
+        if sweep:
+            expected = sorted(
+                t.topic
+                for t in s.states()
+                if not t.stale
+                and (limit := s.stale_limit(t)) is not None
+                and t.seen_at + limit < now
+            )
+            assert sorted(s.sweep_stale(now)) == expected
+        else:
+            s.apply(topic, {"v": now}, now)
