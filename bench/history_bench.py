@@ -158,12 +158,13 @@ a 600 s window at 1 s resolution, min/max/last per bucket as 32-bit floats.
 | record: µs per numeric value accepted | {r["record_us_per_value"]} |
 | one topic's full window, 3 fields: query + JSON encode | {serve} |
 
-The buckets are 7,200 bytes a series (600 x 3 x 4); the rest is three array headers
-and the index. A subscription's history is capped at 2 MiB, about
-{topics_in_budget} topics of 3 full
-fields, which bounds the event-loop time one `subscribe` with `history_s` can take to
-about {budget_ms} ms
-on this machine.
+The buckets are 7,200 bytes a series (600 x 3 x 4); the rest is three array headers,
+the series object and the index. A subscription's history (at most 2 MiB, about
+{topics_in_budget} topics of 3 full fields) goes out one topic per event-loop
+checkpoint, so it delays other work by one topic's cost at a time
+({r["serve_ms_per_topic_3_fields"]} ms here), about {budget_ms} ms of CPU in all.
+Run on: {r["machine"]["cpu"]}, {r["machine"]["cores"]} cores, shared with other jobs
+(the µs and ms figures are upper bounds; RSS is not affected).
 """
         write_section(ROOT / "docs" / "benchmarks.md", "history", "Chart history", body)
 

@@ -38,7 +38,7 @@ _NAN: Final = math.nan
 BUCKET_BYTES: Final = 3 * array("f").itemsize
 #: the per-series cost besides its buckets (three array headers, the object, the
 #: index entries), measured with tracemalloc in bench/history_bench.py
-SERIES_OVERHEAD_BYTES: Final = 400
+SERIES_OVERHEAD_BYTES: Final = 800
 
 
 @dataclass(frozen=True, slots=True)
