@@ -35,6 +35,7 @@ import trio
 from ..auth import Authenticator, AuthError, Identity, extract_token
 from ..clock import Clock
 from ..config import Config
+from ..core.alarms import with_alarm_grants
 from ..core.hub import Hub
 from ..core.protocol import ClientMessage, DecodeLimits, decode_client
 from ..core.state import StateStore
@@ -664,7 +665,7 @@ class Server:
             flt = validate_filter(req.query.get("filter", "#"), self.cfg.state.max_topic_bytes)
         except TopicError as err:
             return 400, json_body({"error": "bad_filter", "message": str(err)})
-        grants = identity.grants
+        grants = with_alarm_grants(identity.grants)  # and the alarms of those topics
         out: dict[str, object] = {}
         for st in self.store.states():
             if not st.seq or not matches(flt, st.topic):

@@ -47,6 +47,8 @@ async def test_grants_cover_alarms_meta_and_history(gateway_factory: Callable[..
     assert [a["alarm"] for a in alarms] == ["$alarms/hot/acme/hall1/m1"]  # not hall2's
     assert alarms[0]["device"] == "Mixer 1" and alarms[0]["state"] == "active_unacked"
 
+    status, _, body = await http_get(gw.port, "/api/snapshot?filter=%24alarms/%23", auth)
+    assert list(orjson.loads(body)["topics"]) == ["$alarms/hot/acme/hall1/m1"]
     status, _, body = await http_get(gw.port, "/api/meta", auth)
     meta = orjson.loads(body)
     assert meta["devices"] == {"acme/hall1/m1": {"name": "Mixer 1", "groups": {"hall": "hall1"}}}
