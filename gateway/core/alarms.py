@@ -77,6 +77,13 @@ class _Blank(dict[str, object]):
         return "{" + key + "}"
 
 
+class _Num(float):
+    """A number for templates: ``{value}`` prints like ``%g``; ``{value:.1f}`` works."""
+
+    def __format__(self, spec: str) -> str:
+        return format(float(self), spec or "g")
+
+
 @dataclass(frozen=True, slots=True)
 class AlarmRule:
     name: str
@@ -123,8 +130,8 @@ class AlarmRule:
                 device=device,
                 topic=topic,
                 field=self.field,
-                value="" if value is None else f"{value:g}",
-                threshold="" if self.threshold is None else f"{self.threshold:g}",
+                value="" if value is None else _Num(value),
+                threshold="" if self.threshold is None else _Num(self.threshold),
                 unit=unit,
                 severity=self.severity,
                 rule=self.name,

@@ -142,6 +142,23 @@ def test_rule_validation_names_the_key() -> None:
         AlarmRule("x", "#", "offline", "fatal")
     with pytest.raises(ValueError, match="message"):
         AlarmRule("x", "#", "offline", message="{device")
+    with pytest.raises(ValueError, match="message"):
+        AlarmRule("x", "#", "high", field="t", threshold=1, message="{value:q}")
+
+
+def test_message_templates_format_numbers() -> None:
+    rule = AlarmRule(
+        "x",
+        "#",
+        "high",
+        field="t",
+        threshold=80,
+        message="{device} {value:.1f}{unit} > {threshold} {nope}",
+    )
+    assert rule.render("Oven", "o/1", 81.25, "°C") == "Oven 81.2°C > 80 {nope}"
+    assert AlarmRule("y", "#", "high", field="t", threshold=0.5).render("D", "d", 0.75, "") == (
+        "D: t 0.75 above 0.5"
+    )
 
 
 def test_alarm_grants_map_to_the_device_topic() -> None:
