@@ -349,7 +349,7 @@ class AlarmEngine:
         if st is None:
             st = self.store.get(alarm.topic)
         name = self._device_name(st) if st is not None else alarm.topic
-        value = alarm.raised_value if alarm.active else alarm.cleared_value
+        value = alarm.raised_value  # the message tells why it was raised, in every state
         doc: dict[str, JsonValue] = {
             "state": alarm.state,
             "active": alarm.active,
