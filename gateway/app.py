@@ -25,14 +25,19 @@ import trio
 
 from .auth import Authenticator
 from .clock import Clock
-from .config import Config
+from .config import Config, load_names
+from .core.alarms import AlarmEngine
+from .core.history import History
 from .core.hub import Hub, HubConfig
-from .core.state import Deadband, StateStore
+from .core.meta import Meta
+from .core.state import Deadband, StateStore, TopicState
 from .core.topics import RuleTable
+from .insight_metrics import InsightCollector
 from .looplag import LoopLag
 from .memory import tune_malloc
 from .metrics import Metrics
 from .persist import Loaded, Persister
+from .serve.insight import Insight
 from .serve.server import Server
 
 if TYPE_CHECKING:
@@ -41,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["Gateway", "build", "serve"]
 
 log = logging.getLogger("gateway")
+
+ALARM_TICK_S = 0.25  # delays take effect at most this late
 
 
 @dataclass
@@ -52,6 +59,7 @@ class Gateway:
     server: Server
     metrics: Metrics
     looplag: LoopLag
+    insight: Insight
     mqtt: MqttIngest | None = None
     persister: Persister | None = None
 
@@ -80,7 +88,16 @@ def build(cfg: Config, *, epoch: str | None = None) -> Gateway:
         max_fields=st.max_fields,
         max_tombstones=st.max_tombstones,
         max_topic_bytes=st.max_topic_bytes,
+        stale_learn=st.stale_default,
+        stale_multiple=st.stale_multiple,
+        stale_floor_s=st.stale_floor_s,
+        stale_ceiling_s=st.stale_ceiling_s,
     )
+    mc = cfg.meta
+    meta = Meta(mc.fields, name_field=mc.name_field, names=load_names(mc), groups=dict(mc.groups))
+    history = History(cfg.history)
+    alarms = AlarmEngine(cfg.alarms.rules, store, device_name=meta.device_name, unit=meta.unit)
+    store.on_accept = _observer(history, alarms)
     sc = cfg.server
     hub = Hub(
         store,
@@ -95,12 +112,36 @@ def build(cfg: Config, *, epoch: str | None = None) -> Gateway:
     )
     clock = Clock()
     metrics = Metrics()
-    server = Server(cfg, store, hub, Authenticator(cfg.auth), clock, metrics=metrics)
+    insight = Insight(store, meta, history, alarms, clock.wall)
+    server = Server(
+        cfg, store, hub, Authenticator(cfg.auth), clock, metrics=metrics, insight=insight
+    )
     looplag = LoopLag()
-    gw = Gateway(cfg, clock, store, hub, server, metrics, looplag)
+    gw = Gateway(cfg, clock, store, hub, server, metrics, looplag, insight)
     metrics.attach(server, hub, store, lambda: gw.mqtt)
+    metrics.registry.register(InsightCollector(alarms, history, store))
     metrics.attach_loop_lag(looplag, clock.mono)
     return gw
+
+
+def _observer(history: History, alarms: AlarmEngine) -> Callable[[TopicState, float], None]:
+    """What every accepted change feeds: chart history, then the alarm rules."""
+
+    def on_accept(st: TopicState, now: float) -> None:
+        if st.topic[:1] == "$":
+            return  # the gateway's own (alarm) topics
+        history.observe(st, now)
+        alarms.observe(st, now)
+
+    return on_accept
+
+
+async def _alarm_delays(gw: Gateway, task_status: trio.TaskStatus[None]) -> None:
+    """Let alarm on/off delays run out: the rules' time evaluation."""
+    task_status.started()
+    while True:
+        await trio.sleep(ALARM_TICK_S)
+        gw.insight.alarms.tick(gw.clock.wall())
 
 
 Source = Callable[..., object]
@@ -125,6 +166,8 @@ async def serve(
             await persister.restore(gw.store, loaded)
             await nursery.start(persister.run, gw.store)
         await nursery.start(gw.server.serve)
+        if cfg.alarms.rules:
+            await nursery.start(_alarm_delays, gw)
         if install_signals:
             nursery.start_soon(_watch_signals, gw.server)
         if cfg.mqtt.url:

@@ -229,6 +229,8 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_topics", "Topics in the state.", value=len(self.store))
         devices = {"online": 0, "offline": 0, "unknown": 0, "stale": 0}
         for ts in self.store.states():
+            if ts.topic[:1] == "$":  # alarm topics are not devices
+                continue
             devices["unknown" if ts.online is None else "online" if ts.online else "offline"] += 1
             devices["stale"] += ts.stale
         family = GaugeMetricFamily(

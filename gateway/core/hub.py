@@ -21,6 +21,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .alarms import with_alarm_grants
 from .outbox import Group, GroupKey, Member, OutboxStats, Subscriber, Subscription, TickRecord
 from .protocol import (
     Ack,
@@ -92,7 +93,8 @@ class Hub:
         return len(self._groups)
 
     def connect(self, grants: Iterable[str] | None = None) -> Subscriber:
-        sub = Subscriber(next(self._ids), None if grants is None else tuple(grants))
+        # a grant to a topic is a grant to its alarms ($alarms/<rule>/<topic>)
+        sub = Subscriber(next(self._ids), with_alarm_grants(grants))
         self._subscribers[sub.id] = sub
         return sub
 

@@ -20,6 +20,14 @@ Invariants (every other module and every client relies on these):
    snapshot, because it might miss that removal.
 5. A numeric change smaller than the field's deadband (compared with the last
    *accepted* value, so slow drift still gets through) is not a change.
+6. Stale by default: each topic learns its reporting interval, an exponentially
+   weighted average (weight :data:`INTERVAL_ALPHA`) of the time between reports,
+   where messages less than :data:`REPORT_GAP_S` after the start of a report
+   belong to that report (a device sending its fields as separate messages, or
+   faster than the gap). A topic silent for ``stale_multiple`` times its interval,
+   bounded by ``stale_floor_s`` and ``stale_ceiling_s``, is stale, unless a
+   ``stale_after`` rule matches it (the rule wins). A topic with no interval yet
+   (one report so far), and topics starting with ``$``, are never marked by this.
 
 Time is always a parameter (``now``: the gateway's wall-clock receive time in
 seconds); nothing here reads a clock.
@@ -27,6 +35,7 @@ seconds); nothing here reads a clock.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +63,8 @@ JsonValue: TypeAlias = (
 _MISSING: Final = object()
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1  # what orjson can encode
+REPORT_GAP_S: Final = 0.5
+INTERVAL_ALPHA: Final = 0.25
 
 
 class InvalidUpdate(ValueError):
@@ -112,6 +123,8 @@ class TopicState:
     changed_at: float = 0.0  # gateway receive time of the last change
     seen_at: float = 0.0  # gateway receive time of the last message, changed or not
     gseq: int = 0  # the store's change count at this topic's last change (SSE resume)
+    report_at: float | None = None  # start of the last report (invariant 6)
+    interval: float = 0.0  # learned reporting interval; 0: not known yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +188,10 @@ class StateStore:
         max_field_name: int = 128,
         max_tombstones: int = 32,
         max_topic_bytes: int = 1024,
+        stale_learn: bool = True,
+        stale_multiple: float = 3.0,
+        stale_floor_s: float = 5.0,
+        stale_ceiling_s: float = 3600.0,
     ) -> None:
         if not epoch:
             raise ValueError("epoch must be a non-empty string")
@@ -186,12 +203,24 @@ class StateStore:
         self.max_field_name = max_field_name
         self.max_tombstones = max_tombstones
         self.max_topic_bytes = max_topic_bytes
+        self.stale_learn = stale_learn
+        self.stale_multiple = stale_multiple
+        self.stale_floor_s = stale_floor_s
+        self.stale_ceiling_s = stale_ceiling_s
         self.stats = StateStats()
         #: called (with no arguments) when the first change after a drain happens: the
         #: shell uses it to wake its tick loop, which sleeps while nothing changes
         self.on_change: Callable[[], None] | None = None
+        #: called with (state, now) after every seq bump (alarms, history); it may
+        #: apply changes to other topics, never to the one it is called for
+        self.on_accept: Callable[[TopicState, float], None] | None = None
         self._topics: dict[str, TopicState] = {}
         self._changed: dict[str, None] = {}  # ordered set of topics changed since drain
+        # stale deadlines: a heap of (deadline, topic), valid when _due[topic] is that
+        # deadline; every non-stale topic with a message since it was last dropped is
+        # in _due (apply() re-arms it), so sweep_stale never scans every topic
+        self._deadlines: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
 
     # -- reading ---------------------------------------------------------------
 
@@ -289,7 +318,17 @@ class StateStore:
         st = existing or self._topic_state(topic)
         stats = self.stats
         stats.messages += 1
+        if st.report_at is None:
+            st.report_at = now
+        elif now - st.report_at >= REPORT_GAP_S:
+            gap = now - st.report_at
+            st.interval = (
+                gap if not st.interval else st.interval + INTERVAL_ALPHA * (gap - st.interval)
+            )
+            st.report_at = now
         st.seen_at = now
+        if topic not in self._due:
+            self._watch(topic, now)  # the next sweep computes the real deadline
         fields = st.fields
         versions = st.versions
         tombstones = st.tombstones
@@ -343,6 +382,8 @@ class StateStore:
         st = self._topic_state(topic)
         if online:
             st.seen_at = now
+            if topic not in self._due:
+                self._watch(topic, now)  # the next sweep computes the real deadline
         if st.online is online and not (online and st.stale):
             return 0
         seq = st.seq + 1
@@ -353,30 +394,57 @@ class StateStore:
         self._bump(st, seq, now)
         return seq
 
-    def sweep_stale(self, now: float) -> list[str]:
-        """Mark topics silent for longer than their ``stale_after`` rule as stale."""
+    def stale_limit(self, st: TopicState) -> float | None:
+        """Seconds of silence after which ``st`` is stale (invariant 6), or None."""
+        limit = self.stale_after.lookup(st.topic)
+        if limit is None and self.stale_learn and st.interval and st.topic[:1] != "$":
+            limit = min(
+                max(st.interval * self.stale_multiple, self.stale_floor_s), self.stale_ceiling_s
+            )
+        return limit
+
+    def _watch(self, topic: str, at: float) -> None:
+        self._due[topic] = at
+        heapq.heappush(self._deadlines, (at, topic))
+
+    def sweep_stale(self, now: float, max_checks: int = 10_000) -> list[str]:
+        """Mark topics silent for longer than their stale limit as stale.
+
+        Only topics whose deadline has passed are looked at (a heap of deadlines,
+        re-armed lazily from ``seen_at``), at most ``max_checks`` per call; the rest
+        wait for the next call. So a sweep costs O(due topics), not O(topics).
+        """
         marked: list[str] = []
-        if not self.stale_after.rules:
-            return marked
-        lookup = self.stale_after.lookup
-        for st in self._topics.values():
-            if st.stale:
+        heap, due = self._deadlines, self._due
+        checks = 0
+        while heap and heap[0][0] < now and checks < max_checks:
+            checks += 1
+            at, topic = heapq.heappop(heap)
+            if due.get(topic) != at:
+                continue  # superseded by a later entry
+            st = self._topics[topic]
+            limit = None if st.stale else self.stale_limit(st)
+            if limit is None:
+                del due[topic]  # stale, or no limit yet: the next message re-arms it
                 continue
-            limit = lookup(st.topic)
-            if limit is not None and now - st.seen_at > limit:
-                seq = st.seq + 1
-                st.stale = True
-                st.meta_seq = seq
-                self._bump(st, seq, now, changed_at=False)
-                marked.append(st.topic)
+            deadline = st.seen_at + limit
+            if not deadline < now:
+                self._watch(topic, deadline)
+                continue
+            del due[topic]
+            seq = st.seq + 1
+            st.stale = True
+            st.meta_seq = seq
+            self._bump(st, seq, now, changed_at=False)
+            marked.append(st.topic)
         self.stats.stale_marked += len(marked)
         return marked
 
     def mark_all_stale(self, now: float) -> int:
         """Mark every topic stale at once (the data source is gone). Returns how many."""
         count = 0
-        for st in self._topics.values():
-            if not st.stale:
+        for st in list(self._topics.values()):  # on_accept may add (alarm) topics
+            if not st.stale and st.topic[:1] != "$":  # alarms are the gateway's own
                 seq = st.seq + 1
                 st.stale = True
                 st.meta_seq = seq
@@ -421,6 +489,8 @@ class StateStore:
         if not self._changed and self.on_change is not None:
             self.on_change()
         self._changed[st.topic] = None
+        if self.on_accept is not None:
+            self.on_accept(st, now)
 
     # -- diffs -----------------------------------------------------------------
 

@@ -12,9 +12,11 @@ import h11
 
 from ..auth import AuthError, Identity
 from ..config import Config
+from ..core.alarms import with_alarm_grants
 from ..core.state import StateStore
 from ..core.topics import TopicError, matches, validate_filter
 from .http import Request, json_body, respond, static_file
+from .insight import Insight
 from .sockio import Outbound
 from .stats import ServerStats
 
@@ -34,7 +36,9 @@ class Routes:
         identity: Callable[[Request], Identity | None],
         stopping: Callable[[], bool],
         metrics_handler: Callable[[], tuple[bytes, bytes]] | None,
+        insight: Insight | None = None,
     ) -> None:
+        self.insight = insight  # /api/alarms, /api/meta, /api/history
         self.cfg = cfg
         self.store = store
         self.stats = stats
@@ -84,6 +88,11 @@ class Routes:
             status, body = self._api(req, full=path == "/api/snapshot")
             await respond(out, conn, status, body, b"application/json", head_only=head)
             return
+        if path in ("/api/alarms", "/api/meta", "/api/history") and self.insight is not None:
+            stats.http_requests[path.rsplit("/", 1)[1]] += 1
+            status, body = self._insight_api(req, path, self.insight)
+            await respond(out, conn, status, body, b"application/json", head_only=head)
+            return
         found = static_file(self.dashboard_root, path)
         if found is None:
             stats.http_requests["not_found"] += 1
@@ -113,7 +122,7 @@ class Routes:
             flt = validate_filter(req.query.get("filter", "#"), self.cfg.state.max_topic_bytes)
         except TopicError as err:
             return 400, json_body({"error": "bad_filter", "message": str(err)})
-        grants = identity.grants
+        grants = with_alarm_grants(identity.grants)  # and the alarms of those topics
         out: dict[str, object] = {}
         for st in self.store.states():
             if not st.seq or not matches(flt, st.topic):
@@ -131,3 +140,14 @@ class Routes:
                 entry["fields"] = st.fields
             out[st.topic] = entry
         return 200, json_body({"epoch": self.store.epoch, "filter": flt, "topics": out})
+
+    def _insight_api(self, req: Request, path: str, insight: Insight) -> tuple[int, bytes]:
+        """The same authentication as /api/snapshot, then insight.py."""
+        try:
+            identity = self.identity(req)
+        except AuthError as err:
+            self.stats.auth_failures[err.reason] += 1
+            return 401, json_body({"error": "unauthorized", "message": err.message})
+        if identity is None:
+            return 401, json_body({"error": "unauthorized", "message": "a token is required"})
+        return insight.api(path, req.query, identity)

@@ -44,6 +44,7 @@ from ..metrics import Metrics
 from .admission import Admission, accept_loop, listen
 from .connection import Connections
 from .fanout import FanOut
+from .insight import Insight
 from .routes import Routes
 from .session import SessionContext, StreamSession
 from .sockio import close_socket
@@ -67,8 +68,10 @@ class Server:
         clock: Clock,
         *,
         metrics: Metrics | None = None,
+        insight: Insight | None = None,
     ) -> None:
         self.cfg = cfg
+        self.insight = insight  # alarms, metadata, history (insight.py)
         self.store = store
         self.hub = hub
         self.auth = auth
@@ -99,6 +102,7 @@ class Server:
             self.admission.identity,
             lambda: self.fanout.stopping,
             metrics.exposition if metrics is not None else None,
+            insight,
         )
         #: name -> check; the gateway is ready when every one is (app.py adds "mqtt")
         self.ready_checks = self.routes.ready_checks
@@ -116,6 +120,7 @@ class Server:
             sse_event=self.fanout.sse_event,
             attach=self.fanout.attach,
             detach=self.fanout.detach,
+            insight=insight,
         )
         self.handler = Connections(
             cfg, self.stats, self.admission, self.routes, self.fanout, self.session_ctx

@@ -124,6 +124,7 @@ class SseSession(StreamSession):
             ctx.cfg.heartbeat_s,
             False,
             ctx.welcome_limits,
+            meta=ctx.insight.welcome if ctx.insight is not None else None,
         )
         events = [HEAD, self._event(encode(welcome))]
         positions = self._resume_positions()

@@ -30,6 +30,7 @@ from wsproto.extensions import Extension
 from ..auth import AuthError, Identity
 from ..core.protocol import (
     Ack,
+    AckAlarm,
     Auth,
     ClientMessage,
     Error,
@@ -72,6 +73,7 @@ class WsSession(StreamSession):
         "compressed",
         "errors",
         "guard",
+        "history_hold",
         "identity",
         "last_rx",
         "opened_at",
@@ -92,6 +94,7 @@ class WsSession(StreamSession):
     ) -> None:
         super().__init__(ctx, sock, out, ip)
         self.identity = identity
+        self.history_hold = 0  # history being sent: live frames wait (insight.py)
         # wsproto inflates what the client compresses; our frames are deflated by
         # FanOut.framed, once per frame for every screen (gateway/serve/deflate.py)
         self.guard = FrameGuard(ctx.cfg.max_message_bytes)
@@ -124,6 +127,7 @@ class WsSession(StreamSession):
                 ctx.cfg.heartbeat_s,
                 self.identity is None,
                 ctx.welcome_limits,
+                meta=ctx.insight.welcome if ctx.insight is not None else None,
             )
         )
         try:
@@ -198,7 +202,7 @@ class WsSession(StreamSession):
     def pump(self, now: float | None = None) -> None:
         """Hand this subscriber's due frames to the socket, if it can take them."""
         sub = self.sub
-        if sub is None or self.closing or self.out.queue:
+        if sub is None or self.closing or self.out.queue or self.history_hold:
             return
         ctx = self.ctx
         hub = ctx.hub
@@ -330,12 +334,41 @@ class WsSession(StreamSession):
             reply = hub.unsubscribe(sub, msg)
         elif isinstance(msg, Resume):
             reply = hub.resume(sub, msg)
+        elif isinstance(msg, AckAlarm) and ctx.insight is not None and self.identity is not None:
+            reply = ctx.insight.ack_alarm(self.identity, msg)
+        elif isinstance(msg, AckAlarm):
+            reply = Error("unknown_alarm", "this gateway has no alarms", msg.id)
         else:  # pragma: no cover - the decode table has no other types
             raise ProtocolError("unknown_type", "unexpected message")
         if isinstance(reply, Error):
             self._error(reply.code, reply.message, reply.ref)
             return
         self._send_control(reply)
+        if (
+            isinstance(msg, Subscribe)
+            and msg.history_s
+            and ctx.insight
+            and self.identity
+            and self._nursery is not None
+        ):
+            # history before the subscription's first state frame: pump waits
+            self.history_hold += 1
+            self._nursery.start_soon(self._send_history, msg)
+            return
+        self.pump()
+
+    async def _send_history(self, msg: Subscribe) -> None:
+        """The subscription's history, one topic per checkpoint, then the live state."""
+        insight = self.ctx.insight
+        assert insight is not None and self.identity is not None
+        try:
+            for frame in insight.history_frames(self.identity, msg):
+                if self.closing:
+                    return
+                self._write([text_frame_header(len(frame)), frame])
+                await trio.lowlevel.checkpoint()
+        finally:
+            self.history_hold -= 1
         self.pump()
 
     def _authenticate(self, token: str) -> None:
