@@ -1,5 +1,7 @@
-"""Alarms, metadata and chart history at the edge: the ``ack_alarm`` message, the
-history a subscription asks for, and ``/api/alarms``, ``/api/meta``, ``/api/history``.
+"""Alarms, metadata and chart history at the edge of the network.
+
+The ``ack_alarm`` message, the history a subscription asks for, and ``/api/alarms``,
+``/api/meta``, ``/api/history``.
 
 Rules:
 * Acknowledging needs the identity's ack grant (``Identity.can_ack``); an alarm is

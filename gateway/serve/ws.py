@@ -41,12 +41,8 @@ from ..core.protocol import (
     Welcome,
     encode,
 )
-from ..core.protocol import (
-    Ping as AppPing,
-)
-from ..core.protocol import (
-    Pong as AppPong,
-)
+from ..core.protocol import Ping as AppPing
+from ..core.protocol import Pong as AppPong
 from .deflate import BoundedDeflate
 from .frameguard import FrameGuard
 from .session import SessionContext, StreamSession
@@ -65,21 +61,9 @@ _COPY_LIMIT = 16 * 1024
 
 class WsSession(StreamSession):
     __slots__ = (
-        "_parts",
-        "_size",
-        "_tokens",
-        "_tokens_at",
-        "_trailing",
-        "compressed",
-        "errors",
-        "guard",
-        "history_hold",
-        "identity",
-        "last_rx",
-        "opened_at",
-        "partial_since",
-        "ping_sent_at",
-        "ws",
+        "_parts", "_size", "_tokens", "_tokens_at", "_trailing", "compressed", "errors",
+        "guard", "history_hold", "identity", "last_rx", "opened_at", "partial_since",
+        "ping_sent_at", "ws",
     )  # fmt: skip
 
     def __init__(
