@@ -181,6 +181,13 @@ def mqtt_mapping(cfg: Config) -> list[str]:
     return lines
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, possibly inside a Trio nursery's exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(KeyboardInterrupt)[1] is None
+    return isinstance(exc, KeyboardInterrupt)
+
+
 def _user_error(exc: BaseException) -> str | None:
     """The one line to show for an error a user can fix, or None for a bug."""
     if isinstance(exc, BaseExceptionGroup):
@@ -253,11 +260,11 @@ def _run(args: argparse.Namespace) -> int:
             log.info("%s", line)
     try:
         summary = trio.run(functools.partial(_serve_with_status, cfg, interval, handler))
-    except KeyboardInterrupt:  # before the signal handlers were installed
-        return 130
     except BaseException as exc:
         if handler is not None:
             handler.finish()
+        if _interrupted(exc):  # Ctrl-C before the signal handlers were installed
+            return 130
         message = _user_error(exc)
         if message is None or args.log_level == "debug":
             raise
@@ -280,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             code: int = trio.run(tail, args)
             return code
-        except KeyboardInterrupt:
-            return 130
+        except BaseException as exc:
+            if _interrupted(exc):  # Ctrl-C: the way to stop a tail without --count
+                return 130
+            raise
     return 2  # pragma: no cover - argparse requires a command
 
 
