@@ -11,11 +11,14 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .fleet import Fleet, FleetConfig, FleetError, load_scenario
+
+if TYPE_CHECKING:
+    from .mqtt import MqttPublisher
 
 DESCRIPTION = """\
 Simulate a fleet of devices (sensors on machines in lines on sites) and publish it:
@@ -234,7 +237,7 @@ async def run_mqtt(fleet: Fleet, args: argparse.Namespace) -> int:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(report)
-                nursery.start_soon(_stop_on_signal, run_scope)
+                nursery.start_soon(_stop_on_signal, run_scope, pub)
                 await pub.run(args.duration)  # a clean stop publishes 'offline' for each device
                 nursery.cancel_scope.cancel()
         except* ConnectError as group:
@@ -253,9 +256,14 @@ async def run_mqtt(fleet: Fleet, args: argparse.Namespace) -> int:
     return 0 if s.errors == 0 and not failed else 1
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
+async def _stop_on_signal(scope: trio.CancelScope, pub: MqttPublisher | None = None) -> None:
+    """Ctrl-C or SIGTERM: a publishing fleet stops cleanly (every device publishes
+    ``offline``); before that, or at a second signal, everything stops at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
+            if pub is not None and pub.publishing and not pub.stop_requested:
+                pub.stop()
+                continue
             scope.cancel()
             return
 

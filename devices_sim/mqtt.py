@@ -92,6 +92,8 @@ class MqttPublisher:
         self.connect_timeout_s = connect_timeout_s
         self.stats = PublishStats()
         self._stopping = False
+        self.publishing = False  # connected and publishing: stop() says goodbye
+        self.stop_requested = False
         self.per_device = connections == 0
         if self.per_device:
             self.conns = [
@@ -135,6 +137,7 @@ class MqttPublisher:
                 )
             self._publish(self._initial_statuses())
             task_status.started()
+            self.publishing = True
             t0 = trio.current_time()
             # Simulated time starts now, not when the fleet was built: connecting
             # thousands of devices takes a while, and every timestamp would carry
@@ -143,7 +146,9 @@ class MqttPublisher:
             n = 0
             sim_now = 0.0
             try:
-                while duration_s is None or trio.current_time() - t0 < duration_s:
+                while not self.stop_requested and (
+                    duration_s is None or trio.current_time() - t0 < duration_s
+                ):
                     n += 1
                     await trio.sleep_until(t0 + n * STEP_S)
                     now = trio.current_time() - t0
@@ -178,6 +183,11 @@ class MqttPublisher:
                                 conn.session.disconnect()
                         await trio.sleep(0.1)  # let the DISCONNECT packets go out
                 nursery.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        """End the run as if its duration were over: every device still says goodbye
+        (``offline``), which cancelling the run cannot do (its connections go too)."""
+        self.stop_requested = True
 
     def _initial_statuses(self) -> list[Message]:
         msgs = self.fleet.initial()

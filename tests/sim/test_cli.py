@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,30 @@ async def test_a_broker_refusing_every_connection_is_reported_as_such(tmp_path: 
     last = err.splitlines()[-1]
     assert last.startswith("devices-sim: 3 of 3 connections") and "Not authorized" in last
     assert "Traceback" not in err
+
+
+async def test_ctrl_c_stops_cleanly_and_every_device_says_offline(mosquitto: Mosquitto) -> None:
+    proc = await trio.lowlevel.open_process(
+        [*SIM, "--mqtt", mosquitto.url, "--devices", "300", "--rate", "2", "--quiet"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        sub = [
+            "mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-t", "status/#",
+            "-v", "-W", "5",
+        ]  # fmt: skip
+        with trio.fail_after(20):  # every device announced itself (retained)
+            while True:
+                seen = await trio.run_process([*sub, "-C", "300"], capture_stdout=True, check=False)
+                if seen.stdout.count(b" online") == 300:
+                    break
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(20):
+            assert await proc.wait() == 0
+        with trio.fail_after(20):
+            after = await trio.run_process([*sub, "-C", "300"], capture_stdout=True)
+        assert after.stdout.count(b" offline") == 300
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
