@@ -139,7 +139,7 @@ class Reader:
         self.stream = stream
         self.data = bytearray()
 
-    async def until(self, pattern: bytes, within: float = 20) -> re.Match[bytes]:
+    async def until(self, pattern: bytes, within: float = 40) -> re.Match[bytes]:
         with trio.fail_after(within):
             while True:
                 m = re.search(pattern, bytes(self.data), re.M)

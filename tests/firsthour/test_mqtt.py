@@ -40,7 +40,7 @@ async def topics(port: int, flt: str = "#") -> dict[str, dict[str, object]]:
     return found
 
 
-async def wait_for(port: int, predicate, within: float = 20) -> dict[str, dict[str, object]]:  # type: ignore[no-untyped-def]
+async def wait_for(port: int, predicate, within: float = 40) -> dict[str, dict[str, object]]:  # type: ignore[no-untyped-def]
     with trio.fail_after(within):
         while not predicate(found := await topics(port)):
             await trio.sleep(0.05)
@@ -97,7 +97,7 @@ async def test_own_devices_and_a_fleet_through_mosquitto(mosquitto: Mosquitto) -
             out = Reader(sim.stderr)
             m = await out.until(rb"^connections (\d+)/(\d+)  devices online (\d+)/(\d+) ")
             assert comment.startswith("connections 4/4  devices online 1000/1000")
-            seen = await wait_for(port, lambda t: len(t) == 1000 + 2, within=30)
+            seen = await wait_for(port, lambda t: len(t) == 1000 + 2, within=60)
             await out.until(rb"^connections 4/4  devices online 1000/1000 ")
             sites = {t.split("/")[0] for t in seen}
             assert sites == {"berlin", "paris", "madrid", "rome", "plant1"}  # no phantom "sim"
