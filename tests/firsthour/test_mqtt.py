@@ -89,6 +89,14 @@ async def test_own_devices_and_a_fleet_through_mosquitto(mosquitto: Mosquitto) -
         assert done.returncode == 0
         await log.until(rb"'telemetry/plant1/press-8': a field holds a JSON object or array")
 
+        # a message on a subscribed topic that no route maps: counted and logged
+        done = await run(on_ports("mosquitto_pub -t telemetry -m '{\"a\": 1}'", broker=broker))
+        assert done.returncode == 0
+        await log.until(rb"MQTT message on 'telemetry' refused: no route maps this MQTT topic")
+        admin = int((await log.until(rb"admin on http://127\.0\.0\.1:(\d+)/metrics"))[1])
+        _, _, metrics = await http_get(admin, "/metrics")
+        assert b'gateway_ingest_rejections_total{reason="unmapped"} 1.0' in metrics
+
         # 3. a simulated fleet through the same broker, seen by this gateway
         cmd, comment = cmds[7]
         sim = await start(on_ports(cmd, broker=broker))

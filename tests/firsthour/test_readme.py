@@ -210,6 +210,20 @@ async def readme_commands_against(port: int) -> None:
     (doc_snap,) = sample(0, r'^\{"epoch"')
     assert doc_snap.startswith('{"epoch":') and '"filter":"berlin/line1/#","topics":{' in doc_snap
 
+    # the old README's `gateway tail 'site/#'`: says that nothing matches, as documented
+    tail = await start(on_ports("gateway tail 'site/#'", gateway=port))
+    assert tail.stderr is not None
+    said = await Reader(tail.stderr).until(rb"^gateway tail: 0 topics match .*$")
+    tail.send_signal(signal.SIGINT)
+    with trio.fail_after(10):
+        assert await tail.wait() == 130
+    (doc_line,) = [
+        x
+        for x in section("docs/operations.md", "## Running").splitlines()
+        if x.startswith("gateway tail: 0 topics match")
+    ]
+    assert said[0].decode() == doc_line.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+
     # the Python example, as a script: prints the device's fields
     (script,) = blocks("README.md", USING, lang="python")
     script = on_ports(script, gateway=port)
