@@ -281,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tail":
         from .client import tail
 
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        logging.basicConfig(  # the tail says itself when the connection comes and goes
+            level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         try:
             code: int = trio.run(tail, args)

@@ -387,11 +387,29 @@ async def tail(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    async def notice_connection() -> None:
+        # reconnecting is the client's job; the person watching gets one line per
+        # change of state instead of a log line per attempt
+        with trio.move_on_after(EMPTY_NOTICE_S):
+            await client.wait_until(lambda m: client.connected)
+        while True:
+            if not client.connected:
+                print(
+                    f"gateway tail: no connection to {args.url} (is the gateway running? "
+                    "make run starts one); retrying",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                await client.wait_until(lambda m: client.connected)
+                print(f"gateway tail: connected to {args.url}", file=sys.stderr, flush=True)
+            await client.wait_until(lambda m: not client.connected)
+
     auth: list[BaseException] = []
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.run)
             nursery.start_soon(notice_empty)
+            nursery.start_soon(notice_connection)
             await done.wait()
             nursery.cancel_scope.cancel()
     except* AuthRejected as group:

@@ -349,3 +349,32 @@ async def test_run_rewrites_one_status_line_on_a_terminal() -> None:
         os.close(master)
         proc.kill()
         await proc.wait()
+
+
+async def test_tail_says_once_that_no_gateway_answers_and_when_one_does(
+    nursery: trio.Nursery,
+) -> None:
+    from tests.broker import free_port
+
+    port = free_port()
+    proc = await trio.lowlevel.open_process(
+        tail_cmd(port, "berlin/#", "--count", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        err = bytearray()
+        with trio.fail_after(15):
+            await read_until(proc.stderr, rb"no connection to .*; retrying\n", err)
+        gw = await start_gateway(nursery, server={"port": port})
+        gw.store.apply("berlin/line1/d1", {"t": 1.0}, gw.clock.wall())
+        with trio.fail_after(40):  # the tail's backoff has grown a little by now
+            await read_until(proc.stderr, rb"connected to ws://", err)
+            assert await proc.wait() == 0
+        assert b"berlin/line1/d1" in await proc.stdout.receive_some(4096)
+        assert err.count(b"no connection") == 1  # one line, not one per attempt
+        assert b"INFO" not in err
+        gw.server.request_shutdown()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
