@@ -9,13 +9,14 @@ Rules:
 * The figures: devices (topics with presence, online of total), topics, screens (open
   WebSocket and SSE sessions), device messages accepted per second over the last
   interval, and the data age (since the newest message from any device).
-* Work per refresh is bounded: the topics are walked in slices of
-  :data:`SLICE` with a checkpoint between slices, so a million topics never stall the
-  event loop.
+* Work per refresh is bounded: the topics are walked in slices of :data:`SLICE`
+  with a checkpoint between slices, without copying them, so a million topics never
+  stall the event loop (about 1 ms per slice).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from dataclasses import dataclass
@@ -42,26 +43,36 @@ class Figures:
     newest: float | None  # wall time of the newest device message, None before any
 
 
-async def count(gw: Gateway) -> Figures:
-    """The current figures; walks the topics in slices (see the module rules)."""
-    states = list(gw.store.states())
+async def count(gw: Gateway, previous: Figures | None = None) -> Figures:
+    """The current figures; walks the topics in slices (see the module rules). Topics
+    added during the walk end it early: the device figures are then ``previous``'s."""
+    store = gw.store
     devices = online = 0
     newest = 0.0
-    for start in range(0, len(states), SLICE):
-        for st in states[start : start + SLICE]:
-            if st.online is not None:
-                devices += 1
-                online += st.online
-            if st.seen_at > newest:
-                newest = st.seen_at
-        await trio.lowlevel.checkpoint()
+    states = iter(store.states())  # no copy: a million topics would stall the loop
+    try:
+        while True:
+            batch = list(itertools.islice(states, SLICE))
+            for st in batch:
+                if st.online is not None:
+                    devices += 1
+                    online += st.online
+                if st.seen_at > newest:
+                    newest = st.seen_at
+            if len(batch) < SLICE:
+                break
+            await trio.lowlevel.checkpoint()
+    except RuntimeError:  # "dictionary changed size during iteration"
+        if previous is not None:
+            devices, online = previous.devices, previous.online
+            newest = max(newest, previous.newest or 0.0)
     return Figures(
         devices,
         online,
-        len(states),
+        len(store),
         gw.server.connections,
-        gw.store.stats.messages,
-        newest if states and newest > 0 else None,
+        store.stats.messages,
+        newest if newest > 0 else None,
     )
 
 
@@ -115,9 +126,10 @@ class StatusReporter:
         self.started_mono = gw.clock.mono()
         self.first_msgs = gw.store.stats.messages
         last_t, last_msgs = self.started_mono, self.first_msgs
+        f: Figures | None = None
         while True:
             await trio.sleep(self.interval_s)
-            f = await count(gw)
+            f = await count(gw, f)
             self.peak_screens = max(self.peak_screens, f.screens)
             now = gw.clock.mono()
             rate = (f.msgs - last_msgs) / max(now - last_t, 1e-9)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,7 +156,6 @@ class Reader:
         return self.data.decode(errors="replace")
 
 
-PYTHON = sys.executable
 #: `gateway tail`'s human format, as README shows it: time, topic, #seq, fields
 TAIL_LINE = r"^\d\d:\d\d:\d\d\.\d{3} (?P<topic>\S+) #(?P<seq>\d+)(?P<fields>( [A-Za-z_]+=\S+)+)$"
 STATUS_LINE = (
