@@ -9,6 +9,7 @@ lists part ways, so a new command in the README needs a check here.
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import re
 import signal
@@ -144,6 +145,10 @@ async def test_make_run_and_every_readme_command_against_it(tmp_path: Path) -> N
         )
         with trio.fail_after(15):
             await proc.wait()
+            # the terminal closes once the gateway under make has exited too
+            with contextlib.suppress(OSError, trio.BrokenResourceError):
+                while await out.stream.receive_some(65536):
+                    pass
     finally:
         if proc.returncode is None:
             os.killpg(proc.pid, signal.SIGKILL)
