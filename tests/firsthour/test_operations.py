@@ -14,7 +14,17 @@ import trio
 
 from tests.broker import Mosquitto
 from tests.conftest import require_binary, stop_process
-from tests.firsthour.docs import ROOT, Reader, blocks, commands, on_ports, run, section, start
+from tests.firsthour.docs import (
+    ROOT,
+    STATUS_LINE,
+    Reader,
+    blocks,
+    commands,
+    on_ports,
+    run,
+    section,
+    start,
+)
 
 RUNNING = "## Running"
 
@@ -114,3 +124,13 @@ async def test_the_grafana_readme_rule_check() -> None:
     (cmd,) = re.findall(r"`(promtool [^`]+)`", (ROOT / "grafana" / "README.md").read_text())
     done = await run(cmd)
     assert done.returncode == 0 and b"SUCCESS" in done.stdout, done.stderr
+
+
+def test_the_status_and_summary_samples_have_the_form_the_gateway_prints() -> None:
+    # the live lines are checked against the same patterns in test_readme.py (make run)
+    assert re.fullmatch(STATUS_LINE, doc_sample(r"^devices \d"))
+    assert re.fullmatch(
+        r"INFO gateway: ran [^:]+: [\d,]+ device messages \([\d,]+/s\), [\d,]+ topics, "
+        r"\d+/\d+ devices online at exit, \d+ screens at most",
+        doc_sample(r"INFO gateway: ran "),
+    )
