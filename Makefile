@@ -11,10 +11,14 @@ STAMP  := $(VENV)/.installed-dev
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# pip's output (index warnings, build-backend deprecations) goes to .venv/pip.log and
+# is shown only when the install fails: `make run` in a fresh clone prints what matters.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@echo "installing the project and its dev tools into $(VENV) (about a minute; log: $(VENV)/pip.log)"
+	@{ $(BIN)/python -m pip install -q --upgrade pip && \
+	   $(BIN)/python -m pip install -q -e '.[dev]'; } > $(VENV)/pip.log 2>&1 || \
+	   { cat $(VENV)/pip.log; echo "pip install failed (log: $(VENV)/pip.log)"; exit 1; }
 	@touch $(STAMP)
 
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -27,7 +31,8 @@ NPM_STAMP := dashboard/node_modules/.package-lock.json
 
 $(NPM_STAMP): dashboard/package-lock.json
 	@scripts/system-deps.sh run
-	cd dashboard && npm ci --no-audit --no-fund
+	@echo "installing the dashboard's npm packages (dashboard/node_modules)"
+	@cd dashboard && npm ci --no-audit --no-fund --loglevel=error > /dev/null
 
 venv: $(STAMP) ## create .venv and install the project with its dev extras
 

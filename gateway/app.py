@@ -168,8 +168,8 @@ async def serve(
         await nursery.start(gw.server.serve)
         if cfg.alarms.rules:
             await nursery.start(_alarm_delays, gw)
-        if install_signals:
-            nursery.start_soon(_watch_signals, gw.server)
+        if install_signals:  # before the start line: a SIGTERM right after it is graceful
+            await nursery.start(_watch_signals, gw.server)
         if cfg.mqtt.url:
             from .ingest.mqtt import MqttIngest
 
@@ -197,8 +197,11 @@ async def serve(
     log.info("stopped")
 
 
-async def _watch_signals(server: Server) -> None:
+async def _watch_signals(
+    server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("%s: shutting down gracefully", signal.Signals(signum).name)
             server.request_shutdown()
