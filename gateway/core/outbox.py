@@ -33,6 +33,7 @@ invariant 3), so shared and personal frames compose in any interleaving.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -67,6 +68,8 @@ class OutboxStats:
     lag_snapshots: int = 0  # members so far behind that they got a group snapshot
     shared_frames: int = 0  # tick frames handed out as-is (encode once, send many)
     personal_fragments: int = 0  # fragments built for one member (join, lag, resume)
+    join_snapshots: int = 0  # shared join snapshots built (one per group tick at most)
+    joins_shared: int = 0  # joins served from a shared join snapshot
     slow: dict[str, int] = field(default_factory=dict)  # reason -> disconnects
 
     def slow_disconnect(self, reason: str) -> None:
@@ -74,7 +77,10 @@ class OutboxStats:
 
 
 class Group:
-    __slots__ = ("gseq", "key", "members", "next_tick", "pending", "ring", "sent", "tick_no")
+    __slots__ = (
+        "building", "gseq", "join", "key", "members", "next_tick", "pending", "ring", "sent",
+        "tick_no",
+    )  # fmt: skip
 
     def __init__(self, key: GroupKey, sent: dict[str, int], ring_ticks: int) -> None:
         self.key = key
@@ -87,6 +93,12 @@ class Group:
         #: the store's change count up to which every change of this group's topics
         #: is in its stream (``sent`` plus the ticks so far)
         self.gseq = 0
+        #: while not None, the walk over the store's matching topics that is still
+        #: filling ``sent`` (members join only once it is done)
+        self.building: Iterator[str] | None = None
+        #: (tick_no, frames): the join snapshot shared by the members joining while
+        #: the group is at that tick (a later tick's deltas may not build on it)
+        self.join: tuple[int, tuple[bytes, ...]] | None = None
 
     def allows(self, topic: str) -> bool:
         grants = self.key.grants

@@ -64,6 +64,9 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "unknown_subscription": "no subscription has this id",
     "duplicate_subscription": "a subscription with this id exists already",
     "rate_limited": "too many messages per second from this connection",
+    "bad_rate": "rate_hz is not a finite number of at least the minimum rate",
+    "too_many_filters": "the per-connection limit on filters (all subscriptions) is reached",
+    "too_many_groups": "the per-connection limit on distinct (filter, rate) streams is reached",
 }
 
 #: WebSocket close codes the gateway uses (see docs/protocol.md for client actions).
@@ -162,10 +165,11 @@ class Subscribe:
         except TopicError as err:
             raise ProtocolError("bad_filter", str(err), sub_id) from None
         rate = obj.get("rate_hz")
-        if rate is not None and (
-            type(rate) not in (int, float) or not math.isfinite(rate) or rate <= 0
-        ):
-            raise ProtocolError("bad_message", "'rate_hz' must be a number > 0", sub_id)
+        if rate is not None and type(rate) not in (int, float):
+            raise ProtocolError("bad_message", "'rate_hz' must be a number", sub_id)
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            # the range and the steps are the hub's (rates.py): "bad_rate" there too
+            raise ProtocolError("bad_rate", "'rate_hz' must be a finite number > 0", sub_id)
         return cls(sub_id, tuple(dict.fromkeys(checked)), None if rate is None else float(rate))
 
 

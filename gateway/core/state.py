@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, TypeAlias
 
-from .topics import RuleTable, validate_topic
+from .topics import RuleTable, TopicTree, validate_topic
 
 __all__ = [
     "Deadband",
@@ -191,6 +191,8 @@ class StateStore:
         #: shell uses it to wake its tick loop, which sleeps while nothing changes
         self.on_change: Callable[[], None] | None = None
         self._topics: dict[str, TopicState] = {}
+        #: every topic name, for enumerating the topics a filter matches
+        self.tree = TopicTree()
         self._changed: dict[str, None] = {}  # ordered set of topics changed since drain
 
     # -- reading ---------------------------------------------------------------
@@ -238,6 +240,7 @@ class StateStore:
             )
         st = TopicState(topic)
         self._topics[topic] = st
+        self.tree.add(topic)
         return st
 
     def _validate(

@@ -37,6 +37,7 @@ from ..clock import Clock
 from ..config import Config
 from ..core.hub import Hub
 from ..core.protocol import ClientMessage, DecodeLimits, decode_client
+from ..core.rates import RateError
 from ..core.state import StateStore
 from ..core.topics import TopicError, matches, validate_filter
 from ..log import RateLimitedLog
@@ -66,6 +67,8 @@ log = logging.getLogger("gateway.server")
 
 SUBPROTOCOLS = ("telemetry.v1",)
 SWEEP_INTERVAL_S = 0.5
+PUMP_BATCH = 200  # sessions pumped (or closed at shutdown) between two checkpoints
+API_SLICE = 2000  # topics /api/snapshot encodes between two checkpoints
 
 
 @dataclass
@@ -120,6 +123,10 @@ class Server:
             "max_filters": 64,
             "max_rate_hz": sc.tick_hz,
             "default_rate_hz": sc.default_rate_hz,
+            "min_rate_hz": hub.rates.min_hz,
+            "rate_steps_hz": list(hub.rates.steps),
+            "max_filters_per_connection": sc.max_filters_per_connection,
+            "max_groups_per_connection": sc.max_groups_per_connection,
             "auth_deadline_s": sc.auth_timeout_s,
             "messages_per_s": sc.messages_per_s,
         }
@@ -219,8 +226,10 @@ class Server:
         self._stopping = True
         for scope in list(self._http_scopes):
             scope.cancel()
-        for session in list(self._sessions):
+        for i, session in enumerate(list(self._sessions), 1):
             session.close(1012, "service restart: reconnect", "shutdown")
+            if i % PUMP_BATCH == 0:
+                await trio.lowlevel.checkpoint()
         if self._sessions:
             with trio.move_on_after(self.cfg.server.shutdown_timeout_s):
                 await self._drained.wait()
@@ -270,6 +279,7 @@ class Server:
             work.set()
 
         self.store.on_change = wake
+        hub.on_work = wake
         next_at = last = -math.inf
         while True:
             if hub.idle:
@@ -290,13 +300,19 @@ class Server:
             self._framed.clear()
             self._framed_z.clear()
             self._sse_events.clear()
-            for sub in hub.tick(start):
-                session = by_sub.get(sub.id)
-                if session is not None:
-                    try:
-                        session.pump(start)
-                    except Exception:  # one session's bug must not stop every screen
-                        self._session_failed(session)
+            # bounded work between checkpoints: the hub yields after each slice of
+            # its tick, and the woken sessions are pumped in batches
+            for woken in hub.tick_steps(start):
+                for i, sub in enumerate(woken, 1):
+                    session = by_sub.get(sub.id)
+                    if session is not None:
+                        try:
+                            session.pump(start)
+                        except Exception:  # one session's bug must not stop every screen
+                            self._session_failed(session)
+                    if i % PUMP_BATCH == 0:
+                        await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
             self.stats.ticks += 1
             if self.metrics is not None:
                 self._observe_tick(start)
@@ -457,7 +473,13 @@ class Server:
             if identity is None:  # no auth message on a one-way stream
                 raise AuthError("malformed", "a token is required (header or access_token)")
             limit = self.cfg.state.max_topic_bytes
-            return identity, parse_sse_request(req.target, req.header(b"last-event-id"), limit)
+            sse = parse_sse_request(req.target, req.header(b"last-event-id"), limit)
+            if sse.rate_hz is not None:
+                try:
+                    self.hub.rates.snap(sse.rate_hz)  # refused here: EventSource stops
+                except RateError as err:
+                    raise HttpError(400, f"bad rate: {err}", "bad_request") from None
+            return identity, sse
 
         admitted = await self._admit(out, conn, req, ip, "event stream", prepare)
         if admitted is None:

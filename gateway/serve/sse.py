@@ -27,7 +27,7 @@ import orjson
 import trio
 
 from ..auth import Identity
-from ..core.protocol import Resume, Subscribe, Welcome, encode
+from ..core.protocol import Error, Resume, Subscribe, Welcome, encode
 from ..core.topics import TopicError, matches, validate_filter
 from .http import HttpError
 from .session import StreamSession
@@ -117,28 +117,33 @@ class SseSession(StreamSession):
         srv = self.server
         hub = srv.hub
         sub = self.sub = hub.connect(self.identity.grants)
-        req = self.request
-        welcome = Welcome(
-            srv.store.epoch,
-            srv.clock.wall(),
-            srv.cfg.server.heartbeat_s,
-            False,
-            srv.welcome_limits,
-        )
-        events = [HEAD, self._event(encode(welcome))]
-        positions = self._resume_positions()
-        if positions:
-            hub.resume(sub, Resume(srv.store.epoch, positions))
-        reply = hub.subscribe(sub, Subscribe("sse", req.filters, req.rate_hz))
-        events.append(self._event(encode(reply)))
         srv.attach(self)
+        req = self.request
         try:
+            welcome = Welcome(
+                srv.store.epoch,
+                srv.clock.wall(),
+                srv.cfg.server.heartbeat_s,
+                False,
+                srv.welcome_limits,
+            )
+            events = [HEAD, self._event(encode(welcome))]
+            positions = self._resume_positions()
+            if positions:
+                hub.resume(sub, Resume(srv.store.epoch, positions))
+            reply = hub.subscribe(sub, Subscribe("sse", req.filters, req.rate_hz))
+            events.append(self._event(encode(reply)))
+            if isinstance(reply, Error):  # nothing would ever flow: say why and end
+                self._set_reason("protocol")
+                self.closing = True
+                hub.disconnect(sub)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
                     self._write(events)
-                    self.pump()
-                    await self._read_until_gone()
+                    if not self.closing:
+                        self.pump()
+                        await self._read_until_gone()
                     await self._flush()  # a last event
                 finally:
                     self._nursery = None  # no new task from here (see WsSession.run)
