@@ -365,7 +365,9 @@ class Hub:
             while group.building is not None:
                 sl.work += self._build_some(group, max(1, sl.budget - sl.work))
                 if group.building is None:
-                    sl.wake(group)
+                    # its members join from the snapshot phase 4 builds (which wakes
+                    # them, those with resume positions included)
+                    self._join_wanted[group] = None
                 if sl.full:
                     yield sl.take()
         # 2. route the changed topics to the groups that carry them
