@@ -69,7 +69,8 @@ log = logging.getLogger("gateway.server")
 SUBPROTOCOLS = ("telemetry.v1",)
 SWEEP_INTERVAL_S = 0.5
 PUMP_BATCH = 200  # sessions pumped (or closed at shutdown) between two checkpoints
-API_SLICE = 2000  # topics /api/snapshot encodes between two checkpoints
+PUMP_BYTES = 8 << 20  # or bytes written by them
+API_SLICE = 2000  # topics /api/snapshot encodes (or latency samples) between checkpoints
 
 
 @dataclass
@@ -303,32 +304,39 @@ class Server:
             self._sse_events.clear()
             # bounded work between checkpoints: the hub yields after each slice of
             # its tick, and the woken sessions are pumped in batches
+            # (in pumps and in bytes handed to the kernel: join snapshots are large)
+            stats = self.stats
             for woken in hub.tick_steps(start):
-                for i, sub in enumerate(woken, 1):
+                pumped, sent = 0, stats.bytes_sent
+                for sub in woken:
                     session = by_sub.get(sub.id)
                     if session is not None:
                         try:
                             session.pump(start)
                         except Exception:  # one session's bug must not stop every screen
                             self._session_failed(session)
-                    if i % PUMP_BATCH == 0:
+                    pumped += 1
+                    if pumped >= PUMP_BATCH or stats.bytes_sent - sent >= PUMP_BYTES:
                         await trio.lowlevel.checkpoint()
+                        pumped, sent = 0, stats.bytes_sent
                 await trio.lowlevel.checkpoint()
             self.stats.ticks += 1
             if self.metrics is not None:
-                self._observe_tick(start)
+                await self._observe_tick(start)
 
-    def _observe_tick(self, start: float) -> None:
+    async def _observe_tick(self, start: float) -> None:
         m = self.metrics
         assert m is not None
         m.tick_seconds.observe(trio.current_time() - start)
         states = self.hub.tick_states
         if states:
             wall = self.clock.wall()
-            for st in states.values():
+            for i, st in enumerate(list(states.values()), 1):
                 if st.device_ts is not None:
                     m.device_to_send.observe(max(0.0, wall - st.device_ts))
                 m.ingest_to_send.observe(max(0.0, wall - st.changed_at))
+                if i % API_SLICE == 0:
+                    await trio.lowlevel.checkpoint()
 
     async def _sweep_loop(self) -> None:
         while True:
