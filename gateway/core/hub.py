@@ -431,6 +431,12 @@ class Hub:
         group.join = None  # built for the previous tick: the new one may not build on it
         group.ring.append(TickRecord(group.tick_no, now, tuple(items), self._pack(frags)))
 
+    def _coalesce_limit(self, group: Group) -> int:
+        """Missed items above which a lagging member rejoins from a snapshot instead
+        of getting personal coalesced deltas: half the group's topics (the snapshot
+        is then at most about twice the bytes), and never more than 4 slices."""
+        return min(4 * self.config.slice_items, max(64, len(group.sent) // 2))
+
     def _join_frames(self, group: Group) -> tuple[bytes, ...] | None:
         """The group's shared join snapshot for its current tick, built now if small;
         None (and a build requested from the next tick) if large."""
@@ -557,42 +563,45 @@ class Hub:
         for s in sub.subs.values():
             for m in s.members:
                 group = m.group
-                if not m.joined:
-                    if group.building is not None:
-                        continue  # woken when the group's state is complete
-                    positions = sub.positions
-                    if positions:
-                        for topic in group.sent:
-                            _merge_base(personal, topic, positions.get(topic))
-                    else:
-                        # no positions: the snapshot every screen joining this group
-                        # during this group tick shares (built once, framed once)
-                        join = self._join_frames(group)
-                        if join is None:
-                            continue  # woken when the tick has built it
-                        shared.extend(join)
-                    m.joined = joined_now = True
-                    m.cursor = group.tick_no
-                    continue
-                missed = group.missed(m.cursor)
-                if missed is None:
+                if m.joined:
+                    missed = group.missed(m.cursor)
+                    if missed is not None and len(missed) <= 1:
+                        if missed:
+                            shared.extend(missed[0].frames)
+                            stats.shared_frames += len(missed[0].frames)
+                        m.cursor = group.tick_no
+                        continue
+                    total = 0 if missed is None else sum(len(rec.items) for rec in missed)
+                    if missed is not None and total <= self._coalesce_limit(group):
+                        first: dict[str, int | None] = {}
+                        for rec in missed:
+                            for topic, base in rec.items:
+                                if topic not in first:
+                                    first[topic] = base
+                        stats.coalesced += total - len(first)
+                        for topic, base in first.items():
+                            _merge_base(personal, topic, base)
+                        m.cursor = group.tick_no
+                        continue
+                    # Out of the ring, or so far behind that coalescing would cost
+                    # more than a snapshot: the member joins again, from the group's
+                    # shared join snapshot (bounded work per take, whatever the lag).
                     stats.lag_snapshots += 1
+                    m.joined = False
+                if group.building is not None:
+                    continue  # woken when the group's state is complete
+                positions = sub.positions
+                if positions:
                     for topic in group.sent:
-                        _merge_base(personal, topic, None)
-                elif len(missed) == 1:
-                    shared.extend(missed[0].frames)
-                    stats.shared_frames += len(missed[0].frames)
-                elif missed:
-                    first: dict[str, int | None] = {}
-                    total = 0
-                    for rec in missed:
-                        total += len(rec.items)
-                        for topic, base in rec.items:
-                            if topic not in first:
-                                first[topic] = base
-                    stats.coalesced += total - len(first)
-                    for topic, base in first.items():
-                        _merge_base(personal, topic, base)
+                        _merge_base(personal, topic, positions.get(topic))
+                else:
+                    # no positions: the snapshot every screen joining this group
+                    # during this group tick shares (built once, framed once)
+                    join = self._join_frames(group)
+                    if join is None:
+                        continue  # woken when the tick has built it
+                    shared.extend(join)
+                m.joined = joined_now = True
                 m.cursor = group.tick_no
         if joined_now:
             sub.positions.clear()  # resume positions serve the joins that follow them

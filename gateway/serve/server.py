@@ -70,6 +70,7 @@ SUBPROTOCOLS = ("telemetry.v1",)
 SWEEP_INTERVAL_S = 0.5
 PUMP_BATCH = 200  # sessions pumped (or closed at shutdown) between two checkpoints
 PUMP_BYTES = 8 << 20  # or bytes written by them
+PUMP_SECONDS = 0.005  # or time spent on them
 API_SLICE = 2000  # topics /api/snapshot encodes (or latency samples) between checkpoints
 
 
@@ -304,10 +305,11 @@ class Server:
             self._sse_events.clear()
             # bounded work between checkpoints: the hub yields after each slice of
             # its tick, and the woken sessions are pumped in batches
-            # (in pumps and in bytes handed to the kernel: join snapshots are large)
+            # (in pumps, in bytes handed to the kernel, since join snapshots are large,
+            # and in time, since a lagging screen's take coalesces up to 4 slices)
             stats = self.stats
             for woken in hub.tick_steps(start):
-                pumped, sent = 0, stats.bytes_sent
+                pumped, sent, since = 0, stats.bytes_sent, trio.current_time()
                 for sub in woken:
                     session = by_sub.get(sub.id)
                     if session is not None:
@@ -316,9 +318,13 @@ class Server:
                         except Exception:  # one session's bug must not stop every screen
                             self._session_failed(session)
                     pumped += 1
-                    if pumped >= PUMP_BATCH or stats.bytes_sent - sent >= PUMP_BYTES:
+                    if (
+                        pumped >= PUMP_BATCH
+                        or stats.bytes_sent - sent >= PUMP_BYTES
+                        or trio.current_time() - since >= PUMP_SECONDS
+                    ):
                         await trio.lowlevel.checkpoint()
-                        pumped, sent = 0, stats.bytes_sent
+                        pumped, sent, since = 0, stats.bytes_sent, trio.current_time()
                 await trio.lowlevel.checkpoint()
             self.stats.ticks += 1
             if self.metrics is not None:
