@@ -21,8 +21,11 @@ The stepped slow-subscriber policy falls out of the cursor's lag (in ticks):
 * lag 1: the member gets the tick's frames, the very bytes every other in-sync
   member gets (encode once, send many);
 * lag 2 .. ring length: *coalesce*: one personal delta per topic from its base
-  in the first missed tick to the current state (counted: updates folded away);
-* older than the ring: a *snapshot* of the group's topics (counted);
+  in the first missed tick to the current state (counted: updates folded away),
+  unless the missed ticks hold more items than ``Hub._coalesce_limit`` (then, as
+  below: a snapshot is about as large and needs no work per member);
+* older than the ring: the member *joins again*, from the group's shared join
+  snapshot (counted);
 * a write stalled longer than ``stall_s``, or data waiting longer than
   ``max_lag_s``: *disconnect* with close code 4008 (counted by reason).
 

@@ -204,3 +204,27 @@ def test_a_join_after_the_group_ticked_gets_a_new_snapshot() -> None:
         for msg in decode_server(frame):
             mirror.apply(msg)  # type: ignore[arg-type]
     assert mirror_view(mirror) == expected_view(store, ["#"])
+
+
+def test_a_member_far_behind_rejoins_from_the_shared_snapshot_not_personal_deltas() -> None:
+    store, hub = make(3_000, slice_items=200)
+    a, b = hub.connect(), hub.connect()
+    ma, mb = Mirror(), Mirror()
+    for sub in (a, b):
+        hub.subscribe(sub, Subscribe("s", ("#",), 20))
+    hub.tick(0.0)  # builds the group and its join snapshot
+    deliver(hub, a, ma)
+    deliver(hub, b, mb)
+    topics = list(store.topics())
+    for n in range(1, 4):  # three ticks of 1,000 changes; b reads none of them
+        for topic in topics[:1000]:
+            store.apply(topic, {"v": -n}, float(n))
+        hub.tick(n * 0.05)
+        deliver(hub, a, ma)
+    fragments = hub.stats.personal_fragments
+    assert not hub.take(b, 0.2)  # 3,000 missed items: it rejoins (snapshot built next tick)
+    hub.tick(0.25)
+    deliver(hub, b, mb)
+    assert hub.stats.personal_fragments == fragments  # nothing coalesced for b alone
+    assert hub.stats.lag_snapshots == 1
+    assert mirror_view(mb) == expected_view(store, ["#"]) == mirror_view(ma)
