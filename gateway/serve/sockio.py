@@ -25,11 +25,6 @@ import trio
 __all__ = ["Outbound", "close_socket", "recv_some", "text_frame_header"]
 
 _IOV_MAX = 512  # chunks per sendmsg call (Linux allows 1024)
-#: bytes one write (one task step) hands to the kernel at most: with thousands of screens
-#: writable at once (a join wave), every drain task runs once per scheduler batch, and
-#: the loop lag is the sum of their steps; a loopback socket's autotuned buffer would
-#: otherwise take megabytes per step
-MAX_WRITE = 256 << 10
 
 
 def text_frame_header(length: int, compressed: bool = False) -> bytes:
@@ -95,7 +90,7 @@ class Outbound:
             self.queued_bytes += len(data)
             return False
         try:
-            n = self.sock.send(data if len(data) <= MAX_WRITE else memoryview(data)[:MAX_WRITE])
+            n = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
             n = 0
         except OSError as err:
@@ -123,19 +118,10 @@ class Outbound:
         return False
 
     def _sendmsg(self, chunks: Sequence[bytes | memoryview]) -> int:
-        """Write up to ``MAX_WRITE`` bytes of ``chunks``; returns how many went."""
         sent = 0
-        budget = MAX_WRITE
         for start in range(0, len(chunks), _IOV_MAX):
-            part = list(chunks[start : start + _IOV_MAX])
-            want = 0
-            for i, c in enumerate(part):
-                if want + len(c) >= budget:
-                    part[i] = memoryview(c)[: budget - want]
-                    del part[i + 1 :]
-                    want = budget
-                    break
-                want += len(c)
+            part = chunks[start : start + _IOV_MAX]
+            want = sum(len(c) for c in part)
             try:
                 n = self.sock.sendmsg(part)
             except (BlockingIOError, InterruptedError):
@@ -144,8 +130,7 @@ class Outbound:
                 raise SendFailed(_reason(err)) from None
             sent += n
             self.counter.bytes_sent += n
-            budget -= n
-            if n < want or budget <= 0:
+            if n < want:
                 break
         return sent
 
