@@ -22,6 +22,7 @@ import argparse
 import base64
 import contextlib
 import json
+import math
 import os
 import pathlib
 import socket
@@ -178,7 +179,8 @@ async def ping_loop(port: int, rtts: list[float], stop: trio.Event) -> None:
 
 def lag_summary(before: str, after: str) -> dict[str, Any]:
     window = from_metrics(after).minus(from_metrics(before))
-    out = window.summary()
+    # beyond the last bucket (10 s) the bound is unknown: null, not Infinity (valid JSON)
+    out: dict[str, Any] = {k: None if v == math.inf else v for k, v in window.summary().items()}
     out["max_last_minute_ms"] = round(metric(after, "gateway_event_loop_lag_max_seconds") * 1000, 1)
     return out
 
