@@ -27,7 +27,7 @@ import orjson
 import trio
 
 from ..auth import Identity
-from ..core.protocol import Error, Resume, Subscribe, Welcome, encode
+from ..core.protocol import Resume, Subscribe, Welcome, encode
 from ..core.topics import TopicError, matches, validate_filter
 from .http import HttpError
 from .session import StreamSession
@@ -133,17 +133,12 @@ class SseSession(StreamSession):
                 hub.resume(sub, Resume(srv.store.epoch, positions))
             reply = hub.subscribe(sub, Subscribe("sse", req.filters, req.rate_hz))
             events.append(self._event(encode(reply)))
-            if isinstance(reply, Error):  # nothing would ever flow: say why and end
-                self._set_reason("protocol")
-                self.closing = True
-                hub.disconnect(sub)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
                     self._write(events)
-                    if not self.closing:
-                        self.pump()
-                        await self._read_until_gone()
+                    self.pump()
+                    await self._read_until_gone()
                     await self._flush()  # a last event
                 finally:
                     self._nursery = None  # no new task from here (see WsSession.run)
