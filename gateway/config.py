@@ -91,6 +91,11 @@ class ServerConfig:
     close_timeout_s: float = 2.0
     tick_hz: float = 20.0
     default_rate_hz: float = 10.0
+    #: the slowest subscription rate; requested rates snap down to the steps of
+    #: docs/protocol.md (tick_hz and the 1-2-5 series down to this)
+    min_rate_hz: float = 0.1
+    max_filters_per_connection: int = 256  # over all of a connection's subscriptions
+    max_groups_per_connection: int = 64  # distinct (filter, rate) streams per connection
     stall_s: float = 10.0
     max_lag_s: float = 30.0
     max_frame_bytes: int = 1 << 20
@@ -571,6 +576,9 @@ def _validate(cfg: Config) -> None:
         "close_timeout_s",
         "tick_hz",
         "default_rate_hz",
+        "min_rate_hz",
+        "max_filters_per_connection",
+        "max_groups_per_connection",
         "stall_s",
         "max_lag_s",
         "max_frame_bytes",
@@ -589,6 +597,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("server.send_buffer_bytes: must be >= 0 (0: the kernel's default)")
     if s.idle_timeout_s < 0:
         raise ConfigError("server.idle_timeout_s: must be >= 0 (0 disables it)")
+    if s.min_rate_hz > s.default_rate_hz:
+        raise ConfigError(
+            f"server.min_rate_hz: {s.min_rate_hz} exceeds server.default_rate_hz "
+            f"{s.default_rate_hz}"
+        )
     if s.default_rate_hz > s.tick_hz:
         raise ConfigError(
             f"server.default_rate_hz: {s.default_rate_hz} exceeds server.tick_hz {s.tick_hz}"

@@ -67,6 +67,9 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "rate_limited": "too many messages per second from this connection",
     "ack_not_allowed": "this identity may not acknowledge alarms (no ack grant)",
     "unknown_alarm": "an alarm named does not exist or is not visible to this identity",
+    "bad_rate": "rate_hz is not a finite number of at least the minimum rate",
+    "too_many_filters": "the per-connection limit on filters (all subscriptions) is reached",
+    "too_many_groups": "the per-connection limit on distinct (filter, rate) streams is reached",
 }
 
 #: WebSocket close codes the gateway uses (see docs/protocol.md for client actions).
@@ -166,10 +169,11 @@ class Subscribe:
         except TopicError as err:
             raise ProtocolError("bad_filter", str(err), sub_id) from None
         rate = obj.get("rate_hz")
-        if rate is not None and (
-            type(rate) not in (int, float) or not math.isfinite(rate) or rate <= 0
-        ):
-            raise ProtocolError("bad_message", "'rate_hz' must be a number > 0", sub_id)
+        if rate is not None and type(rate) not in (int, float):
+            raise ProtocolError("bad_message", "'rate_hz' must be a number", sub_id)
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            # the range and the steps are the hub's (rates.py): "bad_rate" there too
+            raise ProtocolError("bad_rate", "'rate_hz' must be a finite number > 0", sub_id)
         hist = obj.get("history_s")
         if hist is not None and (
             type(hist) not in (int, float) or not math.isfinite(hist) or not 0 <= hist <= 86400

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, TypeAlias
 
-from .topics import RuleTable, validate_topic
+from .topics import RuleTable, TopicTree, validate_topic
 
 __all__ = [
     "Deadband",
@@ -215,6 +215,8 @@ class StateStore:
         #: apply changes to other topics, never to the one it is called for
         self.on_accept: Callable[[TopicState, float], None] | None = None
         self._topics: dict[str, TopicState] = {}
+        #: every topic name, for enumerating the topics a filter matches
+        self.tree = TopicTree()
         self._changed: dict[str, None] = {}  # ordered set of topics changed since drain
         # stale deadlines: a heap of (deadline, topic), valid when _due[topic] is that
         # deadline; every non-stale topic with a message since it was last dropped is
@@ -267,6 +269,7 @@ class StateStore:
             )
         st = TopicState(topic)
         self._topics[topic] = st
+        self.tree.add(topic)
         return st
 
     def _validate(

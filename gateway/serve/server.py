@@ -87,6 +87,10 @@ class Server:
             "max_filters": 64,
             "max_rate_hz": sc.tick_hz,
             "default_rate_hz": sc.default_rate_hz,
+            "min_rate_hz": hub.rates.min_hz,
+            "rate_steps_hz": list(hub.rates.steps),
+            "max_filters_per_connection": sc.max_filters_per_connection,
+            "max_groups_per_connection": sc.max_groups_per_connection,
             "auth_deadline_s": sc.auth_timeout_s,
             "messages_per_s": sc.messages_per_s,
         }
