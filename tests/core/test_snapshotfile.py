@@ -154,3 +154,16 @@ def test_well_checksummed_but_malformed_records_are_corrupt() -> None:
     head, body = sf.assemble({"epoch": "e", "changes": 1, "topics": 1}, [bad_versions])
     with pytest.raises(sf.CheckpointError):
         read(head + b"".join(body))
+
+
+def test_a_record_written_before_the_learned_interval_was_kept_still_loads() -> None:
+    old = b'["t",2,{"a":1},{"a":2},{},0,1,null,false,null,3.0,4.0,7]\n'
+    head, body = sf.assemble({"epoch": "e", "changes": 7, "topics": 1}, [old])
+    _, (st,) = read(head + b"".join(body))
+    assert (st.topic, st.seq, st.fields, st.seen_at, st.gseq) == ("t", 2, {"a": 1}, 4.0, 7)
+    assert (st.report_at, st.interval) == (None, 0.0)  # nothing learned yet: learns again
+    s = StateStore("e")
+    s.apply("dev", {"v": 1}, 10.0)
+    s.apply("dev", {"v": 2}, 15.0)
+    _, (new,) = read(write(s))
+    assert (new.report_at, new.interval) == (15.0, 5.0)
