@@ -19,14 +19,20 @@ import trio.lowlevel
 from gateway import persist
 from gateway.app import Gateway, serve
 from gateway.core import snapshotfile
+from tests.broker import free_port
 from tests.gw import make_config
 from tests.serve.httpget import http_get
 
 
 @contextlib.asynccontextmanager
-async def running(state_dir: Path, **persist_cfg: Any) -> AsyncIterator[Gateway]:
+async def running(
+    state_dir: Path, sections: dict[str, Any] | None = None, **persist_cfg: Any
+) -> AsyncIterator[Gateway]:
     """A gateway with persistence; leaving the block shuts it down gracefully."""
-    cfg = make_config(persist={"state_dir": str(state_dir), "interval_s": 3600.0, **persist_cfg})
+    cfg = make_config(
+        persist={"state_dir": str(state_dir), "interval_s": 3600.0, **persist_cfg},
+        **(sections or {}),
+    )
     async with trio.open_nursery() as nursery:
         gw: Gateway = await nursery.start(serve, cfg)
         yield gw
@@ -78,6 +84,38 @@ async def test_epoch_kept_after_clean_shutdown_only_and_once(tmp_path: Path) -> 
         second = gw.store.epoch
     async with running(tmp_path) as gw:
         assert gw.store.epoch == second
+
+
+async def test_a_restored_device_keeps_its_freshness_until_its_own_deadline(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as gw:
+        now = gw.clock.wall()
+        for i in range(5):  # a learned interval of 10 s: stale after 30 s of silence
+            gw.store.apply(f"dev/{i}", {"v": 1}, now - 10.0)
+            gw.store.apply(f"dev/{i}", {"v": 2}, now)
+        gw.store.apply("once", {"v": 1}, now)  # no interval: no known limit
+        seqs = {st.topic: st.seq for st in gw.store.states()}
+    async with running(tmp_path) as gw:
+        for i in range(5):  # as if the gateway had never stopped: nothing changed
+            st = gw.store.get(f"dev/{i}")
+            assert st is not None and not st.stale and st.seq == seqs[st.topic]
+            assert st.interval == 10.0 and st.seen_at == now
+        once = gw.store.get("once")
+        assert once is not None and once.stale and once.seq == seqs["once"] + 1
+        assert gw.store.sweep_stale(now + 29.0) == []  # the learned deadline holds
+        assert sorted(gw.store.sweep_stale(now + 31.0)) == [f"dev/{i}" for i in range(5)]
+        gw.store.apply("dev/0", {"v": 3}, now + 32.0)  # ... and a device that speaks is fresh
+    # the data source is down at start (nothing listens): the first failed attempt
+    # marks every restored device stale, as in any outage
+    dead = {"mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}", "reconnect_min_s": 30.0}}
+    async with running(tmp_path, dead) as gw:
+        st = gw.store.get("dev/0")
+        assert st is not None and st.interval
+        with trio.fail_after(10):
+            while not all(s.stale for s in gw.store.states()):
+                await trio.sleep(0.01)
+        assert gw.mqtt is not None and not gw.mqtt.connected
 
 
 async def test_checkpoint_and_restore_of_100k_topics_keep_the_loop_lag_budget(
