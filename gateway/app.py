@@ -8,12 +8,14 @@ serve(cfg)
 └── signal watcher          (SIGTERM/SIGINT -> graceful shutdown, exit 0)
 
 With persistence, the last checkpoint is loaded (and the epoch decided) before the
-store is built and restored before the server listens; the final checkpoint is
-written after the server has closed every client (1012) and returned.
+store is built and restored before the server listens; then the alarm engine adopts
+the restored alarm topics and sees the topics the restore marked stale. The final
+checkpoint is written after the server has closed every client (1012) and returned.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 import signal
@@ -26,7 +28,7 @@ import trio
 from .auth import Authenticator
 from .clock import Clock
 from .config import Config, load_names
-from .core.alarms import AlarmEngine
+from .core.alarms import ALARM_PREFIX, AlarmEngine
 from .core.history import History
 from .core.hub import Hub, HubConfig
 from .core.meta import Meta
@@ -136,6 +138,34 @@ def _observer(history: History, alarms: AlarmEngine) -> Callable[[TopicState, fl
     return on_accept
 
 
+async def _adopt_alarms(gw: Gateway, marked: list[str], batch: int = 1000) -> None:
+    """After a restore: rebuild the alarms from their restored topics, then let the
+    accepted-change observer see the topics the restore marked stale (a ``stale``
+    rule raises on them, as it would have on a running gateway)."""
+    store, alarms, now = gw.store, gw.insight.alarms, gw.clock.wall()
+    topics = list(store.topics())
+    outcomes: collections.Counter[str] = collections.Counter()
+    for i in range(0, len(topics), batch):
+        for topic in topics[i : i + batch]:
+            st = store.get(topic)
+            if st is not None and topic.startswith(ALARM_PREFIX):
+                outcomes[alarms.adopt(st, now)] += 1
+        await trio.lowlevel.checkpoint()
+    if outcomes:
+        log.info(
+            "persist: %d alarms restored; %d of rules no longer configured were cleared",
+            outcomes["adopted"],
+            outcomes["removed"],
+        )
+    observe = store.on_accept
+    for i in range(0, len(marked), batch):
+        for topic in marked[i : i + batch]:
+            st = store.get(topic)
+            if st is not None and observe is not None:
+                observe(st, now)
+        await trio.lowlevel.checkpoint()
+
+
 async def _alarm_delays(gw: Gateway, task_status: trio.TaskStatus[None]) -> None:
     """Let alarm on/off delays run out: the rules' time evaluation."""
     task_status.started()
@@ -163,7 +193,8 @@ async def serve(
     async with trio.open_nursery() as nursery:
         await nursery.start(gw.looplag.run)
         if persister is not None:
-            await persister.restore(gw.store, loaded)
+            marked = await persister.restore(gw.store, loaded)
+            await _adopt_alarms(gw, marked)
             await nursery.start(persister.run, gw.store)
         await nursery.start(gw.server.serve)
         if cfg.alarms.rules:

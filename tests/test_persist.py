@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import trio
 import trio.lowlevel
@@ -40,9 +41,13 @@ async def running(
 
 
 @contextlib.asynccontextmanager
-async def crashing(state_dir: Path) -> AsyncIterator[Gateway]:
+async def crashing(
+    state_dir: Path, sections: dict[str, Any] | None = None
+) -> AsyncIterator[Gateway]:
     """A gateway that ends like a crash: cancelled, no shutdown, no final checkpoint."""
-    cfg = make_config(persist={"state_dir": str(state_dir), "interval_s": 3600.0})
+    cfg = make_config(
+        persist={"state_dir": str(state_dir), "interval_s": 3600.0}, **(sections or {})
+    )
     async with trio.open_nursery() as nursery:
         gw: Gateway = await nursery.start(serve, cfg)
         yield gw
@@ -116,6 +121,88 @@ async def test_a_restored_device_keeps_its_freshness_until_its_own_deadline(
             while not all(s.stale for s in gw.store.states()):
                 await trio.sleep(0.01)
         assert gw.mqtt is not None and not gw.mqtt.connected
+
+
+OPERATOR = "operator-token-0123456789"
+ALARMING = {
+    "alarms": {
+        "rules": [
+            {"name": "hot", "filter": "plant/#", "condition": "high", "field": "t",
+             "threshold": 50, "hysteresis": 5, "severity": "critical"},
+        ]
+    },
+    "auth": {
+        "mode": "static",
+        "tokens": [{"name": "op1", "token": OPERATOR, "grants": ["#"], "ack": True}],
+    },
+}  # fmt: skip
+BEARER = {"Authorization": f"Bearer {OPERATOR}"}
+HOT = "$alarms/hot/plant/oven"
+
+
+async def open_alarms(gw: Gateway) -> list[dict[str, Any]]:
+    status, _, body = await http_get(gw.port, "/api/alarms", BEARER)
+    assert status == 200
+    alarms: list[dict[str, Any]] = orjson.loads(body)["alarms"]
+    return alarms
+
+
+@pytest.mark.parametrize("restart", ["graceful", "crash"])
+async def test_an_acknowledged_alarm_survives_a_restart_and_clears_normally(
+    tmp_path: Path, restart: str
+) -> None:
+    from tests.serve.rawws import RawWs
+
+    async with contextlib.AsyncExitStack() as stack:
+        stop = (
+            running(tmp_path, ALARMING) if restart == "graceful" else crashing(tmp_path, ALARMING)
+        )
+        gw = await stack.enter_async_context(stop)
+        gw.store.apply("plant/oven", {"t": 60.0}, gw.clock.wall())
+        ws = await RawWs.connect(gw.port, headers=BEARER)
+        try:
+            await ws.recv_json()  # welcome
+            await ws.send_json({"type": "ack_alarm", "id": "a1", "alarms": [HOT]})
+            assert (await ws.recv_json())["type"] == "ack"
+        finally:
+            ws.close()
+        before = await open_alarms(gw)
+        assert [(a["alarm"], a["state"], a["acked_by"]) for a in before] == [
+            (HOT, "active_acked", "op1")
+        ]
+        assert gw.persister is not None and await gw.persister.checkpoint(gw.store)
+    async with running(tmp_path, ALARMING) as gw:
+        assert (gw.persister is not None and gw.persister.stats.epoch_kept) is (
+            restart == "graceful"
+        )
+        assert await open_alarms(gw) == before  # state, raise, acknowledgement intact
+        alarm = gw.insight.alarms.get(HOT)
+        assert alarm is not None and alarm.state == "active_acked" and alarm.acked_by == "op1"
+        assert await metric(gw, 'gateway_alarms_active{severity="critical"}') == 1
+        assert await metric(gw, 'gateway_alarms_unacknowledged{severity="critical"}') == 0
+        now = gw.clock.wall()
+        gw.store.apply("plant/oven", {"t": 47.0}, now)  # within the hysteresis: still active
+        assert gw.store.get(HOT).fields["state"] == "active_acked"  # type: ignore[union-attr]
+        gw.store.apply("plant/oven", {"t": 40.0}, now)  # the value returns: cleared, normal
+        doc = gw.store.get(HOT)
+        assert doc is not None and doc.fields["state"] == "normal"
+        assert doc.fields["acked_by"] == "op1" and doc.fields["cleared_value"] == 40.0
+        assert await open_alarms(gw) == []
+        assert await metric(gw, 'gateway_alarms_active{severity="critical"}') == 0
+
+
+async def test_a_stale_rule_raises_on_a_device_the_restore_marks_stale(tmp_path: Path) -> None:
+    rule = {"name": "silent", "filter": "batt/#", "condition": "stale"}
+    sections = {"alarms": {"rules": [rule]}}
+    async with running(tmp_path, sections) as gw:
+        gw.store.apply("batt/7", {"v": 3.6}, gw.clock.wall())  # spoke once: no known limit
+    async with running(tmp_path, sections) as gw:
+        st = gw.store.get("batt/7")
+        assert st is not None and st.stale
+        doc = gw.store.get("$alarms/silent/batt/7")
+        assert doc is not None and doc.fields["state"] == "active_unacked"
+        gw.store.apply("batt/7", {"v": 3.5}, gw.clock.wall())  # speaks again: clears
+        assert doc.fields["state"] == "cleared_unacked"
 
 
 async def test_checkpoint_and_restore_of_100k_topics_keep_the_loop_lag_budget(
