@@ -19,7 +19,7 @@ import collections
 import logging
 import secrets
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,7 @@ from .auth import Authenticator
 from .clock import Clock
 from .config import Config, load_names
 from .core.alarms import ALARM_PREFIX, AlarmEngine
-from .core.history import History
+from .core.history import History, HistoryMismatch
 from .core.hub import Hub, HubConfig
 from .core.meta import Meta
 from .core.state import Deadband, StateStore, TopicState
@@ -38,7 +38,7 @@ from .insight_metrics import InsightCollector
 from .looplag import LoopLag
 from .memory import tune_malloc
 from .metrics import Metrics
-from .persist import Loaded, Persister
+from .persist import Loaded, Persister, Section
 from .serve.insight import Insight
 from .serve.server import Server
 
@@ -138,6 +138,19 @@ def _observer(history: History, alarms: AlarmEngine) -> Callable[[TopicState, fl
     return on_accept
 
 
+def _history_section(history: History) -> Section:
+    """Chart history in the checkpoint: charts after a restart show the window before."""
+
+    def restore(payload: memoryview) -> Iterator[int]:
+        try:
+            yield from history.restore(payload)
+        except HistoryMismatch as err:
+            log.warning("persist: chart history not restored: %s", err)
+        log.info("persist: %d chart series restored", history.stats.series)
+
+    return Section(history.export, restore)
+
+
 async def _adopt_alarms(gw: Gateway, marked: list[str], batch: int = 1000) -> None:
     """After a restore: rebuild the alarms from their restored topics, then let the
     accepted-change observer see the topics the restore marked stale (a ``stale``
@@ -190,6 +203,7 @@ async def serve(
     if persister is not None:
         gw.persister = persister
         gw.metrics.attach_persist(persister.stats)
+        persister.add_section("history", _history_section(gw.insight.history))
     async with trio.open_nursery() as nursery:
         await nursery.start(gw.looplag.run)
         if persister is not None:

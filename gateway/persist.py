@@ -43,7 +43,12 @@ in the file that nobody registered is logged and skipped.
 
 The event loop never waits on the disk: topics are encoded in slices of
 ``BATCH`` with a checkpoint between slices, and the CRC, the writes and the fsyncs
-run in a worker thread.
+run in a worker thread. From :meth:`Persister.load` to the end of
+:meth:`Persister.restore` the cyclic garbage collector is paused, and what was
+restored is then frozen (``gc.freeze``): a full collection over a million freshly
+restored objects (100,000 topics with chart history) stalled the loop for 0.3 to
+0.4 s, and these objects live as long as the process (they are still freed by
+reference counting when replaced).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import gc
 import logging
 import os
 import time
@@ -171,6 +177,7 @@ class Persister:
         self._written_changes = -1
         self._last: tuple[str, int, int] = ("", 0, 0)  # epoch, changes, CRC last written
         self.sections: dict[str, Section] = {}
+        self._gc_was_enabled = False
 
     def add_section(self, name: str, section: Section) -> None:
         if name in ("meta", "topics") or name in self.sections:
@@ -180,7 +187,10 @@ class Persister:
     # -- start -----------------------------------------------------------------------
 
     async def load(self) -> Loaded:
-        """Read the last run's checkpoint and decide the epoch (before the store exists)."""
+        """Read the last run's checkpoint and decide the epoch (before the store exists).
+        Pauses the garbage collector until :meth:`restore` (which must follow)."""
+        self._gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             await trio.to_thread.run_sync(lambda: self.dir.mkdir(parents=True, exist_ok=True))
         except OSError as err:
@@ -289,6 +299,14 @@ class Persister:
         ``store.on_accept`` (alarms, history) is not called meanwhile: the alarm topics
         are not back yet, so an alarm raised now would take the place of its restored
         topic. The caller lets the alarm engine see the returned topics afterwards."""
+        try:
+            return await self._restore(store, loaded)
+        finally:
+            gc.freeze()  # long-lived: no full collection scans them again
+            if self._gc_was_enabled:
+                gc.enable()
+
+    async def _restore(self, store: StateStore, loaded: Loaded) -> list[str]:
         store.stats.changes = max(store.stats.changes, loaded.changes)
         restored = 0
         on_accept, store.on_accept = store.on_accept, None
