@@ -8,16 +8,18 @@ serve(cfg)
 └── signal watcher          (SIGTERM/SIGINT -> graceful shutdown, exit 0)
 
 With persistence, the last checkpoint is loaded (and the epoch decided) before the
-store is built and restored before the server listens; the final checkpoint is
-written after the server has closed every client (1012) and returned.
+store is built and restored before the server listens; then the alarm engine adopts
+the restored alarm topics and sees the topics the restore marked stale. The final
+checkpoint is written after the server has closed every client (1012) and returned.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,8 +28,8 @@ import trio
 from .auth import Authenticator
 from .clock import Clock
 from .config import Config, load_names
-from .core.alarms import AlarmEngine
-from .core.history import History
+from .core.alarms import ALARM_PREFIX, AlarmEngine
+from .core.history import History, HistoryMismatch
 from .core.hub import Hub, HubConfig
 from .core.meta import Meta
 from .core.state import Deadband, StateStore, TopicState
@@ -36,7 +38,7 @@ from .insight_metrics import InsightCollector
 from .looplag import LoopLag
 from .memory import tune_malloc
 from .metrics import Metrics
-from .persist import Loaded, Persister
+from .persist import Loaded, Persister, Section
 from .serve.insight import Insight
 from .serve.server import Server
 
@@ -139,6 +141,47 @@ def _observer(history: History, alarms: AlarmEngine) -> Callable[[TopicState, fl
     return on_accept
 
 
+def _history_section(history: History) -> Section:
+    """Chart history in the checkpoint: charts after a restart show the window before."""
+
+    def restore(payload: memoryview) -> Iterator[int]:
+        try:
+            yield from history.restore(payload)
+        except HistoryMismatch as err:
+            log.warning("persist: chart history not restored: %s", err)
+        log.info("persist: %d chart series restored", history.stats.series)
+
+    return Section(history.export, restore)
+
+
+async def _adopt_alarms(gw: Gateway, marked: list[str], batch: int = 1000) -> None:
+    """After a restore: rebuild the alarms from their restored topics, then let the
+    accepted-change observer see the topics the restore marked stale (a ``stale``
+    rule raises on them, as it would have on a running gateway)."""
+    store, alarms, now = gw.store, gw.insight.alarms, gw.clock.wall()
+    topics = list(store.topics())
+    outcomes: collections.Counter[str] = collections.Counter()
+    for i in range(0, len(topics), batch):
+        for topic in topics[i : i + batch]:
+            st = store.get(topic)
+            if st is not None and topic.startswith(ALARM_PREFIX):
+                outcomes[alarms.adopt(st, now)] += 1
+        await trio.lowlevel.checkpoint()
+    if outcomes:
+        log.info(
+            "persist: %d alarms restored; %d of rules no longer configured were cleared",
+            outcomes["adopted"],
+            outcomes["removed"],
+        )
+    observe = store.on_accept
+    for i in range(0, len(marked), batch):
+        for topic in marked[i : i + batch]:
+            st = store.get(topic)
+            if st is not None and observe is not None:
+                observe(st, now)
+        await trio.lowlevel.checkpoint()
+
+
 async def _alarm_delays(gw: Gateway, task_status: trio.TaskStatus[None]) -> None:
     """Let alarm on/off delays run out: the rules' time evaluation."""
     task_status.started()
@@ -163,10 +206,12 @@ async def serve(
     if persister is not None:
         gw.persister = persister
         gw.metrics.attach_persist(persister.stats)
+        persister.add_section("history", _history_section(gw.insight.history))
     async with trio.open_nursery() as nursery:
         await nursery.start(gw.looplag.run)
         if persister is not None:
-            await persister.restore(gw.store, loaded)
+            marked = await persister.restore(gw.store, loaded)
+            await _adopt_alarms(gw, marked)
             await nursery.start(persister.run, gw.store)
         await nursery.start(gw.server.serve)
         if cfg.alarms.rules:

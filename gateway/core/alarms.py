@@ -20,6 +20,12 @@ Rules (docs/alarms.md is the reference for operators):
   (replaced whole) on every state change, so snapshots, deltas, resume and SSE
   carry it unchanged. A rule name is one topic level. An identity sees the alarm
   of every device topic it may see (:func:`with_alarm_grants`).
+* After a restart the alarm topics come back with the store (gateway/persist.py);
+  :meth:`AlarmEngine.adopt` rebuilds each alarm from its topic (state, raise,
+  clear and acknowledgement; the condition from the state), so it goes on as if
+  the gateway had never stopped. An alarm whose rule is gone (removed, renamed, no
+  longer covering the topic, or of another condition) is cleared: its topic is set
+  to ``normal`` with ``rule_removed``, since nothing could ever clear it again.
 * An acknowledgement names a client-chosen request id. The answer to ``(who, id)``
   is remembered (the last :data:`MAX_REMEMBERED_ACKS`), so a retry gets the same
   answer and changes nothing. A request naming an alarm that does not exist (or
@@ -380,6 +386,43 @@ class AlarmEngine:
             self.store.apply(alarm.key, doc, now, mode=UpdateMode.REPLACE)
         except InvalidUpdate:
             self.stats.write_failures += 1
+
+    # -- restart -------------------------------------------------------------------
+
+    def adopt(self, st: TopicState, now: float) -> str:
+        """Rebuild the alarm of a restored alarm topic ``st`` (before serving).
+
+        Returns ``"adopted"``; ``"removed"`` if its rule is gone (the topic is then
+        cleared, if it was not normal); ``"ignored"`` for a topic that is not an
+        alarm of this engine's shape or is known already (nothing is changed)."""
+        f = st.fields
+        state = f.get("state")
+        device = device_of(st.topic)
+        if device is None or state not in STATES or st.topic in self._alarms:
+            return "ignored"
+        name = st.topic[len(ALARM_PREFIX) :].partition("/")[0]
+        rule = next((r for r in self.rules if r.name == name), None)
+        if rule is None or rule.condition != f.get("condition") or not matches(rule.filter, device):
+            if state != "normal":
+                gone: dict[str, JsonValue] = {"state": "normal", "active": False, "acked": True}
+                gone.update(rule_removed=True, cleared_at=now)
+                try:
+                    self.store.apply(st.topic, gone, now)
+                except InvalidUpdate:
+                    self.stats.write_failures += 1
+            return "removed"
+        alarm = Alarm(rule, device, st.topic, state=state)
+        alarm.cond = alarm.active  # hysteresis holds a raised alarm as it did
+        for k in ("raised_at", "raised_value", "cleared_at", "cleared_value", "acked_at"):
+            v = f.get(k)
+            setattr(alarm, k, float(v) if v is not None and _finite(v) else None)
+        by = f.get("acked_by")
+        alarm.acked_by = by if type(by) is str else None
+        alarm.value = alarm.raised_value if alarm.active else alarm.cleared_value
+        self._alarms[st.topic] = alarm
+        if state != "normal":
+            self._open[st.topic] = alarm
+        return "adopted"
 
     # -- acknowledgement -----------------------------------------------------------
 

@@ -19,26 +19,42 @@ Rules:
   are counted (``evicted``, ``refused``): what is kept is the series that
   existed first, never a half-filled ring.
 
+* A checkpoint (gateway/persist.py) carries every series: :meth:`History.export`
+  and :meth:`History.restore`, in bounded chunks and steps. The rings are kept as
+  they were (least recently updated first), so a chart after a restart shows the
+  window before it, with empty buckets for the time the gateway was down. Series
+  of another ``window_s``/``resolution_s`` do not fit the rings and are not
+  restored (:class:`HistoryMismatch`).
+
 Time is a parameter (``now``); nothing here reads a clock.
 """
 
 from __future__ import annotations
 
 import math
+import struct
+import sys
 from array import array
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import orjson
+
 from .state import TopicState
 
-__all__ = ["History", "HistoryConfig", "HistoryStats", "Series"]
+__all__ = ["History", "HistoryConfig", "HistoryMismatch", "HistoryStats", "Series"]
 
 _NAN: Final = math.nan
 BUCKET_BYTES: Final = 3 * array("f").itemsize
 #: the per-series cost besides its buckets (three array headers, the object, the
 #: index entries), measured with tracemalloc in bench/history_bench.py
 SERIES_OVERHEAD_BYTES: Final = 800
+
+
+class HistoryMismatch(ValueError):
+    """Checkpointed history that does not fit this configuration (or is malformed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,3 +255,102 @@ class History:
             "max": hi,
             "last": la,
         }
+
+    # -- checkpoints -------------------------------------------------------------------
+    #
+    # Payload: records of a u32 (little-endian) length and that many bytes of JSON;
+    # the first is {"resolution_s", "buckets"}, then per series [topic, field, head]
+    # followed by its min, max and last rings, each ``buckets`` little-endian float32.
+
+    def export(self, batch: int = 100) -> Iterator[bytes]:
+        """The checkpoint payload, ``batch`` series per chunk (each series whole)."""
+        cfg = self.config
+        yield _record({"resolution_s": cfg.resolution_s, "buckets": cfg.buckets})
+        keys = list(self._series)  # series may come and go between chunks
+        for i in range(0, len(keys), batch):
+            parts: list[bytes] = []
+            for key in keys[i : i + batch]:
+                s = self._series.get(key)
+                if s is None:
+                    continue
+                parts.append(_record([key[0], key[1], s.head]))
+                for arr in (s.min, s.max, s.last):
+                    if sys.byteorder == "big":
+                        arr = array("f", arr)
+                        arr.byteswap()
+                    parts.append(arr.tobytes())
+            if parts:
+                yield b"".join(parts)
+
+    def restore(self, payload: memoryview, batch: int = 100) -> Iterator[int]:
+        """Take the series of a checkpoint payload back (before any is recorded),
+        yielding after every ``batch`` series (how many so far). Raises
+        :class:`HistoryMismatch` if the rings do not fit or the payload is malformed;
+        the series restored before stay. Series beyond ``max_bytes`` are refused."""
+        cfg = self.config
+        head, pos = _read_record(payload, 0)
+        if not isinstance(head, dict):
+            raise HistoryMismatch("no history header")
+        if (head.get("resolution_s"), head.get("buckets")) != (cfg.resolution_s, cfg.buckets):
+            raise HistoryMismatch(
+                f"rings of {head.get('buckets')} x {head.get('resolution_s')} s do not fit "
+                f"{cfg.buckets} x {cfg.resolution_s} s ([history] changed)"
+            )
+        ring = cfg.buckets * array("f").itemsize
+        n = 0
+        while pos < len(payload):
+            rec, start = _read_record(payload, pos)
+            if not (
+                type(rec) is list
+                and len(rec) == 3
+                and type(rec[0]) is str
+                and type(rec[1]) is str
+                and type(rec[2]) is int
+            ):
+                raise HistoryMismatch(f"series record {n} is malformed")
+            pos = start + 3 * ring
+            if pos > len(payload):
+                raise HistoryMismatch(f"series record {n} is truncated")
+            key = (rec[0], rec[1])
+            if key not in self._series and self.config.enabled:
+                if self.stats.bytes + self.series_bytes > cfg.max_bytes:
+                    self.stats.refused += 1
+                else:
+                    self._adopt(key, rec[2], payload[start:pos], ring)
+            n += 1
+            if n % batch == 0:
+                yield n
+        yield n
+
+    def _adopt(self, key: tuple[str, str], head: int, raw: memoryview, ring: int) -> None:
+        s = Series(self.config.buckets, head)
+        for i, name in enumerate(("min", "max", "last")):
+            arr = array("f")
+            arr.frombytes(raw[i * ring : (i + 1) * ring])
+            if sys.byteorder == "big":
+                arr.byteswap()
+            setattr(s, name, arr)
+        self._series[key] = s
+        self._by_topic.setdefault(key[0], set()).add(key[1])
+        self.stats.series += 1
+        self.stats.bytes += self.series_bytes
+
+
+_LEN: Final = struct.Struct("<I")
+
+
+def _record(obj: object) -> bytes:
+    raw = orjson.dumps(obj)
+    return _LEN.pack(len(raw)) + raw
+
+
+def _read_record(payload: memoryview, pos: int) -> tuple[Any, int]:
+    """The JSON record at ``pos`` and the position after it (HistoryMismatch if bad)."""
+    try:
+        (size,) = _LEN.unpack_from(payload, pos)
+        if pos + _LEN.size + size > len(payload):
+            raise ValueError("overruns the payload")
+        end = pos + _LEN.size + size
+        return orjson.loads(bytes(payload[pos + _LEN.size : end])), end
+    except (struct.error, ValueError) as err:  # orjson.JSONDecodeError is a ValueError
+        raise HistoryMismatch(f"malformed history record at byte {pos}: {err}") from None

@@ -459,19 +459,31 @@ class StateStore:
     def restore(self, st: TopicState) -> bool:
         """Adopt a topic read from a checkpoint (gateway/persist.py), before serving.
 
-        It comes back stale until its device or a retained message speaks again;
-        marking it is a change, so its ``seq`` grows past any a client may hold.
+        The honest-freshness rule, as if the gateway had never stopped: the topic
+        keeps its last receive time (``seen_at``) and learned interval. With a stale
+        limit (a ``stale_after`` rule or a learned interval) it is armed on the
+        deadline heap at ``seen_at + limit``, and :meth:`sweep_stale` marks it stale
+        if its device stays silent (at the first sweep if that time has passed), so
+        a restore by itself changes nothing a client holds. Without a limit (a
+        device that spoke once) it is marked stale at once: a change, so its
+        ``seq`` grows past any a client may hold. A stale topic stays stale, and
+        ``$`` topics (alarms) come back as they were.
         Returns False (and adopts nothing) for a known topic or past ``max_topics``.
         """
         if st.topic in self._topics or len(self._topics) >= self.max_topics:
             return False
         self._topics[st.topic] = st
-        if not st.stale:
-            seq = st.seq + 1
-            st.stale = True
-            st.meta_seq = seq
-            self._bump(st, seq, st.changed_at, changed_at=False)
-            self.stats.stale_marked += 1
+        if st.stale or st.topic[:1] == "$":
+            return True
+        limit = self.stale_limit(st)
+        if limit is not None:
+            self._watch(st.topic, st.seen_at + limit)
+            return True
+        seq = st.seq + 1
+        st.stale = True
+        st.meta_seq = seq
+        self._bump(st, seq, st.changed_at, changed_at=False)
+        self.stats.stale_marked += 1
         return True
 
     def _remove(self, st: TopicState, name: str, seq: int) -> None:

@@ -13,7 +13,7 @@ from gateway.core.alarms import (
     device_of,
     with_alarm_grants,
 )
-from gateway.core.state import StateStore
+from gateway.core.state import StateStore, TopicState
 from gateway.core.topics import matches
 
 
@@ -94,6 +94,67 @@ def test_isa_states_and_acknowledgement() -> None:
     assert eng.ack([key], "bob", "r2", 6.0).ok
     assert state_of(store, key) == "normal"
     assert eng.stats.transitions[("critical", "normal")] == 2
+
+
+def restarted(store: StateStore, *rules: AlarmRule) -> tuple[StateStore, AlarmEngine]:
+    """A new store and engine holding ``store``'s topics as a checkpoint brings them back."""
+    from gateway.core import snapshotfile as sf
+
+    head, body = sf.assemble(
+        {"epoch": "e", "changes": 0, "topics": 0}, list(sf.encode_topics(store))
+    )
+    states: list[TopicState] = []
+    for _ in sf.decode_topics(sf.parse(head + b"".join(body)).sections["topics"], states):
+        pass
+    new, eng = engine(*rules)
+    new.on_accept = None  # as gateway/persist.py restores
+    for state in states:
+        assert new.restore(state)
+    new.on_accept = eng.observe
+    return new, eng
+
+
+def test_an_acknowledged_alarm_survives_a_restart_and_clears_normally() -> None:
+    store, eng = engine(HIGH)
+    key, other = alarm_topic("hot", "plant/x"), alarm_topic("hot", "plant/y")
+    store.apply("plant/x", {"temp": 90.0}, 1.0)
+    assert eng.ack([key], "alice", "r1", 2.0).ok
+    store.apply("plant/y", {"temp": 95.0}, 3.0)  # raised, not acknowledged
+    before = {k: dict(store.get(k).fields) for k in (key, other)}  # type: ignore[union-attr]
+
+    store, eng = restarted(store, HIGH)
+    assert [eng.adopt(store.get(k), 10.0) for k in (key, other)] == ["adopted"] * 2  # type: ignore[arg-type]
+    assert {k: store.get(k).fields for k in (key, other)} == before  # type: ignore[union-attr]
+    alarm = eng.get(key)
+    assert alarm is not None and alarm.state == "active_acked" and alarm.active
+    assert (alarm.acked_by, alarm.acked_at, alarm.raised_at, alarm.raised_value) == (
+        "alice", 2.0, 1.0, 90.0,
+    )  # fmt: skip
+    active, unacked = eng.counts()
+    assert (active["critical"], unacked["critical"]) == (2, 1)
+    assert eng.ack([key], "bob", "r9", 11.0).changed == ()  # acknowledged already
+    store.apply("plant/x", {"temp": 77.0}, 12.0)  # inside the hysteresis band: held
+    assert state_of(store, key) == "active_acked"
+    store.apply("plant/x", {"temp": 70.0}, 13.0)  # the value returns: acknowledged, so normal
+    assert state_of(store, key) == "normal"
+    assert store.get(key).fields["acked_by"] == "alice"  # type: ignore[union-attr]
+    assert eng.ack([other], "bob", "r10", 14.0).changed == (other,)
+    assert state_of(store, other) == "active_acked"
+
+
+def test_an_alarm_whose_rule_is_gone_is_cleared_after_a_restart() -> None:
+    store, _ = engine(HIGH)
+    key = alarm_topic("hot", "plant/x")
+    store.apply("plant/x", {"temp": 90.0}, 1.0)
+    other = AlarmRule("hot", "plant/#", "low", field="temp", threshold=0.0)  # same name
+    for rules in ((), (other,)):
+        new, eng = restarted(store, *rules)
+        got = new.get(key)
+        assert got is not None and eng.adopt(got, 10.0) == "removed"
+        assert eng.get(key) is None and got.fields["state"] == "normal"
+        assert got.fields["rule_removed"] is True and got.fields["cleared_at"] == 10.0
+        assert got.fields["raised_value"] == 90.0  # what it was is kept
+    assert eng.adopt(new.get("plant/x"), 10.0) == "ignored"  # type: ignore[arg-type]
 
 
 def test_ack_is_idempotent_per_request_id_and_refuses_unknown_alarms() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.core.history import History, HistoryConfig
+from gateway.core.history import History, HistoryConfig, HistoryMismatch
 
 
 def test_buckets_keep_min_max_last_and_gaps_are_none() -> None:
@@ -83,3 +83,48 @@ def test_matches_a_reference_over_the_window(samples: list[tuple[float, float]])
         assert last == pytest.approx(vals[-1], rel=1e-6, abs=1e-30)
         assert q["min"][i] == pytest.approx(min(vals), rel=1e-6, abs=1e-30)
         assert q["max"][i] == pytest.approx(max(vals), rel=1e-6, abs=1e-30)
+
+
+def filled(cfg: HistoryConfig, n: int = 30) -> History:
+    h = History(cfg)
+    for i in range(n):
+        for k in range(25):  # rings that wrapped around
+            h.record(f"dev/{i}", {"t": i + k * 0.5, "h": -k, "s": "x"}, 100.0 + k * 0.7 + i % 3)
+    return h
+
+
+def restored(payload: bytes, cfg: HistoryConfig, batch: int = 7) -> tuple[History, list[int]]:
+    h = History(cfg)
+    return h, list(h.restore(memoryview(payload), batch))
+
+
+def test_export_and_restore_keep_every_ring_and_the_eviction_order() -> None:
+    cfg = HistoryConfig(window_s=10, resolution_s=1)
+    old = filled(cfg)
+    chunks = list(old.export(batch=4))
+    assert len(chunks) == 1 + math.ceil(60 / 4)  # the header, then bounded chunks
+    new, steps = restored(b"".join(chunks), cfg)
+    assert steps == [7, 14, 21, 28, 35, 42, 49, 56, 60]
+    assert list(new._series) == list(old._series)  # least recently updated first
+    assert (new.stats.series, new.stats.bytes) == (old.stats.series, old.stats.bytes)
+    for topic in old.topics():
+        assert new.fields(topic) == old.fields(topic)
+        for name in old.fields(topic):
+            for now in (110.0, 125.0, 130.0):
+                assert new.query(topic, name, 60, now) == old.query(topic, name, 60, now)
+    new.record("dev/0", {"t": 1.5}, 140.0)  # a restored ring goes on recording
+    assert new.query("dev/0", "t", 1, 140.0)["last"] == [1.5]  # type: ignore[index]
+
+
+def test_restore_refuses_rings_of_another_shape_and_malformed_payloads() -> None:
+    payload = b"".join(filled(HistoryConfig(window_s=10, resolution_s=1), 3).export())
+    for other in (HistoryConfig(window_s=20, resolution_s=1), HistoryConfig(10, 0.5)):
+        with pytest.raises(HistoryMismatch, match=r"\[history\] changed"):
+            restored(payload, other)
+    cfg = HistoryConfig(window_s=10, resolution_s=1)
+    for bad in (b"", b"\x03\x00\x00\x00[1]", payload[:-5], payload + b'\x07\x00\x00\x00["t",1]'):
+        with pytest.raises(HistoryMismatch):
+            restored(bad, cfg)
+    probe = History(cfg).series_bytes
+    capped, _ = restored(payload, HistoryConfig(window_s=10, resolution_s=1, max_bytes=2 * probe))
+    assert (capped.stats.series, capped.stats.refused) == (2, 4)  # the cap holds
