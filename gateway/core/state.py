@@ -325,10 +325,12 @@ class StateStore:
             st.report_at = now
         elif now - st.report_at >= REPORT_GAP_S:
             gap = now - st.report_at
-            st.interval = (
-                gap if not st.interval else st.interval + INTERVAL_ALPHA * (gap - st.interval)
-            )
+            before = st.interval
+            st.interval = gap if not before else before + INTERVAL_ALPHA * (gap - before)
             st.report_at = now
+            if st.interval < before:
+                # a shorter limit may bring the deadline before the one on the heap
+                self._watch(topic, now)
         st.seen_at = now
         if topic not in self._due:
             self._watch(topic, now)  # the next sweep computes the real deadline
@@ -473,6 +475,7 @@ class StateStore:
         if st.topic in self._topics or len(self._topics) >= self.max_topics:
             return False
         self._topics[st.topic] = st
+        self.tree.add(st.topic)  # groups find their topics through the tree (hub.py)
         if st.stale or st.topic[:1] == "$":
             return True
         limit = self.stale_limit(st)
