@@ -412,13 +412,14 @@ class PahoSession:
             self.on_read_burst()
         deadline = now + self.read_budget_s
         tls = isinstance(sock, ssl.SSLSocket)
+        ours: object = sock
         try:
             for n in range(1, self.read_batch + 1):
                 before = self.delivered
                 rc = client.loop_read()
                 if rc != _OK:
                     raise MqttFailure(self._reason(f"connection lost ({paho.error_string(rc)})"))
-                if not _is(client.socket(), sock):  # paho closed it (a DISCONNECT, an error)
+                if client.socket() is not ours:  # paho closed it (a DISCONNECT, an error)
                     raise MqttFailure(self._reason("socket closed"))
                 if client.want_write():
                     self._want_write.set()

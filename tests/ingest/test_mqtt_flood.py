@@ -24,7 +24,10 @@ from tests.serve.httpget import http_get
 
 PUBLISHERS = 4
 PER_PUBLISHER = 15_000
-LAG_MAX_S = 0.5  # generous: the budget is 100 ms
+#: generous: the budget is a 100 ms max, but the gateway shares this process with the
+#: test's screens and this machine with others (at a load of 9 on 2 cores the maxima
+#: reached 0.6 s); the stalls this catches took seconds (13.5 s before the fix)
+LAG_MAX_S = 1.0
 
 
 async def test_a_flood_of_messages_never_stalls_the_loop_and_loses_nothing(

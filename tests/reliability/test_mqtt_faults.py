@@ -31,7 +31,10 @@ from tests.reliability.mqtt_rig import FAULTS, ROOT, Rig
 from tests.serve.httpget import http_get
 
 PORTS = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)/.*admin on http://127\.0\.0\.1:(\d+)/")
-LAG_MAX_S = 0.5  # generous: the budget is 100 ms, CI machines are noisy
+#: generous: the budget is a 100 ms max, but the gateway shares this process with the
+#: test's screens and this machine with others (at a load of 9 on 2 cores the maxima
+#: reached 0.6 s); the stalls this catches took seconds (13.5 s before the fix)
+LAG_MAX_S = 1.0
 RELAYED = ("reset", "refuse_max_connections", "refuse_bad_credentials")
 
 
@@ -157,7 +160,7 @@ async def _broker_stop_scenario(
                 )
         lag = from_metrics((await http_get(admin, "/metrics"))[2].decode()).minus(before)
         print(f"\nkill -TERM of the broker, gateway process loop lag: {lag.summary()}")
-        assert lag.max_bound() <= LAG_MAX_S, lag.summary()
+        assert lag.max_bound() <= LAG_MAX_S, lag.summary()  # a bucket bound
         assert gateway.poll() is None and sim.poll() is None
         assert all(c.connects == 1 for c in screens)
         nursery.cancel_scope.cancel()
