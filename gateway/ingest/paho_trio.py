@@ -354,11 +354,11 @@ class PahoSession:
             nursery.start_soon(self._writer, sock)
             nursery.start_soon(self._watchdog, sock)
             self._want_write.set()  # the CONNECT packet is queued
-            with trio.fail_after(self.connect_timeout_s):
-                try:
+            try:  # (TooSlowError comes out of the with block, not out of the wait)
+                with trio.fail_after(self.connect_timeout_s):
                     await self._connack.wait()
-                except trio.TooSlowError:
-                    raise MqttFailure("no CONNACK from the broker in time") from None
+            except trio.TooSlowError:
+                raise MqttFailure("no CONNACK from the broker in time") from None
             if self._connack_error:
                 raise MqttFailure(f"broker refused the connection: {self._connack_error}")
             self.connected = True
