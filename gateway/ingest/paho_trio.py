@@ -17,6 +17,9 @@ event loop and no network thread:
   received nothing for 1.5 x keepalive (a broker that hangs, a half-open TCP; paho
   alone waits 2 x).
 
+The broker URL, the TLS context and the paho client object come from
+:mod:`gateway.ingest.paho_client` (re-exported here).
+
 :meth:`PahoSession.run` returns only by raising :class:`MqttFailure` (or being
 cancelled), whatever the broker or the network does; reconnecting is the caller's
 policy. The rules that make this so:
@@ -38,55 +41,38 @@ policy. The rules that make this so:
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
 import threading
-import urllib.parse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
 import trio
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
-__all__ = ["BrokerUrl", "MqttFailure", "PahoSession", "first_leaf", "new_client", "parse_url"]
+from .paho_client import (
+    BrokerUrl,
+    TlsOptions,
+    TrackingContext,
+    close_quietly,
+    new_client,
+    parse_url,
+)
+
+__all__ = [
+    "BrokerUrl",
+    "MqttFailure",
+    "PahoSession",
+    "TlsOptions",
+    "first_leaf",
+    "new_client",
+    "parse_url",
+]
 
 
 class MqttFailure(Exception):
     """The MQTT connection failed or was lost; the message says why."""
-
-
-@dataclass(frozen=True)
-class BrokerUrl:
-    tls: bool
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-
-    def __str__(self) -> str:  # never shows the password
-        user = f"{self.username}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
-
-
-def parse_url(url: str) -> BrokerUrl:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"expected mqtt://[user:pass@]host[:port] or mqtts://..., got {url!r}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"the port in {url!r} is not a number from 0 to 65535") from None
-    tls = parts.scheme == "mqtts"
-    return BrokerUrl(
-        tls,
-        parts.hostname,
-        port or (8883 if tls else 1883),
-        urllib.parse.unquote(parts.username) if parts.username else None,
-        urllib.parse.unquote(parts.password) if parts.password else None,
-    )
 
 
 def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -94,73 +80,6 @@ def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(err, BaseExceptionGroup):
         err = err.exceptions[0]
     return err
-
-
-def _close_quietly(sock: Any) -> None:
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
-
-
-class TrackingContext(ssl.SSLContext):
-    """An SSL context that remembers the sockets it wrapped, so that a failed TLS
-    handshake inside paho's connect() (which does not close its socket) can be
-    cleaned up by us."""
-
-    created: list[ssl.SSLSocket]
-
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        sock = super().wrap_socket(*args, **kwargs)
-        if not hasattr(self, "created"):
-            self.created = []
-        self.created = [*[s for s in self.created if s.fileno() != -1][-4:], sock]
-        return sock
-
-    def close_created(self) -> None:
-        for sock in getattr(self, "created", []):
-            _close_quietly(sock)
-        self.created = []
-
-
-@dataclass(frozen=True)
-class TlsOptions:
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    insecure: bool = False
-
-
-def new_client(
-    broker: BrokerUrl,
-    client_id: str,
-    protocol: str,
-    tls: TlsOptions | None = None,
-) -> tuple[paho.Client, TrackingContext | None]:
-    v5 = protocol == "5"
-    client = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-        clean_session=None if v5 else True,
-    )
-    if broker.username:
-        client.username_pw_set(broker.username, broker.password)
-    ctx = None
-    if broker.tls:
-        opts = tls or TlsOptions()
-        ctx = TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
-        if opts.ca_file:
-            ctx.load_verify_locations(opts.ca_file)
-        else:
-            ctx.load_default_certs()
-        if opts.cert_file:
-            ctx.load_cert_chain(opts.cert_file, opts.key_file or None)
-        if opts.insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        client.tls_set_context(ctx)
-        client.tls_insecure_set(opts.insecure)
-    return client, ctx
 
 
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -320,7 +239,7 @@ class PahoSession:
             finally:
                 with lock:
                     if abandoned:
-                        _close_quietly(client.socket())
+                        close_quietly(client.socket())
 
         try:
             with trio.fail_after(self.connect_timeout_s):
@@ -328,7 +247,7 @@ class PahoSession:
         except BaseException as err:
             with lock:
                 abandoned = True
-                _close_quietly(client.socket())
+                close_quietly(client.socket())
             if isinstance(err, trio.TooSlowError):
                 raise MqttFailure(f"connect timed out after {self.connect_timeout_s} s") from None
             if isinstance(err, Exception):  # OSError, SSLError, ValueError (host, certificate)
@@ -336,7 +255,7 @@ class PahoSession:
             raise
         sock = client.socket()
         if rc != _OK or sock is None or sock.fileno() == -1:
-            _close_quietly(sock)
+            close_quietly(sock)
             raise MqttFailure(f"connect failed ({paho.error_string(rc)})")
         self._install_callbacks()
         if isinstance(sock, socket.socket):  # SSLSocket is one too
