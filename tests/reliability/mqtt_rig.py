@@ -321,12 +321,15 @@ class Rig:
                 await trio.sleep(0.2)
 
     async def close(self) -> None:
+        """Stop everything the rig started, also when the test is being cancelled (a
+        dead gateway cancels it): every wait here is bounded."""
         gc.unfreeze()
-        if self.squatter is not None:
-            await trio.to_thread.run_sync(_close_client, self.squatter)
-        if self.fleet is not None:
-            await stop_process(self.fleet)
-        await self.broker.stop()
+        with trio.CancelScope(shield=True):
+            if self.squatter is not None:
+                await trio.to_thread.run_sync(_close_client, self.squatter)
+            if self.fleet is not None:
+                await stop_process(self.fleet)
+            await self.broker.stop()
 
 
 def mirror_view(c: GatewayClient) -> dict[str, Any]:

@@ -116,9 +116,10 @@ async def test_kill_term_of_the_broker_while_devices_sim_publishes_leaves_the_ga
         with trio.fail_after(90):
             await _broker_stop_scenario(broker, gateway, sim, stderr)
     finally:
-        await stop_process(sim)
-        await stop_process(gateway)
-        await broker.stop()
+        with trio.CancelScope(shield=True):  # bounded waits, also when cancelled
+            await stop_process(sim)
+            await stop_process(gateway)
+            await broker.stop()
     assert gateway.returncode == 0, stderr.decode(errors="replace")
     assert "Traceback" not in stderr.decode(errors="replace")
     assert "Traceback" not in sim_log.read_text()
