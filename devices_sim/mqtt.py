@@ -67,6 +67,7 @@ class _Conn:
         self.will_topic = will_topic
         self.session: PahoSession | None = None
         self.ready = trio.Event()
+        self.scope = trio.CancelScope(shield=True)  # cancelled by MqttPublisher.run
 
 
 class MqttPublisher:
@@ -126,68 +127,82 @@ class MqttPublisher:
         async with trio.open_nursery() as nursery:
             for conn in self.conns:
                 nursery.start_soon(self._keep_connected, conn)
-            with trio.move_on_after(self.connect_timeout_s):
-                for conn in self.conns:
-                    await conn.ready.wait()
-            missing = sum(not c.ready.is_set() for c in self.conns)
-            if missing:
-                raise ConnectError(
-                    f"{missing} of {len(self.conns)} connections to {self.broker} not up "
-                    f"after {self.connect_timeout_s:g} s: {self.stats.last_error or 'no answer'}"
-                )
-            self._publish(self._initial_statuses())
-            task_status.started()
-            self.publishing = True
-            t0 = trio.current_time()
-            # Simulated time starts now, not when the fleet was built: connecting
-            # thousands of devices takes a while, and every timestamp would carry
-            # that delay as data age.
-            self.fleet.start_wall = time.time()
-            n = 0
-            sim_now = 0.0
             try:
-                while not self.stop_requested and (
-                    duration_s is None or trio.current_time() - t0 < duration_s
-                ):
-                    n += 1
-                    await trio.sleep_until(t0 + n * STEP_S)
-                    now = trio.current_time() - t0
-                    # Simulated time advances at most MAX_CATCH_UP_S per step: when the
-                    # broker (or this process) cannot keep the requested rate, the fleet
-                    # falls behind (stats.lag_s) instead of building an ever larger burst.
-                    sim_now = min(now, sim_now + MAX_CATCH_UP_S)
-                    msgs = self.fleet.step(sim_now)
-                    touched = self._publish(msgs)
-                    for conn in touched:
-                        if conn.session is not None:
-                            await conn.session.wait_sent()
-                    self.stats.lag_s = max(0.0, trio.current_time() - t0 - sim_now)
+                await self._run(duration_s, task_status)
             finally:
-                if self.offline_on_exit:
-                    with trio.move_on_after(5) as cleanup:
-                        cleanup.shield = True
-                        # Disconnect only once the broker acknowledged the goodbyes (QoS
-                        # 1): closing with its PUBACKs unread makes the kernel reset the
-                        # connection and drop what it had not sent yet.
-                        goodbyes: dict[_Conn, list[paho.MQTTMessageInfo]] = {}
-                        for m in self.fleet.final():  # all in flight at once...
-                            conn = self.conn_for(m.path)
-                            self._publish([m], goodbyes.setdefault(conn, []))
-                        for conn, acks in goodbyes.items():  # ...then each acknowledged
-                            if conn.session is not None:
-                                await conn.session.wait_sent()
-                                await conn.session.wait_acked(acks)
-                        self._stopping = True
-                        for conn in self.conns:
-                            if conn.session is not None:
-                                conn.session.disconnect()
-                        await trio.sleep(0.1)  # let the DISCONNECT packets go out
+                # the connections outlive a cancelled run() until here (their scopes
+                # are shielded), so that a stopped simulator still says goodbye
+                for conn in self.conns:
+                    conn.scope.cancel()
                 nursery.cancel_scope.cancel()
 
     def stop(self) -> None:
         """End the run as if its duration were over: every device still says goodbye
         (``offline``), which cancelling the run cannot do (its connections go too)."""
         self.stop_requested = True
+
+    async def _run(self, duration_s: float | None, task_status: trio.TaskStatus[None]) -> None:
+        with trio.move_on_after(self.connect_timeout_s):
+            for conn in self.conns:
+                await conn.ready.wait()
+        missing = sum(not c.ready.is_set() for c in self.conns)
+        if missing:
+            raise ConnectError(
+                f"{missing} of {len(self.conns)} connections to {self.broker} not up "
+                f"after {self.connect_timeout_s:g} s: {self.stats.last_error or 'no answer'}"
+            )
+        self._publish(self._initial_statuses())
+        task_status.started()
+        self.publishing = True
+        t0 = trio.current_time()
+        # Simulated time starts now, not when the fleet was built: connecting
+        # thousands of devices takes a while, and every timestamp would carry
+        # that delay as data age.
+        self.fleet.start_wall = time.time()
+        n = 0
+        sim_now = 0.0
+        try:
+            while not self.stop_requested and (
+                duration_s is None or trio.current_time() - t0 < duration_s
+            ):
+                n += 1
+                await trio.sleep_until(t0 + n * STEP_S)
+                now = trio.current_time() - t0
+                # Simulated time advances at most MAX_CATCH_UP_S per step: when the
+                # broker (or this process) cannot keep the requested rate, the fleet
+                # falls behind (stats.lag_s) instead of building an ever larger burst.
+                sim_now = min(now, sim_now + MAX_CATCH_UP_S)
+                msgs = self.fleet.step(sim_now)
+                touched = self._publish(msgs)
+                for conn in touched:
+                    if conn.session is not None:
+                        await conn.session.wait_sent()
+                self.stats.lag_s = max(0.0, trio.current_time() - t0 - sim_now)
+        finally:
+            if self.offline_on_exit:
+                with trio.move_on_after(5) as cleanup:
+                    cleanup.shield = True
+                    await self._say_goodbye()
+
+    async def _say_goodbye(self) -> None:
+        # Disconnect only once the broker acknowledged the goodbyes (QoS 1): closing
+        # with its PUBACKs unread makes the kernel reset the connection and drop what
+        # it had not sent yet. A connection that is down (a broker fault) loses its
+        # goodbyes; its last will says "offline" instead.
+        goodbyes: dict[_Conn, list[paho.MQTTMessageInfo]] = {}
+        for m in self.fleet.final():  # all in flight at once...
+            conn = self.conn_for(m.path)
+            self._publish([m], goodbyes.setdefault(conn, []))
+        for conn, acks in goodbyes.items():  # ...then each acknowledged
+            session = conn.session
+            if session is not None:
+                await session.wait_sent()
+                await session.wait_acked(acks)
+        self._stopping = True
+        for conn in self.conns:
+            if conn.session is not None:
+                conn.session.disconnect()
+        await trio.sleep(0.1)  # let the DISCONNECT packets go out
 
     def _initial_statuses(self) -> list[Message]:
         msgs = self.fleet.initial()
@@ -231,6 +246,10 @@ class MqttPublisher:
         return touched
 
     async def _keep_connected(self, conn: _Conn) -> None:
+        with conn.scope:
+            await self._reconnect_loop(conn)
+
+    async def _reconnect_loop(self, conn: _Conn) -> None:
         rng = random.Random(conn.name)
         attempt = 0
         while True:

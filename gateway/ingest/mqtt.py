@@ -6,7 +6,9 @@ straight into the state store from the reader, so the ingest never waits on
 subscribers; failures reconnect with exponential backoff and full jitter
 (``reconnect_min_s`` up to ``reconnect_max_s``, the attempt count reset after
 ``stable_s`` connected), re-subscribing each time; meanwhile the last state is
-served, marked stale, and ``/readyz`` says not ready.
+served, marked stale, and ``/readyz`` says not ready. No broker or network fault ends
+:meth:`MqttIngest.run`: the session reports every one as MqttFailure, and anything
+else (a bug) is logged with its traceback and retried like a fault.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import random
 import secrets
 import ssl
+import traceback
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
@@ -83,6 +86,17 @@ class MqttIngest:
                 reason = str(err) or type(err).__name__
                 self.detail = f"disconnected: {reason}"
                 self._log.limited("mqtt", "MQTT %s: %s", self.broker, reason)
+            except* Exception as group:
+                # not a broker fault but a bug (ours or paho's): logged with its
+                # traceback, and the ingest reconnects; the gateway never exits for it
+                err = first_leaf(group)
+                self.detail = f"disconnected: internal error ({type(err).__name__})"
+                self._log.limited(
+                    "mqtt-bug",
+                    "MQTT session failed unexpectedly (reconnecting):\n%s",
+                    "".join(traceback.format_exception(err)),
+                    level=logging.ERROR,
+                )
             finally:
                 if self.connected:
                     self.stats.disconnects["lost"] += 1

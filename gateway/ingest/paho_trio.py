@@ -7,68 +7,72 @@ event loop and no network thread:
   ``trio.to_thread.run_sync``; everything after it runs on the Trio loop;
 * a reader waits with ``trio.lowlevel.wait_readable`` and calls ``loop_read()`` again
   as long as each call delivered a message (paho reads one packet per call, so one
-  wake-up drains the socket); for TLS, while the SSL layer holds data;
+  wake-up drains the socket); for TLS, while the SSL layer holds data. The work per
+  turn is bounded: after ``read_batch`` packets or ``read_budget_s`` seconds the
+  reader yields (``trio.lowlevel.checkpoint()``) and then goes on, so a flood of
+  messages cannot starve the rest of the loop;
 * a writer waits for paho's "register write" callback (or :meth:`PahoSession.kick`),
   then ``wait_writable`` and ``loop_write()`` until ``want_write()`` is false;
 * a watchdog calls ``loop_misc()`` (keepalive pings) and ends a connection that
   received nothing for 1.5 x keepalive (a broker that hangs, a half-open TCP; paho
   alone waits 2 x).
 
+The broker URL, the TLS context and the paho client object come from
+:mod:`gateway.ingest.paho_client` (re-exported here).
+
 :meth:`PahoSession.run` returns only by raising :class:`MqttFailure` (or being
-cancelled); reconnecting is the caller's policy.
+cancelled), whatever the broker or the network does; reconnecting is the caller's
+policy. The rules that make this so:
+
+* paho closes its socket itself (a read or write error, a keepalive timeout, after
+  our DISCONNECT), sometimes while another of our tasks is about to wait on it. Every
+  wait first checks that the socket is still open and still paho's; a closed one ends
+  the connection (Trio cannot wait on fd -1, and must never wait on a number the
+  kernel may already have given to another socket);
+* paho calls ``on_socket_close`` before it closes; we call ``notify_closing`` there,
+  so Trio forgets the fd before the kernel can reuse it;
+* the blocking connect runs in a worker thread with no Trio callbacks installed
+  (paho calls them from whatever thread it runs in); they are installed on the Trio
+  thread once connect() returned, and the writer then sends the queued CONNECT;
+* any exception out of paho's connect, ``loop_read``, ``loop_write`` or ``loop_misc``
+  (OSError, SSL errors, a ValueError from a bad host name or certificate, a bug in a
+  packet decoder) becomes MqttFailure with the reason.
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
 import threading
-import urllib.parse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
 import trio
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
-__all__ = ["BrokerUrl", "MqttFailure", "PahoSession", "first_leaf", "new_client", "parse_url"]
+from .paho_client import (
+    BrokerUrl,
+    TlsOptions,
+    TrackingContext,
+    close_quietly,
+    new_client,
+    parse_url,
+)
+
+__all__ = [
+    "BrokerUrl",
+    "MqttFailure",
+    "PahoSession",
+    "TlsOptions",
+    "first_leaf",
+    "new_client",
+    "parse_url",
+]
 
 
 class MqttFailure(Exception):
     """The MQTT connection failed or was lost; the message says why."""
-
-
-@dataclass(frozen=True)
-class BrokerUrl:
-    tls: bool
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-
-    def __str__(self) -> str:  # never shows the password
-        user = f"{self.username}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
-
-
-def parse_url(url: str) -> BrokerUrl:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"expected mqtt://[user:pass@]host[:port] or mqtts://..., got {url!r}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"the port in {url!r} is not a number from 0 to 65535") from None
-    tls = parts.scheme == "mqtts"
-    return BrokerUrl(
-        tls,
-        parts.hostname,
-        port or (8883 if tls else 1883),
-        urllib.parse.unquote(parts.username) if parts.username else None,
-        urllib.parse.unquote(parts.password) if parts.password else None,
-    )
 
 
 def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -78,75 +82,30 @@ def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return err
 
 
-def _close_quietly(sock: Any) -> None:
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
+_OK = MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
-class TrackingContext(ssl.SSLContext):
-    """An SSL context that remembers the sockets it wrapped, so that a failed TLS
-    handshake inside paho's connect() (which does not close its socket) can be
-    cleaned up by us."""
-
-    created: list[ssl.SSLSocket]
-
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        sock = super().wrap_socket(*args, **kwargs)
-        if not hasattr(self, "created"):
-            self.created = []
-        self.created = [*[s for s in self.created if s.fileno() != -1][-4:], sock]
-        return sock
-
-    def close_created(self) -> None:
-        for sock in getattr(self, "created", []):
-            _close_quietly(sock)
-        self.created = []
+def _why(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-@dataclass(frozen=True)
-class TlsOptions:
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    insecure: bool = False
+def _is(a: object, b: object) -> bool:  # identity, without narrowing b's type for mypy
+    return a is b
 
 
-def new_client(
-    broker: BrokerUrl,
-    client_id: str,
-    protocol: str,
-    tls: TlsOptions | None = None,
-) -> tuple[paho.Client, TrackingContext | None]:
-    v5 = protocol == "5"
-    client = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-        clean_session=None if v5 else True,
-    )
-    if broker.username:
-        client.username_pw_set(broker.username, broker.password)
-    ctx = None
-    if broker.tls:
-        opts = tls or TlsOptions()
-        ctx = TrackingContext(ssl.PROTOCOL_TLS_CLIENT)
-        if opts.ca_file:
-            ctx.load_verify_locations(opts.ca_file)
-        else:
-            ctx.load_default_certs()
-        if opts.cert_file:
-            ctx.load_cert_chain(opts.cert_file, opts.key_file or None)
-        if opts.insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        client.tls_set_context(ctx)
-        client.tls_insecure_set(opts.insecure)
-    return client, ctx
+def _queue_only(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """paho's register-write callback while connect() runs in the worker thread: with a
+    callback installed, paho only queues the CONNECT packet (without one it would
+    write it from that thread); the writer sends it once run() is back on Trio."""
 
 
 class PahoSession:
     """One connection of one paho client, driven on the Trio loop."""
+
+    #: the reader yields after this many packets or this long, whichever comes first
+    READ_BATCH = 256
+    READ_BUDGET_S = 0.005
 
     def __init__(
         self,
@@ -161,6 +120,8 @@ class PahoSession:
         subscriptions: Sequence[tuple[str, int]] = (),
         on_message: Callable[[paho.MQTTMessage], None] | None = None,
         on_read_burst: Callable[[], None] | None = None,
+        read_batch: int = READ_BATCH,
+        read_budget_s: float = READ_BUDGET_S,
     ) -> None:
         self.client = client
         self.broker = broker
@@ -172,26 +133,36 @@ class PahoSession:
         self.subscriptions = list(subscriptions)
         self.handler = on_message
         self.on_read_burst = on_read_burst
+        self.read_batch = max(1, read_batch)
+        self.read_budget_s = read_budget_s
         self.delivered = 0  # messages handed to the handler
+        self.yields = 0  # times the reader stopped a turn on its budget with data left
         self.last_rx = 0.0
         self.connected = False
+        self.closed = False  # run() has ended: nothing more is written or acknowledged
         self._want_write = trio.Event()
         self._writable = trio.Event()
         self._raw = bytearray()  # QoS 0 PUBLISH packets we encoded (publish_qos0)
         self._connack = trio.Event()
         self._connack_error: str | None = None
         self._lost: str | None = None
+        self._acked = trio.Event()
+        client.on_socket_register_write = _queue_only
+
+    def _install_callbacks(self) -> None:
+        # on the Trio thread, after connect(): they set Trio events and notify Trio
+        client = self.client
         client.on_connect = self._on_connect
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
         client.on_socket_register_write = self._on_register_write
         client.on_socket_close = self._on_socket_close
         client.on_publish = self._on_publish
-        self._acked = trio.Event()
 
     async def wait_acked(self, infos: Sequence[paho.MQTTMessageInfo]) -> None:
-        """Return once the broker acknowledged these QoS 1/2 publishes."""
-        while not all(info.is_published() for info in infos):
+        """Return once the broker acknowledged these QoS 1/2 publishes, or the
+        connection ended (then some may never be)."""
+        while not self.closed and not all(info.is_published() for info in infos):
             await self._acked.wait()
 
     def _on_publish(
@@ -227,12 +198,28 @@ class PahoSession:
         raw += payload
 
     async def wait_sent(self) -> None:
-        """Return once nothing is left to write (publisher backpressure)."""
-        while self.client.want_write() or self._raw:
+        """Return once nothing is left to write (publisher backpressure), or the
+        connection ended (what was queued is then lost with it)."""
+        while (self.client.want_write() or self._raw) and not self.closed:
             self.kick()
             await self._writable.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            sock = await self._connect()
+            try:
+                await self._serve(sock, task_status)
+            finally:
+                self.connected = False
+                if sock.fileno() != -1:
+                    trio.lowlevel.notify_closing(sock)
+                    sock.close()
+        finally:
+            self.closed = True
+            self._writable.set()  # wake wait_sent() and wait_acked() for good
+            self._acked.set()
+
+    async def _connect(self) -> Any:
         client = self.client
         b = self.broker
         kwargs: dict[str, Any] = {"clean_start": True} if self.protocol == "5" else {}
@@ -242,9 +229,9 @@ class PahoSession:
         lock = threading.Lock()
         abandoned = False
 
-        def connect() -> None:
+        def connect() -> MQTTErrorCode:
             try:
-                client.connect(b.host, b.port, self.keepalive, **kwargs)
+                return client.connect(b.host, b.port, self.keepalive, **kwargs)
             except BaseException:
                 if self.tls is not None:  # paho leaves the SSL socket open on failure
                     self.tls.close_created()
@@ -252,45 +239,50 @@ class PahoSession:
             finally:
                 with lock:
                     if abandoned:
-                        _close_quietly(client.socket())
+                        close_quietly(client.socket())
 
         try:
             with trio.fail_after(self.connect_timeout_s):
-                await trio.to_thread.run_sync(connect, abandon_on_cancel=True)
+                rc = await trio.to_thread.run_sync(connect, abandon_on_cancel=True)
         except BaseException as err:
             with lock:
                 abandoned = True
-                _close_quietly(client.socket())
+                close_quietly(client.socket())
             if isinstance(err, trio.TooSlowError):
                 raise MqttFailure(f"connect timed out after {self.connect_timeout_s} s") from None
+            if isinstance(err, Exception):  # OSError, SSLError, ValueError (host, certificate)
+                raise MqttFailure(f"connect failed ({_why(err)})") from err
             raise
         sock = client.socket()
-        if sock is None:
-            raise MqttFailure("paho returned no socket after connect")
+        if rc != _OK or sock is None or sock.fileno() == -1:
+            close_quietly(sock)
+            raise MqttFailure(f"connect failed ({paho.error_string(rc)})")
+        self._install_callbacks()
         if isinstance(sock, socket.socket):  # SSLSocket is one too
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.tcp_nodelay))
-        self.last_rx = trio.current_time()
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._reader, sock)
-                nursery.start_soon(self._writer, sock)
-                nursery.start_soon(self._watchdog)
-                self._want_write.set()  # the CONNECT packet is queued
-                with trio.fail_after(self.connect_timeout_s):
-                    try:
-                        await self._connack.wait()
-                    except trio.TooSlowError:
-                        raise MqttFailure("no CONNACK from the broker in time") from None
-                if self._connack_error:
-                    raise MqttFailure(f"broker refused the connection: {self._connack_error}")
-                self.connected = True
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self.connected = False
-            if sock.fileno() != -1:
-                trio.lowlevel.notify_closing(sock)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.tcp_nodelay))
+            except OSError as err:  # already reset by the peer
                 sock.close()
+                raise MqttFailure(f"connect failed ({_why(err)})") from None
+        return sock
+
+    async def _serve(self, sock: Any, task_status: trio.TaskStatus[None]) -> None:
+        self.last_rx = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reader, sock)
+            nursery.start_soon(self._writer, sock)
+            nursery.start_soon(self._watchdog, sock)
+            self._want_write.set()  # the CONNECT packet is queued
+            try:  # (TooSlowError comes out of the with block, not out of the wait)
+                with trio.fail_after(self.connect_timeout_s):
+                    await self._connack.wait()
+            except trio.TooSlowError:
+                raise MqttFailure("no CONNACK from the broker in time") from None
+            if self._connack_error:
+                raise MqttFailure(f"broker refused the connection: {self._connack_error}")
+            self.connected = True
+            task_status.started()
+            await trio.sleep_forever()
 
     def _reason(self, default: str) -> str:
         """Why the connection ended: a broker's refusal says more than the closed
@@ -306,32 +298,59 @@ class PahoSession:
             self.client.disconnect()
             self.kick()
 
+    def _check_open(self, sock: Any) -> None:
+        """A socket paho closed, or replaced, ends this connection: never wait on it."""
+        if not _is(self.client.socket(), sock) or sock.fileno() == -1:
+            raise MqttFailure(self._reason("socket closed"))
+
     async def _wait(self, wait: Callable[[Any], Any], sock: Any) -> None:
-        # paho closes its socket itself (on errors, or after DISCONNECT): the wait
-        # then ends with ClosedResourceError, which is the end of this connection
+        self._check_open(sock)
         try:
             await wait(sock)
-        except trio.ClosedResourceError:
+        except trio.ClosedResourceError:  # paho closed it while we waited (notify_closing)
             raise MqttFailure(self._reason("socket closed")) from None
+        except (OSError, ValueError) as err:  # the fd was refused by epoll
+            raise MqttFailure(self._reason(f"socket unusable ({err})")) from None
 
     async def _reader(self, sock: Any) -> None:
-        client = self.client
         while True:
             await self._wait(trio.lowlevel.wait_readable, sock)
-            self.last_rx = trio.current_time()
-            if self.on_read_burst is not None:
-                self.on_read_burst()
-            while True:
+            while self._read_turn(sock):
+                # the budget is spent and more is waiting: let every other task run
+                # (ticks, accepts, heartbeats), then go on without waiting for epoll
+                self.yields += 1
+                await trio.lowlevel.checkpoint()
+
+    def _read_turn(self, sock: Any) -> bool:
+        """Read packets until the socket is drained (False) or the turn's budget of
+        ``read_batch`` packets or ``read_budget_s`` seconds is spent (True)."""
+        client = self.client
+        now = trio.current_time()
+        self.last_rx = now
+        if self.on_read_burst is not None:
+            self.on_read_burst()
+        deadline = now + self.read_budget_s
+        tls = isinstance(sock, ssl.SSLSocket)
+        ours: object = sock
+        try:
+            for n in range(1, self.read_batch + 1):
                 before = self.delivered
                 rc = client.loop_read()
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                if rc != _OK:
                     raise MqttFailure(self._reason(f"connection lost ({paho.error_string(rc)})"))
+                if client.socket() is not ours:  # paho closed it (a DISCONNECT, an error)
+                    raise MqttFailure(self._reason("socket closed"))
                 if client.want_write():
                     self._want_write.set()
-                if self.delivered == before and not (
-                    isinstance(sock, ssl.SSLSocket) and sock.pending()
-                ):
-                    break  # the last call delivered nothing: back to waiting
+                if self.delivered == before and not (tls and sock.pending()):
+                    return False  # the last call delivered nothing: back to waiting
+                if not n % 16 and trio.current_time() > deadline:
+                    break
+        except MqttFailure:
+            raise
+        except Exception as err:  # a decoder or callback error inside paho
+            raise MqttFailure(self._reason(f"read failed ({_why(err)})")) from err
+        return True
 
     async def _writer(self, sock: Any) -> None:
         # Packets never interleave: our raw bytes are written only while paho's queue
@@ -347,40 +366,52 @@ class PahoSession:
                 if raw and not client.want_write():
                     try:
                         sent = sock.send(raw)
-                    except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                    except (
+                        BlockingIOError,
+                        InterruptedError,
+                        ssl.SSLWantWriteError,
+                        ssl.SSLWantReadError,
+                    ):
                         sent = 0
-                    except OSError as err:
-                        raise MqttFailure(self._reason(f"write failed ({err})")) from None
+                    except (OSError, ValueError) as err:
+                        raise MqttFailure(self._reason(f"write failed ({_why(err)})")) from None
                     del raw[:sent]
                     continue
-                rc = client.loop_write()
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                try:
+                    rc = client.loop_write()
+                except Exception as err:
+                    raise MqttFailure(self._reason(f"write failed ({_why(err)})")) from err
+                if rc != _OK:
                     raise MqttFailure(self._reason(f"write failed ({paho.error_string(rc)})"))
             self._writable.set()
             self._writable = trio.Event()
 
-    async def _watchdog(self) -> None:
+    async def _watchdog(self, sock: Any) -> None:
         limit = 1.5 * self.keepalive
         client = self.client
         while True:
             await trio.sleep(min(0.5, self.keepalive / 4))
-            rc = client.loop_misc()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            try:
+                rc = client.loop_misc()
+            except Exception as err:
+                raise MqttFailure(self._reason(f"keepalive failed ({_why(err)})")) from err
+            if rc != _OK:
                 raise MqttFailure(self._reason(f"keepalive failed ({paho.error_string(rc)})"))
+            self._check_open(sock)  # paho may have given up on a missing PINGRESP
             if client.want_write():
                 self._want_write.set()
             silent = trio.current_time() - self.last_rx
             if silent > limit:
                 raise MqttFailure(f"nothing received for {silent:.1f} s (1.5 x keepalive)")
 
-    # -- paho callbacks (run synchronously inside loop_read/loop_write) -------------------
+    # -- paho callbacks (run synchronously inside loop_read/loop_write/loop_misc) ---------
 
     def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._want_write.set()
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        # paho closes its socket itself on errors: Trio must hear of it first, since
-        # our reader and writer may be waiting on that fd
+        # called just before paho closes the socket: Trio must forget the fd first
+        # (waiters get ClosedResourceError), before the kernel can hand it out again
         if sock.fileno() != -1:
             trio.lowlevel.notify_closing(sock)
 
