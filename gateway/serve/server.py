@@ -41,6 +41,7 @@ from ..core.state import StateStore
 from ..core.topics import TopicError, matches, validate_filter
 from ..log import RateLimitedLog
 from ..metrics import Metrics
+from ..wall import load_wall
 from .deflate import deflate_frame, negotiate
 from .http import (
     HttpError,
@@ -140,6 +141,7 @@ class Server:
         self._stopping = False
         root = sc.dashboard_dir or str(Path(__file__).resolve().parents[2] / "dashboard")
         self.dashboard_root = Path(root)
+        self.wall_body = load_wall(sc.wall_file)  # /api/wall (checked by load_config)
 
     # -- registry (used by sessions) ---------------------------------------------------
 
@@ -627,6 +629,10 @@ class Server:
             stats.http_requests[path.rsplit("/", 1)[1]] += 1
             status, body = self._api(req, full=path == "/api/snapshot")
             await respond(out, conn, status, body, b"application/json", head_only=head)
+            return
+        if path == "/api/wall":  # the wall's layout: not secret, like the dashboard files
+            stats.http_requests["wall"] += 1
+            await respond(out, conn, 200, self.wall_body, b"application/json", head_only=head)
             return
         found = static_file(self.dashboard_root, path)
         if found is None:
