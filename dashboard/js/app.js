@@ -41,11 +41,11 @@ const health = new Health(client, { grace_s: wall.grace_s ?? 10, warn_s: wall.wa
                                     bad_s: wall.bad_s ?? 30 });
 
 // -- the viewer's choices, in the URL fragment -------------------------------------------
-function choice(key) { return new URLSearchParams(location.hash.slice(1)).get(key); }
+let choices = new URLSearchParams(location.hash.slice(1)); // parsed once per change
+function choice(key) { return choices.get(key); }
 function choose(key, value) {
-  const h = new URLSearchParams(location.hash.slice(1));
-  h.set(key, value);
-  history.replaceState(null, "", `#${h}`);
+  choices.set(key, value);
+  history.replaceState(null, "", `#${choices}`);
 }
 // The colouring field of panels whose field is "auto": the viewer's choice, else the most
 // widely reported numeric field. "state" colours by state alone.
@@ -99,7 +99,7 @@ const pages = wall.pages.map((page, index) => {
       entry.grid = new DeviceGrid(holder, {
         meta, level: p.level || 1, onLayout: schedule,
         stateOf: (t) => stateOf(t),
-        valueOf: (t) => valueOf(t, fieldOf(entry)),
+        valueOf: (t, tile) => valueOf(t, fieldOf(entry), tile),
         tOf: (v) => tOf(fieldOf(entry), v),
       });
       grids.push(entry);
@@ -151,14 +151,16 @@ showPage(Number(choice("page") || 0));
 if (wall.rotate_s > 0 && pages.length > 1) setInterval(() => showPage(current + 1), wall.rotate_s * 1000);
 
 // -- what a tile shows ----------------------------------------------------------------------
-function fieldOf(entry) { return entry.field === "auto" ? autoField() : entry.field; }
+// the viewer's pick wins over a panel's configured field; "auto" follows the data
+function fieldOf(entry) { return choice("field") || (entry.field === "auto" ? autoField() : entry.field); }
 function stateOf(topic) {
   return health.unknown() ? "unknown" : meta.state(topic, client.topics.get(topic));
 }
-function valueOf(topic, field) {
+function valueOf(topic, field, tile = null) {
   const st = client.topics.get(topic);
   const value = st && field && field !== "state" ? st.fields[field] : undefined;
-  return { value, field: field === "state" ? "" : field || "", name: meta.displayName(topic, st),
+  const name = tile?.name || meta.displayName(topic, st); // names change with metadata only
+  return { value, field: field === "state" ? "" : field || "", name,
            text: meta.format(field, value), unit: typeof value === "number" ? meta.unit(field) : "" };
 }
 const ranges = new Map(); // field -> Range
@@ -248,7 +250,7 @@ function tick() {
   const stats = { total: 0, online: 0, offline: 0, stale: 0, alarms: 0, newestRx: 0, rate: updates };
   updates = 0;
   const values = new Map(); // field -> [lo, hi] of fields in use
-  const used = new Set(grids.map(fieldOf).concat(worst.map((w) => (w.field === "auto" ? autoField() : w.field))));
+  const used = new Set(grids.map(fieldOf).concat(worst.map(fieldOf)));
   for (const f of used) if (f && f !== "state") values.set(f, [Infinity, -Infinity]);
   for (const [topic, st] of client.topics) {
     if (meta.isAlarmTopic(topic)) continue;
@@ -268,9 +270,12 @@ function tick() {
     let r = ranges.get(f);
     if (!r) ranges.set(f, (r = new Range()));
     r.fixed = meta.range(f);
+    if (!Number.isFinite(lo)) continue;
+    // the scale moves only when the data leaves it or fills less than 60% of it, then
+    // with 10% headroom: repainting every tile for a counter's every tick is not worth it
     const span = Math.max(1e-9, hi - lo);
-    if (Math.abs(lo - r.lo) > span * 0.02 || Math.abs(hi - r.hi) > span * 0.02) {
-      r.lo = lo; r.hi = hi;
+    if (lo < r.lo || hi > r.hi || span < 0.6 * (r.hi - r.lo)) {
+      r.lo = lo - span * 0.1; r.hi = hi + span * 0.1;
       for (const g of grids) if (fieldOf(g) === f) g.grid.all();
     }
   }
@@ -280,25 +285,30 @@ function tick() {
   const rows = [];
   for (const [topic, st] of client.topics) if (!meta.isAlarmTopic(topic)) rows.push([topic, st, stateOf(topic)]);
   const f = autoField();
-  for (const t of trends) t.panel.sample(f, rows.filter((r) => matches(t.filter, r[0])), !unknown);
+  // a chart vouches for nothing while there is trouble: gaps from its first second
+  for (const t of trends) t.panel.sample(choice("field") || f, t.filter === "#" ? rows : rows.filter((r) => matches(t.filter, r[0])), !health.reason, !!choice("field"));
   for (const w of worst) {
     if (w.page !== current) continue;
     const field = w.field === "auto" ? f : w.field;
-    w.table.render(rows.filter((r) => matches(w.filter, r[0])).map(([topic, st, state]) => {
+    const sel = w.filter === "#" ? rows : rows.filter((r) => matches(w.filter, r[0]));
+    w.table.render(sel, field !== "state" ? field : null, (topic) => {
       const v = valueOf(topic, field);
-      return { topic, name: v.name, group: meta.group(topic, 1), state, value: v.value, text: v.text, unit: v.unit };
-    }), field !== "state" ? field : null);
+      return { name: v.name, group: topic.slice(0, Math.max(0, topic.lastIndexOf("/"))), text: v.text, unit: v.unit };
+    });
   }
   for (const a of alarmLists) a.list.render();
   // the field selector and the colour key
   const fields = meta.fields();
-  if (fields.join() !== fieldsKey) {
-    fieldsKey = fields.join();
+  const pageGrid = grids.find((x) => x.page === current);
+  const shownField = pageGrid ? fieldOf(pageGrid) : autoField();
+  if (`${fields.join()}|${shownField}` !== fieldsKey) {
+    fieldsKey = `${fields.join()}|${shownField}`;
     const sel = $("field");
-    const chosen = autoField() || "state";
+    const g = grids.find((x) => x.page === current);
+    const chosen = (g ? fieldOf(g) : autoField()) || "state";
     sel.replaceChildren(...["state", ...fields].map((name) => new Option(name === "state" ? "state only" : meta.fieldLabel(name), name, false, name === chosen)));
   }
-  const lf = grids.length ? fieldOf(grids[0]) : null;
+  const lf = pageGrid ? fieldOf(pageGrid) : null;
   const r = lf && ranges.get(lf);
   const bounds = r ? r.bounds() : null;
   const fmt = (v) => meta.format(lf, v);
@@ -317,6 +327,7 @@ $("field").addEventListener("change", (e) => {
   tick();
 });
 window.addEventListener("hashchange", () => {
+  choices = new URLSearchParams(location.hash.slice(1));
   showPage(Number(choice("page") || 0));
   for (const g of grids) g.grid.all();
   tick();

@@ -44,8 +44,8 @@ export class TrendPanel {
 
   // One sample: `rows` iterates [topic, st, state] of the devices; `honest` false when
   // the wall cannot vouch for its data (all samples null).
-  sample(field, rows, honest) {
-    const f = this.fieldSpec === "auto" ? field : this.fieldSpec;
+  sample(field, rows, honest, override = false) {
+    const f = this.fieldSpec === "auto" || override ? field : this.fieldSpec;
     if (f !== this.field) { // another field: its own history
       this.field = f;
       this.times = new Ring(HISTORY);
@@ -94,7 +94,7 @@ export class TrendPanel {
     for (const [g, c] of this.cells) {
       if (!shown.includes(g)) { c.plot?.destroy(); c.el.remove(); this.cells.delete(g); }
     }
-    const cols = shown.length <= 2 ? 1 : shown.length <= 6 ? 2 : 3;
+    const cols = shown.length <= 3 ? 1 : shown.length <= 8 ? 2 : 3;
     this.body.style.gridTemplateColumns = `repeat(${cols}, minmax(0, 1fr))`;
     const t = this.times.values();
     for (const g of shown) {
@@ -103,11 +103,12 @@ export class TrendPanel {
         const el = document.createElement("div");
         el.className = "multiple";
         const title = document.createElement("h4");
+        const range = document.createElement("small");
         const box = document.createElement("div");
         box.className = "plot";
         el.append(title, box);
         this.body.append(el);
-        c = { el, title, box, plot: null };
+        c = { el, title, range, box, plot: null };
         this.cells.set(g, c);
         new ResizeObserver(() => c.plot?.setSize(size(box))).observe(box);
       }
@@ -116,8 +117,10 @@ export class TrendPanel {
       const avg = s.avg.values(), mn = s.min.values(), mx = s.max.values();
       const last = avg.at(-1);
       const fmt = (v) => this.meta.format(this.field, v);
-      c.title.textContent = last == null ? `${g}: no data` :
-        `${g}  ${fmt(last)}${unit ? ` ${unit}` : ""}  (${fmt(mn.at(-1))} – ${fmt(mx.at(-1))})`;
+      const name = g.slice(g.lastIndexOf("/") + 1);
+      c.title.textContent = last == null ? `${name}: no data` : `${name}  ${fmt(last)}${unit ? ` ${unit}` : ""}`;
+      c.range.textContent = last == null ? "" : `  ${fmt(mn.at(-1))} – ${fmt(mx.at(-1))}`;
+      c.title.append(c.range);
       if (!c.plot) c.plot = new uPlot(opts(c.box, unit, (v) => fmt(v)), [t, avg, mn, mx], c.box);
       else c.plot.setData([t, avg, mn, mx]);
     }
@@ -146,7 +149,7 @@ function opts(box, unit, fmt) {
              { stroke: "#8b98a8", width: 1, dash: [4, 4], points: { show: false } },
              { stroke: "#8b98a8", width: 1, dash: [4, 4], points: { show: false } }],
     axes: [{ ...axis, space: px * 5, size: px * 1.5,
-             values: (u, splits) => splits.map((v) => new Date(v * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" })) },
+             values: (u, splits) => splits.map((v) => new Date(v * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false })) },
            { ...axis, space: px * 2, size: px * 4.5,
              values: (u, splits) => splits.map((v) => `${fmt(v)}${unit ? ` ${unit}` : ""}`) }],
   };

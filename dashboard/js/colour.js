@@ -65,8 +65,19 @@ export class Range {
 
 // Draw one tile's state shape in (x, y, w, h) on a 2D context. `fill` is the
 // value's colour (or the state colour when colouring by state).
-export function paintShape(ctx, x, y, w, h, state, fill) {
+export function paintShape(ctx, x, y, w, h, state, fill, novalue = false) {
   const d = Math.min(w, h);
+  if (novalue) { // the device reports no value of the field shown: a frame, not a fill
+    ctx.fillStyle = "#151b22";
+    ctx.fillRect(x, y, w, h);
+    const lw = Math.max(1, d / 8);
+    ctx.strokeStyle = fill;
+    ctx.lineWidth = lw;
+    if (state === "stale") ctx.setLineDash([lw * 2, lw * 2]); // stale: a dashed frame
+    ctx.strokeRect(x + lw / 2, y + lw / 2, w - lw, h - lw);
+    ctx.setLineDash([]);
+    return;
+  }
   if (state === "offline") {
     ctx.fillStyle = "#151b22";
     ctx.fillRect(x, y, w, h);
@@ -141,6 +152,20 @@ export function renderLegend(el, { field, unit, bounds, byState, format }) {
     const fill = byState || st === "stale" ? STATE_COLOURS[st === "stale" ? "normal" : st]
       : sequential(0.5);
     swatch(st, st === "normal" || st === "warning" || st === "alarm" || st === "stale" ? fill : null, st);
+  }
+  if (!byState) {
+    const item = document.createElement("span");
+    item.className = "key";
+    const c = document.createElement("canvas");
+    const s = Math.round(parseFloat(getComputedStyle(el).fontSize) * 1.1) || 20;
+    const dpr = window.devicePixelRatio || 1;
+    c.width = c.height = s * dpr;
+    c.style.width = c.style.height = `${s}px`;
+    const ctx = c.getContext("2d");
+    ctx.scale(dpr, dpr);
+    paintShape(ctx, 0, 0, s, s, "normal", STATE_COLOURS.normal, true);
+    item.append(c, document.createTextNode(`no ${field}`));
+    el.append(item);
   }
   if (!byState && bounds && Number.isFinite(bounds[0])) {
     const scale = document.createElement("span");

@@ -11,7 +11,7 @@
 import { planLayout, tileGap } from "./layout.js";
 import { STATE_COLOURS, paintShape, sequential, inkOn } from "./colour.js";
 
-const MIRROR_VALUE_MS = 1000;
+const MIRROR_VALUE_MS = 900; // a pass per second's tick (which may come a little early)
 
 export class DeviceGrid {
   constructor(el, { meta, level = 1, stateOf, valueOf, tOf, onLayout = () => {} }) {
@@ -25,7 +25,10 @@ export class DeviceGrid {
     this.tiles = new Map(); // topic -> tile
     this.groups = new Map(); // name -> {el, canvas, ctx, list, head}
     this.dirty = new Set();
-    this.mirrorDirty = new Set();
+    this.mirrorNow = new Set(); // tiles whose state changed: mirrored in the next frame
+    this.mirrorDirty = new Set(); // tiles with a new value: mirrored in the next pass
+    this.mirrorPass = null; // iterator of the pass under way (one per MIRROR_VALUE_MS)
+    this.mirrorPassAt = 0;
     this.layoutPending = true;
     this.plan = null;
     el.classList.add("grid");
@@ -107,10 +110,10 @@ export class DeviceGrid {
     const pad = Math.round(rem * 0.25);
     this.plan = planLayout(names.map((n) => ({ name: n, count: this.groups.get(n).list.length })),
                            W, H, { gap: Math.round(rem * 0.35), head: head + 2, pad,
-                                   minBlockW: rem * 6, textTileH: rem * 3.2, aspect: 2.6,
-                                   maxTileH: Math.max(rem * 3.2, H / 4) });
+                                   minBlockW: rem * 6, textTileH: rem * 2.2, aspect: 2.4,
+                                   maxTileH: Math.max(rem * 2.2, H / 4) });
     const dpr = window.devicePixelRatio || 1;
-    const side = this.plan.side, aspect = this.plan.wide ? 2.6 : 1;
+    const side = this.plan.side, aspect = this.plan.wide ? 2.4 : 1;
     const gap = tileGap(side);
     this.tileW = Math.round(side * aspect);
     this.tileH = side;
@@ -144,30 +147,46 @@ export class DeviceGrid {
     }
     n = 0;
     const now = Date.now();
-    for (const t of this.mirrorDirty) {
+    for (const t of this.mirrorNow) {
       if ((++n & 31) === 0 && performance.now() > deadline) return false;
-      if (t.state === t.mirrorState && now - t.mirrorAt < MIRROR_VALUE_MS) continue;
+      this.mirrorNow.delete(t);
       this.mirrorDirty.delete(t);
       this._mirror(t, now);
     }
-    return true;
+    if (!this.mirrorPass && this.mirrorDirty.size && now - this.mirrorPassAt >= MIRROR_VALUE_MS) {
+      this.mirrorPassAt = now;
+      this.mirrorPass = this.mirrorDirty; // new values arriving meanwhile: the next pass
+      this.mirrorDirty = new Set();
+    }
+    if (this.mirrorPass) {
+      for (const t of this.mirrorPass) {
+        if ((++n & 31) === 0 && performance.now() > deadline) return false;
+        this.mirrorPass.delete(t);
+        if (this.tiles.get(t.topic) === t) this._mirror(t, now);
+      }
+      this.mirrorPass = null;
+    }
+    return true; // values waiting for the next pass: the wall's 1 s tick schedules it
   }
 
   _draw(t) {
     const state = this.stateOf(t.topic);
-    const v = this.valueOf(t.topic); // {value, text, unit, name}
+    const v = this.valueOf(t.topic, t); // {value, text, unit, name}
     const frac = state === "unknown" || state === "offline" ? null : this.tOf(v.value);
+    // colouring by a field this device does not report: its state's colour as a frame
+    // around a dark tile (never the value scale, never the unknown grey)
+    const novalue = frac === null && v.field !== "" && state !== "unknown" && state !== "offline";
     const fill = frac === null ? STATE_COLOURS[state === "stale" ? "normal" : state] || STATE_COLOURS.normal
       : sequential(frac);
     const wide = this.plan?.wide;
-    const key = `${state}|${fill}|${wide ? v.text : ""}`;
+    const key = `${state}|${fill}|${novalue}|${wide ? v.text : ""}`;
+    if (state !== t.state) this.mirrorNow.add(t); else this.mirrorDirty.add(t);
     t.state = state;
     t.name = v.name;
     t.unit = v.unit;
     t.field = v.field;
     t.text = state === "unknown" ? "" : v.text;
     t.fill = state === "unknown" ? STATE_COLOURS.unknown : fill;
-    this.mirrorDirty.add(t);
     if (key === t.key || !this.plan?.side) return;
     t.key = key;
     const g = t.g;
@@ -176,8 +195,8 @@ export class DeviceGrid {
     const y = Math.floor(t.index / g.cols) * (th + gap);
     const ctx = g.ctx;
     ctx.clearRect(x, y, tw, th);
-    paintShape(ctx, x, y, tw, th, state, fill);
-    if (wide) this._label(ctx, t, x, y, tw, th, state, frac);
+    paintShape(ctx, x, y, tw, th, state, fill, novalue);
+    if (wide) this._label(ctx, t, x, y, tw, th, state, novalue ? 0 : frac);
   }
 
   _label(ctx, t, x, y, w, h, state, frac) {

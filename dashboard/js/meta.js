@@ -45,8 +45,9 @@ export class Meta {
       this._seen.delete(topic);
       return;
     }
-    for (const [f, v] of Object.entries(st.fields)) {
-      if (typeof v === "number" && !seen.has(f)) { seen.add(f); this._count(f, 1); }
+    const fields = st.fields;
+    for (const f in fields) { // no allocation: this runs for every update
+      if (typeof fields[f] === "number" && !seen.has(f)) { seen.add(f); this._count(f, 1); }
     }
   }
 

@@ -50,17 +50,29 @@ export class WorstTable {
     el.append(h, this.table);
   }
 
-  // items: [{topic, name, group, state, value (number|undefined), text, unit}]
-  render(items, field) {
+  // rows: [topic, st, state]; the worst `rows` by state, then by the highest value of
+  // `field`, chosen in one pass (no sort of the fleet); `describe(topic)` gives
+  // {name, group, text, unit} for the few shown.
+  render(rows, field, describe) {
     this.h.textContent = field ? `Worst devices (state, then highest ${field})` : "Worst devices";
-    const top = items.slice().sort((a, b) => (RANK[a.state] - RANK[b.state]) ||
-      ((typeof b.value === "number" ? b.value : -Infinity) - (typeof a.value === "number" ? a.value : -Infinity)))
-      .slice(0, this.rows);
+    const top = []; // [rank, value, topic, state], best first, at most this.rows
+    const worse = (a, b) => a[0] < b[0] || (a[0] === b[0] && a[1] > b[1]);
+    for (const [topic, st, state] of rows) {
+      const v = field ? st.fields[field] : undefined;
+      const cand = [RANK[state] ?? 5, typeof v === "number" ? v : -Infinity, topic, state];
+      if (top.length === this.rows && !worse(cand, top[top.length - 1])) continue;
+      let i = top.length;
+      while (i > 0 && worse(cand, top[i - 1])) i--;
+      top.splice(i, 0, cand);
+      if (top.length > this.rows) top.pop();
+    }
     const html = document.createDocumentFragment();
-    for (const it of top) {
+    for (const [, , topic, state] of top) {
+      const it = describe(topic);
       const tr = document.createElement("tr");
-      tr.className = it.state;
-      for (const text of [it.name, it.group, it.state === "unknown" ? "?" : `${it.text}${it.unit && it.text ? ` ${it.unit}` : ""}`, it.state]) {
+      tr.className = state;
+      const value = state === "unknown" ? "?" : `${it.text}${it.unit && it.text ? ` ${it.unit}` : ""}`;
+      for (const text of [it.name, it.group, value, state]) {
         const td = document.createElement("td");
         td.textContent = text;
         tr.append(td);

@@ -34,7 +34,7 @@ def browser_page(chromium: str, width: int = 1920, height: int = 1080) -> Iterat
 
 def page_state(page: Any) -> dict[str, Any]:
     return page.evaluate(
-        "() => Object.fromEntries([...window.gatewayClient.topics].map(([t, v]) =>"
+        "() => Object.fromEntries([...window.gatewayClient?.topics].map(([t, v]) =>"
         " [t, {seq: v.seq, fields: v.fields}]))"
     )
 
@@ -56,7 +56,7 @@ async def test_live_values_within_two_seconds_then_offline_and_stale_shown(
         with browser_page(chromium) as page:
             page.goto(f"http://127.0.0.1:{gw.port}/")
             # live values within 2 s of opening
-            page.wait_for_function("() => window.wall.tilesWithValues() >= 200", timeout=2000)
+            page.wait_for_function("() => window.wall?.tilesWithValues() >= 200", timeout=2000)
             page.wait_for_function(  # the KPIs are counted once a second
                 "() => Number(document.querySelector('[data-kpi=\"online\"] span')"
                 ".textContent) >= 200",
@@ -68,10 +68,10 @@ async def test_live_values_within_two_seconds_then_offline_and_stale_shown(
             trio.from_thread.run_sync(lambda: gw.store.apply(*probe, gw.clock.wall()))
             trio.from_thread.run_sync(lambda: gw.store.set_presence(device, False, gw.clock.wall()))
             page.wait_for_function(
-                f"() => window.wall.tile('{device}')?.state === 'offline'", timeout=5000
+                f"() => window.wall?.tile('{device}')?.state === 'offline'", timeout=5000
             )
             page.wait_for_function(
-                "() => window.wall.tile('lab/bench/probe-1')?.state === 'stale'", timeout=5000
+                "() => window.wall?.tile('lab/bench/probe-1')?.state === 'stale'", timeout=5000
             )
             page.wait_for_function(  # transitions are written after a second, grouped
                 "() => document.querySelector('.events ol').textContent.includes('is stale')",
@@ -102,15 +102,15 @@ async def test_the_page_survives_a_gateway_restart_and_matches_its_snapshot(
     def visit() -> None:
         with browser_page(chromium) as page:
             page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_function("() => window.gatewayClient.topics.size >= 100", timeout=5000)
-            epoch = page.evaluate("() => window.gatewayClient.epoch")
+            page.wait_for_function("() => window.gatewayClient?.topics.size >= 100", timeout=5000)
+            epoch = page.evaluate("() => window.gatewayClient?.epoch")
             trio.from_thread.run_sync(first_scope.cancel)  # the gateway goes away
             page.wait_for_selector('#conn[data-status="disconnected"]', timeout=5000)
             results["disconnected_shown"] = True
             trio.from_thread.run_sync(restarted.set)
             page.wait_for_function(
-                f"() => window.gatewayClient.epoch && window.gatewayClient.epoch !== '{epoch}'"
-                " && window.gatewayClient.status === 'open'",
+                f"() => window.gatewayClient?.epoch && window.gatewayClient?.epoch !== '{epoch}'"
+                " && window.gatewayClient?.status === 'open'",
                 timeout=20000,
             )
             results["reloads"] = page.evaluate(
@@ -165,9 +165,9 @@ async def test_the_page_falls_back_to_server_sent_events_when_websocket_is_refus
             page.route_web_socket("**/ws", lambda ws: ws.close(code=1011, reason="refused"))
             page.goto(f"http://127.0.0.1:{gw.port}/")
             page.wait_for_function(
-                "() => window.gatewayClient.transport === 'sse'"
-                " && window.gatewayClient.status === 'open'"
-                " && window.wall.tilesWithValues() >= 50",
+                "() => window.gatewayClient?.transport === 'sse'"
+                " && window.gatewayClient?.status === 'open'"
+                " && window.wall?.tilesWithValues() >= 50",
                 timeout=10000,
             )
             conn = page.inner_text("#conn-text")
@@ -190,7 +190,7 @@ async def test_the_page_falls_back_to_server_sent_events_when_websocket_is_refus
                 "conn": conn,
                 "same": same,
                 "errors": page.errors,
-                "closes": page.evaluate("() => window.gatewayClient.stats.closes"),
+                "closes": page.evaluate("() => window.gatewayClient?.stats.closes"),
             }
 
     async def snapshot() -> dict[str, Any]:

@@ -131,8 +131,8 @@ async def test_the_wall_tells_the_truth_when_the_gateway_goes_away_and_returns_o
         with browser_page(chromium) as page:
             page.goto(f"http://127.0.0.1:{port}/?grace={grace}")
             page.wait_for_function(
-                "() => window.wall.tilesWithValues() >= 60 && window.wall.trends()[0]"
-                " && Object.values(window.wall.trends()[0]).some((v) => v !== null)",
+                "() => window.wall?.tilesWithValues() >= 60 && window.wall?.trends()[0]"
+                " && Object.values(window.wall?.trends()[0]).some((v) => v !== null)",
                 timeout=10_000,
             )
             results["before"] = page.evaluate(MIRROR)
@@ -147,7 +147,7 @@ async def test_the_wall_tells_the_truth_when_the_gateway_goes_away_and_returns_o
                 timeout=(grace + 3) * 1000,
             )
             page.wait_for_function(
-                "() => Object.values(window.wall.trends()[0]).every((v) => v === null)",
+                "() => Object.values(window.wall?.trends()[0]).every((v) => v === null)",
                 timeout=3000,
             )
             results["kpi_online"] = page.inner_text('[data-kpi="online"] span')
@@ -155,10 +155,10 @@ async def test_the_wall_tells_the_truth_when_the_gateway_goes_away_and_returns_o
             results["level_down"] = page.get_attribute("#conn", "data-level")
             trio.from_thread.run_sync(restarted.set)
             page.wait_for_function(
-                "() => window.gatewayClient.status === 'open'"
-                " && window.gatewayClient.transport === 'ws'"
+                "() => window.gatewayClient?.status === 'open'"
+                " && window.gatewayClient?.transport === 'ws'"
                 " && document.getElementById('banner').hidden"
-                " && window.wall.tilesWithValues() >= 60",
+                " && window.wall?.tilesWithValues() >= 60",
                 timeout=30_000,
             )
             page.wait_for_function(
@@ -166,7 +166,7 @@ async def test_the_wall_tells_the_truth_when_the_gateway_goes_away_and_returns_o
                 timeout=5000,
             )
             results["conn"] = page.inner_text("#conn-text")
-            results["transport"] = page.evaluate("() => window.gatewayClient.transport")
+            results["transport"] = page.evaluate("() => window.gatewayClient?.transport")
             results["events"] = page.inner_text(".events ol")
             results["errors"] = page.errors
 
@@ -258,30 +258,31 @@ async def test_one_five_and_fifty_groups_fill_the_wall_without_overlap(
         with browser_page(chromium, *size) as page:
             page.goto(f"http://127.0.0.1:{gw.port}/")
             page.wait_for_function(
-                f"() => window.gatewayClient.topics.size >= {sum(total.values())}", timeout=10_000
+                f"() => window.gatewayClient?.topics.size >= {sum(total.values())}", timeout=10_000
             )
             out["title"] = page.inner_text("#title")
             out["pages"] = page.eval_on_selector_all(
                 "#pages button", "bs => bs.map((b) => b.textContent)"
             )
             for index, fleet in enumerate(FLEETS):
-                page.evaluate(f"() => window.wall.showPage({index})")
+                page.evaluate(f"() => window.wall?.showPage({index})")
                 page.wait_for_function(
-                    f"() => window.wall.boxes().reduce((a, b) => a + b.count, 0) === {total[fleet]}"
-                    " && window.wall.layout()[0].side > 0",
+                    "() => window.wall?.boxes().reduce((a, b) => a + b.count, 0)"
+                    f" === {total[fleet]}"
+                    " && window.wall?.layout()[0].side > 0",
                     timeout=5000,
                 )
                 page.wait_for_timeout(300)  # a resize-triggered relayout settles
                 out[fleet] = {
-                    "boxes": page.evaluate("() => window.wall.boxes()"),
-                    "layout": page.evaluate("() => window.wall.layout()[0]"),
+                    "boxes": page.evaluate("() => window.wall?.boxes()"),
+                    "layout": page.evaluate("() => window.wall?.layout()[0]"),
                     "area": page.evaluate(
                         "() => { const r = document.querySelector('.page:not([hidden]) .blocks')"
                         ".getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }"
                     ),
                 }
             # a burst: 1,500 devices go offline at once -> one line, not 1,500
-            page.evaluate("() => window.wall.showPage(3)")
+            page.evaluate("() => window.wall?.showPage(3)")
             trio.from_thread.run_sync(
                 lambda: [
                     gw.store.set_presence(f"five/e/dev-{i}", False, gw.clock.wall())
@@ -294,7 +295,7 @@ async def test_one_five_and_fifty_groups_fill_the_wall_without_overlap(
                 timeout=5000,
             )
             out["events"] = page.inner_text(".page:not([hidden]) .events ol")
-            out["mixed"] = page.evaluate("() => window.wall.boxes()")
+            out["mixed"] = page.evaluate("() => window.wall?.boxes()")
             out["errors"] = page.errors
         return out
 
