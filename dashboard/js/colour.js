@@ -96,7 +96,8 @@ export function paintShape(ctx, x, y, w, h, state, fill, novalue = false) {
     ctx.fillRect(x, y, w, h);
     ctx.fillStyle = "#9aa6b4";
     ctx.beginPath();
-    ctx.arc(x + w / 2, y + h / 2, Math.max(1, d / 7), 0, 2 * Math.PI);
+    const cx = w > 1.5 * h ? x + w - h / 2 : x + w / 2; // wide tiles: right of the text
+    ctx.arc(cx, y + h / 2, Math.max(1, d / 7), 0, 2 * Math.PI);
     ctx.fill();
     return;
   }

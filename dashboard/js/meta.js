@@ -18,6 +18,7 @@ export class Meta {
     this.fieldCounts = new Map(); // numeric field -> devices that reported it
     this._seen = new Map(); // topic -> Set of numeric fields counted for it
     this._fieldsCache = null;
+    this._fractional = new Set(); // fields seen with a non-integer value
   }
 
   // Fetch the gateway's metadata when it serves any; a 404 (today) keeps the derived
@@ -47,7 +48,10 @@ export class Meta {
     }
     const fields = st.fields;
     for (const f in fields) { // no allocation: this runs for every update
-      if (typeof fields[f] === "number" && !seen.has(f)) { seen.add(f); this._count(f, 1); }
+      const v = fields[f];
+      if (typeof v !== "number") continue;
+      if (!seen.has(f)) { seen.add(f); this._count(f, 1); }
+      if (!Number.isInteger(v)) this._fractional.add(f);
     }
   }
 
@@ -92,8 +96,11 @@ export class Meta {
     if (typeof v !== "number" || !Number.isFinite(v)) return v == null ? "" : String(v);
     const d = this.served?.fields?.[field]?.decimals;
     if (Number.isInteger(d)) return v.toFixed(d);
+    // derived: integers stay integers unless the field has had fractions (then 4 -> 4.00,
+    // so a column of values lines up); fewer decimals as the magnitude grows
     const a = Math.abs(v);
-    return a >= 1000 || Number.isInteger(v) ? String(Math.round(v)) : a >= 10 ? v.toFixed(1) : v.toFixed(2);
+    if (a >= 1000 || !this._fractional.has(field)) return String(Math.round(v));
+    return a >= 10 ? v.toFixed(1) : v.toFixed(2);
   }
 
   // The group of a topic: its first `level` levels (1: "plant").
