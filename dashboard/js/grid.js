@@ -1,17 +1,27 @@
 // The device grid panel: devices grouped by a topic level, one canvas per group (thousands
 // of DOM tiles cost the renderer too much restyling at 10 Hz), blocks placed by
-// layout.js, and an accessible text mirror of every tile (a visually hidden table:
-// name, value, unit, state) that screen readers and the tests read.
+// layout.js, and an accessible text mirror of every tile (a visually hidden list:
+// group, name, field, value, unit, state) that screen readers and the tests read.
 //
 // Rules: updates only mark tiles dirty; `drawSome(budget)` paints dirty tiles within a
 // time budget per frame; a tile whose look did not change is not repainted; the mirror
-// row of a tile is rewritten at once when its state changes and at most once a second
-// for a new value (the DOM work stays bounded with 10,000 devices at 10 Hz).
+// row of a tile is rewritten at once when its state changes and new values in one pass
+// every MIRROR_VALUE_MS (the DOM work stays bounded with 10,000 devices at 10 Hz).
 
 import { planLayout, tileGap } from "./layout.js";
 import { STATE_COLOURS, paintShape, sequential, inkOn } from "./colour.js";
 
-const MIRROR_VALUE_MS = 900; // a pass per second's tick (which may come a little early)
+// Text changes cost the browser style and accessibility work after the budgeted code
+// that makes them: new values are mirrored in one pass every few seconds (a screen
+// reader wants them no more often), state changes at once.
+const MIRROR_VALUE_MS = 5000;
+
+// a text change that reuses the node (no node replaced, nothing when equal)
+function set(el, text) {
+  const node = el.firstChild;
+  if (!node) { if (text) el.textContent = text; return; }
+  if (node.nodeValue !== text) node.nodeValue = text;
+}
 
 export class DeviceGrid {
   constructor(el, { meta, level = 1, stateOf, valueOf, tOf, onLayout = () => {} }) {
@@ -34,12 +44,13 @@ export class DeviceGrid {
     el.classList.add("grid");
     this.area = document.createElement("div");
     this.area.className = "blocks";
-    this.mirror = document.createElement("table");
-    this.mirror.className = "visually-hidden";
-    this.mirror.setAttribute("aria-label", "devices: name, value, unit, state");
-    this.mirror.innerHTML = "<thead><tr><th>group</th><th>device</th><th>field</th>" +
-      "<th>value</th><th>unit</th><th>state</th></tr></thead><tbody></tbody>";
-    this.body = this.mirror.tBodies[0];
+    // a list, not a table: a table lays out all its rows again for any cell's change,
+    // while each item here is its own layout boundary (CSS contain), so a value's
+    // change costs one item's layout
+    this.mirror = document.createElement("ul");
+    this.mirror.className = "visually-hidden mirror";
+    this.mirror.setAttribute("aria-label", "devices: group, name, field, value, unit, state");
+    this.body = this.mirror;
     el.append(this.area, this.mirror);
     new ResizeObserver(() => { this.layoutPending = true; this.onLayout(); }).observe(this.area);
   }
@@ -71,10 +82,12 @@ export class DeviceGrid {
     }
     if (!t) {
       const g = this._group(this.meta.group(topic, this.level));
-      const row = this.body.insertRow();
-      for (let i = 0; i < 6; i++) row.insertCell();
+      const row = document.createElement("li");
+      for (let i = 0; i < 6; i++) row.append(document.createElement("span"), " ");
       row.dataset.topic = topic;
+      row.cells = row.querySelectorAll("span");
       row.cells[0].textContent = g.name;
+      this.body.append(row);
       t = { topic, g, index: g.list.length, row, key: "", mirrorAt: 0, mirrorState: "",
             state: "unknown", text: "", unit: "", name: "" };
       g.list.push(t);
@@ -153,7 +166,7 @@ export class DeviceGrid {
       this.mirrorDirty.delete(t);
       this._mirror(t, now);
     }
-    if (!this.mirrorPass && this.mirrorDirty.size && now - this.mirrorPassAt >= MIRROR_VALUE_MS) {
+    if (!this.mirrorPass && this.mirrorDirty.size && now - this.mirrorPassAt >= MIRROR_VALUE_MS - 100) {
       this.mirrorPassAt = now;
       this.mirrorPass = this.mirrorDirty; // new values arriving meanwhile: the next pass
       this.mirrorDirty = new Set();
@@ -222,12 +235,12 @@ export class DeviceGrid {
     t.mirrorAt = now;
     t.mirrorState = t.state;
     const c = t.row.cells;
-    if (c[1].textContent !== t.name) c[1].textContent = t.name;
-    if (c[2].textContent !== (t.field || "")) c[2].textContent = t.field || "";
-    if (c[3].textContent !== t.text) c[3].textContent = t.text;
-    if (c[4].textContent !== t.unit) c[4].textContent = t.unit;
-    if (c[5].textContent !== t.state) c[5].textContent = t.state;
-    t.row.dataset.fill = t.fill;
+    set(c[1], t.name);
+    set(c[2], t.field || "");
+    set(c[3], t.text);
+    set(c[4], t.unit);
+    set(c[5], t.state);
+    if (t.row.dataset.fill !== t.fill) t.row.dataset.fill = t.fill;
   }
 
   // What a tile shows, for debugging and tests.

@@ -18,7 +18,7 @@ from tests.browser.test_dashboard import browser_page, in_browser
 from tests.gw import make_config
 
 MIRROR = """() => Object.fromEntries(
-  [...document.querySelectorAll('table.visually-hidden tbody tr')]
+  [...document.querySelectorAll('ul.mirror li')]
   .map((tr) => [tr.dataset.topic, {group: tr.cells[0].textContent, name: tr.cells[1].textContent,
     field: tr.cells[2].textContent, value: tr.cells[3].textContent, unit: tr.cells[4].textContent,
     state: tr.cells[5].textContent, fill: tr.dataset.fill}]))"""
@@ -63,7 +63,7 @@ async def test_a_users_own_devices_appear_on_an_unconfigured_wall_with_names_and
             # the viewer picks another field: remembered in the fragment, shown at once
             page.select_option("#field", "pressure_bar")
             page.wait_for_function(
-                f"() => ({MIRROR})()['plant/line1/pump-3'].value === '4.20'", timeout=5000
+                f"() => ({MIRROR})()['plant/line1/pump-3'].value === '4.20'", timeout=10_000
             )
             picked = page.evaluate(MIRROR)
             fragment = page.evaluate("() => location.hash")
@@ -72,7 +72,7 @@ async def test_a_users_own_devices_appear_on_an_unconfigured_wall_with_names_and
                 mosquitto.publish, "plant/line1/pump-3", json.dumps({"pressure_bar": 5.5})
             )
             page.wait_for_function(
-                f"() => ({MIRROR})()['plant/line1/pump-3'].value === '5.50'", timeout=5000
+                f"() => ({MIRROR})()['plant/line1/pump-3'].value === '5.50'", timeout=10_000
             )
             # reloaded with the fragment, the choice stays
             page.reload()
