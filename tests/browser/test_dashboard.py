@@ -154,7 +154,7 @@ async def test_the_page_survives_a_gateway_restart_and_matches_its_snapshot(
     assert results["errors"] == []
 
 
-async def test_the_page_falls_back_to_server_sent_events_when_websocket_is_refused(
+async def test_the_page_falls_back_to_server_sent_events_and_returns_to_websocket(
     gateway_factory: Callable[..., Any], chromium: str
 ) -> None:
     gw: Gateway = await gateway_factory(simulator={"devices": 50, "rate_hz": 2})
@@ -162,7 +162,15 @@ async def test_the_page_falls_back_to_server_sent_events_when_websocket_is_refus
     def visit() -> dict[str, Any]:
         with browser_page(chromium) as page:
             # a network that refuses the upgrade: every WebSocket is closed unopened
-            page.route_web_socket("**/ws", lambda ws: ws.close(code=1011, reason="refused"))
+            refuse = {"on": True}
+            page.route_web_socket(
+                "**/ws",
+                lambda ws: (
+                    ws.close(code=1011, reason="refused")
+                    if refuse["on"]
+                    else ws.connect_to_server()
+                ),
+            )
             page.goto(f"http://127.0.0.1:{gw.port}/")
             page.wait_for_function(
                 "() => window.gatewayClient?.transport === 'sse'"
@@ -186,7 +194,17 @@ async def test_the_page_falls_back_to_server_sent_events_when_websocket_is_refus
                 if same:
                     break
                 page.wait_for_timeout(100)
+            # the network lets WebSocket through again: the wall returns to it by itself
+            refuse["on"] = False
+            page.wait_for_function(
+                "() => window.gatewayClient?.transport === 'ws'"
+                " && window.gatewayClient?.status === 'open'",
+                timeout=15_000,
+            )
+            back = page.inner_text("#conn-text")
             return {
+                "back": back,
+                "returns": page.evaluate("() => window.gatewayClient?.stats.wsReturns"),
                 "conn": conn,
                 "same": same,
                 "errors": page.errors,
@@ -201,5 +219,6 @@ async def test_the_page_falls_back_to_server_sent_events_when_websocket_is_refus
     assert got["same"], "the page's state never matched the gateway's"
     assert "Server-Sent Events" in got["conn"]
     assert got["closes"][:2] == [1011, 1011]  # two refused upgrades, then events
+    assert "WebSocket" in got["back"] and got["returns"] == 1
     assert got["errors"] == []
     assert gw.server.stats.connections_opened >= 1

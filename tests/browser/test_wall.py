@@ -200,7 +200,7 @@ LAYOUT_WALL = {
     "title": "Layout",
     "pages": [
         {"name": n, "filter": f"{n}/#", "panels": [{"type": "kpis"}, {"type": "grid", "level": 2}]}
-        for n in ("one", "five", "fifty")
+        for n in ("one", "five", "fifty", "tenk")
     ]
     + [
         {
@@ -219,6 +219,7 @@ FLEETS = {
     "one": {"g0": 12},
     "five": {"a": 3, "b": 40, "c": 400, "d": 7, "e": 1500},
     "fifty": {f"g{i:02d}": 20 + (i % 7) * 10 for i in range(50)},
+    "tenk": {f"s{i:02d}": 500 for i in range(20)},
 }
 
 
@@ -282,7 +283,7 @@ async def test_one_five_and_fifty_groups_fill_the_wall_without_overlap(
                     ),
                 }
             # a burst: 1,500 devices go offline at once -> one line, not 1,500
-            page.evaluate("() => window.wall?.showPage(3)")
+            page.evaluate("() => window.wall?.showPage(4)")
             trio.from_thread.run_sync(
                 lambda: [
                     gw.store.set_presence(f"five/e/dev-{i}", False, gw.clock.wall())
@@ -297,11 +298,22 @@ async def test_one_five_and_fifty_groups_fill_the_wall_without_overlap(
             out["events"] = page.inner_text(".page:not([hidden]) .events ol")
             out["mixed"] = page.evaluate("() => window.wall?.boxes()")
             out["errors"] = page.errors
+            # kiosk rotation from the URL: the pages take turns by themselves
+            page.goto(f"http://127.0.0.1:{gw.port}/?rotate=1#page=0")
+            seen = set()
+            for _ in range(60):
+                seen.add(page.evaluate("() => window.wall?.page()"))
+                if {0, 1, 2} <= seen:
+                    break
+                page.wait_for_timeout(100)
+            out["rotated"] = sorted(p for p in seen if p is not None)
+            out["errors"] += page.errors
         return out
 
     got = await in_browser(visit)
     assert got["title"] == "Layout"
-    assert got["pages"] == ["one", "five", "fifty", "mixed"]
+    assert got["pages"] == ["one", "five", "fifty", "tenk", "mixed"]
+    assert {0, 1, 2} <= set(got["rotated"])
     for fleet, groups in FLEETS.items():
         boxes, area = got[fleet]["boxes"], got[fleet]["area"]
         assert {b["name"]: b["count"] for b in boxes} == {
@@ -320,5 +332,6 @@ async def test_one_five_and_fifty_groups_fill_the_wall_without_overlap(
             by = {b["name"]: b["block"][2] * b["block"][3] for b in boxes}
             assert by["five/e"] > 2 * by["five/c"] > 4 * by["five/a"]
     assert got["one"]["layout"]["wide"] is True  # 12 devices: text tiles
+    assert got["tenk"]["layout"]["side"] >= 3  # 10,000 devices still get visible tiles
     assert got["events"].count("went offline") == 1
     assert got["errors"] == []
