@@ -176,7 +176,11 @@ const previous = new Map(); // topic -> online|offline|stale (for the event list
 let epochDropped = false;
 client.addEventListener("change", (e) => {
   for (const topic of e.detail.topics) {
-    if (meta.isAlarmTopic(topic)) continue; // issue 17: alarm topics feed meta, not tiles
+    if (meta.isAlarmTopic(topic)) { // alarm topics feed meta (and the event list), not tiles
+      const change = meta.alarmTopic(topic, client.topics.get(topic));
+      if (change) events.alarm(change);
+      continue;
+    }
     const st = client.topics.get(topic);
     meta.observe(topic, st);
     updates += 1;
@@ -222,7 +226,9 @@ function header() {
   $("conn-text").textContent = `${word} · ${TRANSPORT[client.transport]}` +
     (age === null ? "" : ` · data age ${fmtAge(age)}`);
   const banner = $("banner");
-  const text = health.bannerText();
+  const notice = health.notice(wall.filter);
+  const text = health.bannerText() || notice;
+  banner.classList.toggle("notice", !!notice);
   banner.hidden = !text;
   if (banner.textContent !== text) banner.textContent = text;
   document.body.classList.toggle("unknown", health.unknown());

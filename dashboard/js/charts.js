@@ -46,10 +46,11 @@ export class TrendPanel {
   // the wall cannot vouch for its data (all samples null).
   sample(field, rows, honest, override = false) {
     const f = this.fieldSpec === "auto" || override ? field : this.fieldSpec;
-    if (f !== this.field) { // another field: its own history
+    if (f !== this.field) { // another field: its own history, from the gateway when it has any
       this.field = f;
       this.times = new Ring(HISTORY);
       this.series.clear();
+      if (f) this.meta.history(f, this.level).then((h) => this._prefill(f, h));
     }
     const agg = new Map();
     if (honest && f) {
@@ -79,6 +80,22 @@ export class TrendPanel {
       s.avg.push(a ? a[0] / a[1] : null);
       s.min.push(a ? a[2] : null);
       s.max.push(a ? a[3] : null);
+    }
+    this.render();
+  }
+
+  // History served for (field, level): {times: [...], groups: {name: {avg, min, max}}}
+  // (arrays aligned with times). Fills the rings before the live samples.
+  _prefill(field, h) {
+    if (!h || field !== this.field || this.times.len > 1) return;
+    this.times = new Ring(HISTORY);
+    this.series.clear();
+    for (const t of h.times.slice(-HISTORY + 1)) this.times.push(t);
+    const n = this.times.len;
+    for (const [g, s] of Object.entries(h.groups)) {
+      const rings = { avg: new Ring(HISTORY), min: new Ring(HISTORY), max: new Ring(HISTORY) };
+      for (const k of ["avg", "min", "max"]) for (const v of s[k].slice(-n)) rings[k].push(v);
+      this.series.set(g, rings);
     }
     this.render();
   }

@@ -292,6 +292,7 @@ export class GatewayClient extends EventTarget {
         else if (outcome === "gap") gaps[m.topic] = this.topics.get(m.topic)?.seq ?? 0;
       } else if (m.type === "error") {
         console.warn("gateway error", m.code, m.message);
+        this.dispatchEvent(new CustomEvent("gateway-error", { detail: m })); // for the wall's banner
       }
     }
     if (Object.keys(gaps).length && this.epoch) {

@@ -10,6 +10,7 @@
 // `bad_s` (default 30 s), old beyond, and old whenever there is trouble.
 
 const READY_POLL_MS = 5000;
+const EMPTY_MS = 5000;
 
 export class Health extends EventTarget {
   constructor(client, { grace_s = 10, warn_s = 5, bad_s = 30, readyUrl = "readyz" } = {}) {
@@ -24,7 +25,11 @@ export class Health extends EventTarget {
     this.ready = true;
     this.allStale = false;
     this.newestRx = 0;
+    this.total = 0;
+    this.openSince = 0; // when the connection last opened
+    this.refused = null; // the gateway's error for the wall's subscription (a bad filter)
     this._polling = false;
+    client.addEventListener("gateway-error", (e) => { this.refused = e.detail; this.update(); });
     setInterval(() => this._poll(), READY_POLL_MS);
   }
 
@@ -50,7 +55,13 @@ export class Health extends EventTarget {
 
   // Recompute from the client's copy (called once a second and on status changes).
   update(stats = null) {
-    if (stats) { this.allStale = stats.total > 0 && stats.stale === stats.total; this.newestRx = stats.newestRx; }
+    if (stats) {
+      this.allStale = stats.total > 0 && stats.stale === stats.total;
+      this.newestRx = stats.newestRx;
+      this.total = stats.total;
+    }
+    if (this.client.status !== "open") this.openSince = 0;
+    else if (!this.openSince) { this.openSince = Date.now(); this.refused = null; }
     let reason = null;
     if (this.client.status !== "open") {
       // once the wall had data, every state but open is a lost connection
@@ -81,6 +92,17 @@ export class Health extends EventTarget {
     if (this.reason) return this.reason === "connecting" ? "warn" : "bad";
     if (age === null) return "warn";
     return age < this.warn ? "ok" : age < this.bad ? "warn" : "bad";
+  }
+
+  // Not trouble with the data, but a wall showing nothing must say why: the gateway
+  // refused the subscription (a bad filter), or nothing matches it after EMPTY_MS.
+  notice(filter) {
+    if (this.reason) return "";
+    if (this.refused) return `The gateway refused this wall's subscription: ${this.refused.message || this.refused.code}`;
+    if (!this.total && this.openSince && Date.now() - this.openSince > EMPTY_MS) {
+      return `Connected, but no device matches the filter "${filter}" (yet)`;
+    }
+    return "";
   }
 
   bannerText() {

@@ -126,9 +126,18 @@ export class Meta {
     return this.served?.alarms?.[topic] || null;
   }
 
-  // History for a chart (field, group) to fill it on load: [times, avg, min, max] or
-  // null while the gateway serves none.
-  async history(_field, _group) {
+  // An alarm topic changed (issue 17's `$alarms/<rule>/<device topic>`): keep the
+  // device's alarm for alarmOf() and return the transition for the event list
+  // ({state: raised|acknowledged|cleared, topic, severity, message, by}) or null. The
+  // gateway has no alarm topics yet, so this returns null until their format exists.
+  alarmTopic(_topic, _st) {
+    return null;
+  }
+
+  // History for a trend chart of `field` grouped by `level` topic levels, to fill it on
+  // load: {times: [...], groups: {name: {avg: [...], min: [...], max: [...]}}}, or null
+  // while the gateway serves none (issue 17's /api/history).
+  async history(_field, _level) {
     return null;
   }
 }

@@ -335,3 +335,24 @@ async def test_one_five_and_fifty_groups_fill_the_wall_without_overlap(
     assert got["tenk"]["layout"]["side"] >= 3  # 10,000 devices still get visible tiles
     assert got["events"].count("went offline") == 1
     assert got["errors"] == []
+
+
+async def test_a_wall_with_nothing_to_show_says_why(
+    gateway_factory: Callable[..., Any], chromium: str
+) -> None:
+    gw: Gateway = await gateway_factory(simulator={"devices": 20, "rate_hz": 1})
+
+    def visit() -> dict[str, str]:
+        out = {}
+        with browser_page(chromium) as page:
+            for name, flt in (("empty", "nowhere/%23"), ("bad", "a/%23/b")):
+                page.goto(f"http://127.0.0.1:{gw.port}/?filter={flt}")
+                page.wait_for_selector("#banner:not([hidden])", timeout=10_000)
+                out[name] = page.inner_text("#banner")
+            out["errors"] = "; ".join(page.errors)
+        return out
+
+    got = await in_browser(visit)
+    assert 'no device matches the filter "nowhere/#"' in got["empty"]
+    assert "refused this wall's subscription" in got["bad"]
+    assert got["errors"] == ""
