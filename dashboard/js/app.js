@@ -42,9 +42,11 @@ const health = new Health(client, { grace_s: wall.grace_s ?? 10, warn_s: wall.wa
 
 // -- the viewer's choices, in the URL fragment -------------------------------------------
 let choices = new URLSearchParams(location.hash.slice(1)); // parsed once per change
-function choice(key) { return choices.get(key); }
+let picked = choices.get("field"); // asked for every tile drawn: kept at hand
+function choice(key) { return key === "field" ? picked : choices.get(key); }
 function choose(key, value) {
   choices.set(key, value);
+  picked = choices.get("field");
   history.replaceState(null, "", `#${choices}`);
 }
 // The colouring field of panels whose field is "auto": the viewer's choice, else the most
@@ -252,7 +254,9 @@ health.addEventListener("change", () => tick());
 // -- once a second -----------------------------------------------------------------------------
 let legendKey = "";
 let fieldsKey = "";
+const tickMs = []; // the last 60 tick durations (window.wall.tickMs)
 function tick() {
+  const t0 = performance.now();
   const stats = { total: 0, online: 0, offline: 0, stale: 0, alarms: 0, newestRx: 0, rate: updates };
   updates = 0;
   const values = new Map(); // field -> [lo, hi] of fields in use
@@ -325,6 +329,8 @@ function tick() {
   }
   header();
   schedule();
+  if (tickMs.length >= 60) tickMs.shift();
+  tickMs.push(performance.now() - t0);
 }
 setInterval(tick, 1000);
 $("field").addEventListener("change", (e) => {
@@ -334,6 +340,7 @@ $("field").addEventListener("change", (e) => {
 });
 window.addEventListener("hashchange", () => {
   choices = new URLSearchParams(location.hash.slice(1));
+  picked = choices.get("field");
   showPage(Number(choice("page") || 0));
   for (const g of grids) g.grid.all();
   tick();
@@ -349,6 +356,7 @@ window.wall = {
   // tiles showing a device's data (not unknown): what "the wall is up" means in tests
   tilesWithValues: () => grids.length ? [...grids[0].grid.tiles.values()].filter((t) => t.key && t.state !== "unknown").length : 0,
   drawMs: () => drawMs.slice(),
+  tickMs: () => tickMs.slice(),
   boxes: () => grids.filter((g) => g.page === current).flatMap((g) => g.grid.boxes()),
   layout: () => grids.filter((g) => g.page === current).map((g) => ({ side: g.grid.plan?.side, wide: g.grid.plan?.wide })),
   trends: () => trends.map((t) => t.panel.latest()),

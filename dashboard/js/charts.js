@@ -138,8 +138,18 @@ export class TrendPanel {
       c.title.textContent = last == null ? `${name}: no data` : `${name}  ${fmt(last)}${unit ? ` ${unit}` : ""}`;
       c.range.textContent = last == null ? "" : `  ${fmt(mn.at(-1))} – ${fmt(mx.at(-1))}`;
       c.title.append(c.range);
-      if (!c.plot) c.plot = new uPlot(opts(c.box, unit, (v) => fmt(v)), [t, avg, mn, mx], c.box);
-      else c.plot.setData([t, avg, mn, mx]);
+      // one chart per animation frame: a second's redraws never pile into one long task
+      const data = [t, avg, mn, mx];
+      c.data = data;
+      if (!c.pending) {
+        c.pending = true;
+        later(() => {
+          c.pending = false;
+          if (this.cells.get(g) !== c) return;
+          if (!c.plot) c.plot = new uPlot(opts(c.box, unit, (v) => fmt(v)), c.data, c.box);
+          else c.plot.setData(c.data);
+        });
+      }
     }
   }
 
@@ -147,6 +157,17 @@ export class TrendPanel {
   latest() {
     return Object.fromEntries([...this.series].map(([g, s]) => [g, s.avg.values().at(-1) ?? null]));
   }
+}
+
+// Chart redraws, one per animation frame
+const queue = [];
+function later(fn) {
+  queue.push(fn);
+  if (queue.length === 1) requestAnimationFrame(next);
+}
+function next() {
+  queue.shift()();
+  if (queue.length) requestAnimationFrame(next);
 }
 
 function size(box) {

@@ -19,6 +19,7 @@ export class Meta {
     this._seen = new Map(); // topic -> Set of numeric fields counted for it
     this._fieldsCache = null;
     this._fractional = new Set(); // fields seen with a non-integer value
+    this._groups = new Map(); // level -> Map topic -> group
   }
 
   // Fetch the gateway's metadata when it serves any; a 404 (today) keeps the derived
@@ -44,6 +45,7 @@ export class Meta {
     if (!st) { // gone: forget its fields
       for (const f of seen) this._count(f, -1);
       this._seen.delete(topic);
+      for (const cache of this._groups.values()) cache.delete(topic);
       return;
     }
     const fields = st.fields;
@@ -103,10 +105,18 @@ export class Meta {
     return a >= 10 ? v.toFixed(1) : v.toFixed(2);
   }
 
-  // The group of a topic: its first `level` levels (1: "plant").
+  // The group of a topic: its first `level` levels (1: "plant"); cached, as charts ask
+  // for every device every second (entries go with the device, see observe)
   group(topic, level = 1) {
-    const parts = topic.split("/");
-    return parts.slice(0, Math.min(level, Math.max(1, parts.length - 1))).join("/");
+    let cache = this._groups.get(level);
+    if (!cache) this._groups.set(level, (cache = new Map()));
+    let g = cache.get(topic);
+    if (g === undefined) {
+      const parts = topic.split("/");
+      g = parts.slice(0, Math.min(level, Math.max(1, parts.length - 1))).join("/");
+      cache.set(topic, g);
+    }
+    return g;
   }
 
   // normal | warning | alarm | offline | stale: the device's state from the gateway's
