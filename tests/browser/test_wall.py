@@ -17,11 +17,10 @@ from tests.broker import Mosquitto, free_port
 from tests.browser.test_dashboard import browser_page, in_browser
 from tests.gw import make_config
 
-MIRROR = """() => Object.fromEntries(
-  [...document.querySelectorAll('ul.mirror li')]
-  .map((tr) => [tr.dataset.topic, {group: tr.cells[0].textContent, name: tr.cells[1].textContent,
-    field: tr.cells[2].textContent, value: tr.cells[3].textContent, unit: tr.cells[4].textContent,
-    state: tr.cells[5].textContent, fill: tr.dataset.fill}]))"""
+MIRROR = """() => Object.fromEntries([...document.querySelectorAll('ul.mirror li')]
+  .map((li) => [li.dataset.topic, {group: li.dataset.group, name: li.dataset.name,
+    field: li.dataset.field, value: li.dataset.value, unit: li.dataset.unit,
+    state: li.dataset.state, fill: li.dataset.fill, text: li.textContent}]))"""
 
 USER_DEVICES = {
     "plant/line1/pump-3": {"pressure_bar": 4.2, "flow_lpm": 118},
@@ -101,6 +100,7 @@ async def test_a_users_own_devices_appear_on_an_unconfigured_wall_with_names_and
         "yard/tank-a": "tank-a",
     }
     assert {r["group"] for r in first.values()} == {"plant", "yard"}
+    assert first["plant/line1/pump-3"]["text"] == "pump-3: flow_lpm 118, normal"
     # the most widely reported numeric field colours the wall by default
     assert first["plant/line1/pump-3"]["field"] == "flow_lpm"
     assert first["plant/line1/pump-3"]["value"] == "118"
