@@ -43,7 +43,7 @@ window.__bench = { hist: new Uint32Array(20001), frames: 0, frameSum: 0, heap: [
 })();
 new PerformanceObserver((l) => { window.__bench.longTasks += l.getEntries().length; })
   .observe({ type: "longtask", buffered: true });
-window.gatewayClient.addEventListener("change", (e) => {
+window.gatewayClient?.addEventListener("change", (e) => {
   window.__bench.updates += e.detail.topics.size;
 });
 setInterval(() => {
@@ -95,6 +95,11 @@ def main() -> None:
         help="results file bench/results/NAME.json and its docs/benchmarks.md section "
         "(e.g. browser-soak for the hour-long heap run)",
     )
+    ap.add_argument(
+        "--dashboard-dir",
+        default="",
+        help="serve this dashboard instead (e.g. an older one, to compare on a busy machine)",
+    )
     args = ap.parse_args()
     seconds = args.seconds or (20 if args.quick else 60)
     from playwright.sync_api import sync_playwright
@@ -105,6 +110,7 @@ def main() -> None:
         gateway_process(
             "--simulate",
             str(args.devices),
+            *(["--dashboard-dir", args.dashboard_dir] if args.dashboard_dir else []),
             env={"GATEWAY_SIMULATOR_RATE_HZ": str(args.rate)},
             cpu=0,
         ) as gw,
@@ -112,9 +118,9 @@ def main() -> None:
     ):
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
         page = browser.new_page(viewport={"width": 1920, "height": 1080})
-        page.goto(f"http://127.0.0.1:{gw.port}/?rate=10")
+        page.goto(f"http://127.0.0.1:{gw.port}/?rate=10", timeout=120_000)
         page.wait_for_function(
-            f"() => window.gatewayClient.topics.size >= {args.devices}", timeout=30_000
+            f"() => window.gatewayClient?.topics.size >= {args.devices}", timeout=120_000
         )
         page.evaluate(PROBE)
         print(
@@ -128,7 +134,7 @@ def main() -> None:
             if last and left > 60:
                 print(f"  {last[0]:6.0f} s: heap after GC {last[1] / 2**20:.2f} MiB", flush=True)
         data = page.evaluate("() => ({...window.__bench, hist: Array.from(window.__bench.hist)})")
-        draws = sorted(page.evaluate("() => window.wall.drawMs()"))
+        draws = sorted(page.evaluate("() => window.wall?.drawMs()"))
         browser.close()
     nframes = data["frames"]
     avg = data["frameSum"] / nframes

@@ -106,6 +106,8 @@ class ServerConfig:
     #: compressed once for every screen that receives it
     compression: bool = True
     dashboard_dir: str = ""  # empty: the dashboard/ folder next to the package
+    #: the wall's description (TOML or JSON), served at /api/wall; empty: automatic wall
+    wall_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -556,6 +558,10 @@ def load_config(
 def _validate(cfg: Config) -> None:
     s, a = cfg.server, cfg.auth
     cfg.persist.validate()
+    if s.wall_file:
+        from .wall import load_wall  # checks the file's shape; raises ConfigError
+
+        load_wall(s.wall_file)
     for key in ("port", "admin_port"):
         if not 0 <= getattr(s, key) <= 65535:
             raise ConfigError(f"server.{key}: must be 0 (any free port) to 65535")

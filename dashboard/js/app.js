@@ -1,381 +1,367 @@
-// The big screen. URL parameters (kiosk mode):
-//   filter=berlin/#   which topics (default #)
-//   field=temperature the field that colours the tiles (default: per kind, see PRIMARY)
-//   device=<path>     the device shown in the lower chart
-//   rate=10           updates per second per topic (default 10)
-//   token=...         access token (else localStorage "gatewayToken")
-//   title=...         the header
-// Rules: socket updates only mark things dirty; one requestAnimationFrame draws them.
-// Every history is a fixed-size ring buffer, so memory stays flat over hours.
+// The wall. It is described by the gateway's /api/wall when configured, else it is the
+// automatic wall (wallconfig.js); what values mean comes from meta.js only.
+// URL parameters (kiosk): filter, title, rate, token, transport (auto|ws|sse), grace,
+// warn, bad (seconds), rotate (seconds), wall=auto. The URL fragment remembers the
+// viewer's choices: #field=<name>|state&page=<n>.
+// Rules: socket updates only mark tiles dirty; one requestAnimationFrame paints them
+// within a budget; everything else (KPIs, charts, tables, banner) renders once a second;
+// every history is a fixed-size ring buffer, so memory stays flat over hours.
 
-import uPlot from "../node_modules/uplot/dist/uPlot.esm.js";
 import { GatewayClient } from "./client.js";
+import { Meta } from "./meta.js";
+import { Health, fmtAge } from "./health.js";
+import { loadWall, matches } from "./wallconfig.js";
+import { DeviceGrid } from "./grid.js";
+import { TrendPanel } from "./charts.js";
+import { EventLog } from "./events.js";
+import { KpiRow, WorstTable, AlarmList } from "./panels.js";
+import { Range, renderLegend } from "./colour.js";
 
 const params = new URLSearchParams(location.search);
-const FILTER = params.get("filter") || "#";
-const FIELD = params.get("field") || "auto";
-const RATE = Number(params.get("rate") || 10);
-const TOKEN = params.get("token") || localStorage.getItem("gatewayToken");
-const PRIMARY = { env: "temperature", machine: "power", server: "cpu" };
-const ALARMS = { temperature: [null, 28], vibration: [null, 5], cpu: [null, 95],
-                 humidity: [10, 85] };
-const HISTORY = 300; // chart points (1 per second: 5 minutes)
-const MAX_EVENTS = 40;
-
 const $ = (id) => document.getElementById(id);
-if (params.get("title")) $("title").textContent = params.get("title");
-$("field-name").textContent = FIELD === "auto" ? "temperature" : FIELD;
+const FRAME_BUDGET_MS = 8;
+let frameScheduled = false;
+const drawMs = []; // the last 2,000 draw durations (window.wall.drawMs), for measurement
+function schedule() {
+  if (!frameScheduled) { frameScheduled = true; requestAnimationFrame(draw); }
+}
+const wall = await loadWall(params);
+const meta = new Meta();
+meta.load();
 
+document.title = wall.title;
+$("title").textContent = wall.title;
+const TOKEN = params.get("token") || localStorage.getItem("gatewayToken");
 const wsUrl = new URL("ws", location.href);
 wsUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-const client = new GatewayClient({ url: wsUrl.toString(), filters: [FILTER], rateHz: RATE,
-                                   token: TOKEN, transport: params.get("transport") || "auto" });
-window.gatewayClient = client; // for people debugging a wall, and for the tests
-window.wall = {
-  // what a tile shows: {state: live|stale|offline, value, alarm}, or null
-  tile: (topic) => {
-    const t = tiles.get(topic);
-    return t ? { state: t.state, value: t.value, alarm: t.alarm } : null;
-  },
-  tilesWithValues: () => [...tiles.values()].filter((t) => t.value !== "").length,
-  drawMs: () => drawMs.slice(),
-};
+const client = new GatewayClient({ url: wsUrl.toString(), filters: [wall.filter],
+                                   rateHz: Number(params.get("rate") || 10), token: TOKEN,
+                                   transport: params.get("transport") || "auto" });
+const health = new Health(client, { grace_s: wall.grace_s ?? 10, warn_s: wall.warn_s ?? 5,
+                                    bad_s: wall.bad_s ?? 30 });
 
-const tiles = new Map(); // topic -> element
-const sites = new Map(); // site -> {el, tiles, count}
-const ranges = new Map(); // field -> [min, max] seen (for colours)
-const alarms = new Set();
-const dirty = new Set();
-let selected = params.get("device");
-let updates = 0;
-let frameScheduled = false;
-
-function fieldOf(topic) {
-  if (FIELD !== "auto") return FIELD;
-  const kind = topic.split("/").pop().split("-")[0];
-  return PRIMARY[kind] || "value";
+// -- the viewer's choices, in the URL fragment -------------------------------------------
+let choices = new URLSearchParams(location.hash.slice(1)); // parsed once per change
+let picked = choices.get("field"); // asked for every tile drawn: kept at hand
+function choice(key) { return key === "field" ? picked : choices.get(key); }
+function choose(key, value) {
+  choices.set(key, value);
+  picked = choices.get("field");
+  history.replaceState(null, "", `#${choices}`);
+}
+// The colouring field of panels whose field is "auto": the viewer's choice, else the most
+// widely reported numeric field. "state" colours by state alone.
+function autoField() {
+  const c = choice("field");
+  if (c) return c;
+  return meta.fields()[0] || null;
 }
 
-// Each site is one canvas: repainting thousands of tiles is thousands of fillRect
-// calls, not thousands of DOM style changes (which the renderer must restyle and paint).
-function siteBlock(site) {
-  let s = sites.get(site);
-  if (!s) {
-    const el = document.createElement("div");
-    el.className = "site";
-    el.innerHTML = `<h2><span></span><small></small></h2><canvas></canvas>`;
-    el.querySelector("span").textContent = site;
-    const ordered = [...sites.keys(), site].sort();
-    const next = sites.get(ordered[ordered.indexOf(site) + 1]);
-    $("sites").insertBefore(el, next ? next.el : null);
-    const canvas = el.querySelector("canvas");
-    s = { el, canvas, ctx: canvas.getContext("2d"), count: el.querySelector("small"),
-          list: [], cols: 1, side: 10 };
-    canvas.onclick = (ev) => {
-      const r = canvas.getBoundingClientRect();
-      const col = Math.floor((ev.clientX - r.left) / (s.side + 2));
-      const row = Math.floor((ev.clientY - r.top) / (s.side + 2));
-      const tile = s.list[row * s.cols + col];
-      if (tile) select(tile.topic);
-    };
-    sites.set(site, s);
-  }
-  return s;
-}
-
-function tileFor(topic) {
-  let t = tiles.get(topic);
-  if (!t) {
-    const s = siteBlock(topic.split("/")[0]);
-    t = { topic, site: s, index: s.list.length, bg: "#2a3340", state: "live", alarm: false,
-          value: "" };
-    s.list.push(t);
-    s.count.textContent = `${s.list.length} devices`;
-    tiles.set(topic, t);
-    layoutPending = true;
-    if (!selected) select(topic);
-  }
-  return t;
-}
-
-function colour(field, v) {
-  if (typeof v !== "number") return v === "run" ? "#2f7d57" : v === "idle" ? "#6b5b2a" :
-    v === "maintenance" ? "#7a3a3a" : "#2a3340";
-  const r = ranges.get(field) || [v, v];
-  const lo = Math.min(r[0], v), hi = Math.max(r[1], v);
-  ranges.set(field, [lo, hi]);
-  const t = hi > lo ? (v - lo) / (hi - lo) : 0.5;
-  return `hsl(${Math.round(220 - 220 * t)}, 70%, ${Math.round(38 + 10 * t)}%)`;
-}
-
-function isAlarm(state) {
-  for (const [f, [lo, hi]] of Object.entries(ALARMS)) {
-    const v = state.fields[f];
-    if (typeof v !== "number") continue;
-    if ((lo !== null && v < lo) || (hi !== null && v > hi)) return `${f} ${v}`;
-  }
-  return null;
-}
-
-// Tiles as large as the wall allows: the sites area divided among all devices.
-let layoutPending = false;
-function layout() {
-  const area = $("sites");
-  const perSite = Math.max(1, ...[...sites.values()].map((x) => x.list.length));
-  const columns = Math.min(sites.size || 1, 4);
-  const rows = Math.ceil((sites.size || 1) / columns);
-  area.style.gridTemplateColumns = `repeat(${columns}, 1fr)`;
-  // measure a real block: its padding, gaps and heading scale with the viewport
-  const first = sites.values().next().value;
-  const style = first ? getComputedStyle(first.el) : null;
-  const padX = style ? parseFloat(style.paddingLeft) + parseFloat(style.paddingRight) : 16;
-  const head = first ? first.el.querySelector("h2").getBoundingClientRect().height : 24;
-  const gap = parseFloat(getComputedStyle(area).rowGap) || 0;
-  const w = (first ? first.el.clientWidth : area.clientWidth / columns) - padX;
-  const h = (area.clientHeight - gap * (rows - 1)) / rows - head - padX - 8;
-  let side = Math.floor(Math.sqrt((w * h) / perSite));
-  while (side > 3 && Math.floor(w / (side + 2)) * Math.floor(h / (side + 2)) < perSite) side -= 1;
-  const dpr = window.devicePixelRatio || 1;
-  for (const s of sites.values()) {
-    s.side = side;
-    s.cols = Math.max(1, Math.floor(w / (side + 2)));
-    const height = Math.ceil(s.list.length / s.cols) * (side + 2);
-    s.canvas.style.width = `${s.cols * (side + 2)}px`;
-    s.canvas.style.height = `${height}px`;
-    s.canvas.width = s.cols * (side + 2) * dpr;
-    s.canvas.height = height * dpr;
-    s.ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    for (const t of s.list) paint(t);
-  }
-  layoutPending = false;
-}
-
-function paint(t) {
-  const s = t.site;
-  const x = (t.index % s.cols) * (s.side + 2);
-  const y = Math.floor(t.index / s.cols) * (s.side + 2);
-  const ctx = s.ctx;
-  const d = s.side;
-  ctx.clearRect(x, y, d + 2, d + 2);
-  ctx.globalAlpha = t.state === "stale" ? 0.45 : 1;
-  ctx.fillStyle = t.state === "offline" ? "#1a1f26" : t.bg;
-  ctx.fillRect(x, y, d, d);
-  ctx.globalAlpha = 1;
-  const ring = t.topic === selected ? "#5cc8ff" : t.state === "offline" || t.alarm ? "#ff5c5c" :
-    t.state === "stale" ? "#ffc542" : null;
-  if (ring) {
-    ctx.lineWidth = Math.max(1.5, d / 8);
-    ctx.setLineDash(t.state === "stale" && t.topic !== selected ? [d / 4, d / 6] : []);
-    ctx.strokeStyle = ring;
-    ctx.strokeRect(x + 1, y + 1, d - 2, d - 2);
-    ctx.setLineDash([]);
-  }
-}
-
-// Draw dirty tiles within a time budget per frame: a tick of thousands of changes
-// is spread over a few frames instead of one long one. Writes that would not change
-// anything (same colour, same classes) are skipped: the DOM work is the cost here.
-const FRAME_BUDGET_MS = 8;
-const drawMs = []; // the last 2,000 draw durations (window.wall.drawMs), for measurement
-drawMs.push = function (v) { if (this.length >= 2000) this.shift(); return Array.prototype.push.call(this, v); };
-const drawn = new Map(); // topic -> last written "colour|state|alarm|selected"
-
-function draw() {
-  frameScheduled = false;
-  if (layoutPending) layout();
-  const started = performance.now();
-  let n = 0;
-  for (const topic of dirty) {
-    if ((++n & 63) === 0 && performance.now() - started > FRAME_BUDGET_MS) break;
-    dirty.delete(topic);
-    const st = client.topics.get(topic);
-    const el = tileFor(topic);
-    if (!st) { drawn.delete(topic); continue; } // dropped (new epoch): repainted on relayout
-    const field = fieldOf(topic);
-    const value = st.fields[field];
-    const bg = colour(field, value);
-    const state = st.online === false ? "offline" : st.stale ? "stale" : "live";
-    const alarm = isAlarm(st);
-    const key = `${bg}|${state}|${alarm ? 1 : 0}|${topic === selected ? 1 : 0}`;
-    el.value = String(value ?? "");
-    if (drawn.get(topic) !== key && !layoutPending) {
-      drawn.set(topic, key);
-      Object.assign(el, { bg, state, alarm: !!alarm });
-      paint(el);
-    } else {
-      Object.assign(el, { bg, state, alarm: !!alarm });
+// -- pages and panels ---------------------------------------------------------------------
+const grids = []; // {grid, filter, field, page}
+const trends = [];
+const worst = [];
+const alarmLists = [];
+const kpiRows = [];
+let events = null;
+const pages = wall.pages.map((page, index) => {
+  const el = document.createElement("section");
+  el.className = "page";
+  el.setAttribute("aria-label", page.name);
+  const top = document.createElement("div");
+  top.className = "top";
+  const body = document.createElement("div");
+  body.className = "body";
+  const left = document.createElement("div");
+  left.className = "left";
+  const side = document.createElement("div");
+  side.className = "side";
+  body.append(left, side);
+  el.append(top, body);
+  for (const p of page.panels) {
+    const panel = document.createElement("div");
+    panel.className = `panel ${p.type}`;
+    const filter = p.filter || page.filter || "#";
+    if (p.type === "kpis") {
+      top.append(panel);
+      kpiRows.push({ row: new KpiRow(panel, { alarms: !!meta.served?.alarms }), filter, page: index });
+      continue;
     }
-    if (alarm && !alarms.has(topic)) event(`${topic}: ${alarm}`, "bad");
-    if (alarm) alarms.add(topic); else alarms.delete(topic);
+    if (p.type === "grid") {
+      left.append(panel);
+      if (p.title) {
+        const h = document.createElement("h2");
+        h.textContent = p.title;
+        panel.append(h);
+      }
+      const holder = document.createElement("div");
+      holder.className = "grid-holder";
+      panel.append(holder);
+      const entry = { filter, field: p.field || "auto", page: index };
+      entry.grid = new DeviceGrid(holder, {
+        meta, level: p.level || 1, onLayout: schedule,
+        stateOf: (t) => stateOf(t),
+        valueOf: (t, tile) => valueOf(t, fieldOf(entry), tile),
+        tOf: (v) => tOf(fieldOf(entry), v),
+      });
+      grids.push(entry);
+      continue;
+    }
+    side.append(panel);
+    if (p.type === "trend") {
+      trends.push({ panel: new TrendPanel(panel, { meta, field: p.field, level: p.level || 1,
+                                                   groups: p.groups || null, max: p.max || 6,
+                                                   title: p.title || "" }), filter, page: index });
+    } else if (p.type === "worst") {
+      worst.push({ table: new WorstTable(panel, { rows: p.rows || 8 }), field: p.field || "auto", filter, page: index });
+    } else if (p.type === "alarms") {
+      alarmLists.push({ list: new AlarmList(panel, { meta }), page: index });
+    } else if (p.type === "events") {
+      const h = document.createElement("h2");
+      h.textContent = p.title || "Events";
+      const ol = document.createElement("ol");
+      panel.append(h, ol);
+      events ??= new EventLog(ol, { groupOf: (t) => meta.group(t, 1) });
+    }
   }
-  if (layoutPending) layout();
-  kpis();
-  drawMs.push(performance.now() - started);
-  if (dirty.size) schedule(); // the rest next frame
+  if (!side.children.length) body.classList.add("full");
+  $("main").append(el);
+  return { ...page, el };
+});
+events ??= new EventLog(document.createElement("ol"), { groupOf: (t) => meta.group(t, 1) });
+
+let current = -1;
+function showPage(i) {
+  i = ((i % pages.length) + pages.length) % pages.length;
+  if (i === current) return;
+  current = i;
+  pages.forEach((p, k) => { p.el.hidden = k !== i; });
+  for (const g of grids) if (g.page === i) { g.grid.layoutPending = true; g.grid.all(); }
+  choose("page", String(i));
+  const nav = $("pages");
+  nav.replaceChildren(...pages.map((p, k) => {
+    const b = document.createElement("button");
+    b.textContent = p.name;
+    b.className = k === i ? "current" : "";
+    b.onclick = () => showPage(k);
+    return b;
+  }));
+  nav.hidden = pages.length < 2;
+  schedule();
+}
+showPage(Number(choice("page") || 0));
+if (wall.rotate_s > 0 && pages.length > 1) setInterval(() => showPage(current + 1), wall.rotate_s * 1000);
+
+// -- what a tile shows ----------------------------------------------------------------------
+// the viewer's pick wins over a panel's configured field; "auto" follows the data
+function fieldOf(entry) { return choice("field") || (entry.field === "auto" ? autoField() : entry.field); }
+function stateOf(topic) {
+  return health.unknown() ? "unknown" : meta.state(topic, client.topics.get(topic));
+}
+function valueOf(topic, field, tile = null) {
+  const st = client.topics.get(topic);
+  const value = st && field && field !== "state" ? st.fields[field] : undefined;
+  const name = tile?.name || meta.displayName(topic, st); // names change with metadata only
+  return { value, field: field === "state" ? "" : field || "", name,
+           text: meta.format(field, value), unit: typeof value === "number" ? meta.unit(field) : "" };
+}
+const ranges = new Map(); // field -> Range
+function tOf(field, v) {
+  if (typeof v !== "number" || !field || field === "state") return null;
+  const r = ranges.get(field);
+  return r && Number.isFinite(r.lo) ? Math.max(0, Math.min(1, r.t(v))) : 0.5;
 }
 
-function schedule() {
-  if (!frameScheduled) {
-    frameScheduled = true;
-    requestAnimationFrame(draw);
-  }
-}
-
-const previous = new Map(); // topic -> "online|offline|stale" for the event list
+// -- updates ---------------------------------------------------------------------------------
+let updates = 0;
+const previous = new Map(); // topic -> online|offline|stale (for the event list)
+let epochDropped = false;
 client.addEventListener("change", (e) => {
   for (const topic of e.detail.topics) {
-    dirty.add(topic);
-    updates += 1;
+    if (meta.isAlarmTopic(topic)) { // alarm topics feed meta (and the event list), not tiles
+      const change = meta.alarmTopic(topic, client.topics.get(topic));
+      if (change) events.alarm(change);
+      continue;
+    }
     const st = client.topics.get(topic);
+    meta.observe(topic, st);
+    updates += 1;
+    for (const g of grids) if (matches(g.filter, topic)) g.grid.touch(topic, st);
     const now = st ? (st.online === false ? "offline" : st.stale ? "stale" : "online") : "gone";
     const before = previous.get(topic);
-    if (before && before !== now) {
-      event(`${topic} is ${now}`, now === "online" ? "ok" : now === "stale" ? "warn" : "bad");
+    if (now === "gone") {
+      previous.delete(topic);
+      if (!epochDropped) events.transition(topic, before, now);
+    } else if (before !== now) {
+      if (before !== undefined || !seenEver.has(topic)) events.transition(topic, before, now);
+      previous.set(topic, now);
+      seenEver.add(topic);
     }
-    previous.set(topic, now);
   }
   schedule();
 });
+const seenEver = new Set();
 
-function event(text, cls) {
-  const li = document.createElement("li");
-  li.className = cls;
-  li.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
-  const list = $("events");
-  list.insertBefore(li, list.firstChild);
-  while (list.children.length > MAX_EVENTS) list.lastChild.remove();
-}
-
-function kpis() {
-  let online = 0, offline = 0, stale = 0;
-  for (const st of client.topics.values()) {
-    if (st.online === false) offline += 1; else online += 1;
-    if (st.stale) stale += 1;
+function draw() {
+  frameScheduled = false;
+  const started = performance.now();
+  let done = true;
+  for (const g of grids) {
+    if (g.page === current && !g.grid.drawSome(started + FRAME_BUDGET_MS)) done = false;
   }
-  $("kpi-total").textContent = client.topics.size;
-  $("kpi-online").textContent = online;
-  $("kpi-offline").textContent = offline;
-  $("kpi-stale").textContent = stale;
-  $("kpi-alarms").textContent = alarms.size;
+  if (drawMs.length >= 2000) drawMs.shift();
+  drawMs.push(performance.now() - started);
+  if (!done) schedule();
 }
 
-// -- connection indicator with data age -------------------------------------------------
-const conn = $("conn");
+// -- the connection, honestly --------------------------------------------------------------
+const TRANSPORT = { ws: "WebSocket", sse: "Server-Sent Events" };
+let lastStatus = null;
+function header() {
+  const conn = $("conn");
+  const status = client.status === "closed" ? "disconnected" : client.status;
+  conn.dataset.status = status;
+  conn.dataset.transport = client.transport;
+  conn.dataset.level = health.level();
+  const age = health.age();
+  const word = status === "open" ? (health.reason ? health.reason : "live") : status;
+  $("conn-text").textContent = `${word} · ${TRANSPORT[client.transport]}` +
+    (age === null ? "" : ` · data age ${fmtAge(age)}`);
+  const banner = $("banner");
+  const notice = health.notice(wall.filter);
+  const text = health.bannerText() || notice;
+  banner.classList.toggle("notice", !!notice);
+  banner.hidden = !text;
+  if (banner.textContent !== text) banner.textContent = text;
+  document.body.classList.toggle("unknown", health.unknown());
+}
 client.addEventListener("status", (e) => {
-  const { status, code } = e.detail;
-  conn.className = `conn ${status}`;
-  conn.dataset.status = status === "closed" ? "disconnected" : status;
-  const via = client.transport === "sse" ? " (events)" : "";
-  $("conn-text").textContent = status === "closed" ? `disconnected (${code})` : status + via;
+  const { status } = e.detail;
+  if (status === "open" && lastStatus !== "open") {
+    epochDropped = false;
+    if (lastStatus) events.add(`connected via ${TRANSPORT[client.transport]}${e.detail.resumed ? " (resumed)" : ""}`, "ok");
+  } else if (status === "closed" && lastStatus === "open") {
+    events.add(`connection lost (${e.detail.code ?? "?"})`, "bad");
+    epochDropped = true; // a new epoch may drop every topic: not "removed" devices
+  }
+  lastStatus = status;
+  health.update();
+  header();
 });
-setInterval(() => {
-  let newest = 0;
-  for (const st of client.topics.values()) newest = Math.max(newest, st.rx || 0);
-  const age = newest ? Math.max(0, Date.now() / 1000 - newest) : null;
-  if (client.status === "open") {
-    $("conn-text").textContent = age === null ? "live" : `live, data age ${age.toFixed(1)} s`;
-  }
-  $("kpi-rate").textContent = updates;
+let wasUnknown = health.unknown();
+health.addEventListener("change", () => tick());
+
+// -- once a second -----------------------------------------------------------------------------
+let legendKey = "";
+let fieldsKey = "";
+const tickMs = []; // the last 60 tick durations (window.wall.tickMs)
+function tick() {
+  const t0 = performance.now();
+  const stats = { total: 0, online: 0, offline: 0, stale: 0, alarms: 0, newestRx: 0, rate: updates };
   updates = 0;
-}, 1000);
-
-// -- charts: ring buffers sampled once a second -----------------------------------------
-class Ring {
-  constructor(n) { this.a = new Float64Array(n); this.n = n; this.len = 0; this.i = 0; }
-  push(v) { this.a[this.i] = v; this.i = (this.i + 1) % this.n; this.len = Math.min(this.len + 1, this.n); }
-  values() {
-    const out = new Array(this.len);
-    for (let k = 0; k < this.len; k++) out[k] = this.a[(this.i - this.len + k + this.n) % this.n];
-    return out;
-  }
-}
-
-const times = new Ring(HISTORY);
-const siteSeries = new Map(); // site -> Ring
-const deviceRing = new Ring(HISTORY);
-let siteChart = null, deviceChart = null, chartSites = [];
-
-function chartOpts(el, series) {
-  // uPlot draws axis text on its canvas in pixels: scale it with the page's root font
-  // size (which follows the viewport), or it is unreadable on a 4K wall
-  const px = parseFloat(getComputedStyle(document.documentElement).fontSize) || 12;
-  const font = `${Math.round(px * 0.95)}px system-ui, sans-serif`;
-  const axis = { stroke: "#8b98a8", grid: { stroke: "#1c2530" }, ticks: { stroke: "#1c2530" },
-                 font };
-  const x = { ...axis, space: Math.round(px * 7), size: Math.round(px * 3.4) };
-  const y = { ...axis, space: Math.round(px * 2.5), size: Math.round(px * 4.2) };
-  // leave room for the legend under the plot
-  return { width: el.clientWidth, height: Math.max(80, el.clientHeight - 34), series: [{}, ...series],
-           axes: [x, y], legend: { show: true }, cursor: { show: false } };
-}
-
-const PALETTE = ["#5cc8ff", "#ffc542", "#3ecf8e", "#ff5c5c", "#c38bff", "#ff9f5c", "#7ee0d0",
-                 "#f28fb1"];
-
-function sample() {
-  times.push(Date.now() / 1000);
-  const sums = new Map();
+  const values = new Map(); // field -> [lo, hi] of fields in use
+  const used = new Set(grids.map(fieldOf).concat(worst.map(fieldOf)));
+  for (const f of used) if (f && f !== "state") values.set(f, [Infinity, -Infinity]);
   for (const [topic, st] of client.topics) {
-    const v = st.fields[FIELD === "auto" ? "temperature" : FIELD];
-    if (typeof v !== "number") continue;
-    const site = topic.split("/")[0];
-    const s = sums.get(site) || [0, 0];
-    s[0] += v; s[1] += 1;
-    sums.set(site, s);
-  }
-  for (const site of sums.keys()) {
-    if (!siteSeries.has(site)) {
-      const ring = new Ring(HISTORY);
-      for (let k = 1; k < times.len; k++) ring.push(NaN);
-      siteSeries.set(site, ring);
+    if (meta.isAlarmTopic(topic)) continue;
+    stats.total += 1;
+    if (st.online === false) stats.offline += 1; else stats.online += 1;
+    if (st.stale) stats.stale += 1;
+    if (meta.alarmOf(topic)) stats.alarms += 1;
+    if (st.rx > stats.newestRx) stats.newestRx = st.rx;
+    for (const [f, r] of values) {
+      const v = st.fields[f];
+      if (typeof v === "number") { if (v < r[0]) r[0] = v; if (v > r[1]) r[1] = v; }
     }
   }
-  for (const [site, ring] of siteSeries) {
-    const s = sums.get(site);
-    ring.push(s ? s[0] / s[1] : NaN);
+  health.update(stats);
+  const unknown = health.unknown();
+  for (const [f, [lo, hi]] of values) {
+    let r = ranges.get(f);
+    if (!r) ranges.set(f, (r = new Range()));
+    r.fixed = meta.range(f);
+    if (!Number.isFinite(lo)) continue;
+    // the scale moves only when the data leaves it or fills less than 60% of it, then
+    // with 10% headroom: repainting every tile for a counter's every tick is not worth it
+    const span = Math.max(1e-9, hi - lo);
+    if (lo < r.lo || hi > r.hi || span < 0.6 * (r.hi - r.lo)) {
+      r.lo = lo - span * 0.1; r.hi = hi + span * 0.1;
+      for (const g of grids) if (fieldOf(g) === f) g.grid.all();
+    }
   }
-  const sel = selected && client.topics.get(selected);
-  const v = sel ? sel.fields[fieldOf(selected)] : NaN;
-  deviceRing.push(typeof v === "number" ? v : NaN);
-  render();
+  if (unknown !== wasUnknown) { wasUnknown = unknown; for (const g of grids) g.grid.all(); }
+  for (const k of kpiRows) k.row.render(stats, health.age(), unknown);
+  // charts: the rows they aggregate, sampled honestly
+  const rows = [];
+  for (const [topic, st] of client.topics) if (!meta.isAlarmTopic(topic)) rows.push([topic, st, stateOf(topic)]);
+  const f = autoField();
+  // a chart vouches for nothing while there is trouble: gaps from its first second
+  for (const t of trends) t.panel.sample(choice("field") || f, t.filter === "#" ? rows : rows.filter((r) => matches(t.filter, r[0])), !health.reason, !!choice("field"));
+  for (const w of worst) {
+    if (w.page !== current) continue;
+    const field = w.field === "auto" ? f : w.field;
+    const sel = w.filter === "#" ? rows : rows.filter((r) => matches(w.filter, r[0]));
+    w.table.render(sel, field !== "state" ? field : null, (topic) => {
+      const v = valueOf(topic, field);
+      return { name: v.name, group: topic.slice(0, Math.max(0, topic.lastIndexOf("/"))), text: v.text, unit: v.unit };
+    });
+  }
+  for (const a of alarmLists) a.list.render();
+  // the field selector and the colour key
+  const fields = meta.fields();
+  const pageGrid = grids.find((x) => x.page === current);
+  const shownField = pageGrid ? fieldOf(pageGrid) : autoField();
+  if (`${fields.join()}|${shownField}` !== fieldsKey) {
+    fieldsKey = `${fields.join()}|${shownField}`;
+    const sel = $("field");
+    const g = grids.find((x) => x.page === current);
+    const chosen = (g ? fieldOf(g) : autoField()) || "state";
+    sel.replaceChildren(...["state", ...fields].map((name) => new Option(name === "state" ? "state only" : meta.fieldLabel(name), name, false, name === chosen)));
+  }
+  const lf = pageGrid ? fieldOf(pageGrid) : null;
+  const r = lf && ranges.get(lf);
+  const bounds = r ? r.bounds() : null;
+  const fmt = (v) => meta.format(lf, v);
+  const key = `${lf}|${bounds && fmt(bounds[0])}|${bounds && fmt(bounds[1])}`;
+  if (key !== legendKey) {
+    legendKey = key;
+    renderLegend($("legend"), { field: lf ? meta.fieldLabel(lf) : "", unit: meta.unit(lf), bounds, byState: !lf || lf === "state", format: fmt });
+  }
+  header();
+  schedule();
+  if (tickMs.length >= 60) tickMs.shift();
+  tickMs.push(performance.now() - t0);
 }
-
-function render() {
-  const t = times.values();
-  const names = [...siteSeries.keys()].sort();
-  const elS = $("chart-sites");
-  if (!siteChart || names.join() !== chartSites.join()) {
-    siteChart?.destroy();
-    chartSites = names;
-    siteChart = new uPlot(chartOpts(elS, names.map((n, i) => ({
-      label: n, stroke: PALETTE[i % PALETTE.length], width: 2 }))), [t, ...names.map(() => [])], elS);
-  }
-  siteChart.setData([t, ...names.map((n) => siteSeries.get(n).values())]);
-  const elD = $("chart-device");
-  if (!deviceChart) {
-    deviceChart = new uPlot(chartOpts(elD, [{ label: "value", stroke: "#5cc8ff", width: 2 }]),
-                            [t, []], elD);
-  }
-  deviceChart.setData([t, deviceRing.values()]);
-}
-
-function select(topic) {
-  const before = selected && tiles.get(selected);
-  selected = topic;
-  if (before) { drawn.delete(before.topic); paint(before); }
-  const now = tiles.get(topic);
-  if (now && !layoutPending) paint(now);
-  $("device-title").textContent = `${topic} (${fieldOf(topic)})`;
-  deviceRing.len = 0;
-}
-
-if (selected) $("device-title").textContent = selected;
-setInterval(sample, 1000);
-window.addEventListener("resize", () => {
-  layout();
-  for (const [chart, el] of [[siteChart, $("chart-sites")], [deviceChart, $("chart-device")]]) {
-    chart?.setSize({ width: el.clientWidth, height: Math.max(80, el.clientHeight - 34) });
-  }
+setInterval(tick, 1000);
+$("field").addEventListener("change", (e) => {
+  choose("field", e.target.value);
+  for (const g of grids) g.grid.all();
+  tick();
 });
-$("legend").textContent = `filter ${FILTER} · colour: ${FIELD === "auto" ? "temperature / power / cpu" : FIELD} · offline: red outline · stale: dashed, dimmed · click a tile to chart it`;
+window.addEventListener("hashchange", () => {
+  choices = new URLSearchParams(location.hash.slice(1));
+  picked = choices.get("field");
+  showPage(Number(choice("page") || 0));
+  for (const g of grids) g.grid.all();
+  tick();
+});
+
+// -- for people debugging a wall, and for the tests ----------------------------------------
+window.gatewayClient = client;
+window.wall = {
+  config: wall,
+  meta,
+  health,
+  tile: (topic) => { for (const g of grids) { const t = g.grid.tile(topic); if (t) return t; } return null; },
+  // tiles showing a device's data (not unknown): what "the wall is up" means in tests
+  tilesWithValues: () => grids.length ? [...grids[0].grid.tiles.values()].filter((t) => t.key && t.state !== "unknown").length : 0,
+  drawMs: () => drawMs.slice(),
+  tickMs: () => tickMs.slice(),
+  boxes: () => grids.filter((g) => g.page === current).flatMap((g) => g.grid.boxes()),
+  layout: () => grids.filter((g) => g.page === current).map((g) => ({ side: g.grid.plan?.side, wide: g.grid.plan?.wide })),
+  trends: () => trends.map((t) => t.panel.latest()),
+  page: () => current,
+  showPage,
+};
 client.start();
+tick();

@@ -15,6 +15,10 @@
 // refuses the upgrade), it falls back to Server-Sent Events at /sse (transport: "auto",
 // the default; "ws" or "sse" force one). The same messages arrive; EventSource resumes
 // with Last-Event-ID on its own; a gap there means a fresh stream (a snapshot).
+// After such a fallback the client keeps probing WebSocket in the background (after 2 s,
+// then doubling up to 60 s): once an upgrade succeeds it leaves the event stream and
+// reconnects over WebSocket (resuming by epoch and seq), so a gateway restart, which
+// also makes upgrades fail for a while, does not leave a wall on events for good.
 //
 // Usage:
 //   const client = new GatewayClient({ url, filters: ["#"], rateHz: 10, token });
@@ -55,6 +59,7 @@ export class GatewayClient extends EventTarget {
     this._es = null;
     this._stopped = false;
     this._timers = [];
+    this._probe = null; // {timer, ws, delay}: the background WebSocket probe while on SSE
   }
 
   start() {
@@ -65,6 +70,7 @@ export class GatewayClient extends EventTarget {
   stop() {
     this._stopped = true;
     this._clearTimers();
+    this._stopProbe();
     if (this._ws) this._ws.close(1000, "bye");
     if (this._es) this._es.close();
   }
@@ -175,6 +181,51 @@ export class GatewayClient extends EventTarget {
     setTimeout(() => { if (!this._stopped) this._connect(); }, delay);
   }
 
+  // -- back to WebSocket after a fallback ------------------------------------------------
+
+  _scheduleProbe(delay) {
+    const probe = { delay, ws: null, timer: null };
+    this._probe = probe;
+    probe.timer = setTimeout(() => {
+      if (this._probe !== probe || this._stopped || this.transport !== "sse") return;
+      let ws;
+      try {
+        ws = new this.WebSocketImpl(this._wsUrl(), ["telemetry.v1"]);
+      } catch {
+        this._scheduleProbe(Math.min(60000, delay * 2));
+        return;
+      }
+      probe.ws = ws;
+      ws.onopen = () => {
+        ws.onclose = null;
+        ws.close(1000, "probe");
+        if (this._probe !== probe || this._stopped) return;
+        this._probe = null;
+        this.stats.wsReturns = (this.stats.wsReturns || 0) + 1;
+        const es = this._es; // leave the event stream; the copy resumes over WebSocket
+        this._es = null;
+        if (es) es.close();
+        this.transport = "ws";
+        this.wsFailures = 0;
+        this.attempt = 0;
+        this._connect();
+      };
+      ws.onerror = () => {};
+      ws.onclose = () => {
+        if (this._probe === probe) this._scheduleProbe(Math.min(60000, delay * 2));
+      };
+    }, delay * (0.5 + Math.random() / 2)); // jittered: a fleet of walls does not probe at once
+  }
+
+  _stopProbe() {
+    const probe = this._probe;
+    this._probe = null;
+    if (probe) {
+      clearTimeout(probe.timer);
+      if (probe.ws) { probe.ws.onclose = null; probe.ws.close(1000, "bye"); }
+    }
+  }
+
   _send(obj) {
     if (this._ws && this._ws.readyState === 1) this._ws.send(JSON.stringify(obj));
   }
@@ -195,6 +246,7 @@ export class GatewayClient extends EventTarget {
     if (this.sse) { // the stream was subscribed by its URL and resumes by Last-Event-ID
       this.stats.connects += 1;
       this._setStatus("open", { epoch: msg.epoch, transport: "sse" });
+      if (this.fallback && !this._probe) this._scheduleProbe(2000);
       return;
     }
     if (resumable) {
@@ -240,6 +292,7 @@ export class GatewayClient extends EventTarget {
         else if (outcome === "gap") gaps[m.topic] = this.topics.get(m.topic)?.seq ?? 0;
       } else if (m.type === "error") {
         console.warn("gateway error", m.code, m.message);
+        this.dispatchEvent(new CustomEvent("gateway-error", { detail: m })); // for the wall's banner
       }
     }
     if (Object.keys(gaps).length && this.epoch) {

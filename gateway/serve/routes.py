@@ -17,6 +17,7 @@ from ..config import Config
 from ..core.alarms import with_alarm_grants
 from ..core.state import StateStore
 from ..core.topics import TopicError, matches, validate_filter
+from ..wall import load_wall
 from .http import Request, json_body, respond, static_file
 from .insight import Insight
 from .sockio import Outbound
@@ -42,6 +43,7 @@ class Routes:
         insight: Insight | None = None,
     ) -> None:
         self.insight = insight  # /api/alarms, /api/meta, /api/history
+        self.wall_body = load_wall(cfg.server.wall_file)  # /api/wall (checked at load)
         self.cfg = cfg
         self.store = store
         self.stats = stats
@@ -90,6 +92,10 @@ class Routes:
             stats.http_requests[path.rsplit("/", 1)[1]] += 1
             status, body = await self._api(req, full=path == "/api/snapshot")
             await respond(out, conn, status, body, b"application/json", head_only=head)
+            return
+        if path == "/api/wall":  # the wall's layout: not secret, like the dashboard files
+            stats.http_requests["wall"] += 1
+            await respond(out, conn, 200, self.wall_body, b"application/json", head_only=head)
             return
         if path in ("/api/alarms", "/api/meta", "/api/history") and self.insight is not None:
             stats.http_requests[path.rsplit("/", 1)[1]] += 1

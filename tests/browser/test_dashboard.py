@@ -7,21 +7,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import orjson
-import pytest
 import trio
 
 from bench.report import CHROMIUM_ARGS
 from gateway.app import Gateway, serve
 from tests.broker import free_port
-from tests.conftest import require_binary
 from tests.gw import make_config
 from tests.serve.httpget import http_get
-
-
-@pytest.fixture
-def chromium() -> str:
-    require_binary("node", "nodejs")  # the dashboard's npm packages
-    return require_binary("/usr/bin/chromium", "chromium")
 
 
 @contextmanager
@@ -42,7 +34,7 @@ def browser_page(chromium: str, width: int = 1920, height: int = 1080) -> Iterat
 
 def page_state(page: Any) -> dict[str, Any]:
     return page.evaluate(
-        "() => Object.fromEntries([...window.gatewayClient.topics].map(([t, v]) =>"
+        "() => Object.fromEntries([...window.gatewayClient?.topics].map(([t, v]) =>"
         " [t, {seq: v.seq, fields: v.fields}]))"
     )
 
@@ -64,19 +56,28 @@ async def test_live_values_within_two_seconds_then_offline_and_stale_shown(
         with browser_page(chromium) as page:
             page.goto(f"http://127.0.0.1:{gw.port}/")
             # live values within 2 s of opening
-            page.wait_for_function("() => window.wall.tilesWithValues() >= 200", timeout=2000)
-            online = page.inner_text("#kpi-online")
+            page.wait_for_function("() => window.wall?.tilesWithValues() >= 200", timeout=2000)
+            page.wait_for_function(  # the KPIs are counted once a second
+                "() => Number(document.querySelector('[data-kpi=\"online\"] span')"
+                ".textContent) >= 200",
+                timeout=3000,
+            )
+            online = page.inner_text('[data-kpi="online"] span')
             # a probe that reports once while the page watches, then goes silent
             probe = ("lab/bench/probe-1", {"temperature": 20.0})
             trio.from_thread.run_sync(lambda: gw.store.apply(*probe, gw.clock.wall()))
             trio.from_thread.run_sync(lambda: gw.store.set_presence(device, False, gw.clock.wall()))
             page.wait_for_function(
-                f"() => window.wall.tile('{device}')?.state === 'offline'", timeout=5000
+                f"() => window.wall?.tile('{device}')?.state === 'offline'", timeout=5000
             )
             page.wait_for_function(
-                "() => window.wall.tile('lab/bench/probe-1')?.state === 'stale'", timeout=5000
+                "() => window.wall?.tile('lab/bench/probe-1')?.state === 'stale'", timeout=5000
             )
-            events = page.inner_text("#events")
+            page.wait_for_function(  # transitions are written after a second, grouped
+                "() => document.querySelector('.events ol').textContent.includes('is stale')",
+                timeout=3000,
+            )
+            events = page.inner_text(".events ol")
             conn = page.get_attribute("#conn", "data-status")
             return {"online": online, "events": events, "conn": conn, "errors": page.errors}
 
@@ -101,15 +102,15 @@ async def test_the_page_survives_a_gateway_restart_and_matches_its_snapshot(
     def visit() -> None:
         with browser_page(chromium) as page:
             page.goto(f"http://127.0.0.1:{port}/")
-            page.wait_for_function("() => window.gatewayClient.topics.size >= 100", timeout=5000)
-            epoch = page.evaluate("() => window.gatewayClient.epoch")
+            page.wait_for_function("() => window.gatewayClient?.topics.size >= 100", timeout=5000)
+            epoch = page.evaluate("() => window.gatewayClient?.epoch")
             trio.from_thread.run_sync(first_scope.cancel)  # the gateway goes away
             page.wait_for_selector('#conn[data-status="disconnected"]', timeout=5000)
             results["disconnected_shown"] = True
             trio.from_thread.run_sync(restarted.set)
             page.wait_for_function(
-                f"() => window.gatewayClient.epoch && window.gatewayClient.epoch !== '{epoch}'"
-                " && window.gatewayClient.status === 'open'",
+                f"() => window.gatewayClient?.epoch && window.gatewayClient?.epoch !== '{epoch}'"
+                " && window.gatewayClient?.status === 'open'",
                 timeout=20000,
             )
             results["reloads"] = page.evaluate(
@@ -153,7 +154,7 @@ async def test_the_page_survives_a_gateway_restart_and_matches_its_snapshot(
     assert results["errors"] == []
 
 
-async def test_the_page_falls_back_to_server_sent_events_when_websocket_is_refused(
+async def test_the_page_falls_back_to_server_sent_events_and_returns_to_websocket(
     gateway_factory: Callable[..., Any], chromium: str
 ) -> None:
     gw: Gateway = await gateway_factory(simulator={"devices": 50, "rate_hz": 2})
@@ -161,12 +162,20 @@ async def test_the_page_falls_back_to_server_sent_events_when_websocket_is_refus
     def visit() -> dict[str, Any]:
         with browser_page(chromium) as page:
             # a network that refuses the upgrade: every WebSocket is closed unopened
-            page.route_web_socket("**/ws", lambda ws: ws.close(code=1011, reason="refused"))
+            refuse = {"on": True}
+            page.route_web_socket(
+                "**/ws",
+                lambda ws: (
+                    ws.close(code=1011, reason="refused")
+                    if refuse["on"]
+                    else ws.connect_to_server()
+                ),
+            )
             page.goto(f"http://127.0.0.1:{gw.port}/")
             page.wait_for_function(
-                "() => window.gatewayClient.transport === 'sse'"
-                " && window.gatewayClient.status === 'open'"
-                " && window.wall.tilesWithValues() >= 50",
+                "() => window.gatewayClient?.transport === 'sse'"
+                " && window.gatewayClient?.status === 'open'"
+                " && window.wall?.tilesWithValues() >= 50",
                 timeout=10000,
             )
             conn = page.inner_text("#conn-text")
@@ -185,11 +194,21 @@ async def test_the_page_falls_back_to_server_sent_events_when_websocket_is_refus
                 if same:
                     break
                 page.wait_for_timeout(100)
+            # the network lets WebSocket through again: the wall returns to it by itself
+            refuse["on"] = False
+            page.wait_for_function(
+                "() => window.gatewayClient?.transport === 'ws'"
+                " && window.gatewayClient?.status === 'open'",
+                timeout=15_000,
+            )
+            back = page.inner_text("#conn-text")
             return {
+                "back": back,
+                "returns": page.evaluate("() => window.gatewayClient?.stats.wsReturns"),
                 "conn": conn,
                 "same": same,
                 "errors": page.errors,
-                "closes": page.evaluate("() => window.gatewayClient.stats.closes"),
+                "closes": page.evaluate("() => window.gatewayClient?.stats.closes"),
             }
 
     async def snapshot() -> dict[str, Any]:
@@ -198,7 +217,8 @@ async def test_the_page_falls_back_to_server_sent_events_when_websocket_is_refus
 
     got = await in_browser(visit)
     assert got["same"], "the page's state never matched the gateway's"
-    assert "(events)" in got["conn"]
+    assert "Server-Sent Events" in got["conn"]
     assert got["closes"][:2] == [1011, 1011]  # two refused upgrades, then events
+    assert "WebSocket" in got["back"] and got["returns"] == 1
     assert got["errors"] == []
     assert gw.server.stats.connections_opened >= 1
