@@ -25,6 +25,7 @@ from .core.history import HistoryConfig
 from .core.meta import FieldMeta
 from .core.state import Deadband, UpdateMode
 from .core.topics import TopicError, validate_filter
+from .errors import ConfigError
 from .ingest.codec import Route
 
 __all__ = [
@@ -41,10 +42,6 @@ __all__ = [
     "StateConfig",
     "load_config",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or wrong; the message names the key."""
 
 
 @dataclass(frozen=True)

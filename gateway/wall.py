@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .errors import ConfigError
 
 PANEL_TYPES = ("kpis", "grid", "trend", "worst", "alarms", "events")
 _TOP: dict[str, type] = {
