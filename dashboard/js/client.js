@@ -26,6 +26,16 @@
 
 const RESUME_CHUNK = 1000;
 
+// Close codes after which reconnecting cannot help: the client, its configuration or
+// its token must change first (docs/protocol.md, "WebSocket close codes"; a test keeps
+// this list equal to the gateway's table, gateway/core/disconnect.py). Any other code
+// (1006, 1012, 4008, our own 4000...) means: reconnect with backoff.
+export const NO_RECONNECT = Object.freeze([1000, 1002, 1003, 1007, 1008, 1009, 4001, 4400]);
+
+export function shouldReconnect(code) {
+  return !NO_RECONNECT.includes(code);
+}
+
 export class GatewayClient extends EventTarget {
   constructor({ url, filters = ["#"], rateHz = null, token = null, backoffBaseMs = 500,
                 backoffCapMs = 30000, stableMs = 10000, WebSocketImpl = WebSocket,
@@ -126,7 +136,7 @@ export class GatewayClient extends EventTarget {
     this.stats.closes.push(code);
     if (this.stats.closes.length > 20) this.stats.closes.shift();
     this._setStatus("closed", { code, transport: "sse" });
-    if (!this._stopped && code !== 4001) this._scheduleReconnect(Date.now());
+    if (!this._stopped && shouldReconnect(code)) this._scheduleReconnect(Date.now());
   }
 
   _connect() {
@@ -155,7 +165,7 @@ export class GatewayClient extends EventTarget {
       if (this._ws === ws) this._ws = null;
       if (opened && ev.code === 1012) this.restartAt = Date.now(); // back shortly
       this._setStatus("closed", { code: ev.code, reason: ev.reason });
-      if (!this._stopped && ev.code !== 4001) this._scheduleReconnect(openedAt, opened);
+      if (!this._stopped && shouldReconnect(ev.code)) this._scheduleReconnect(openedAt, opened);
     };
     ws.onerror = () => {}; // onclose follows with the details
   }

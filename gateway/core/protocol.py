@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 
 import orjson
 
+from .disconnect import DISCONNECTS
 from .state import Delta, JsonValue, Snapshot
 from .topics import MAX_TOPIC_BYTES, TopicError, validate_filter, validate_topic
 
@@ -66,23 +67,8 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "rate_limited": "too many messages per second from this connection",
 }
 
-#: WebSocket close codes the gateway uses (see docs/protocol.md for client actions).
-CLOSE_CODES: Final[Mapping[int, str]] = {
-    1000: "normal closure",
-    1001: "going away (idle timeout)",
-    1002: "WebSocket protocol error",
-    1003: "binary messages are not supported",
-    1007: "invalid UTF-8 in a text message",
-    1008: "a message did not arrive whole within the message deadline",
-    1009: "message too big",
-    1012: "service restart: reconnect (with resume)",
-    1013: "try again later: reconnect with backoff (reserved)",
-    4001: "authentication failed or expired",
-    4002: "authentication deadline passed",
-    4008: "slow subscriber: writes stalled or data too old",
-    4029: "client message rate limit exceeded",
-    4400: "too many protocol errors",
-}
+#: WebSocket close codes the gateway uses (the table: gateway/core/disconnect.py).
+CLOSE_CODES: Final[Mapping[int, str]] = {code: d.meaning for code, d in DISCONNECTS.items()}
 
 
 class ProtocolError(Exception):

@@ -13,6 +13,7 @@ import trio
 
 from ..clock import Clock
 from ..config import ServerConfig
+from ..core import disconnect as dc
 from ..core.hub import Hub
 from ..core.state import StateStore
 from ..log import RateLimitedLog
@@ -66,7 +67,7 @@ class FanOut:
         self.stats.connections_opened += 1
         self.sessions.add(session)
         if self.stopping:
-            session.close(1012, "service restart: reconnect", "shutdown")
+            session.close(dc.SHUTDOWN)
 
     def attach(self, session: StreamSession) -> None:
         assert session.sub is not None
@@ -94,7 +95,7 @@ class FanOut:
         ``shutdown_timeout_s`` to go."""
         self.stopping = True
         for session in list(self.sessions):
-            session.close(1012, "service restart: reconnect", "shutdown")
+            session.close(dc.SHUTDOWN)
         if self.sessions:
             with trio.move_on_after(self.cfg.shutdown_timeout_s):
                 await self._drained.wait()
@@ -203,7 +204,9 @@ class FanOut:
                     self.log.limited("slow", "closing slow subscriber %s (%s)", session.ip, why)
                     if why == "stalled":
                         self.stats.send_failure("stalled")
-                    session.close(4008, f"slow subscriber: {why}", "slow")
+                    # a stalled screen's close frame waits behind the data it does not
+                    # read: it gets it only if it reads within close_timeout_s
+                    session.close(dc.SLOW, f"slow subscriber: {why}")
             if ages and self.metrics is not None:
                 for age in ages:
                     self.metrics.subscriber_data_age.observe(age)

@@ -16,6 +16,7 @@ import trio
 from ..auth import Authenticator
 from ..clock import Clock
 from ..config import ServerConfig
+from ..core.disconnect import Disconnect
 from ..core.hub import Hub, Subscriber
 from ..core.protocol import ClientMessage
 from ..core.state import JsonValue, StateStore
@@ -89,7 +90,7 @@ class StreamSession:
     def check_timers(self, now: float, wall: float) -> None:
         raise NotImplementedError
 
-    def close(self, code: int, text: str, reason: str) -> None:
+    def close(self, why: Disconnect, text: str | None = None) -> None:
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------------------

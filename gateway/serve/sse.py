@@ -28,6 +28,8 @@ import orjson
 import trio
 
 from ..auth import Identity
+from ..core import disconnect as dc
+from ..core.disconnect import Disconnect
 from ..core.protocol import Resume, Subscribe, Welcome, encode
 from ..core.topics import TopicError, matches, validate_filter
 from .http import HttpError
@@ -219,18 +221,18 @@ class SseSession(StreamSession):
             return
         expires = self.identity.expires_at
         if expires is not None and wall > expires:
-            self.close(4001, "token expired", "auth")
+            self.close(dc.AUTH_FAILED, "token expired")
         elif now - self._last_write >= self.ctx.cfg.heartbeat_s and self.out.idle:
             self._write([HEARTBEAT])
 
-    def close(self, code: int, text: str, reason: str) -> None:
+    def close(self, why: Disconnect, text: str | None = None) -> None:
         """A last ``close`` event (the WebSocket close code and reason), then the end."""
         if self.closing:
             return
-        self._set_reason(reason)
+        self._set_reason(why.metric)
         if self.sub is not None:
             self.ctx.hub.disconnect(self.sub)
-        msg = orjson.dumps({"type": "close", "code": code, "reason": text})
+        msg = orjson.dumps({"type": "close", "code": why.code, "reason": text or why.text})
         if self.out.idle:
             self._write([self._event(msg)])
         self.closing = True

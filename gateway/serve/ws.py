@@ -28,6 +28,8 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 
 from ..auth import AuthError, Identity
+from ..core import disconnect as dc
+from ..core.disconnect import Disconnect
 from ..core.protocol import (
     Ack,
     Auth,
@@ -174,16 +176,16 @@ class WsSession(StreamSession):
             self.ctx.hub.disconnect(self.sub)
         self.ctx.detach(self)
 
-    def close(self, code: int, text: str, reason: str) -> None:
+    def close(self, why: Disconnect, text: str | None = None) -> None:
         """Send a close frame and give the peer ``close_timeout_s`` to answer."""
         if self.closing:
             return
         self.closing = True
-        self._set_reason(reason)
+        self._set_reason(why.metric)
         if self.sub is not None:
             self.ctx.hub.disconnect(self.sub)  # no frames after the close frame
         if self.ws.state is ConnectionState.OPEN:
-            self._write([self.ws.send(CloseConnection(code, text[:120]))])
+            self._write([self.ws.send(CloseConnection(why.code, (text or why.text)[:120]))])
         self._read_scope.deadline = min(
             self._read_scope.deadline,
             trio.current_time() + self.ctx.cfg.close_timeout_s,
@@ -254,7 +256,7 @@ class WsSession(StreamSession):
             self._size += len(event.data.encode("utf-8", "surrogatepass"))
             if self._size > limit:
                 self.ctx.stats.inbound_rejected["too_big"] += 1
-                self.close(1009, f"messages are limited to {limit} bytes", "limit")
+                self.close(dc.TOO_BIG, f"messages are limited to {limit} bytes")
                 return
             self._parts.append(event.data)
             if event.message_finished:
@@ -264,7 +266,7 @@ class WsSession(StreamSession):
                 self._on_message(text)
         elif isinstance(event, BytesMessage):
             self.ctx.stats.inbound_rejected["binary"] += 1
-            self.close(1003, "binary messages are not supported; send JSON text", "protocol")
+            self.close(dc.BINARY)
         elif isinstance(event, Ping):
             if self.ws.state is ConnectionState.OPEN:
                 self._write([self.ws.send(event.response())])
@@ -277,8 +279,13 @@ class WsSession(StreamSession):
             elif self.ws.state is ConnectionState.CLOSED:
                 pass  # the answer to our own close frame
             else:  # wsproto could not parse a frame: answer with its code
-                self.ctx.stats.inbound_rejected["bad_frame"] += 1
-                self.close(event.code, event.reason or "protocol error", "protocol")
+                why = dc.by_code(event.code)
+                if why is dc.TOO_BIG:  # wsproto says "error in extension": say which limit
+                    self.ctx.stats.inbound_rejected["too_big"] += 1
+                    self.close(why, f"messages are limited to {limit} bytes")
+                else:
+                    self.ctx.stats.inbound_rejected["bad_frame"] += 1
+                    self.close(why, event.reason or None)
 
     def _on_message(self, text: str) -> None:
         ctx = self.ctx
@@ -290,7 +297,7 @@ class WsSession(StreamSession):
         self._tokens_at = now
         if self._tokens < 1:
             ctx.stats.inbound_rejected["rate"] += 1
-            self.close(4029, f"more than {cfg.messages_per_s:g} messages per second", "limit")
+            self.close(dc.RATE_LIMIT, f"more than {cfg.messages_per_s:g} messages per second")
             return
         self._tokens -= 1
         try:
@@ -307,7 +314,7 @@ class WsSession(StreamSession):
         ctx.log.limited("protocol_error", "client %s: message refused: %s", self.ip, code)
         self.errors += 1
         if self.errors > ctx.cfg.max_protocol_errors:
-            self.close(4400, "too many protocol errors", "protocol")
+            self.close(dc.TOO_MANY_ERRORS)
             return
         self._send_control(Error(code, message, ref))
 
@@ -346,7 +353,7 @@ class WsSession(StreamSession):
             identity = ctx.auth.verify(token, ctx.clock.wall())
         except AuthError as err:
             ctx.stats.auth_failures[err.reason] += 1
-            self.close(4001, err.message, "auth")
+            self.close(dc.AUTH_FAILED, err.message)
             return
         self.identity = identity
         self.sub = ctx.hub.connect(identity.grants)
@@ -361,18 +368,18 @@ class WsSession(StreamSession):
         cfg = self.ctx.cfg
         if self.identity is None:
             if now - self.opened_at > cfg.auth_timeout_s:
-                self.close(4002, "authentication deadline passed", "auth")
+                self.close(dc.AUTH_TIMEOUT)
             return
         expires = self.identity.expires_at
         if expires is not None and wall > expires:
-            self.close(4001, "token expired", "auth")
+            self.close(dc.AUTH_FAILED, "token expired")
             return
         if self.partial_since is not None and now - self.partial_since > cfg.message_timeout_s:
             self.ctx.stats.inbound_rejected["incomplete"] += 1
-            self.close(1008, "a message must arrive whole within message_timeout_s", "protocol")
+            self.close(dc.INCOMPLETE)
             return
         if cfg.idle_timeout_s and now - self.last_rx > cfg.idle_timeout_s:
-            self.close(1001, "idle", "idle")
+            self.close(dc.IDLE)
             return
         if self.ping_sent_at is not None:
             if now - self.ping_sent_at > cfg.pong_timeout_s:
