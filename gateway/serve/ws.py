@@ -50,6 +50,7 @@ from ..core.protocol import (
 )
 from .deflate import BoundedDeflate
 from .frameguard import FrameGuard
+from .lifecycle import CLOSING, DROPPED, LifecycleError
 from .session import SessionContext, StreamSession
 from .sockio import Outbound, SendFailed, recv_some, text_frame_header
 
@@ -116,74 +117,62 @@ class WsSession(StreamSession):
 
     async def run(self) -> None:
         ctx = self.ctx
-        if self.identity is not None:
-            self.sub = ctx.hub.connect(self.identity.grants)
-            ctx.attach(self)
-        self._send_control(
-            Welcome(
-                ctx.store.epoch,
-                ctx.clock.wall(),
-                ctx.cfg.heartbeat_s,
-                self.identity is None,
-                ctx.welcome_limits,
-            )
-        )
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
+                    if self._open():
+                        if self.identity is not None:
+                            self.sub = ctx.hub.connect(self.identity.grants)
+                            ctx.attach(self)
+                        self._send_control(
+                            Welcome(
+                                ctx.store.epoch,
+                                ctx.clock.wall(),
+                                ctx.cfg.heartbeat_s,
+                                self.identity is None,
+                                ctx.welcome_limits,
+                            )
+                        )
                     with self._read_scope:
                         if self._trailing:
                             self._receive(self._trailing)
                             self._trailing = b""
                         if not self._finished():
                             await self._read_loop()
-                    # let a close frame (ours or the reply) reach the peer, briefly
-                    await self._flush()
+                    await self._finish()  # a close frame (ours or the reply), briefly
                 finally:
-                    # From here the nursery takes no new task: the tick loop may still
-                    # pump this session until it is detached, and must not start a drain
-                    # (found by the soak: "Nursery is closed to new arrivals").
-                    self._nursery = None
-                    self.closing = True
+                    self._teardown()
                     nursery.cancel_scope.cancel()
         finally:
-            self._detach()
+            self.ctx.detach(self)
 
     def _finished(self) -> bool:
-        return self.ws.state is ConnectionState.CLOSED or self.reason == "client_close"
+        return (
+            self.ws.state is ConnectionState.CLOSED
+            or self.reason == "client_close"
+            or self.life.state is DROPPED
+        )
 
     async def _read_loop(self) -> None:
         while not self._finished():
             try:
                 data = await recv_some(self.sock)
             except (ConnectionResetError, BrokenPipeError):
-                self._set_reason("client_gone")  # it left with data unread: a reset
+                self._peer_left("client_gone")  # it left with data unread: a reset
                 return
             except OSError:
-                self._set_reason("error")
+                self._peer_left("error")
                 return
             if not data:
-                self._set_reason("client_close" if self.closing else "client_gone")
+                self._peer_left("client_gone")
                 return
             self.last_rx = self.ctx.clock.mono()
             self.ping_sent_at = None
             self._receive(data)
 
-    def _detach(self) -> None:
-        self._set_reason("error")
-        if self.sub is not None:
-            self.ctx.hub.disconnect(self.sub)
-        self.ctx.detach(self)
-
-    def close(self, why: Disconnect, text: str | None = None) -> None:
-        """Send a close frame and give the peer ``close_timeout_s`` to answer."""
-        if self.closing:
-            return
-        self.closing = True
-        self._set_reason(why.metric)
-        if self.sub is not None:
-            self.ctx.hub.disconnect(self.sub)  # no frames after the close frame
+    def _send_close(self, why: Disconnect, text: str | None) -> None:
+        """A close frame, and ``close_timeout_s`` for the peer to answer."""
         if self.ws.state is ConnectionState.OPEN:
             self._write([self.ws.send(CloseConnection(why.code, (text or why.text)[:120]))])
         self._read_scope.deadline = min(
@@ -194,13 +183,15 @@ class WsSession(StreamSession):
     # -- writing ---------------------------------------------------------------------
 
     def _send_control(self, msg: Welcome | Ack | Error | AppPong) -> None:
+        if not self.life.open:
+            raise LifecycleError(f"'{msg.type}' on a stream that is not open")
         data = encode(msg)
         self._write([text_frame_header(len(data)), data])
 
     def pump(self, now: float | None = None) -> None:
         """Hand this subscriber's due frames to the socket, if it can take them."""
         sub = self.sub
-        if sub is None or self.closing or self.out.queue:
+        if sub is None or not self.life.open or self.out.queue:
             return
         ctx = self.ctx
         hub = ctx.hub
@@ -274,7 +265,10 @@ class WsSession(StreamSession):
             pass  # liveness is any received byte (last_rx)
         elif isinstance(event, CloseConnection):
             if self.ws.state is ConnectionState.REMOTE_CLOSING:
-                self._set_reason("client_close")
+                if self.life.open:
+                    self.life.to(CLOSING, "client_close")
+                    self._unsubscribe()
+                self.life.note("client_close")
                 self._write([self.ws.send(event.response())])
             elif self.ws.state is ConnectionState.CLOSED:
                 pass  # the answer to our own close frame
@@ -363,7 +357,7 @@ class WsSession(StreamSession):
     # -- timers (called by the sweep loop, fanout.py) ----------------------------------------
 
     def check_timers(self, now: float, wall: float) -> None:
-        if self.closing:
+        if not self.life.open:
             return
         cfg = self.ctx.cfg
         if self.identity is None:
