@@ -2,7 +2,7 @@
 //
 // It keeps a local copy of the subscribed topics and applies snapshots and deltas by
 // the protocol's rules (the same as gateway/core/mirror.py):
-//   snapshot: replaces the copy when its seq is newer;
+//   snapshot: replaces the copy when its seq is newer, or always when it says resync;
 //   delta with seq <= held: old news, skipped;
 //   delta with base <= held < seq: applied (set, unset, online/stale, ts/rx);
 //   delta with base > held (or an unknown topic): a gap -> ask for a resync (resume).
@@ -267,7 +267,8 @@ export class GatewayClient extends EventTarget {
   apply(m) {
     const held = this.topics.get(m.topic);
     if (m.type === "snapshot") {
-      if (held && held.seq >= m.seq) { this.stats.skipped += 1; return "skipped"; }
+      // a resync snapshot replaces whatever is held (even a seq ahead of it)
+      if (held && held.seq >= m.seq && m.resync !== true) { this.stats.skipped += 1; return "skipped"; }
       this.topics.set(m.topic, { seq: m.seq, fields: { ...m.fields }, online: m.online,
                                  stale: m.stale, ts: m.ts, rx: m.rx });
       this.stats.applied += 1;

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .outbox import Group, GroupKey, Member, OutboxStats, Subscriber, Subscription, TickRecord
 from .protocol import (
@@ -32,7 +32,7 @@ from .protocol import (
     encode_batch,
     encode_state,
 )
-from .state import StateStore, TopicState
+from .state import Snapshot, StateStore, TopicState
 from .topics import SubscriptionIndex, filter_covers, filters_overlap, matches
 
 __all__ = ["Hub", "HubConfig", "Subscriber", "Subscription"]
@@ -149,12 +149,13 @@ class Hub:
             room = self.config.max_positions - len(sub.positions)
             if len(msg.topics) > room:
                 sub.positions.clear()  # bounded: the oldest positions yield snapshots
-            sub.positions.update(msg.topics)
+            # seq 0 holds nothing: that topic's answer is a snapshot, not a delta from 0
+            sub.positions.update((t, seq) for t, seq in msg.topics.items() if seq)
         joined = [m for s in sub.subs.values() for m in s.members if m.joined]
         if joined:
             for topic, seq in msg.topics.items():
                 if any(_carries(m.group, topic) for m in joined):
-                    sub.resync[topic] = seq if same else None
+                    sub.resync[topic] = seq if same and seq else None
             sub.ready = sub.ready or bool(sub.resync)
         return Ack("resume", resumed=same)
 
@@ -277,6 +278,15 @@ class Hub:
         self._cache_bytes += len(frag) + 200  # with the key and the dict's slot
         return frag
 
+    def _resync_fragment(self, topic: str, base: int | None) -> bytes | None:
+        """A resync's answer: a delta from ``base``, or a snapshot marked ``resync``
+        that the client applies whatever it holds (it may hold nothing, or be ahead of
+        us by its own bug). Not cached: it is one client's."""
+        item = self.store.diff(topic, base)
+        if type(item) is Snapshot:
+            return encode_state(replace(item, reason="resync"))
+        return None if item is None else self.fragment(topic, base, item.seq)
+
     def _pack(self, frags: list[bytes]) -> tuple[bytes, ...]:
         """Batch fragments into frames of at most ``max_frame_bytes`` (unless one
         fragment alone is larger: it still goes, alone)."""
@@ -356,16 +366,20 @@ class Hub:
                 m.cursor = group.tick_no
         if joined_now:
             sub.positions.clear()  # resume positions serve the joins that follow them
-        if sub.resync:
-            for topic, base in sub.resync.items():
+        resynced = sub.resync
+        if resynced:
+            sub.resync = {}
+            for topic, base in resynced.items():
                 _merge_base(personal, topic, base)
-            sub.resync.clear()
         frags: list[bytes] = []
         for topic, base in personal.items():
             st = store.get(topic)
             if st is None:
                 continue
-            frag = self.fragment(topic, base, st.seq)
+            if topic in resynced:
+                frag = self._resync_fragment(topic, base)
+            else:
+                frag = self.fragment(topic, base, st.seq)
             if frag is not None:
                 frags.append(frag)
         stats.personal_fragments += len(frags)

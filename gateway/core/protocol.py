@@ -10,7 +10,8 @@ Rules:
   seq)`` by the hub and reused byte for byte; several of them travel in one
   ``batch`` message whose bytes are the fragments joined, never re-encoded.
 * Unknown *fields* in a client message are ignored (forward compatibility); unknown
-  *types* get an ``error`` with code ``unknown_type``.
+  *types* get an ``error`` with code ``unknown_type``; a missing or non-string
+  ``type`` is a ``bad_message``.
 
 ``docs/protocol.md`` is the reference for people; keep it in step with this file.
 """
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = 1
+#: additions within v1 that old clients may ignore (docs/protocol.md, "Changes"):
+#: 1 = snapshots with ``resync: true``, the ``rate_limited`` warning before 4029
+PROTOCOL_MINOR: Final = 1
 
 #: Error codes of ``error`` messages (and of :class:`ProtocolError`).
 ERROR_CODES: Final[Mapping[str, str]] = {
@@ -227,10 +231,11 @@ def decode_client(data: bytes | str, limits: DecodeLimits = DEFAULT_LIMITS) -> C
     if type(obj) is not dict:
         raise ProtocolError("bad_json", "a message must be a JSON object")
     kind = obj.get("type")
-    decoder = _CLIENT_TYPES.get(kind) if type(kind) is str else None
+    if type(kind) is not str:
+        raise _bad("'type' must be a string")
+    decoder = _CLIENT_TYPES.get(kind)
     if decoder is None:
-        shown = kind[:40] if type(kind) is str else type(kind).__name__
-        raise ProtocolError("unknown_type", f"unknown message type {shown!r}")
+        raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}")
     return decoder(obj, limits)
 
 
@@ -246,6 +251,7 @@ class Welcome:
     auth_required: bool
     limits: Mapping[str, JsonValue]
     protocol: int = PROTOCOL_VERSION
+    protocol_minor: int = PROTOCOL_MINOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,18 +315,19 @@ def encode_state(item: Snapshot | Delta) -> bytes:
             out["stale"] = item.stale
         return orjson.dumps(out)
     assert type(item) is Snapshot
-    return orjson.dumps(
-        {
-            "type": "snapshot",
-            "topic": item.topic,
-            "seq": item.seq,
-            "fields": item.fields,
-            "online": item.online,
-            "stale": item.stale,
-            "ts": item.ts,
-            "rx": item.rx,
-        }
-    )
+    snap: dict[str, Any] = {
+        "type": "snapshot",
+        "topic": item.topic,
+        "seq": item.seq,
+        "fields": item.fields,
+        "online": item.online,
+        "stale": item.stale,
+        "ts": item.ts,
+        "rx": item.rx,
+    }
+    if item.reason == "resync":
+        snap["resync"] = True  # applies whatever seq the client holds
+    return orjson.dumps(snap)
 
 
 _BATCH_HEAD: Final = b'{"type":"batch","items":['
@@ -384,6 +391,7 @@ def _server_obj(obj: Any) -> ServerMessage:
                 bool(obj.get("stale", False)),
                 obj.get("ts"),
                 float(obj["rx"]),
+                "resync" if obj.get("resync") is True else "",
             )
         if kind == "welcome":
             return Welcome(
@@ -393,6 +401,7 @@ def _server_obj(obj: Any) -> ServerMessage:
                 bool(obj["auth_required"]),
                 dict(obj.get("limits", {})),
                 int(obj["protocol"]),
+                int(obj.get("protocol_minor", 0)),
             )
         if kind == "ack":
             filters = obj.get("filters")

@@ -48,9 +48,10 @@ from ..core.protocol import (
 from ..core.protocol import (
     Pong as AppPong,
 )
-from .deflate import BoundedDeflate
+from .deflate import BoundedDeflate, deflate_frame
 from .frameguard import FrameGuard
 from .lifecycle import CLOSING, DROPPED, LifecycleError
+from .ratelimit import MessageBudget
 from .session import SessionContext, StreamSession
 from .sockio import Outbound, SendFailed, recv_some, text_frame_header
 
@@ -67,10 +68,9 @@ _COPY_LIMIT = 16 * 1024
 
 class WsSession(StreamSession):
     __slots__ = (
+        "_budget",
         "_parts",
         "_size",
-        "_tokens",
-        "_tokens_at",
         "_trailing",
         "compressed",
         "errors",
@@ -110,8 +110,7 @@ class WsSession(StreamSession):
         self._trailing = trailing
         self._parts: list[str] = []
         self._size = 0
-        self._tokens = float(ctx.cfg.message_burst)
-        self._tokens_at = now
+        self._budget = MessageBudget(ctx.cfg.messages_per_s, ctx.cfg.message_burst, now)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -186,7 +185,10 @@ class WsSession(StreamSession):
         if not self.life.open:
             raise LifecycleError(f"'{msg.type}' on a stream that is not open")
         data = encode(msg)
-        self._write([text_frame_header(len(data)), data])
+        if self.compressed:  # like every frame of 256 bytes or more (docs/protocol.md)
+            self._write([deflate_frame(data)])
+        else:
+            self._write([text_frame_header(len(data)), data])
 
     def pump(self, now: float | None = None) -> None:
         """Hand this subscriber's due frames to the socket, if it can take them."""
@@ -283,17 +285,15 @@ class WsSession(StreamSession):
 
     def _on_message(self, text: str) -> None:
         ctx = self.ctx
-        now = ctx.clock.mono()
-        cfg = ctx.cfg
-        self._tokens = min(
-            float(cfg.message_burst), self._tokens + (now - self._tokens_at) * cfg.messages_per_s
-        )
-        self._tokens_at = now
-        if self._tokens < 1:
+        verdict = self._budget.take(ctx.clock.mono())
+        if verdict != "ok":  # dropped: a warning first, then the close
             ctx.stats.inbound_rejected["rate"] += 1
-            self.close(dc.RATE_LIMIT, f"more than {cfg.messages_per_s:g} messages per second")
+            limit = f"more than {ctx.cfg.messages_per_s:g} messages per second"
+            if verdict == "close":
+                self.close(dc.RATE_LIMIT, limit)
+            else:
+                self._send_control(Error("rate_limited", f"{limit}: dropped; slow down"))
             return
-        self._tokens -= 1
         try:
             msg = ctx.decode(text)
             self._dispatch(msg)
@@ -342,7 +342,10 @@ class WsSession(StreamSession):
     def _authenticate(self, token: str) -> None:
         ctx = self.ctx
         if self.identity is not None:
-            raise ProtocolError("bad_message", "this connection is authenticated already")
+            # authenticated at the upgrade, or no token needed: nothing to do (the
+            # token is not checked), and not an error
+            self._send_control(Ack("auth"))
+            return
         try:
             identity = ctx.auth.verify(token, ctx.clock.wall())
         except AuthError as err:
