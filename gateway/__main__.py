@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from . import __version__
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 
 RUN_HELP = """\
 Run the gateway: WebSocket at /ws, dashboard at /, REST at /api/topics and
@@ -103,6 +103,30 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _check_simulator(cfg: Config) -> None:
+    """The embedded fleet's settings and scenario, checked against the real device
+    list before serving (config.py does not import the simulator)."""
+    sim = cfg.simulator
+    if not sim.devices:
+        return
+    from devices_sim.fleet import Fleet, FleetConfig, FleetError, load_scenario
+
+    try:
+        events = load_scenario(sim.scenario) if sim.scenario else []
+        Fleet(
+            FleetConfig(
+                devices=sim.devices,
+                sites=sim.sites,
+                lines=sim.lines,
+                rate_hz=sim.rate_hz,
+                seed=sim.seed,
+            ),
+            events,
+        )
+    except FleetError as err:
+        raise ConfigError(f"simulator: {err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -112,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         try:
             cfg = load_config(args.config, os.environ, _run_overrides(args))
+            _check_simulator(cfg)
         except ConfigError as err:
             print(f"gateway: configuration error: {err}", file=sys.stderr)
             return 2
