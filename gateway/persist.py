@@ -275,7 +275,7 @@ class Persister:
 
     async def restore(self, store: StateStore, loaded: Loaded) -> None:
         """Put the loaded topics into the (new, empty) store, in slices, before serving."""
-        store.stats.changes = max(store.stats.changes, loaded.changes)
+        store.changes = max(store.changes, loaded.changes)
         restored = 0
         for i, st in enumerate(loaded.states):
             restored += store.restore(st)
@@ -298,7 +298,7 @@ class Persister:
         # nobody is subscribed yet: nothing is waiting for these changes
         store.drain_changed()
         self.stats.restored_topics = restored
-        self._written_changes = store.stats.changes if loaded.epoch else -1
+        self._written_changes = store.changes if loaded.epoch else -1
 
     # -- checkpoints -------------------------------------------------------------------
 
@@ -308,7 +308,7 @@ class Persister:
         task_status.started()
         while True:
             await trio.sleep(self.cfg.interval_s)
-            if store.stats.changes != self._written_changes:
+            if store.changes != self._written_changes:
                 await self.checkpoint(store)
 
     async def checkpoint(self, store: StateStore) -> bool:
@@ -334,7 +334,7 @@ class Persister:
             for chunk in section.encode():
                 chunks.append(chunk)
                 await trio.lowlevel.checkpoint()
-        changes = store.stats.changes  # every topic encoded was changed at or before this
+        changes = store.changes  # every topic encoded was changed at or before this
         meta = {
             "epoch": store.epoch,
             "changes": changes,

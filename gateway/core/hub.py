@@ -183,7 +183,7 @@ class Hub:
                 if st.seq and matches(key.filter, st.topic)
             }
             group = Group(key, sent, self.config.ring_ticks)
-            group.gseq = self.store.stats.changes
+            group.gseq = self.store.changes
             if key.grants is not None:
                 group.sent = {t: s for t, s in sent.items() if group.allows(t)}
             group.next_tick = self._tick_count
@@ -209,7 +209,7 @@ class Hub:
         n = self._tick_count = self._tick_count + 1
         store = self.store
         self.tick_states = {}
-        drained = self._drained = store.stats.changes
+        drained = self._drained = store.changes
         for topic in store.drain_changed():
             for group in self._index.match(topic):
                 if group.key.grants is None or group.allows(topic):
@@ -309,7 +309,7 @@ class Hub:
         its subscriptions (after :meth:`take`): an SSE stream's resume point."""
         return min(
             (m.group.gseq for s in sub.subs.values() for m in s.members),
-            default=self.store.stats.changes,
+            default=self.store.changes,
         )
 
     def take(self, sub: Subscriber, now: float) -> Sequence[bytes]:

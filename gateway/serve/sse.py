@@ -9,8 +9,8 @@ The same snapshot and delta messages as ``/ws``, for networks that block WebSock
 Every server message (welcome, snapshot, delta, batch, and a final ``close``) is one
 event whose ``data`` is the message's JSON, exactly as on the WebSocket; the event
 *type* is the default ("message"). The last event of each write carries an ``id`` of
-``<epoch>:<n>``: the gateway's change counter up to which this screen has been sent
-everything it subscribed to. On reconnect, EventSource sends it back as
+``<epoch>:<n>``: the store's change counter (``StateStore.changes``) up to which this
+screen has been sent everything it subscribed to. On reconnect, EventSource sends it back as
 ``Last-Event-ID``; within the same epoch the gateway then sends snapshots of the
 topics that changed after ``n`` and nothing for the others; in a new epoch, snapshots
 of everything. A comment line (``: hb``) goes out when the stream was quiet for

@@ -41,7 +41,7 @@ def busy_store(n: int = 50) -> StateStore:
 
 def write(store: StateStore, extra: dict[str, list[bytes]] | None = None) -> bytes:
     topics = list(sf.encode_topics(store, batch=7))
-    meta = {"epoch": store.epoch, "changes": store.stats.changes, "topics": len(store)}
+    meta = {"epoch": store.epoch, "changes": store.changes, "topics": len(store)}
     head, body = sf.assemble(meta, topics, extra)
     return head + b"".join(body)
 
@@ -57,7 +57,7 @@ def read(data: bytes) -> tuple[sf.Checkpoint, list[TopicState]]:
 def test_round_trip_keeps_every_topic_field_version_tombstone_and_time() -> None:
     s = busy_store()
     ckpt, states = read(write(s))
-    assert (ckpt.epoch, ckpt.changes, ckpt.version) == ("ep-1", s.stats.changes, 1)
+    assert (ckpt.epoch, ckpt.changes, ckpt.version) == ("ep-1", s.changes, 1)
     before = {st.topic: st for st in s.states() if st.seq}
     assert {st.topic: st for st in states} == before
     assert any(st.floor for st in states) and any(st.tombstones for st in states)
@@ -78,7 +78,7 @@ def test_restored_topics_are_stale_and_only_grow_then_a_client_resumes_by_delta(
 
     ckpt, states = read(write(old))
     new = StateStore(ckpt.epoch)
-    new.stats.changes = ckpt.changes
+    new.changes = ckpt.changes
     assert all(new.restore(st) for st in states)
     assert not new.restore(TopicState(states[0].topic, 1))  # a known topic: refused
     for st in new.states():
@@ -86,10 +86,8 @@ def test_restored_topics_are_stale_and_only_grow_then_a_client_resumes_by_delta(
         assert was is not None and st.stale
         assert st.seq == was.seq + (0 if was.stale else 1)
         assert (st.device_ts, st.changed_at) == (was.device_ts, was.changed_at)
-        assert st.gseq <= new.stats.changes
-    assert new.stats.changes == old.stats.changes + sum(
-        st.seq > 0 and not st.stale for st in old.states()
-    )
+        assert st.gseq <= new.changes
+    assert new.changes == old.changes + sum(st.seq > 0 and not st.stale for st in old.states())
 
     # the same screen, on the restored store, in the same epoch: deltas only
     hub = Hub(new)
