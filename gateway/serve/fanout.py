@@ -19,6 +19,7 @@ from ..core.state import StateStore
 from ..log import RateLimitedLog
 from ..metrics import Metrics
 from .deflate import deflate_frame
+from .lifecycle import ADMITTED, LifecycleError
 from .session import StreamSession
 from .sockio import text_frame_header
 from .stats import ServerStats
@@ -63,7 +64,9 @@ class FanOut:
     # -- registry ------------------------------------------------------------------------
 
     def register(self, session: StreamSession) -> None:
-        """A stream that passed admission; counted as opened."""
+        """A stream that passed admission (ADMITTED); counted as opened."""
+        if session.life.state is not ADMITTED:
+            raise LifecycleError(f"registering a stream that is {session.life.state.name}")
         self.stats.connections_opened += 1
         self.sessions.add(session)
         if self.stopping:
