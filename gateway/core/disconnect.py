@@ -101,7 +101,8 @@ SLOW: Final = Disconnect(
 )  # fmt: skip
 RATE_LIMIT: Final = Disconnect(
     4029, "client message rate limit exceeded", "limit", True,
-    "client message rate limit exceeded",
+    "client messages kept coming over `welcome.limits.messages_per_s` after a "
+    "`rate_limited` error",
     "slow down, reconnect with backoff",
 )  # fmt: skip
 TOO_MANY_ERRORS: Final = Disconnect(

@@ -18,6 +18,7 @@ from gateway.core.protocol import decode_server
 from gateway.core.state import Snapshot
 from tests.conftest import require_binary
 
+from .httpget import http_get
 from .rawws import RawWs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -173,3 +174,29 @@ def test_the_message_budget_warns_once_then_closes_unless_the_client_slows_down(
     [budget.take(0.0) for _ in range(11)]
     assert budget.take(2.0) == "ok"  # two seconds: the bucket is full, the warning forgotten
     assert [budget.take(2.0) for _ in range(10)] == ["ok"] * 9 + ["warn"]
+
+
+async def test_the_documented_welcome_has_the_real_fields_and_types(gateway: Gateway) -> None:
+    """A client author copies the doc's example: every field, with the same JSON type
+    (``50.0`` is a float to a typed client, ``50`` an integer)."""
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    section = text.split("### `welcome`", 1)[1]
+    example = json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+    ws = await RawWs.connect(gateway.port)
+    real = await ws.recv_json()
+    ws.close()
+
+    def shape(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: shape(v) for k, v in obj.items()}
+        return type(obj).__name__
+
+    assert shape(example) == shape(real)
+
+
+async def test_the_event_stream_takes_the_documented_16_filters(gateway: Gateway) -> None:
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    assert "1 to 16 `filter`" in text
+    many = "&".join(f"filter=a/{n}" for n in range(17))
+    status, _, body = await http_get(gateway.port, f"/sse?{many}")
+    assert status == 400 and b"1 to 16" in body
