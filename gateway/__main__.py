@@ -245,6 +245,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config, os.environ, _run_overrides(args))
+        _check_simulator(cfg)
         if args.mqtt_topic and not cfg.mqtt.url:
             raise ConfigError("--mqtt-topic: needs a broker (--mqtt URL, or mqtt.url)")
     except ConfigError as err:
@@ -272,6 +273,30 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     log.info("%s", summary)
     return 0
+
+
+def _check_simulator(cfg: Config) -> None:
+    """The embedded fleet's settings and scenario, checked against the real device
+    list before serving (config.py does not import the simulator)."""
+    sim = cfg.simulator
+    if not sim.devices:
+        return
+    from devices_sim.fleet import Fleet, FleetConfig, FleetError, load_scenario
+
+    try:
+        events = load_scenario(sim.scenario) if sim.scenario else []
+        Fleet(
+            FleetConfig(
+                devices=sim.devices,
+                sites=sim.sites,
+                lines=sim.lines,
+                rate_hz=sim.rate_hz,
+                seed=sim.seed,
+            ),
+            events,
+        )
+    except FleetError as err:
+        raise ConfigError(f"simulator: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,9 @@ the same rules as every client: docs/protocol.md), and:
 
 * reconnects by itself with exponential backoff and full jitter (``random(0,
   min(cap, base * 2**attempt))``), the attempt count reset once a connection has
-  stayed up for ``stable_s``;
+  stayed up for ``stable_s``, except after a close code after which reconnecting
+  cannot help (``reconnect`` false in gateway/core/disconnect.py): then :meth:`run`
+  raises :class:`Refused` (:class:`AuthRejected` for the token);
 * on a new connection, resumes with ``(epoch, seq)`` per topic when the gateway's
   epoch is the one it holds (and only receives the deltas), else drops its copy and
   receives snapshots;
@@ -44,17 +46,17 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from .core.disconnect import DISCONNECTS, should_reconnect
 from .core.mirror import Mirror
 from .core.protocol import Ack, Error, ProtocolError, Welcome, decode_server
 from .core.state import Delta, Snapshot
 from .core.topics import TopicError, validate_filter
 
-__all__ = ["AuthRejected", "GatewayClient", "tail"]
+__all__ = ["AuthRejected", "GatewayClient", "Refused", "tail"]
 
 log = logging.getLogger("gateway.client")
 
 RESUME_CHUNK = 1000  # topics per resume message: stays well under 64 KiB
-NO_RETRY_CODES = {1002, 1003, 1007, 1008, 1009, 4001, 4400}
 
 UpdateCallback = Callable[[Snapshot | Delta], None]
 
@@ -64,7 +66,17 @@ UpdateCallback = Callable[[Snapshot | Delta], None]
 RESTART_GRACE_S = 30.0
 
 
-class AuthRejected(Exception):
+class Refused(Exception):
+    """The gateway closed with a code after which reconnecting cannot help
+    (gateway/core/disconnect.py: ``reconnect`` is false): the client, its
+    configuration or its token must change first."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AuthRejected(Refused):
     """The gateway refused the token (HTTP 401 or close 4001): retrying cannot help."""
 
 
@@ -143,7 +155,7 @@ class GatewayClient:
                 # the first connection to get a welcome reports the start (once: a
                 # connection that fails after it must not report it again)
                 await self._connection(task_status if not self.connects else None)
-            except* AuthRejected:
+            except* Refused:
                 raise
             except* (
                 OSError,
@@ -250,10 +262,10 @@ class GatewayClient:
                     reason = err.reason
                     code = None if reason is None else reason.code
                     self.last_close = (code, None if reason is None else reason.reason)
-                    if code == 4001:
-                        raise AuthRejected(f"closed by the gateway: {reason}") from None
-                    if code in NO_RETRY_CODES:
-                        log.warning("closed by the gateway with %s; reconnecting anyway", reason)
+                    if not should_reconnect(code):
+                        assert code is not None
+                        kind = AuthRejected if DISCONNECTS[code].metric == "auth" else Refused
+                        raise kind(f"closed by the gateway: {reason}", code) from None
                     raise
             if idle.cancelled_caught:
                 raise ConnectionClosed(None)  # half-open: reconnect
@@ -412,7 +424,7 @@ async def tail(args: argparse.Namespace) -> int:
             nursery.start_soon(notice_connection)
             await done.wait()
             nursery.cancel_scope.cancel()
-    except* AuthRejected as group:
+    except* Refused as group:  # a token refused, or a close after which retrying cannot help
         auth.extend(group.exceptions)
     except* ValueError as group:  # a URL that is not ws:// or wss://
         refusal.extend(str(e) for e in group.exceptions)

@@ -106,6 +106,62 @@ class ServerConfig:
     #: the wall's description (TOML or JSON), served at /api/wall; empty: automatic wall
     wall_file: str = ""
 
+    def validate(self) -> None:
+        """Checks of this section alone (``ConfigError`` names the key)."""
+        for key in ("port", "admin_port"):
+            if not 0 <= getattr(self, key) <= 65535:
+                raise ConfigError(f"server.{key}: must be 0 (any free port) to 65535")
+        positive = [
+            "max_connections",
+            "max_connections_per_ip",
+            "max_message_bytes",
+            "message_timeout_s",
+            "messages_per_s",
+            "message_burst",
+            "max_protocol_errors",
+            "max_subscriptions",
+            "handshake_timeout_s",
+            "auth_timeout_s",
+            "heartbeat_s",
+            "pong_timeout_s",
+            "shutdown_timeout_s",
+            "close_timeout_s",
+            "tick_hz",
+            "default_rate_hz",
+            "min_rate_hz",
+            "max_filters_per_connection",
+            "max_groups_per_connection",
+            "stall_s",
+            "max_lag_s",
+            "max_frame_bytes",
+        ]
+        for key in positive:
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"server.{key}: must be > 0, got {getattr(self, key)!r}")
+        for addr in self.trusted_proxies:
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                raise ConfigError(
+                    f"server.trusted_proxies: {addr!r} is not an IP address"
+                ) from None
+        if self.max_new_connections_per_s < 0:
+            raise ConfigError("server.max_new_connections_per_s: must be >= 0 (0: no limit)")
+        if self.send_buffer_bytes < 0:
+            raise ConfigError("server.send_buffer_bytes: must be >= 0 (0: the kernel's default)")
+        if self.idle_timeout_s < 0:
+            raise ConfigError("server.idle_timeout_s: must be >= 0 (0 disables it)")
+        if self.min_rate_hz > self.default_rate_hz:
+            raise ConfigError(
+                f"server.min_rate_hz: {self.min_rate_hz} exceeds server.default_rate_hz "
+                f"{self.default_rate_hz}"
+            )
+        if self.default_rate_hz > self.tick_hz:
+            raise ConfigError(
+                f"server.default_rate_hz: {self.default_rate_hz} exceeds "
+                f"server.tick_hz {self.tick_hz}"
+            )
+
 
 @dataclass(frozen=True)
 class AuthConfig:
@@ -120,6 +176,28 @@ class AuthConfig:
     #: a JWT claim that must be true for the identity to acknowledge alarms
     jwt_ack_claim: str = "ack_alarms"
     jwt_leeway_s: float = 5.0
+
+    def validate(self) -> None:
+        """Checks of this section alone (``ConfigError`` names the key)."""
+        if self.mode not in ("none", "static", "jwt"):
+            raise ConfigError(f"auth.mode: {self.mode!r} is not one of none, static, jwt")
+        if self.mode == "static" and not self.tokens:
+            raise ConfigError(
+                "auth.tokens: auth.mode = 'static' needs at least one [[auth.tokens]]"
+            )
+        if self.mode == "jwt":
+            algs = set(self.jwt_algorithms)
+            if not algs or algs - {"HS256", "RS256"}:
+                raise ConfigError("auth.jwt_algorithms: allowed values are HS256 and RS256")
+            if "HS256" in algs and len(self.jwt_secret) < 32:
+                raise ConfigError("auth.jwt_secret: HS256 needs a secret of at least 32 characters")
+            if "RS256" in algs and not self.jwt_public_key_file:
+                raise ConfigError("auth.jwt_public_key_file: RS256 needs a PEM public key file")
+            if algs == {"HS256", "RS256"}:
+                raise ConfigError(
+                    "auth.jwt_algorithms: choose HS256 or RS256, not both "
+                    "(mixing them invites key-confusion attacks)"
+                )
 
 
 @dataclass(frozen=True)
@@ -197,6 +275,29 @@ class MqttConfig:
     reconnect_max_s: float = 60.0
     stable_s: float = 60.0  # connected this long: the next failure starts backoff afresh
     tcp_nodelay: bool = True  # a lone message must not wait for Nagle (data age)
+
+    def validate(self) -> None:
+        """Checks of this section alone (``ConfigError`` names the key)."""
+        if self.url:
+            from .ingest.paho_trio import parse_url
+
+            try:
+                parse_url(self.url)
+            except ValueError as err:
+                raise ConfigError(f"mqtt.url: {err}") from None
+        if self.protocol not in ("5", "3.1.1"):
+            raise ConfigError(f"mqtt.protocol: {self.protocol!r} is not '5' or '3.1.1'")
+        for key in (
+            "keepalive_s",
+            "connect_timeout_s",
+            "reconnect_min_s",
+            "stable_s",
+            "max_payload_bytes",
+        ):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"mqtt.{key}: must be > 0")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ConfigError("mqtt.reconnect_max_s: must be >= mqtt.reconnect_min_s")
 
 
 @dataclass(frozen=True)
@@ -553,118 +654,16 @@ def load_config(
 
 
 def _validate(cfg: Config) -> None:
+    """Each section checks itself; what spans sections is checked here. The
+    simulator's devices and scenario are checked by devices_sim when it starts
+    (``gateway run`` checks them before serving: gateway/__main__.py)."""
+    for section in (cfg.server, cfg.auth, cfg.mqtt, cfg.persist):
+        section.validate()
     s, a = cfg.server, cfg.auth
-    cfg.persist.validate()
     if s.wall_file:
         from .wall import load_wall  # checks the file's shape; raises ConfigError
 
         load_wall(s.wall_file)
-    for key in ("port", "admin_port"):
-        if not 0 <= getattr(s, key) <= 65535:
-            raise ConfigError(f"server.{key}: must be 0 (any free port) to 65535")
-    positive = [
-        "max_connections",
-        "max_connections_per_ip",
-        "max_message_bytes",
-        "message_timeout_s",
-        "messages_per_s",
-        "message_burst",
-        "max_protocol_errors",
-        "max_subscriptions",
-        "handshake_timeout_s",
-        "auth_timeout_s",
-        "heartbeat_s",
-        "pong_timeout_s",
-        "shutdown_timeout_s",
-        "close_timeout_s",
-        "tick_hz",
-        "default_rate_hz",
-        "min_rate_hz",
-        "max_filters_per_connection",
-        "max_groups_per_connection",
-        "stall_s",
-        "max_lag_s",
-        "max_frame_bytes",
-    ]
-    for key in positive:
-        if not getattr(s, key) > 0:
-            raise ConfigError(f"server.{key}: must be > 0, got {getattr(s, key)!r}")
-    for addr in s.trusted_proxies:
-        try:
-            ipaddress.ip_address(addr)
-        except ValueError:
-            raise ConfigError(f"server.trusted_proxies: {addr!r} is not an IP address") from None
-    if s.max_new_connections_per_s < 0:
-        raise ConfigError("server.max_new_connections_per_s: must be >= 0 (0: no limit)")
-    if s.send_buffer_bytes < 0:
-        raise ConfigError("server.send_buffer_bytes: must be >= 0 (0: the kernel's default)")
-    if s.idle_timeout_s < 0:
-        raise ConfigError("server.idle_timeout_s: must be >= 0 (0 disables it)")
-    if s.min_rate_hz > s.default_rate_hz:
-        raise ConfigError(
-            f"server.min_rate_hz: {s.min_rate_hz} exceeds server.default_rate_hz "
-            f"{s.default_rate_hz}"
-        )
-    if s.default_rate_hz > s.tick_hz:
-        raise ConfigError(
-            f"server.default_rate_hz: {s.default_rate_hz} exceeds server.tick_hz {s.tick_hz}"
-        )
-    if a.mode not in ("none", "static", "jwt"):
-        raise ConfigError(f"auth.mode: {a.mode!r} is not one of none, static, jwt")
-    if a.mode == "static" and not a.tokens:
-        raise ConfigError("auth.tokens: auth.mode = 'static' needs at least one [[auth.tokens]]")
-    if a.mode == "jwt":
-        algs = set(a.jwt_algorithms)
-        if not algs or algs - {"HS256", "RS256"}:
-            raise ConfigError("auth.jwt_algorithms: allowed values are HS256 and RS256")
-        if "HS256" in algs and len(a.jwt_secret) < 32:
-            raise ConfigError("auth.jwt_secret: HS256 needs a secret of at least 32 characters")
-        if "RS256" in algs and not a.jwt_public_key_file:
-            raise ConfigError("auth.jwt_public_key_file: RS256 needs a PEM public key file")
-        if algs == {"HS256", "RS256"}:
-            raise ConfigError(
-                "auth.jwt_algorithms: choose HS256 or RS256, not both "
-                "(mixing them invites key-confusion attacks)"
-            )
-    sim = cfg.simulator
-    if sim.devices:
-        from devices_sim.fleet import Fleet, FleetConfig, FleetError, load_scenario
-
-        try:  # scenario targets are checked against the real device list
-            events = load_scenario(sim.scenario) if sim.scenario else []
-            Fleet(
-                FleetConfig(
-                    devices=sim.devices,
-                    sites=sim.sites,
-                    lines=sim.lines,
-                    rate_hz=sim.rate_hz,
-                    seed=sim.seed,
-                ),
-                events,
-            )
-        except FleetError as err:
-            raise ConfigError(f"simulator: {err}") from None
-    m = cfg.mqtt
-    if m.url:
-        from .ingest.paho_trio import parse_url
-
-        try:
-            parse_url(m.url)
-        except ValueError as err:
-            raise ConfigError(f"mqtt.url: {err}") from None
-    if m.protocol not in ("5", "3.1.1"):
-        raise ConfigError(f"mqtt.protocol: {m.protocol!r} is not '5' or '3.1.1'")
-    for key in (
-        "keepalive_s",
-        "connect_timeout_s",
-        "reconnect_min_s",
-        "stable_s",
-        "max_payload_bytes",
-    ):
-        if not getattr(m, key) > 0:
-            raise ConfigError(f"mqtt.{key}: must be > 0")
-    if m.reconnect_max_s < m.reconnect_min_s:
-        raise ConfigError("mqtt.reconnect_max_s: must be >= mqtt.reconnect_min_s")
     st = cfg.state
     if not st.stale_multiple >= 1:
         raise ConfigError("state.stale_multiple: must be >= 1")

@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .core.disconnect import METRIC_REASONS
 from .core.protocol import ERROR_CODES
 
 if TYPE_CHECKING:
@@ -56,10 +57,7 @@ class Served(Protocol):
     def connections(self) -> int: ...
 
 
-DISCONNECT_REASONS = (
-    "client_close", "client_gone", "slow", "auth", "limit", "protocol", "heartbeat", "idle",
-    "error", "shutdown",
-)  # fmt: skip
+DISCONNECT_REASONS = METRIC_REASONS  # gateway/core/disconnect.py
 SEND_FAILURE_REASONS = ("peer_gone", "closed", "os_error", "stalled")
 SLOW_REASONS = ("stalled", "lagging")
 SNAPSHOT_REASONS = ("window", "ahead", "size")

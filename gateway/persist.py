@@ -307,7 +307,7 @@ class Persister:
                 gc.enable()
 
     async def _restore(self, store: StateStore, loaded: Loaded) -> list[str]:
-        store.stats.changes = max(store.stats.changes, loaded.changes)
+        store.changes = max(store.changes, loaded.changes)
         restored = 0
         on_accept, store.on_accept = store.on_accept, None
         try:
@@ -336,7 +336,7 @@ class Persister:
         # nobody is subscribed yet: nothing is waiting for these changes
         marked = store.drain_changed()
         self.stats.restored_topics = restored
-        self._written_changes = store.stats.changes if loaded.epoch else -1
+        self._written_changes = store.changes if loaded.epoch else -1
         return marked
 
     # -- checkpoints -------------------------------------------------------------------
@@ -347,7 +347,7 @@ class Persister:
         task_status.started()
         while True:
             await trio.sleep(self.cfg.interval_s)
-            if store.stats.changes != self._written_changes:
+            if store.changes != self._written_changes:
                 await self.checkpoint(store)
 
     async def checkpoint(self, store: StateStore) -> bool:
@@ -373,7 +373,7 @@ class Persister:
             for chunk in section.encode():
                 chunks.append(chunk)
                 await trio.lowlevel.checkpoint()
-        changes = store.stats.changes  # every topic encoded was changed at or before this
+        changes = store.changes  # every topic encoded was changed at or before this
         meta = {
             "epoch": store.epoch,
             "changes": changes,

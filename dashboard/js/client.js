@@ -2,7 +2,7 @@
 //
 // It keeps a local copy of the subscribed topics and applies snapshots and deltas by
 // the protocol's rules (the same as gateway/core/mirror.py):
-//   snapshot: replaces the copy when its seq is newer;
+//   snapshot: replaces the copy when its seq is newer, or always when it says resync;
 //   delta with seq <= held: old news, skipped;
 //   delta with base <= held < seq: applied (set, unset, online/stale, ts/rx);
 //   delta with base > held (or an unknown topic): a gap -> ask for a resync (resume).
@@ -29,6 +29,16 @@
 //   client.topics.get("berlin/line1/env-00000")  // {seq, fields, online, stale, ts, rx}
 
 const RESUME_CHUNK = 1000;
+
+// Close codes after which reconnecting cannot help: the client, its configuration or
+// its token must change first (docs/protocol.md, "WebSocket close codes"; a test keeps
+// this list equal to the gateway's table, gateway/core/disconnect.py). Any other code
+// (1006, 1012, 4008, our own 4000...) means: reconnect with backoff.
+export const NO_RECONNECT = Object.freeze([1000, 1002, 1003, 1007, 1008, 1009, 4001, 4400]);
+
+export function shouldReconnect(code) {
+  return !NO_RECONNECT.includes(code);
+}
 
 export class GatewayClient extends EventTarget {
   constructor({ url, filters = ["#"], rateHz = null, token = null, backoffBaseMs = 500,
@@ -132,7 +142,7 @@ export class GatewayClient extends EventTarget {
     this.stats.closes.push(code);
     if (this.stats.closes.length > 20) this.stats.closes.shift();
     this._setStatus("closed", { code, transport: "sse" });
-    if (!this._stopped && code !== 4001) this._scheduleReconnect(Date.now());
+    if (!this._stopped && shouldReconnect(code)) this._scheduleReconnect(Date.now());
   }
 
   _connect() {
@@ -161,7 +171,7 @@ export class GatewayClient extends EventTarget {
       if (this._ws === ws) this._ws = null;
       if (opened && ev.code === 1012) this.restartAt = Date.now(); // back shortly
       this._setStatus("closed", { code: ev.code, reason: ev.reason });
-      if (!this._stopped && ev.code !== 4001) this._scheduleReconnect(openedAt, opened);
+      if (!this._stopped && shouldReconnect(ev.code)) this._scheduleReconnect(openedAt, opened);
     };
     ws.onerror = () => {}; // onclose follows with the details
   }
@@ -310,7 +320,8 @@ export class GatewayClient extends EventTarget {
   apply(m) {
     const held = this.topics.get(m.topic);
     if (m.type === "snapshot") {
-      if (held && held.seq >= m.seq) { this.stats.skipped += 1; return "skipped"; }
+      // a resync snapshot replaces whatever is held (even a seq ahead of it)
+      if (held && held.seq >= m.seq && m.resync !== true) { this.stats.skipped += 1; return "skipped"; }
       this.topics.set(m.topic, { seq: m.seq, fields: { ...m.fields }, online: m.online,
                                  stale: m.stale, ts: m.ts, rx: m.rx });
       this.stats.applied += 1;

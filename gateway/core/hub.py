@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .alarms import with_alarm_grants
 from .outbox import Group, GroupKey, Member, OutboxStats, Subscriber, Subscription, TickRecord
@@ -38,7 +38,7 @@ from .protocol import (
     encode_state,
 )
 from .rates import RateError, RateSteps
-from .state import StateStore, TopicState
+from .state import Snapshot, StateStore, TopicState
 from .topics import SubscriptionIndex, filter_covers, filters_overlap, matches
 
 __all__ = ["Hub", "HubConfig", "Subscriber", "Subscription"]
@@ -221,12 +221,13 @@ class Hub:
             room = self.config.max_positions - len(sub.positions)
             if len(msg.topics) > room:
                 sub.positions.clear()  # bounded: the oldest positions yield snapshots
-            sub.positions.update(msg.topics)
+            # seq 0 holds nothing: that topic's answer is a snapshot, not a delta from 0
+            sub.positions.update((t, seq) for t, seq in msg.topics.items() if seq)
         joined = [m for s in sub.subs.values() for m in s.members if m.joined]
         if joined:
             for topic, seq in msg.topics.items():
                 if any(_carries(m.group, topic) for m in joined):
-                    sub.resync[topic] = seq if same else None
+                    sub.resync[topic] = seq if same and seq else None
             sub.ready = sub.ready or bool(sub.resync)
         return Ack("resume", resumed=same)
 
@@ -250,7 +251,7 @@ class Hub:
             group = Group(key, {}, self.config.ring_ticks)
             # every change up to here is in ``sent`` once built (built from the
             # current seqs), every later one reaches ``pending`` through the index
-            group.gseq = self.store.stats.changes
+            group.gseq = self.store.changes
             group.building = self.store.tree.matching(key.filter)
             group.next_tick = self._tick_count
             self._groups[key] = group
@@ -349,7 +350,7 @@ class Hub:
                 if sl.full:
                     yield sl.take()
         # 2. route the changed topics to the groups that carry them
-        drained = self._drained = store.stats.changes
+        drained = self._drained = store.changes
         changed = store.drain_changed()
         match = self._index.match
         step = sl.budget
@@ -491,6 +492,15 @@ class Hub:
         self._cache_bytes += len(frag) + 200  # with the key and the dict's slot
         return frag
 
+    def _resync_fragment(self, topic: str, base: int | None) -> bytes | None:
+        """A resync's answer: a delta from ``base``, or a snapshot marked ``resync``
+        that the client applies whatever it holds (it may hold nothing, or be ahead of
+        us by its own bug). Not cached: it is one client's."""
+        item = self.store.diff(topic, base)
+        if type(item) is Snapshot:
+            return encode_state(replace(item, reason="resync"))
+        return None if item is None else self.fragment(topic, base, item.seq)
+
     def _pack(self, frags: list[bytes]) -> tuple[bytes, ...]:
         """Batch fragments into frames of at most ``max_frame_bytes`` (unless one
         fragment alone is larger: it still goes, alone)."""
@@ -513,7 +523,7 @@ class Hub:
         its subscriptions (after :meth:`take`): an SSE stream's resume point."""
         return min(
             (m.group.gseq for s in sub.subs.values() for m in s.members),
-            default=self.store.stats.changes,
+            default=self.store.changes,
         )
 
     def take(self, sub: Subscriber, now: float) -> Sequence[bytes]:
@@ -583,16 +593,20 @@ class Hub:
                 m.cursor = group.tick_no
         if joined_now:
             sub.positions.clear()  # resume positions serve the joins that follow them
-        if sub.resync:
-            for topic, base in sub.resync.items():
+        resynced = sub.resync
+        if resynced:
+            sub.resync = {}
+            for topic, base in resynced.items():
                 _merge_base(personal, topic, base)
-            sub.resync.clear()
         frags: list[bytes] = []
         for topic, base in personal.items():
             st = store.get(topic)
             if st is None:
                 continue
-            frag = self.fragment(topic, base, st.seq)
+            if topic in resynced:
+                frag = self._resync_fragment(topic, base)
+            else:
+                frag = self.fragment(topic, base, st.seq)
             if frag is not None:
                 frags.append(frag)
         stats.personal_fragments += len(frags)

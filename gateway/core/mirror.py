@@ -60,7 +60,8 @@ class Mirror:
     def apply(self, msg: Snapshot | Delta) -> Outcome:
         held = self.topics.get(msg.topic)
         if type(msg) is Snapshot:
-            if held is not None and held.seq >= msg.seq:
+            # a resync snapshot replaces whatever is held (even a seq ahead of it)
+            if held is not None and held.seq >= msg.seq and msg.reason != "resync":
                 self.skipped += 1
                 return "skipped"
             self.topics[msg.topic] = MirrorTopic(

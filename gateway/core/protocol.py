@@ -10,7 +10,8 @@ Rules:
   seq)`` by the hub and reused byte for byte; several of them travel in one
   ``batch`` message whose bytes are the fragments joined, never re-encoded.
 * Unknown *fields* in a client message are ignored (forward compatibility); unknown
-  *types* get an ``error`` with code ``unknown_type``.
+  *types* get an ``error`` with code ``unknown_type``; a missing or non-string
+  ``type`` is a ``bad_message``.
 
 ``docs/protocol.md`` is the reference for people; keep it in step with this file.
 """
@@ -24,6 +25,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 
 import orjson
 
+from .disconnect import DISCONNECTS
 from .state import Delta, JsonValue, Snapshot
 from .topics import MAX_TOPIC_BYTES, TopicError, validate_filter, validate_topic
 
@@ -52,6 +54,9 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = 1
+#: additions within v1 that old clients may ignore (docs/protocol.md, "Changes"):
+#: 1 = snapshots with ``resync: true``, the ``rate_limited`` warning before 4029
+PROTOCOL_MINOR: Final = 1
 
 #: Error codes of ``error`` messages (and of :class:`ProtocolError`).
 ERROR_CODES: Final[Mapping[str, str]] = {
@@ -72,23 +77,8 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "too_many_groups": "the per-connection limit on distinct (filter, rate) streams is reached",
 }
 
-#: WebSocket close codes the gateway uses (see docs/protocol.md for client actions).
-CLOSE_CODES: Final[Mapping[int, str]] = {
-    1000: "normal closure",
-    1001: "going away (idle timeout)",
-    1002: "WebSocket protocol error",
-    1003: "binary messages are not supported",
-    1007: "invalid UTF-8 in a text message",
-    1008: "a message did not arrive whole within the message deadline",
-    1009: "message too big",
-    1012: "service restart: reconnect (with resume)",
-    1013: "try again later: reconnect with backoff (reserved)",
-    4001: "authentication failed or expired",
-    4002: "authentication deadline passed",
-    4008: "slow subscriber: writes stalled or data too old",
-    4029: "client message rate limit exceeded",
-    4400: "too many protocol errors",
-}
+#: WebSocket close codes the gateway uses (the table: gateway/core/disconnect.py).
+CLOSE_CODES: Final[Mapping[int, str]] = {code: d.meaning for code, d in DISCONNECTS.items()}
 
 
 class ProtocolError(Exception):
@@ -282,10 +272,11 @@ def decode_client(data: bytes | str, limits: DecodeLimits = DEFAULT_LIMITS) -> C
     if type(obj) is not dict:
         raise ProtocolError("bad_json", "a message must be a JSON object")
     kind = obj.get("type")
-    decoder = _CLIENT_TYPES.get(kind) if type(kind) is str else None
+    if type(kind) is not str:
+        raise _bad("'type' must be a string")
+    decoder = _CLIENT_TYPES.get(kind)
     if decoder is None:
-        shown = kind[:40] if type(kind) is str else type(kind).__name__
-        raise ProtocolError("unknown_type", f"unknown message type {shown!r}")
+        raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}")
     return decoder(obj, limits)
 
 
@@ -302,6 +293,7 @@ class Welcome:
     limits: Mapping[str, JsonValue]
     protocol: int = PROTOCOL_VERSION
     meta: Mapping[str, JsonValue] | None = None  # {"url": "/api/meta", "version": ...}
+    protocol_minor: int = PROTOCOL_MINOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,18 +358,19 @@ def encode_state(item: Snapshot | Delta) -> bytes:
             out["stale"] = item.stale
         return orjson.dumps(out)
     assert type(item) is Snapshot
-    return orjson.dumps(
-        {
-            "type": "snapshot",
-            "topic": item.topic,
-            "seq": item.seq,
-            "fields": item.fields,
-            "online": item.online,
-            "stale": item.stale,
-            "ts": item.ts,
-            "rx": item.rx,
-        }
-    )
+    snap: dict[str, Any] = {
+        "type": "snapshot",
+        "topic": item.topic,
+        "seq": item.seq,
+        "fields": item.fields,
+        "online": item.online,
+        "stale": item.stale,
+        "ts": item.ts,
+        "rx": item.rx,
+    }
+    if item.reason == "resync":
+        snap["resync"] = True  # applies whatever seq the client holds
+    return orjson.dumps(snap)
 
 
 _BATCH_HEAD: Final = b'{"type":"batch","items":['
@@ -441,6 +434,7 @@ def _server_obj(obj: Any) -> ServerMessage:
                 bool(obj.get("stale", False)),
                 obj.get("ts"),
                 float(obj["rx"]),
+                "resync" if obj.get("resync") is True else "",
             )
         if kind == "welcome":
             return Welcome(
@@ -451,6 +445,7 @@ def _server_obj(obj: Any) -> ServerMessage:
                 dict(obj.get("limits", {})),
                 int(obj["protocol"]),
                 obj.get("meta"),
+                int(obj.get("protocol_minor", 0)),
             )
         if kind == "ack":
             filters = obj.get("filters")

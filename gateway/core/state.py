@@ -208,6 +208,10 @@ class StateStore:
         self.stale_floor_s = stale_floor_s
         self.stale_ceiling_s = stale_ceiling_s
         self.stats = StateStats()
+        #: every accepted change of every topic, in order: a topic's ``gseq`` is its
+        #: last change's number here. The SSE resume id and the hub's "sent up to"
+        #: mark count in it; a checkpoint restores it (``stats.changes`` is a metric)
+        self.changes = 0
         #: called (with no arguments) when the first change after a drain happens: the
         #: shell uses it to wake its tick loop, which sleeps while nothing changes
         self.on_change: Callable[[], None] | None = None
@@ -503,7 +507,8 @@ class StateStore:
         if changed_at:
             st.changed_at = now
         self.stats.changes += 1
-        st.gseq = self.stats.changes
+        self.changes += 1
+        st.gseq = self.changes
         if not self._changed and self.on_change is not None:
             self.on_change()
         self._changed[st.topic] = None

@@ -158,6 +158,11 @@ class PahoSession:
         client.on_socket_register_write = self._on_register_write
         client.on_socket_close = self._on_socket_close
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        self._acked = trio.Event()
+        #: set when the broker acknowledged the subscriptions (SUBACK): from then on
+        #: every matching publish reaches the handler
+        self.subscribed = trio.Event()
 
     async def wait_acked(self, infos: Sequence[paho.MQTTMessageInfo]) -> None:
         """Return once the broker acknowledged these QoS 1/2 publishes, or the
@@ -170,6 +175,11 @@ class PahoSession:
     ) -> None:
         self._acked.set()
         self._acked = trio.Event()
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        self.subscribed.set()
 
     def kick(self) -> None:
         """Something was queued with the client (a publish): let the writer send it."""

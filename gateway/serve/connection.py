@@ -131,8 +131,10 @@ class Connections:
                         per_ip_key = ip
                         admission.hold_ip(ip)
                     if public and req.path == "/ws":
-                        self._http_scopes.discard(scope)  # sessions close gracefully instead
                         session = await self._upgrade(sock, out, conn, req, ip)
+                        # registered (or refused) with no checkpoint since: shutdown
+                        # cancels it here until now, and closes it gracefully from now on
+                        self._http_scopes.discard(scope)
                         # the HTTP state is done with: an idle connection must not
                         # keep the parser's buffers and the request headers alive
                         del conn, req
@@ -140,8 +142,8 @@ class Connections:
                             await session.run()
                         return
                     if public and req.path == "/sse":
-                        self._http_scopes.discard(scope)
                         stream = await self._event_stream(sock, out, conn, req, ip)
+                        self._http_scopes.discard(scope)  # as for /ws
                         del conn, req
                         if stream is not None:
                             await stream.run()
@@ -222,8 +224,8 @@ class Connections:
         data = conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
         trailing, _closed = conn.trailing_data
         session = WsSession(self.session_ctx, sock, out, ip, identity, bytes(trailing), deflate)
-        if not out.send([data]):
-            with trio.move_on_after(self.cfg.server.handshake_timeout_s):
-                await out.drain()
+        # What the kernel does not take of the 101 stays queued: the session's first
+        # write drains it, so the stream is registered (shutdown sees it) at once.
+        out.send([data])
         self.fanout.register(session)
         return session

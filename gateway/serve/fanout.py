@@ -13,11 +13,13 @@ import trio
 
 from ..clock import Clock
 from ..config import ServerConfig
+from ..core import disconnect as dc
 from ..core.hub import Hub
 from ..core.state import StateStore
 from ..log import RateLimitedLog
 from ..metrics import Metrics
 from .deflate import deflate_frame
+from .lifecycle import ADMITTED, LifecycleError
 from .session import StreamSession
 from .sockio import text_frame_header
 from .stats import ServerStats
@@ -66,11 +68,13 @@ class FanOut:
     # -- registry ------------------------------------------------------------------------
 
     def register(self, session: StreamSession) -> None:
-        """A stream that passed admission; counted as opened."""
+        """A stream that passed admission (ADMITTED); counted as opened."""
+        if session.life.state is not ADMITTED:
+            raise LifecycleError(f"registering a stream that is {session.life.state.name}")
         self.stats.connections_opened += 1
         self.sessions.add(session)
         if self.stopping:
-            session.close(1012, "service restart: reconnect", "shutdown")
+            session.close(dc.SHUTDOWN)
 
     def attach(self, session: StreamSession) -> None:
         assert session.sub is not None
@@ -98,7 +102,7 @@ class FanOut:
         ``shutdown_timeout_s`` to go."""
         self.stopping = True
         for i, session in enumerate(list(self.sessions), 1):
-            session.close(1012, "service restart: reconnect", "shutdown")
+            session.close(dc.SHUTDOWN)
             if i % PUMP_BATCH == 0:
                 await trio.lowlevel.checkpoint()
         if self.sessions:
@@ -228,7 +232,9 @@ class FanOut:
                     self.log.limited("slow", "closing slow subscriber %s (%s)", session.ip, why)
                     if why == "stalled":
                         self.stats.send_failure("stalled")
-                    session.close(4008, f"slow subscriber: {why}", "slow")
+                    # a stalled screen's close frame waits behind the data it does not
+                    # read: it gets it only if it reads within close_timeout_s
+                    session.close(dc.SLOW, f"slow subscriber: {why}")
             if ages and self.metrics is not None:
                 for age in ages:
                     self.metrics.subscriber_data_age.observe(age)

@@ -16,11 +16,13 @@ import trio
 from ..auth import Authenticator
 from ..clock import Clock
 from ..config import ServerConfig
+from ..core.disconnect import Disconnect
 from ..core.hub import Hub, Subscriber
 from ..core.protocol import ClientMessage
 from ..core.state import JsonValue, StateStore
 from ..log import RateLimitedLog
 from .insight import Insight
+from .lifecycle import ADMITTED, CLOSING, DONE, DROPPED, OPEN, Lifecycle, LifecycleError
 from .sockio import Outbound, SendFailed
 from .stats import ServerStats
 
@@ -55,16 +57,19 @@ class SessionContext:
 
 
 class StreamSession:
+    """What WebSocket and SSE sessions share; their lifecycle is :attr:`life`
+    (gateway/serve/lifecycle.py states the rules)."""
+
     __slots__ = (
         "_drain_done",
         "_draining",
         "_nursery",
+        "_pending_close",
         "_read_scope",
-        "closing",
         "ctx",
         "ip",
+        "life",
         "out",
-        "reason",
         "sock",
         "sub",
     )  # fmt: skip
@@ -75,14 +80,22 @@ class StreamSession:
         self.out = out
         self.ip = ip
         self.sub: Subscriber | None = None
-        self.closing = False
-        self.reason: str | None = None  # disconnect reason, once known
+        self.life = Lifecycle()
+        #: a close decided before the stream opened, written by run()
+        self._pending_close: tuple[Disconnect, str | None] | None = None
         self._draining = False
         self._drain_done = trio.Event()
-        # set while run() can start tasks; None from its teardown on, when the tick loop
-        # may still pump this session but must not start a drain
-        self._nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None  # run()'s, for the drain task
         self._read_scope = trio.CancelScope()
+
+    @property
+    def closing(self) -> bool:
+        """Closing, dropped or done: nothing but a close goes out any more."""
+        return self.life.ending
+
+    @property
+    def reason(self) -> str | None:
+        return self.life.reason
 
     # -- what each kind of stream provides ----------------------------------------------
 
@@ -92,26 +105,76 @@ class StreamSession:
     def check_timers(self, now: float, wall: float) -> None:
         raise NotImplementedError
 
-    def close(self, code: int, text: str, reason: str) -> None:
+    def _send_close(self, why: Disconnect, text: str | None) -> None:
+        """Write the close frame or event (the stream is CLOSING)."""
         raise NotImplementedError
 
-    # -- shared ---------------------------------------------------------------------------
+    # -- the lifecycle ----------------------------------------------------------------------
 
-    def _set_reason(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
+    def close(self, why: Disconnect, text: str | None = None) -> None:
+        """Close with ``why``: at once if the stream is open, as the first thing ``run``
+        writes if it is not open yet; ignored once it is closing."""
+        state = self.life.state
+        if state is ADMITTED:
+            self.life.to(CLOSING, why.metric)
+            self._pending_close = (why, text)
+        elif state is OPEN:
+            self.life.to(CLOSING, why.metric)
+            self._unsubscribe()  # no state frames after the close
+            self._send_close(why, text)
 
     def abort(self, reason: str) -> None:
         """Drop the connection now (the peer cannot even take a last message)."""
-        self._set_reason(reason)
-        self.closing = True
+        if self.life.state is DROPPED or self.life.state is DONE:
+            return
+        self.life.to(DROPPED, reason)
+        self._unsubscribe()
+        self._read_scope.cancel()
+
+    def _open(self) -> bool:
+        """ADMITTED -> OPEN, unless a close came first; True if the stream opened."""
+        if self.life.state is ADMITTED:
+            self.life.to(OPEN)
+            return True
+        if self._pending_close is not None and self.life.state is CLOSING:
+            self._send_close(*self._pending_close)
+            self._pending_close = None
+        return False
+
+    def _peer_left(self, reason: str) -> None:
+        """The read side ended: the peer left (or reset), or reading failed."""
+        if self.life.state is CLOSING:
+            self.life.note(reason)  # our close was under way: nothing more to wait for
+        self.abort(reason)
+
+    async def _finish(self) -> None:
+        """Let a close reach the peer for at most ``close_timeout_s``; a dropped
+        stream waits for nothing."""
+        if self.life.state is CLOSING:
+            await self._flush()
+
+    def _teardown(self) -> None:
+        """The end of run(): no task may start from here, the tick loop may still pump
+        this session until it is detached (and must not start a drain)."""
+        if self.life.state is not DONE:
+            self.life.to(DONE, "error")
+        self._nursery = None
+        self._unsubscribe()
+
+    def _unsubscribe(self) -> None:
         if self.sub is not None:
             self.ctx.hub.disconnect(self.sub)
-        self._read_scope.cancel()
+
+    # -- writing ----------------------------------------------------------------------------
 
     def _write(self, chunks: list[bytes]) -> bool:
         """Write now what the kernel takes; the rest goes out from the drain task.
-        True if everything went out."""
+        True if everything went out. Only an open or closing stream writes."""
+        state = self.life.state
+        if state is not OPEN and state is not CLOSING:
+            if state is ADMITTED:
+                raise LifecycleError("a stream writes nothing before it is open")
+            return False
         try:
             done = self.out.send(chunks)
         except SendFailed as err:
@@ -126,7 +189,8 @@ class StreamSession:
         self.abort("client_gone" if err.reason == "peer_gone" else "error")
 
     def _start_drain(self) -> None:
-        if not self._draining and self._nursery is not None:
+        state = self.life.state
+        if not self._draining and self._nursery is not None and (state is OPEN or state is CLOSING):
             self._draining = True
             self._drain_done = trio.Event()
             if self.sub is not None:

@@ -9,8 +9,8 @@ The same snapshot and delta messages as ``/ws``, for networks that block WebSock
 Every server message (welcome, snapshot, delta, batch, and a final ``close``) is one
 event whose ``data`` is the message's JSON, exactly as on the WebSocket; the event
 *type* is the default ("message"). The last event of each write carries an ``id`` of
-``<epoch>:<n>``: the gateway's change counter up to which this screen has been sent
-everything it subscribed to. On reconnect, EventSource sends it back as
+``<epoch>:<n>``: the store's change counter (``StateStore.changes``) up to which this
+screen has been sent everything it subscribed to. On reconnect, EventSource sends it back as
 ``Last-Event-ID``; within the same epoch the gateway then sends snapshots of the
 topics that changed after ``n`` and nothing for the others; in a new epoch, snapshots
 of everything. A comment line (``: hb``) goes out when the stream was quiet for
@@ -28,11 +28,13 @@ import orjson
 import trio
 
 from ..auth import Identity
+from ..core import disconnect as dc
+from ..core.disconnect import Disconnect
 from ..core.protocol import Resume, Subscribe, Welcome, encode
 from ..core.topics import TopicError, matches, validate_filter
 from .http import HttpError
 from .session import SessionContext, StreamSession
-from .sockio import Outbound, SendFailed, recv_some
+from .sockio import Outbound, recv_some
 
 if TYPE_CHECKING:
     import socket
@@ -97,7 +99,7 @@ def parse_sse_request(
 class SseSession(StreamSession):
     """One event stream: a hub subscriber whose frames are written as events."""
 
-    __slots__ = ("_last_write", "identity", "request")
+    __slots__ = ("_head_sent", "_last_write", "identity", "request")
 
     def __init__(
         self,
@@ -112,45 +114,46 @@ class SseSession(StreamSession):
         self.identity = identity
         self.request = request
         self._last_write = ctx.clock.mono()
+        self._head_sent = False
 
     async def run(self) -> None:
-        ctx = self.ctx
-        hub = ctx.hub
-        sub = self.sub = hub.connect(self.identity.grants)
-        ctx.attach(self)
-        req = self.request
         try:
-            welcome = Welcome(
-                ctx.store.epoch,
-                ctx.clock.wall(),
-                ctx.cfg.heartbeat_s,
-                False,
-                ctx.welcome_limits,
-                meta=ctx.insight.welcome if ctx.insight is not None else None,
-            )
-            events = [HEAD, self._event(encode(welcome))]
-            positions = self._resume_positions()
-            if positions:
-                hub.resume(sub, Resume(ctx.store.epoch, positions))
-            reply = hub.subscribe(sub, Subscribe("sse", req.filters, req.rate_hz))
-            events.append(self._event(encode(reply)))
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    self._write(events)
-                    self.pump()
+                    if self._open():
+                        self._start()
                     await self._read_until_gone()
-                    await self._flush()  # a last event
+                    await self._finish()  # a last event
                 finally:
-                    self._nursery = None  # no new task from here (see WsSession.run)
-                    self.closing = True
+                    self._teardown()
                     nursery.cancel_scope.cancel()
-        except SendFailed:
-            self._set_reason("client_gone")
         finally:
-            self._set_reason("error")
-            hub.disconnect(sub)
-            ctx.detach(self)
+            self.ctx.detach(self)
+
+    def _start(self) -> None:
+        """The head, welcome, the subscription's ack, and what is due already."""
+        ctx = self.ctx
+        hub = ctx.hub
+        sub = self.sub = hub.connect(self.identity.grants)
+        welcome = Welcome(
+            ctx.store.epoch,
+            ctx.clock.wall(),
+            ctx.cfg.heartbeat_s,
+            False,
+            ctx.welcome_limits,
+            meta=ctx.insight.welcome if ctx.insight is not None else None,
+        )
+        events = [HEAD, self._event(encode(welcome))]
+        positions = self._resume_positions()
+        if positions:
+            hub.resume(sub, Resume(ctx.store.epoch, positions))
+        reply = hub.subscribe(sub, Subscribe("sse", self.request.filters, self.request.rate_hz))
+        events.append(self._event(encode(reply)))
+        ctx.attach(self)
+        self._head_sent = True
+        self._write(events)
+        self.pump()
 
     def _resume_positions(self) -> dict[str, int]:
         """What an EventSource reconnecting with ``Last-Event-ID`` holds: within the
@@ -180,7 +183,7 @@ class SseSession(StreamSession):
                 except OSError:
                     data = b""
                 if not data:
-                    self._set_reason("client_gone")
+                    self._peer_left("client_gone")
                     return
 
     @staticmethod
@@ -196,7 +199,7 @@ class SseSession(StreamSession):
 
     def pump(self, now: float | None = None) -> None:
         sub = self.sub
-        if sub is None or self.closing or self.out.queue:
+        if sub is None or not self.life.open or self.out.queue:
             return
         ctx = self.ctx
         if now is None:
@@ -216,23 +219,20 @@ class SseSession(StreamSession):
     # -- timers and closing ------------------------------------------------------------
 
     def check_timers(self, now: float, wall: float) -> None:
-        if self.closing:
+        if not self.life.open:
             return
         expires = self.identity.expires_at
         if expires is not None and wall > expires:
-            self.close(4001, "token expired", "auth")
+            self.close(dc.AUTH_FAILED, "token expired")
         elif now - self._last_write >= self.ctx.cfg.heartbeat_s and self.out.idle:
             self._write([HEARTBEAT])
 
-    def close(self, code: int, text: str, reason: str) -> None:
-        """A last ``close`` event (the WebSocket close code and reason), then the end."""
-        if self.closing:
-            return
-        self._set_reason(reason)
-        if self.sub is not None:
-            self.ctx.hub.disconnect(self.sub)
-        msg = orjson.dumps({"type": "close", "code": code, "reason": text})
+    def _send_close(self, why: Disconnect, text: str | None) -> None:
+        """A last ``close`` event (the WebSocket close code and reason), then the end;
+        a stream closed before it opened gets the HTTP head first."""
+        msg = self._event(
+            orjson.dumps({"type": "close", "code": why.code, "reason": text or why.text})
+        )
         if self.out.idle:
-            self._write([self._event(msg)])
-        self.closing = True
+            self._write([msg] if self._head_sent else [HEAD, msg])
         self._read_scope.cancel()

@@ -28,6 +28,8 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 
 from ..auth import AuthError, Identity
+from ..core import disconnect as dc
+from ..core.disconnect import Disconnect
 from ..core.protocol import (
     Ack,
     AckAlarm,
@@ -43,8 +45,10 @@ from ..core.protocol import (
 )
 from ..core.protocol import Ping as AppPing
 from ..core.protocol import Pong as AppPong
-from .deflate import BoundedDeflate
+from .deflate import BoundedDeflate, deflate_frame
 from .frameguard import FrameGuard
+from .lifecycle import CLOSING, DROPPED, LifecycleError
+from .ratelimit import MessageBudget
 from .session import SessionContext, StreamSession
 from .sockio import Outbound, SendFailed, recv_some, text_frame_header
 
@@ -61,9 +65,9 @@ _COPY_LIMIT = 16 * 1024
 
 class WsSession(StreamSession):
     __slots__ = (
-        "_parts", "_size", "_tokens", "_tokens_at", "_trailing", "compressed", "errors",
-        "guard", "history_hold", "identity", "last_rx", "opened_at", "partial_since",
-        "ping_sent_at", "ws",
+        "_budget", "_parts", "_size", "_trailing", "compressed", "errors", "guard",
+        "history_hold", "identity", "last_rx", "opened_at", "partial_since", "ping_sent_at",
+        "ws",
     )  # fmt: skip
 
     def __init__(
@@ -94,84 +98,71 @@ class WsSession(StreamSession):
         self._trailing = trailing
         self._parts: list[str] = []
         self._size = 0
-        self._tokens = float(ctx.cfg.message_burst)
-        self._tokens_at = now
+        self._budget = MessageBudget(ctx.cfg.messages_per_s, ctx.cfg.message_burst, now)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self) -> None:
         ctx = self.ctx
-        if self.identity is not None:
-            self.sub = ctx.hub.connect(self.identity.grants)
-            ctx.attach(self)
-        self._send_control(
-            Welcome(
-                ctx.store.epoch,
-                ctx.clock.wall(),
-                ctx.cfg.heartbeat_s,
-                self.identity is None,
-                ctx.welcome_limits,
-                meta=ctx.insight.welcome if ctx.insight is not None else None,
-            )
-        )
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
+                    if self._open():
+                        if self.identity is not None:
+                            self.sub = ctx.hub.connect(self.identity.grants)
+                            ctx.attach(self)
+                        self._send_control(
+                            Welcome(
+                                ctx.store.epoch,
+                                ctx.clock.wall(),
+                                ctx.cfg.heartbeat_s,
+                                self.identity is None,
+                                ctx.welcome_limits,
+                                meta=ctx.insight.welcome if ctx.insight is not None else None,
+                            )
+                        )
                     with self._read_scope:
                         if self._trailing:
                             self._receive(self._trailing)
                             self._trailing = b""
                         if not self._finished():
                             await self._read_loop()
-                    # let a close frame (ours or the reply) reach the peer, briefly
-                    await self._flush()
+                    await self._finish()  # a close frame (ours or the reply), briefly
                 finally:
-                    # From here the nursery takes no new task: the tick loop may still
-                    # pump this session until it is detached, and must not start a drain
-                    # (found by the soak: "Nursery is closed to new arrivals").
-                    self._nursery = None
-                    self.closing = True
+                    self._teardown()
                     nursery.cancel_scope.cancel()
         finally:
-            self._detach()
+            self.ctx.detach(self)
 
     def _finished(self) -> bool:
-        return self.ws.state is ConnectionState.CLOSED or self.reason == "client_close"
+        return (
+            self.ws.state is ConnectionState.CLOSED
+            or self.reason == "client_close"
+            or self.life.state is DROPPED
+        )
 
     async def _read_loop(self) -> None:
         while not self._finished():
             try:
                 data = await recv_some(self.sock)
             except (ConnectionResetError, BrokenPipeError):
-                self._set_reason("client_gone")  # it left with data unread: a reset
+                self._peer_left("client_gone")  # it left with data unread: a reset
                 return
             except OSError:
-                self._set_reason("error")
+                self._peer_left("error")
                 return
             if not data:
-                self._set_reason("client_close" if self.closing else "client_gone")
+                self._peer_left("client_gone")
                 return
             self.last_rx = self.ctx.clock.mono()
             self.ping_sent_at = None
             self._receive(data)
 
-    def _detach(self) -> None:
-        self._set_reason("error")
-        if self.sub is not None:
-            self.ctx.hub.disconnect(self.sub)
-        self.ctx.detach(self)
-
-    def close(self, code: int, text: str, reason: str) -> None:
-        """Send a close frame and give the peer ``close_timeout_s`` to answer."""
-        if self.closing:
-            return
-        self.closing = True
-        self._set_reason(reason)
-        if self.sub is not None:
-            self.ctx.hub.disconnect(self.sub)  # no frames after the close frame
+    def _send_close(self, why: Disconnect, text: str | None) -> None:
+        """A close frame, and ``close_timeout_s`` for the peer to answer."""
         if self.ws.state is ConnectionState.OPEN:
-            self._write([self.ws.send(CloseConnection(code, text[:120]))])
+            self._write([self.ws.send(CloseConnection(why.code, (text or why.text)[:120]))])
         self._read_scope.deadline = min(
             self._read_scope.deadline,
             trio.current_time() + self.ctx.cfg.close_timeout_s,
@@ -180,13 +171,18 @@ class WsSession(StreamSession):
     # -- writing ---------------------------------------------------------------------
 
     def _send_control(self, msg: Welcome | Ack | Error | AppPong) -> None:
+        if not self.life.open:
+            raise LifecycleError(f"'{msg.type}' on a stream that is not open")
         data = encode(msg)
-        self._write([text_frame_header(len(data)), data])
+        if self.compressed:  # like every frame of 256 bytes or more (docs/protocol.md)
+            self._write([deflate_frame(data)])
+        else:
+            self._write([text_frame_header(len(data)), data])
 
     def pump(self, now: float | None = None) -> None:
         """Hand this subscriber's due frames to the socket, if it can take them."""
         sub = self.sub
-        if sub is None or self.closing or self.out.queue or self.history_hold:
+        if sub is None or not self.life.open or self.out.queue or self.history_hold:
             return
         ctx = self.ctx
         hub = ctx.hub
@@ -242,7 +238,7 @@ class WsSession(StreamSession):
             self._size += len(event.data.encode("utf-8", "surrogatepass"))
             if self._size > limit:
                 self.ctx.stats.inbound_rejected["too_big"] += 1
-                self.close(1009, f"messages are limited to {limit} bytes", "limit")
+                self.close(dc.TOO_BIG, f"messages are limited to {limit} bytes")
                 return
             self._parts.append(event.data)
             if event.message_finished:
@@ -252,7 +248,7 @@ class WsSession(StreamSession):
                 self._on_message(text)
         elif isinstance(event, BytesMessage):
             self.ctx.stats.inbound_rejected["binary"] += 1
-            self.close(1003, "binary messages are not supported; send JSON text", "protocol")
+            self.close(dc.BINARY)
         elif isinstance(event, Ping):
             if self.ws.state is ConnectionState.OPEN:
                 self._write([self.ws.send(event.response())])
@@ -260,27 +256,33 @@ class WsSession(StreamSession):
             pass  # liveness is any received byte (last_rx)
         elif isinstance(event, CloseConnection):
             if self.ws.state is ConnectionState.REMOTE_CLOSING:
-                self._set_reason("client_close")
+                if self.life.open:
+                    self.life.to(CLOSING, "client_close")
+                    self._unsubscribe()
+                self.life.note("client_close")
                 self._write([self.ws.send(event.response())])
             elif self.ws.state is ConnectionState.CLOSED:
                 pass  # the answer to our own close frame
             else:  # wsproto could not parse a frame: answer with its code
-                self.ctx.stats.inbound_rejected["bad_frame"] += 1
-                self.close(event.code, event.reason or "protocol error", "protocol")
+                why = dc.by_code(event.code)
+                if why is dc.TOO_BIG:  # wsproto says "error in extension": say which limit
+                    self.ctx.stats.inbound_rejected["too_big"] += 1
+                    self.close(why, f"messages are limited to {limit} bytes")
+                else:
+                    self.ctx.stats.inbound_rejected["bad_frame"] += 1
+                    self.close(why, event.reason or None)
 
     def _on_message(self, text: str) -> None:
         ctx = self.ctx
-        now = ctx.clock.mono()
-        cfg = ctx.cfg
-        self._tokens = min(
-            float(cfg.message_burst), self._tokens + (now - self._tokens_at) * cfg.messages_per_s
-        )
-        self._tokens_at = now
-        if self._tokens < 1:
+        verdict = self._budget.take(ctx.clock.mono())
+        if verdict != "ok":  # dropped: a warning first, then the close
             ctx.stats.inbound_rejected["rate"] += 1
-            self.close(4029, f"more than {cfg.messages_per_s:g} messages per second", "limit")
+            limit = f"more than {ctx.cfg.messages_per_s:g} messages per second"
+            if verdict == "close":
+                self.close(dc.RATE_LIMIT, limit)
+            else:
+                self._send_control(Error("rate_limited", f"{limit}: dropped; slow down"))
             return
-        self._tokens -= 1
         try:
             msg = ctx.decode(text)
             self._dispatch(msg)
@@ -295,7 +297,7 @@ class WsSession(StreamSession):
         ctx.log.limited("protocol_error", "client %s: message refused: %s", self.ip, code)
         self.errors += 1
         if self.errors > ctx.cfg.max_protocol_errors:
-            self.close(4400, "too many protocol errors", "protocol")
+            self.close(dc.TOO_MANY_ERRORS)
             return
         self._send_control(Error(code, message, ref))
 
@@ -358,12 +360,15 @@ class WsSession(StreamSession):
     def _authenticate(self, token: str) -> None:
         ctx = self.ctx
         if self.identity is not None:
-            raise ProtocolError("bad_message", "this connection is authenticated already")
+            # authenticated at the upgrade, or no token needed: nothing to do (the
+            # token is not checked), and not an error
+            self._send_control(Ack("auth"))
+            return
         try:
             identity = ctx.auth.verify(token, ctx.clock.wall())
         except AuthError as err:
             ctx.stats.auth_failures[err.reason] += 1
-            self.close(4001, err.message, "auth")
+            self.close(dc.AUTH_FAILED, err.message)
             return
         self.identity = identity
         self.sub = ctx.hub.connect(identity.grants)
@@ -373,23 +378,23 @@ class WsSession(StreamSession):
     # -- timers (called by the sweep loop, fanout.py) ----------------------------------------
 
     def check_timers(self, now: float, wall: float) -> None:
-        if self.closing:
+        if not self.life.open:
             return
         cfg = self.ctx.cfg
         if self.identity is None:
             if now - self.opened_at > cfg.auth_timeout_s:
-                self.close(4002, "authentication deadline passed", "auth")
+                self.close(dc.AUTH_TIMEOUT)
             return
         expires = self.identity.expires_at
         if expires is not None and wall > expires:
-            self.close(4001, "token expired", "auth")
+            self.close(dc.AUTH_FAILED, "token expired")
             return
         if self.partial_since is not None and now - self.partial_since > cfg.message_timeout_s:
             self.ctx.stats.inbound_rejected["incomplete"] += 1
-            self.close(1008, "a message must arrive whole within message_timeout_s", "protocol")
+            self.close(dc.INCOMPLETE)
             return
         if cfg.idle_timeout_s and now - self.last_rx > cfg.idle_timeout_s:
-            self.close(1001, "idle", "idle")
+            self.close(dc.IDLE)
             return
         if self.ping_sent_at is not None:
             if now - self.ping_sent_at > cfg.pong_timeout_s:

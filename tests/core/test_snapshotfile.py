@@ -41,7 +41,7 @@ def busy_store(n: int = 50) -> StateStore:
 
 def write(store: StateStore, extra: dict[str, list[bytes]] | None = None) -> bytes:
     topics = list(sf.encode_topics(store, batch=7))
-    meta = {"epoch": store.epoch, "changes": store.stats.changes, "topics": len(store)}
+    meta = {"epoch": store.epoch, "changes": store.changes, "topics": len(store)}
     head, body = sf.assemble(meta, topics, extra)
     return head + b"".join(body)
 
@@ -57,7 +57,7 @@ def read(data: bytes) -> tuple[sf.Checkpoint, list[TopicState]]:
 def test_round_trip_keeps_every_topic_field_version_tombstone_and_time() -> None:
     s = busy_store()
     ckpt, states = read(write(s))
-    assert (ckpt.epoch, ckpt.changes, ckpt.version) == ("ep-1", s.stats.changes, 1)
+    assert (ckpt.epoch, ckpt.changes, ckpt.version) == ("ep-1", s.changes, 1)
     before = {st.topic: st for st in s.states() if st.seq}
     assert {st.topic: st for st in states} == before
     assert any(st.floor for st in states) and any(st.tombstones for st in states)
@@ -84,7 +84,7 @@ def test_restored_topics_keep_their_freshness_and_go_stale_as_if_never_stopped()
 
     ckpt, states = read(write(old))
     new = StateStore(ckpt.epoch, max_tombstones=2, stale_after=RuleTable([("site/2/#", 50.0)]))
-    new.stats.changes = ckpt.changes
+    new.changes = ckpt.changes
     assert all(new.restore(st) for st in states)
     assert not new.restore(TopicState(states[0].topic, 1))  # a known topic: refused
     for st in new.states():
@@ -96,7 +96,7 @@ def test_restored_topics_keep_their_freshness_and_go_stale_as_if_never_stopped()
             assert st.stale and st.seq == was.seq + 1
         else:  # stale stays stale; fresh stays fresh until its deadline; alarms as they were
             assert (st.seq, st.stale) == (was.seq, was.stale)
-    assert new.stats.changes == old.stats.changes + 1
+    assert new.changes == old.changes + 1
     assert new.drain_changed() == ["once"]
 
     # the same screen, on the restored store, in the same epoch: one delta, for "once"

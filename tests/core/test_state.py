@@ -22,6 +22,19 @@ def test_seq_grows_by_one_per_accepted_change_and_versions_follow() -> None:
     assert s.stats.unchanged == 1 and s.stats.changes == 2
 
 
+def test_the_store_numbers_every_change_apart_from_its_metrics() -> None:
+    """``changes`` orders every accepted change of every topic (the SSE resume id);
+    the metrics' counters may be reset or replaced without moving it."""
+    s = store()
+    s.apply("a", {"v": 1}, now=1.0)
+    s.apply("b", {"v": 1}, now=1.0)
+    s.stats.changes = 0  # a metric, not the order
+    s.apply("a", {"v": 2}, now=2.0)
+    a, b = s.get("a"), s.get("b")
+    assert a is not None and b is not None
+    assert (s.changes, a.gseq, b.gseq) == (3, 3, 2)
+
+
 def test_type_change_is_a_change_even_when_equal_in_python() -> None:
     s = store()
     s.apply("d", {"v": 1}, 0)

@@ -21,11 +21,17 @@ FAST = {"keepalive_s": 2.0, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "sta
 
 async def mqtt_gateway(factory: Callable[..., Any], broker: Mosquitto, **mqtt: Any) -> Gateway:
     gw: Gateway = await factory(mqtt={"url": broker.url, **FAST, **mqtt})
-    with trio.fail_after(10):
-        while not (gw.mqtt and gw.mqtt.connected):
-            await trio.sleep(0.01)
-    await trio.sleep(0.2)  # SUBACK before the first publish
+    await until_subscribed(gw)
     return gw
+
+
+async def until_subscribed(gw: Gateway) -> None:
+    """Until the broker acknowledged the gateway's subscriptions (SUBACK): a publish
+    before it may be missed."""
+    with trio.fail_after(10):
+        while not (gw.mqtt and gw.mqtt.connected and gw.mqtt._session_obj):
+            await trio.sleep(0.01)
+        await gw.mqtt._session_obj.subscribed.wait()
 
 
 def paho_publish(port: int, msgs: list[tuple[str, bytes, bool]]) -> None:
@@ -215,10 +221,7 @@ async def test_a_silent_device_turns_stale_then_fresh_again(
         mqtt={"url": mosquitto.url, **FAST},
         state={"stale_after": [{"filter": "quiet/#", "after_s": 1.0}]},
     )
-    with trio.fail_after(10):
-        while not (gw.mqtt and gw.mqtt.connected):
-            await trio.sleep(0.01)
-    await trio.sleep(0.2)
+    await until_subscribed(gw)
     client = GatewayClient(url(gw), ["#"])
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)

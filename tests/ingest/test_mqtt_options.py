@@ -21,7 +21,7 @@ from gateway.app import Gateway
 from tests.broker import Mosquitto
 from tests.conftest import require_binary
 
-from .test_mqtt import FAST, close_paho
+from .test_mqtt import FAST, close_paho, until_subscribed
 
 
 async def wait_for_value(gw: Gateway, topic: str, fields: dict[str, Any]) -> None:
@@ -37,10 +37,7 @@ async def test_both_protocol_versions(
     gw: Gateway = await gateway_factory(
         mqtt={"url": mosquitto.url, "protocol": protocol, "client_id": f"gw-{protocol}", **FAST}
     )
-    with trio.fail_after(10):
-        while not (gw.mqtt and gw.mqtt.connected):
-            await trio.sleep(0.01)
-    await trio.sleep(0.2)
+    await until_subscribed(gw)
     await mosquitto.publish("telemetry/v/1", orjson.dumps({"p": protocol}))
     await wait_for_value(gw, "v/1", {"p": protocol})
     log = (mosquitto.dir / "mosquitto.log").read_text()
@@ -132,7 +129,7 @@ async def test_mqtts_with_user_and_password(
             finally:
                 close_paho(c)
 
-        await trio.sleep(0.2)
+        await until_subscribed(gw)
         await trio.to_thread.run_sync(publish)
         await wait_for_value(gw, "secure/1", {"ok": True})
         # a wrong password is refused by the broker and reported, not retried silently

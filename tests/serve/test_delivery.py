@@ -190,7 +190,7 @@ async def test_a_screen_that_vanishes_with_data_unread_counts_as_gone_not_as_an_
     ws = await RawWs.connect(gw.port)
     await ws.recv_json()
     await ws.send_json({"type": "subscribe", "id": "s", "filters": ["#"]})
-    await trio.sleep(0.2)  # the snapshot sits unread in our receive buffer
+    await trio.lowlevel.wait_readable(ws.sock)  # the snapshot arrives, and stays unread
     # closing with unread data sends a reset, as a killed browser tab or process does
     ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     ws.close()

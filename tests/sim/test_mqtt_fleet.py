@@ -18,16 +18,14 @@ from gateway.client import GatewayClient
 from gateway.ingest.paho_trio import parse_url
 from tests.broker import Mosquitto
 from tests.conftest import require_binary, stop_process
+from tests.ingest.test_mqtt import until_subscribed
 
 FAST = {"keepalive_s": 2.0, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
 
 
 async def mqtt_gateway(factory: Callable[..., Any], broker: Mosquitto) -> Gateway:
     gw: Gateway = await factory(mqtt={"url": broker.url, **FAST})
-    with trio.fail_after(10):
-        while not (gw.mqtt and gw.mqtt.connected):
-            await trio.sleep(0.01)
-    await trio.sleep(0.2)
+    await until_subscribed(gw)
     return gw
 
 
