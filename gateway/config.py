@@ -93,6 +93,26 @@ class ServerConfig:
     #: compressed once for every screen that receives it
     compression: bool = True
     dashboard_dir: str = ""  # empty: the dashboard/ folder next to the package
+    #: origins the gateway is reached under besides loopback names (e.g.
+    #: "https://wall.example.com"): the own-origin rule trusts a Host header only when
+    #: it is a loopback name or one of these (DNS rebinding, docs/security.md)
+    public_origins: tuple[str, ...] = ()
+    #: bytes a connection may have queued for a peer that does not read (control
+    #: frames, errors, pongs, the rest of an HTTP response); over it: WebSocket close
+    #: 4013, SSE and HTTP cut. State frames are taken only while nothing is queued
+    max_pending_bytes: int = 1 << 20
+    #: bytes of plain-HTTP response bodies held by all connections together; a
+    #: response that would go over is answered 503 (Retry-After)
+    max_http_pending_bytes: int = 64 << 20
+    #: a plain-HTTP response must make progress within this, and end within
+    #: http_response_timeout_s of its first byte
+    http_write_timeout_s: float = 5.0
+    http_response_timeout_s: float = 30.0
+    #: requests served on one keep-alive connection (the last answers Connection: close)
+    max_requests_per_connection: int = 100
+    #: the dashboard's Content-Security-Policy frame-ancestors ("'none'": no embedding;
+    #: e.g. "'self' https://portal.example.com" for a wall that embeds it)
+    frame_ancestors: str = "'none'"
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,11 @@ class AuthConfig:
     jwt_issuer: str = ""
     jwt_grants_claim: str = "topics"
     jwt_leeway_s: float = 5.0
+    #: longest lifetime (exp - iat, or exp - now without iat) a JWT may have; 0: any
+    jwt_max_lifetime_s: float = 0.0
+    #: most grants one token may carry, and its longest length in bytes
+    max_grants: int = 256
+    max_token_bytes: int = 8192
 
 
 @dataclass(frozen=True)
@@ -433,6 +458,11 @@ def _validate(cfg: Config) -> None:
         "stall_s",
         "max_lag_s",
         "max_frame_bytes",
+        "max_pending_bytes",
+        "max_http_pending_bytes",
+        "http_write_timeout_s",
+        "http_response_timeout_s",
+        "max_requests_per_connection",
     ]
     for key in positive:
         if not getattr(s, key) > 0:
@@ -442,6 +472,15 @@ def _validate(cfg: Config) -> None:
             ipaddress.ip_address(addr)
         except ValueError:
             raise ConfigError(f"server.trusted_proxies: {addr!r} is not an IP address") from None
+    for origin in s.public_origins:
+        if not origin.startswith(("http://", "https://")) or origin.endswith("/"):
+            raise ConfigError(
+                f"server.public_origins: {origin!r} must be scheme://host[:port], no path"
+            )
+    if a.jwt_max_lifetime_s < 0 or a.max_grants < 1 or a.max_token_bytes < 64:
+        raise ConfigError(
+            "auth: jwt_max_lifetime_s must be >= 0, max_grants >= 1, max_token_bytes >= 64"
+        )
     if s.max_new_connections_per_s < 0:
         raise ConfigError("server.max_new_connections_per_s: must be >= 0 (0: no limit)")
     if s.send_buffer_bytes < 0:

@@ -61,6 +61,7 @@ DISCONNECT_REASONS = (
 )  # fmt: skip
 SEND_FAILURE_REASONS = ("peer_gone", "closed", "os_error", "stalled")
 SLOW_REASONS = ("stalled", "lagging")
+HTTP_CUT_REASONS = ("client_gone", "write_timeout", "response_timeout", "busy", "error")
 SNAPSHOT_REASONS = ("window", "ahead", "size")
 INGEST_REJECT_REASONS = (
     "bad_json", "not_utf8", "too_large", "unsupported_json", "bad_timestamp", "unmapped",
@@ -143,7 +144,15 @@ class GatewayCollector(Collector):
             "HTTP/WebSocket handshakes refused, by reason.",
             "reason",
             s.handshake_rejected,
-            ("origin", "auth", "limit_total", "limit_per_ip", "limit_rate", "timeout"),
+            ("origin", "auth", "limit_total", "limit_per_ip", "limit_rate", "timeout",
+             "bad_upgrade"),
+        )  # fmt: skip
+        yield _counter(
+            "gateway_http_responses_cut",
+            "Plain-HTTP responses not written whole, by reason.",
+            "reason",
+            s.http_cut,
+            HTTP_CUT_REASONS,
         )
         yield _counter(
             "gateway_auth_failures", "Tokens refused, by reason.", "reason", s.auth_failures

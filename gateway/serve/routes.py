@@ -14,8 +14,10 @@ from ..auth import AuthError, Identity
 from ..config import Config
 from ..core.state import StateStore
 from ..core.topics import TopicError, matches, validate_filter
-from .http import Request, json_body, respond, static_file
+from .budget import HttpBodies
+from .http import Request, ResponseLimits, json_body, respond
 from .sockio import Outbound
+from .static import security_headers, static_file
 from .stats import ServerStats
 
 __all__ = ["ReadyCheck", "Routes"]
@@ -34,6 +36,7 @@ class Routes:
         identity: Callable[[Request], Identity | None],
         stopping: Callable[[], bool],
         metrics_handler: Callable[[], tuple[bytes, bytes]] | None,
+        origin_allowed: Callable[[Request], bool] = lambda _req: True,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -42,64 +45,101 @@ class Routes:
         self.stopping = stopping  # shutdown has begun: not ready
         self.metrics_handler = metrics_handler
         self.ready_checks: dict[str, ReadyCheck] = {}
+        self.origin_allowed = origin_allowed  # the same Origin rule as /ws (admission.py)
+        sc = cfg.server
+        #: every response's deadlines, and the bodies all connections hold (budget.py)
+        self.limits = ResponseLimits(
+            sc.http_write_timeout_s,
+            sc.http_response_timeout_s,
+            HttpBodies(sc.max_http_pending_bytes),
+        )
+        self.static_headers = security_headers(sc.frame_ancestors)
         root = cfg.server.dashboard_dir or str(Path(__file__).resolve().parents[2] / "dashboard")
         self.dashboard_root = Path(root)
 
-    async def route(self, out: Outbound, conn: h11.Connection, req: Request, public: bool) -> None:
+    async def route(
+        self,
+        out: Outbound,
+        conn: h11.Connection,
+        req: Request,
+        public: bool,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Answer one request (``extra``: headers for every answer, such as
+        ``Connection: close`` on a keep-alive connection's last request).
+        Raises :class:`ResponseCut` for an answer not written whole."""
         stats = self.stats
         head = req.method == "HEAD"
+        extra = extra or []
+
+        async def answer(
+            status: int,
+            body: bytes,
+            ctype: bytes = b"text/plain; charset=utf-8",
+            headers: list[tuple[bytes, bytes]] | None = None,
+        ) -> None:
+            await respond(
+                out, conn, status, body, ctype, [*(headers or []), *extra], head, self.limits
+            )
+
         if req.method not in ("GET", "HEAD"):
             stats.http_requests["method_not_allowed"] += 1
-            await respond(out, conn, 405, b"only GET and HEAD", headers=[(b"allow", b"GET, HEAD")])
+            await answer(405, b"only GET and HEAD\n", headers=[(b"allow", b"GET, HEAD")])
             return
         path = req.path
         if path == "/healthz":
             stats.http_requests["healthz"] += 1
-            await respond(out, conn, 200, b"ok\n", head_only=head)
+            await answer(200, b"ok\n")
             return
         if path == "/readyz":
             stats.http_requests["readyz"] += 1
-            ready, detail = self.readiness()
-            await respond(
-                out,
-                conn,
-                200 if ready else 503,
-                json_body(detail),
-                b"application/json",
-                head_only=head,
-            )
+            ready, detail = self.readiness(private=not public)
+            await answer(200 if ready else 503, json_body(detail), b"application/json")
             return
         if not public:
             if path == "/metrics" and self.metrics_handler is not None:
                 stats.http_requests["metrics"] += 1
                 body, ctype = self.metrics_handler()
-                await respond(out, conn, 200, body, ctype, head_only=head)
+                await answer(200, body, ctype)
                 return
             stats.http_requests["not_found"] += 1
             listing = b"/metrics /healthz /readyz" if self.metrics_handler else b"/healthz /readyz"
-            await respond(out, conn, 404, b"admin endpoints: " + listing + b"\n")
+            await answer(404, b"admin endpoints: " + listing + b"\n")
             return
         if path in ("/api/topics", "/api/snapshot"):
             stats.http_requests[path.rsplit("/", 1)[1]] += 1
+            if not self.origin_allowed(req):
+                stats.handshake_rejected["origin"] += 1
+                await answer(403, b"Origin not allowed\n")
+                return
+            origin = req.header(b"origin")
+            cors = [(b"access-control-allow-origin", origin)] if origin is not None else []
             status, body = self._api(req, full=path == "/api/snapshot")
-            await respond(out, conn, status, body, b"application/json", head_only=head)
+            await answer(status, body, b"application/json", [*cors, (b"vary", b"Origin")])
             return
         found = static_file(self.dashboard_root, path)
         if found is None:
             stats.http_requests["not_found"] += 1
-            await respond(out, conn, 404, b"not found\n", head_only=head)
+            await answer(404, b"not found\n")
             return
         stats.http_requests["static"] += 1
-        await respond(out, conn, 200, found[0], found[1], head_only=head)
+        await answer(200, found[0], found[1], self.static_headers)
 
-    def readiness(self) -> tuple[bool, dict[str, object]]:
+    def readiness(self, private: bool = True) -> tuple[bool, dict[str, object]]:
+        """Ready or not, and why; the checks' details (which may name hosts, ports and
+        users) only on the admin port (``private``), the public answer names a check
+        that is not ready and nothing else."""
         checks = {name: check() for name, check in self.ready_checks.items()}
         ready = not self.stopping() and all(ok for ok, _ in checks.values())
-        return ready, {
-            "ready": ready,
-            "stopping": self.stopping(),
-            "checks": {name: {"ok": ok, "detail": why} for name, (ok, why) in checks.items()},
-        }
+        reasons = ["stopping"] if self.stopping() else []
+        reasons += [f"{name} not ready" for name, (ok, _) in checks.items() if not ok]
+        answer: dict[str, object] = {"ready": ready, "stopping": self.stopping()}
+        if private:
+            answer["checks"] = {n: {"ok": ok, "detail": why} for n, (ok, why) in checks.items()}
+        else:
+            answer["checks"] = {n: {"ok": ok} for n, (ok, _) in checks.items()}
+            answer["reasons"] = reasons
+        return ready, answer
 
     def _api(self, req: Request, full: bool) -> tuple[int, bytes]:
         try:

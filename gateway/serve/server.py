@@ -99,6 +99,7 @@ class Server:
             self.admission.identity,
             lambda: self.fanout.stopping,
             metrics.exposition if metrics is not None else None,
+            origin_allowed=self.admission.origin_allowed,
         )
         #: name -> check; the gateway is ready when every one is (app.py adds "mqtt")
         self.ready_checks = self.routes.ready_checks

@@ -17,14 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import (
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Ping,
-    Pong,
-    TextMessage,
-)
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 from wsproto.extensions import Extension
 
 from ..auth import AuthError, Identity
@@ -40,12 +33,9 @@ from ..core.protocol import (
     Welcome,
     encode,
 )
-from ..core.protocol import (
-    Ping as AppPing,
-)
-from ..core.protocol import (
-    Pong as AppPong,
-)
+from ..core.protocol import Ping as AppPing
+from ..core.protocol import Pong as AppPong
+from .budget import AnswerBudget
 from .deflate import BoundedDeflate
 from .frameguard import FrameGuard
 from .session import SessionContext, StreamSession
@@ -64,7 +54,9 @@ _COPY_LIMIT = 16 * 1024
 
 class WsSession(StreamSession):
     __slots__ = (
+        "_answers",
         "_parts",
+        "_pong",
         "_size",
         "_tokens",
         "_tokens_at",
@@ -107,6 +99,8 @@ class WsSession(StreamSession):
         self._trailing = trailing
         self._parts: list[str] = []
         self._size = 0
+        self._pong: bytes | None = None  # the latest Ping's payload, not answered yet
+        self._answers = AnswerBudget(ctx.cfg.max_pending_bytes)
         self._tokens = float(ctx.cfg.message_burst)
         self._tokens_at = now
 
@@ -193,10 +187,23 @@ class WsSession(StreamSession):
 
     def _send_control(self, msg: Welcome | Ack | Error | AppPong) -> None:
         data = encode(msg)
-        self._write([text_frame_header(len(data)), data])
+        if self._answers.admit(self.out, len(data)):
+            self._write([text_frame_header(len(data)), data])
+        else:  # the peer does not read its answers (budget.py)
+            self.ctx.stats.inbound_rejected["pending_bytes"] += 1
+            self.close(4009, "too many bytes pending for a peer that does not read", "limit")
+
+    def _answer_ping(self) -> None:
+        """RFC 6455 5.5.3: only the latest Ping is answered, once nothing is queued."""
+        if self._pong is None or self.closing or not self.out.idle:
+            return
+        if self.ws.state is ConnectionState.OPEN:
+            self._write([self.ws.send(Pong(self._pong))])
+        self._pong = None
 
     def pump(self, now: float | None = None) -> None:
         """Hand this subscriber's due frames to the socket, if it can take them."""
+        self._answer_ping()
         sub = self.sub
         if sub is None or self.closing or self.out.queue:
             return
@@ -240,6 +247,7 @@ class WsSession(StreamSession):
             self._on_event(event)
             if self._finished():
                 return
+        self._answer_ping()
         if self.guard.in_frame or self._parts:
             if self.partial_since is None:
                 self.partial_since = self.ctx.clock.mono()
@@ -266,10 +274,10 @@ class WsSession(StreamSession):
             self.ctx.stats.inbound_rejected["binary"] += 1
             self.close(1003, "binary messages are not supported; send JSON text", "protocol")
         elif isinstance(event, Ping):
-            if self.ws.state is ConnectionState.OPEN:
-                self._write([self.ws.send(event.response())])
+            if self._take_token():  # control frames count toward the message rate
+                self._pong = bytes(event.payload)
         elif isinstance(event, Pong):
-            pass  # liveness is any received byte (last_rx)
+            self._take_token()  # liveness is any received byte (last_rx)
         elif isinstance(event, CloseConnection):
             if self.ws.state is ConnectionState.REMOTE_CLOSING:
                 self._set_reason("client_close")
@@ -280,7 +288,10 @@ class WsSession(StreamSession):
                 self.ctx.stats.inbound_rejected["bad_frame"] += 1
                 self.close(event.code, event.reason or "protocol error", "protocol")
 
-    def _on_message(self, text: str) -> None:
+    def _take_token(self) -> bool:
+        """Message rate limit (messages and control frames); False: closing 4029."""
+        if self.closing:
+            return False
         ctx = self.ctx
         now = ctx.clock.mono()
         cfg = ctx.cfg
@@ -291,11 +302,15 @@ class WsSession(StreamSession):
         if self._tokens < 1:
             ctx.stats.inbound_rejected["rate"] += 1
             self.close(4029, f"more than {cfg.messages_per_s:g} messages per second", "limit")
-            return
+            return False
         self._tokens -= 1
+        return True
+
+    def _on_message(self, text: str) -> None:
+        if not self._take_token():
+            return
         try:
-            msg = ctx.decode(text)
-            self._dispatch(msg)
+            self._dispatch(self.ctx.decode(text))
         except ProtocolError as err:
             self._error(err.code, err.message, err.ref)
 
