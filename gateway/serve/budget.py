@@ -45,6 +45,10 @@ class HttpBodies:
         self.held = 0
         self.peak = 0
 
+    @property
+    def full(self) -> bool:
+        return self.held >= self.limit
+
     def reserve(self, size: int) -> bool:
         if self.held and self.held + size > self.limit:
             return False  # one response alone may be larger than the budget

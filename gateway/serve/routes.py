@@ -23,6 +23,7 @@ from .stats import ServerStats
 __all__ = ["ReadyCheck", "Routes"]
 
 ReadyCheck = Callable[[], tuple[bool, str]]
+BUSY = [(b"retry-after", b"1"), (b"connection", b"close")]
 
 
 class Routes:
@@ -111,6 +112,10 @@ class Routes:
             if not self.origin_allowed(req):
                 stats.handshake_rejected["origin"] += 1
                 await answer(403, b"Origin not allowed\n")
+                return
+            if self.limits.bodies.full:  # refused before the body is built
+                stats.http_cut["busy"] += 1
+                await answer(503, b"busy: too many responses in flight, retry\n", headers=BUSY)
                 return
             origin = req.header(b"origin")
             cors = [(b"access-control-allow-origin", origin)] if origin is not None else []

@@ -78,6 +78,12 @@ async def raw_connect(port: int, rcvbuf: int = 4096) -> trio.socket.SocketType:
     return sock
 
 
+def peer_closed(sock: trio.socket.SocketType) -> bool:
+    """The gateway closed or reset this connection (seen without reading from it)."""
+    state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    return state in (7, 8)  # TCP_CLOSE (reset), TCP_CLOSE_WAIT (its FIN)
+
+
 async def read_all(sock: trio.socket.SocketType, limit_s: float = 5) -> bytes:
     data = b""
     with trio.move_on_after(limit_s):
@@ -202,9 +208,10 @@ async def test_answers_never_read_are_capped_by_max_pending_bytes_then_closed_40
 async def test_snapshot_readers_that_never_read_are_cut_and_memory_is_bounded(
     gateway_factory: Callable[..., Any], caplog: Any
 ) -> None:
-    gw: Gateway = await gateway_factory(
-        server={"http_write_timeout_s": 2.0, "http_response_timeout_s": 4.0}
-    )
+    # the default deadlines and budget; kernel buffers bounded per socket as
+    # docs/operations.md advises (else the kernel may take a whole 2.4 MB body, and a
+    # response the kernel took whole is not the gateway's to cut)
+    gw: Gateway = await gateway_factory(server={"send_buffer_bytes": 256 * 1024})
     now = gw.clock.wall()
     label = "x" * 150
     for i in range(10_000):
@@ -235,8 +242,8 @@ async def test_snapshot_readers_that_never_read_are_cut_and_memory_is_bounded(
                 )  # and never read
                 socks.append(sock)
             sent_all = trio.current_time()
-            with trio.fail_after(15):
-                while sum(stats.http_cut.values()) < 40:
+            with trio.fail_after(30):  # every socket cut (or refused) by the gateway
+                while not all(peer_closed(sock) for sock in socks):
                     await trio.sleep(0.05)
             took = trio.current_time() - start
             after_last = trio.current_time() - sent_all
@@ -250,7 +257,8 @@ async def test_snapshot_readers_that_never_read_are_cut_and_memory_is_bounded(
     )
     assert stats.http_cut["write_timeout"] + stats.http_cut["response_timeout"] >= 1
     assert sum(stats.http_cut.values()) == 40
-    assert after_last < 4.0 + 2.0  # the whole-response deadline of the last, plus slack
+    # each is cut once it made no progress for the write deadline (plus slack)
+    assert after_last < gw.cfg.server.http_write_timeout_s + 3.0, after_last
     assert peak[0] - before < budget + 32 * MIB, (peak[0] - before) / MIB
     assert screens[0] >= 1
     assert lag.max < LAG_BOUND_S, lag.max
