@@ -12,10 +12,13 @@ import os
 import pathlib
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
+import jwt
 import orjson
+import pytest
 import trio
 
 from gateway.app import Gateway
@@ -51,15 +54,16 @@ async def tasks_settle(at_most: int) -> None:
             await trio.sleep(0.05)
 
 
-async def served(gw: Gateway) -> None:
-    """A normal screen: opens, subscribes, gets state."""
+async def served(gw: Gateway, state: bool = True) -> None:
+    """A normal screen: opens, subscribes, gets state (when the gateway has some)."""
     with trio.fail_after(5):
         ws = await RawWs.connect(gw.port)
         try:
             assert (await ws.recv_json())["type"] == "welcome"
             await ws.send_json({"type": "subscribe", "id": "s", "filters": ["#"]})
             assert (await ws.recv_json())["type"] == "ack"
-            assert (await ws.recv_json())["type"] in ("batch", "snapshot")
+            if state:
+                assert (await ws.recv_json())["type"] in ("batch", "snapshot")
         finally:
             ws.close()
 
@@ -67,6 +71,18 @@ async def served(gw: Gateway) -> None:
 async def screen_throughout(gw: Gateway, done: trio.Event, count: list[int]) -> None:
     while not done.is_set():
         await served(gw)
+        count[0] += 1
+        await trio.sleep(0.2)
+
+
+async def jwt_screen_throughout(gw: Gateway, done: trio.Event, count: list[int]) -> None:
+    token = jwt.encode({"sub": "wall", "exp": int(time.time()) + 600, "topics": ["#"]}, "s" * 40)
+    while not done.is_set():
+        with trio.fail_after(5):
+            ws = await RawWs.connect(gw.port, path=f"/ws?access_token={token}")
+            assert ws.status == 101
+            assert (await ws.recv_json())["type"] == "welcome"
+            ws.close()
         count[0] += 1
         await trio.sleep(0.2)
 
@@ -113,23 +129,32 @@ async def ping_flood(port: int, seconds: float) -> tuple[RawWs, int]:
     return ws, sent
 
 
+@pytest.mark.parametrize("auth", ["none", "jwt"])
 async def test_a_ping_flood_without_reading_is_closed_4029_and_memory_stays_flat(
-    gateway_factory: Callable[..., Any],
+    gateway_factory: Callable[..., Any], auth: str
 ) -> None:
-    gw: Gateway = await gateway_factory(simulator={"devices": 50, "rate_hz": 2})
-    await served(gw)
+    """Also before authentication: with JWT auth, the flood sends no token at all."""
+    gw: Gateway = await gateway_factory(
+        simulator={"devices": 50, "rate_hz": 2},
+        auth={"mode": auth, **({"jwt_secret": "s" * 40} if auth == "jwt" else {})},
+    )
+    if auth == "none":
+        await served(gw)
     before, tasks = rss(), task_count()
     done, screens = trio.Event(), [0]
     with gw.looplag.window() as lag:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(screen_throughout, gw, done, screens)
+            if auth == "none":
+                nursery.start_soon(screen_throughout, gw, done, screens)
+            else:  # a screen with a token, over the WebSocket, throughout
+                nursery.start_soon(jwt_screen_throughout, gw, done, screens)
             ws, sent = await ping_flood(gw.port, 8.0)
             done.set()
     growth = rss() - before
     with trio.fail_after(5):
         code = await ws.close_code_at_end()
     ws.close()
-    print(f"ping flood: {sent >> 20} MiB of pings sent, RSS +{growth / MIB:.1f} MiB")
+    print(f"ping flood ({auth}): {sent >> 20} MiB of pings sent, RSS +{growth / MIB:.1f} MiB")
     assert code == 4029  # control frames count toward the message rate
     assert growth < 4 * MIB, growth / MIB  # docs/operations.md: per attacking connection
     assert screens[0] >= 1
@@ -274,6 +299,7 @@ async def test_a_reader_gone_mid_download_is_client_gone_not_an_internal_error(
     now = gw.clock.wall()
     for i in range(5_000):
         gw.store.apply(f"dev-{i:05d}", {"label": "x" * 200}, now)
+    tasks = task_count()
     for _ in range(5):
         sock = await raw_connect(gw.port)
         await sock.send(b"GET /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -285,6 +311,7 @@ async def test_a_reader_gone_mid_download_is_client_gone_not_an_internal_error(
             await trio.sleep(0.05)
     assert gw.server.stats.internal_errors == 0
     assert not [r for r in caplog.records if r.exc_info]
+    await tasks_settle(tasks)
 
 
 # -- keep-alive ---------------------------------------------------------------------------
@@ -324,6 +351,7 @@ def upgrade(method: str = "GET", version: str = "1.1", extra: str = "", body: by
 
 
 async def test_only_a_strict_upgrade_is_accepted(gateway: Gateway) -> None:
+    before, tasks = rss(), task_count()
     ping = RawWs.frame(b"", opcode=9)
     cases = [
         ("POST", upgrade("POST", extra="Content-Length: 0\r\n"), 405),
@@ -350,12 +378,17 @@ async def test_only_a_strict_upgrade_is_accepted(gateway: Gateway) -> None:
             reply += await sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 101")
     sock.close()
+    await served(gateway, state=False)
+    await tasks_settle(tasks)
+    assert rss() - before < 4 * MIB
+    assert gateway.server.stats.internal_errors == 0
 
 
 # -- Origin without trusting Host ----------------------------------------------------------
 
 
 async def test_dns_rebinding_is_refused_on_ws_sse_and_api(gateway: Gateway) -> None:
+    tasks = task_count()
     port = gateway.port
     evil = {"Origin": f"http://evil.example:{port}", "Host": f"evil.example:{port}"}
     ws = await RawWs.connect(port, headers=evil)
@@ -372,6 +405,7 @@ async def test_dns_rebinding_is_refused_on_ws_sse_and_api(gateway: Gateway) -> N
     status, headers, _ = await http_get(port, "/api/topics")
     assert status == 200 and "access-control-allow-origin" not in headers
     assert gateway.server.stats.handshake_rejected["origin"] == 4
+    await tasks_settle(tasks)
 
 
 async def test_public_origins_name_the_gateway_behind_a_proxy(
