@@ -11,10 +11,14 @@ STAMP  := $(VENV)/.installed-dev
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# pip's output (index warnings, build-backend deprecations) goes to .venv/pip.log and
+# is shown only when the install fails: `make run` in a fresh clone prints what matters.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@echo "installing the project and its dev tools into $(VENV) (about a minute; log: $(VENV)/pip.log)"
+	@{ $(BIN)/python -m pip install -q --upgrade pip && \
+	   $(BIN)/python -m pip install -q -e '.[dev]'; } > $(VENV)/pip.log 2>&1 || \
+	   { cat $(VENV)/pip.log; echo "pip install failed (log: $(VENV)/pip.log)"; exit 1; }
 	@touch $(STAMP)
 
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -27,7 +31,8 @@ NPM_STAMP := dashboard/node_modules/.package-lock.json
 
 $(NPM_STAMP): dashboard/package-lock.json
 	@scripts/system-deps.sh run
-	cd dashboard && npm ci --no-audit --no-fund
+	@echo "installing the dashboard's npm packages (dashboard/node_modules)"
+	@cd dashboard && npm ci --no-audit --no-fund --loglevel=error > /dev/null
 
 venv: $(STAMP) ## create .venv and install the project with its dev extras
 
@@ -53,6 +58,8 @@ bench: $(BENCH_STAMP) $(NPM_STAMP) ## run the benchmarks and rewrite docs/benchm
 	$(BIN)/python bench/sim_bench.py --write
 	$(BIN)/python bench/browser_bench.py --write --seconds 420 --warmup 330
 	$(BIN)/python bench/e2e_bench.py --write
+	$(BIN)/python bench/history_bench.py --write
+	$(BIN)/python bench/hub_stalls_bench.py --json bench/results/hub_stalls_latest.json
 
 bench-quick: $(BENCH_STAMP) $(NPM_STAMP) ## a reduced benchmark run, under 3 minutes (no docs rewrite)
 	@scripts/system-deps.sh bench
@@ -62,6 +69,8 @@ bench-quick: $(BENCH_STAMP) $(NPM_STAMP) ## a reduced benchmark run, under 3 min
 	$(BIN)/python bench/sim_bench.py --quick
 	$(BIN)/python bench/browser_bench.py --quick
 	$(BIN)/python bench/e2e_bench.py --quick
+	$(BIN)/python bench/history_bench.py --quick
+	$(BIN)/python bench/hub_stalls_bench.py --quick
 
 soak: venv ## long randomized soak tests (not in the default run)
 	$(BIN)/python -m pytest -m soak

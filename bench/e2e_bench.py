@@ -122,7 +122,7 @@ def mosquitto(cpu: int) -> Iterator[tuple[int, subprocess.Popen[str]]]:
             yield port, p
 
 
-def fleet(mqtt_port: int, devices: int, seconds: float) -> list[str]:
+def fleet(mqtt_port: int, devices: int, seconds: float, rate: float = 1.0) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -132,7 +132,7 @@ def fleet(mqtt_port: int, devices: int, seconds: float) -> list[str]:
         "--devices",
         str(devices),
         "--rate",
-        "1",
+        str(rate),
         "--connections",
         "4",
         "--duration",
@@ -490,7 +490,12 @@ SITES = ("berlin", "paris", "madrid", "rome")  # the simulator's first four site
 
 
 def storm(
-    clients: int, devices: int, procs: int = 4, persist: bool = False, mqtt: bool = False
+    clients: int,
+    devices: int,
+    procs: int = 4,
+    persist: bool = False,
+    mqtt: bool = False,
+    fleet_rate: float = 1.0,
 ) -> dict[str, Any]:
     """Restart the gateway under ``clients`` screens; when does each hold its state again?
     With ``persist``, the gateway has a state directory and keeps its epoch. With
@@ -503,7 +508,7 @@ def storm(
         args: tuple[str, ...] = ("--simulate", str(devices))
         if mqtt:
             broker, _ = stack.enter_context(mosquitto(LOAD_CPU))
-            stack.enter_context(process(fleet(broker, devices, 600), cpu=LOAD_CPU))
+            stack.enter_context(process(fleet(broker, devices, 600, fleet_rate), cpu=LOAD_CPU))
             args = ()
         extra = f'[persist]\nstate_dir = "{tmp}/state"\n' if persist else ""
         first = contextlib.ExitStack()
@@ -533,6 +538,8 @@ def storm(
             line = w.stdout.readline()
             if not line.startswith("ready"):
                 raise RuntimeError(f"storm screens never got ready: {line!r}")
+        if mqtt and fleet_rate < 1:
+            time.sleep(3 / fleet_rate)  # every device reports a few times: intervals learned
         for w in workers:
             assert w.stdin is not None
             w.stdin.write("restart\n")
@@ -593,6 +600,17 @@ def main() -> None:
     ap.add_argument(
         "--storm-mqtt-screens", type=int, default=0, help="screens in the MQTT-fed storms"
     )
+    ap.add_argument(
+        "--storm-fleet-rate",
+        type=float,
+        default=1.0,
+        help="reports per second of each device of the MQTT-fed storms' fleet",
+    )
+    ap.add_argument(
+        "--storm-kinds",
+        default="storm,storm_sim_persist,storm_mqtt,storm_persist",
+        help="which of the storms to run",
+    )
     ap.add_argument("--serve-naive", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--screens", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -635,10 +653,14 @@ def main() -> None:
             ("storm_mqtt", False, True, n_mqtt),
             ("storm_persist", True, True, n_mqtt),
         ):
+            if key not in args.storm_kinds.split(","):
+                continue
             how = "with its state (same epoch)" if persist else "without state (new epoch)"
             fleet_kind = "MQTT fleet" if mqtt else "in-process fleet"
             print(f"storm: {screens:,} screens, {fleet_kind}, restarted {how}", flush=True)
-            results[key] = storm(screens, d, persist=persist, mqtt=mqtt)
+            results[key] = storm(
+                screens, d, persist=persist, mqtt=mqtt, fleet_rate=args.storm_fleet_rate
+            )
             print(json.dumps(results[key]), flush=True)
     out = results_path("e2e", args.quick)
     if out.exists() and set(only) != {"bigscreen", "slow", "storm"}:

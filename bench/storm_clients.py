@@ -14,8 +14,13 @@ graceful restart, and then sends only deltas.
 Protocol on stdin/stdout with bench/e2e_bench.py: the process prints ``ready EPOCH``
 once every screen holds its topics, then, after the gateway's restart, one JSON line
 with the wall time at which each screen held all its topics again: under a new epoch,
-every topic from a snapshot; under the same epoch, every topic past the seq it held
-when the gateway closed it (each restored topic changes: it is marked stale).
+every topic from a snapshot; under the same epoch, once the gateway has answered its
+``resume`` (``resumed: true``) and ``subscribe`` and sent the first state frame after
+that (the deltas of the topics that changed since the screen's seqs: the hub sends
+them in one go at the next tick; the fleet changes something every tick), or once
+every topic is past the seq it held when the gateway closed it. A restored topic is
+no longer marked stale by the restore, so waiting for every topic to change would
+measure the fleet's live traffic, not the restart.
 
     python bench/storm_clients.py --port P --clients N --filters 'berlin/line1/#,...'
 """
@@ -40,7 +45,7 @@ import orjson
 from bench.e2e_clients import masked, recv, upgrade_request
 from gateway.client import GatewayClient
 from gateway.core.mirror import Mirror
-from gateway.core.protocol import Delta, ProtocolError, Snapshot, Welcome, decode_server
+from gateway.core.protocol import Ack, Delta, ProtocolError, Snapshot, Welcome, decode_server
 
 
 class Screen:
@@ -61,6 +66,8 @@ class Screen:
         self.held_at_close: dict[str, int] | None = None  # seqs when the restart began
         self.snapshots = 0  # snapshot messages received after the restart
         self.catch_up_bytes = 0  # message bytes from the restart until consistent
+        self.resumed = False  # the gateway answered resume with resumed: true
+        self.subscribed = False  # ... and then subscribe (the join deltas come next)
 
 
 def frames(buf: bytearray) -> list[tuple[int, bytes]]:
@@ -133,6 +140,7 @@ def main() -> None:
 
     def on_message(s: Screen, data: bytes) -> None:
         nonlocal gaps
+        joined = False  # a state message after the resumed subscription's ack
         for msg in decode_server(data):
             if isinstance(msg, Welcome):
                 assert s.sock is not None
@@ -142,7 +150,14 @@ def main() -> None:
                     s.sock.send(masked(1, orjson.dumps(resume)))
                 sub = {"type": "subscribe", "id": "s", "filters": [s.filt], "rate_hz": args.rate}
                 s.sock.send(masked(1, orjson.dumps(sub)))
+            elif isinstance(msg, Ack):
+                if s.held_at_close is not None:
+                    if msg.op == "resume":
+                        s.resumed = bool(msg.resumed)
+                    elif msg.op == "subscribe" and s.resumed:
+                        s.subscribed = True
             elif isinstance(msg, Snapshot | Delta):
+                joined = joined or s.subscribed
                 if restarted and isinstance(msg, Snapshot):
                     s.snapshots += 1
                 if s.mirror.apply(msg) == "gap":
@@ -150,8 +165,13 @@ def main() -> None:
                     raise ProtocolError("gap", "a delta without its base")  # resubscribe
         if restarted and s.consistent_at is None and len(s.mirror.topics) >= s.expected:
             held = s.held_at_close
-            if s.mirror.epoch != first_epoch or (
-                held is not None and all(m.seq > held.get(t, 0) for t, m in s.mirror.topics.items())
+            if (
+                s.mirror.epoch != first_epoch
+                or joined
+                or (
+                    held is not None
+                    and all(m.seq > held.get(t, 0) for t, m in s.mirror.topics.items())
+                )
             ):
                 s.consistent_at = time.time()
 

@@ -11,11 +11,14 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .fleet import Fleet, FleetConfig, FleetError, load_scenario
+
+if TYPE_CHECKING:
+    from .mqtt import MqttPublisher
 
 DESCRIPTION = """\
 Simulate a fleet of devices (sensors on machines in lines on sites) and publish it:
@@ -36,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="devices-sim",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     fleet = ap.add_argument_group("fleet")
     fleet.add_argument(
@@ -67,6 +71,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="shared MQTT connections; 0 = one per device with a last will "
         "(default: one per device up to 200 devices, else 4)",
+    )
+    out.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="every connection must be up within S seconds, else devices-sim stops with "
+        "exit 1 and the broker's last answer (default: %(default)g)",
     )
     out.add_argument("--qos", type=int, choices=[0, 1], default=0, help="QoS of data messages")
     out.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1")
@@ -115,7 +127,9 @@ def fleet_config(args: argparse.Namespace) -> FleetConfig:
 
 
 class StatusLine:
-    """A live line on stderr: devices online, messages per second, errors."""
+    """A live line on stderr: connections up, devices online (as the broker sees them:
+    online and connected), messages per second, errors (failed publishes and failed
+    connection attempts, with the last reason)."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -123,7 +137,15 @@ class StatusLine:
         self.last = (time.monotonic(), 0)
         self.started = time.monotonic()
 
-    def show(self, online: int, total: int, published: int, errors: int) -> None:
+    def show(
+        self,
+        online: int,
+        total: int,
+        published: int,
+        errors: int,
+        conns: tuple[int, int] | None = None,
+        last_error: str = "",
+    ) -> None:
         now = time.monotonic()
         t0, p0 = self.last
         rate = (published - p0) / max(now - t0, 1e-9)
@@ -131,8 +153,10 @@ class StatusLine:
         if self.quiet:
             return
         line = (
-            f"devices online {online}/{total}  {rate:,.0f} msg/s  published {published:,}"
+            (f"connections {conns[0]}/{conns[1]}  " if conns else "")
+            + f"devices online {online}/{total}  {rate:,.0f} msg/s  published {published:,}"
             f"  errors {errors}  up {now - self.started:.0f} s"
+            + (f"  last error: {last_error}" if errors and last_error else "")
         )
         print(
             ("\r" + line + "   ") if self.tty else line,
@@ -173,9 +197,9 @@ async def run_stdout(fleet: Fleet, duration: float | None) -> int:
 
 
 async def run_mqtt(fleet: Fleet, args: argparse.Namespace) -> int:
-    from gateway.ingest.paho_trio import parse_url
+    from gateway.ingest.paho_trio import first_leaf, parse_url
 
-    from .mqtt import MqttPublisher
+    from .mqtt import ConnectError, MqttPublisher
 
     broker = parse_url(args.mqtt)
     connections = args.connections
@@ -189,37 +213,57 @@ async def run_mqtt(fleet: Fleet, args: argparse.Namespace) -> int:
         protocol=args.protocol,
         client_prefix=args.client_prefix,
         offline_on_exit=not args.no_offline_on_exit,
+        connect_timeout_s=args.connect_timeout,
     )
     status = StatusLine(args.quiet)
     started = time.monotonic()
+    s = pub.stats
 
     async def report() -> None:
         while True:
             await trio.sleep(1.0)
-            online = sum(d.online for d in fleet.devices)
-            status.show(online, len(fleet.devices), pub.stats.published, pub.stats.errors)
+            up = sum(c.session is not None and c.session.connected for c in pub.conns)
+            status.show(
+                pub.online(),
+                len(fleet.devices),
+                s.published,
+                s.errors + s.connect_failures,
+                (up, len(pub.conns)),
+                s.last_error,
+            )
 
+    failed: list[str] = []
     with trio.CancelScope() as run_scope:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(report)
-            nursery.start_soon(_stop_on_signal, run_scope)
-            await pub.run(args.duration)  # a clean stop publishes 'offline' for every device
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(report)
+                nursery.start_soon(_stop_on_signal, run_scope, pub)
+                await pub.run(args.duration)  # a clean stop publishes 'offline' for each device
+                nursery.cancel_scope.cancel()
+        except* ConnectError as group:
+            failed.append(str(first_leaf(group)))
     elapsed = time.monotonic() - started
-    s = pub.stats
     print(
         ("\n" if sys.stderr.isatty() and not args.quiet else "")
         + f"summary: {s.published:,} messages in {elapsed:.1f} s "
-        f"({s.published / max(elapsed, 1e-9):,.0f}/s), {s.errors} errors, "
-        f"{s.reconnects} reconnects, {len(fleet.devices)} devices",
+        f"({s.published / max(elapsed, 1e-9):,.0f}/s), {s.errors} publish errors, "
+        f"{s.connect_failures} failed connection attempts, {s.reconnects} reconnects, "
+        f"{len(fleet.devices)} devices",
         file=sys.stderr,
     )
-    return 0 if s.errors == 0 else 1
+    if failed:
+        print(f"devices-sim: {failed[0]}", file=sys.stderr)
+    return 0 if s.errors == 0 and not failed else 1
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
+async def _stop_on_signal(scope: trio.CancelScope, pub: MqttPublisher | None = None) -> None:
+    """Ctrl-C or SIGTERM: a publishing fleet stops cleanly (every device publishes
+    ``offline``); before that, or at a second signal, everything stops at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
+            if pub is not None and pub.publishing and not pub.stop_requested:
+                pub.stop()
+                continue
             scope.cancel()
             return
 
@@ -235,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         fleet = Fleet(cfg, events, start_wall=time.time())
         if args.duration is not None and args.duration <= 0:
             raise FleetError("--duration must be > 0 seconds")
+        if not args.connect_timeout > 0:
+            raise FleetError("--connect-timeout must be > 0 seconds")
         if args.mqtt:
             from gateway.ingest.paho_trio import parse_url
 

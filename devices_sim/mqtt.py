@@ -8,8 +8,14 @@ Two modes:
   offline;
 * ``connections=N`` shared connections for large fleets: device ``i`` publishes on
   connection ``i % N``; statuses are still retained per device, but a last will can
-  only cover a connection (``status/sim/<client id>``), so a crash is visible per
-  connection, not per device.
+  only cover a connection. It goes to ``devices-sim/<client id>/connection``, outside
+  the gateway's ``status/#`` and ``telemetry/#``: a connection is not a device and must
+  not appear as one. A crash shows there (``mosquitto_sub -t 'devices-sim/#'``).
+
+Failures are reported as they are: a device counts as online only while its
+connection is up, every failed connection attempt is counted (``connect_failures``,
+with the last reason in ``last_error``), and :meth:`MqttPublisher.run` raises
+:class:`ConnectError` when the connections are not all up within ``connect_timeout_s``.
 
 Data goes to ``telemetry/<path>`` as JSON (the fields and ``ts``). After each step
 the publisher waits until paho has written everything it queued, so memory stays
@@ -32,7 +38,7 @@ from gateway.ingest.paho_trio import BrokerUrl, MqttFailure, PahoSession, first_
 
 from .fleet import Fleet, Message
 
-__all__ = ["MqttPublisher", "PublishStats"]
+__all__ = ["ConnectError", "MqttPublisher", "PublishStats"]
 
 log = logging.getLogger("devices_sim.mqtt")
 STEP_S = 0.01
@@ -47,6 +53,12 @@ class PublishStats:
     reconnects: int = 0
     lag_s: float = 0.0  # how far publishing runs behind the schedule
     by_kind: dict[str, int] = field(default_factory=dict)
+    connect_failures: int = 0  # connection attempts that failed, and connections lost
+    last_error: str = ""
+
+
+class ConnectError(Exception):
+    """The broker did not accept every connection in time; the message says why."""
 
 
 class _Conn:
@@ -69,6 +81,7 @@ class MqttPublisher:
         client_prefix: str = "sim",
         keepalive_s: float = 30.0,
         offline_on_exit: bool = True,
+        connect_timeout_s: float = 60.0,
     ) -> None:
         self.fleet = fleet
         self.broker = broker
@@ -76,8 +89,11 @@ class MqttPublisher:
         self.protocol = protocol
         self.keepalive_s = keepalive_s
         self.offline_on_exit = offline_on_exit
+        self.connect_timeout_s = connect_timeout_s
         self.stats = PublishStats()
         self._stopping = False
+        self.publishing = False  # connected and publishing: stop() says goodbye
+        self.stop_requested = False
         self.per_device = connections == 0
         if self.per_device:
             self.conns = [
@@ -85,13 +101,21 @@ class MqttPublisher:
             ]
         else:
             self.conns = [
-                _Conn(f"{client_prefix}-c{i}", f"status/sim/{client_prefix}-c{i}")
+                _Conn(f"{client_prefix}-c{i}", f"devices-sim/{client_prefix}-c{i}/connection")
                 for i in range(connections)
             ]
 
     def conn_for(self, path: str) -> _Conn:
         index = self.fleet.by_path[path].index
         return self.conns[index if self.per_device else index % len(self.conns)]
+
+    def online(self) -> int:
+        """Devices online as the broker sees them: online, and their connection up."""
+        up = [c.session is not None and c.session.connected for c in self.conns]
+        n = len(self.conns)
+        return sum(
+            d.online and up[d.index if self.per_device else d.index % n] for d in self.fleet.devices
+        )
 
     async def run(
         self,
@@ -102,11 +126,18 @@ class MqttPublisher:
         async with trio.open_nursery() as nursery:
             for conn in self.conns:
                 nursery.start_soon(self._keep_connected, conn)
-            with trio.fail_after(60):
+            with trio.move_on_after(self.connect_timeout_s):
                 for conn in self.conns:
                     await conn.ready.wait()
+            missing = sum(not c.ready.is_set() for c in self.conns)
+            if missing:
+                raise ConnectError(
+                    f"{missing} of {len(self.conns)} connections to {self.broker} not up "
+                    f"after {self.connect_timeout_s:g} s: {self.stats.last_error or 'no answer'}"
+                )
             self._publish(self._initial_statuses())
             task_status.started()
+            self.publishing = True
             t0 = trio.current_time()
             # Simulated time starts now, not when the fleet was built: connecting
             # thousands of devices takes a while, and every timestamp would carry
@@ -115,7 +146,9 @@ class MqttPublisher:
             n = 0
             sim_now = 0.0
             try:
-                while duration_s is None or trio.current_time() - t0 < duration_s:
+                while not self.stop_requested and (
+                    duration_s is None or trio.current_time() - t0 < duration_s
+                ):
                     n += 1
                     await trio.sleep_until(t0 + n * STEP_S)
                     now = trio.current_time() - t0
@@ -150,6 +183,11 @@ class MqttPublisher:
                                 conn.session.disconnect()
                         await trio.sleep(0.1)  # let the DISCONNECT packets go out
                 nursery.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        """End the run as if its duration were over: every device still says goodbye
+        (``offline``), which cancelling the run cannot do (its connections go too)."""
+        self.stop_requested = True
 
     def _initial_statuses(self) -> list[Message]:
         msgs = self.fleet.initial()
@@ -219,6 +257,8 @@ class MqttPublisher:
                     attempt = 0
             except* (MqttFailure, OSError) as group:
                 if not self._stopping:
+                    self.stats.connect_failures += 1
+                    self.stats.last_error = str(first_leaf(group))
                     log.warning("MQTT connection %s: %s", conn.name, first_leaf(group))
             finally:
                 if conn.session is session:

@@ -1,17 +1,30 @@
-"""Command line: ``gateway run`` serves; ``gateway tail`` watches a running gateway."""
+"""Command line: ``gateway run`` serves; ``gateway tail`` watches a running gateway.
+
+Every user-facing error is one line on stderr and a non-zero exit code (2: the
+command line or the configuration is wrong; 1: the gateway could not run, e.g. its
+port is taken); the traceback only with ``--log-level debug``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import functools
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from . import __version__
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from .app import Gateway
+    from .status import StatusLogHandler
+
+log = logging.getLogger("gateway")
 
 RUN_HELP = """\
 Run the gateway: WebSocket at /ws, dashboard at /, REST at /api/topics and
@@ -22,8 +35,9 @@ environment variables < these flags. See docs/operations.md for every key.
 
 TAIL_HELP = """\
 Print live updates of the topics matching FILTER, as a person or a script would
-want them: one line per change, or one JSON object per line with --json.
-Reconnects by itself and resumes where it left off.
+want them: one line per change, or one JSON object per line with --json. First a
+snapshot line per matching topic, then one line per change. Reconnects by itself
+and resumes where it left off.
 """
 
 
@@ -31,12 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="gateway",
         description="Trio telemetry gateway: device state in, snapshots and deltas out.",
+        allow_abbrev=False,
     )
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    run = sub.add_parser("run", help="run the gateway", description=RUN_HELP)
+    run = sub.add_parser("run", help="run the gateway", description=RUN_HELP, allow_abbrev=False)
     run.add_argument("--config", metavar="FILE", help="TOML configuration file")
     run.add_argument("--host", help="public listener address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="public port; 0 picks a free one (default 8080)")
@@ -54,18 +69,45 @@ def _parser() -> argparse.ArgumentParser:
         "--mqtt", metavar="URL", help="ingest from an MQTT broker, mqtt://[user:pass@]host:port"
     )
     run.add_argument(
+        "--mqtt-topic",
+        action="append",
+        metavar="FILTER",
+        help="where your devices publish, e.g. 'plant/#' (repeatable): subscribe to FILTER "
+        "and use each message's MQTT topic as the gateway topic, JSON payloads as fields. "
+        "Replaces the default routes (telemetry/<path> and status/<path>)",
+    )
+    run.add_argument(
         "--allow-anonymous",
         action="store_true",
         help="allow auth mode 'none' on a non-loopback address",
     )
     run.add_argument("--dashboard-dir", metavar="DIR", help="serve the dashboard from DIR")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--status-interval",
+        type=float,
+        metavar="S",
+        help="seconds between status lines (default: 1 on a terminal, where the line is "
+        "rewritten in place; 60 otherwise, as a log line); 0: none",
+    )
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="default: %(default)s; debug also shows tracebacks of errors",
+    )
 
     tail = sub.add_parser(
-        "tail", help="print live updates from a running gateway", description=TAIL_HELP
+        "tail",
+        help="print live updates from a running gateway",
+        description=TAIL_HELP,
+        allow_abbrev=False,
     )
-    tail.add_argument("filter", metavar="FILTER", help="topic filter, e.g. 'site/berlin/#'")
-    tail.add_argument("--url", default="ws://127.0.0.1:8080/ws", help="gateway WebSocket URL")
+    tail.add_argument("filter", metavar="FILTER", help="topic filter, e.g. 'berlin/#'")
+    tail.add_argument(
+        "--url",
+        default="ws://127.0.0.1:8080/ws",
+        help="gateway WebSocket URL (default: %(default)s)",
+    )
     tail.add_argument(
         "--token",
         default=os.environ.get("GATEWAY_TOKEN"),
@@ -73,14 +115,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument(
-        "--rate", type=float, default=None, metavar="HZ", help="most updates per second per topic"
+        "--rate",
+        type=float,
+        default=None,
+        metavar="HZ",
+        help="most updates per second per topic (default: the gateway's, 10)",
     )
     tail.add_argument(
         "--count",
         type=int,
         default=0,
         metavar="N",
-        help="exit after N updates (0: run until interrupted)",
+        help="exit after N lines (default: 0, run until interrupted)",
     )
     return ap
 
@@ -94,43 +140,157 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.allow_anonymous:
         server["allow_anonymous"] = True
     out: dict[str, dict[str, Any]] = {"server": server}
+    mqtt: dict[str, Any] = {}
     if args.mqtt:
-        out["mqtt"] = {"url": args.mqtt}
+        mqtt["url"] = args.mqtt
+    if args.mqtt_topic:
+        mqtt["subscriptions"] = [{"filter": f, "qos": 1} for f in args.mqtt_topic]
+        mqtt["routes"] = [{"filter": f, "topic": "{topic}"} for f in args.mqtt_topic]
+    if mqtt:
+        out["mqtt"] = mqtt
     if args.simulate is not None:
         if args.simulate < 0:
             raise ConfigError("--simulate: the number of devices must be >= 0")
         out["simulator"] = {"devices": args.simulate}
+    if args.status_interval is not None and args.status_interval < 0:
+        raise ConfigError("--status-interval: must be >= 0 seconds (0: no status line)")
     return out
+
+
+def mqtt_mapping(cfg: Config) -> list[str]:
+    """What the gateway subscribes to and how MQTT topics become gateway topics, for
+    the start log: one line per subscription, one per route with an example."""
+    from .ingest.codec import IngestError, Router
+
+    m = cfg.mqtt
+    subs = ", ".join(f"{flt} (QoS {qos})" for flt, qos in m.subscriptions)
+    lines = [f"MQTT: subscribing to {subs}; messages on other topics never reach the gateway"]
+    for route in m.routes:
+        levels = route.filter.split("/")
+        example = "/".join(
+            {"+": f"x{i}", "#": "a/b"}.get(level, level) for i, level in enumerate(levels)
+        )
+        try:
+            shown = f"e.g. {example} -> {Router((route,)).route(example)[1]}"
+        except IngestError:
+            shown = f"template {route.topic}"
+        lines.append(
+            f"MQTT route: {route.filter} -> gateway topic {route.topic} ({route.kind}; {shown})"
+        )
+    lines.append("MQTT: a message no route maps is refused as 'unmapped' (counted, logged)")
+    return lines
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, possibly inside a Trio nursery's exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(KeyboardInterrupt)[1] is None
+    return isinstance(exc, KeyboardInterrupt)
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The one line to show for an error a user can fix, or None for a bug."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _user_error(inner)
+            if found is not None:
+                return found
+        return None
+    if isinstance(exc, OSError):
+        text = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            text += " (another process has this port: choose another with --port/--admin-port)"
+        elif exc.errno == errno.EACCES:
+            text += " (ports below 1024 need privileges)"
+        return text
+    return None
+
+
+async def _serve_with_status(
+    cfg: Config, interval_s: float, handler: StatusLogHandler | None
+) -> str:
+    from .app import serve
+    from .status import StatusReporter
+
+    reporter = StatusReporter(handler, interval_s)
+    gw: Gateway | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def serve_then_stop(task_status: trio.TaskStatus[Gateway]) -> None:
+            await serve(cfg, install_signals=True, task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        gw = await nursery.start(serve_then_stop)
+        if interval_s > 0:
+            nursery.start_soon(reporter.run, gw)
+        else:
+            reporter.started_wall, reporter.started_mono = gw.clock.wall(), gw.clock.mono()
+    assert gw is not None
+    return await reporter.summary(gw)
+
+
+def _setup_logging(level: str, status_line: bool) -> StatusLogHandler | None:
+    from .status import StatusLogHandler
+
+    handler: logging.StreamHandler[Any] = (
+        StatusLogHandler(sys.stderr) if status_line else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    return handler if isinstance(handler, StatusLogHandler) else None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .status import terminal
+
+    try:
+        cfg = load_config(args.config, os.environ, _run_overrides(args))
+        if args.mqtt_topic and not cfg.mqtt.url:
+            raise ConfigError("--mqtt-topic: needs a broker (--mqtt URL, or mqtt.url)")
+    except ConfigError as err:
+        print(f"gateway: configuration error: {err}", file=sys.stderr)
+        return 2
+    tty = terminal()
+    interval = args.status_interval
+    if interval is None:
+        interval = 1.0 if tty else 60.0
+    handler = _setup_logging(args.log_level, tty and interval > 0)
+    if cfg.mqtt.url:
+        for line in mqtt_mapping(cfg):
+            log.info("%s", line)
+    try:
+        summary = trio.run(functools.partial(_serve_with_status, cfg, interval, handler))
+    except BaseException as exc:
+        if handler is not None:
+            handler.finish()
+        if _interrupted(exc):  # Ctrl-C before the signal handlers were installed
+            return 130
+        message = _user_error(exc)
+        if message is None or args.log_level == "debug":
+            raise
+        print(f"gateway: {message}", file=sys.stderr)
+        return 1
+    log.info("%s", summary)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, getattr(args, "log_level", "info").upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     if args.command == "run":
-        try:
-            cfg = load_config(args.config, os.environ, _run_overrides(args))
-        except ConfigError as err:
-            print(f"gateway: configuration error: {err}", file=sys.stderr)
-            return 2
-        from .app import serve
-
-        try:
-            trio.run(lambda: serve(cfg, install_signals=True))
-        except OSError as err:
-            print(f"gateway: {err}", file=sys.stderr)
-            return 1
-        return 0
+        return _run(args)
     if args.command == "tail":
         from .client import tail
 
+        logging.basicConfig(  # the tail says itself when the connection comes and goes
+            level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         try:
             code: int = trio.run(tail, args)
             return code
-        except KeyboardInterrupt:
-            return 130
+        except BaseException as exc:
+            if _interrupted(exc):  # Ctrl-C: the way to stop a tail without --count
+                return 130
+            raise
     return 2  # pragma: no cover - argparse requires a command
 
 

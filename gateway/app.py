@@ -8,16 +8,18 @@ serve(cfg)
 └── signal watcher          (SIGTERM/SIGINT -> graceful shutdown, exit 0)
 
 With persistence, the last checkpoint is loaded (and the epoch decided) before the
-store is built and restored before the server listens; the final checkpoint is
-written after the server has closed every client (1012) and returned.
+store is built and restored before the server listens; then the alarm engine adopts
+the restored alarm topics and sees the topics the restore marked stale. The final
+checkpoint is written after the server has closed every client (1012) and returned.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import secrets
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,14 +27,19 @@ import trio
 
 from .auth import Authenticator
 from .clock import Clock
-from .config import Config
+from .config import Config, load_names
+from .core.alarms import ALARM_PREFIX, AlarmEngine
+from .core.history import History, HistoryMismatch
 from .core.hub import Hub, HubConfig
-from .core.state import Deadband, StateStore
+from .core.meta import Meta
+from .core.state import Deadband, StateStore, TopicState
 from .core.topics import RuleTable
+from .insight_metrics import InsightCollector
 from .looplag import LoopLag
 from .memory import tune_malloc
 from .metrics import Metrics
-from .persist import Loaded, Persister
+from .persist import Loaded, Persister, Section
+from .serve.insight import Insight
 from .serve.server import Server
 
 if TYPE_CHECKING:
@@ -41,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = ["Gateway", "build", "serve"]
 
 log = logging.getLogger("gateway")
+
+ALARM_TICK_S = 0.25  # delays take effect at most this late
 
 
 @dataclass
@@ -52,6 +61,7 @@ class Gateway:
     server: Server
     metrics: Metrics
     looplag: LoopLag
+    insight: Insight
     mqtt: MqttIngest | None = None
     persister: Persister | None = None
 
@@ -80,7 +90,16 @@ def build(cfg: Config, *, epoch: str | None = None) -> Gateway:
         max_fields=st.max_fields,
         max_tombstones=st.max_tombstones,
         max_topic_bytes=st.max_topic_bytes,
+        stale_learn=st.stale_default,
+        stale_multiple=st.stale_multiple,
+        stale_floor_s=st.stale_floor_s,
+        stale_ceiling_s=st.stale_ceiling_s,
     )
+    mc = cfg.meta
+    meta = Meta(mc.fields, name_field=mc.name_field, names=load_names(mc), groups=dict(mc.groups))
+    history = History(cfg.history)
+    alarms = AlarmEngine(cfg.alarms.rules, store, device_name=meta.device_name, unit=meta.unit)
+    store.on_accept = _observer(history, alarms)
     sc = cfg.server
     hub = Hub(
         store,
@@ -88,6 +107,9 @@ def build(cfg: Config, *, epoch: str | None = None) -> Gateway:
             tick_hz=sc.tick_hz,
             default_rate_hz=sc.default_rate_hz,
             max_subscriptions=sc.max_subscriptions,
+            min_rate_hz=sc.min_rate_hz,
+            max_filters_per_connection=sc.max_filters_per_connection,
+            max_groups_per_connection=sc.max_groups_per_connection,
             max_frame_bytes=sc.max_frame_bytes,
             stall_s=sc.stall_s,
             max_lag_s=sc.max_lag_s,
@@ -95,12 +117,77 @@ def build(cfg: Config, *, epoch: str | None = None) -> Gateway:
     )
     clock = Clock()
     metrics = Metrics()
-    server = Server(cfg, store, hub, Authenticator(cfg.auth), clock, metrics=metrics)
+    insight = Insight(store, meta, history, alarms, clock.wall)
+    server = Server(
+        cfg, store, hub, Authenticator(cfg.auth), clock, metrics=metrics, insight=insight
+    )
     looplag = LoopLag()
-    gw = Gateway(cfg, clock, store, hub, server, metrics, looplag)
+    gw = Gateway(cfg, clock, store, hub, server, metrics, looplag, insight)
     metrics.attach(server, hub, store, lambda: gw.mqtt)
+    metrics.registry.register(InsightCollector(alarms, history, store))
     metrics.attach_loop_lag(looplag, clock.mono)
     return gw
+
+
+def _observer(history: History, alarms: AlarmEngine) -> Callable[[TopicState, float], None]:
+    """What every accepted change feeds: chart history, then the alarm rules."""
+
+    def on_accept(st: TopicState, now: float) -> None:
+        if st.topic[:1] == "$":
+            return  # the gateway's own (alarm) topics
+        history.observe(st, now)
+        alarms.observe(st, now)
+
+    return on_accept
+
+
+def _history_section(history: History) -> Section:
+    """Chart history in the checkpoint: charts after a restart show the window before."""
+
+    def restore(payload: memoryview) -> Iterator[int]:
+        try:
+            yield from history.restore(payload)
+        except HistoryMismatch as err:
+            log.warning("persist: chart history not restored: %s", err)
+        log.info("persist: %d chart series restored", history.stats.series)
+
+    return Section(history.export, restore)
+
+
+async def _adopt_alarms(gw: Gateway, marked: list[str], batch: int = 1000) -> None:
+    """After a restore: rebuild the alarms from their restored topics, then let the
+    accepted-change observer see the topics the restore marked stale (a ``stale``
+    rule raises on them, as it would have on a running gateway)."""
+    store, alarms, now = gw.store, gw.insight.alarms, gw.clock.wall()
+    topics = list(store.topics())
+    outcomes: collections.Counter[str] = collections.Counter()
+    for i in range(0, len(topics), batch):
+        for topic in topics[i : i + batch]:
+            st = store.get(topic)
+            if st is not None and topic.startswith(ALARM_PREFIX):
+                outcomes[alarms.adopt(st, now)] += 1
+        await trio.lowlevel.checkpoint()
+    if outcomes:
+        log.info(
+            "persist: %d alarms restored; %d of rules no longer configured were cleared",
+            outcomes["adopted"],
+            outcomes["removed"],
+        )
+    observe = store.on_accept
+    for i in range(0, len(marked), batch):
+        for topic in marked[i : i + batch]:
+            st = store.get(topic)
+            if st is not None and observe is not None:
+                observe(st, now)
+        await trio.lowlevel.checkpoint()
+
+
+async def _alarm_delays(gw: Gateway, task_status: trio.TaskStatus[None]) -> None:
+    """Let alarm on/off delays run out: the rules' time evaluation."""
+    task_status.started()
+    while True:
+        await trio.sleep(ALARM_TICK_S)
+        gw.insight.alarms.tick(gw.clock.wall())
 
 
 Source = Callable[..., object]
@@ -119,14 +206,18 @@ async def serve(
     if persister is not None:
         gw.persister = persister
         gw.metrics.attach_persist(persister.stats)
+        persister.add_section("history", _history_section(gw.insight.history))
     async with trio.open_nursery() as nursery:
         await nursery.start(gw.looplag.run)
         if persister is not None:
-            await persister.restore(gw.store, loaded)
+            marked = await persister.restore(gw.store, loaded)
+            await _adopt_alarms(gw, marked)
             await nursery.start(persister.run, gw.store)
         await nursery.start(gw.server.serve)
-        if install_signals:
-            nursery.start_soon(_watch_signals, gw.server)
+        if cfg.alarms.rules:
+            await nursery.start(_alarm_delays, gw)
+        if install_signals:  # before the start line: a SIGTERM right after it is graceful
+            await nursery.start(_watch_signals, gw.server)
         if cfg.mqtt.url:
             from .ingest.mqtt import MqttIngest
 
@@ -154,8 +245,11 @@ async def serve(
     log.info("stopped")
 
 
-async def _watch_signals(server: Server) -> None:
+async def _watch_signals(
+    server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("%s: shutting down gracefully", signal.Signals(signum).name)
             server.request_shutdown()

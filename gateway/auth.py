@@ -46,6 +46,9 @@ class Identity:
     name: str
     grants: tuple[str, ...] | None  # None: every topic
     expires_at: float | None = None  # Unix time; the connection is closed (4001) then
+    #: may acknowledge alarms: ``ack = true`` on a static token, the ``jwt_ack_claim``
+    #: claim true in a JWT; everyone when auth is ``none`` (loopback development)
+    can_ack: bool = False
 
 
 def extract_token(headers: Iterable[tuple[bytes, bytes]], target: bytes) -> str | None:
@@ -96,14 +99,14 @@ class Authenticator:
 
     def verify(self, token: str, now: float) -> Identity:
         if self.cfg.mode == "none":
-            return Identity("anonymous", ANONYMOUS_GRANTS)
+            return Identity("anonymous", ANONYMOUS_GRANTS, can_ack=True)
         if len(token) > self.cfg.max_token_bytes:
             raise AuthError("malformed", "the token is too long")
         if self.cfg.mode == "static":
             entry = self._static.get(hashlib.sha256(token.encode()).digest())
             if entry is None:
                 raise AuthError("invalid", "unknown token")
-            return Identity(entry.name, entry.grants)
+            return Identity(entry.name, entry.grants, can_ack=entry.ack)
         return self._verify_jwt(token, now)
 
     def _verify_jwt(self, token: str, now: float) -> Identity:
@@ -165,4 +168,5 @@ class Authenticator:
             grants = tuple(validate_filter(g) for g in raw)
         except TopicError:
             raise AuthError("grants", "a grant is not a valid topic filter") from None
-        return Identity(sub, grants, float(exp) + cfg.jwt_leeway_s)
+        can_ack = claims.get(cfg.jwt_ack_claim) is True
+        return Identity(sub, grants, float(exp) + cfg.jwt_leeway_s, can_ack)

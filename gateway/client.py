@@ -47,6 +47,7 @@ from trio_websocket import (
 from .core.mirror import Mirror
 from .core.protocol import Ack, Error, ProtocolError, Welcome, decode_server
 from .core.state import Delta, Snapshot
+from .core.topics import TopicError, validate_filter
 
 __all__ = ["AuthRejected", "GatewayClient", "tail"]
 
@@ -76,6 +77,7 @@ class GatewayClient:
         token: str | None = None,
         rate_hz: float | None = None,
         on_update: UpdateCallback | None = None,
+        on_error: Callable[[Error], None] | None = None,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
         stable_s: float = 10.0,
@@ -87,6 +89,7 @@ class GatewayClient:
         self.token = token
         self.rate_hz = rate_hz
         self.on_update = on_update
+        self.on_error = on_error  # the gateway's `error` replies (else logged)
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.stable_s = stable_s
@@ -264,7 +267,10 @@ class GatewayClient:
                     elif outcome == "applied" and self.on_update is not None:
                         self.on_update(msg)
                 elif isinstance(msg, Error):
-                    log.warning("gateway error %s: %s", msg.code, msg.message)
+                    if self.on_error is not None:
+                        self.on_error(msg)
+                    else:
+                        log.warning("gateway error %s: %s", msg.code, msg.message)
                 elif isinstance(msg, Ack) and msg.op == "unsubscribe":
                     pass
             if gaps and self.mirror.epoch is not None:
@@ -324,30 +330,96 @@ def _format_json(msg: Snapshot | Delta) -> str:
     return orjson.dumps(out).decode()
 
 
+#: how long `gateway tail` waits, subscribed, for a first matching topic before it says
+#: that none matches (the gateway sends every matching topic's snapshot on its next tick)
+EMPTY_NOTICE_S = 2.0
+
+
 async def tail(args: argparse.Namespace) -> int:
+    """``gateway tail``: exactly ``--count`` lines (0: until interrupted); exit 2 at once
+    for a filter the topic rules or the gateway refuse, 3 for a refused token."""
+    try:
+        validate_filter(args.filter)
+    except TopicError as err:
+        print(f"gateway tail: bad filter {args.filter!r}: {err}", file=sys.stderr)
+        return 2
     fmt = _format_json if args.json else _format_human
     printed = 0
     done = trio.Event()
+    refusal: list[str] = []
 
     def show(msg: Snapshot | Delta) -> None:
         nonlocal printed
+        if args.count and printed >= args.count:
+            return  # the rest of this frame: --count N prints N lines, not a frame more
         print(fmt(msg), flush=True)
         printed += 1
         if args.count and printed >= args.count:
             done.set()
 
+    def refused(err: Error) -> None:
+        if err.ref == "main":  # about our subscription: retrying cannot help
+            refusal.append(f"the gateway refused {args.filter!r}: {err.code}: {err.message}")
+            done.set()
+        else:
+            log.warning("gateway error %s: %s", err.code, err.message)
+
     client = GatewayClient(
-        args.url, [args.filter], token=args.token, rate_hz=args.rate, on_update=show
+        args.url,
+        [args.filter],
+        token=args.token,
+        rate_hz=args.rate,
+        on_update=show,
+        on_error=refused,
     )
-    refused: list[BaseException] = []
+
+    async def notice_empty() -> None:
+        await client.wait_until(lambda m: client.connected)
+        await trio.sleep(EMPTY_NOTICE_S)
+        if not client.mirror.topics and not done.is_set():
+            ws = urllib.parse.urlsplit(args.url)
+            scheme = "https" if ws.scheme == "wss" else "http"
+            api = ws._replace(scheme=scheme, path="/api/topics", query="")
+            print(
+                f"gateway tail: 0 topics match {args.filter!r}; waiting for updates "
+                f"(the topics there: curl -s '{urllib.parse.urlunsplit(api)}')",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    async def notice_connection() -> None:
+        # reconnecting is the client's job; the person watching gets one line per
+        # change of state instead of a log line per attempt
+        with trio.move_on_after(EMPTY_NOTICE_S):
+            await client.wait_until(lambda m: client.connected)
+        while True:
+            if not client.connected:
+                print(
+                    f"gateway tail: no connection to {args.url} (is the gateway running? "
+                    "make run starts one); retrying",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                await client.wait_until(lambda m: client.connected)
+                print(f"gateway tail: connected to {args.url}", file=sys.stderr, flush=True)
+            await client.wait_until(lambda m: not client.connected)
+
+    auth: list[BaseException] = []
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.run)
+            nursery.start_soon(notice_empty)
+            nursery.start_soon(notice_connection)
             await done.wait()
             nursery.cancel_scope.cancel()
     except* AuthRejected as group:
-        refused.extend(group.exceptions)
-    if refused:
-        print(f"gateway tail: {refused[0]}", file=sys.stderr)
+        auth.extend(group.exceptions)
+    except* ValueError as group:  # a URL that is not ws:// or wss://
+        refusal.extend(str(e) for e in group.exceptions)
+    if auth:
+        print(f"gateway tail: {auth[0]}", file=sys.stderr)
         return 3
+    if refusal:
+        print(f"gateway tail: {refusal[0]}", file=sys.stderr)
+        return 2
     return 0

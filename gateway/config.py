@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import math
 import tomllib
 import typing
@@ -19,14 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .core.alarms import AlarmRule
+from .core.history import HistoryConfig
+from .core.meta import FieldMeta
 from .core.state import Deadband, UpdateMode
 from .core.topics import TopicError, validate_filter
 from .ingest.codec import Route
 
 __all__ = [
+    "AlarmsConfig",
     "AuthConfig",
     "Config",
     "ConfigError",
+    "HistoryConfig",
+    "MetaConfig",
     "MqttConfig",
     "PersistConfig",
     "ServerConfig",
@@ -45,6 +52,7 @@ class StaticToken:
     name: str
     token: str = field(repr=False)
     grants: tuple[str, ...] = ("#",)
+    ack: bool = False  # may acknowledge alarms (docs/alarms.md)
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,11 @@ class ServerConfig:
     close_timeout_s: float = 2.0
     tick_hz: float = 20.0
     default_rate_hz: float = 10.0
+    #: the slowest subscription rate; requested rates snap down to the steps of
+    #: docs/protocol.md (tick_hz and the 1-2-5 series down to this)
+    min_rate_hz: float = 0.1
+    max_filters_per_connection: int = 256  # over all of a connection's subscriptions
+    max_groups_per_connection: int = 64  # distinct (filter, rate) streams per connection
     stall_s: float = 10.0
     max_lag_s: float = 30.0
     max_frame_bytes: int = 1 << 20
@@ -125,6 +138,8 @@ class AuthConfig:
     jwt_audience: str = ""
     jwt_issuer: str = ""
     jwt_grants_claim: str = "topics"
+    #: a JWT claim that must be true for the identity to acknowledge alarms
+    jwt_ack_claim: str = "ack_alarms"
     jwt_leeway_s: float = 5.0
     #: longest lifetime (exp - iat, or exp - now without iat) a JWT may have; 0: any
     jwt_max_lifetime_s: float = 0.0
@@ -143,6 +158,29 @@ class StateConfig:
     deadbands: tuple[tuple[str, str, Deadband], ...] = ()
     #: (filter, seconds): a topic silent longer than this is marked stale
     stale_after: tuple[tuple[str, float], ...] = ()
+    #: stale by default: a topic silent for stale_multiple x its learned reporting
+    #: interval (within [stale_floor_s, stale_ceiling_s]) is stale (docs/operations.md)
+    stale_default: bool = True
+    stale_multiple: float = 3.0
+    stale_floor_s: float = 5.0
+    stale_ceiling_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """What values mean: field display names, units, decimals, ranges; device names."""
+
+    fields: tuple[FieldMeta, ...] = ()  # [[meta.fields]]
+    name_field: str = ""  # a field devices send with their display name
+    #: topic -> display name ([meta.names]), merged over names_file's
+    names: tuple[tuple[str, str], ...] = ()
+    names_file: str = ""  # a TOML or JSON object of topic -> display name
+    groups: tuple[tuple[str, int], ...] = ()  # [meta.groups] site = 0, line = 1
+
+
+@dataclass(frozen=True)
+class AlarmsConfig:
+    rules: tuple[AlarmRule, ...] = ()  # [[alarms.rules]]
 
 
 @dataclass(frozen=True)
@@ -207,6 +245,9 @@ class Config:
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     persist: PersistConfig = field(default_factory=PersistConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
 
 _SECTIONS: Mapping[str, type] = {
@@ -216,6 +257,9 @@ _SECTIONS: Mapping[str, type] = {
     "simulator": SimulatorConfig,
     "mqtt": MqttConfig,
     "persist": PersistConfig,
+    "meta": MetaConfig,
+    "alarms": AlarmsConfig,
+    "history": HistoryConfig,
 }
 
 
@@ -284,15 +328,16 @@ def _tokens(key: str, value: Any) -> tuple[StaticToken, ...]:
     tokens = []
     for i, item in enumerate(value):
         where = f"{key}[{i}]"
-        if not isinstance(item, dict) or set(item) - {"name", "token", "grants"}:
-            raise ConfigError(f"{where}: expected keys name, token, grants")
+        if not isinstance(item, dict) or set(item) - {"name", "token", "grants", "ack"}:
+            raise ConfigError(f"{where}: expected keys name, token, grants, ack")
         name, token = item.get("name"), item.get("token")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}.name: expected a non-empty string")
         if not isinstance(token, str) or len(token) < 16:
             raise ConfigError(f"{where}.token: expected a string of at least 16 characters")
         grants = _filters(f"{where}.grants", item.get("grants", ["#"]))
-        tokens.append(StaticToken(name, token, grants))
+        ack = _coerce(f"{where}.ack", item.get("ack", False), bool, False)
+        tokens.append(StaticToken(name, token, grants, ack))
     return tuple(tokens)
 
 
@@ -388,12 +433,107 @@ def _routes(key: str, value: Any) -> tuple[Route, ...]:
     return tuple(out)
 
 
+def _tables(key: str, value: Any, what: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{key}: expected a list of tables ([[{key}]]) {what}")
+    return value
+
+
+def _build(
+    where: str, cls: Any, item: dict[str, Any], allowed: dict[str, Any], required: tuple[str, ...]
+) -> Any:
+    """``cls(**item)`` with each key's type checked; errors name ``where.key``."""
+    for key in required:
+        if key not in item:
+            raise ConfigError(f"{where}.{key}: required")
+    unknown = set(item) - set(allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}.{sorted(unknown)[0]}: unknown key; allowed: {', '.join(allowed)}"
+        )
+    args = {}
+    for k, v in item.items():
+        hint = allowed[k]
+        args[k] = v if hint is None else _coerce(f"{where}.{k}", v, hint, False)
+    try:
+        return cls(**args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}.{err}") from None
+
+
+_FIELD_KEYS = {"filter": str, "field": str, "name": str, "unit": str, "decimals": int,
+               "min": float, "max": float}  # fmt: skip
+_RULE_KEYS = {"name": str, "filter": str, "condition": str, "severity": str, "field": str,
+              "threshold": float, "hysteresis": float, "on_delay_s": float,
+              "off_delay_s": float, "message": str}  # fmt: skip
+
+
+def _meta_fields(key: str, value: Any) -> tuple[FieldMeta, ...]:
+    items = _tables(key, value, "with keys " + ", ".join(_FIELD_KEYS))
+    req = ("filter", "field")
+    return tuple(
+        _build(f"{key}[{i}]", FieldMeta, it, _FIELD_KEYS, req) for i, it in enumerate(items)
+    )
+
+
+def _alarm_rules(key: str, value: Any) -> tuple[AlarmRule, ...]:
+    items = _tables(key, value, "with keys " + ", ".join(_RULE_KEYS))
+    req = ("name", "filter", "condition")
+    rules = tuple(
+        _build(f"{key}[{i}]", AlarmRule, it, _RULE_KEYS, req) for i, it in enumerate(items)
+    )
+    seen: set[str] = set()
+    for i, rule in enumerate(rules):
+        if rule.name in seen:
+            raise ConfigError(f"{key}[{i}].name: {rule.name!r} is used by an earlier rule")
+        seen.add(rule.name)
+    return rules
+
+
+def _names(key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise ConfigError(f"{key}: expected a table of topic = 'display name'")
+    return tuple(value.items())
+
+
+def _groups(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table of group name = topic level (0 = first)")
+    out = []
+    for name, level in value.items():
+        if type(level) is not int or not 0 <= level < 32:
+            raise ConfigError(f"{key}.{name}: expected a topic level from 0 to 31")
+        out.append((name, level))
+    return tuple(out)
+
+
+def load_names(cfg: MetaConfig) -> dict[str, str]:
+    """The device-name registry: names_file (TOML or JSON object), then [meta.names]."""
+    names: dict[str, str] = {}
+    if cfg.names_file:
+        path = Path(cfg.names_file)
+        try:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except OSError as err:
+            raise ConfigError(f"meta.names_file: cannot read {path}: {err.strerror}") from None
+        except ValueError as err:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+            raise ConfigError(f"meta.names_file: {path} is not valid: {err}") from None
+        names.update(_names(f"meta.names_file ({path})", data))
+    names.update(cfg.names)
+    return names
+
+
 _SPECIAL = {
     "auth.tokens": _tokens,
     "state.deadbands": _deadbands,
     "state.stale_after": _stale,
     "mqtt.subscriptions": _subscriptions,
     "mqtt.routes": _routes,
+    "meta.fields": _meta_fields,
+    "meta.names": _names,
+    "meta.groups": _groups,
+    "alarms.rules": _alarm_rules,
 }
 
 
@@ -427,7 +567,13 @@ def load_config(
         sections[name].update(_section(name, _SECTIONS[name], {key: raw}, from_env=True))
     for name, values in (overrides or {}).items():
         sections[name].update(_section(name, _SECTIONS[name], values))
-    cfg = Config(**{name: _SECTIONS[name](**vals) for name, vals in sections.items()})
+    built = {}
+    for name, vals in sections.items():
+        try:
+            built[name] = _SECTIONS[name](**vals)
+        except ValueError as err:  # a section dataclass that validates itself
+            raise ConfigError(f"{name}.{err}") from None
+    cfg = Config(**built)
     _validate(cfg)
     return cfg
 
@@ -455,6 +601,9 @@ def _validate(cfg: Config) -> None:
         "close_timeout_s",
         "tick_hz",
         "default_rate_hz",
+        "min_rate_hz",
+        "max_filters_per_connection",
+        "max_groups_per_connection",
         "stall_s",
         "max_lag_s",
         "max_frame_bytes",
@@ -487,6 +636,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("server.send_buffer_bytes: must be >= 0 (0: the kernel's default)")
     if s.idle_timeout_s < 0:
         raise ConfigError("server.idle_timeout_s: must be >= 0 (0 disables it)")
+    if s.min_rate_hz > s.default_rate_hz:
+        raise ConfigError(
+            f"server.min_rate_hz: {s.min_rate_hz} exceeds server.default_rate_hz "
+            f"{s.default_rate_hz}"
+        )
     if s.default_rate_hz > s.tick_hz:
         raise ConfigError(
             f"server.default_rate_hz: {s.default_rate_hz} exceeds server.tick_hz {s.tick_hz}"
@@ -547,6 +701,12 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"mqtt.{key}: must be > 0")
     if m.reconnect_max_s < m.reconnect_min_s:
         raise ConfigError("mqtt.reconnect_max_s: must be >= mqtt.reconnect_min_s")
+    st = cfg.state
+    if not st.stale_multiple >= 1:
+        raise ConfigError("state.stale_multiple: must be >= 1")
+    if not 0 < st.stale_floor_s <= st.stale_ceiling_s:
+        raise ConfigError("state.stale_floor_s: must be > 0 and <= state.stale_ceiling_s")
+    load_names(cfg.meta)  # a names_file that cannot be read is an error at start
     if a.mode == "none" and not s.allow_anonymous and not _is_loopback(s.host):
         raise ConfigError(
             f"server.host: {s.host!r} is not a loopback address and auth.mode is 'none'; "

@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .core.protocol import ERROR_CODES
 
 if TYPE_CHECKING:
     from .core.hub import Hub
@@ -67,6 +68,18 @@ INGEST_REJECT_REASONS = (
     "bad_json", "not_utf8", "too_large", "unsupported_json", "bad_timestamp", "unmapped",
     "bad_status", "bad_topic", "bad_field", "bad_value", "field_limit", "topic_limit",
     "internal_error",
+)  # fmt: skip
+HANDSHAKE_REASONS = (
+    "origin", "auth", "limit_total", "limit_per_ip", "limit_rate", "timeout", "bad_request",
+    "bad_upgrade", "not_websocket",
+)  # fmt: skip
+AUTH_FAILURE_REASONS = (
+    "invalid", "expired", "not_yet_valid", "audience", "issuer", "claims", "algorithm",
+    "signature", "malformed", "identity", "grants", "lifetime",
+)  # fmt: skip
+#: an error code of the protocol (core/protocol.py ERROR_CODES), or a limit
+CLIENT_MESSAGE_LIMIT_REASONS = (
+    "too_big", "binary", "rate", "bad_frame", "incomplete", "pending_bytes",
 )  # fmt: skip
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -144,9 +157,8 @@ class GatewayCollector(Collector):
             "HTTP/WebSocket handshakes refused, by reason.",
             "reason",
             s.handshake_rejected,
-            ("origin", "auth", "limit_total", "limit_per_ip", "limit_rate", "timeout",
-             "bad_upgrade"),
-        )  # fmt: skip
+            HANDSHAKE_REASONS,
+        )
         yield _counter(
             "gateway_http_responses_cut",
             "Plain-HTTP responses not written whole, by reason.",
@@ -155,13 +167,18 @@ class GatewayCollector(Collector):
             HTTP_CUT_REASONS,
         )
         yield _counter(
-            "gateway_auth_failures", "Tokens refused, by reason.", "reason", s.auth_failures
+            "gateway_auth_failures",
+            "Tokens refused, by reason.",
+            "reason",
+            s.auth_failures,
+            AUTH_FAILURE_REASONS,
         )
         yield _counter(
             "gateway_client_message_rejections",
             "Client messages refused, by reason (error code or limit).",
             "reason",
             s.inbound_rejected,
+            (*ERROR_CODES, *CLIENT_MESSAGE_LIMIT_REASONS),
         )
         yield _counter(
             "gateway_internal_errors",
@@ -238,6 +255,8 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily("gateway_topics", "Topics in the state.", value=len(self.store))
         devices = {"online": 0, "offline": 0, "unknown": 0, "stale": 0}
         for ts in self.store.states():
+            if ts.topic[:1] == "$":  # alarm topics are not devices
+                continue
             devices["unknown" if ts.online is None else "online" if ts.online else "offline"] += 1
             devices["stale"] += ts.stale
         family = GaugeMetricFamily(

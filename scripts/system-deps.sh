@@ -5,7 +5,7 @@
 set -euo pipefail
 
 case "${1:-test}" in
-  test)  want=(mosquitto mosquitto-clients prometheus chromium nginx systemd) ;;
+  test)  want=(mosquitto mosquitto-clients prometheus chromium nginx systemd curl) ;;
   run)   want=() ;;
   bench) want=(mosquitto mosquitto-clients chromium) ;;
   *) echo "usage: $0 test|run|bench" >&2; exit 2 ;;

@@ -5,7 +5,10 @@ import pathlib
 import re
 
 from gateway.config import (
+    AlarmsConfig,
     AuthConfig,
+    HistoryConfig,
+    MetaConfig,
     MqttConfig,
     PersistConfig,
     ServerConfig,
@@ -26,6 +29,9 @@ def test_every_config_key_is_documented() -> None:
         ("simulator", SimulatorConfig),
         ("mqtt", MqttConfig),
         ("persist", PersistConfig),
+        ("meta", MetaConfig),
+        ("alarms", AlarmsConfig),
+        ("history", HistoryConfig),
     ):
         assert f"### `[{section}]`" in text
         for f in dataclasses.fields(cls):

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import trio
 import trio.lowlevel
@@ -19,14 +20,20 @@ import trio.lowlevel
 from gateway import persist
 from gateway.app import Gateway, serve
 from gateway.core import snapshotfile
+from tests.broker import free_port
 from tests.gw import make_config
 from tests.serve.httpget import http_get
 
 
 @contextlib.asynccontextmanager
-async def running(state_dir: Path, **persist_cfg: Any) -> AsyncIterator[Gateway]:
+async def running(
+    state_dir: Path, sections: dict[str, Any] | None = None, **persist_cfg: Any
+) -> AsyncIterator[Gateway]:
     """A gateway with persistence; leaving the block shuts it down gracefully."""
-    cfg = make_config(persist={"state_dir": str(state_dir), "interval_s": 3600.0, **persist_cfg})
+    cfg = make_config(
+        persist={"state_dir": str(state_dir), "interval_s": 3600.0, **persist_cfg},
+        **(sections or {}),
+    )
     async with trio.open_nursery() as nursery:
         gw: Gateway = await nursery.start(serve, cfg)
         yield gw
@@ -34,9 +41,13 @@ async def running(state_dir: Path, **persist_cfg: Any) -> AsyncIterator[Gateway]
 
 
 @contextlib.asynccontextmanager
-async def crashing(state_dir: Path) -> AsyncIterator[Gateway]:
+async def crashing(
+    state_dir: Path, sections: dict[str, Any] | None = None
+) -> AsyncIterator[Gateway]:
     """A gateway that ends like a crash: cancelled, no shutdown, no final checkpoint."""
-    cfg = make_config(persist={"state_dir": str(state_dir), "interval_s": 3600.0})
+    cfg = make_config(
+        persist={"state_dir": str(state_dir), "interval_s": 3600.0}, **(sections or {})
+    )
     async with trio.open_nursery() as nursery:
         gw: Gateway = await nursery.start(serve, cfg)
         yield gw
@@ -78,6 +89,159 @@ async def test_epoch_kept_after_clean_shutdown_only_and_once(tmp_path: Path) -> 
         second = gw.store.epoch
     async with running(tmp_path) as gw:
         assert gw.store.epoch == second
+
+
+async def test_a_restored_device_keeps_its_freshness_until_its_own_deadline(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as gw:
+        now = gw.clock.wall()
+        for i in range(5):  # a learned interval of 10 s: stale after 30 s of silence
+            gw.store.apply(f"dev/{i}", {"v": 1}, now - 10.0)
+            gw.store.apply(f"dev/{i}", {"v": 2}, now)
+        gw.store.apply("once", {"v": 1}, now)  # no interval: no known limit
+        seqs = {st.topic: st.seq for st in gw.store.states()}
+    async with running(tmp_path) as gw:
+        for i in range(5):  # as if the gateway had never stopped: nothing changed
+            st = gw.store.get(f"dev/{i}")
+            assert st is not None and not st.stale and st.seq == seqs[st.topic]
+            assert st.interval == 10.0 and st.seen_at == now
+        once = gw.store.get("once")
+        assert once is not None and once.stale and once.seq == seqs["once"] + 1
+        assert gw.store.sweep_stale(now + 29.0) == []  # the learned deadline holds
+        assert sorted(gw.store.sweep_stale(now + 31.0)) == [f"dev/{i}" for i in range(5)]
+        gw.store.apply("dev/0", {"v": 3}, now + 32.0)  # ... and a device that speaks is fresh
+    # the data source is down at start (nothing listens): the first failed attempt
+    # marks every restored device stale, as in any outage
+    dead = {"mqtt": {"url": f"mqtt://127.0.0.1:{free_port()}", "reconnect_min_s": 30.0}}
+    async with running(tmp_path, dead) as gw:
+        st = gw.store.get("dev/0")
+        assert st is not None and st.interval
+        with trio.fail_after(10):
+            while not all(s.stale for s in gw.store.states()):
+                await trio.sleep(0.01)
+        assert gw.mqtt is not None and not gw.mqtt.connected
+
+
+OPERATOR = "operator-token-0123456789"
+ALARMING = {
+    "alarms": {
+        "rules": [
+            {"name": "hot", "filter": "plant/#", "condition": "high", "field": "t",
+             "threshold": 50, "hysteresis": 5, "severity": "critical"},
+        ]
+    },
+    "auth": {
+        "mode": "static",
+        "tokens": [{"name": "op1", "token": OPERATOR, "grants": ["#"], "ack": True}],
+    },
+}  # fmt: skip
+BEARER = {"Authorization": f"Bearer {OPERATOR}"}
+HOT = "$alarms/hot/plant/oven"
+
+
+async def open_alarms(gw: Gateway) -> list[dict[str, Any]]:
+    status, _, body = await http_get(gw.port, "/api/alarms", BEARER)
+    assert status == 200
+    alarms: list[dict[str, Any]] = orjson.loads(body)["alarms"]
+    return alarms
+
+
+@pytest.mark.parametrize("restart", ["graceful", "crash"])
+async def test_an_acknowledged_alarm_survives_a_restart_and_clears_normally(
+    tmp_path: Path, restart: str
+) -> None:
+    from tests.serve.rawws import RawWs
+
+    async with contextlib.AsyncExitStack() as stack:
+        stop = (
+            running(tmp_path, ALARMING) if restart == "graceful" else crashing(tmp_path, ALARMING)
+        )
+        gw = await stack.enter_async_context(stop)
+        gw.store.apply("plant/oven", {"t": 60.0}, gw.clock.wall())
+        ws = await RawWs.connect(gw.port, headers=BEARER)
+        try:
+            await ws.recv_json()  # welcome
+            await ws.send_json({"type": "ack_alarm", "id": "a1", "alarms": [HOT]})
+            assert (await ws.recv_json())["type"] == "ack"
+        finally:
+            ws.close()
+        before = await open_alarms(gw)
+        assert [(a["alarm"], a["state"], a["acked_by"]) for a in before] == [
+            (HOT, "active_acked", "op1")
+        ]
+        assert gw.persister is not None and await gw.persister.checkpoint(gw.store)
+    async with running(tmp_path, ALARMING) as gw:
+        assert (gw.persister is not None and gw.persister.stats.epoch_kept) is (
+            restart == "graceful"
+        )
+        assert await open_alarms(gw) == before  # state, raise, acknowledgement intact
+        alarm = gw.insight.alarms.get(HOT)
+        assert alarm is not None and alarm.state == "active_acked" and alarm.acked_by == "op1"
+        assert await metric(gw, 'gateway_alarms_active{severity="critical"}') == 1
+        assert await metric(gw, 'gateway_alarms_unacknowledged{severity="critical"}') == 0
+        now = gw.clock.wall()
+        gw.store.apply("plant/oven", {"t": 47.0}, now)  # within the hysteresis: still active
+        assert gw.store.get(HOT).fields["state"] == "active_acked"  # type: ignore[union-attr]
+        gw.store.apply("plant/oven", {"t": 40.0}, now)  # the value returns: cleared, normal
+        doc = gw.store.get(HOT)
+        assert doc is not None and doc.fields["state"] == "normal"
+        assert doc.fields["acked_by"] == "op1" and doc.fields["cleared_value"] == 40.0
+        assert await open_alarms(gw) == []
+        assert await metric(gw, 'gateway_alarms_active{severity="critical"}') == 0
+
+
+async def test_a_stale_rule_raises_on_a_device_the_restore_marks_stale(tmp_path: Path) -> None:
+    rule = {"name": "silent", "filter": "batt/#", "condition": "stale"}
+    sections = {"alarms": {"rules": [rule]}}
+    async with running(tmp_path, sections) as gw:
+        gw.store.apply("batt/7", {"v": 3.6}, gw.clock.wall())  # spoke once: no known limit
+    async with running(tmp_path, sections) as gw:
+        st = gw.store.get("batt/7")
+        assert st is not None and st.stale
+        doc = gw.store.get("$alarms/silent/batt/7")
+        assert doc is not None and doc.fields["state"] == "active_unacked"
+        gw.store.apply("batt/7", {"v": 3.5}, gw.clock.wall())  # speaks again: clears
+        assert doc.fields["state"] == "cleared_unacked"
+
+
+async def test_chart_history_before_a_graceful_restart_equals_history_after(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path) as gw:
+        now = gw.clock.wall()
+        for k in range(120):  # two minutes of a chart, two fields on each of 50 devices
+            for i in range(50):
+                gw.store.apply(
+                    f"site/{i % 5}/dev/{i}", {"t": i + k / 7, "p": k % 13}, now - 120 + k
+                )
+            await trio.lowlevel.checkpoint()
+        history = gw.insight.history
+        assert history.stats.series == 100
+        before = {
+            (t, f): history.query(t, f, 600, now)
+            for t in history.topics()
+            for f in history.fields(t)
+        }
+        status, _, body = await http_get(gw.port, "/api/history?topic=site/3/dev/8&seconds=60")
+        assert status == 200
+    async with running(tmp_path) as gw:
+        history = gw.insight.history
+        after = {
+            (t, f): history.query(t, f, 600, now)
+            for t in history.topics()
+            for f in history.fields(t)
+        }
+        assert after == before
+        assert history.stats.series == 100
+        status, _, again = await http_get(gw.port, "/api/history?topic=site/3/dev/8&seconds=60")
+        assert status == 200
+        # served from the restored rings (each window ends at the second it was asked in)
+        doc, old = orjson.loads(again), orjson.loads(body)
+        shift = round(doc["start"] - old["start"])
+        assert 0 <= shift < 30
+        assert doc["fields"]["t"]["last"][: 60 - shift] == old["fields"]["t"]["last"][shift:]
+        assert doc["fields"]["t"]["last"][0] is not None
 
 
 async def test_checkpoint_and_restore_of_100k_topics_keep_the_loop_lag_budget(

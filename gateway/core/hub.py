@@ -2,9 +2,13 @@
 
 The shell (gateway/serve) drives it with plain calls and numbers:
 
-* ``tick(now)`` at ``tick_hz``: moves the store's changed topics into the groups
-  that carry them, lets each due group tick (encoding its frames once), and
-  returns the subscribers that now have something to send. It never waits on a
+* ``tick_steps(now)`` at ``tick_hz``: finishes building new groups, moves the
+  store's changed topics into the groups that carry them, lets each due group tick
+  (encoding its frames once), builds the join snapshots screens wait for, and yields
+  the subscribers that now have something to send. It does at most
+  ``slice_items`` units of work between two yields (the shell checkpoints there),
+  so no amount of changes, topics or joins holds the event loop for long.
+  ``tick(now)`` runs all the steps at once (tests, tools). It never waits on a
   subscriber: waking writers is the shell's job.
 * ``take(sub, now)`` from the subscriber's own writer: the frames to write now,
   built from the member cursors (see outbox.py for the policy).
@@ -18,9 +22,10 @@ clock. Nothing in this module reads either.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from .alarms import with_alarm_grants
 from .outbox import Group, GroupKey, Member, OutboxStats, Subscriber, Subscription, TickRecord
 from .protocol import (
     Ack,
@@ -32,6 +37,7 @@ from .protocol import (
     encode_batch,
     encode_state,
 )
+from .rates import RateError, RateSteps
 from .state import StateStore, TopicState
 from .topics import SubscriptionIndex, filter_covers, filters_overlap, matches
 
@@ -49,22 +55,69 @@ class HubConfig:
     max_lag_s: float = 30.0  # data waiting this long for a subscriber: disconnect (4008)
     cache_bytes: int = 8 << 20  # bound of the encode-once fragment cache
     max_positions: int = 100_000  # resume positions one connection may hold
+    min_rate_hz: float = 0.1  # slowest rate a subscription may ask for (rates.py)
+    max_filters_per_connection: int = 256  # filters over all of a connection's subscriptions
+    #: distinct streams ((filter, rate step, grants) groups) one connection may join
+    max_groups_per_connection: int = 64
+    #: units of work (topics routed, fragments encoded, group entries built) the hub
+    #: does between two yields of tick_steps(), and at most in one subscribe()
+    slice_items: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("tick_hz", "default_rate_hz", "stall_s", "max_lag_s"):
+        for name in ("tick_hz", "default_rate_hz", "stall_s", "max_lag_s", "min_rate_hz"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
         if self.default_rate_hz > self.tick_hz:
             raise ValueError("default_rate_hz must not exceed tick_hz")
+        if not self.min_rate_hz <= self.default_rate_hz:
+            raise ValueError("min_rate_hz must not exceed default_rate_hz")
         if self.ring_ticks < 2 or self.max_subscriptions < 1 or self.max_frame_bytes < 1024:
             raise ValueError("ring_ticks >= 2, max_subscriptions >= 1, max_frame_bytes >= 1024")
+        if min(self.max_filters_per_connection, self.max_groups_per_connection) < 1:
+            raise ValueError("max_filters_per_connection and max_groups_per_connection >= 1")
+        if self.slice_items < 1:
+            raise ValueError("slice_items must be >= 1")
+
+
+class _Slice:
+    """Work done since the last yield of a sliced tick, and whom it woke."""
+
+    __slots__ = ("budget", "woken", "work")
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.work = 0
+        self.woken: list[Subscriber] = []
+
+    @property
+    def full(self) -> bool:
+        return self.work >= self.budget
+
+    def take(self) -> list[Subscriber]:
+        woken, self.woken, self.work = self.woken, [], 0
+        return woken
+
+    def wake(self, group: Group) -> None:
+        self.work += len(group.members)
+        for m in group.members:
+            sub = m.sub
+            if not sub.ready:
+                sub.ready = True
+                self.woken.append(sub)
 
 
 class Hub:
     def __init__(self, store: StateStore, config: HubConfig | None = None) -> None:
         self.store = store
         self.config = config or HubConfig()
+        self.rates = RateSteps(self.config.tick_hz, self.config.min_rate_hz)
         self.stats = OutboxStats()
+        #: called when work waits that only a tick does (a group or a join snapshot to
+        #: build): the shell wakes its tick loop, which sleeps while the hub is idle
+        self.on_work: Callable[[], None] | None = None
+        self._building: dict[Group, None] = {}  # groups whose ``sent`` is incomplete
+        self._join_wanted: dict[Group, None] = {}  # groups screens wait to join
+        self._ticking = False
         self._groups: dict[GroupKey, Group] = {}
         self._index: SubscriptionIndex[Group] = SubscriptionIndex()
         self._subscribers: dict[int, Subscriber] = {}
@@ -92,7 +145,8 @@ class Hub:
         return len(self._groups)
 
     def connect(self, grants: Iterable[str] | None = None) -> Subscriber:
-        sub = Subscriber(next(self._ids), None if grants is None else tuple(grants))
+        # a grant to a topic is a grant to its alarms ($alarms/<rule>/<topic>)
+        sub = Subscriber(next(self._ids), with_alarm_grants(grants))
         self._subscribers[sub.id] = sub
         return sub
 
@@ -118,19 +172,37 @@ class Hub:
                 f"at most {cfg.max_subscriptions} subscriptions per connection",
                 msg.id,
             )
+        try:
+            rate = self.rates.snap(cfg.default_rate_hz if msg.rate_hz is None else msg.rate_hz)
+        except RateError as err:
+            return Error("bad_rate", str(err), msg.id)
+        held = [m.group.key for s in sub.subs.values() for m in s.members]
+        if len(held) + len(msg.filters) > cfg.max_filters_per_connection:
+            return Error(
+                "too_many_filters",
+                f"at most {cfg.max_filters_per_connection} filters per connection",
+                msg.id,
+            )
         keys: list[GroupKey] = []
         restricted = False
-        every = self._every(msg.rate_hz)
+        every = self.rates.every(rate)
         for f in msg.filters:
             grants = self._grants_for(sub.grants, f)
             if grants == ():
                 return Error("forbidden", f"filter {f!r} is outside this identity's grants", msg.id)
             restricted |= grants is not None
             keys.append(GroupKey(f, every, grants))
-        members = [Member(sub, msg.id, self._group(k)) for k in keys]
+        if len({*held, *keys}) > cfg.max_groups_per_connection:
+            return Error(
+                "too_many_groups",
+                f"at most {cfg.max_groups_per_connection} distinct (filter, rate) streams "
+                "per connection",
+                msg.id,
+            )
+        budget = [cfg.slice_items]  # synchronous building work left for this message
+        members = [Member(sub, msg.id, self._group(k, budget)) for k in keys]
         for m in members:
             m.group.members.add(m)
-        rate = cfg.tick_hz / every
         sub.subs[msg.id] = Subscription(msg.id, msg.filters, rate, members)
         sub.ready = True
         return Ack("subscribe", msg.id, msg.filters, rate, restricted=restricted or None)
@@ -160,11 +232,6 @@ class Hub:
 
     # -- fan-out -------------------------------------------------------------------
 
-    def _every(self, rate_hz: float | None) -> int:
-        cfg = self.config
-        rate = cfg.default_rate_hz if rate_hz is None else rate_hz
-        return max(1, round(cfg.tick_hz / rate))
-
     @staticmethod
     def _grants_for(grants: tuple[str, ...] | None, f: str) -> tuple[str, ...] | None:
         """None: ``f`` lies inside the grants; () : disjoint; else the grants to check."""
@@ -173,22 +240,51 @@ class Hub:
         overlapping = tuple(g for g in grants if filters_overlap(g, f))
         return overlapping
 
-    def _group(self, key: GroupKey) -> Group:
+    def _group(self, key: GroupKey, budget: list[int]) -> Group:
+        """The group of ``key``, created if new. A new group's ``sent`` map comes from
+        the store's topic tree (only the matching topics are visited), at most
+        ``budget[0]`` entries now and the rest in the next ticks' slices; members
+        join once it is complete."""
         group = self._groups.get(key)
         if group is None:
-            sent = {
-                st.topic: st.seq
-                for st in self.store.states()
-                if st.seq and matches(key.filter, st.topic)
-            }
-            group = Group(key, sent, self.config.ring_ticks)
+            group = Group(key, {}, self.config.ring_ticks)
+            # every change up to here is in ``sent`` once built (built from the
+            # current seqs), every later one reaches ``pending`` through the index
             group.gseq = self.store.stats.changes
-            if key.grants is not None:
-                group.sent = {t: s for t, s in sent.items() if group.allows(t)}
+            group.building = self.store.tree.matching(key.filter)
             group.next_tick = self._tick_count
             self._groups[key] = group
             self._index.add(key.filter, group)
+            budget[0] -= self._build_some(group, max(budget[0], 0))
+            if group.building is not None:
+                self._building[group] = None
+                self._signal()
         return group
+
+    def _build_some(self, group: Group, limit: int) -> int:
+        """Add up to ``limit`` topics to a building group's ``sent``; returns how many
+        topics it looked at. Clears ``group.building`` when the walk is done."""
+        walk = group.building
+        if walk is None:
+            return 0
+        store_get = self.store.get
+        sent = group.sent
+        restricted = group.key.grants is not None
+        count = 0
+        for topic in walk:
+            count += 1
+            st = store_get(topic)
+            if st is not None and st.seq and (not restricted or group.allows(topic)):
+                sent[topic] = st.seq
+            if count >= limit:
+                return count
+        group.building = None
+        self._building.pop(group, None)
+        return count
+
+    def _signal(self) -> None:
+        if self.on_work is not None:
+            self.on_work()
 
     def _drop_members(self, members: Iterable[Member]) -> None:
         for m in members:
@@ -197,44 +293,103 @@ class Hub:
             if not group.members:
                 del self._groups[group.key]
                 self._index.remove(group.key.filter, group)
+                self._building.pop(group, None)
+                self._join_wanted.pop(group, None)
+                group.building = None
+                group.join = None
 
     @property
     def idle(self) -> bool:
-        """True when a tick would do nothing: no changes waiting anywhere."""
-        return not self.store.has_changes and not any(g.pending for g in self._groups.values())
+        """True when a tick would do nothing: no changes or builds waiting anywhere."""
+        return (
+            not self.store.has_changes
+            and not self._building
+            and not self._join_wanted
+            and not any(g.pending for g in self._groups.values())
+        )
 
     def tick(self, now: float) -> list[Subscriber]:
-        """One hub tick: returns the subscribers that have frames to take."""
+        """One whole hub tick: returns the subscribers that have frames to take."""
+        woken: list[Subscriber] = []
+        for batch in self.tick_steps(now):
+            woken += batch
+        return woken
+
+    def tick_steps(self, now: float) -> Iterator[list[Subscriber]]:
+        """One hub tick in slices of at most ``slice_items`` units of work; yields,
+        after each slice, the subscribers woken by it (the shell pumps them and
+        checkpoints before it resumes the tick).
+
+        Between two slices the hub is consistent: subscribers may subscribe, take,
+        resume and leave. A joining member sees ``sent`` entries a suspended group
+        tick has updated already; that is safe because join snapshots carry the
+        current state, which is never older than ``sent`` (a client ignores a delta
+        whose seq it holds already, and accepts one whose base it has passed).
+        """
+        if self._ticking:
+            raise RuntimeError("a hub tick is still in progress")
+        self._ticking = True
+        try:
+            yield from self._tick_slices(now, _Slice(self.config.slice_items))
+        finally:
+            self._ticking = False
+
+    def _tick_slices(self, now: float, sl: _Slice) -> Iterator[list[Subscriber]]:
         n = self._tick_count = self._tick_count + 1
         store = self.store
         self.tick_states = {}
+        # 1. new groups' sent maps (their members join when complete)
+        for group in list(self._building):
+            while group.building is not None:
+                sl.work += self._build_some(group, max(1, sl.budget - sl.work))
+                if group.building is None:
+                    # its members join from the snapshot phase 4 builds (which wakes
+                    # them, those with resume positions included)
+                    self._join_wanted[group] = None
+                if sl.full:
+                    yield sl.take()
+        # 2. route the changed topics to the groups that carry them
         drained = self._drained = store.stats.changes
-        for topic in store.drain_changed():
-            for group in self._index.match(topic):
-                if group.key.grants is None or group.allows(topic):
-                    group.pending[topic] = None
-        woken: list[Subscriber] = []
-        for group in self._groups.values():
-            if not group.pending or n < group.next_tick:
+        changed = store.drain_changed()
+        match = self._index.match
+        step = sl.budget
+        for i in range(0, len(changed), step):
+            for topic in changed[i : i + step]:
+                for group in match(topic):
+                    if group.key.grants is None or group.allows(topic):
+                        group.pending[topic] = None
+            sl.work += min(step, len(changed) - i)
+            if sl.full:
+                yield sl.take()
+        # 3. the due groups tick
+        for group in list(self._groups.values()):
+            if not group.pending or n < group.next_tick or group.building is not None:
                 continue
+            if self._groups.get(group.key) is not group:
+                continue  # dropped during an earlier slice
             group.next_tick = n + group.key.every
-            self._tick_group(group, now)
+            yield from self._tick_group(group, now, sl)
             group.gseq = drained
-            for m in group.members:
-                sub = m.sub
-                if not sub.ready:
-                    sub.ready = True
-                    woken.append(sub)
-        # subscribers with a join or resync waiting are already marked ready by
-        # subscribe()/resume(); the shell wakes them when it handles the request
-        return woken
+            sl.wake(group)
+            if sl.full:
+                yield sl.take()
+        # 4. join snapshots for the screens waiting on them (after the ticks: a join
+        # snapshot serves until its group ticks again)
+        for group in list(self._join_wanted):
+            yield from self._build_join(group, sl)
+        yield sl.take()
 
-    def _tick_group(self, group: Group, now: float) -> None:
+    def _tick_group(self, group: Group, now: float, sl: _Slice) -> Iterator[list[Subscriber]]:
         store = self.store
         sent = group.sent
         items: list[tuple[str, int | None]] = []
         frags: list[bytes] = []
-        for topic in group.pending:
+        topics = list(group.pending)
+        group.pending.clear()
+        for topic in topics:
+            sl.work += 1
+            if sl.full:
+                yield sl.take()
             st = store.get(topic)
             if st is None:
                 continue
@@ -248,11 +403,70 @@ class Hub:
             frags.append(frag)
             sent[topic] = st.seq
             self.tick_states[topic] = st
-        group.pending.clear()
         if not items:
             return
         group.tick_no += 1
+        group.join = None  # built for the previous tick: the new one may not build on it
         group.ring.append(TickRecord(group.tick_no, now, tuple(items), self._pack(frags)))
+
+    def _coalesce_limit(self, group: Group) -> int:
+        """Missed items above which a lagging member rejoins from a snapshot instead
+        of getting personal coalesced deltas: half the group's topics (the snapshot
+        is then at most about twice the bytes), and never more than 4 slices."""
+        return min(4 * self.config.slice_items, max(64, len(group.sent) // 2))
+
+    def _join_frames(self, group: Group) -> tuple[bytes, ...] | None:
+        """The group's shared join snapshot for its current tick, built now if small;
+        None (and a build requested from the next tick) if large."""
+        join = group.join
+        if join is not None and join[0] == group.tick_no:
+            self.stats.joins_shared += 1
+            return join[1]
+        if len(group.sent) > self.config.slice_items:
+            if group not in self._join_wanted:
+                self._join_wanted[group] = None
+                self._signal()
+            return None
+        frames = self._pack(self._snapshot_frags(group, list(group.sent)))
+        group.join = (group.tick_no, frames)
+        self.stats.join_snapshots += 1
+        self.stats.joins_shared += 1
+        return frames
+
+    def _snapshot_frags(self, group: Group, topics: list[str]) -> list[bytes]:
+        store_get = self.store.get
+        frags: list[bytes] = []
+        for topic in topics:
+            st = store_get(topic)
+            if st is not None:
+                frag = self.fragment(topic, None, st.seq)
+                if frag is not None:
+                    frags.append(frag)
+        return frags
+
+    def _build_join(self, group: Group, sl: _Slice) -> Iterator[list[Subscriber]]:
+        """Build a large join snapshot slice by slice. No group ticks meanwhile (this
+        is the tick's last phase), so it is valid for the group's current tick; the
+        fragments hold the current state, never older than ``sent``."""
+        topics = list(group.sent)
+        frags: list[bytes] = []
+        for i in range(0, len(topics), sl.budget):
+            if sl.full:
+                yield sl.take()
+                if self._groups.get(group.key) is not group:
+                    return  # dropped meanwhile
+            part = topics[i : i + sl.budget]
+            frags += self._snapshot_frags(group, part)
+            sl.work += len(part)
+        if group in self._join_wanted:
+            del self._join_wanted[group]
+            group.join = (group.tick_no, self._pack(frags))
+            self.stats.join_snapshots += 1
+            for m in group.members:
+                if not m.joined and not m.sub.ready:
+                    m.sub.ready = True
+                    sl.woken.append(m.sub)
+            sl.work += len(group.members)
 
     def fragment(self, topic: str, base: int | None, seq: int) -> bytes | None:
         """Encoded snapshot/delta from ``base`` to the current ``seq`` (cached)."""
@@ -327,32 +541,45 @@ class Hub:
         for s in sub.subs.values():
             for m in s.members:
                 group = m.group
-                if not m.joined:
-                    positions = sub.positions
+                if m.joined:
+                    missed = group.missed(m.cursor)
+                    if missed is not None and len(missed) <= 1:
+                        if missed:
+                            shared.extend(missed[0].frames)
+                            stats.shared_frames += len(missed[0].frames)
+                        m.cursor = group.tick_no
+                        continue
+                    total = 0 if missed is None else sum(len(rec.items) for rec in missed)
+                    if missed is not None and total <= self._coalesce_limit(group):
+                        first: dict[str, int | None] = {}
+                        for rec in missed:
+                            for topic, base in rec.items:
+                                if topic not in first:
+                                    first[topic] = base
+                        stats.coalesced += total - len(first)
+                        for topic, base in first.items():
+                            _merge_base(personal, topic, base)
+                        m.cursor = group.tick_no
+                        continue
+                    # Out of the ring, or so far behind that coalescing would cost
+                    # more than a snapshot: the member joins again, from the group's
+                    # shared join snapshot (bounded work per take, whatever the lag).
+                    stats.lag_snapshots += 1
+                    m.joined = False
+                if group.building is not None:
+                    continue  # woken when the group's state is complete
+                positions = sub.positions
+                if positions:
                     for topic in group.sent:
                         _merge_base(personal, topic, positions.get(topic))
-                    m.joined = joined_now = True
-                    m.cursor = group.tick_no
-                    continue
-                missed = group.missed(m.cursor)
-                if missed is None:
-                    stats.lag_snapshots += 1
-                    for topic in group.sent:
-                        _merge_base(personal, topic, None)
-                elif len(missed) == 1:
-                    shared.extend(missed[0].frames)
-                    stats.shared_frames += len(missed[0].frames)
-                elif missed:
-                    first: dict[str, int | None] = {}
-                    total = 0
-                    for rec in missed:
-                        total += len(rec.items)
-                        for topic, base in rec.items:
-                            if topic not in first:
-                                first[topic] = base
-                    stats.coalesced += total - len(first)
-                    for topic, base in first.items():
-                        _merge_base(personal, topic, base)
+                else:
+                    # no positions: the snapshot every screen joining this group
+                    # during this group tick shares (built once, framed once)
+                    join = self._join_frames(group)
+                    if join is None:
+                        continue  # woken when the tick has built it
+                    shared.extend(join)
+                m.joined = joined_now = True
                 m.cursor = group.tick_no
         if joined_now:
             sub.positions.clear()  # resume positions serve the joins that follow them

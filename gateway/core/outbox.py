@@ -21,8 +21,11 @@ The stepped slow-subscriber policy falls out of the cursor's lag (in ticks):
 * lag 1: the member gets the tick's frames, the very bytes every other in-sync
   member gets (encode once, send many);
 * lag 2 .. ring length: *coalesce*: one personal delta per topic from its base
-  in the first missed tick to the current state (counted: updates folded away);
-* older than the ring: a *snapshot* of the group's topics (counted);
+  in the first missed tick to the current state (counted: updates folded away),
+  unless the missed ticks hold more items than ``Hub._coalesce_limit`` (then, as
+  below: a snapshot is about as large and needs no work per member);
+* older than the ring: the member *joins again*, from the group's shared join
+  snapshot (counted);
 * a write stalled longer than ``stall_s``, or data waiting longer than
   ``max_lag_s``: *disconnect* with close code 4008 (counted by reason).
 
@@ -33,6 +36,7 @@ invariant 3), so shared and personal frames compose in any interleaving.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .topics import matches
@@ -65,6 +69,8 @@ class OutboxStats:
     lag_snapshots: int = 0  # members so far behind that they got a group snapshot
     shared_frames: int = 0  # tick frames handed out as-is (encode once, send many)
     personal_fragments: int = 0  # fragments built for one member (join, lag, resume)
+    join_snapshots: int = 0  # shared join snapshots built (one per group tick at most)
+    joins_shared: int = 0  # joins served from a shared join snapshot
     slow: dict[str, int] = field(default_factory=dict)  # reason -> disconnects
 
     def slow_disconnect(self, reason: str) -> None:
@@ -72,7 +78,10 @@ class OutboxStats:
 
 
 class Group:
-    __slots__ = ("gseq", "key", "members", "next_tick", "pending", "ring", "sent", "tick_no")
+    __slots__ = (
+        "building", "gseq", "join", "key", "members", "next_tick", "pending", "ring", "sent",
+        "tick_no",
+    )  # fmt: skip
 
     def __init__(self, key: GroupKey, sent: dict[str, int], ring_ticks: int) -> None:
         self.key = key
@@ -85,6 +94,12 @@ class Group:
         #: the store's change count up to which every change of this group's topics
         #: is in its stream (``sent`` plus the ticks so far)
         self.gseq = 0
+        #: while not None, the walk over the store's matching topics that is still
+        #: filling ``sent`` (members join only once it is done)
+        self.building: Iterator[str] | None = None
+        #: (tick_no, frames): the join snapshot shared by the members joining while
+        #: the group is at that tick (a later tick's deltas may not build on it)
+        self.join: tuple[int, tuple[bytes, ...]] | None = None
 
     def allows(self, topic: str) -> bool:
         grants = self.key.grants

@@ -32,6 +32,7 @@ __all__ = [
     "ERROR_CODES",
     "PROTOCOL_VERSION",
     "Ack",
+    "AckAlarm",
     "Auth",
     "ClientMessage",
     "DecodeLimits",
@@ -64,6 +65,11 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "unknown_subscription": "no subscription has this id",
     "duplicate_subscription": "a subscription with this id exists already",
     "rate_limited": "too many messages per second from this connection",
+    "ack_not_allowed": "this identity may not acknowledge alarms (no ack grant)",
+    "unknown_alarm": "an alarm named does not exist or is not visible to this identity",
+    "bad_rate": "rate_hz is not a finite number of at least the minimum rate",
+    "too_many_filters": "the per-connection limit on filters (all subscriptions) is reached",
+    "too_many_groups": "the per-connection limit on distinct (filter, rate) streams is reached",
 }
 
 #: WebSocket close codes the gateway uses (see docs/protocol.md for client actions).
@@ -145,6 +151,7 @@ class Subscribe:
     id: str
     filters: tuple[str, ...]
     rate_hz: float | None = None  # None: the server's default rate
+    history_s: float | None = None  # chart history to send before live state
 
     @classmethod
     def from_obj(cls, obj: Mapping[str, Any], limits: DecodeLimits) -> Subscribe:
@@ -162,11 +169,22 @@ class Subscribe:
         except TopicError as err:
             raise ProtocolError("bad_filter", str(err), sub_id) from None
         rate = obj.get("rate_hz")
-        if rate is not None and (
-            type(rate) not in (int, float) or not math.isfinite(rate) or rate <= 0
+        if rate is not None and type(rate) not in (int, float):
+            raise ProtocolError("bad_message", "'rate_hz' must be a number", sub_id)
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            # the range and the steps are the hub's (rates.py): "bad_rate" there too
+            raise ProtocolError("bad_rate", "'rate_hz' must be a finite number > 0", sub_id)
+        hist = obj.get("history_s")
+        if hist is not None and (
+            type(hist) not in (int, float) or not math.isfinite(hist) or not 0 <= hist <= 86400
         ):
-            raise ProtocolError("bad_message", "'rate_hz' must be a number > 0", sub_id)
-        return cls(sub_id, tuple(dict.fromkeys(checked)), None if rate is None else float(rate))
+            raise ProtocolError("bad_message", "'history_s' must be a number 0..86400", sub_id)
+        return cls(
+            sub_id,
+            tuple(dict.fromkeys(checked)),
+            None if rate is None else float(rate),
+            None if not hist else float(hist),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,10 +241,33 @@ class Ping:
         return cls(ping_id)
 
 
-ClientMessage: TypeAlias = Auth | Subscribe | Unsubscribe | Resume | Ping
+@dataclass(frozen=True, slots=True)
+class AckAlarm:
+    """Acknowledge alarms (``$alarms/<rule>/<topic>``); ``id`` is the client's request
+    id: a retry with the same id gets the same answer (docs/alarms.md)."""
+
+    type: ClassVar[str] = "ack_alarm"
+    id: str
+    alarms: tuple[str, ...]
+
+    @classmethod
+    def from_obj(cls, obj: Mapping[str, Any], limits: DecodeLimits) -> AckAlarm:
+        req_id = _str(obj, "id", limits.max_id_len)
+        assert req_id is not None
+        alarms = obj.get("alarms")
+        if type(alarms) is not list or not 0 < len(alarms) <= 1000:
+            raise ProtocolError("bad_message", "'alarms' must be a list of 1 to 1000", req_id)
+        try:
+            names = tuple(validate_topic(a, limits.max_topic_bytes) for a in alarms)
+        except TopicError as err:
+            raise ProtocolError("bad_filter", str(err), req_id) from None
+        return cls(req_id, names)
+
+
+ClientMessage: TypeAlias = Auth | Subscribe | Unsubscribe | Resume | Ping | AckAlarm
 
 _CLIENT_TYPES: Final[Mapping[str, Callable[[Mapping[str, Any], DecodeLimits], ClientMessage]]] = {
-    cls.type: cls.from_obj for cls in (Auth, Subscribe, Unsubscribe, Resume, Ping)
+    cls.type: cls.from_obj for cls in (Auth, Subscribe, Unsubscribe, Resume, Ping, AckAlarm)
 }
 
 
@@ -260,6 +301,7 @@ class Welcome:
     auth_required: bool
     limits: Mapping[str, JsonValue]
     protocol: int = PROTOCOL_VERSION
+    meta: Mapping[str, JsonValue] | None = None  # {"url": "/api/meta", "version": ...}
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +316,7 @@ class Ack:
     rate_hz: float | None = None
     resumed: bool | None = None
     restricted: bool | None = None  # some matching topics are outside the grants
+    alarms: tuple[str, ...] | None = None  # ack_alarm: the alarms acknowledged
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +450,7 @@ def _server_obj(obj: Any) -> ServerMessage:
                 bool(obj["auth_required"]),
                 dict(obj.get("limits", {})),
                 int(obj["protocol"]),
+                obj.get("meta"),
             )
         if kind == "ack":
             filters = obj.get("filters")
@@ -417,6 +461,7 @@ def _server_obj(obj: Any) -> ServerMessage:
                 obj.get("rate_hz"),
                 obj.get("resumed"),
                 obj.get("restricted"),
+                None if obj.get("alarms") is None else tuple(obj["alarms"]),
             )
         if kind == "error":
             return Error(obj["code"], obj["message"], obj.get("ref"))

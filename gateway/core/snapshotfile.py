@@ -19,6 +19,9 @@ Sections of version 1:
   which SSE positions are counted in), ``topics`` (how many records follow),
   ``written_at`` (wall clock).
 * ``topics``: one JSON array per line per topic with seq > 0, see :data:`TOPIC_FIELDS`.
+  The last two positions (``report_at``, ``interval``: the learned reporting
+  interval) were added later; a record without them (an older file) still loads,
+  with no interval learned yet.
 
 Extension point: a later module (alarm states, history buffers) adds its own
 section under a new name: an encoder that yields its payload in bounded chunks
@@ -66,8 +69,10 @@ _LEN = struct.Struct("<Q")
 #: the positions of a topic record
 TOPIC_FIELDS: Final = (
     "topic", "seq", "fields", "versions", "tombstones", "floor", "meta_seq", "online",
-    "stale", "device_ts", "changed_at", "seen_at", "gseq",
+    "stale", "device_ts", "changed_at", "seen_at", "gseq", "report_at", "interval",
 )  # fmt: skip
+#: records of files written before the learned interval was kept end at ``gseq``
+_OLD_FIELDS: Final = len(TOPIC_FIELDS) - 2
 
 
 class CheckpointError(ValueError):
@@ -116,6 +121,7 @@ def _record(st: TopicState) -> list[Any]:
     return [
         st.topic, st.seq, st.fields, st.versions, st.tombstones, st.floor, st.meta_seq,
         st.online, st.stale, st.device_ts, st.changed_at, st.seen_at, st.gseq,
+        st.report_at, st.interval,
     ]  # fmt: skip
 
 
@@ -232,9 +238,12 @@ def decode_topics(payload: memoryview, out: list[TopicState], batch: int = 1000)
 
 
 def _topic(rec: Any) -> TopicState:
-    if type(rec) is not list or len(rec) != len(TOPIC_FIELDS):
+    if type(rec) is not list or len(rec) not in (len(TOPIC_FIELDS), _OLD_FIELDS):
         raise ValueError("not a topic record")
-    topic, seq, fields, versions, tombs, floor, meta_seq, online, stale, ts, rx, seen, gseq = rec
+    if len(rec) == _OLD_FIELDS:
+        rec = [*rec, None, 0.0]
+    (topic, seq, fields, versions, tombs, floor, meta_seq, online, stale, ts, rx, seen, gseq,
+     report_at, interval) = rec  # fmt: skip
     ok = (
         type(topic) is str
         and all(type(v) is int and v >= 0 for v in (seq, floor, meta_seq, gseq))
@@ -247,6 +256,9 @@ def _topic(rec: Any) -> TopicState:
         and type(stale) is bool
         and (ts is None or type(ts) in (int, float))
         and all(type(v) in (int, float) for v in (rx, seen))
+        and (report_at is None or type(report_at) in (int, float))
+        and type(interval) in (int, float)
+        and interval >= 0
         and seq > 0
         and floor <= seq
         and meta_seq <= seq
@@ -256,4 +268,5 @@ def _topic(rec: Any) -> TopicState:
     return TopicState(
         topic, seq, fields, versions, tombs, floor, meta_seq, online, stale,
         None if ts is None else float(ts), float(rx), float(seen), gseq,
+        None if report_at is None else float(report_at), float(interval),
     )  # fmt: skip

@@ -20,6 +20,14 @@ Invariants (every other module and every client relies on these):
    snapshot, because it might miss that removal.
 5. A numeric change smaller than the field's deadband (compared with the last
    *accepted* value, so slow drift still gets through) is not a change.
+6. Stale by default: each topic learns its reporting interval, an exponentially
+   weighted average (weight :data:`INTERVAL_ALPHA`) of the time between reports,
+   where messages less than :data:`REPORT_GAP_S` after the start of a report
+   belong to that report (a device sending its fields as separate messages, or
+   faster than the gap). A topic silent for ``stale_multiple`` times its interval,
+   bounded by ``stale_floor_s`` and ``stale_ceiling_s``, is stale, unless a
+   ``stale_after`` rule matches it (the rule wins). A topic with no interval yet
+   (one report so far), and topics starting with ``$``, are never marked by this.
 
 Time is always a parameter (``now``: the gateway's wall-clock receive time in
 seconds); nothing here reads a clock.
@@ -27,13 +35,14 @@ seconds); nothing here reads a clock.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, TypeAlias
 
-from .topics import RuleTable, validate_topic
+from .topics import RuleTable, TopicTree, validate_topic
 
 __all__ = [
     "Deadband",
@@ -54,6 +63,8 @@ JsonValue: TypeAlias = (
 _MISSING: Final = object()
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1  # what orjson can encode
+REPORT_GAP_S: Final = 0.5
+INTERVAL_ALPHA: Final = 0.25
 
 
 class InvalidUpdate(ValueError):
@@ -112,6 +123,8 @@ class TopicState:
     changed_at: float = 0.0  # gateway receive time of the last change
     seen_at: float = 0.0  # gateway receive time of the last message, changed or not
     gseq: int = 0  # the store's change count at this topic's last change (SSE resume)
+    report_at: float | None = None  # start of the last report (invariant 6)
+    interval: float = 0.0  # learned reporting interval; 0: not known yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +188,10 @@ class StateStore:
         max_field_name: int = 128,
         max_tombstones: int = 32,
         max_topic_bytes: int = 1024,
+        stale_learn: bool = True,
+        stale_multiple: float = 3.0,
+        stale_floor_s: float = 5.0,
+        stale_ceiling_s: float = 3600.0,
     ) -> None:
         if not epoch:
             raise ValueError("epoch must be a non-empty string")
@@ -186,12 +203,26 @@ class StateStore:
         self.max_field_name = max_field_name
         self.max_tombstones = max_tombstones
         self.max_topic_bytes = max_topic_bytes
+        self.stale_learn = stale_learn
+        self.stale_multiple = stale_multiple
+        self.stale_floor_s = stale_floor_s
+        self.stale_ceiling_s = stale_ceiling_s
         self.stats = StateStats()
         #: called (with no arguments) when the first change after a drain happens: the
         #: shell uses it to wake its tick loop, which sleeps while nothing changes
         self.on_change: Callable[[], None] | None = None
+        #: called with (state, now) after every seq bump (alarms, history); it may
+        #: apply changes to other topics, never to the one it is called for
+        self.on_accept: Callable[[TopicState, float], None] | None = None
         self._topics: dict[str, TopicState] = {}
+        #: every topic name, for enumerating the topics a filter matches
+        self.tree = TopicTree()
         self._changed: dict[str, None] = {}  # ordered set of topics changed since drain
+        # stale deadlines: a heap of (deadline, topic), valid when _due[topic] is that
+        # deadline; every non-stale topic with a message since it was last dropped is
+        # in _due (apply() re-arms it), so sweep_stale never scans every topic
+        self._deadlines: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
 
     # -- reading ---------------------------------------------------------------
 
@@ -238,6 +269,7 @@ class StateStore:
             )
         st = TopicState(topic)
         self._topics[topic] = st
+        self.tree.add(topic)
         return st
 
     def _validate(
@@ -289,7 +321,19 @@ class StateStore:
         st = existing or self._topic_state(topic)
         stats = self.stats
         stats.messages += 1
+        if st.report_at is None:
+            st.report_at = now
+        elif now - st.report_at >= REPORT_GAP_S:
+            gap = now - st.report_at
+            before = st.interval
+            st.interval = gap if not before else before + INTERVAL_ALPHA * (gap - before)
+            st.report_at = now
+            if st.interval < before:
+                # a shorter limit may bring the deadline before the one on the heap
+                self._watch(topic, now)
         st.seen_at = now
+        if topic not in self._due:
+            self._watch(topic, now)  # the next sweep computes the real deadline
         fields = st.fields
         versions = st.versions
         tombstones = st.tombstones
@@ -343,6 +387,8 @@ class StateStore:
         st = self._topic_state(topic)
         if online:
             st.seen_at = now
+            if topic not in self._due:
+                self._watch(topic, now)  # the next sweep computes the real deadline
         if st.online is online and not (online and st.stale):
             return 0
         seq = st.seq + 1
@@ -353,30 +399,57 @@ class StateStore:
         self._bump(st, seq, now)
         return seq
 
-    def sweep_stale(self, now: float) -> list[str]:
-        """Mark topics silent for longer than their ``stale_after`` rule as stale."""
+    def stale_limit(self, st: TopicState) -> float | None:
+        """Seconds of silence after which ``st`` is stale (invariant 6), or None."""
+        limit = self.stale_after.lookup(st.topic)
+        if limit is None and self.stale_learn and st.interval and st.topic[:1] != "$":
+            limit = min(
+                max(st.interval * self.stale_multiple, self.stale_floor_s), self.stale_ceiling_s
+            )
+        return limit
+
+    def _watch(self, topic: str, at: float) -> None:
+        self._due[topic] = at
+        heapq.heappush(self._deadlines, (at, topic))
+
+    def sweep_stale(self, now: float, max_checks: int = 10_000) -> list[str]:
+        """Mark topics silent for longer than their stale limit as stale.
+
+        Only topics whose deadline has passed are looked at (a heap of deadlines,
+        re-armed lazily from ``seen_at``), at most ``max_checks`` per call; the rest
+        wait for the next call. So a sweep costs O(due topics), not O(topics).
+        """
         marked: list[str] = []
-        if not self.stale_after.rules:
-            return marked
-        lookup = self.stale_after.lookup
-        for st in self._topics.values():
-            if st.stale:
+        heap, due = self._deadlines, self._due
+        checks = 0
+        while heap and heap[0][0] < now and checks < max_checks:
+            checks += 1
+            at, topic = heapq.heappop(heap)
+            if due.get(topic) != at:
+                continue  # superseded by a later entry
+            st = self._topics[topic]
+            limit = None if st.stale else self.stale_limit(st)
+            if limit is None:
+                del due[topic]  # stale, or no limit yet: the next message re-arms it
                 continue
-            limit = lookup(st.topic)
-            if limit is not None and now - st.seen_at > limit:
-                seq = st.seq + 1
-                st.stale = True
-                st.meta_seq = seq
-                self._bump(st, seq, now, changed_at=False)
-                marked.append(st.topic)
+            deadline = st.seen_at + limit
+            if not deadline < now:
+                self._watch(topic, deadline)
+                continue
+            del due[topic]
+            seq = st.seq + 1
+            st.stale = True
+            st.meta_seq = seq
+            self._bump(st, seq, now, changed_at=False)
+            marked.append(st.topic)
         self.stats.stale_marked += len(marked)
         return marked
 
     def mark_all_stale(self, now: float) -> int:
         """Mark every topic stale at once (the data source is gone). Returns how many."""
         count = 0
-        for st in self._topics.values():
-            if not st.stale:
+        for st in list(self._topics.values()):  # on_accept may add (alarm) topics
+            if not st.stale and st.topic[:1] != "$":  # alarms are the gateway's own
                 seq = st.seq + 1
                 st.stale = True
                 st.meta_seq = seq
@@ -388,19 +461,32 @@ class StateStore:
     def restore(self, st: TopicState) -> bool:
         """Adopt a topic read from a checkpoint (gateway/persist.py), before serving.
 
-        It comes back stale until its device or a retained message speaks again;
-        marking it is a change, so its ``seq`` grows past any a client may hold.
+        The honest-freshness rule, as if the gateway had never stopped: the topic
+        keeps its last receive time (``seen_at``) and learned interval. With a stale
+        limit (a ``stale_after`` rule or a learned interval) it is armed on the
+        deadline heap at ``seen_at + limit``, and :meth:`sweep_stale` marks it stale
+        if its device stays silent (at the first sweep if that time has passed), so
+        a restore by itself changes nothing a client holds. Without a limit (a
+        device that spoke once) it is marked stale at once: a change, so its
+        ``seq`` grows past any a client may hold. A stale topic stays stale, and
+        ``$`` topics (alarms) come back as they were.
         Returns False (and adopts nothing) for a known topic or past ``max_topics``.
         """
         if st.topic in self._topics or len(self._topics) >= self.max_topics:
             return False
         self._topics[st.topic] = st
-        if not st.stale:
-            seq = st.seq + 1
-            st.stale = True
-            st.meta_seq = seq
-            self._bump(st, seq, st.changed_at, changed_at=False)
-            self.stats.stale_marked += 1
+        self.tree.add(st.topic)  # groups find their topics through the tree (hub.py)
+        if st.stale or st.topic[:1] == "$":
+            return True
+        limit = self.stale_limit(st)
+        if limit is not None:
+            self._watch(st.topic, st.seen_at + limit)
+            return True
+        seq = st.seq + 1
+        st.stale = True
+        st.meta_seq = seq
+        self._bump(st, seq, st.changed_at, changed_at=False)
+        self.stats.stale_marked += 1
         return True
 
     def _remove(self, st: TopicState, name: str, seq: int) -> None:
@@ -421,6 +507,8 @@ class StateStore:
         if not self._changed and self.on_change is not None:
             self.on_change()
         self._changed[st.topic] = None
+        if self.on_accept is not None:
+            self.on_accept(st, now)
 
     # -- diffs -----------------------------------------------------------------
 

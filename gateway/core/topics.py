@@ -24,6 +24,7 @@ __all__ = [
     "MAX_TOPIC_BYTES",
     "RuleTable",
     "SubscriptionIndex",
+    "TopicTree",
     "TopicError",
     "filter_covers",
     "filters_overlap",
@@ -283,3 +284,109 @@ class RuleTable(Generic[V]):
             self._cache.clear()
         self._cache[topic] = found
         return found
+
+
+_END = "\x00"  # a topic ends at this node (no topic level can contain NUL)
+
+
+class TopicTree:
+    """The set of topic names as a trie over levels: ``matching(filter)`` enumerates
+    the topics a filter matches without looking at the others.
+
+    A node is a dict from level to child; a child that no longer topic extends is
+    stored as the topic string itself (the leaf costs no dict), and a node where a
+    topic ends while longer ones continue holds that topic under the key NUL.
+    Topics are only ever added (the store never deletes one).
+    """
+
+    __slots__ = ("_count", "_root")
+
+    def __init__(self) -> None:
+        self._root: dict[str, object] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, topic: str) -> None:
+        node = self._root
+        levels = topic.split("/")
+        last = len(levels) - 1
+        for i, level in enumerate(levels):
+            child = node.get(level)
+            if i == last:
+                if child is None:
+                    node[level] = topic
+                elif type(child) is dict:
+                    if _END in child:
+                        return
+                    child[_END] = topic
+                else:
+                    return  # present already
+                self._count += 1
+                return
+            if child is None:
+                child = node[level] = {}
+            elif type(child) is str:
+                child = node[level] = {_END: child}
+            node = child  # type: ignore[assignment]
+
+    def matching(self, topic_filter: str) -> Iterator[str]:
+        """Every topic the (valid) filter matches, each once.
+
+        Safe against topics added while the iterator is suspended: each node's
+        entries are copied when the walk reaches it, so a topic added meanwhile is
+        either seen or not, never twice and never an error.
+        """
+        levels = topic_filter.split("/")
+        return self._walk(self._root, levels, 0)
+
+    def _walk(self, node: dict[str, object], levels: list[str], i: int) -> Iterator[str]:
+        level = levels[i]
+        last = i == len(levels) - 1
+        if level == "#":
+            # the parent level itself ('a/#' matches 'a'), then everything below
+            if i > 0 and _END in node:
+                yield node[_END]  # type: ignore[misc]
+            yield from _everything(node, skip_dollar=i == 0)
+            return
+        if level == "+":
+            children = [(k, c) for k, c in list(node.items()) if k != _END]
+            if i == 0:
+                children = [(k, c) for k, c in children if not k.startswith("$")]
+        else:
+            child = node.get(level)
+            children = [] if child is None else [(level, child)]
+        for _, child in children:
+            if type(child) is str:
+                if last:
+                    yield child
+                elif levels[i + 1] == "#" and i + 2 == len(levels):
+                    yield child  # 'a/#' matches 'a'
+                continue
+            sub: dict[str, object] = child  # type: ignore[assignment]
+            if last:
+                if _END in sub:
+                    yield sub[_END]  # type: ignore[misc]
+            else:
+                yield from self._walk(sub, levels, i + 1)
+
+
+def _everything(node: dict[str, object], *, skip_dollar: bool) -> Iterator[str]:
+    """Every topic below ``node`` (its own end marker excluded); ``skip_dollar``
+    leaves out the ``$``-levels directly under it (a first-level wildcard)."""
+    stack = [iter([(k, c) for k, c in list(node.items()) if not (skip_dollar and k[:1] == "$")])]
+    while stack:
+        for key, child in stack[-1]:
+            if key == _END:
+                continue
+            if type(child) is str:
+                yield child
+                continue
+            sub: dict[str, object] = child  # type: ignore[assignment]
+            if _END in sub:
+                yield sub[_END]  # type: ignore[misc]
+            stack.append(iter(list(sub.items())))
+            break
+        else:
+            stack.pop()

@@ -160,6 +160,15 @@ class MqttIngest:
                     self.store.set_presence(topic, online, now)
                 return
             update = decode_data(payload, route, self.cfg.max_payload_bytes)
+            if any(type(v) is dict or type(v) is list for v in update.fields.values()):
+                self._log.limited(
+                    "nested",
+                    "MQTT message on %r: a field holds a JSON object or array; it is stored "
+                    "and sent whole, but deadbands, the dashboard's tiles and charts use only "
+                    "numbers, strings and booleans (docs/operations.md, Payloads)",
+                    mqtt_topic[:200],
+                    level=logging.INFO,
+                )
             self.store.apply(
                 topic, update.fields, now, device_ts=update.device_ts, mode=update.mode
             )

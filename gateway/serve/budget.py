@@ -13,9 +13,12 @@ Rules:
 
 from __future__ import annotations
 
+from collections import Counter
+
+from ..config import ServerConfig
 from .sockio import Outbound
 
-__all__ = ["AnswerBudget", "HttpBodies"]
+__all__ = ["AnswerBudget", "HttpBodies", "PeerLimits"]
 
 
 class AnswerBudget:
@@ -58,3 +61,38 @@ class HttpBodies:
 
     def release(self, size: int) -> None:
         self.held -= size
+
+
+class PeerLimits:
+    """What one WebSocket peer may make the gateway do and hold: messages and control
+    frames under one token bucket (``messages_per_s``, burst ``message_burst``), its
+    unread answers (:class:`AnswerBudget`), and one pending Pong, for the latest Ping
+    (RFC 6455 5.5.3 allows answering only that one)."""
+
+    __slots__ = ("answers", "burst", "pong", "rate", "rejected", "tokens", "tokens_at")
+
+    def __init__(self, cfg: ServerConfig, now: float, rejected: Counter[str]) -> None:
+        self.rate = cfg.messages_per_s
+        self.burst = float(cfg.message_burst)
+        self.tokens = self.burst
+        self.tokens_at = now
+        self.answers = AnswerBudget(cfg.max_pending_bytes)
+        self.pong: bytes | None = None
+        self.rejected = rejected  # counted by reason: "rate", "pending_bytes"
+
+    def take(self, now: float) -> bool:
+        """One message or control frame; False (counted) when over the rate."""
+        self.tokens = min(self.burst, self.tokens + (now - self.tokens_at) * self.rate)
+        self.tokens_at = now
+        if self.tokens < 1:
+            self.rejected["rate"] += 1
+            return False
+        self.tokens -= 1
+        return True
+
+    def admit_answer(self, out: Outbound, size: int) -> bool:
+        """An answer of ``size`` bytes; False (counted) when over the budget."""
+        if self.answers.admit(out, size):
+            return True
+        self.rejected["pending_bytes"] += 1
+        return False

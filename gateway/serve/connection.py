@@ -16,6 +16,7 @@ import trio
 
 from ..auth import AuthError, Identity
 from ..config import Config
+from ..core.rates import RateError
 from .admission import Admission, forwarded_for
 from .deflate import negotiate
 from .fanout import FanOut
@@ -208,7 +209,13 @@ class Connections:
             if identity is None:  # no auth message on a one-way stream
                 raise AuthError("malformed", "a token is required (header or access_token)")
             limit = self.cfg.state.max_topic_bytes
-            return identity, parse_sse_request(req.target, req.header(b"last-event-id"), limit)
+            sse = parse_sse_request(req.target, req.header(b"last-event-id"), limit)
+            if sse.rate_hz is not None:
+                try:
+                    self.session_ctx.hub.rates.snap(sse.rate_hz)  # refused here: EventSource stops
+                except RateError as err:
+                    raise HttpError(400, f"bad rate: {err}", "bad_request") from None
+            return identity, sse
 
         admitted = await self.admission.admit(out, conn, req, ip, "event stream", prepare)
         if admitted is None:

@@ -27,6 +27,10 @@ __all__ = ["SWEEP_INTERVAL_S", "FanOut"]
 log = logging.getLogger("gateway.server")
 
 SWEEP_INTERVAL_S = 0.5
+PUMP_BATCH = 200  # sessions pumped (or closed at shutdown) between two checkpoints
+PUMP_BYTES = 8 << 20  # or bytes written by them
+PUMP_SECONDS = 0.005  # or time spent on them
+SAMPLE_SLICE = 2000  # latency samples recorded between two checkpoints
 
 
 class FanOut:
@@ -93,8 +97,10 @@ class FanOut:
         """Shutdown: tell every stream to reconnect (1012) and give them
         ``shutdown_timeout_s`` to go."""
         self.stopping = True
-        for session in list(self.sessions):
+        for i, session in enumerate(list(self.sessions), 1):
             session.close(1012, "service restart: reconnect", "shutdown")
+            if i % PUMP_BATCH == 0:
+                await trio.lowlevel.checkpoint()
         if self.sessions:
             with trio.move_on_after(self.cfg.shutdown_timeout_s):
                 await self._drained.wait()
@@ -148,6 +154,7 @@ class FanOut:
             work.set()
 
         self.store.on_change = wake
+        hub.on_work = wake
         next_at = last = -math.inf
         while True:
             if hub.idle:
@@ -168,28 +175,46 @@ class FanOut:
             self._framed.clear()
             self._framed_z.clear()
             self._sse_events.clear()
-            for sub in hub.tick(start):
-                session = by_sub.get(sub.id)
-                if session is not None:
-                    try:
-                        session.pump(start)
-                    except Exception:  # one session's bug must not stop every screen
-                        self._session_failed(session)
+            # bounded work between checkpoints: the hub yields after each slice of
+            # its tick, and the woken sessions are pumped in batches
+            # (in pumps, in bytes handed to the kernel, since join snapshots are large,
+            # and in time, since a lagging screen's take coalesces up to 4 slices)
+            stats = self.stats
+            for woken in hub.tick_steps(start):
+                pumped, sent, since = 0, stats.bytes_sent, trio.current_time()
+                for sub in woken:
+                    session = by_sub.get(sub.id)
+                    if session is not None:
+                        try:
+                            session.pump(start)
+                        except Exception:  # one session's bug must not stop every screen
+                            self._session_failed(session)
+                    pumped += 1
+                    if (
+                        pumped >= PUMP_BATCH
+                        or stats.bytes_sent - sent >= PUMP_BYTES
+                        or trio.current_time() - since >= PUMP_SECONDS
+                    ):
+                        await trio.lowlevel.checkpoint()
+                        pumped, sent, since = 0, stats.bytes_sent, trio.current_time()
+                await trio.lowlevel.checkpoint()
             self.stats.ticks += 1
             if self.metrics is not None:
-                self._observe_tick(start)
+                await self._observe_tick(start)
 
-    def _observe_tick(self, start: float) -> None:
+    async def _observe_tick(self, start: float) -> None:
         m = self.metrics
         assert m is not None
         m.tick_seconds.observe(trio.current_time() - start)
         states = self.hub.tick_states
         if states:
             wall = self.clock.wall()
-            for st in states.values():
+            for i, st in enumerate(list(states.values()), 1):
                 if st.device_ts is not None:
                     m.device_to_send.observe(max(0.0, wall - st.device_ts))
                 m.ingest_to_send.observe(max(0.0, wall - st.changed_at))
+                if i % SAMPLE_SLICE == 0:
+                    await trio.lowlevel.checkpoint()
 
     async def sweep_loop(self) -> None:
         while True:

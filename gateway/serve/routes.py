@@ -5,17 +5,21 @@ admin port's Prometheus exposition."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import h11
+import orjson
+import trio
 
 from ..auth import AuthError, Identity
 from ..config import Config
+from ..core.alarms import with_alarm_grants
 from ..core.state import StateStore
 from ..core.topics import TopicError, matches, validate_filter
 from .budget import HttpBodies
 from .http import Request, ResponseLimits, json_body, respond
+from .insight import Insight
 from .sockio import Outbound
 from .static import security_headers, static_file
 from .stats import ServerStats
@@ -24,6 +28,7 @@ __all__ = ["ReadyCheck", "Routes"]
 
 ReadyCheck = Callable[[], tuple[bool, str]]
 BUSY = [(b"retry-after", b"1"), (b"connection", b"close")]
+API_SLICE = 2000  # topics /api/snapshot encodes between two checkpoints
 
 
 class Routes:
@@ -37,8 +42,10 @@ class Routes:
         identity: Callable[[Request], Identity | None],
         stopping: Callable[[], bool],
         metrics_handler: Callable[[], tuple[bytes, bytes]] | None,
+        insight: Insight | None = None,
         origin_allowed: Callable[[Request], bool] = lambda _req: True,
     ) -> None:
+        self.insight = insight  # /api/alarms, /api/meta, /api/history
         self.cfg = cfg
         self.store = store
         self.stats = stats
@@ -109,18 +116,17 @@ class Routes:
             return
         if path in ("/api/topics", "/api/snapshot"):
             stats.http_requests[path.rsplit("/", 1)[1]] += 1
-            if not self.origin_allowed(req):
-                stats.handshake_rejected["origin"] += 1
-                await answer(403, b"Origin not allowed\n")
+            if await self._api_refused(req, answer):
                 return
-            if self.limits.bodies.full:  # refused before the body is built
-                stats.http_cut["busy"] += 1
-                await answer(503, b"busy: too many responses in flight, retry\n", headers=BUSY)
+            status, body = await self._api(req, full=path == "/api/snapshot")
+            await answer(status, body, b"application/json", self._cors(req))
+            return
+        if path in ("/api/alarms", "/api/meta", "/api/history") and self.insight is not None:
+            stats.http_requests[path.rsplit("/", 1)[1]] += 1
+            if await self._api_refused(req, answer):
                 return
-            origin = req.header(b"origin")
-            cors = [(b"access-control-allow-origin", origin)] if origin is not None else []
-            status, body = self._api(req, full=path == "/api/snapshot")
-            await answer(status, body, b"application/json", [*cors, (b"vary", b"Origin")])
+            status, body = self._insight_api(req, path, self.insight)
+            await answer(status, body, b"application/json", self._cors(req))
             return
         found = static_file(self.dashboard_root, path)
         if found is None:
@@ -129,6 +135,26 @@ class Routes:
             return
         stats.http_requests["static"] += 1
         await answer(200, found[0], found[1], self.static_headers)
+
+    async def _api_refused(self, req: Request, answer: Callable[..., Awaitable[None]]) -> bool:
+        """/api/*: the Origin rule of /ws (admission.py), then the bodies' budget
+        (refused before a body is built); True when refused (answered)."""
+        if not self.origin_allowed(req):
+            self.stats.handshake_rejected["origin"] += 1
+            await answer(403, b"Origin not allowed\n")
+            return True
+        if self.limits.bodies.full:
+            self.stats.http_cut["busy"] += 1
+            await answer(503, b"busy: too many responses in flight, retry\n", headers=BUSY)
+            return True
+        return False
+
+    @staticmethod
+    def _cors(req: Request) -> list[tuple[bytes, bytes]]:
+        """CORS headers for an allowed origin (only allowed ones reach here)."""
+        origin = req.header(b"origin")
+        allow = [(b"access-control-allow-origin", origin)] if origin is not None else []
+        return [*allow, (b"vary", b"Origin")]
 
     def readiness(self, private: bool = True) -> tuple[bool, dict[str, object]]:
         """Ready or not, and why; the checks' details (which may name hosts, ports and
@@ -146,7 +172,11 @@ class Routes:
             answer["reasons"] = reasons
         return ready, answer
 
-    def _api(self, req: Request, full: bool) -> tuple[int, bytes]:
+    async def _api(self, req: Request, full: bool) -> tuple[int, bytes]:
+        """The topics a filter matches (from the store's topic tree), encoded
+        ``API_SLICE`` topics at a time with a checkpoint between slices: a large
+        state never holds the loop (each slice is encoded at once, so it is
+        consistent per topic)."""
         try:
             identity = self.identity(req)
         except AuthError as err:
@@ -158,10 +188,18 @@ class Routes:
             flt = validate_filter(req.query.get("filter", "#"), self.cfg.state.max_topic_bytes)
         except TopicError as err:
             return 400, json_body({"error": "bad_filter", "message": str(err)})
-        grants = identity.grants
+        grants = with_alarm_grants(identity.grants)  # and the alarms of those topics
+        store = self.store
+        parts: list[bytes] = []
         out: dict[str, object] = {}
-        for st in self.store.states():
-            if not st.seq or not matches(flt, st.topic):
+        for n, topic in enumerate(store.tree.matching(flt), 1):
+            if n % API_SLICE == 0:
+                if out:
+                    parts.append(orjson.dumps(out)[1:-1])
+                    out = {}
+                await trio.lowlevel.checkpoint()
+            st = store.get(topic)
+            if st is None or not st.seq:
                 continue
             if grants is not None and not any(matches(g, st.topic) for g in grants):
                 continue
@@ -175,4 +213,18 @@ class Routes:
             if full:
                 entry["fields"] = st.fields
             out[st.topic] = entry
-        return 200, json_body({"epoch": self.store.epoch, "filter": flt, "topics": out})
+        if out:
+            parts.append(orjson.dumps(out)[1:-1])
+        head = json_body({"epoch": store.epoch, "filter": flt})[:-1]
+        return 200, head + b',"topics":{' + b",".join(parts) + b"}}"
+
+    def _insight_api(self, req: Request, path: str, insight: Insight) -> tuple[int, bytes]:
+        """The same authentication as /api/snapshot, then insight.py."""
+        try:
+            identity = self.identity(req)
+        except AuthError as err:
+            self.stats.auth_failures[err.reason] += 1
+            return 401, json_body({"error": "unauthorized", "message": err.message})
+        if identity is None:
+            return 401, json_body({"error": "unauthorized", "message": "a token is required"})
+        return insight.api(path, req.query, identity)

@@ -44,6 +44,7 @@ from ..metrics import Metrics
 from .admission import Admission, accept_loop, listen
 from .connection import Connections
 from .fanout import FanOut
+from .insight import Insight
 from .routes import Routes
 from .session import SessionContext, StreamSession
 from .sockio import close_socket
@@ -67,8 +68,10 @@ class Server:
         clock: Clock,
         *,
         metrics: Metrics | None = None,
+        insight: Insight | None = None,
     ) -> None:
         self.cfg = cfg
+        self.insight = insight  # alarms, metadata, history (insight.py)
         self.store = store
         self.hub = hub
         self.auth = auth
@@ -84,6 +87,10 @@ class Server:
             "max_filters": 64,
             "max_rate_hz": sc.tick_hz,
             "default_rate_hz": sc.default_rate_hz,
+            "min_rate_hz": hub.rates.min_hz,
+            "rate_steps_hz": list(hub.rates.steps),
+            "max_filters_per_connection": sc.max_filters_per_connection,
+            "max_groups_per_connection": sc.max_groups_per_connection,
             "auth_deadline_s": sc.auth_timeout_s,
             "messages_per_s": sc.messages_per_s,
         }
@@ -99,6 +106,7 @@ class Server:
             self.admission.identity,
             lambda: self.fanout.stopping,
             metrics.exposition if metrics is not None else None,
+            insight,
             origin_allowed=self.admission.origin_allowed,
         )
         #: name -> check; the gateway is ready when every one is (app.py adds "mqtt")
@@ -117,6 +125,7 @@ class Server:
             sse_event=self.fanout.sse_event,
             attach=self.fanout.attach,
             detach=self.fanout.detach,
+            insight=insight,
         )
         self.handler = Connections(
             cfg, self.stats, self.admission, self.routes, self.fanout, self.session_ctx

@@ -20,6 +20,7 @@ from ..core.hub import Hub, Subscriber
 from ..core.protocol import ClientMessage
 from ..core.state import JsonValue, StateStore
 from ..log import RateLimitedLog
+from .insight import Insight
 from .sockio import Outbound, SendFailed
 from .stats import ServerStats
 
@@ -49,6 +50,8 @@ class SessionContext:
     attach: Callable[[StreamSession], None]
     #: the session is gone: out of the registry, its disconnect reason counted
     detach: Callable[[StreamSession], None]
+    #: alarms, metadata, history: the ack_alarm message, subscription history
+    insight: Insight | None = None
 
 
 class StreamSession:

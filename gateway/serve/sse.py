@@ -117,22 +117,23 @@ class SseSession(StreamSession):
         ctx = self.ctx
         hub = ctx.hub
         sub = self.sub = hub.connect(self.identity.grants)
-        req = self.request
-        welcome = Welcome(
-            ctx.store.epoch,
-            ctx.clock.wall(),
-            ctx.cfg.heartbeat_s,
-            False,
-            ctx.welcome_limits,
-        )
-        events = [HEAD, self._event(encode(welcome))]
-        positions = self._resume_positions()
-        if positions:
-            hub.resume(sub, Resume(ctx.store.epoch, positions))
-        reply = hub.subscribe(sub, Subscribe("sse", req.filters, req.rate_hz))
-        events.append(self._event(encode(reply)))
         ctx.attach(self)
+        req = self.request
         try:
+            welcome = Welcome(
+                ctx.store.epoch,
+                ctx.clock.wall(),
+                ctx.cfg.heartbeat_s,
+                False,
+                ctx.welcome_limits,
+                meta=ctx.insight.welcome if ctx.insight is not None else None,
+            )
+            events = [HEAD, self._event(encode(welcome))]
+            positions = self._resume_positions()
+            if positions:
+                hub.resume(sub, Resume(ctx.store.epoch, positions))
+            reply = hub.subscribe(sub, Subscribe("sse", req.filters, req.rate_hz))
+            events.append(self._event(encode(reply)))
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:

@@ -23,6 +23,7 @@ from wsproto.extensions import Extension
 from ..auth import AuthError, Identity
 from ..core.protocol import (
     Ack,
+    AckAlarm,
     Auth,
     ClientMessage,
     Error,
@@ -35,7 +36,7 @@ from ..core.protocol import (
 )
 from ..core.protocol import Ping as AppPing
 from ..core.protocol import Pong as AppPong
-from .budget import AnswerBudget
+from .budget import PeerLimits
 from .deflate import BoundedDeflate
 from .frameguard import FrameGuard
 from .session import SessionContext, StreamSession
@@ -54,22 +55,8 @@ _COPY_LIMIT = 16 * 1024
 
 class WsSession(StreamSession):
     __slots__ = (
-        "_answers",
-        "_parts",
-        "_pong",
-        "_size",
-        "_tokens",
-        "_tokens_at",
-        "_trailing",
-        "compressed",
-        "errors",
-        "guard",
-        "identity",
-        "last_rx",
-        "opened_at",
-        "partial_since",
-        "ping_sent_at",
-        "ws",
+        "_parts", "_size", "_trailing", "compressed", "errors", "guard", "history_hold",
+        "identity", "last_rx", "limits", "opened_at", "partial_since", "ping_sent_at", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -84,6 +71,7 @@ class WsSession(StreamSession):
     ) -> None:
         super().__init__(ctx, sock, out, ip)
         self.identity = identity
+        self.history_hold = 0  # history being sent: live frames wait (insight.py)
         # wsproto inflates what the client compresses; our frames are deflated by
         # FanOut.framed, once per frame for every screen (gateway/serve/deflate.py)
         self.guard = FrameGuard(ctx.cfg.max_message_bytes)
@@ -99,10 +87,7 @@ class WsSession(StreamSession):
         self._trailing = trailing
         self._parts: list[str] = []
         self._size = 0
-        self._pong: bytes | None = None  # the latest Ping's payload, not answered yet
-        self._answers = AnswerBudget(ctx.cfg.max_pending_bytes)
-        self._tokens = float(ctx.cfg.message_burst)
-        self._tokens_at = now
+        self.limits = PeerLimits(ctx.cfg, now, ctx.stats.inbound_rejected)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -118,6 +103,7 @@ class WsSession(StreamSession):
                 ctx.cfg.heartbeat_s,
                 self.identity is None,
                 ctx.welcome_limits,
+                meta=ctx.insight.welcome if ctx.insight is not None else None,
             )
         )
         try:
@@ -187,25 +173,23 @@ class WsSession(StreamSession):
 
     def _send_control(self, msg: Welcome | Ack | Error | AppPong) -> None:
         data = encode(msg)
-        if self._answers.admit(self.out, len(data)):
+        if self.limits.admit_answer(self.out, len(data)):
             self._write([text_frame_header(len(data)), data])
         else:  # the peer does not read its answers (budget.py)
-            self.ctx.stats.inbound_rejected["pending_bytes"] += 1
             self.close(4009, "too many bytes pending for a peer that does not read", "limit")
 
     def _answer_ping(self) -> None:
         """RFC 6455 5.5.3: only the latest Ping is answered, once nothing is queued."""
-        if self._pong is None or self.closing or not self.out.idle:
-            return
-        if self.ws.state is ConnectionState.OPEN:
-            self._write([self.ws.send(Pong(self._pong))])
-        self._pong = None
+        if self.limits.pong is not None and not self.closing and self.out.idle:
+            if self.ws.state is ConnectionState.OPEN:
+                self._write([self.ws.send(Pong(self.limits.pong))])
+            self.limits.pong = None
 
     def pump(self, now: float | None = None) -> None:
         """Hand this subscriber's due frames to the socket, if it can take them."""
         self._answer_ping()
         sub = self.sub
-        if sub is None or self.closing or self.out.queue:
+        if sub is None or self.closing or self.out.queue or self.history_hold:
             return
         ctx = self.ctx
         hub = ctx.hub
@@ -275,7 +259,7 @@ class WsSession(StreamSession):
             self.close(1003, "binary messages are not supported; send JSON text", "protocol")
         elif isinstance(event, Ping):
             if self._take_token():  # control frames count toward the message rate
-                self._pong = bytes(event.payload)
+                self.limits.pong = bytes(event.payload)
         elif isinstance(event, Pong):
             self._take_token()  # liveness is any received byte (last_rx)
         elif isinstance(event, CloseConnection):
@@ -288,23 +272,11 @@ class WsSession(StreamSession):
                 self.ctx.stats.inbound_rejected["bad_frame"] += 1
                 self.close(event.code, event.reason or "protocol error", "protocol")
 
-    def _take_token(self) -> bool:
-        """Message rate limit (messages and control frames); False: closing 4029."""
-        if self.closing:
-            return False
-        ctx = self.ctx
-        now = ctx.clock.mono()
-        cfg = ctx.cfg
-        self._tokens = min(
-            float(cfg.message_burst), self._tokens + (now - self._tokens_at) * cfg.messages_per_s
-        )
-        self._tokens_at = now
-        if self._tokens < 1:
-            ctx.stats.inbound_rejected["rate"] += 1
-            self.close(4029, f"more than {cfg.messages_per_s:g} messages per second", "limit")
-            return False
-        self._tokens -= 1
-        return True
+    def _take_token(self) -> bool:  # messages and control frames; False: closing 4029
+        if self.closing or self.limits.take(self.ctx.clock.mono()):
+            return not self.closing
+        self.close(4029, f"more than {self.ctx.cfg.messages_per_s:g} messages per second", "limit")
+        return False
 
     def _on_message(self, text: str) -> None:
         if not self._take_token():
@@ -345,12 +317,41 @@ class WsSession(StreamSession):
             reply = hub.unsubscribe(sub, msg)
         elif isinstance(msg, Resume):
             reply = hub.resume(sub, msg)
+        elif isinstance(msg, AckAlarm) and ctx.insight is not None and self.identity is not None:
+            reply = ctx.insight.ack_alarm(self.identity, msg)
+        elif isinstance(msg, AckAlarm):
+            reply = Error("unknown_alarm", "this gateway has no alarms", msg.id)
         else:  # pragma: no cover - the decode table has no other types
             raise ProtocolError("unknown_type", "unexpected message")
         if isinstance(reply, Error):
             self._error(reply.code, reply.message, reply.ref)
             return
         self._send_control(reply)
+        if (
+            isinstance(msg, Subscribe)
+            and msg.history_s
+            and ctx.insight
+            and self.identity
+            and self._nursery is not None
+        ):
+            # history before the subscription's first state frame: pump waits
+            self.history_hold += 1
+            self._nursery.start_soon(self._send_history, msg)
+            return
+        self.pump()
+
+    async def _send_history(self, msg: Subscribe) -> None:
+        """The subscription's history, one topic per checkpoint, then the live state."""
+        insight = self.ctx.insight
+        assert insight is not None and self.identity is not None
+        try:
+            for frame in insight.history_frames(self.identity, msg):
+                if self.closing:
+                    return
+                self._write([text_frame_header(len(frame)), frame])
+                await trio.lowlevel.checkpoint()
+        finally:
+            self.history_hold -= 1
         self.pump()
 
     def _authenticate(self, token: str) -> None:

@@ -61,7 +61,7 @@ def test_decodes_every_client_message(raw: dict[str, object], expected: object) 
         (b'{"type": "subscribe", "id": "s", "filters": "a/#"}', "bad_message"),
         (b'{"type": "subscribe", "id": "s", "filters": ["a/#/b"]}', "bad_filter"),
         (b'{"type": "subscribe", "id": "s", "filters": [1]}', "bad_filter"),
-        (b'{"type": "subscribe", "id": "s", "filters": ["a"], "rate_hz": 0}', "bad_message"),
+        (b'{"type": "subscribe", "id": "s", "filters": ["a"], "rate_hz": 0}', "bad_rate"),
         (b'{"type": "subscribe", "id": "s", "filters": ["a"], "rate_hz": true}', "bad_message"),
         (b'{"type": "subscribe", "filters": ["a"]}', "bad_message"),
         (b'{"type": "resume", "epoch": "e", "topics": {"a/#": 1}}', "bad_filter"),

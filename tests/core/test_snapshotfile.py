@@ -65,8 +65,12 @@ def test_round_trip_keeps_every_topic_field_version_tombstone_and_time() -> None
     assert list(tomb.tombstones) == list(before[tomb.topic].tombstones)  # removal order
 
 
-def test_restored_topics_are_stale_and_only_grow_then_a_client_resumes_by_delta() -> None:
+def test_restored_topics_keep_their_freshness_and_go_stale_as_if_never_stopped() -> None:
     old = busy_store()
+    old.apply("once", {"v": 1}, 90.0)  # spoke once: no interval learned, no rule
+    old.apply("fresh", {"v": 1}, 95.0)
+    old.apply("fresh", {"v": 2}, 99.0)  # learned interval 4 s: stale after 12 s
+    old.apply("$alarms/r/once", {"state": "active_unacked"}, 90.0)  # the gateway's own
     hub_old = Hub(old)
     sub = hub_old.connect()
     hub_old.subscribe(sub, Subscribe("s", ("#",), None))
@@ -75,38 +79,52 @@ def test_restored_topics_are_stale_and_only_grow_then_a_client_resumes_by_delta(
     hub_old.tick(0.0)
     deliver(hub_old, sub, mirror)
     assert mirror_view(mirror) == expected_view(old, ["#"])
+    fresh_before = {st.topic for st in old.states() if st.seq and not st.stale}
+    assert {"fresh", "$alarms/r/once", "site/2/dev/44"} <= fresh_before
 
     ckpt, states = read(write(old))
-    new = StateStore(ckpt.epoch)
+    new = StateStore(ckpt.epoch, max_tombstones=2, stale_after=RuleTable([("site/2/#", 50.0)]))
     new.stats.changes = ckpt.changes
     assert all(new.restore(st) for st in states)
     assert not new.restore(TopicState(states[0].topic, 1))  # a known topic: refused
     for st in new.states():
         was = old.get(st.topic)
-        assert was is not None and st.stale
-        assert st.seq == was.seq + (0 if was.stale else 1)
+        assert was is not None
         assert (st.device_ts, st.changed_at) == (was.device_ts, was.changed_at)
-        assert st.gseq <= new.stats.changes
-    assert new.stats.changes == old.stats.changes + sum(
-        st.seq > 0 and not st.stale for st in old.states()
-    )
+        assert (st.seen_at, st.interval) == (was.seen_at, was.interval)
+        if st.topic == "once":  # no limit known: stale at once, a change
+            assert st.stale and st.seq == was.seq + 1
+        else:  # stale stays stale; fresh stays fresh until its deadline; alarms as they were
+            assert (st.seq, st.stale) == (was.seq, was.stale)
+    assert new.stats.changes == old.stats.changes + 1
+    assert new.drain_changed() == ["once"]
 
-    # the same screen, on the restored store, in the same epoch: deltas only
+    # the same screen, on the restored store, in the same epoch: one delta, for "once"
+    from gateway.core.protocol import decode_server
+
+    def resumed(now: float) -> list[object]:
+        hub.tick(now)
+        msgs: list[object] = []
+        for frame in hub.take(sub, now):
+            msgs.extend(decode_server(frame))
+        for m in msgs:
+            assert isinstance(m, Delta), m
+            mirror.apply(m)
+        assert mirror_view(mirror) == expected_view(new, ["#"])
+        return msgs
+
     hub = Hub(new)
     sub = hub.connect()
     hub.subscribe(sub, Subscribe("s", ("#",), None))
     hub.resume(sub, Resume(new.epoch, mirror.positions()))
-    new.apply("site/0/dev/0", {"t": 99.0}, 200.0, device_ts=199.0)  # a device speaks again
-    hub.tick(1.0)
-    msgs: list[object] = []
-    for frame in hub.take(sub, 1.0):
-        from gateway.core.protocol import decode_server
+    assert [m.topic for m in resumed(1.0)] == ["once"]  # type: ignore[attr-defined]
 
-        msgs.extend(decode_server(frame))
-    for m in msgs:
-        assert isinstance(m, Delta), m
-        mirror.apply(m)
-    assert mirror_view(mirror) == expected_view(new, ["#"])
+    # the sweep marks what the old store would have marked, at the same times
+    for now in (100.5, 105.0, 110.0, 111.5, 200.0):
+        assert sorted(new.sweep_stale(now)) == sorted(old.sweep_stale(now)), now
+    assert new.get("fresh").stale and not new.get("$alarms/r/once").stale  # type: ignore[union-attr]
+    new.apply("site/0/dev/0", {"t": 99.0}, 200.0, device_ts=199.0)  # a device speaks again
+    assert {m.topic for m in resumed(2.0)} >= {"fresh", "site/0/dev/0"}  # type: ignore[attr-defined]
     refreshed = new.get("site/0/dev/0")
     assert refreshed is not None and not refreshed.stale
 
@@ -154,3 +172,16 @@ def test_well_checksummed_but_malformed_records_are_corrupt() -> None:
     head, body = sf.assemble({"epoch": "e", "changes": 1, "topics": 1}, [bad_versions])
     with pytest.raises(sf.CheckpointError):
         read(head + b"".join(body))
+
+
+def test_a_record_written_before_the_learned_interval_was_kept_still_loads() -> None:
+    old = b'["t",2,{"a":1},{"a":2},{},0,1,null,false,null,3.0,4.0,7]\n'
+    head, body = sf.assemble({"epoch": "e", "changes": 7, "topics": 1}, [old])
+    _, (st,) = read(head + b"".join(body))
+    assert (st.topic, st.seq, st.fields, st.seen_at, st.gseq) == ("t", 2, {"a": 1}, 4.0, 7)
+    assert (st.report_at, st.interval) == (None, 0.0)  # nothing learned yet: learns again
+    s = StateStore("e")
+    s.apply("dev", {"v": 1}, 10.0)
+    s.apply("dev", {"v": 2}, 15.0)
+    _, (new,) = read(write(s))
+    assert (new.report_at, new.interval) == (15.0, 5.0)

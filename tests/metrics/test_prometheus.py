@@ -25,9 +25,27 @@ from tests.serve.httpget import http_get
 GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
 
 
-def dashboard_exprs() -> list[str]:
+def dashboard_exprs(job: str | None = None, instance: str | None = None) -> list[str]:
+    """The panels' queries; with ``job``/``instance``, the template variables filled in
+    as Grafana does (a regex match: ``$instance`` "All" is ``.*``)."""
     doc = json.loads((GRAFANA / "dashboards" / "gateway.json").read_text())
-    return [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    if job is not None and instance is not None:
+        exprs = [e.replace("$job", job).replace("$instance", instance) for e in exprs]
+    return exprs
+
+
+def test_every_panel_query_is_scoped_by_the_job_and_instance_variables() -> None:
+    doc = json.loads((GRAFANA / "dashboards" / "gateway.json").read_text())
+    variables = {v["name"]: v for v in doc["templating"]["list"]}
+    assert set(variables) == {"job", "instance"}
+    assert variables["instance"]["includeAll"] and variables["instance"]["allValue"] == ".*"
+    assert "$job" in variables["instance"]["query"]["query"]
+    for expr in dashboard_exprs():
+        selectors = re.findall(r"\b(?:gateway|process)_[a-z_]+(\{[^}]*\})?", expr)
+        assert selectors, expr
+        for sel in selectors:
+            assert 'job=~"$job"' in sel and 'instance=~"$instance"' in sel, expr
 
 
 def alert_queries() -> list[str]:
@@ -109,7 +127,15 @@ async def test_every_dashboard_and_alert_expression_has_data(
                     if series and len(series[0]["values"]) >= 4:
                         break
                     await trio.sleep(0.5)
-            empty = [e for e in [*dashboard_exprs(), *alert_queries()] if not await query(e)]
+            # one gateway of several, picked by its instance, as the dashboard's variables do
+            one = dashboard_exprs("gateway", f"127.0.0.1:{gw.admin_port}")
+            every = dashboard_exprs("gateway", ".*")
+            empty = [e for e in [*one, *every, *alert_queries()] if not await query(e)]
+            other = dashboard_exprs("gateway", "127.0.0.1:1")  # no such instance: no data
+            assert not await query(other[0])
+            # the variables' own queries (label_values of gateway_build_info)
+            (info,) = await query('gateway_build_info{job=~"gateway"}')
+            assert info["metric"]["instance"] == f"127.0.0.1:{gw.admin_port}"
             nursery.cancel_scope.cancel()
         assert empty == []
     finally:

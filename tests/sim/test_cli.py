@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -93,4 +95,62 @@ async def test_mqtt_run_stops_by_itself_with_a_summary(mosquitto: Mosquitto) -> 
     )
     err = done.stderr.decode()
     assert done.returncode == 0, err
-    assert "summary:" in err and ", 0 errors" in err and "20 devices" in err
+    assert "summary:" in err and ", 0 publish errors" in err and "20 devices" in err
+    assert "0 failed connection attempts" in err
+
+
+def test_shortened_flags_are_refused() -> None:
+    proc = run("--stdout", "--devic", "3", "--duration", "1")
+    assert proc.returncode == 2 and "unrecognized arguments: --devic" in proc.stderr
+
+
+async def test_a_broker_refusing_every_connection_is_reported_as_such(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "mq", listener_options=["allow_anonymous false"])
+    await broker.start()
+    try:
+        with trio.fail_after(40):
+            done = await trio.run_process(
+                [*SIM, "--mqtt", broker.url, "--devices", "3", "--connect-timeout", "3"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    finally:
+        await broker.stop()
+    err = done.stderr.decode()
+    status = [line for line in err.splitlines() if line.startswith("connections ")]
+    assert done.returncode == 1, err
+    assert status, err  # a status line every second while it tries
+    for line in status:
+        assert line.startswith("connections 0/3  devices online 0/3"), line
+    assert re.search(r"errors [1-9]", status[-1]) and "Not authorized" in status[-1]
+    last = err.splitlines()[-1]
+    assert last.startswith("devices-sim: 3 of 3 connections") and "Not authorized" in last
+    assert "Traceback" not in err
+
+
+async def test_ctrl_c_stops_cleanly_and_every_device_says_offline(mosquitto: Mosquitto) -> None:
+    proc = await trio.lowlevel.open_process(
+        [*SIM, "--mqtt", mosquitto.url, "--devices", "300", "--rate", "2", "--quiet"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        sub = [
+            "mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-t", "status/#",
+            "-v", "-W", "5",
+        ]  # fmt: skip
+        with trio.fail_after(20):  # every device announced itself (retained)
+            while True:
+                seen = await trio.run_process([*sub, "-C", "300"], capture_stdout=True, check=False)
+                if seen.stdout.count(b" online") == 300:
+                    break
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(20):
+            assert await proc.wait() == 0
+        with trio.fail_after(20):
+            after = await trio.run_process([*sub, "-C", "300"], capture_stdout=True)
+        assert after.stdout.count(b" offline") == 300
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

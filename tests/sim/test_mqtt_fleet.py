@@ -17,7 +17,7 @@ from gateway.app import Gateway
 from gateway.client import GatewayClient
 from gateway.ingest.paho_trio import parse_url
 from tests.broker import Mosquitto
-from tests.conftest import stop_process
+from tests.conftest import require_binary, stop_process
 
 FAST = {"keepalive_s": 2.0, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
 
@@ -169,3 +169,33 @@ async def test_timestamps_start_when_publishing_does_not_when_the_fleet_was_buil
     assert len(ages) == 20
     # device timestamp to gateway receipt: loopback time, not the second of setup
     assert max(ages) < 0.3, max(ages)
+
+
+async def test_shared_connection_wills_do_not_become_devices(
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto
+) -> None:
+    gw = await mqtt_gateway(gateway_factory, mosquitto)
+    fleet = Fleet(FleetConfig(devices=8, sites=2, rate_hz=5))
+    pub = MqttPublisher(fleet, parse_url(mosquitto.url), connections=2, offline_on_exit=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pub.run)
+        with trio.fail_after(10):
+            while len(gw.store) < 8:
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()  # killed: the broker publishes both connections' wills
+    sub = require_binary("mosquitto_sub", "mosquitto-clients")
+    with trio.fail_after(20):  # the wills are retained: they are there once published
+        wills = await trio.run_process(
+            [sub, "-h", "127.0.0.1", "-p", str(mosquitto.port), "-t", "#", "-v", "-C", "10"],
+            capture_stdout=True,
+        )
+    seen = wills.stdout.decode().splitlines()
+    assert "devices-sim/sim-c0/connection offline" in seen
+    assert "devices-sim/sim-c1/connection offline" in seen
+    # the broker dispatched the wills before this marker: once the marker is in, so
+    # would the wills be, had the gateway been subscribed to them
+    await mosquitto.publish("telemetry/marker", b'{"n": 1}')
+    with trio.fail_after(10):
+        while "marker" not in gw.store:
+            await trio.sleep(0.02)
+    assert sorted(gw.store.topics()) == sorted([*(d.path for d in fleet.devices), "marker"])

@@ -1,0 +1,314 @@
+"""Stalls in the hub (issue 14): what one connection's subscribes and a wave of joining
+screens cost the event loop of a gateway running as its own process.
+
+Scenarios (each against a fresh gateway with its embedded simulator):
+
+* ``subscribes``: 20,000 topics; one connection sends 32 ``subscribe`` messages with
+  32 distinct rates (each with the filters ``#`` and ``+/lineN/#``) while another
+  client pings every 20 ms. Reports the ping round trips, the gateway's loop lag (from
+  /metrics) and its RSS before and after.
+* ``joinwave``: 10,000 devices at 1 Hz; N screens (2,000; ``--quick``: 300) connect
+  at once and subscribe to ``#``. Reports the loop lag during the wave and the time
+  until every screen holds a snapshot of every topic.
+
+    python bench/hub_stalls_bench.py [--quick] [--root DIR] [--json OUT]
+
+``--root`` runs the gateway from another checkout (for before/after figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import math
+import os
+import pathlib
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import trio
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from gateway.looplag import from_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SNAPSHOT = b'"type":"snapshot"'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def scrape(admin: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+        return str(r.read().decode())
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return float("nan")
+
+
+@contextlib.contextmanager
+def gateway(root: pathlib.Path, devices: int, rate_hz: float) -> Iterator[tuple[int, int, int]]:
+    port, admin = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp, open(pathlib.Path(tmp) / "gateway.log", "w") as log:
+        cfg = pathlib.Path(tmp) / "gateway.toml"
+        cfg.write_text(
+            "[server]\nmax_connections = 20000\nmax_connections_per_ip = 20000\n"
+            f"[simulator]\ndevices = {devices}\nrate_hz = {rate_hz}\nsites = 4\nlines = 4\n"
+        )
+        # the gateway's output goes to a file, never to a pipe nobody reads
+        cmd = [sys.executable, "-m", "gateway", "run", "--config", str(cfg)]
+        cmd += ["--port", str(port), "--admin-port", str(admin)]
+        proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    text = scrape(admin)
+                    if metric(text, "gateway_topics") >= devices:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the gateway did not come up with its topics")
+                time.sleep(0.2)
+            yield port, admin, proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def masked(payload: bytes) -> bytes:
+    key = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0xFE]) + struct.pack("!H", n)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class Conn:
+    """A raw WebSocket client: enough to send JSON and to read the frames."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    @classmethod
+    async def open(cls, port: int) -> Conn:
+        sock = trio.socket.socket()
+        await sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        await sock.send(
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade"
+            f"\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        self = cls(sock)
+        while b"\r\n\r\n" not in self.buf:
+            data = await sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed during the handshake")
+            self.buf += data
+        head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head[:80]
+        self.buf = bytearray(rest)
+        return self
+
+    async def send(self, obj: object) -> None:
+        await self.sock.send(masked(orjson.dumps(obj)))
+
+    async def frame(self) -> bytes:
+        while True:
+            buf = self.buf
+            if len(buf) >= 2:
+                n, off = buf[1] & 0x7F, 2
+                if n == 126 and len(buf) >= 4:
+                    n, off = struct.unpack("!H", buf[2:4])[0], 4
+                elif n == 127 and len(buf) >= 10:
+                    n, off = struct.unpack("!Q", buf[2:10])[0], 10
+                if (n < 126 or off > 2) and len(buf) >= off + n:
+                    payload = bytes(buf[off : off + n])
+                    del buf[: off + n]
+                    return payload
+            data = await self.sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError("closed")
+            buf += data
+
+
+async def ping_loop(port: int, rtts: list[float], stop: trio.Event) -> None:
+    conn = await Conn.open(port)
+    await conn.frame()  # welcome
+    n = 0
+    while not stop.is_set():
+        n += 1
+        sent = time.perf_counter()
+        await conn.send({"type": "ping", "id": n})
+        while not (await conn.frame()).startswith(b'{"type":"pong"'):
+            pass
+        rtts.append(time.perf_counter() - sent)
+        await trio.sleep(0.02)
+    conn.sock.close()
+
+
+def lag_summary(before: str, after: str) -> dict[str, Any]:
+    window = from_metrics(after).minus(from_metrics(before))
+    # beyond the last bucket (10 s) the bound is unknown: null, not Infinity (valid JSON)
+    out: dict[str, Any] = {k: None if v == math.inf else v for k, v in window.summary().items()}
+    out["max_last_minute_ms"] = round(metric(after, "gateway_event_loop_lag_max_seconds") * 1000, 1)
+    return out
+
+
+def q(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p * len(s)))] if s else float("nan")
+
+
+async def subscribes(port: int, admin: int, pid: int, settle_s: float) -> dict[str, Any]:
+    before = scrape(admin)
+    rss0 = rss_mb(pid)
+    rtts: list[float] = []
+    stop = trio.Event()
+    replies: dict[str, int] = {}
+    snapshots = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ping_loop, port, rtts, stop)
+        await trio.sleep(0.5)
+        screen = await Conn.open(port)
+        await screen.frame()  # welcome
+        t0 = time.perf_counter()
+        for i in range(32):
+            filters = ["#", f"+/line{i % 4 + 1}/#"]
+            rate = round(20 - i * 0.6, 2)
+            await screen.send({"type": "subscribe", "id": f"s{i}", "filters": filters,
+                               "rate_hz": rate})  # fmt: skip
+        answered_at = None
+        quiet_until = None
+        with trio.move_on_after(120):
+            while True:
+                with trio.move_on_after(max(0.05, (quiet_until or 1e18) - time.perf_counter())):
+                    frame = await screen.frame()
+                    if frame.startswith(b'{"type":"ack"') or frame.startswith(b'{"type":"error"'):
+                        kind = orjson.loads(frame).get("code", "ack")
+                        replies[kind] = replies.get(kind, 0) + 1
+                        if sum(replies.values()) == 32:
+                            answered_at = time.perf_counter() - t0
+                            quiet_until = time.perf_counter() + settle_s
+                    snapshots += frame.count(SNAPSHOT)
+                if quiet_until is not None and time.perf_counter() >= quiet_until:
+                    break
+        stop.set()
+        screen.sock.close()
+    after = scrape(admin)
+    return {
+        "replies": replies,
+        "all_answered_s": None if answered_at is None else round(answered_at, 3),
+        "snapshot_items_received": snapshots,
+        "ping_rtt_ms": {
+            "count": len(rtts),
+            "p99": round(q(rtts, 0.99) * 1000, 2),
+            "max": round(max(rtts, default=float("nan")) * 1000, 2),
+        },
+        "loop_lag": lag_summary(before, after),
+        "rss_mb": {"before": round(rss0, 1), "after": round(rss_mb(pid), 1)},
+    }
+
+
+async def joinwave(port: int, admin: int, pid: int, screens: int, topics: int) -> dict[str, Any]:
+    before = scrape(admin)
+    rss0 = rss_mb(pid)
+    done_at: list[float] = []
+    failed = 0
+    t0 = time.perf_counter()
+
+    async def screen() -> None:
+        nonlocal failed
+        try:
+            conn = await Conn.open(port)
+            await conn.send({"type": "subscribe", "id": "s", "filters": ["#"]})
+            seen = 0
+            tail = b""
+            while seen < topics:
+                data = await conn.sock.recv(1 << 20)
+                if not data:
+                    raise ConnectionError("closed")
+                chunk = tail + data  # a marker split across two reads is counted once
+                seen += chunk.count(SNAPSHOT)
+                tail = chunk[-(len(SNAPSHOT) - 1) :]
+            done_at.append(time.perf_counter() - t0)
+            conn.sock.close()
+        except OSError:
+            failed += 1
+
+    with trio.move_on_after(180):
+        async with trio.open_nursery() as nursery:
+            for _ in range(screens):
+                nursery.start_soon(screen)
+    after = scrape(admin)
+    return {
+        "screens": screens,
+        "topics": topics,
+        "holding_snapshot": len(done_at),
+        "failed": failed,
+        "all_hold_snapshot_s": round(max(done_at), 3) if len(done_at) == screens else None,
+        "p50_hold_s": round(q(done_at, 0.5), 3),
+        "loop_lag": lag_summary(before, after),
+        "rss_mb": {"before": round(rss0, 1), "after": round(rss_mb(pid), 1)},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="300 screens in the join wave")
+    ap.add_argument("--root", default=str(ROOT), help="the checkout to run the gateway from")
+    ap.add_argument("--screens", type=int, default=None)
+    ap.add_argument(
+        "--rate", type=float, default=1.0, help="device rate (Hz) in the join wave (default 1)"
+    )
+    ap.add_argument("--only", choices=["subscribes", "joinwave"], default=None)
+    ap.add_argument("--json", default=None, help="write the results here too")
+    args = ap.parse_args()
+    root = pathlib.Path(args.root)
+    screens = args.screens or (300 if args.quick else 2000)
+    out: dict[str, Any] = {"root": str(root), "device_rate_hz": args.rate}
+    if args.only in (None, "subscribes"):
+        with gateway(root, 20_000, 0.2) as (port, admin, pid):
+            out["subscribes"] = trio.run(subscribes, port, admin, pid, 2.0 if args.quick else 5.0)
+        print(json.dumps({"subscribes": out["subscribes"]}), flush=True)
+    if args.only in (None, "joinwave"):
+        with gateway(root, 10_000, args.rate) as (port, admin, pid):
+            time.sleep(2.0)  # let the fleet reach its steady rate
+            out["joinwave"] = trio.run(joinwave, port, admin, pid, screens, 10_000)
+        print(json.dumps({"joinwave": out["joinwave"]}), flush=True)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

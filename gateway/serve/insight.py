@@ -1,0 +1,202 @@
+"""Alarms, metadata and chart history at the edge of the network.
+
+The ``ack_alarm`` message, the history a subscription asks for, and ``/api/alarms``,
+``/api/meta``, ``/api/history``.
+
+Rules:
+* Acknowledging needs the identity's ack grant (``Identity.can_ack``); an alarm is
+  acknowledgeable only if the identity may see its device topic. Every
+  acknowledgement (and every refusal) is one audit line on the ``gateway.audit``
+  logger: who, which alarms, the request id, when. Never the token.
+* History for a subscription goes out after its ``ack`` and before its first
+  state frame (the session holds its live frames meanwhile), one ``history``
+  message per topic and event-loop checkpoint, then ``history_end``; at most
+  :data:`HISTORY_BUDGET_BYTES` per subscription (``truncated`` says when more
+  existed: fetch the rest from ``/api/history``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from ..auth import Identity
+from ..core.alarms import AlarmEngine, device_of, with_alarm_grants
+from ..core.history import History
+from ..core.meta import Meta
+from ..core.protocol import Ack, AckAlarm, Error, Subscribe
+from ..core.state import StateStore
+from ..core.topics import TopicError, matches, validate_topic
+
+__all__ = ["HISTORY_BUDGET_BYTES", "Insight"]
+
+audit = logging.getLogger("gateway.audit")
+
+HISTORY_BUDGET_BYTES: Final = 2 << 20
+
+
+def _visible(grants: tuple[str, ...] | None) -> Callable[[str], bool]:
+    if grants is None:
+        return lambda topic: True
+    return lambda topic: any(matches(g, topic) for g in grants)
+
+
+@dataclass
+class Insight:
+    store: StateStore
+    meta: Meta
+    history: History
+    alarms: AlarmEngine
+    wall: Callable[[], float]
+
+    @property
+    def welcome(self) -> dict[str, Any]:
+        return {"url": "/api/meta", "version": self.meta.version}
+
+    # -- the ack_alarm message ---------------------------------------------------------
+
+    def ack_alarm(self, identity: Identity, msg: AckAlarm) -> Ack | Error:
+        now = self.wall()
+        if not identity.can_ack:
+            audit.info(
+                "alarm ack refused: %s may not acknowledge (request %r, %d alarms)",
+                identity.name,
+                msg.id,
+                len(msg.alarms),
+            )
+            return Error(
+                "ack_not_allowed",
+                f"identity {identity.name!r} may not acknowledge alarms (no ack grant)",
+                msg.id,
+            )
+        retries = self.alarms.stats.ack_retries
+        out = self.alarms.ack(
+            msg.alarms, identity.name, msg.id, now, may_see=_visible(identity.grants)
+        )
+        when = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+        if self.alarms.stats.ack_retries > retries:
+            audit.info(
+                "alarm ack retry by %s at %s (request %r): the same answer, nothing changed",
+                identity.name,
+                when,
+                msg.id,
+            )
+        elif not out.ok:
+            audit.info(
+                "alarm ack refused: %s at %s (request %r): %s",
+                identity.name,
+                when,
+                msg.id,
+                out.code,
+            )
+        else:
+            audit.info(
+                "alarm ack by %s at %s (request %r): %s",
+                identity.name,
+                when,
+                msg.id,
+                ", ".join(out.changed) or "nothing new (acknowledged already)",
+            )
+        if not out.ok:
+            return Error(out.code, out.message, msg.id)
+        return Ack("ack_alarm", msg.id, alarms=out.alarms)
+
+    # -- history -----------------------------------------------------------------------
+
+    def history_doc(
+        self, topic: str, names: Iterable[str], seconds: float, now: float
+    ) -> dict[str, Any] | None:
+        fields: dict[str, Any] = {}
+        head: dict[str, Any] = {}
+        for name in names:
+            q = self.history.query(topic, name, seconds, now)
+            if q is None:
+                continue
+            head = {"start": q["start"], "step": q["step"]}
+            fields[name] = {"min": q["min"], "max": q["max"], "last": q["last"]}
+        if not fields:
+            return None
+        return {"topic": topic, **head, "fields": fields}
+
+    def history_frames(self, identity: Identity, msg: Subscribe) -> Iterator[bytes]:
+        """The ``history`` messages for a new subscription, then ``history_end``.
+
+        A generator: the session writes one frame per event-loop checkpoint, so a
+        big history never stalls the loop (one topic's full window is ~10 ms)."""
+        assert msg.history_s
+        now = self.wall()
+        visible = _visible(identity.grants)
+        size = 0
+        count = 0
+        truncated = False
+        for topic in self.history.topics():
+            if not any(matches(f, topic) for f in msg.filters) or not visible(topic):
+                continue
+            doc = self.history_doc(topic, self.history.fields(topic), msg.history_s, now)
+            if doc is None:
+                continue  # evicted meanwhile
+            frame = orjson.dumps({"type": "history", "id": msg.id, **doc})
+            if size + len(frame) > HISTORY_BUDGET_BYTES:
+                truncated = True
+                break
+            size += len(frame)
+            count += 1
+            yield frame
+        end = {"type": "history_end", "id": msg.id, "topics": count, "truncated": truncated}
+        yield orjson.dumps(end)
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    def api(self, path: str, query: dict[str, str], identity: Identity) -> tuple[int, bytes]:
+        if path == "/api/meta":
+            doc = self.meta.document(self.store.states(), _visible(identity.grants))
+            return 200, orjson.dumps(doc)
+        if path == "/api/alarms":
+            return self._api_alarms(query, identity)
+        return self._api_history(query, identity)
+
+    def _api_alarms(self, query: dict[str, str], identity: Identity) -> tuple[int, bytes]:
+        show_all = query.get("all") in ("1", "true")
+        visible = _visible(with_alarm_grants(identity.grants))
+        out = []
+        source = self.alarms.alarms() if show_all else self.alarms.open_alarms()
+        for alarm in source:
+            if not visible(alarm.key):
+                continue
+            st = self.store.get(alarm.key)
+            if st is not None:
+                out.append({"alarm": alarm.key, "seq": st.seq, **st.fields})
+        rank = {"critical": 0, "major": 1, "minor": 2, "warning": 3}
+        out.sort(key=lambda a: (not a["active"], rank[a["severity"]], -a.get("raised_at", 0)))
+        return 200, orjson.dumps({"epoch": self.store.epoch, "alarms": out})
+
+    def _api_history(self, query: dict[str, str], identity: Identity) -> tuple[int, bytes]:
+        topic = query.get("topic", "")
+        try:
+            validate_topic(topic)
+        except TopicError as err:
+            return 400, _err("bad_topic", f"topic: {err}")
+        if device_of(topic) is not None or not _visible(identity.grants)(topic):
+            return 404, _err("not_found", "no history for this topic")
+        try:
+            seconds = float(query.get("seconds", self.history.config.window_s))
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            return 400, _err("bad_seconds", "seconds: expected a number > 0")
+        name = query.get("field")
+        names = [name] if name else self.history.fields(topic)
+        doc = self.history_doc(topic, names, seconds, self.wall())
+        if doc is None:
+            return 404, _err("not_found", "no history for this topic and field")
+        return 200, orjson.dumps(doc)
+
+
+def _err(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": code, "message": message})
