@@ -11,6 +11,9 @@ Rules:
 * Identities (``sub``) containing ``+``, ``#``, ``/`` or NUL are refused, so they can
   never widen a grant pattern.
 * An empty grant list means no topics at all.
+* Limits (config ``[auth]``): a token longer than ``max_token_bytes`` is refused
+  before it is parsed, a JWT with more than ``max_grants`` grants or (when
+  ``jwt_max_lifetime_s`` is set) a longer lifetime is refused.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ class Authenticator:
     def verify(self, token: str, now: float) -> Identity:
         if self.cfg.mode == "none":
             return Identity("anonymous", ANONYMOUS_GRANTS, can_ack=True)
-        if len(token) > 8192:
+        if len(token) > self.cfg.max_token_bytes:
             raise AuthError("malformed", "the token is too long")
         if self.cfg.mode == "static":
             entry = self._static.get(hashlib.sha256(token.encode()).digest())
@@ -144,6 +147,13 @@ class Authenticator:
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or isinstance(exp, bool):
             raise AuthError("claims", "exp must be a number")
+        if cfg.jwt_max_lifetime_s:
+            iat = claims.get("iat")
+            born = iat if isinstance(iat, int | float) and not isinstance(iat, bool) else now
+            if exp - min(born, now) > cfg.jwt_max_lifetime_s + cfg.jwt_leeway_s:
+                raise AuthError(
+                    "lifetime", f"the token may live at most {cfg.jwt_max_lifetime_s:g} s"
+                )
         sub = claims.get("sub", "jwt")
         if not isinstance(sub, str) or not sub or any(c in sub for c in "+#/\x00"):
             raise AuthError("identity", "the subject must not contain '+', '#', '/' or NUL")
@@ -152,6 +162,8 @@ class Authenticator:
             raise AuthError(
                 "grants", f"the {cfg.jwt_grants_claim!r} claim must be a list of filters"
             )
+        if len(raw) > cfg.max_grants:
+            raise AuthError("grants", f"a token may carry at most {cfg.max_grants} grants")
         try:
             grants = tuple(validate_filter(g) for g in raw)
         except TopicError:

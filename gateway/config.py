@@ -106,6 +106,27 @@ class ServerConfig:
     #: the wall's description (TOML or JSON), served at /api/wall; empty: automatic wall
     wall_file: str = ""
 
+    #: origins the gateway is reached under besides loopback names (e.g.
+    #: "https://wall.example.com"): the own-origin rule trusts a Host header only when
+    #: it is a loopback name or one of these (DNS rebinding, docs/security.md)
+    public_origins: tuple[str, ...] = ()
+    #: bytes a connection may have queued for a peer that does not read (control
+    #: frames, errors, pongs, the rest of an HTTP response); over it: WebSocket close
+    #: 4009, SSE and HTTP cut. State frames are taken only while nothing is queued
+    max_pending_bytes: int = 1 << 20
+    #: bytes of plain-HTTP response bodies held by all connections together; a
+    #: response that would go over is answered 503 (Retry-After)
+    max_http_pending_bytes: int = 64 << 20
+    #: a plain-HTTP response must make progress within this, and end within
+    #: http_response_timeout_s of its first byte
+    http_write_timeout_s: float = 5.0
+    http_response_timeout_s: float = 30.0
+    #: requests served on one keep-alive connection (the last answers Connection: close)
+    max_requests_per_connection: int = 100
+    #: the dashboard's Content-Security-Policy frame-ancestors ("'none'": no embedding;
+    #: e.g. "'self' https://portal.example.com" for a wall that embeds it)
+    frame_ancestors: str = "'none'"
+
     def validate(self) -> None:
         """Checks of this section alone (``ConfigError`` names the key)."""
         for key in ("port", "admin_port"):
@@ -134,6 +155,11 @@ class ServerConfig:
             "stall_s",
             "max_lag_s",
             "max_frame_bytes",
+            "max_pending_bytes",
+            "max_http_pending_bytes",
+            "http_write_timeout_s",
+            "http_response_timeout_s",
+            "max_requests_per_connection",
         ]
         for key in positive:
             if not getattr(self, key) > 0:
@@ -145,6 +171,11 @@ class ServerConfig:
                 raise ConfigError(
                     f"server.trusted_proxies: {addr!r} is not an IP address"
                 ) from None
+        for origin in self.public_origins:
+            if not origin.startswith(("http://", "https://")) or origin.endswith("/"):
+                raise ConfigError(
+                    f"server.public_origins: {origin!r} must be scheme://host[:port], no path"
+                )
         if self.max_new_connections_per_s < 0:
             raise ConfigError("server.max_new_connections_per_s: must be >= 0 (0: no limit)")
         if self.send_buffer_bytes < 0:
@@ -176,9 +207,18 @@ class AuthConfig:
     #: a JWT claim that must be true for the identity to acknowledge alarms
     jwt_ack_claim: str = "ack_alarms"
     jwt_leeway_s: float = 5.0
+    #: longest lifetime (exp - iat, or exp - now without iat) a JWT may have; 0: any
+    jwt_max_lifetime_s: float = 0.0
+    #: most grants one token may carry, and its longest length in bytes
+    max_grants: int = 256
+    max_token_bytes: int = 8192
 
     def validate(self) -> None:
         """Checks of this section alone (``ConfigError`` names the key)."""
+        if self.jwt_max_lifetime_s < 0 or self.max_grants < 1 or self.max_token_bytes < 64:
+            raise ConfigError(
+                "auth: jwt_max_lifetime_s must be >= 0, max_grants >= 1, max_token_bytes >= 64"
+            )
         if self.mode not in ("none", "static", "jwt"):
             raise ConfigError(f"auth.mode: {self.mode!r} is not one of none, static, jwt")
         if self.mode == "static" and not self.tokens:

@@ -60,6 +60,7 @@ class Served(Protocol):
 DISCONNECT_REASONS = METRIC_REASONS  # gateway/core/disconnect.py
 SEND_FAILURE_REASONS = ("peer_gone", "closed", "os_error", "stalled")
 SLOW_REASONS = ("stalled", "lagging")
+HTTP_CUT_REASONS = ("client_gone", "write_timeout", "response_timeout", "busy", "error")
 SNAPSHOT_REASONS = ("window", "ahead", "size")
 INGEST_REJECT_REASONS = (
     "bad_json", "not_utf8", "too_large", "unsupported_json", "bad_timestamp", "unmapped",
@@ -72,10 +73,12 @@ HANDSHAKE_REASONS = (
 )  # fmt: skip
 AUTH_FAILURE_REASONS = (
     "invalid", "expired", "not_yet_valid", "audience", "issuer", "claims", "algorithm",
-    "signature", "malformed", "identity", "grants",
+    "signature", "malformed", "identity", "grants", "lifetime",
 )  # fmt: skip
 #: an error code of the protocol (core/protocol.py ERROR_CODES), or a limit
-CLIENT_MESSAGE_LIMIT_REASONS = ("too_big", "binary", "rate", "bad_frame", "incomplete")
+CLIENT_MESSAGE_LIMIT_REASONS = (
+    "too_big", "binary", "rate", "bad_frame", "incomplete", "pending_bytes",
+)  # fmt: skip
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
@@ -153,6 +156,13 @@ class GatewayCollector(Collector):
             "reason",
             s.handshake_rejected,
             HANDSHAKE_REASONS,
+        )
+        yield _counter(
+            "gateway_http_responses_cut",
+            "Plain-HTTP responses not written whole, by reason.",
+            "reason",
+            s.http_cut,
+            HTTP_CUT_REASONS,
         )
         yield _counter(
             "gateway_auth_failures",

@@ -28,6 +28,8 @@
 //   client.start();
 //   client.topics.get("berlin/line1/env-00000")  // {seq, fields, online, stale, ts, rx}
 
+import { takeFragmentToken } from "./token.js";
+
 const RESUME_CHUNK = 1000;
 
 // Close codes after which reconnecting cannot help: the client, its configuration or
@@ -53,7 +55,7 @@ export class GatewayClient extends EventTarget {
     this.restartAt = -Infinity; // when the gateway last said "restarting" (close 1012)
     this.filters = filters;
     this.rateHz = rateHz;
-    this.token = token;
+    this.token = token ?? takeFragmentToken(); // #token=... (token.js)
     this.backoffBaseMs = backoffBaseMs;
     this.backoffCapMs = backoffCapMs;
     this.stableMs = stableMs;

@@ -99,6 +99,12 @@ SLOW: Final = Disconnect(
     "`stall_s`",
     "reconnect with backoff (you will resume)",
 )  # fmt: skip
+UNREAD: Final = Disconnect(
+    4009, "too many bytes pending for a peer that does not read", "limit", True,
+    "the connection did not read its answers: more than `server.max_pending_bytes` of "
+    "acks, errors and pongs were waiting for it",
+    "read what the gateway sends; reconnect with backoff",
+)  # fmt: skip
 RATE_LIMIT: Final = Disconnect(
     4029, "client message rate limit exceeded", "limit", True,
     "client messages kept coming over `welcome.limits.messages_per_s` after a "
@@ -119,7 +125,7 @@ DISCONNECTS: Final[Mapping[int, Disconnect]] = {
     d.code: d
     for d in (
         NORMAL, IDLE, BAD_FRAME, BINARY, BAD_UTF8, INCOMPLETE, TOO_BIG, SHUTDOWN, TRY_LATER,
-        AUTH_FAILED, AUTH_TIMEOUT, SLOW, RATE_LIMIT, TOO_MANY_ERRORS,
+        AUTH_FAILED, AUTH_TIMEOUT, SLOW, UNREAD, RATE_LIMIT, TOO_MANY_ERRORS,
     )
 }  # fmt: skip
 

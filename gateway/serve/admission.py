@@ -89,6 +89,16 @@ def forwarded_for(header: bytes | None, peer: str, trusted: frozenset[str]) -> s
     return peer
 
 
+_LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _hostname(authority: str) -> str:
+    """``host`` of ``host[:port]`` (an IPv6 ``[address]`` kept in its brackets)."""
+    if authority.startswith("["):
+        return authority.split("]")[0] + "]"
+    return authority.rsplit(":", 1)[0]
+
+
 class Admission:
     """The public listener's limits and the checks every stream passes."""
 
@@ -160,22 +170,20 @@ class Admission:
         return None  # must send an 'auth' message before the auth deadline
 
     def origin_allowed(self, req: Request) -> bool:
+        """The Origin rule of ``/ws``, ``/sse`` and ``/api``: an origin listed in
+        ``allowed_origins`` or ``public_origins``, or one on a loopback name. The Host
+        header is never taken as the gateway's own origin: any name can be made to
+        resolve to this address (DNS rebinding), so a page of evil.example would
+        otherwise pass with ``Host: evil.example``."""
         sc = self.cfg
         origin = req.header(b"origin")
         if origin is None:
             return sc.allow_missing_origin
         text = origin.decode("ascii", "replace")
-        if "*" in sc.allowed_origins or text in sc.allowed_origins:
-            return True
-        host = req.header(b"host")
-        if host is not None and text in (
-            f"http://{host.decode('ascii', 'replace')}",
-            f"https://{host.decode('ascii', 'replace')}",
-        ):
+        if "*" in sc.allowed_origins or text in sc.allowed_origins or text in sc.public_origins:
             return True
         scheme, _, rest = text.partition("://")
-        hostname = rest.rsplit(":", 1)[0] if not rest.startswith("[") else rest.split("]")[0] + "]"
-        return scheme in ("http", "https") and hostname in ("localhost", "127.0.0.1", "[::1]")
+        return scheme in ("http", "https") and _hostname(rest) in _LOOPBACK
 
     async def admit(
         self,

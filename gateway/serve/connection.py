@@ -5,8 +5,10 @@ hand-off of ``/ws`` and ``/sse`` to a session."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import struct
 from collections.abc import Awaitable
 
 import h11
@@ -21,6 +23,8 @@ from .fanout import FanOut
 from .http import (
     HttpError,
     Request,
+    ResponseCut,
+    finish_request,
     new_connection,
     read_request,
     respond_raw_error,
@@ -29,7 +33,7 @@ from .http import (
 )
 from .routes import Routes
 from .session import SessionContext
-from .sockio import Outbound, close_socket
+from .sockio import Outbound, SendFailed, close_socket
 from .sse import SseRequest, SseSession, parse_sse_request
 from .stats import ServerStats
 from .ws import WsSession
@@ -39,6 +43,21 @@ __all__ = ["SUBPROTOCOLS", "Connections"]
 log = logging.getLogger("gateway.server")
 
 SUBPROTOCOLS = ("telemetry.v1",)
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+
+
+def strict_upgrade(req: Request) -> tuple[int, str] | None:
+    """RFC 6455 4.1: an upgrade is a GET in HTTP/1.1 with exactly one key and one
+    version and no body; (status, message) of the refusal otherwise."""
+    if req.method != "GET":
+        return 405, "a WebSocket upgrade must be a GET"
+    if req.http_version != b"1.1":
+        return 400, "a WebSocket upgrade needs HTTP/1.1"
+    if req.count(b"sec-websocket-key") != 1 or req.count(b"sec-websocket-version") != 1:
+        return 400, "exactly one Sec-WebSocket-Key and one Sec-WebSocket-Version"
+    if req.has_body:
+        return 400, "a WebSocket upgrade has no body"
+    return None
 
 
 class Connections:
@@ -76,6 +95,8 @@ class Connections:
         """One connection's failure is logged and counted, never the server's."""
         try:
             await handler
+        except SendFailed:  # a write outside a response (an early 503): the peer left
+            self.stats.http_cut["client_gone"] += 1
         except Exception:
             self.stats.internal_errors += 1
             log.exception("connection handler failed (the server goes on)")
@@ -104,10 +125,13 @@ class Connections:
                         per_ip_key = ip
                         admission.hold_ip(ip)
                 conn = new_connection()
-                for _ in range(100):  # keep-alive: at most 100 requests per connection
+                cap = sc.max_requests_per_connection
+                for n in range(1, cap + 1):  # keep-alive; the idle wait: handshake_timeout_s
                     with trio.move_on_after(sc.handshake_timeout_s) as deadline:
                         try:
                             req = await read_request(sock, conn)
+                            if req is not None and not (public and req.path in ("/ws", "/sse")):
+                                await finish_request(sock, conn)  # h11 resets only then
                         except HttpError as err:
                             self.stats.handshake_rejected[err.reason] += 1
                             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -116,7 +140,8 @@ class Connections:
                         except OSError:
                             return
                     if deadline.cancelled_caught:
-                        self.stats.handshake_rejected["timeout"] += 1
+                        if n == 1:  # an idle keep-alive connection is not a refusal
+                            self.stats.handshake_rejected["timeout"] += 1
                         return
                     if req is None:
                         return
@@ -148,9 +173,15 @@ class Connections:
                         if stream is not None:
                             await stream.run()
                         return
+                    last = [(b"connection", b"close")] if n == cap else None
                     try:
-                        await self.routes.route(out, conn, req, public)
-                    except OSError:
+                        await self.routes.route(out, conn, req, public, last)
+                    except ResponseCut as err:
+                        self.stats.http_cut[err.reason] += 1
+                        # reset, not FIN: the kernel drops what the peer did not read
+                        with contextlib.suppress(OSError):
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                        admission.log.limited("http_cut", "response to %s cut: %s", ip, err.reason)
                         return
                     if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                         return
@@ -208,6 +239,17 @@ class Connections:
             self.stats.handshake_rejected["not_websocket"] += 1
             await try_respond(out, conn, 426, "this endpoint speaks WebSocket only")
             return None
+        refusal = strict_upgrade(req)
+        if refusal is not None:
+            self.stats.handshake_rejected["bad_upgrade"] += 1
+            await try_respond(out, conn, *refusal, head_only=req.method == "HEAD")
+            return None
+        # no body (checked): the end of the request is in h11's buffer already
+        with trio.move_on_after(self.cfg.server.handshake_timeout_s):
+            try:
+                await finish_request(sock, conn)
+            except (HttpError, OSError):
+                return None
         admitted = await self.admission.admit(
             out, conn, req, ip, "WebSocket", lambda i: (i, websocket_accept(req, SUBPROTOCOLS))
         )

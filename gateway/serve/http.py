@@ -5,41 +5,43 @@ Rules:
   whole within the handshake deadline (the caller's ``trio.fail_after``).
 * A WebSocket upgrade is answered here (101 with ``Sec-WebSocket-Accept``), and the
   bytes the client sent after its request are handed to the WebSocket layer.
-* Static files are served only from below the dashboard root (no traversal, no
-  symlink escapes, no dotfiles).
+* Every response has a write deadline (no progress for ``http_write_timeout_s``) and
+  a whole-response deadline (``http_response_timeout_s``); its body counts toward
+  the bodies held by all connections (budget.py) until it is written. A response cut
+  raises :class:`ResponseCut`, never an internal error.
+* A request's body is read to its end (and discarded, up to ``MAX_BODY_BYTES``)
+  before the next request of a keep-alive connection.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
-import mimetypes
 import socket
 import urllib.parse
 from dataclasses import dataclass
-from pathlib import Path
 
 import h11
 import orjson
 import trio
 
-from .sockio import Outbound, recv_some
+from .budget import HttpBodies
+from .sockio import Outbound, SendFailed, recv_some
 
 __all__ = [
-    "HttpError", "Request", "read_request", "respond", "static_file", "try_respond",
-    "websocket_accept",
+    "HttpError", "Request", "ResponseCut", "ResponseLimits", "finish_request", "read_request",
+    "respond", "try_respond", "websocket_accept",
 ]  # fmt: skip
 
 log = logging.getLogger("gateway.server")
 
 MAX_HEADER_BYTES = 16 * 1024
+MAX_BODY_BYTES = 16 * 1024  # a plain-HTTP request body (none of our routes reads one)
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SERVER_HEADER = (b"server", b"trio-telemetry-gateway")
-
-mimetypes.add_type("text/javascript", ".js")
-mimetypes.add_type("text/javascript", ".mjs")
 
 
 class HttpError(Exception):
@@ -50,6 +52,21 @@ class HttpError(Exception):
         self.reason = reason  # metric label
 
 
+class ResponseCut(Exception):
+    """A response not written whole: ``reason`` is a metric label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseLimits:
+    write_timeout_s: float
+    response_timeout_s: float
+    bodies: HttpBodies
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     method: str
@@ -57,12 +74,23 @@ class Request:
     path: str
     query: dict[str, str]
     headers: list[tuple[bytes, bytes]]
+    http_version: bytes = b"1.1"
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
             if key == name:
                 return value
         return None
+
+    def count(self, name: bytes) -> int:
+        return sum(1 for key, _ in self.headers if key == name)
+
+    @property
+    def has_body(self) -> bool:
+        length = self.header(b"content-length")
+        return self.header(b"transfer-encoding") is not None or (
+            length is not None and length.strip() != b"0"
+        )
 
     @property
     def wants_websocket(self) -> bool:
@@ -105,11 +133,34 @@ async def read_request(sock: socket.socket, conn: h11.Connection) -> Request | N
                 path,
                 query,
                 [(k.lower(), v) for k, v in event.headers],
+                event.http_version,
             )
         if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
             return None
         # Data/EndOfMessage of a request body we do not read: ignore and go on
         continue
+
+
+async def finish_request(sock: socket.socket, conn: h11.Connection) -> None:
+    """Read the current request to its end (its body discarded), so that h11 can start
+    the next cycle. Raises :class:`HttpError` (413) for a body over MAX_BODY_BYTES."""
+    seen = 0
+    while conn.their_state is h11.SEND_BODY:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            raise HttpError(400, "malformed request body", "bad_request") from None
+        if event is h11.NEED_DATA:
+            data = await recv_some(sock)
+            if not data:
+                return
+            conn.receive_data(data)
+        elif isinstance(event, h11.Data):
+            seen += len(event.data)
+            if seen > MAX_BODY_BYTES:
+                raise HttpError(413, "request bodies are not accepted here", "bad_request")
+        elif event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+            return
 
 
 async def respond(
@@ -120,31 +171,70 @@ async def respond(
     content_type: bytes = b"text/plain; charset=utf-8",
     headers: list[tuple[bytes, bytes]] | None = None,
     head_only: bool = False,
+    limits: ResponseLimits | None = None,
 ) -> None:
-    all_headers = [
-        SERVER_HEADER,
-        (b"content-type", content_type),
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-        (b"x-content-type-options", b"nosniff"),
-        *(headers or []),
-    ]
-    data = conn.send(h11.Response(status_code=status, headers=all_headers)) or b""
-    if body and not head_only:
-        data += conn.send(h11.Data(data=body)) or b""
-    data += conn.send(h11.EndOfMessage()) or b""
-    out.send([data])
-    await out.drain()
+    """Send a whole response; with ``limits``, within its deadlines and the bodies'
+    budget (else :class:`ResponseCut`; over the budget a 503 is sent instead)."""
+    send_body = bool(body) and not head_only
+    held = len(body) if send_body and limits is not None else 0
+    if held and limits is not None and not limits.bodies.reserve(held):
+        with trio.move_on_after(limits.write_timeout_s):
+            with contextlib.suppress(SendFailed):
+                await respond(
+                    out, conn, 503, b"busy: too many responses in flight, retry\n",
+                    headers=[(b"retry-after", b"1"), (b"connection", b"close")],
+                )  # fmt: skip
+        raise ResponseCut("busy")
+    try:
+        all_headers = [
+            SERVER_HEADER,
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"x-content-type-options", b"nosniff"),
+            *(headers or []),
+        ]
+        # the body goes out as it is (passthrough): never copied behind the headers
+        chunks: list[bytes] = [
+            conn.send(h11.Response(status_code=status, headers=all_headers)) or b""
+        ]
+        if send_body:
+            chunks += conn.send_with_data_passthrough(h11.Data(data=body)) or []
+        chunks.append(conn.send(h11.EndOfMessage()) or b"")
+        try:
+            out.send(chunks)
+            if limits is None:
+                await out.drain()
+                return
+            with trio.move_on_after(limits.response_timeout_s) as whole:
+                await out.drain(limits.write_timeout_s)
+        except SendFailed as err:
+            raise ResponseCut(
+                "client_gone" if err.reason in ("peer_gone", "closed") else
+                "write_timeout" if err.reason == "stalled" else "error"
+            ) from None  # fmt: skip
+        if whole.cancelled_caught:
+            raise ResponseCut("response_timeout")
+    finally:
+        if held and limits is not None:
+            limits.bodies.release(held)
 
 
-async def try_respond(out: Outbound, conn: h11.Connection, status: int, message: str) -> None:
+async def try_respond(
+    out: Outbound, conn: h11.Connection, status: int, message: str, head_only: bool = False
+) -> None:
     """A refusal, sent if the peer takes it within 2 s (then the connection closes)."""
     try:
         with trio.move_on_after(2.0):
             await respond(
-                out, conn, status, message.encode() + b"\n", headers=[(b"connection", b"close")]
+                out,
+                conn,
+                status,
+                message.encode() + b"\n",
+                headers=[(b"connection", b"close")],
+                head_only=head_only,
             )
-    except (OSError, h11.LocalProtocolError):
+    except (OSError, h11.LocalProtocolError, SendFailed):
         pass
     except Exception as err:
         log.debug("could not send %d: %r", status, err)
@@ -202,27 +292,3 @@ def websocket_accept(req: Request, subprotocols: tuple[str, ...]) -> list[tuple[
         if offered:
             raise HttpError(400, f"no supported subprotocol among {offered}", "bad_upgrade")
     return headers
-
-
-def static_file(root: Path, path: str) -> tuple[bytes, bytes] | None:
-    """(body, content type) of a file below ``root``, or None."""
-    rel = path.lstrip("/") or "index.html"
-    if rel.endswith("/"):
-        rel += "index.html"
-    parts = rel.split("/")
-    if any(p in ("", ".", "..") or p.startswith(".") for p in parts) or "\x00" in rel:
-        return None
-    try:
-        root_real = root.resolve(strict=True)
-        target = (root_real / rel).resolve(strict=True)
-    except (OSError, RuntimeError):
-        return None
-    if not target.is_relative_to(root_real) or not target.is_file():
-        return None
-    ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-    if ctype.startswith("text/") or ctype in ("application/json", "image/svg+xml"):
-        ctype += "; charset=utf-8"
-    try:
-        return target.read_bytes(), ctype.encode()
-    except OSError:
-        return None

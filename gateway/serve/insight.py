@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
+import trio
 
 from ..auth import Identity
 from ..core.alarms import AlarmEngine, device_of, with_alarm_grants
@@ -200,3 +201,15 @@ class Insight:
 
 def _err(code: str, message: str) -> bytes:
     return orjson.dumps({"error": code, "message": message})
+
+
+async def send_each(
+    frames: Iterable[bytes], write: Callable[[bytes], None], closing: Callable[[], bool]
+) -> None:
+    """Write ``frames`` one per event-loop checkpoint (a subscription's history: a big
+    one never stalls the loop), until the stream closes."""
+    for frame in frames:
+        if closing():
+            return
+        write(frame)
+        await trio.lowlevel.checkpoint()

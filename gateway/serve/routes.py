@@ -5,7 +5,7 @@ admin port's Prometheus exposition."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import h11
@@ -18,14 +18,17 @@ from ..core.alarms import with_alarm_grants
 from ..core.state import StateStore
 from ..core.topics import TopicError, matches, validate_filter
 from ..wall import load_wall
-from .http import Request, json_body, respond, static_file
+from .budget import HttpBodies
+from .http import Request, ResponseLimits, json_body, respond
 from .insight import Insight
 from .sockio import Outbound
+from .static import security_headers, static_file
 from .stats import ServerStats
 
 __all__ = ["ReadyCheck", "Routes"]
 
 ReadyCheck = Callable[[], tuple[bool, str]]
+BUSY = [(b"retry-after", b"1"), (b"connection", b"close")]
 API_SLICE = 2000  # topics /api/snapshot encodes between two checkpoints
 
 
@@ -41,6 +44,7 @@ class Routes:
         stopping: Callable[[], bool],
         metrics_handler: Callable[[], tuple[bytes, bytes]] | None,
         insight: Insight | None = None,
+        origin_allowed: Callable[[Request], bool] = lambda _req: True,
     ) -> None:
         self.insight = insight  # /api/alarms, /api/meta, /api/history
         self.wall_body = load_wall(cfg.server.wall_file)  # /api/wall (checked at load)
@@ -51,47 +55,73 @@ class Routes:
         self.stopping = stopping  # shutdown has begun: not ready
         self.metrics_handler = metrics_handler
         self.ready_checks: dict[str, ReadyCheck] = {}
+        self.origin_allowed = origin_allowed  # the same Origin rule as /ws (admission.py)
+        sc = cfg.server
+        #: every response's deadlines, and the bodies all connections hold (budget.py)
+        self.limits = ResponseLimits(
+            sc.http_write_timeout_s,
+            sc.http_response_timeout_s,
+            HttpBodies(sc.max_http_pending_bytes),
+        )
+        self.static_headers = security_headers(sc.frame_ancestors)
         root = cfg.server.dashboard_dir or str(Path(__file__).resolve().parents[2] / "dashboard")
         self.dashboard_root = Path(root)
 
-    async def route(self, out: Outbound, conn: h11.Connection, req: Request, public: bool) -> None:
+    async def route(
+        self,
+        out: Outbound,
+        conn: h11.Connection,
+        req: Request,
+        public: bool,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Answer one request (``extra``: headers for every answer, such as
+        ``Connection: close`` on a keep-alive connection's last request).
+        Raises :class:`ResponseCut` for an answer not written whole."""
         stats = self.stats
         head = req.method == "HEAD"
+        extra = extra or []
+
+        async def answer(
+            status: int,
+            body: bytes,
+            ctype: bytes = b"text/plain; charset=utf-8",
+            headers: list[tuple[bytes, bytes]] | None = None,
+        ) -> None:
+            await respond(
+                out, conn, status, body, ctype, [*(headers or []), *extra], head, self.limits
+            )
+
         if req.method not in ("GET", "HEAD"):
             stats.http_requests["method_not_allowed"] += 1
-            await respond(out, conn, 405, b"only GET and HEAD", headers=[(b"allow", b"GET, HEAD")])
+            await answer(405, b"only GET and HEAD\n", headers=[(b"allow", b"GET, HEAD")])
             return
         path = req.path
         if path == "/healthz":
             stats.http_requests["healthz"] += 1
-            await respond(out, conn, 200, b"ok\n", head_only=head)
+            await answer(200, b"ok\n")
             return
         if path == "/readyz":
             stats.http_requests["readyz"] += 1
-            ready, detail = self.readiness()
-            await respond(
-                out,
-                conn,
-                200 if ready else 503,
-                json_body(detail),
-                b"application/json",
-                head_only=head,
-            )
+            ready, detail = self.readiness(private=not public)
+            await answer(200 if ready else 503, json_body(detail), b"application/json")
             return
         if not public:
             if path == "/metrics" and self.metrics_handler is not None:
                 stats.http_requests["metrics"] += 1
                 body, ctype = self.metrics_handler()
-                await respond(out, conn, 200, body, ctype, head_only=head)
+                await answer(200, body, ctype)
                 return
             stats.http_requests["not_found"] += 1
             listing = b"/metrics /healthz /readyz" if self.metrics_handler else b"/healthz /readyz"
-            await respond(out, conn, 404, b"admin endpoints: " + listing + b"\n")
+            await answer(404, b"admin endpoints: " + listing + b"\n")
             return
         if path in ("/api/topics", "/api/snapshot"):
             stats.http_requests[path.rsplit("/", 1)[1]] += 1
+            if await self._api_refused(req, answer):
+                return
             status, body = await self._api(req, full=path == "/api/snapshot")
-            await respond(out, conn, status, body, b"application/json", head_only=head)
+            await answer(status, body, b"application/json", self._cors(req))
             return
         if path == "/api/wall":  # the wall's layout: not secret, like the dashboard files
             stats.http_requests["wall"] += 1
@@ -99,25 +129,54 @@ class Routes:
             return
         if path in ("/api/alarms", "/api/meta", "/api/history") and self.insight is not None:
             stats.http_requests[path.rsplit("/", 1)[1]] += 1
+            if await self._api_refused(req, answer):
+                return
             status, body = self._insight_api(req, path, self.insight)
-            await respond(out, conn, status, body, b"application/json", head_only=head)
+            await answer(status, body, b"application/json", self._cors(req))
             return
         found = static_file(self.dashboard_root, path)
         if found is None:
             stats.http_requests["not_found"] += 1
-            await respond(out, conn, 404, b"not found\n", head_only=head)
+            await answer(404, b"not found\n")
             return
         stats.http_requests["static"] += 1
-        await respond(out, conn, 200, found[0], found[1], head_only=head)
+        await answer(200, found[0], found[1], self.static_headers)
 
-    def readiness(self) -> tuple[bool, dict[str, object]]:
+    async def _api_refused(self, req: Request, answer: Callable[..., Awaitable[None]]) -> bool:
+        """/api/*: the Origin rule of /ws (admission.py), then the bodies' budget
+        (refused before a body is built); True when refused (answered)."""
+        if not self.origin_allowed(req):
+            self.stats.handshake_rejected["origin"] += 1
+            await answer(403, b"Origin not allowed\n")
+            return True
+        if self.limits.bodies.full:
+            self.stats.http_cut["busy"] += 1
+            await answer(503, b"busy: too many responses in flight, retry\n", headers=BUSY)
+            return True
+        return False
+
+    @staticmethod
+    def _cors(req: Request) -> list[tuple[bytes, bytes]]:
+        """CORS headers for an allowed origin (only allowed ones reach here)."""
+        origin = req.header(b"origin")
+        allow = [(b"access-control-allow-origin", origin)] if origin is not None else []
+        return [*allow, (b"vary", b"Origin")]
+
+    def readiness(self, private: bool = True) -> tuple[bool, dict[str, object]]:
+        """Ready or not, and why; the checks' details (which may name hosts, ports and
+        users) only on the admin port (``private``), the public answer names a check
+        that is not ready and nothing else."""
         checks = {name: check() for name, check in self.ready_checks.items()}
         ready = not self.stopping() and all(ok for ok, _ in checks.values())
-        return ready, {
-            "ready": ready,
-            "stopping": self.stopping(),
-            "checks": {name: {"ok": ok, "detail": why} for name, (ok, why) in checks.items()},
-        }
+        reasons = ["stopping"] if self.stopping() else []
+        reasons += [f"{name} not ready" for name, (ok, _) in checks.items() if not ok]
+        answer: dict[str, object] = {"ready": ready, "stopping": self.stopping()}
+        if private:
+            answer["checks"] = {n: {"ok": ok, "detail": why} for n, (ok, why) in checks.items()}
+        else:
+            answer["checks"] = {n: {"ok": ok} for n, (ok, _) in checks.items()}
+            answer["reasons"] = reasons
+        return ready, answer
 
     async def _api(self, req: Request, full: bool) -> tuple[int, bytes]:
         """The topics a filter matches (from the store's topic tree), encoded

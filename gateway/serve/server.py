@@ -107,6 +107,7 @@ class Server:
             lambda: self.fanout.stopping,
             metrics.exposition if metrics is not None else None,
             insight,
+            origin_allowed=self.admission.origin_allowed,
         )
         #: name -> check; the gateway is ready when every one is (app.py adds "mqtt")
         self.ready_checks = self.routes.ready_checks

@@ -16,6 +16,7 @@ Rules:
 from __future__ import annotations
 
 import errno
+import math
 import socket
 from collections.abc import Sequence
 from typing import Protocol
@@ -145,10 +146,17 @@ class Outbound:
             self.queue.append(rest)
             self.queued_bytes += len(rest)
 
-    async def drain(self) -> None:
-        """Write the queue out, waiting for the socket as needed."""
+    async def drain(self, stall_s: float = math.inf) -> None:
+        """Write the queue out, waiting for the socket as needed; with ``stall_s``, a
+        wait longer than that raises :class:`SendFailed` ("stalled")."""
         while self.queue:
-            await trio.lowlevel.wait_writable(self.sock)
+            if stall_s == math.inf:
+                await trio.lowlevel.wait_writable(self.sock)
+            else:
+                with trio.move_on_after(stall_s) as waited:
+                    await trio.lowlevel.wait_writable(self.sock)
+                if waited.cancelled_caught:
+                    raise SendFailed("stalled")
             chunks = list(self.queue)[:_IOV_MAX]
             sent = self._sendmsg(chunks)
             while sent and self.queue:

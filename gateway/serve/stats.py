@@ -19,6 +19,8 @@ class ServerStats:
     auth_failures: collections.Counter[str] = field(default_factory=collections.Counter)
     inbound_rejected: collections.Counter[str] = field(default_factory=collections.Counter)
     http_requests: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: plain-HTTP responses not written whole, by reason (metrics.HTTP_CUT_REASONS)
+    http_cut: collections.Counter[str] = field(default_factory=collections.Counter)
     frames_sent: int = 0
     bytes_sent: int = 0
     internal_errors: int = 0  # connection handlers that failed (a bug: see the log)

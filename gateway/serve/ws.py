@@ -17,14 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import (
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Ping,
-    Pong,
-    TextMessage,
-)
+from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, TextMessage
 from wsproto.extensions import Extension
 
 from ..auth import AuthError, Identity
@@ -42,13 +35,14 @@ from ..core.protocol import (
     Unsubscribe,
     Welcome,
     encode,
-)
+)  # fmt: skip
 from ..core.protocol import Ping as AppPing
 from ..core.protocol import Pong as AppPong
+from .budget import PeerLimits
 from .deflate import BoundedDeflate, deflate_frame
 from .frameguard import FrameGuard
+from .insight import send_each
 from .lifecycle import CLOSING, DROPPED, LifecycleError
-from .ratelimit import MessageBudget
 from .session import SessionContext, StreamSession
 from .sockio import Outbound, SendFailed, recv_some, text_frame_header
 
@@ -65,9 +59,8 @@ _COPY_LIMIT = 16 * 1024
 
 class WsSession(StreamSession):
     __slots__ = (
-        "_budget", "_parts", "_size", "_trailing", "compressed", "errors", "guard",
-        "history_hold", "identity", "last_rx", "opened_at", "partial_since", "ping_sent_at",
-        "ws",
+        "_parts", "_size", "_trailing", "compressed", "errors", "guard", "history_hold",
+        "identity", "last_rx", "limits", "opened_at", "partial_since", "ping_sent_at", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -98,7 +91,7 @@ class WsSession(StreamSession):
         self._trailing = trailing
         self._parts: list[str] = []
         self._size = 0
-        self._budget = MessageBudget(ctx.cfg.messages_per_s, ctx.cfg.message_burst, now)
+        self.limits = PeerLimits(ctx.cfg, now, ctx.stats.inbound_rejected)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -174,13 +167,28 @@ class WsSession(StreamSession):
         if not self.life.open:
             raise LifecycleError(f"'{msg.type}' on a stream that is not open")
         data = encode(msg)
-        if self.compressed:  # like every frame of 256 bytes or more (docs/protocol.md)
+        if not self.limits.admit_answer(self.out, len(data)):
+            self.close(dc.UNREAD)  # the peer does not read its answers (budget.py)
+            return
+        self._write_text(data)
+
+    def _write_text(self, data: bytes) -> None:
+        """One text frame, deflated when the peer took compression (docs/protocol.md)."""
+        if self.compressed:
             self._write([deflate_frame(data)])
         else:
             self._write([text_frame_header(len(data)), data])
 
+    def _answer_ping(self) -> None:
+        """RFC 6455 5.5.3: only the latest Ping is answered, once nothing is queued."""
+        if self.limits.pong is not None and not self.closing and self.out.idle:
+            if self.ws.state is ConnectionState.OPEN:
+                self._write([self.ws.send(Pong(self.limits.pong))])
+            self.limits.pong = None
+
     def pump(self, now: float | None = None) -> None:
         """Hand this subscriber's due frames to the socket, if it can take them."""
+        self._answer_ping()
         sub = self.sub
         if sub is None or not self.life.open or self.out.queue or self.history_hold:
             return
@@ -224,6 +232,7 @@ class WsSession(StreamSession):
             self._on_event(event)
             if self._finished():
                 return
+        self._answer_ping()
         if self.guard.in_frame or self._parts:
             if self.partial_since is None:
                 self.partial_since = self.ctx.clock.mono()
@@ -250,10 +259,10 @@ class WsSession(StreamSession):
             self.ctx.stats.inbound_rejected["binary"] += 1
             self.close(dc.BINARY)
         elif isinstance(event, Ping):
-            if self.ws.state is ConnectionState.OPEN:
-                self._write([self.ws.send(event.response())])
+            if self._take_token():  # control frames count toward the message rate
+                self.limits.pong = bytes(event.payload)
         elif isinstance(event, Pong):
-            pass  # liveness is any received byte (last_rx)
+            self._take_token()  # liveness is any received byte (last_rx)
         elif isinstance(event, CloseConnection):
             if self.ws.state is ConnectionState.REMOTE_CLOSING:
                 if self.life.open:
@@ -272,20 +281,27 @@ class WsSession(StreamSession):
                     self.ctx.stats.inbound_rejected["bad_frame"] += 1
                     self.close(why, event.reason or None)
 
+    def _take_token(self) -> bool:
+        """Messages and control frames share one budget (ratelimit.py): the first over
+        it is dropped with a ``rate_limited`` warning, another before it refills
+        closes 4029. False: drop this one."""
+        if self.closing:
+            return False
+        verdict = self.limits.take(self.ctx.clock.mono())
+        if verdict == "ok":
+            return True
+        limit = f"more than {self.ctx.cfg.messages_per_s:g} messages per second"
+        if verdict == "close":
+            self.close(dc.RATE_LIMIT, limit)
+        else:
+            self._send_control(Error("rate_limited", f"{limit}: dropped; slow down"))
+        return False
+
     def _on_message(self, text: str) -> None:
-        ctx = self.ctx
-        verdict = self._budget.take(ctx.clock.mono())
-        if verdict != "ok":  # dropped: a warning first, then the close
-            ctx.stats.inbound_rejected["rate"] += 1
-            limit = f"more than {ctx.cfg.messages_per_s:g} messages per second"
-            if verdict == "close":
-                self.close(dc.RATE_LIMIT, limit)
-            else:
-                self._send_control(Error("rate_limited", f"{limit}: dropped; slow down"))
+        if not self._take_token():
             return
         try:
-            msg = ctx.decode(text)
-            self._dispatch(msg)
+            self._dispatch(self.ctx.decode(text))
         except ProtocolError as err:
             self._error(err.code, err.message, err.ref)
 
@@ -345,14 +361,10 @@ class WsSession(StreamSession):
 
     async def _send_history(self, msg: Subscribe) -> None:
         """The subscription's history, one topic per checkpoint, then the live state."""
-        insight = self.ctx.insight
-        assert insight is not None and self.identity is not None
+        assert self.ctx.insight is not None and self.identity is not None
         try:
-            for frame in insight.history_frames(self.identity, msg):
-                if self.closing:
-                    return
-                self._write([text_frame_header(len(frame)), frame])
-                await trio.lowlevel.checkpoint()
+            frames = self.ctx.insight.history_frames(self.identity, msg)
+            await send_each(frames, self._write_text, lambda: self.closing)
         finally:
             self.history_hold -= 1
         self.pump()

@@ -13,7 +13,8 @@ async def http_get(
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with sock:
         await sock.connect(("127.0.0.1", port))
-        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+        host = [] if "Host" in (headers or {}) else [f"Host: 127.0.0.1:{port}"]
+        lines = [f"{method} {path} HTTP/1.1", *host, "Connection: close"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         await sock.send(("\r\n".join(lines) + "\r\n\r\n").encode())
         data = b""

@@ -40,7 +40,7 @@ class RawWs:
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [
             f"GET {path} HTTP/1.1",
-            f"Host: 127.0.0.1:{port}",
+            *([] if "Host" in (headers or {}) else [f"Host: 127.0.0.1:{port}"]),
             "Upgrade: websocket",
             "Connection: Upgrade",
             f"Sec-WebSocket-Key: {key}",

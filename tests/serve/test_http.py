@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import orjson
 
 from gateway.app import Gateway
+from gateway.serve.static import ALLOWED
 
 from .httpget import http_get
 
@@ -64,23 +66,71 @@ async def test_static_files_and_traversal(
     gateway_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
     root = tmp_path / "dash"
-    root.mkdir()
+    (root / "js").mkdir(parents=True)
+    (root / "node_modules" / "uplot" / "dist").mkdir(parents=True)
+    (root / "node_modules" / "other").mkdir(parents=True)
     (root / "index.html").write_text("<h1>wall</h1>")
-    (root / "app.js").write_text("export {}")
+    (root / "style.css").write_text("h1 {}")
+    (root / "js" / "app.js").write_text("export {}")
+    (root / "node_modules" / "uplot" / "dist" / "uPlot.esm.js").write_text("export {}")
+    (root / "node_modules" / "uplot" / "package.json").write_text("{}")
+    (root / "node_modules" / "other" / "x.js").write_text("no")
+    (root / "app.js").write_text("no: scripts live in js/")
+    (root / "README.md").write_text("no")
+    (root / "package.json").write_text("{}")
     (root / ".secret").write_text("no")
     (tmp_path / "outside.txt").write_text("no")
-    (root / "link.txt").symlink_to(tmp_path / "outside.txt")
+    (root / "js" / "link.js").symlink_to(tmp_path / "outside.txt")
     gw: Gateway = await gateway_factory(server={"dashboard_dir": str(root)})
     status, headers, body = await http_get(gw.port, "/")
     assert (status, body) == (200, b"<h1>wall</h1>")
     assert headers["content-type"] == "text/html; charset=utf-8"
-    status, headers, _ = await http_get(gw.port, "/app.js")
-    assert status == 200 and headers["content-type"].startswith("text/javascript")
-    for path in ("/../outside.txt", "/%2e%2e/outside.txt", "/.secret", "/link.txt", "/nope"):
+    csp = headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "frame-ancestors 'none'" in csp and headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["x-content-type-options"] == "nosniff"
+    for path in ("/js/app.js", "/node_modules/uplot/dist/uPlot.esm.js"):
+        status, headers, _ = await http_get(gw.port, path)
+        assert status == 200 and headers["content-type"].startswith("text/javascript"), path
+    assert (await http_get(gw.port, "/style.css"))[0] == 200
+    for path in (
+        "/../outside.txt", "/%2e%2e/outside.txt", "/.secret", "/js/link.js", "/nope",
+        "/README.md", "/package.json", "/app.js", "/node_modules/other/x.js",
+        "/node_modules/uplot/package.json", "/js/../README.md", "/js/", "/js",
+    ):  # fmt: skip
         assert (await http_get(gw.port, path))[0] == 404, path
     assert (await http_get(gw.port, "/", method="POST"))[0] == 405
     status, _, body = await http_get(gw.port, "/", method="HEAD")
     assert status == 200 and body == b""
+
+
+async def test_frame_ancestors_is_configurable(
+    gateway_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    (tmp_path / "index.html").write_text("<h1>wall</h1>")
+    gw: Gateway = await gateway_factory(
+        server={"dashboard_dir": str(tmp_path), "frame_ancestors": "'self' https://portal.example"}
+    )
+    status, headers, _ = await http_get(gw.port, "/")
+    assert status == 200
+    assert "frame-ancestors 'self' https://portal.example" in headers["content-security-policy"]
+    assert "x-frame-options" not in headers
+
+
+def test_the_real_dashboard_has_no_inline_script_and_every_module_is_allowed() -> None:
+    root = Path(__file__).resolve().parents[2] / "dashboard"
+    html = (root / "index.html").read_text()
+    for tag in re.findall(r"<script\b[^>]*>", html, re.I):
+        assert "src=" in tag, tag  # no inline script: the CSP would block it
+    assert not re.search(r"<script\b[^>]*>\s*[^<\s]", html, re.I)  # no script body
+    assert not re.search(r"\son[a-z]+=", html, re.I)  # no inline event handlers
+    for js in (root / "js").glob("*.js"):
+        assert ALLOWED.fullmatch(f"js/{js.name}"), js.name
+    for css in root.glob("*.css"):
+        assert ALLOWED.fullmatch(css.name), css.name
+    for ref in re.findall(r'(?:src|href)="([^":]+)"', html):
+        assert ALLOWED.fullmatch(ref), ref
 
 
 async def test_admin_port_serves_only_admin_endpoints(gateway: Gateway) -> None:

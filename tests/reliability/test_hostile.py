@@ -1,0 +1,437 @@
+"""Hostile clients: each attack is bounded in memory, cut at its deadline or refused,
+counted, while a normal screen is served and the event loop keeps its pace.
+
+After every attack: RSS growth under the documented budget (docs/operations.md),
+the trio task count back to where it was, loop lag within a generous bound, and no
+internal error."""
+
+from __future__ import annotations
+
+import base64
+import os
+import pathlib
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import orjson
+import pytest
+import trio
+
+from gateway.app import Gateway
+from tests.serve.httpget import http_get
+from tests.serve.rawws import RawWs
+
+LAG_BOUND_S = 0.5  # generous: the budget is 100 ms max, CI machines are noisy
+MIB = 1 << 20
+
+
+def rss() -> int:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def task_count() -> int:
+    stack = [trio.lowlevel.current_root_task()]
+    n = 0
+    while stack:
+        task = stack.pop()
+        n += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return n
+
+
+async def tasks_settle(at_most: int) -> None:
+    """Wait (bounded) until the task count is back to ``at_most``."""
+    with trio.fail_after(10):
+        while task_count() > at_most:
+            await trio.sleep(0.05)
+
+
+async def served(gw: Gateway, state: bool = True) -> None:
+    """A normal screen: opens, subscribes, gets state (when the gateway has some)."""
+    with trio.fail_after(5):
+        ws = await RawWs.connect(gw.port)
+        try:
+            assert (await ws.recv_json())["type"] == "welcome"
+            await ws.send_json({"type": "subscribe", "id": "s", "filters": ["#"]})
+            assert (await ws.recv_json())["type"] == "ack"
+            if state:
+                assert (await ws.recv_json())["type"] in ("batch", "snapshot")
+        finally:
+            ws.close()
+
+
+async def screen_throughout(gw: Gateway, done: trio.Event, count: list[int]) -> None:
+    while not done.is_set():
+        await served(gw)
+        count[0] += 1
+        await trio.sleep(0.2)
+
+
+async def jwt_screen_throughout(gw: Gateway, done: trio.Event, count: list[int]) -> None:
+    token = jwt.encode({"sub": "wall", "exp": int(time.time()) + 600, "topics": ["#"]}, "s" * 40)
+    while not done.is_set():
+        with trio.fail_after(5):
+            ws = await RawWs.connect(gw.port, path=f"/ws?access_token={token}")
+            assert ws.status == 101
+            assert (await ws.recv_json())["type"] == "welcome"
+            ws.close()
+        count[0] += 1
+        await trio.sleep(0.2)
+
+
+async def raw_connect(port: int, rcvbuf: int = 4096) -> trio.socket.SocketType:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    await sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def peer_closed(sock: trio.socket.SocketType) -> bool:
+    """The gateway closed or reset this connection (seen without reading from it)."""
+    state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    return state in (7, 8)  # TCP_CLOSE (reset), TCP_CLOSE_WAIT (its FIN)
+
+
+async def read_all(sock: trio.socket.SocketType, limit_s: float = 5) -> bytes:
+    data = b""
+    with trio.move_on_after(limit_s):
+        try:
+            while chunk := await sock.recv(65536):
+                data += chunk
+        except OSError:
+            pass
+    return data
+
+
+# -- the pong flood ---------------------------------------------------------------------
+
+
+async def ping_flood(port: int, seconds: float) -> tuple[RawWs, int]:
+    """Pings as fast as the socket takes them, never reading, for ``seconds`` (or
+    until the gateway hangs up); (the connection, bytes sent)."""
+    ws = await RawWs.connect(port, rcvbuf=4096)
+    batch = b"".join(RawWs.frame(os.urandom(100), opcode=9) for _ in range(500))
+    sent = 0
+    with trio.move_on_after(seconds):
+        try:
+            while True:
+                sent += await ws.sock.send(batch)
+        except OSError:
+            pass
+    return ws, sent
+
+
+@pytest.mark.parametrize("auth", ["none", "jwt"])
+async def test_a_ping_flood_without_reading_is_closed_4029_and_memory_stays_flat(
+    gateway_factory: Callable[..., Any], auth: str
+) -> None:
+    """Also before authentication: with JWT auth, the flood sends no token at all."""
+    gw: Gateway = await gateway_factory(
+        simulator={"devices": 50, "rate_hz": 2},
+        auth={"mode": auth, **({"jwt_secret": "s" * 40} if auth == "jwt" else {})},
+    )
+    if auth == "none":
+        await served(gw)
+    before, tasks = rss(), task_count()
+    done, screens = trio.Event(), [0]
+    with gw.looplag.window() as lag:
+        async with trio.open_nursery() as nursery:
+            if auth == "none":
+                nursery.start_soon(screen_throughout, gw, done, screens)
+            else:  # a screen with a token, over the WebSocket, throughout
+                nursery.start_soon(jwt_screen_throughout, gw, done, screens)
+            ws, sent = await ping_flood(gw.port, 8.0)
+            done.set()
+    growth = rss() - before
+    with trio.fail_after(5):
+        code = await ws.close_code_at_end()
+    ws.close()
+    print(f"ping flood ({auth}): {sent >> 20} MiB of pings sent, RSS +{growth / MIB:.1f} MiB")
+    assert code == 4029  # control frames count toward the message rate
+    assert growth < 4 * MIB, growth / MIB  # docs/operations.md: per attacking connection
+    assert screens[0] >= 1
+    assert lag.max < LAG_BOUND_S, lag.max
+    assert gw.server.stats.inbound_rejected["rate"] == 1
+    assert gw.server.stats.internal_errors == 0
+    await tasks_settle(tasks)
+
+
+async def test_pings_within_the_rate_are_answered_once_each_latest_only(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    """With the rate limit lifted, a flood that never reads holds one pong at most:
+    RSS stays flat and the queue never grows past the kernel's share."""
+    gw: Gateway = await gateway_factory(
+        server={"messages_per_s": 1e9, "message_burst": 1_000_000_000, "send_buffer_bytes": 4096}
+    )
+    before, tasks = rss(), task_count()
+    with gw.looplag.window() as lag:
+        ws, sent = await ping_flood(gw.port, 4.0)
+    growth = rss() - before
+    (session,) = gw.server.fanout.sessions  # still open: nothing it did was over a limit
+    queued = session.out.queued_bytes
+    ws.close()
+    print(f"ping flood, no rate limit: {sent >> 20} MiB sent, RSS +{growth / MIB:.1f} MiB")
+    print(f"lag max {lag.max:.3f} s, p99 {lag.quantile(0.99):.3f} s")
+    assert sent > 4 * MIB  # it did flood
+    assert queued < 64 * 1024, queued  # a pong or two, not one per ping
+    assert growth < 4 * MIB, growth / MIB
+    assert lag.max < LAG_BOUND_S, lag.max
+    await tasks_settle(tasks)
+    # a client that reads gets its pong for the latest ping
+    ws = await RawWs.connect(gw.port)
+    assert (await ws.recv_json())["type"] == "welcome"
+    await ws.send_raw(RawWs.frame(b"one", opcode=9) + RawWs.frame(b"two", opcode=9))
+    with trio.fail_after(5):
+        opcode, payload = await ws.recv_frame()
+    assert (opcode, payload) == (10, b"two")
+    ws.close()
+
+
+async def test_answers_never_read_are_capped_by_max_pending_bytes_then_closed_4009(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    budget = 64 * 1024
+    gw: Gateway = await gateway_factory(
+        server={
+            "messages_per_s": 1e9,
+            "message_burst": 1_000_000_000,
+            "send_buffer_bytes": 4096,
+            "max_pending_bytes": budget,
+        }
+    )
+    before, tasks = rss(), task_count()
+    ws = await RawWs.connect(gw.port, rcvbuf=4096)
+    batch = b"".join(RawWs.frame(b'{"type":"ping","id":1}') for _ in range(200))
+    with trio.move_on_after(8):
+        try:
+            while gw.server.stats.inbound_rejected["pending_bytes"] == 0:
+                await ws.sock.send(batch)
+        except OSError:
+            pass
+    assert gw.server.stats.inbound_rejected["pending_bytes"] == 1
+    growth = rss() - before
+    with trio.fail_after(5):
+        code = await ws.close_code_at_end()
+    ws.close()
+    assert code == 4009
+    assert growth < 4 * MIB, growth / MIB
+    await tasks_settle(tasks)
+
+
+# -- plain-HTTP responses: deadlines and the bodies' budget -------------------------------
+
+
+async def test_snapshot_readers_that_never_read_are_cut_and_memory_is_bounded(
+    gateway_factory: Callable[..., Any], caplog: Any
+) -> None:
+    # the default deadlines and budget; kernel buffers bounded per socket as
+    # docs/operations.md advises (else the kernel may take a whole 2.4 MB body, and a
+    # response the kernel took whole is not the gateway's to cut)
+    gw: Gateway = await gateway_factory(server={"send_buffer_bytes": 256 * 1024})
+    now = gw.clock.wall()
+    label = "x" * 150
+    for i in range(10_000):
+        gw.store.apply(f"site/{i % 10}/dev-{i:05d}", {"t": 21.5, "h": 40.1, "label": label}, now)
+    status, _, body = await http_get(gw.port, "/api/snapshot")
+    assert status == 200 and len(body) > 2 * MIB
+    await served(gw)
+    before, tasks = rss(), task_count()
+    peak = [before]
+    done, screens = trio.Event(), [0]
+    socks: list[trio.socket.SocketType] = []
+
+    async def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            await trio.sleep(0.05)
+
+    stats = gw.server.stats
+    with gw.looplag.window() as lag:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample)
+            nursery.start_soon(screen_throughout, gw, done, screens)
+            start = trio.current_time()
+            for _ in range(40):
+                sock = await raw_connect(gw.port)
+                await sock.send(
+                    b"GET /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                )  # and never read
+                socks.append(sock)
+            sent_all = trio.current_time()
+            with trio.fail_after(30):  # every socket cut (or refused) by the gateway
+                while not all(peer_closed(sock) for sock in socks):
+                    await trio.sleep(0.05)
+            took = trio.current_time() - start
+            after_last = trio.current_time() - sent_all
+            done.set()
+    for sock in socks:
+        sock.close()
+    budget = gw.cfg.server.max_http_pending_bytes
+    print(
+        f"40 snapshot readers: RSS +{(peak[0] - before) / MIB:.1f} MiB at the peak, cut "
+        f"{dict(stats.http_cut)} within {took:.1f} s"
+    )
+    assert stats.http_cut["write_timeout"] + stats.http_cut["response_timeout"] >= 1
+    assert sum(stats.http_cut.values()) == 40
+    # each is cut once it made no progress for the write deadline (plus slack)
+    assert after_last < gw.cfg.server.http_write_timeout_s + 3.0, after_last
+    assert peak[0] - before < budget + 32 * MIB, (peak[0] - before) / MIB
+    assert screens[0] >= 1
+    assert lag.max < LAG_BOUND_S, lag.max
+    assert stats.internal_errors == 0
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    await tasks_settle(tasks)
+
+
+async def test_a_reader_gone_mid_download_is_client_gone_not_an_internal_error(
+    gateway_factory: Callable[..., Any], caplog: Any
+) -> None:
+    gw: Gateway = await gateway_factory(server={"send_buffer_bytes": 16384})
+    now = gw.clock.wall()
+    for i in range(5_000):
+        gw.store.apply(f"dev-{i:05d}", {"label": "x" * 200}, now)
+    tasks = task_count()
+    for _ in range(5):
+        sock = await raw_connect(gw.port)
+        await sock.send(b"GET /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await sock.recv(1000)  # the download has begun
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # gone: a reset
+    with trio.fail_after(10):
+        while gw.server.stats.http_cut["client_gone"] < 5:
+            await trio.sleep(0.05)
+    assert gw.server.stats.internal_errors == 0
+    assert not [r for r in caplog.records if r.exc_info]
+    await tasks_settle(tasks)
+
+
+# -- keep-alive ---------------------------------------------------------------------------
+
+
+async def test_keep_alive_serves_pipelined_requests_and_caps_them(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    gw: Gateway = await gateway_factory(server={"max_requests_per_connection": 4})
+    tasks = task_count()
+    sock = await raw_connect(gw.port, rcvbuf=1 << 16)
+    one = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    await sock.send(one * 3)  # pipelined
+    data = b""
+    with trio.fail_after(5):
+        while data.count(b"ok\n") < 3:
+            data += await sock.recv(65536)
+    assert data.count(b"HTTP/1.1 200") == 3
+    assert b"connection: close" not in data.lower()
+    await sock.send(one)  # the same connection, later: the 4th and last
+    data = await read_all(sock)
+    assert data.count(b"HTTP/1.1 200") == 1 and b"connection: close" in data.lower()
+    sock.close()
+    await tasks_settle(tasks)
+
+
+# -- a strict upgrade ---------------------------------------------------------------------
+
+
+def upgrade(method: str = "GET", version: str = "1.1", extra: str = "", body: bytes = b"") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"{method} /ws HTTP/{version}\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"{extra}\r\n"
+    ).encode() + body
+
+
+async def test_only_a_strict_upgrade_is_accepted(gateway: Gateway) -> None:
+    before, tasks = rss(), task_count()
+    ping = RawWs.frame(b"", opcode=9)
+    cases = [
+        ("POST", upgrade("POST", extra="Content-Length: 0\r\n"), 405),
+        ("HEAD", upgrade("HEAD"), 405),
+        ("HTTP/1.0", upgrade(version="1.0"), 400),
+        ("two keys", upgrade(extra="Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), 400),
+        ("two versions", upgrade(extra="Sec-WebSocket-Version: 13\r\n"), 400),
+        ("a body", upgrade(extra=f"Content-Length: {len(ping)}\r\n", body=ping), 400),
+        ("chunked", upgrade(extra="Transfer-Encoding: chunked\r\n", body=b"0\r\n\r\n"), 400),
+    ]
+    for name, request, status in cases:
+        sock = await raw_connect(gateway.port, rcvbuf=1 << 16)
+        await sock.send(request)
+        reply = await read_all(sock)
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 %d" % status), (name, reply[:60])
+    assert gateway.server.stats.handshake_rejected["bad_upgrade"] == len(cases)
+    # the strict one still opens, and bytes sent right behind it reach the WebSocket
+    sock = await raw_connect(gateway.port, rcvbuf=1 << 16)
+    await sock.send(upgrade() + ping)
+    reply = b""
+    with trio.fail_after(5):
+        while reply.count(b"\x8a\x00") == 0:  # the pong
+            reply += await sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 101")
+    sock.close()
+    await served(gateway, state=False)
+    await tasks_settle(tasks)
+    assert rss() - before < 4 * MIB
+    assert gateway.server.stats.internal_errors == 0
+
+
+# -- Origin without trusting Host ----------------------------------------------------------
+
+
+async def test_dns_rebinding_is_refused_on_ws_sse_and_api(gateway: Gateway) -> None:
+    tasks = task_count()
+    port = gateway.port
+    evil = {"Origin": f"http://evil.example:{port}", "Host": f"evil.example:{port}"}
+    ws = await RawWs.connect(port, headers=evil)
+    ws.close()
+    assert ws.status == 403
+    for path in ("/sse?filter=%23", "/api/snapshot", "/api/topics"):
+        status, headers, _ = await http_get(port, path, headers=evil)
+        assert status == 403, path
+        assert "access-control-allow-origin" not in headers
+    # the wall's own origin (a page at http://127.0.0.1:P/) and scripts without Origin
+    own = f"http://127.0.0.1:{port}"
+    status, headers, _ = await http_get(port, "/api/topics", headers={"Origin": own})
+    assert status == 200 and headers["access-control-allow-origin"] == own
+    status, headers, _ = await http_get(port, "/api/topics")
+    assert status == 200 and "access-control-allow-origin" not in headers
+    assert gateway.server.stats.handshake_rejected["origin"] == 4
+    await tasks_settle(tasks)
+
+
+async def test_public_origins_name_the_gateway_behind_a_proxy(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    gw: Gateway = await gateway_factory(server={"public_origins": ["https://wall.example"]})
+    good = {"Origin": "https://wall.example", "Host": "wall.example"}
+    ws = await RawWs.connect(gw.port, headers=good)
+    ws.close()
+    assert ws.status == 101
+    assert (await http_get(gw.port, "/api/topics", headers=good))[0] == 200
+    other = {"Origin": "https://other.example", "Host": "other.example"}
+    assert (await http_get(gw.port, "/api/topics", headers=other))[0] == 403
+
+
+# -- health endpoints ----------------------------------------------------------------------
+
+
+async def test_public_readyz_names_no_host_port_or_user(gateway: Gateway) -> None:
+    secret = "broker mqtt.internal.example:8883 (user alice-ops) refused: bad password"
+    gateway.server.ready_checks["mqtt"] = lambda: (False, secret)
+    status, _, body = await http_get(gateway.port, "/readyz")
+    assert status == 503
+    answer = orjson.loads(body)
+    assert answer["ready"] is False and answer["reasons"] == ["mqtt not ready"]
+    for word in ("mqtt.internal", "8883", "alice", "password"):
+        assert word.encode() not in body, word
+    status, _, body = await http_get(gateway.admin_port, "/readyz")
+    assert status == 503 and orjson.loads(body)["checks"]["mqtt"]["detail"] == secret
