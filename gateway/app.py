@@ -121,7 +121,7 @@ def build(cfg: Config, *, epoch: str | None = None) -> Gateway:
     server = Server(
         cfg, store, hub, Authenticator(cfg.auth), clock, metrics=metrics, insight=insight
     )
-    looplag = LoopLag()
+    looplag = LoopLag(sc.loop_lag_interval_s)
     gw = Gateway(cfg, clock, store, hub, server, metrics, looplag, insight)
     metrics.attach(server, hub, store, lambda: gw.mqtt)
     metrics.registry.register(InsightCollector(alarms, history, store))

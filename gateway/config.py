@@ -99,6 +99,8 @@ class ServerConfig:
     #: SO_SNDBUF of client sockets; 0 keeps the kernel's autotuning (up to
     #: net.ipv4.tcp_wmem's maximum, 4 MiB by default, per stalled screen)
     send_buffer_bytes: int = 0
+    #: how often the event-loop lag sampler wakes (gateway_event_loop_lag_seconds)
+    loop_lag_interval_s: float = 0.01
     #: permessage-deflate when the client offers it (browsers do): each frame is
     #: compressed once for every screen that receives it
     compression: bool = True
@@ -155,6 +157,7 @@ class ServerConfig:
             "stall_s",
             "max_lag_s",
             "max_frame_bytes",
+            "loop_lag_interval_s",
             "max_pending_bytes",
             "max_http_pending_bytes",
             "http_write_timeout_s",
