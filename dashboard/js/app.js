@@ -180,8 +180,7 @@ let updates = 0;
 let alarmsDirty = false; // the alarm list renders on the next tick, not per message
 client.addEventListener("history", (e) => meta.addHistory(e.detail));
 client.addEventListener("history_end", () => {
-  meta.historyDone();
-  client.historyS = 0; // the charts keep their rings over reconnects: history once
+  meta.historyDone(); // the charts keep their rings over reconnects: history once
 });
 function renderAlarms() {
   alarmsDirty = false;
@@ -264,6 +263,7 @@ client.addEventListener("status", (e) => {
   const { status } = e.detail;
   if (status === "open" && lastStatus !== "open") {
     epochDropped = false;
+    client.historyS = 0; // asked with the first subscribe only: a reconnect never asks again
     if (client.meta?.version && client.meta.version !== meta.version) {
       meta.load(location.href, { token: TOKEN, url: client.meta.url || "api/meta" }).then(() => metaChanged());
     }
