@@ -21,6 +21,7 @@ import { STATE_COLOURS, paintShape, sequential, inkOn } from "./colour.js";
 const MIRROR_VALUE_MS = 5000;
 const MIRROR_MS_PER_TILE = 10;
 const MIRROR_ROWS_PER_FRAME = 16;
+const MIRROR_NOW_ROWS_PER_FRAME = 64; // state changes: at once for a few, spread for thousands
 
 export class DeviceGrid {
   constructor(el, { meta, level = 1, stateOf, valueOf, tOf, onLayout = () => {} }) {
@@ -160,8 +161,9 @@ export class DeviceGrid {
     }
     n = 0;
     const now = Date.now();
+    let nowRows = MIRROR_NOW_ROWS_PER_FRAME; // a fleet appearing: its rows over a second or two
     for (const t of this.mirrorNow) {
-      if ((++n & 31) === 0 && performance.now() > deadline) return false;
+      if (nowRows-- <= 0 || ((++n & 31) === 0 && performance.now() > deadline)) return false;
       this.mirrorNow.delete(t);
       this.mirrorDirty.delete(t);
       this._mirror(t, now);
