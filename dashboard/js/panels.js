@@ -130,7 +130,9 @@ export class AlarmList {
       `${this.meta.unit(a.field) ? ` ${this.meta.unit(a.field)}` : ""}` : "";
     const who = a.acked_by ? ` by ${a.acked_by}` : "";
     const head = document.createElement("div");
-    head.textContent = `${(a.severity || "").toUpperCase()} ${a.device || a.topic}: ${a.message || a.rule}`;
+    const who2 = a.device || a.topic; // the message names the device already when it says so
+    const what = a.message && a.message.includes(who2) ? a.message : `${who2}: ${a.message || a.rule}`;
+    head.textContent = `${(a.severity || "").toUpperCase()} ${what}`;
     const sub = document.createElement("small");
     sub.textContent = `raised ${time}${value} · ${STATE_TEXT[a.state] || a.state}${who}`;
     li.append(head, sub);
