@@ -5,7 +5,8 @@
   paho publishing plant/<line>/<device> and yard/<tank> topics the project never wrote);
 * wall-plant-1920x1080.jpg, wall-plant-3840x2160.jpg: the same devices on the configured
   plant wall (dashboard/walls/plant.toml);
-* wall-disconnected.jpg: the gateway stopped, past the grace period.
+* wall-disconnected.jpg: the gateway stopped, past the grace period;
+* wall-alarm.jpg: the plant wall with an alarm rule: one pump's overpressure alarm active.
 
     .venv/bin/python scripts/screenshots.py [--devices 2000]
 """
@@ -109,7 +110,16 @@ def main() -> None:
                 auto.write_text(common)
                 plant = pathlib.Path(tmp) / "plant.toml"
                 wall = ROOT / "dashboard" / "walls" / "plant.toml"
-                plant.write_text(f'[server]\nwall_file = "{wall}"\n' + common)
+                # metadata and one alarm rule: line3's pump-5 runs high, so an alarm is active
+                insight = (
+                    '[[meta.fields]]\nfilter = "plant/#"\nfield = "pressure_bar"\n'
+                    'name = "Pressure"\nunit = "bar"\ndecimals = 1\n'
+                    '[[alarms.rules]]\nname = "overpressure"\nfilter = "plant/#"\n'
+                    'condition = "high"\nfield = "pressure_bar"\nthreshold = 6.5\n'
+                    'severity = "critical"\n'
+                    'message = "{device}: pressure {value:.1f} {unit} above {threshold} {unit}"\n'
+                )
+                plant.write_text(f'[server]\nwall_file = "{wall}"\n' + common + insight)
                 with gateway_process("--config", str(auto)) as gw:
                     page = browser.new_page(viewport={"width": 1920, "height": 1080})
                     page.goto(f"http://127.0.0.1:{gw.port}/?grace=3#field=pressure_bar")
@@ -125,6 +135,8 @@ def main() -> None:
                         page.goto(f"http://127.0.0.1:{gw.port}/")
                         page.wait_for_timeout(12_000)
                         shoot(page, f"wall-plant-{w}x{h}.jpg", 75 if w < 3000 else 25)
+                        if w < 3000:  # the active alarm: tile frame, KPI, list and event
+                            shoot(page, "wall-alarm.jpg", 75)
                         page.close()
             finally:
                 done.set()

@@ -12,7 +12,7 @@ import { Meta } from "./meta.js";
 import { Health, fmtAge } from "./health.js";
 import { loadWall, matches } from "./wallconfig.js";
 import { DeviceGrid } from "./grid.js";
-import { TrendPanel } from "./charts.js";
+import { TrendPanel, HISTORY } from "./charts.js";
 import { EventLog } from "./events.js";
 import { KpiRow, WorstTable, AlarmList } from "./panels.js";
 import { Range, renderLegend } from "./colour.js";
@@ -27,14 +27,17 @@ function schedule() {
 }
 const wall = await loadWall(params);
 const meta = new Meta();
-meta.load();
 
 document.title = wall.title;
 $("title").textContent = wall.title;
 const TOKEN = params.get("token") || localStorage.getItem("gatewayToken");
+meta.load(location.href, { token: TOKEN }).then(() => metaChanged());
 const wsUrl = new URL("ws", location.href);
 wsUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-const client = new GatewayClient({ url: wsUrl.toString(), filters: [wall.filter],
+// alarm states are topics under "$alarms/", which "#" does not match: asked for explicitly;
+// the charts' window of history comes with the subscription, before the live state
+const client = new GatewayClient({ url: wsUrl.toString(), filters: [wall.filter, "$alarms/#"],
+                                   historyS: HISTORY,
                                    rateHz: Number(params.get("rate") || 10), token: TOKEN,
                                    transport: params.get("transport") || "auto" });
 const health = new Health(client, { grace_s: wall.grace_s ?? 10, warn_s: wall.warn_s ?? 5,
@@ -84,7 +87,7 @@ const pages = wall.pages.map((page, index) => {
     const filter = p.filter || page.filter || "#";
     if (p.type === "kpis") {
       top.append(panel);
-      kpiRows.push({ row: new KpiRow(panel, { alarms: !!meta.served?.alarms }), filter, page: index });
+      kpiRows.push({ row: new KpiRow(panel, { alarms: true }), filter, page: index });
       continue;
     }
     if (p.type === "grid") {
@@ -115,7 +118,7 @@ const pages = wall.pages.map((page, index) => {
     } else if (p.type === "worst") {
       worst.push({ table: new WorstTable(panel, { rows: p.rows || 8 }), field: p.field || "auto", filter, page: index });
     } else if (p.type === "alarms") {
-      alarmLists.push({ list: new AlarmList(panel, { meta }), page: index });
+      alarmLists.push({ list: new AlarmList(panel, { meta, ack: (alarms) => client.ackAlarm(alarms) }), page: index });
     } else if (p.type === "events") {
       const h = document.createElement("h2");
       h.textContent = p.title || "Events";
@@ -174,6 +177,23 @@ function tOf(field, v) {
 
 // -- updates ---------------------------------------------------------------------------------
 let updates = 0;
+let alarmsDirty = false; // the alarm list renders on the next tick, not per message
+client.addEventListener("history", (e) => meta.addHistory(e.detail));
+client.addEventListener("history_end", () => {
+  meta.historyDone(); // the charts keep their rings over reconnects: history once
+});
+function renderAlarms() {
+  alarmsDirty = false;
+  for (const a of alarmLists) a.list.render();
+}
+// Metadata changed (loaded, or a new version): names, units and scales everywhere.
+function metaChanged() {
+  for (const g of grids) { for (const t of g.grid.tiles.values()) t.name = ""; g.grid.all(); }
+  fieldsKey = "";
+  legendKey = "";
+  for (const r of ranges.values()) r.lo = Infinity; // rebuilt with the configured range
+  schedule();
+}
 const previous = new Map(); // topic -> online|offline|stale (for the event list)
 let epochDropped = false;
 client.addEventListener("change", (e) => {
@@ -181,6 +201,10 @@ client.addEventListener("change", (e) => {
     if (meta.isAlarmTopic(topic)) { // alarm topics feed meta (and the event list), not tiles
       const change = meta.alarmTopic(topic, client.topics.get(topic));
       if (change) events.alarm(change);
+      const device = meta.alarms.get(topic)?.topic; // its tile's colour follows its alarms
+      const dst = device && client.topics.get(device);
+      if (dst) for (const g of grids) if (matches(g.filter, device)) g.grid.touch(device, dst);
+      if (!alarmsDirty) { alarmsDirty = true; setTimeout(renderAlarms, 100); } // seen within 0.1 s
       continue;
     }
     const st = client.topics.get(topic);
@@ -239,6 +263,10 @@ client.addEventListener("status", (e) => {
   const { status } = e.detail;
   if (status === "open" && lastStatus !== "open") {
     epochDropped = false;
+    client.historyS = 0; // asked with the first subscribe only: a reconnect never asks again
+    if (client.meta?.version && client.meta.version !== meta.version) {
+      meta.load(location.href, { token: TOKEN, url: client.meta.url || "api/meta" }).then(() => metaChanged());
+    }
     if (lastStatus) events.add(`connected via ${TRANSPORT[client.transport]}${e.detail.resumed ? " (resumed)" : ""}`, "ok");
   } else if (status === "closed" && lastStatus === "open") {
     events.add(`connection lost (${e.detail.code ?? "?"})`, "bad");
@@ -257,7 +285,9 @@ let fieldsKey = "";
 const tickMs = []; // the last 60 tick durations (window.wall.tickMs)
 function tick() {
   const t0 = performance.now();
-  const stats = { total: 0, online: 0, offline: 0, stale: 0, alarms: 0, newestRx: 0, rate: updates };
+  const stats = { total: 0, online: 0, offline: 0, stale: 0, alarms: 0, newestRx: 0, rate: updates,
+                  critical: 0, major: 0, minor: 0, warning: 0 };
+  for (const a of meta.alarms.values()) if (a.active && a.severity in stats) stats[a.severity] += 1;
   updates = 0;
   const values = new Map(); // field -> [lo, hi] of fields in use
   const used = new Set(grids.map(fieldOf).concat(worst.map(fieldOf)));
@@ -306,7 +336,7 @@ function tick() {
       return { name: v.name, group: topic.slice(0, Math.max(0, topic.lastIndexOf("/"))), text: v.text, unit: v.unit };
     });
   }
-  for (const a of alarmLists) a.list.render();
+  if (alarmsDirty) renderAlarms();
   // the field selector and the colour key
   const fields = meta.fields();
   const pageGrid = grids.find((x) => x.page === current);
@@ -360,6 +390,7 @@ window.wall = {
   boxes: () => grids.filter((g) => g.page === current).flatMap((g) => g.grid.boxes()),
   layout: () => grids.filter((g) => g.page === current).map((g) => ({ side: g.grid.plan?.side, wide: g.grid.plan?.wide })),
   trends: () => trends.map((t) => t.panel.latest()),
+  series: (i, group) => trends[i]?.panel.seriesOf(group),
   page: () => current,
   showPage,
 };

@@ -85,16 +85,28 @@ export class TrendPanel {
   }
 
   // History served for (field, level): {times: [...], groups: {name: {avg, min, max}}}
-  // (arrays aligned with times). Fills the rings before the live samples.
+  // (arrays aligned with times). Goes before the live samples already taken (those
+  // newer than the history's last bucket are kept after it).
   _prefill(field, h) {
-    if (!h || field !== this.field || this.times.len > 1) return;
+    if (!h || field !== this.field) return;
+    const last = h.times[h.times.length - 1];
+    const liveT = this.times.values();
+    const live = new Map([...this.series].map(([g, s]) => [g, { avg: s.avg.values(), min: s.min.values(), max: s.max.values() }]));
+    const keep = liveT.map((t, k) => (t > last ? k : -1)).filter((k) => k >= 0);
+    const hist = h.times.slice(-(HISTORY - keep.length));
+    const n = hist.length;
     this.times = new Ring(HISTORY);
+    for (const t of hist) this.times.push(t);
+    for (const k of keep) this.times.push(liveT[k]);
     this.series.clear();
-    for (const t of h.times.slice(-HISTORY + 1)) this.times.push(t);
-    const n = this.times.len;
-    for (const [g, s] of Object.entries(h.groups)) {
+    for (const g of new Set([...Object.keys(h.groups), ...live.keys()])) {
+      if (this.only && !this.only.includes(g)) continue;
       const rings = { avg: new Ring(HISTORY), min: new Ring(HISTORY), max: new Ring(HISTORY) };
-      for (const k of ["avg", "min", "max"]) for (const v of s[k].slice(-n)) rings[k].push(v);
+      for (const x of ["avg", "min", "max"]) {
+        const hs = h.groups[g]?.[x].slice(-n) || new Array(n).fill(null);
+        for (const v of hs) rings[x].push(v);
+        for (const k of keep) rings[x].push(live.get(g)?.[x][k] ?? null);
+      }
       this.series.set(g, rings);
     }
     this.render();
@@ -156,6 +168,13 @@ export class TrendPanel {
   // The latest averages, for tests: {group: avg or null}
   latest() {
     return Object.fromEntries([...this.series].map(([g, s]) => [g, s.avg.values().at(-1) ?? null]));
+  }
+
+  // One group's series, for tests: {field, times, avg, min, max}
+  seriesOf(group) {
+    const s = this.series.get(group);
+    return s ? { field: this.field, times: this.times.values(), avg: s.avg.values(),
+                 min: s.min.values(), max: s.max.values() } : null;
   }
 }
 

@@ -45,8 +45,11 @@ export function shouldReconnect(code) {
 export class GatewayClient extends EventTarget {
   constructor({ url, filters = ["#"], rateHz = null, token = null, backoffBaseMs = 500,
                 backoffCapMs = 30000, stableMs = 10000, WebSocketImpl = WebSocket,
-                transport = "auto", sseUrl = null } = {}) {
+                transport = "auto", sseUrl = null, historyS = 0 } = {}) {
     super();
+    this.historyS = historyS; // chart history asked with every subscribe (0: none)
+    this.meta = null; // welcome.meta: {url, version} of the gateway's metadata
+    this._acks = new Map(); // ack_alarm request id -> {msg, resolve, timer}
     this.url = url;
     this.sseUrl = sseUrl;
     this.transport = transport === "sse" ? "sse" : "ws";
@@ -248,6 +251,7 @@ export class GatewayClient extends EventTarget {
 
   _onWelcome(msg) {
     this.heartbeatMs = msg.heartbeat_s * 1000;
+    this.meta = msg.meta || null;
     const resumable = msg.epoch === this.epoch && this.topics.size > 0;
     if (!resumable && this.epoch !== null) {
       const dropped = new Set(this.topics.keys());
@@ -271,7 +275,9 @@ export class GatewayClient extends EventTarget {
     }
     const sub = { type: "subscribe", id: "main", filters: this.filters };
     if (this.rateHz) sub.rate_hz = this.rateHz;
+    if (this.historyS > 0) sub.history_s = this.historyS;
     this._send(sub);
+    for (const a of this._acks.values()) this._send(a.msg); // same id: idempotent
     this.stats.connects += 1;
     this._setStatus("open", { epoch: msg.epoch, resumed: resumable });
     let pingId = 0;
@@ -302,6 +308,10 @@ export class GatewayClient extends EventTarget {
         const outcome = this.apply(m);
         if (outcome === "applied") changed.add(m.topic);
         else if (outcome === "gap") gaps[m.topic] = this.topics.get(m.topic)?.seq ?? 0;
+      } else if (m.type === "history" || m.type === "history_end") {
+        this.dispatchEvent(new CustomEvent(m.type, { detail: m }));
+      } else if (this._answered(m)) {
+        // an ack_alarm answer: resolved its promise
       } else if (m.type === "error") {
         console.warn("gateway error", m.code, m.message);
         this.dispatchEvent(new CustomEvent("gateway-error", { detail: m })); // for the wall's banner
@@ -312,6 +322,30 @@ export class GatewayClient extends EventTarget {
       else this._send({ type: "resume", epoch: this.epoch, topics: gaps });
     }
     if (changed.size) this._changed(changed);
+  }
+
+  // Acknowledge alarms (topics "$alarms/..."): resolves with the gateway's answer, the
+  // `ack` ({ok: true}) or the `error` ({ok: false, code, message}), or {ok: false, code:
+  // "timeout"}. The request keeps one client-chosen id and is resent with it on every
+  // reconnect until answered, so a retry never acknowledges twice.
+  ackAlarm(alarms, timeoutMs = 10000) {
+    const id = `ack-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+    const msg = { type: "ack_alarm", id, alarms };
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => { this._acks.delete(id); resolve({ ok: false, code: "timeout" }); }, timeoutMs);
+      this._acks.set(id, { msg, resolve, timer });
+      this._send(msg);
+    });
+  }
+
+  _answered(m) {
+    const id = m.type === "ack" && m.op === "ack_alarm" ? m.id : m.type === "error" ? m.ref : null;
+    const pending = id != null && this._acks.get(id);
+    if (!pending) return false;
+    this._acks.delete(id);
+    clearTimeout(pending.timer);
+    pending.resolve(m.type === "ack" ? { ok: true, ...m } : { ok: false, code: m.code, message: m.message });
+    return true;
   }
 
   _changed(topics) {

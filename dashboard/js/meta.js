@@ -1,16 +1,22 @@
 // What the values mean: the one place the wall asks for display names, units, decimals,
-// ranges, thresholds, alarms and history.
+// ranges, alarms and history.
 //
-// Today the gateway serves none of these, so everything is derived from the data:
+// The gateway's /api/meta (docs/protocol.md) gives display names, units, decimals and
+// ranges; it is fetched once, and again when `welcome.meta.version` changes. Without it
+// (or for what it does not say) everything is derived from the data:
 //   display name: the topic's last level ("plant/line1/pump-3" -> "pump-3");
 //   unit: unknown (shown as nothing, never guessed from the field's name);
 //   decimals: from the value's magnitude;
 //   fields: the numeric fields seen in the data, most common first;
 //   state: offline / stale / normal from the gateway's flags, never from field names.
-// When the gateway serves /api/meta (device and field metadata, alarm states, history),
-// `load()` fetches it and the same functions answer from it; nothing else in the wall
-// changes. Alarm states arrive as topics in a reserved namespace: `isAlarmTopic` keeps
-// them off the device grid and `alarmOf` is where the grid asks for a device's alarm.
+// Alarm states arrive as topics `$alarms/<rule>/<device topic>`: `isAlarmTopic` keeps
+// them off the device grid, `alarmTopic` keeps them, `alarmOf` gives a device's worst
+// active alarm (critical/major -> alarm, minor/warning -> warning). Chart history comes
+// as the subscription's `history` messages (`addHistory`, `historyDone`).
+
+// severity rank: the worst alarm of a device decides its colour
+export const SEVERITY = { critical: 4, major: 3, minor: 2, warning: 1 };
+const FRESH_RAISE_S = 5; // an alarm first seen raised this recently is an event, not old news
 
 export class Meta {
   constructor() {
@@ -20,16 +26,34 @@ export class Meta {
     this._fieldsCache = null;
     this._fractional = new Set(); // fields seen with a non-integer value
     this._groups = new Map(); // level -> Map topic -> group
+    this.version = null; // of the served metadata
+    this._fieldInfo = new Map(); // field -> its first [[meta.fields]] rule
+    this.alarms = new Map(); // alarm topic -> its fields (every alarm seen, normal included)
+    this._byDevice = new Map(); // device topic -> Set of its alarm topics
+    this.alarmsSeen = false; // an alarm topic has arrived: the gateway evaluates rules
+    this._hist = new Map(); // topic -> {start, step, fields} from `history` messages
+    this._histDone = null; // resolves at history_end
+    this._histResolve = null;
+    this.historyReset();
   }
 
   // Fetch the gateway's metadata when it serves any; a 404 (today) keeps the derived
   // answers. Never throws: the wall works without it.
-  async load(base = location.href) {
+  async load(base = location.href, { token = null, url = "api/meta" } = {}) {
     try {
-      const res = await fetch(new URL("api/meta", base), { cache: "no-store" });
-      if (res.ok) this.served = await res.json();
+      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      const res = await fetch(new URL(url.replace(/^\//, ""), base), { cache: "no-store", headers });
+      if (res.ok) {
+        const doc = await res.json();
+        this.served = doc;
+        this.version = doc.version ?? null;
+        this._fieldInfo = new Map();
+        for (const r of Array.isArray(doc.fields) ? doc.fields : []) {
+          if (r && r.field && !this._fieldInfo.has(r.field)) this._fieldInfo.set(r.field, r);
+        }
+      }
     } catch {
-      this.served = null;
+      // keep what we had: the wall works without metadata
     }
     return this.served;
   }
@@ -74,7 +98,8 @@ export class Meta {
 
   displayName(topic, st) {
     const dev = this.served?.devices?.[topic];
-    if (dev?.name) return dev.name;
+    // the gateway names an unnamed device by its topic: the last level reads better on a tile
+    if (dev?.name && dev.name !== topic) return dev.name;
     const from = this.served?.name_field;
     if (from && st && typeof st.fields[from] === "string") return st.fields[from];
     const i = topic.lastIndexOf("/");
@@ -82,21 +107,22 @@ export class Meta {
   }
 
   fieldLabel(field) {
-    return this.served?.fields?.[field]?.name || field;
+    return this._fieldInfo.get(field)?.name || field;
   }
 
   unit(field) {
-    return this.served?.fields?.[field]?.unit || "";
+    return this._fieldInfo.get(field)?.unit || "";
   }
 
+  // the configured range [min, max] of a field (both given), for its colour scale
   range(field) {
-    const r = this.served?.fields?.[field]?.range;
-    return Array.isArray(r) && r.length === 2 ? r : null;
+    const r = this._fieldInfo.get(field);
+    return r && typeof r.min === "number" && typeof r.max === "number" && r.max > r.min ? [r.min, r.max] : null;
   }
 
   format(field, v) {
     if (typeof v !== "number" || !Number.isFinite(v)) return v == null ? "" : String(v);
-    const d = this.served?.fields?.[field]?.decimals;
+    const d = this._fieldInfo.get(field)?.decimals;
     if (Number.isInteger(d)) return v.toFixed(d);
     // derived: integers stay integers unless the field has had fractions (then 4 -> 4.00,
     // so a column of values lines up); fewer decimals as the magnitude grows
@@ -130,24 +156,114 @@ export class Meta {
     return "normal";
   }
 
-  // The most severe active alarm of a device: {severity, message} or null. Filled from
-  // the gateway's alarm topics once it has them (issue 17's `$alarms/...`).
+  // The most severe active alarm of a device (its fields), or null.
   alarmOf(topic) {
-    return this.served?.alarms?.[topic] || null;
+    const mine = this._byDevice.get(topic);
+    if (!mine) return null;
+    let worst = null;
+    for (const at of mine) {
+      const a = this.alarms.get(at);
+      if (a?.active && (!worst || (SEVERITY[a.severity] || 0) > (SEVERITY[worst.severity] || 0))) worst = a;
+    }
+    return worst;
   }
 
-  // An alarm topic changed (issue 17's `$alarms/<rule>/<device topic>`): keep the
-  // device's alarm for alarmOf() and return the transition for the event list
-  // ({state: raised|acknowledged|cleared, topic, severity, message, by}) or null. The
-  // gateway has no alarm topics yet, so this returns null until their format exists.
-  alarmTopic(_topic, _st) {
+  // An alarm topic changed: keep it for alarmOf() and the alarm list, and return the
+  // transition for the event list ({state: raised|acknowledged|cleared, topic, severity,
+  // message, by}) or null. An alarm seen for the first time (a snapshot after load or
+  // reconnect) is old news unless it was raised a moment ago.
+  alarmTopic(topic, st) {
+    const before = this.alarms.get(topic);
+    const a = st ? { ...st.fields, alarm: topic } : null;
+    if (!a) { this.alarms.delete(topic); return null; }
+    this.alarms.set(topic, a);
+    this.alarmsSeen = true;
+    const device = a.topic || topic.split("/").slice(2).join("/");
+    let mine = this._byDevice.get(device);
+    if (!mine) this._byDevice.set(device, (mine = new Set()));
+    mine.add(topic);
+    const ev = (state, by = "") => ({ state, topic: a.device || device, severity: a.severity || "",
+                                      message: a.message || "", by });
+    if (!before) {
+      return a.active && Date.now() / 1000 - (a.raised_at || 0) < FRESH_RAISE_S ? ev("raised") : null;
+    }
+    if (a.active && (!before.active || before.raised_at !== a.raised_at)) return ev("raised");
+    if (a.acked_by && a.acked_at !== before.acked_at) return ev("acknowledged", a.acked_by);
+    if (before.active && !a.active) return ev("cleared");
     return null;
+  }
+
+  // The alarms to list: not normal, then the cleared that were acknowledged (most
+  // recent first, at most `cleared`); active first, then by severity and newest raise.
+  alarmList(cleared = 10) {
+    const open = [];
+    const done = [];
+    for (const a of this.alarms.values()) (a.state === "normal" ? done : open).push(a);
+    const bySev = (a, b) => (b.active - a.active) || ((SEVERITY[b.severity] || 0) - (SEVERITY[a.severity] || 0)) ||
+      ((b.raised_at || 0) - (a.raised_at || 0));
+    open.sort(bySev);
+    done.sort((a, b) => (b.cleared_at || 0) - (a.cleared_at || 0));
+    return open.concat(done.slice(0, cleared));
+  }
+
+  // -- history -------------------------------------------------------------------------
+  historyReset() {
+    this._hist.clear();
+    this._histDone = new Promise((resolve) => { this._histResolve = resolve; });
+  }
+
+  addHistory(m) {
+    this._hist.set(m.topic, m);
+  }
+
+  historyDone() {
+    this._histResolve?.(true);
   }
 
   // History for a trend chart of `field` grouped by `level` topic levels, to fill it on
-  // load: {times: [...], groups: {name: {avg: [...], min: [...], max: [...]}}}, or null
-  // while the gateway serves none (issue 17's /api/history).
-  async history(_field, _level) {
-    return null;
+  // load: {times: [...], groups: {name: {avg, min, max}}}, or null when none arrives
+  // within `waitMs`. Per device, a bucket without a change (null) holds the last value
+  // before it (the device kept it); avg is the mean of the devices' last values.
+  async history(field, level, waitMs = 5000) {
+    let timer;
+    const done = await Promise.race([this._histDone,
+      new Promise((resolve) => { timer = setTimeout(() => resolve(false), waitMs); })]);
+    clearTimeout(timer);
+    if (!done || !this._hist.size) return null;
+    const buckets = new Map(); // time -> Map group -> [sum, n, min, max]
+    for (const [topic, h] of this._hist) {
+      const f = h.fields?.[field];
+      if (!f) continue;
+      const g = this.group(topic, level);
+      let held = null;
+      for (let i = 0; i < f.last.length; i++) {
+        if (f.last[i] !== null) held = f.last[i];
+        if (held === null) continue;
+        const t = Math.round((h.start + i * h.step) * 1000) / 1000;
+        let row = buckets.get(t);
+        if (!row) buckets.set(t, (row = new Map()));
+        let acc = row.get(g);
+        if (!acc) row.set(g, (acc = [0, 0, Infinity, -Infinity]));
+        acc[0] += held; acc[1] += 1;
+        acc[2] = Math.min(acc[2], f.min[i] ?? held);
+        acc[3] = Math.max(acc[3], f.max[i] ?? held);
+      }
+    }
+    if (!buckets.size) return null;
+    const times = [...buckets.keys()].sort((a, b) => a - b);
+    const names = new Set();
+    for (const row of buckets.values()) for (const g of row.keys()) names.add(g);
+    const groups = {};
+    for (const g of names) {
+      const s = { avg: [], min: [], max: [] };
+      for (const t of times) {
+        const acc = buckets.get(t).get(g);
+        s.avg.push(acc ? acc[0] / acc[1] : null);
+        s.min.push(acc ? acc[2] : null);
+        s.max.push(acc ? acc[3] : null);
+      }
+      groups[g] = s;
+    }
+    return { times, groups };
   }
 }

@@ -3,6 +3,7 @@
 
 import { fmtAge } from "./health.js";
 
+const SEVERITIES = ["critical", "major", "minor", "warning"]; // active alarms, per KPI
 const RANK = { alarm: 0, warning: 1, offline: 2, stale: 3, normal: 4, unknown: 5 };
 
 export class KpiRow {
@@ -10,7 +11,8 @@ export class KpiRow {
     this.el = el;
     el.classList.add("kpis");
     const items = [["total", "devices", ""], ["online", "online", "ok"], ["offline", "offline", "bad"],
-                   ["stale", "stale", "warn"], ...(alarms ? [["alarms", "alarms", "bad"]] : []),
+                   ["stale", "stale", "warn"],
+                   ...(alarms ? SEVERITIES.map((k) => [k, k, `sev-${k}`]) : []),
                    ["age", "data age", ""], ["rate", "updates/s", ""]];
     this.spans = {};
     for (const [key, label, cls] of items) {
@@ -27,11 +29,12 @@ export class KpiRow {
     }
   }
 
-  // stats: {total, online, offline, stale, alarms, rate}; age in s or null; unknown:
+  // stats: {total, online, offline, stale, critical, major, minor, warning, rate}; age in s
+  // or null; unknown:
   // the wall cannot vouch for the counts (shown as "?", not as the last numbers)
   render(stats, age, unknown) {
     const set = (k, v) => { if (this.spans[k] && this.spans[k].textContent !== v) this.spans[k].textContent = v; };
-    for (const k of ["total", "online", "offline", "stale", "alarms"]) {
+    for (const k of ["total", "online", "offline", "stale", ...SEVERITIES]) {
       set(k, unknown ? "?" : String(stats[k] ?? 0));
     }
     set("age", age === null ? "?" : fmtAge(age));
@@ -83,9 +86,20 @@ export class WorstTable {
   }
 }
 
+// The alarm list: active first (then by severity and newest raise), the cleared after;
+// each with its severity colour, raise time and value, message and state, and an
+// "Acknowledge" button while it waits for one. The gateway decides who may acknowledge:
+// a refusal (ack_not_allowed) is shown on the entry, not hidden.
+const STATE_TEXT = { active_unacked: "active, unacknowledged", active_acked: "active, acknowledged",
+                     cleared_unacked: "cleared, unacknowledged", normal: "cleared" };
+const MAX_SHOWN = 30;
+
 export class AlarmList {
-  constructor(el, { meta }) {
+  constructor(el, { meta, ack = null }) {
     this.meta = meta;
+    this.ack = ack;
+    this.refused = new Map(); // alarm topic -> the gateway's refusal text
+    this.pending = new Set(); // alarm topics with an acknowledgement under way
     el.classList.add("alarms");
     const h = document.createElement("h2");
     h.textContent = "Alarms";
@@ -94,22 +108,63 @@ export class AlarmList {
   }
 
   render() {
-    const alarms = this.meta.served?.alarms;
-    if (!alarms) {
+    if (!this.meta.alarmsSeen) {
       if (!this.list.dataset.empty) {
         this.list.dataset.empty = "1";
-        this.list.innerHTML = "<li class=\"note\">This gateway evaluates no alarm rules yet: " +
-          "device states (offline, stale) are on the grid.</li>";
+        this.list.innerHTML = "<li class=\"note\">No alarms (the gateway's alarm rules have raised none).</li>";
       }
       return;
     }
     delete this.list.dataset.empty;
-    const items = Object.entries(alarms).sort((a, b) => (a[1].active === b[1].active ? 0 : a[1].active ? -1 : 1));
-    this.list.replaceChildren(...items.map(([topic, a]) => {
-      const li = document.createElement("li");
-      li.className = a.severity || "";
-      li.textContent = `${a.severity || ""} ${this.meta.displayName(topic)} ${a.message || ""}`;
-      return li;
-    }));
+    const items = this.meta.alarmList().slice(0, MAX_SHOWN);
+    this.list.replaceChildren(...items.map((a) => this._item(a)));
+  }
+
+  _item(a) {
+    const li = document.createElement("li");
+    li.className = `alarm sev-${a.severity || "warning"} ${a.state}`;
+    li.dataset.alarm = a.alarm;
+    li.dataset.state = a.state;
+    const time = a.raised_at ? new Date(a.raised_at * 1000).toLocaleTimeString() : "";
+    const value = typeof a.raised_value === "number" ? ` at ${this.meta.format(a.field, a.raised_value)}` +
+      `${this.meta.unit(a.field) ? ` ${this.meta.unit(a.field)}` : ""}` : "";
+    const who = a.acked_by ? ` by ${a.acked_by}` : "";
+    const head = document.createElement("div");
+    const who2 = a.device || a.topic; // the message names the device already when it says so
+    const what = a.message && a.message.includes(who2) ? a.message : `${who2}: ${a.message || a.rule}`;
+    head.textContent = `${(a.severity || "").toUpperCase()} ${what}`;
+    const sub = document.createElement("small");
+    sub.textContent = `raised ${time}${value} · ${STATE_TEXT[a.state] || a.state}${who}`;
+    li.append(head, sub);
+    if (this.ack && !a.acked) {
+      const b = document.createElement("button");
+      b.textContent = this.pending.has(a.alarm) ? "Acknowledging…" : "Acknowledge";
+      b.disabled = this.pending.has(a.alarm);
+      b.onclick = () => this._ack(a.alarm);
+      li.append(b);
+    }
+    const refusal = this.refused.get(a.alarm);
+    if (refusal) {
+      const r = document.createElement("p");
+      r.className = "refused";
+      r.setAttribute("role", "alert");
+      r.textContent = refusal;
+      li.append(r);
+    }
+    return li;
+  }
+
+  async _ack(alarm) {
+    this.pending.add(alarm);
+    this.refused.delete(alarm);
+    this.render();
+    const answer = await this.ack([alarm]);
+    this.pending.delete(alarm);
+    if (!answer.ok) {
+      const why = answer.code === "ack_not_allowed" ? "not allowed: this screen's token may not acknowledge alarms"
+        : answer.code === "timeout" ? "no answer from the gateway" : `${answer.code}: ${answer.message || ""}`;
+      this.refused.set(alarm, `Acknowledge refused (${why})`);
+    }
+    this.render();
   }
 }

@@ -14,6 +14,7 @@ export const AUTOMATIC = {
       { type: "grid", level: 1, field: "auto" },
       { type: "trend", level: 1, field: "auto", max: 6 },
       { type: "worst", field: "auto", rows: 6 },
+      { type: "alarms" },
       { type: "events" },
     ],
   }],
