@@ -75,26 +75,9 @@ def test_clients_converge_when_ticks_are_sliced(
     world = SlicedWorld([Client(list(f), r) for f, r in clients], slice_items)
     world.record()
     for step in steps:
-        kind = step[0]
         world.now += 0.05
-        if kind == "update":
-            _, topic, fields, mode = step
-            world.store.apply(topic, fields, world.now, mode=mode)
-        elif kind == "presence":
-            world.store.set_presence(step[1], step[2], world.now)
-        elif kind == "slice":
+        if not world.step(step) and step[0] == "slice":
             world.advance(step[1])
-        elif kind == "take":
-            if step[1] < len(world.clients):
-                world.take(world.clients[step[1]])
-        elif kind == "reconnect":
-            if step[1] < len(world.clients):
-                c = world.clients[step[1]]
-                assert c.sub is not None
-                world.hub.disconnect(c.sub)
-                world.connect(c)
-        elif kind == "sync":
-            world.sync()
         world.record()
         world.check_held_states_existed()
     world.sync()
