@@ -31,20 +31,30 @@ USER_DEVICES = {
 GREY = "#3a4350"  # the unknown state's fill: a live device must never have it
 
 
-async def test_a_users_own_devices_appear_on_an_unconfigured_wall_with_names_and_values(
-    gateway_factory: Callable[..., Any], mosquitto: Mosquitto, chromium: str
-) -> None:
+async def user_devices_gateway(
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto, **sections: Any
+) -> Gateway:
+    """A gateway reading a user's own devices (plant/..., yard/...) from ``mosquitto``,
+    connected to it."""
     gw: Gateway = await gateway_factory(
         mqtt={
             "url": mosquitto.url,
             "subscriptions": [{"filter": "plant/#"}, {"filter": "yard/#"}],
             "routes": [{"filter": "plant/#"}, {"filter": "yard/#"}],
             "reconnect_min_s": 0.1,
-        }
+        },
+        **sections,
     )
     with trio.fail_after(10):
         while not (gw.mqtt and gw.mqtt.connected):
             await trio.sleep(0.02)
+    return gw
+
+
+async def test_a_users_own_devices_appear_on_an_unconfigured_wall_with_names_and_values(
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto, chromium: str
+) -> None:
+    gw = await user_devices_gateway(gateway_factory, mosquitto)
     for topic, fields in USER_DEVICES.items():
         await mosquitto.publish(topic, json.dumps(fields), retain=True)
 

@@ -16,7 +16,7 @@ import trio
 from gateway.app import Gateway
 from tests.broker import Mosquitto
 from tests.browser.test_dashboard import browser_page, in_browser
-from tests.browser.test_wall import MIRROR
+from tests.browser.test_wall import MIRROR, user_devices_gateway
 from tests.serve.httpget import http_get
 
 OPERATOR = "operator-token-0123456789"
@@ -62,19 +62,7 @@ SECTIONS: dict[str, Any] = {
 
 
 async def _gateway(gateway_factory: Callable[..., Any], mosquitto: Mosquitto) -> Gateway:
-    gw: Gateway = await gateway_factory(
-        mqtt={
-            "url": mosquitto.url,
-            "subscriptions": [{"filter": "plant/#"}, {"filter": "yard/#"}],
-            "routes": [{"filter": "plant/#"}, {"filter": "yard/#"}],
-            "reconnect_min_s": 0.1,
-        },
-        **SECTIONS,
-    )
-    with trio.fail_after(10):
-        while not (gw.mqtt and gw.mqtt.connected):
-            await trio.sleep(0.02)
-    return gw
+    return await user_devices_gateway(gateway_factory, mosquitto, **SECTIONS)
 
 
 async def _api(gw: Gateway, path: str) -> Any:
