@@ -135,7 +135,8 @@ export function paintShape(ctx, x, y, w, h, state, fill, novalue = false) {
 // with its bounds and unit. Small canvases, so the key looks exactly like the tiles.
 export function renderLegend(el, { field, unit, bounds, byState, format }) {
   el.replaceChildren();
-  const swatch = (state, fill, label) => {
+  // one key entry: a tile-like canvas painted as a tile in `state` would be, and a label
+  const swatch = (state, fill, label, missing = false) => {
     const item = document.createElement("span");
     item.className = "key";
     const c = document.createElement("canvas");
@@ -145,7 +146,7 @@ export function renderLegend(el, { field, unit, bounds, byState, format }) {
     c.style.width = c.style.height = `${s}px`;
     const ctx = c.getContext("2d");
     ctx.scale(dpr, dpr);
-    paintShape(ctx, 0, 0, s, s, state, fill);
+    paintShape(ctx, 0, 0, s, s, state, fill, missing);
     item.append(c, document.createTextNode(label));
     el.append(item);
   };
@@ -154,20 +155,7 @@ export function renderLegend(el, { field, unit, bounds, byState, format }) {
       : sequential(0.5);
     swatch(st, st === "normal" || st === "warning" || st === "alarm" || st === "stale" ? fill : null, st);
   }
-  if (!byState) {
-    const item = document.createElement("span");
-    item.className = "key";
-    const c = document.createElement("canvas");
-    const s = Math.round(parseFloat(getComputedStyle(el).fontSize) * 1.1) || 20;
-    const dpr = window.devicePixelRatio || 1;
-    c.width = c.height = s * dpr;
-    c.style.width = c.style.height = `${s}px`;
-    const ctx = c.getContext("2d");
-    ctx.scale(dpr, dpr);
-    paintShape(ctx, 0, 0, s, s, "normal", STATE_COLOURS.normal, true);
-    item.append(c, document.createTextNode(`no ${field}`));
-    el.append(item);
-  }
+  if (!byState) swatch("normal", STATE_COLOURS.normal, `no ${field}`, true);
   if (!byState && bounds && Number.isFinite(bounds[0])) {
     const scale = document.createElement("span");
     scale.className = "scale";
