@@ -178,11 +178,8 @@ class Routes:
             answer["reasons"] = reasons
         return ready, answer
 
-    async def _api(self, req: Request, full: bool) -> tuple[int, bytes]:
-        """The topics a filter matches (from the store's topic tree), encoded
-        ``API_SLICE`` topics at a time with a checkpoint between slices: a large
-        state never holds the loop (each slice is encoded at once, so it is
-        consistent per topic)."""
+    def _caller(self, req: Request) -> Identity | tuple[int, bytes]:
+        """The caller's identity, or the 401 answer: one rule for every /api path."""
         try:
             identity = self.identity(req)
         except AuthError as err:
@@ -190,6 +187,16 @@ class Routes:
             return 401, json_body({"error": "unauthorized", "message": err.message})
         if identity is None:
             return 401, json_body({"error": "unauthorized", "message": "a token is required"})
+        return identity
+
+    async def _api(self, req: Request, full: bool) -> tuple[int, bytes]:
+        """The topics a filter matches (from the store's topic tree), encoded
+        ``API_SLICE`` topics at a time with a checkpoint between slices: a large
+        state never holds the loop (each slice is encoded at once, so it is
+        consistent per topic)."""
+        identity = self._caller(req)
+        if not isinstance(identity, Identity):
+            return identity
         try:
             flt = validate_filter(req.query.get("filter", "#"), self.cfg.state.max_topic_bytes)
         except TopicError as err:
@@ -226,11 +233,7 @@ class Routes:
 
     def _insight_api(self, req: Request, path: str, insight: Insight) -> tuple[int, bytes]:
         """The same authentication as /api/snapshot, then insight.py."""
-        try:
-            identity = self.identity(req)
-        except AuthError as err:
-            self.stats.auth_failures[err.reason] += 1
-            return 401, json_body({"error": "unauthorized", "message": err.message})
-        if identity is None:
-            return 401, json_body({"error": "unauthorized", "message": "a token is required"})
+        identity = self._caller(req)
+        if not isinstance(identity, Identity):
+            return identity
         return insight.api(path, req.query, identity)
