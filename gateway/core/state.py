@@ -333,8 +333,12 @@ class StateStore:
             st.interval = gap if not before else before + INTERVAL_ALPHA * (gap - before)
             st.report_at = now
             if st.interval < before:
-                # a shorter limit may bring the deadline before the one on the heap
-                self._watch(topic, now)
+                # a shorter limit may bring the deadline before the one on the heap;
+                # re-arm only then (a push per message would outgrow the sweep's pops)
+                due = self._due.get(topic)
+                limit = self.stale_limit(st)
+                if due is not None and limit is not None and now + limit < due:
+                    self._watch(topic, now + limit)
         st.seen_at = now
         if topic not in self._due:
             self._watch(topic, now)  # the next sweep computes the real deadline

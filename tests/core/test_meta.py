@@ -127,3 +127,21 @@ def test_sweep_by_deadlines_equals_a_full_scan(events: list[tuple[str, float, bo
             assert sorted(s.sweep_stale(now)) == expected
         else:
             s.apply(topic, {"v": now}, now)
+
+
+def test_the_deadline_heap_stays_bounded_by_the_topics_at_a_high_rate() -> None:
+    """A 10 Hz fleet with jittery intervals (half of them shorter than the average)
+    must not push a heap entry per message: the sweep pops at most 10,000 per call,
+    and a heap growing faster than that held gigabytes after minutes."""
+    import random
+
+    rng = random.Random(7)
+    s = StateStore("e")
+    now = 0.0
+    for _ in range(200):  # 20 s of 500 devices at 10 Hz, no sweep meanwhile
+        now += 0.1
+        for d in range(500):
+            s.apply(f"site/dev{d}", {"v": rng.random()}, now + rng.uniform(-0.04, 0.04))
+    assert len(s._deadlines) <= 2 * len(s)
+    assert s.sweep_stale(now + 1.0) == []  # all reported within their limit
+    assert len(s.sweep_stale(now + 60.0)) == 500  # and all go stale when they stop
