@@ -140,3 +140,43 @@ def test_scenario_file_errors(tmp_path: Path) -> None:
         load_scenario(bad)
     with pytest.raises(FleetError, match="cannot read"):
         load_scenario(tmp_path / "missing.toml")
+
+
+async def test_a_fleet_behind_the_process_catches_up_in_bounded_steps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """After the loop was held for 10 s, the embedded fleet does not apply 10 s of
+    messages in one go (a burst that held the loop, and grew without end when the
+    fleet was faster than the process): it catches up MAX_CATCH_UP_S of simulated
+    time per step, at most BATCH messages between two checkpoints."""
+    from devices_sim.inprocess import BATCH
+
+    store = StateStore("e")
+    cfg = SimulatorConfig(devices=2000, sites=2, rate_hz=10)
+
+    class Steps(trio.abc.Instrument):
+        """The messages applied within one task step: the work between checkpoints."""
+
+        largest = 0
+        at: int | None = None  # None: the step in which the instrument was added
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            self.at = store.stats.messages
+
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            if self.at is not None:
+                self.largest = max(self.largest, store.stats.messages - self.at)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_inprocess, store, Clock(), cfg)
+        await trio.sleep(1.0)
+        steps = Steps()
+        trio.lowlevel.add_instrument(steps)
+        before = store.stats.messages
+        autojump_clock.jump(10.0)  # the loop was held (as a stall would)
+        await trio.sleep(1.0)
+        caught_up = store.stats.messages - before
+        trio.lowlevel.remove_instrument(steps)
+        nursery.cancel_scope.cancel()
+    assert caught_up >= cfg.devices * cfg.rate_hz * 10  # it did catch up...
+    assert 0 < steps.largest <= BATCH  # ...a batch at a time
