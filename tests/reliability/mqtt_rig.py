@@ -208,6 +208,16 @@ class Rig:
         assert self.gw is not None
         return (await http_get(self.gw.port, "/readyz"))[0]
 
+    async def recover(self, fault: str) -> None:
+        """Undo ``fault``; return once the gateway is connected to the broker again
+        and ready (/readyz 200)."""
+        assert self.gw is not None and self.gw.mqtt is not None
+        await self.heal(fault)
+        with trio.fail_after(20):
+            while not self.gw.mqtt.connected:
+                await trio.sleep(0.02)
+        assert await self.ready() == 200
+
     async def healthy(self) -> bool:
         assert self.gw is not None
         return (await http_get(self.gw.port, "/healthz"))[0] == 200
