@@ -25,6 +25,7 @@ from .core.history import HistoryConfig
 from .core.meta import FieldMeta
 from .core.state import Deadband, UpdateMode
 from .core.topics import TopicError, validate_filter
+from .core.walls import WallsConfig
 from .errors import ConfigError
 from .ingest.codec import Route
 
@@ -366,6 +367,7 @@ class Config:
     meta: MetaConfig = field(default_factory=MetaConfig)
     alarms: AlarmsConfig = field(default_factory=AlarmsConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    walls: WallsConfig = field(default_factory=WallsConfig)
 
 
 _SECTIONS: Mapping[str, type] = {
@@ -378,6 +380,7 @@ _SECTIONS: Mapping[str, type] = {
     "meta": MetaConfig,
     "alarms": AlarmsConfig,
     "history": HistoryConfig,
+    "walls": WallsConfig,
 }
 
 

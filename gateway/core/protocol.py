@@ -35,6 +35,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "AckAlarm",
+    "ActionAck",
     "Auth",
     "ClientMessage",
     "DecodeLimits",
@@ -42,6 +43,7 @@ __all__ = [
     "Ping",
     "Pong",
     "ProtocolError",
+    "Report",
     "Resume",
     "ServerMessage",
     "Subscribe",
@@ -49,14 +51,18 @@ __all__ = [
     "Welcome",
     "decode_client",
     "decode_server",
+    "encode_action",
     "encode_batch",
     "encode_state",
 ]
 
 PROTOCOL_VERSION: Final = 1
 #: additions within v1 that old clients may ignore (docs/protocol.md, "Changes"):
-#: 1 = snapshots with ``resync: true``, the ``rate_limited`` warning before 4029
-PROTOCOL_MINOR: Final = 1
+#: 1 = snapshots with ``resync: true``, the ``rate_limited`` warning before 4029;
+#: 2 = wall ``report``, ``action`` and ``action_ack``
+PROTOCOL_MINOR: Final = 2
+#: a ``report`` message is refused above this size (docs/protocol.md, "Wall reports")
+MAX_REPORT_BYTES: Final = 2048
 
 #: Error codes of ``error`` messages (and of :class:`ProtocolError`).
 ERROR_CODES: Final[Mapping[str, str]] = {
@@ -75,6 +81,9 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "bad_rate": "rate_hz is not a finite number of at least the minimum rate",
     "too_many_filters": "the per-connection limit on filters (all subscriptions) is reached",
     "too_many_groups": "the per-connection limit on distinct (filter, rate) streams is reached",
+    "too_soon": "a wall report came sooner than the minimum report interval",
+    "too_many_walls": "the gateway's wall registry is full",
+    "unknown_action": "no action with this id was sent to this wall",
 }
 
 #: WebSocket close codes the gateway uses (the table: gateway/core/disconnect.py).
@@ -254,10 +263,120 @@ class AckAlarm:
         return cls(req_id, names)
 
 
-ClientMessage: TypeAlias = Auth | Subscribe | Unsubscribe | Resume | Ping | AckAlarm
+WALL_NAME_CHARS: Final = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ._:-"
+)
+
+
+def _text(obj: Mapping[str, Any], key: str, max_len: int) -> str | None:
+    """An optional string without control characters (it reaches pages and logs)."""
+    value = _str(obj, key, max_len, required=False)
+    if value is not None and not value.isprintable():
+        raise _bad(f"'{key}' must not contain control characters")
+    return value
+
+
+def _num(obj: Mapping[str, Any], key: str, hi: float, *, integer: bool = False) -> Any:
+    """An optional number 0..hi (an integer if asked)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    if type(value) not in kinds or not (math.isfinite(value) and 0 <= value <= hi):
+        what = "an integer" if integer else "a number"
+        raise _bad(f"'{key}' must be {what} from 0 to {hi:g}")
+    return value if integer else float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A wall's health (docs/protocol.md, "Wall reports"); every field but ``wall``
+    optional."""
+
+    type: ClassVar[str] = "report"
+    wall: str
+    page: str | None = None
+    transport: str | None = None  # "ws" or "sse"
+    epoch: str | None = None  # the last applied state message's epoch, topic, seq, rx
+    topic: str | None = None
+    seq: int | None = None
+    rx: float | None = None
+    data_age_s: float | None = None
+    fps: float | None = None
+    slowest_frame_ms: float | None = None
+    heap_bytes: int | None = None
+    visible: bool = True
+    reconnects: int | None = None
+    trouble: str | None = None  # what the wall detected itself, in words
+    reloaded_by: str | None = None  # the action id that reloaded this page
+
+    @classmethod
+    def from_obj(cls, obj: Mapping[str, Any], limits: DecodeLimits) -> Report:
+        wall = _str(obj, "wall", 64)
+        assert wall is not None
+        if not set(wall) <= WALL_NAME_CHARS:
+            raise _bad("'wall' may hold letters, digits, space and . _ : - only")
+        transport = obj.get("transport")
+        if transport not in (None, "ws", "sse"):
+            raise _bad("'transport' must be 'ws' or 'sse'")
+        topic = obj.get("topic")
+        if topic is not None:
+            try:
+                validate_topic(topic, limits.max_topic_bytes)
+            except TopicError as err:
+                raise ProtocolError("bad_filter", str(err)) from None
+        visible = obj.get("visible", True)
+        if type(visible) is not bool:
+            raise _bad("'visible' must be true or false")
+        return cls(
+            wall,
+            _text(obj, "page", 128),
+            transport,
+            _text(obj, "epoch", 64),
+            topic,
+            _num(obj, "seq", 2**53, integer=True),
+            _num(obj, "rx", 1e11),
+            _num(obj, "data_age_s", 1e9),
+            _num(obj, "fps", 1000),
+            _num(obj, "slowest_frame_ms", 1e9),
+            _num(obj, "heap_bytes", 2**53, integer=True),
+            visible,
+            _num(obj, "reconnects", 2**31, integer=True),
+            _text(obj, "trouble", 200),
+            _text(obj, "reloaded_by", limits.max_id_len),
+        )
+
+    def fields(self) -> dict[str, Any]:
+        """The report's fields, for /api/walls."""
+        return {name: getattr(self, name) for name in self.__slots__ if name != "wall"}
+
+
+@dataclass(frozen=True, slots=True)
+class ActionAck:
+    """A wall's answer to an ``action``: done (``ok``) or not, and why."""
+
+    type: ClassVar[str] = "action_ack"
+    id: str
+    ok: bool
+    detail: str | None = None
+
+    @classmethod
+    def from_obj(cls, obj: Mapping[str, Any], limits: DecodeLimits) -> ActionAck:
+        action_id = _str(obj, "id", limits.max_id_len)
+        assert action_id is not None
+        ok = obj.get("ok", True)
+        if type(ok) is not bool:
+            raise _bad("'ok' must be true or false")
+        return cls(action_id, ok, _text(obj, "detail", 200))
+
+
+ClientMessage: TypeAlias = (
+    Auth | Subscribe | Unsubscribe | Resume | Ping | AckAlarm | Report | ActionAck
+)
 
 _CLIENT_TYPES: Final[Mapping[str, Callable[[Mapping[str, Any], DecodeLimits], ClientMessage]]] = {
-    cls.type: cls.from_obj for cls in (Auth, Subscribe, Unsubscribe, Resume, Ping, AckAlarm)
+    cls.type: cls.from_obj
+    for cls in (Auth, Subscribe, Unsubscribe, Resume, Ping, AckAlarm, Report, ActionAck)
 }
 
 
@@ -277,10 +396,22 @@ def decode_client(data: bytes | str, limits: DecodeLimits = DEFAULT_LIMITS) -> C
     decoder = _CLIENT_TYPES.get(kind)
     if decoder is None:
         raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r}")
+    if kind == "report" and len(data) > MAX_REPORT_BYTES // 4 and _size(data) > MAX_REPORT_BYTES:
+        raise _bad(f"a report is limited to {MAX_REPORT_BYTES} bytes")
     return decoder(obj, limits)
 
 
+def _size(data: bytes | str) -> int:
+    return len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+
+
 # -- server messages ---------------------------------------------------------------
+
+
+def encode_action(action_id: str, action: str, params: Mapping[str, JsonValue]) -> bytes:
+    """A remote action for a wall: ``reload``, ``page`` (``page``), ``banner``
+    (``text``, ``ttl_s``); the wall answers with ``action_ack`` and the same id."""
+    return orjson.dumps({"type": "action", "id": action_id, "action": action, **params})
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,11 +127,13 @@ class Connections:
                 conn = new_connection()
                 cap = sc.max_requests_per_connection
                 for n in range(1, cap + 1):  # keep-alive; the idle wait: handshake_timeout_s
+                    body = b""  # a POST's (walls.py), up to MAX_BODY_BYTES
                     with trio.move_on_after(sc.handshake_timeout_s) as deadline:
                         try:
                             req = await read_request(sock, conn)
                             if req is not None and not (public and req.path in ("/ws", "/sse")):
-                                await finish_request(sock, conn)  # h11 resets only then
+                                # h11 resets only then
+                                body = await finish_request(sock, conn, req.method == "POST")
                         except HttpError as err:
                             self.stats.handshake_rejected[err.reason] += 1
                             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -175,7 +177,7 @@ class Connections:
                         return
                     last = [(b"connection", b"close")] if n == cap else None
                     try:
-                        await self.routes.route(out, conn, req, public, last)
+                        await self.routes.route(out, conn, req, public, last, body)
                     except ResponseCut as err:
                         self.stats.http_cut[err.reason] += 1
                         # reset, not FIN: the kernel drops what the peer did not read

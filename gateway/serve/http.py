@@ -141,10 +141,12 @@ async def read_request(sock: socket.socket, conn: h11.Connection) -> Request | N
         continue
 
 
-async def finish_request(sock: socket.socket, conn: h11.Connection) -> None:
-    """Read the current request to its end (its body discarded), so that h11 can start
-    the next cycle. Raises :class:`HttpError` (413) for a body over MAX_BODY_BYTES."""
+async def finish_request(sock: socket.socket, conn: h11.Connection, keep: bool = False) -> bytes:
+    """Read the current request to its end, so that h11 can start the next cycle; its
+    body is returned if ``keep`` (a POST), else discarded. Raises :class:`HttpError`
+    (413) for a body over MAX_BODY_BYTES."""
     seen = 0
+    kept: list[bytes] = []
     while conn.their_state is h11.SEND_BODY:
         try:
             event = conn.next_event()
@@ -153,14 +155,17 @@ async def finish_request(sock: socket.socket, conn: h11.Connection) -> None:
         if event is h11.NEED_DATA:
             data = await recv_some(sock)
             if not data:
-                return
+                break
             conn.receive_data(data)
         elif isinstance(event, h11.Data):
             seen += len(event.data)
             if seen > MAX_BODY_BYTES:
-                raise HttpError(413, "request bodies are not accepted here", "bad_request")
+                raise HttpError(413, "request body too large", "bad_request")
+            if keep:
+                kept.append(bytes(event.data))
         elif event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
-            return
+            break
+    return b"".join(kept)
 
 
 async def respond(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h11
 import orjson
@@ -24,6 +25,9 @@ from .insight import Insight
 from .sockio import Outbound
 from .static import security_headers, static_file
 from .stats import ServerStats
+
+if TYPE_CHECKING:
+    from .walls import WallDesk
 
 __all__ = ["ReadyCheck", "Routes"]
 
@@ -45,7 +49,9 @@ class Routes:
         metrics_handler: Callable[[], tuple[bytes, bytes]] | None,
         insight: Insight | None = None,
         origin_allowed: Callable[[Request], bool] = lambda _req: True,
+        walls: WallDesk | None = None,
     ) -> None:
+        self.walls = walls  # /api/walls, /walls, actions (admin); wall reports over SSE
         self.insight = insight  # /api/alarms, /api/meta, /api/history
         self.wall_body = load_wall(cfg.server.wall_file)  # /api/wall (checked at load)
         self.cfg = cfg
@@ -74,6 +80,7 @@ class Routes:
         req: Request,
         public: bool,
         extra: list[tuple[bytes, bytes]] | None = None,
+        body: bytes = b"",
     ) -> None:
         """Answer one request (``extra``: headers for every answer, such as
         ``Connection: close`` on a keep-alive connection's last request).
@@ -92,6 +99,9 @@ class Routes:
                 out, conn, status, body, ctype, [*(headers or []), *extra], head, self.limits
             )
 
+        walls = self.walls
+        if walls is not None and await self._walls(req, public, body, walls, answer):
+            return
         if req.method not in ("GET", "HEAD"):
             stats.http_requests["method_not_allowed"] += 1
             await answer(405, b"only GET and HEAD\n", headers=[(b"allow", b"GET, HEAD")])
@@ -141,6 +151,39 @@ class Routes:
             return
         stats.http_requests["static"] += 1
         await answer(200, found[0], found[1], self.static_headers)
+
+    async def _walls(
+        self,
+        req: Request,
+        public: bool,
+        body: bytes,
+        walls: WallDesk,
+        answer: Callable[..., Awaitable[None]],
+    ) -> bool:
+        """The walls' paths (walls.py): the registry, its page and the actions on the
+        admin port, the reports of walls on event streams on the public one; True
+        when answered."""
+        path = req.path
+        if not public and walls.serves(path):
+            self.stats.http_requests["walls"] += 1
+            status, out, ctype, headers = walls.admin(req, self._caller, self.origin_allowed)
+        elif public and path == "/api/walls/report":
+            self.stats.http_requests["wall_report"] += 1
+            if req.method != "POST":
+                await answer(405, b"POST only\n", headers=[(b"allow", b"POST")])
+                return True
+            if await self._api_refused(req, answer):
+                return True
+            identity = self._caller(req)
+            if not isinstance(identity, Identity):
+                await answer(identity[0], identity[1], b"application/json")
+                return True
+            status, out, ctype, headers = walls.post(identity, body)
+            headers = [*headers, *self._cors(req)]
+        else:
+            return False
+        await answer(status, out, ctype, headers)
+        return True
 
     async def _api_refused(self, req: Request, answer: Callable[..., Awaitable[None]]) -> bool:
         """/api/*: the Origin rule of /ws (admission.py), then the bodies' budget

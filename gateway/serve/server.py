@@ -49,6 +49,7 @@ from .routes import Routes
 from .session import SessionContext, StreamSession
 from .sockio import close_socket
 from .stats import ServerStats
+from .walls import WallDesk
 
 __all__ = ["Server", "ServerStats"]
 
@@ -93,10 +94,13 @@ class Server:
             "max_groups_per_connection": sc.max_groups_per_connection,
             "auth_deadline_s": sc.auth_timeout_s,
             "messages_per_s": sc.messages_per_s,
+            "wall_report_s": cfg.walls.report_s,
+            "wall_min_report_s": cfg.walls.min_report_s,
         }
         self._limits = DecodeLimits(max_topic_bytes=cfg.state.max_topic_bytes)
         self.fanout = FanOut(sc, store, hub, clock, self.stats, self.log, metrics)
         self.admission = Admission(sc, auth, clock, self.stats, self.log)
+        self.walls = WallDesk(cfg, store, clock)  # wall reports and actions (walls.py)
         self._shutdown = trio.Event()
         self.stopped = trio.Event()  # set when serve() has returned
         self.routes = Routes(
@@ -108,6 +112,7 @@ class Server:
             metrics.exposition if metrics is not None else None,
             insight,
             origin_allowed=self.admission.origin_allowed,
+            walls=self.walls,
         )
         #: name -> check; the gateway is ready when every one is (app.py adds "mqtt")
         self.ready_checks = self.routes.ready_checks
@@ -124,8 +129,9 @@ class Server:
             framed=self.fanout.framed,
             sse_event=self.fanout.sse_event,
             attach=self.fanout.attach,
-            detach=self.fanout.detach,
+            detach=self.walls.wrap_detach(self.fanout.detach),
             insight=insight,
+            walls=self.walls,
         )
         self.handler = Connections(
             cfg, self.stats, self.admission, self.routes, self.fanout, self.session_ctx

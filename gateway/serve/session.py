@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import trio
 
@@ -26,7 +27,15 @@ from .lifecycle import ADMITTED, CLOSING, DONE, DROPPED, OPEN, Lifecycle, Lifecy
 from .sockio import Outbound, SendFailed
 from .stats import ServerStats
 
-__all__ = ["SessionContext", "StreamSession"]
+__all__ = ["SessionContext", "StreamSession", "WallHook"]
+
+
+class WallHook(Protocol):
+    """The wall registry as the sessions see it (gateway/serve/walls.py)."""
+
+    def receive(self, session: StreamSession, msg: ClientMessage) -> bool: ...
+
+    def stream_opened(self, session: Any, wall: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -54,6 +63,8 @@ class SessionContext:
     detach: Callable[[StreamSession], None]
     #: alarms, metadata, history: the ack_alarm message, subscription history
     insight: Insight | None = None
+    #: wall reports and actions (walls.py): ``report``/``action_ack``, ``/sse?wall=``
+    walls: WallHook | None = None
 
 
 class StreamSession:

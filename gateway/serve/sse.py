@@ -30,7 +30,7 @@ import trio
 from ..auth import Identity
 from ..core import disconnect as dc
 from ..core.disconnect import Disconnect
-from ..core.protocol import Resume, Subscribe, Welcome, encode
+from ..core.protocol import WALL_NAME_CHARS, Resume, Subscribe, Welcome, encode
 from ..core.topics import TopicError, matches, validate_filter
 from .http import HttpError
 from .session import SessionContext, StreamSession
@@ -56,14 +56,19 @@ HEARTBEAT = b": hb\n\n"
 
 
 class SseRequest:
-    __slots__ = ("filters", "last_event_id", "rate_hz")
+    __slots__ = ("filters", "last_event_id", "rate_hz", "wall")
 
     def __init__(
-        self, filters: tuple[str, ...], rate_hz: float | None, last_event_id: str | None
+        self,
+        filters: tuple[str, ...],
+        rate_hz: float | None,
+        last_event_id: str | None,
+        wall: str | None = None,
     ) -> None:
         self.filters = filters
         self.rate_hz = rate_hz
         self.last_event_id = last_event_id
+        self.wall = wall  # the wall this stream shows (docs/protocol.md, "Walls over /sse")
 
 
 def parse_sse_request(
@@ -93,7 +98,10 @@ def parse_sse_request(
     resume = None
     if last_event_id:
         resume = last_event_id.decode("ascii", "replace")[:100]
-    return SseRequest(filters, rate, resume)
+    wall = params.get("wall", [None])[0]
+    if wall is not None and not (0 < len(wall) <= 64 and set(wall) <= WALL_NAME_CHARS):
+        raise HttpError(400, "'wall': 1 to 64 letters, digits, space, . _ : -", "bad_request")
+    return SseRequest(filters, rate, resume, wall)
 
 
 class SseSession(StreamSession):
@@ -151,6 +159,8 @@ class SseSession(StreamSession):
         reply = hub.subscribe(sub, Subscribe("sse", self.request.filters, self.request.rate_hz))
         events.append(self._event(encode(reply)))
         ctx.attach(self)
+        if self.request.wall and ctx.walls is not None:
+            ctx.walls.stream_opened(self, self.request.wall)
         self._head_sent = True
         self._write(events)
         self.pump()

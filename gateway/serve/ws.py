@@ -328,6 +328,8 @@ class WsSession(StreamSession):
         sub = self.sub
         if sub is None:
             raise ProtocolError("unauthorized", "send 'auth' with a token first")
+        if ctx.walls is not None and ctx.walls.receive(self, msg):
+            return  # a wall's report or action_ack (walls.py): no answer
         hub = ctx.hub
         reply: Ack | Error
         if isinstance(msg, Subscribe):
