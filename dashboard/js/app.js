@@ -16,6 +16,7 @@ import { TrendPanel, HISTORY } from "./charts.js";
 import { EventLog } from "./events.js";
 import { KpiRow, WorstTable, AlarmList } from "./panels.js";
 import { Range, renderLegend } from "./colour.js";
+import { WallReporter, wallName } from "./wallreport.js";
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
@@ -394,5 +395,19 @@ window.wall = {
   page: () => current,
   showPage,
 };
+// -- a named wall (?wall=NAME) reports its health and takes actions (wallreport.js) --------
+if (wallName(params)) {
+  window.wall.reporter = new WallReporter(client, {
+    name: wallName(params), token: TOKEN, dataAge: () => health.age(), page: () => pages[current]?.name,
+    selfReload: params.get("selfreload") === "1",
+    showPage: (p) => {
+      const i = pages.findIndex((x) => x.name === String(p));
+      const n = i >= 0 ? i : Number(p);
+      if (!Number.isInteger(n) || n < 0 || n >= pages.length) return false;
+      showPage(n);
+      return true;
+    },
+  });
+}
 client.start();
 tick();

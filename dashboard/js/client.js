@@ -117,6 +117,7 @@ export class GatewayClient extends EventTarget {
     for (const f of this.filters) u.searchParams.append("filter", f);
     if (this.rateHz) u.searchParams.set("rate", String(this.rateHz));
     if (this.token) u.searchParams.set("access_token", this.token);
+    if (this.wallName) u.searchParams.set("wall", this.wallName); // wallreport.js
     return u.toString();
   }
 
@@ -251,6 +252,7 @@ export class GatewayClient extends EventTarget {
 
   _onWelcome(msg) {
     this.heartbeatMs = msg.heartbeat_s * 1000;
+    this.limits = msg.limits || {};
     this.meta = msg.meta || null;
     const resumable = msg.epoch === this.epoch && this.topics.size > 0;
     if (!resumable && this.epoch !== null) {
@@ -283,6 +285,7 @@ export class GatewayClient extends EventTarget {
     let pingId = 0;
     this._timers.push(setInterval(() => {
       if (Date.now() - this.lastMessageAt > 2 * this.heartbeatMs) {
+        this.dispatchEvent(new CustomEvent("trouble", { detail: "no message for two heartbeats while the WebSocket said open: reconnected" }));
         this._ws?.close(4000, "no data: half-open?"); // reconnect
         return;
       }
@@ -306,10 +309,12 @@ export class GatewayClient extends EventTarget {
     for (const m of items) {
       if (m.type === "snapshot" || m.type === "delta") {
         const outcome = this.apply(m);
-        if (outcome === "applied") changed.add(m.topic);
+        if (outcome === "applied") { changed.add(m.topic); this.lastApplied = m; this.lastAppliedAt = this.lastMessageAt; }
         else if (outcome === "gap") gaps[m.topic] = this.topics.get(m.topic)?.seq ?? 0;
       } else if (m.type === "history" || m.type === "history_end") {
         this.dispatchEvent(new CustomEvent(m.type, { detail: m }));
+      } else if (m.type === "action") { // to a wall (wallreport.js)
+        this.dispatchEvent(new CustomEvent("action", { detail: m }));
       } else if (this._answered(m)) {
         // an ack_alarm answer: resolved its promise
       } else if (m.type === "error") {

@@ -30,7 +30,7 @@ import trio
 from ..auth import Identity
 from ..core import disconnect as dc
 from ..core.disconnect import Disconnect
-from ..core.protocol import WALL_NAME_CHARS, Resume, Subscribe, Welcome, encode
+from ..core.protocol import WALL_NAME_CHARS, Pong, Resume, Subscribe, Welcome, encode
 from ..core.topics import TopicError, matches, validate_filter
 from .http import HttpError
 from .session import SessionContext, StreamSession
@@ -235,7 +235,10 @@ class SseSession(StreamSession):
         if expires is not None and wall > expires:
             self.close(dc.AUTH_FAILED, "token expired")
         elif now - self._last_write >= self.ctx.cfg.heartbeat_s and self.out.idle:
-            self._write([HEARTBEAT])
+            if self.request.wall:  # a wall sees its heartbeats (comments never reach JS)
+                self._write([self._event(encode(Pong(None, wall)))])
+            else:
+                self._write([HEARTBEAT])
 
     def _send_close(self, why: Disconnect, text: str | None) -> None:
         """A last ``close`` event (the WebSocket close code and reason), then the end;

@@ -1,0 +1,211 @@
+"""Walls in a real Chromium report to the gateway's registry (docs/operations.md,
+"Walls"): two named walls listed with transport and position, a closed page gone at
+once, a reload action carried out and acknowledged by a wall that comes back with its
+name, and a wall behind a proxy that swallows its heartbeats reconnecting and saying
+why."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from gateway.app import Gateway
+from tests.browser.test_dashboard import browser_page, in_browser
+
+GONE_WITHIN_S = 5.0  # docs/operations.md: a closed page is gone when its connection ends
+
+
+def registry(gw: Gateway) -> dict[str, dict[str, Any]]:
+    """/api/walls on the admin port, by wall name (blocking: for the browser thread)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.admin_port}/api/walls", timeout=5) as r:
+        return {w["name"]: w for w in json.loads(r.read())["walls"]}
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {check.__doc__ or check}")
+        time.sleep(0.1)
+
+
+def post_action(gw: Gateway, query: str) -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{gw.admin_port}/api/walls/action?{query}", method="POST", data=b""
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 202
+        answer: dict[str, Any] = json.loads(r.read())
+        return answer
+
+
+async def test_two_walls_are_listed_one_closed_is_gone_the_other_reloads_on_request(
+    gateway_factory: Callable[..., Any], chromium: str
+) -> None:
+    gw: Gateway = await gateway_factory(simulator={"devices": 20, "rate_hz": 2})
+
+    def visit() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with browser_page(chromium, 1280, 720) as first:
+            second = first.context.browser.new_page(viewport={"width": 1280, "height": 720})
+            errors: list[str] = []
+            second.on("pageerror", lambda e: errors.append(str(e)))
+            first.goto(f"http://127.0.0.1:{gw.port}/?wall=hall-1&transport=ws")
+            second.goto(f"http://127.0.0.1:{gw.port}/?wall=lobby&transport=sse")
+
+            def both_with_positions() -> dict[str, dict[str, Any]] | None:
+                walls = registry(gw)
+                ok = all(
+                    walls.get(n, {}).get("seq") and walls[n].get("fps") is not None
+                    for n in ("hall-1", "lobby")
+                )
+                return walls if ok else None
+
+            out["listed"] = wait_for(both_with_positions)
+            out["epoch"] = gw.store.epoch
+            # the first page closes: its wall is gone at once
+            first.close()
+            closed_at = time.monotonic()
+            wait_for(lambda: registry(gw)["hall-1"]["state"] == "gone")
+            out["gone_after_s"] = time.monotonic() - closed_at
+            # a reload from the admin side: acknowledged, and back with the same name
+            second.evaluate("() => { window.beforeReload = true; }")
+            sent = post_action(gw, "wall=lobby&action=reload")
+            out["sent"] = sent
+            second.wait_for_function(
+                "() => window.beforeReload === undefined && window.wall?.reporter?.sent > 0",
+                timeout=20_000,
+            )
+
+            def back() -> dict[str, Any] | None:
+                lobby = registry(gw)["lobby"]
+                return lobby if lobby.get("reloaded_by") == sent["id"] else None
+
+            out["after"] = wait_for(back)
+            out["errors"] = errors + first.errors
+        return out
+
+    got = await in_browser(visit)
+    listed = got["listed"]
+    assert listed["hall-1"]["transport"] == "ws" and listed["lobby"]["transport"] == "sse"
+    for name in ("hall-1", "lobby"):
+        wall = listed[name]
+        assert wall["state"] == "healthy", wall
+        assert wall["epoch"] == got["epoch"] and wall["topic"] and wall["seq"] >= 1
+        assert wall["page"] == "All devices" and wall["visible"] is True
+        assert wall["fps"] is not None and wall["behind_s"] < 5
+    assert got["gone_after_s"] < GONE_WITHIN_S
+    after = got["after"]
+    action = next(a for a in after["actions"] if a["id"] == got["sent"]["id"])
+    assert action["action"] == "reload" and action["status"] == "done"
+    assert action["detail"] == "reloading"
+    assert after["state"] == "healthy" and after["connected"] and after["transport"] == "sse"
+    assert after["connects"] >= 2  # a new page took the name over
+    assert got["errors"] == []
+
+
+class PongSwallower:
+    """A TCP proxy to the gateway that forwards everything, except that on the first
+    WebSocket it carries it drops every ``pong`` frame from the gateway: the socket
+    stays open, the wall's heartbeats never come back."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.upgrades = 0
+        self.swallowed = 0
+        self.port = 0
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", self.target)
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pipe, client, server)
+            await self._downstream(server, client)
+            nursery.cancel_scope.cancel()
+
+    @staticmethod
+    async def _pipe(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        with trio.move_on_after(120):
+            while data := await src.receive_some(65536):
+                await dst.send_all(data)
+
+    async def _downstream(self, server: trio.SocketStream, client: trio.SocketStream) -> None:
+        buf = b""
+        swallow = False
+        framing = False
+        with trio.move_on_after(120):
+            while data := await server.receive_some(65536):
+                if not framing:
+                    if b"HTTP/1.1 101" not in data:
+                        await client.send_all(data)
+                        continue
+                    head, _, buf = data.partition(b"\r\n\r\n")
+                    await client.send_all(head + b"\r\n\r\n")
+                    self.upgrades += 1
+                    swallow = self.upgrades == 1
+                    framing = True
+                else:
+                    buf += data
+                buf = await self._frames(buf, client, swallow)
+
+    async def _frames(self, buf: bytes, client: trio.SocketStream, swallow: bool) -> bytes:
+        """Forward whole frames (the gateway's are unmasked); drop pongs if asked."""
+        while len(buf) >= 2:
+            size, start = buf[1] & 0x7F, 2
+            if size == 126:
+                if len(buf) < 4:
+                    break
+                size, start = int.from_bytes(buf[2:4], "big"), 4
+            elif size == 127:
+                if len(buf) < 10:
+                    break
+                size, start = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < start + size:
+                break
+            frame, buf = buf[: start + size], buf[start + size :]
+            if swallow and frame[start:].startswith(b'{"type":"pong"'):
+                self.swallowed += 1
+                continue
+            await client.send_all(frame)
+        return buf
+
+
+async def test_a_wall_behind_a_proxy_that_swallows_its_heartbeats_reconnects_and_says_why(
+    gateway_factory: Callable[..., Any], chromium: str, nursery: trio.Nursery
+) -> None:
+    gw: Gateway = await gateway_factory(server={"heartbeat_s": 1.0})
+    gw.store.apply("plant/a", {"v": 1}, gw.clock.wall())
+    proxy = PongSwallower(gw.port)
+    port = await nursery.start(proxy.serve)
+
+    def visit() -> dict[str, Any]:
+        with browser_page(chromium, 1280, 720) as page:
+            page.goto(f"http://127.0.0.1:{port}/?wall=corridor&transport=ws")
+
+            def reported() -> dict[str, Any] | None:
+                wall = registry(gw).get("corridor")
+                ok = wall and wall["reconnects"] >= 1 and wall["trouble"]
+                return wall if ok else None
+
+            wall = wait_for(reported, 30)
+            return {"wall": wall, "errors": page.errors}
+
+    got = await in_browser(visit)
+    wall = got["wall"]
+    assert "no message for two heartbeats" in wall["trouble"], wall
+    assert wall["connected"] and wall["transport"] == "ws"
+    assert proxy.swallowed >= 1 and proxy.upgrades >= 2
+    assert got["errors"] == []
