@@ -41,6 +41,7 @@ from .metrics import Metrics
 from .persist import Loaded, Persister, Section
 from .serve.insight import Insight
 from .serve.server import Server
+from .walls_metrics import WallsCollector
 
 if TYPE_CHECKING:
     from .ingest.mqtt import MqttIngest
@@ -125,6 +126,7 @@ def build(cfg: Config, *, epoch: str | None = None) -> Gateway:
     gw = Gateway(cfg, clock, store, hub, server, metrics, looplag, insight)
     metrics.attach(server, hub, store, lambda: gw.mqtt)
     metrics.registry.register(InsightCollector(alarms, history, store))
+    metrics.registry.register(WallsCollector(server.walls.registry, clock.wall))
     metrics.attach_loop_lag(looplag, clock.mono)
     return gw
 
