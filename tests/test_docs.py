@@ -16,6 +16,7 @@ from gateway.config import (
     StateConfig,
 )
 from gateway.core.protocol import CLOSE_CODES, ERROR_CODES
+from gateway.core.walls import WallsConfig
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 
@@ -32,6 +33,7 @@ def test_every_config_key_is_documented() -> None:
         ("meta", MetaConfig),
         ("alarms", AlarmsConfig),
         ("history", HistoryConfig),
+        ("walls", WallsConfig),
     ):
         assert f"### `[{section}]`" in text
         for f in dataclasses.fields(cls):

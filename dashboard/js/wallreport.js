@@ -1,7 +1,7 @@
 // The wall's own health, told to the gateway; the operators' actions, carried out.
 //
 // A wall named in its URL (?wall=NAME; "auto" is not a name) sends a `report` every
-// welcome.limits.wall_report_s seconds (10 by default) and at once after a reconnect or
+// welcome.limits.wall_report_s seconds (30 by default) and at once after a reconnect or
 // when it detects trouble (docs/protocol.md, "Wall reports"): the page shown, the
 // transport, the last state message applied, the data age, frames per second and the
 // slowest frame, the JS heap where the browser exposes it, visibility, reconnects.
@@ -54,7 +54,7 @@ export class WallReporter {
     this.showPage = showPage;
     this.dataAge = dataAge;
     this.selfReload = selfReload;
-    this.reportMs = 10000;
+    this.reportMs = 30000;
     this.minReportMs = 2000;
     this.lastSent = 0;
     this.pending = null; // a report waiting for the minimum interval

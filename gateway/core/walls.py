@@ -63,10 +63,10 @@ class WallsConfig:
     """``[walls]``: the registry's bounds and the thresholds of the states."""
 
     max_walls: int = 2000
-    report_s: float = 10.0  # the walls' report interval (welcome.limits.wall_report_s)
+    report_s: float = 30.0  # the walls' report interval (welcome.limits.wall_report_s)
     min_report_s: float = 2.0  # a report sooner than this on a connection is refused
     gone_keep_s: float = 600.0  # a gone wall stays listed this long
-    silent_s: float = 35.0  # no report this long: lagging
+    silent_s: float = 75.0  # no report this long (2.5 intervals): lagging
     lag_s: float = 5.0
     stale_s: float = 60.0
     min_fps: float = 5.0
@@ -193,6 +193,7 @@ class Walls:
         self._walls: dict[str, Wall] = {}
         self._by_conn: dict[Hashable, str] = {}
         self._next_id = 0
+        self._purged_at = -math.inf
         self.stats = WallStats()
 
     def __len__(self) -> int:
@@ -212,7 +213,8 @@ class Walls:
         """Take a report from ``conn``; raises :class:`WallError` (``too_soon``,
         ``too_many_walls``) and changes nothing then. ``opening``: not the wall's
         report but its stream's start (``/sse?wall=``), which the interval ignores."""
-        self._purge(now)
+        if now - self._purged_at >= 1.0:  # a walk over every wall: once a second at most
+            self._purge(now)
         wall = self._walls.get(msg.wall)
         if (
             wall is not None
@@ -311,6 +313,7 @@ class Walls:
     # -- listing -------------------------------------------------------------------------
 
     def _purge(self, now: float) -> None:
+        self._purged_at = now
         keep = self.cfg.gone_keep_s
         for name in [n for n, w in self._walls.items() if w.gone_at and now - w.gone_at > keep]:
             del self._walls[name]

@@ -263,7 +263,7 @@ def test_actions_are_recorded_acknowledged_and_bounded() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"report_s": 0}, {"min_report_s": 20}, {"max_walls": 0}, {"metrics_per_wall": -1}],
+    [{"report_s": 0}, {"min_report_s": 40}, {"max_walls": 0}, {"metrics_per_wall": -1}],
 )
 def test_the_configuration_is_checked(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
