@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench.loadgen import masked_text  # noqa: E402
 from bench.report import gateway_process, machine_info, results_path  # noqa: E402
 from gateway.core.walls import WallsConfig  # noqa: E402
+from gateway.looplag import from_metrics  # noqa: E402
 
 PING_S = 15.0  # the walls' application ping (heartbeat_s)
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -156,6 +157,7 @@ def main() -> None:
         walls = Walls(gw.port, args.walls, report_s)
         walls.warm(5.0)  # every wall reports once: all listed, the loop warm
         quiet = reporting = 0.0
+        lag_before = from_metrics(_get(admin, "/metrics"))
         for _ in range(args.rounds):
             for is_reporting in (False, True):
                 before = proc_cpu(gw.proc.pid)
@@ -166,6 +168,7 @@ def main() -> None:
                 else:
                     quiet += spent
         sent_in_windows = walls.sent
+        lag = from_metrics(_get(admin, "/metrics")).minus(lag_before).summary()
         t0 = time.perf_counter()
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/api/walls", timeout=10) as r:
             listed = len(json.loads(r.read())["walls"])
@@ -184,6 +187,7 @@ def main() -> None:
         "us_per_report": round(1e6 * max(0.0, reporting - quiet) / max(1, sent_in_windows), 1),
         "reports_sent": sent_in_windows,
         "listed": listed,
+        "event_loop_lag": lag,
         "api_walls_seconds": round(list_s, 4),
         "loadavg": os.getloadavg(),
         "machine": machine_info(),
@@ -195,8 +199,15 @@ def main() -> None:
         f"{100 * share:.2f}% of a core ({result['us_per_report']} us per report; "
         f"quiet {quiet:.2f} s vs reporting {reporting:.2f} s CPU over {total:g} s each); "
         f"GET /api/walls with {listed} walls: {1000 * list_s:.0f} ms; "
+        f"event-loop lag p99 {lag['p99_ms']} ms, max {lag['max_ms']} ms; "
         f"load average {os.getloadavg()[0]:.2f} -> {out.relative_to(ROOT)}"
     )
+
+
+def _get(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        text: str = r.read().decode()
+        return text
 
 
 def free_port() -> int:

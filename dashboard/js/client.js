@@ -319,7 +319,9 @@ export class GatewayClient extends EventTarget {
         // an ack_alarm answer: resolved its promise
       } else if (m.type === "error") {
         console.warn("gateway error", m.code, m.message);
-        this.dispatchEvent(new CustomEvent("gateway-error", { detail: m })); // for the wall's banner
+        // a refused wall report is the reporter's business, not the wall's banner's
+        const wallError = ["too_soon", "too_many_walls", "unknown_action"].includes(m.code);
+        this.dispatchEvent(new CustomEvent(wallError ? "wall-error" : "gateway-error", { detail: m }));
       }
     }
     if (Object.keys(gaps).length && this.epoch) {

@@ -338,13 +338,16 @@ class Walls:
             out[state] += 1
         return out
 
-    def listing(self, now: float) -> list[dict[str, Any]]:
-        """Every wall as a JSON-able dict, the worst first (state, then how far
-        behind, then the name)."""
-        rows = sorted(self.judged(now), key=lambda t: (_RANK[t[1]], -t[0].behind_s, t[0].name))
-        return [self._doc(wall, state, why, now) for wall, state, why in rows]
+    def ranked(self, now: float) -> list[tuple[Wall, str, str]]:
+        """Every wall with its (state, why), the worst first: by state, then how far
+        behind, then the name."""
+        return sorted(self.judged(now), key=lambda t: (_RANK[t[1]], -t[0].behind_s, t[0].name))
 
-    def _doc(self, wall: Wall, state: str, why: str, now: float) -> dict[str, Any]:
+    def listing(self, now: float) -> list[dict[str, Any]]:
+        """Every wall as a JSON-able dict (:meth:`doc`), the worst first."""
+        return [self.doc(wall, state, why, now) for wall, state, why in self.ranked(now)]
+
+    def doc(self, wall: Wall, state: str, why: str, now: float) -> dict[str, Any]:
         r = wall.report
         timeout = self.cfg.action_timeout_s
         doc: dict[str, Any] = {

@@ -166,7 +166,7 @@ class Routes:
         path = req.path
         if not public and walls.serves(path):
             self.stats.http_requests["walls"] += 1
-            status, out, ctype, headers = walls.admin(req, self._caller, self.origin_allowed)
+            status, out, ctype, headers = await walls.admin(req, self._caller, self.origin_allowed)
         elif public and path == "/api/walls/report":
             self.stats.http_requests["wall_report"] += 1
             if req.method != "POST":

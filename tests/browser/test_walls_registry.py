@@ -37,16 +37,6 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
         time.sleep(0.1)
 
 
-def post_action(gw: Gateway, query: str) -> dict[str, Any]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{gw.admin_port}/api/walls/action?{query}", method="POST", data=b""
-    )
-    with urllib.request.urlopen(req, timeout=5) as r:
-        assert r.status == 202
-        answer: dict[str, Any] = json.loads(r.read())
-        return answer
-
-
 async def test_two_walls_are_listed_one_closed_is_gone_the_other_reloads_on_request(
     gateway_factory: Callable[..., Any], chromium: str
 ) -> None:
@@ -77,8 +67,20 @@ async def test_two_walls_are_listed_one_closed_is_gone_the_other_reloads_on_requ
             wait_for(lambda: registry(gw)["hall-1"]["state"] == "gone")
             out["gone_after_s"] = time.monotonic() - closed_at
             # a reload from the admin side: acknowledged, and back with the same name
+            # (from the admin port's /walls page, as an operator would)
             second.evaluate("() => { window.beforeReload = true; }")
-            sent = post_action(gw, "wall=lobby&action=reload")
+            admin = first.context.browser.new_page()
+            admin.on("pageerror", lambda e: errors.append(str(e)))
+            admin.goto(f"http://127.0.0.1:{gw.admin_port}/walls")
+            admin.wait_for_selector('tr[data-wall="hall-1"][data-state="gone"]', timeout=10_000)
+            out["rows"] = admin.eval_on_selector_all(
+                "#walls tr", "rows => rows.map((r) => [r.dataset.wall, r.dataset.state])"
+            )
+            admin.click('tr[data-wall="lobby"] button[data-action="reload"]')
+            admin.wait_for_function(
+                "() => document.getElementById('result').textContent.includes('reload sent')"
+            )
+            sent = {"id": registry(gw)["lobby"]["actions"][-1]["id"]}
             out["sent"] = sent
             second.wait_for_function(
                 "() => window.beforeReload === undefined && window.wall?.reporter?.sent > 0",
@@ -103,6 +105,7 @@ async def test_two_walls_are_listed_one_closed_is_gone_the_other_reloads_on_requ
         assert wall["page"] == "All devices" and wall["visible"] is True
         assert wall["fps"] is not None and wall["behind_s"] < 5
     assert got["gone_after_s"] < GONE_WITHIN_S
+    assert got["rows"] == [["hall-1", "gone"], ["lobby", "healthy"]]  # the worst first
     after = got["after"]
     action = next(a for a in after["actions"] if a["id"] == got["sent"]["id"])
     assert action["action"] == "reload" and action["status"] == "done"

@@ -237,3 +237,21 @@ async def test_the_walls_page_is_served_with_a_policy_that_forbids_inline_script
     assert b"<script>" not in body and b"style=" not in body
     status, headers, _ = await http_get(gw.admin_port, "/walls.js")
     assert status == 200 and headers["content-type"].startswith("text/javascript")
+
+
+async def test_a_walls_event_stream_carries_its_heartbeat_as_an_event_others_a_comment(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    gw: Gateway = await gateway_factory(server={"heartbeat_s": 0.2})
+    wall = await EventStream.open(gw.port, "filter=nothing%2F%23&wall=lobby")
+    plain = await EventStream.open(gw.port, "filter=nothing%2F%23")
+    with trio.fail_after(5):
+        kinds = [(await wall.event() or {}).get("type") for _ in range(3)]
+    assert kinds == ["welcome", "ack", "pong"]
+    with trio.fail_after(5):
+        assert [(await plain.event() or {}).get("type") for _ in range(2)] == ["welcome", "ack"]
+        while b": hb" not in plain.buf:  # the comment: EventSource hides it from scripts
+            plain.buf += await plain.sock.recv(65536)
+    assert b'"pong"' not in plain.buf
+    wall.sock.close()
+    plain.sock.close()
