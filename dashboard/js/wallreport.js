@@ -10,7 +10,8 @@
 //
 // Frames are measured for FPS_SAMPLE_MS before each report with requestAnimationFrame
 // (the rest of the time no frame is asked for: an idle wall stays idle), and long
-// tasks (PerformanceObserver, where supported) between reports count as slow frames.
+// tasks between reports (PerformanceObserver where supported, and the lateness of a
+// 250 ms timer) count as slow frames.
 //
 // Trouble the wall detects itself, reported in `trouble` for TROUBLE_KEEP_MS:
 // * no message for two heartbeats while the WebSocket says OPEN: the client closes
@@ -36,6 +37,7 @@ const TROUBLE_KEEP_MS = 60000;
 const QUIET_MS = 2000;
 const QUIET_WAIT_MS = 600000;
 const RELOADED_KEY = "wallReloadedBy";
+const WATCH_MS = 250; // the watchdog's period: its lateness is a blocked main thread
 
 export function wallName(params) {
   const name = params.get("wall");
@@ -63,6 +65,7 @@ export class WallReporter {
     this.longest = 0; // the longest task since the last report
     this.heapBase = null;
     this.loadedAt = Date.now();
+    this.lastWatch = 0;
     this.reloadedBy = sessionStorage.getItem(RELOADED_KEY);
     sessionStorage.removeItem(RELOADED_KEY);
     this.banner = null;
@@ -87,7 +90,7 @@ export class WallReporter {
       }).observe({ type: "longtask", buffered: false });
     } catch { /* no long-task timing here: frames only */ }
     this._schedule();
-    setInterval(() => this._watch(), 1000);
+    setInterval(() => this._watch(), WATCH_MS);
   }
 
   troubleSeen(text) {
@@ -151,8 +154,9 @@ export class WallReporter {
     if (at) Object.assign(r, { topic: at.topic, seq: at.seq, rx: at.rx });
     const age = this.dataAge();
     if (age !== null && Number.isFinite(age)) r.data_age_s = Math.round(age * 10) / 10;
-    if (this.frames.fps !== null) {
-      r.fps = Math.min(1000, Math.round(this.frames.fps * 10) / 10);
+    if (this.frames.fps !== null) r.fps = Math.min(1000, Math.round(this.frames.fps * 10) / 10);
+    // a long task before the first frame sample counts too (the report resets it)
+    if (this.frames.fps !== null || this.longest > 0) {
       r.slowest_frame_ms = Math.round(Math.max(this.frames.slowest, this.longest));
     }
     const heap = performance.memory?.usedJSHeapSize;
@@ -190,6 +194,13 @@ export class WallReporter {
 
   _watch() {
     const c = this.client;
+    // a timer that fires late measures a blocked main thread, where long task timing
+    // is not available (or not attributed)
+    const now = performance.now();
+    if (this.lastWatch && document.visibilityState === "visible") {
+      this.longest = Math.max(this.longest, now - this.lastWatch - WATCH_MS);
+    }
+    this.lastWatch = now;
     // an event stream delivers a `pong` event every heartbeat to a wall: none for two
     // heartbeats while it says open means something between us holds the events back
     if (c.sse && c.status === "open" && Date.now() - c.lastMessageAt > 2 * c.heartbeatMs) {

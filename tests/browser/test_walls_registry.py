@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -26,15 +27,25 @@ def registry(gw: Gateway) -> dict[str, dict[str, Any]]:
         return {w["name"]: w for w in json.loads(r.read())["walls"]}
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20.0) -> Any:
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, show: Any = None) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         got = check()
         if got:
             return got
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {check.__doc__ or check}")
+            raise AssertionError(f"not within {timeout} s: {check}; {show and show()}")
         time.sleep(0.1)
+
+
+def post_action(gw: Gateway, query: str) -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{gw.admin_port}/api/walls/action?{query}", method="POST", data=b""
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 202
+        answer: dict[str, Any] = json.loads(r.read())
+        return answer
 
 
 async def test_two_walls_are_listed_one_closed_is_gone_the_other_reloads_on_request(
@@ -211,4 +222,56 @@ async def test_a_wall_behind_a_proxy_that_swallows_its_heartbeats_reconnects_and
     assert "no message for two heartbeats" in wall["trouble"], wall
     assert wall["connected"] and wall["transport"] == "ws"
     assert proxy.swallowed >= 1 and proxy.upgrades >= 2
+    assert got["errors"] == []
+
+
+async def test_banner_and_page_actions_and_a_slow_wall_that_reloads_itself_when_quiet(
+    gateway_factory: Callable[..., Any], chromium: str
+) -> None:
+    gw: Gateway = await gateway_factory(walls={"report_s": 3.0, "min_report_s": 1.0})
+    gw.store.apply("plant/a", {"v": 1}, gw.clock.wall())
+
+    def act(action: str, **params: str) -> str:
+        query = urllib.parse.urlencode({"wall": "kiosk", "action": action, **params})
+        return str(post_action(gw, query)["id"])
+
+    def visit() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with browser_page(chromium, 1280, 720) as page:
+            page.goto(f"http://127.0.0.1:{gw.port}/?wall=kiosk&selfreload=1")
+            wait_for(lambda: "kiosk" in registry(gw))
+            banner = act("banner", text="Fire drill", ttl_s="0")
+            page.wait_for_selector("#wall-message:has-text('Fire drill')", timeout=10_000)
+            bad_page = act("page", page="No such page")
+            good_page = act("page", page="0")
+
+            def answered() -> dict[str, Any] | None:
+                actions = {a["id"]: a for a in registry(gw)["kiosk"]["actions"]}
+                ids = (banner, bad_page, good_page)
+                done = all(actions.get(i, {}).get("acked_at") for i in ids)
+                return {i: actions[i] for i in ids} if done else None
+
+            out["actions"] = wait_for(answered)
+            out["ids"] = (banner, bad_page, good_page)
+            # a frame of 1.5 s (a long task): reported, and the wall reloads itself
+            page.evaluate(  # in a task of the page's own, as a slow draw would be
+                "() => { window.beforeReload = true; setTimeout(() => {"
+                " const t = performance.now(); while (performance.now() - t < 1500) {} }, 0); }"
+            )
+
+            def reloaded() -> dict[str, Any] | None:
+                wall = registry(gw)["kiosk"]
+                return wall if wall.get("reloaded_by") == "self" else None
+
+            out["after"] = wait_for(reloaded, 30, lambda: registry(gw))
+            out["fresh_page"] = page.evaluate("() => window.beforeReload === undefined")
+            out["errors"] = page.errors
+        return out
+
+    got = await in_browser(visit)
+    banner, bad_page, good_page = (got["actions"][i] for i in got["ids"])
+    assert (banner["status"], banner["detail"]) == ("done", "shown")
+    assert (bad_page["status"], bad_page["detail"]) == ("failed", "no page No such page")
+    assert (good_page["status"], good_page["detail"]) == ("done", "showing 0")
+    assert got["fresh_page"] and got["after"]["connected"]
     assert got["errors"] == []
