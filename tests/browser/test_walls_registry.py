@@ -275,3 +275,51 @@ async def test_banner_and_page_actions_and_a_slow_wall_that_reloads_itself_when_
     assert (good_page["status"], good_page["detail"]) == ("done", "showing 0")
     assert got["fresh_page"] and got["after"]["connected"]
     assert got["errors"] == []
+
+
+class SseBuffering(PongSwallower):
+    """A proxy that buffers event streams, as a misconfigured reverse proxy does: the
+    stream's first bytes pass (welcome, ack, state), then nothing from its first
+    heartbeat on. Everything else (the page, its POSTs) passes untouched."""
+
+    held = 0
+
+    async def _downstream(self, server: trio.SocketStream, client: trio.SocketStream) -> None:
+        holding = streaming = False
+        with trio.move_on_after(120):
+            while data := await server.receive_some(65536):
+                streaming = streaming or b"text/event-stream" in data
+                if holding:
+                    self.held += len(data)
+                    continue
+                if streaming and b'"type":"pong"' in data:
+                    data, _, rest = data.partition(b'data: {"type":"pong"')
+                    holding = True
+                    self.held += len(rest) + 1
+                await client.send_all(data)
+
+
+async def test_a_wall_whose_event_stream_is_buffered_by_a_proxy_says_so(
+    gateway_factory: Callable[..., Any], chromium: str, nursery: trio.Nursery
+) -> None:
+    gw: Gateway = await gateway_factory(server={"heartbeat_s": 1.0})
+    gw.store.apply("plant/a", {"v": 1}, gw.clock.wall())
+    proxy = SseBuffering(gw.port)
+    port = await nursery.start(proxy.serve)
+
+    def visit() -> dict[str, Any]:
+        with browser_page(chromium, 1280, 720) as page:
+            page.goto(f"http://127.0.0.1:{port}/?wall=annex&transport=sse")
+
+            def reported() -> dict[str, Any] | None:
+                wall = registry(gw).get("annex")
+                return wall if wall and wall["trouble"] else None
+
+            return {"wall": wait_for(reported, 30, lambda: registry(gw)), "errors": page.errors}
+
+    got = await in_browser(visit)
+    wall = got["wall"]
+    assert "event stream: no heartbeat for two intervals" in wall["trouble"], wall
+    assert wall["transport"] == "sse" and wall["connected"]
+    assert proxy.held > 0
+    assert got["errors"] == []
