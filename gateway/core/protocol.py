@@ -75,6 +75,7 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "bad_rate": "rate_hz is not a finite number of at least the minimum rate",
     "too_many_filters": "the per-connection limit on filters (all subscriptions) is reached",
     "too_many_groups": "the per-connection limit on distinct (filter, rate) streams is reached",
+    "unavailable": "the gateway could not decide in time (retry with the same id)",
 }
 
 #: WebSocket close codes the gateway uses (the table: gateway/core/disconnect.py).
@@ -294,6 +295,8 @@ class Welcome:
     protocol: int = PROTOCOL_VERSION
     meta: Mapping[str, JsonValue] | None = None  # {"url": "/api/meta", "version": ...}
     protocol_minor: int = PROTOCOL_MINOR
+    #: informational: which worker process answered (``gateway run --workers N``)
+    worker: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,6 +449,7 @@ def _server_obj(obj: Any) -> ServerMessage:
                 int(obj["protocol"]),
                 obj.get("meta"),
                 int(obj.get("protocol_minor", 0)),
+                obj.get("worker"),
             )
         if kind == "ack":
             filters = obj.get("filters")

@@ -54,6 +54,7 @@ __all__ = [
     "assemble",
     "body_crc",
     "decode_topics",
+    "encode_records",
     "encode_topics",
     "parse",
 ]
@@ -115,6 +116,14 @@ def encode_topics(store: StateStore, batch: int = 1000) -> Iterator[bytes]:
         if lines:
             lines.append(b"")
             yield b"\n".join(lines)
+
+
+def encode_records(states: Iterable[TopicState]) -> bytes:
+    """Records of ``states`` (those with data) in the ``topics`` layout, each line
+    ended: the change stream of ``gateway run --workers N`` (gateway/cluster) uses it
+    and :func:`decode_topics` on the other side."""
+    dumps = orjson.dumps
+    return b"".join([dumps(_record(st)) + b"\n" for st in states if st.seq])
 
 
 def _record(st: TopicState) -> list[Any]:

@@ -55,6 +55,9 @@ class Insight:
     history: History
     alarms: AlarmEngine
     wall: Callable[[], float]
+    #: set in a worker of `gateway run --workers N`: ack_alarm goes to the parent's
+    #: alarm engine, and its answer to the callback (gateway/cluster/worker.py)
+    forward_ack: Callable[[Identity, AckAlarm, Callable[[Ack | Error], None]], None] | None = None
 
     @property
     def welcome(self) -> dict[str, Any]:

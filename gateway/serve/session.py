@@ -54,6 +54,8 @@ class SessionContext:
     detach: Callable[[StreamSession], None]
     #: alarms, metadata, history: the ack_alarm message, subscription history
     insight: Insight | None = None
+    #: the worker process serving this session (``welcome.worker``), with --workers N
+    worker: int | None = None
 
 
 class StreamSession:

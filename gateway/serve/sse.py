@@ -143,6 +143,7 @@ class SseSession(StreamSession):
             False,
             ctx.welcome_limits,
             meta=ctx.insight.welcome if ctx.insight is not None else None,
+            worker=ctx.worker,
         )
         events = [HEAD, self._event(encode(welcome))]
         positions = self._resume_positions()

@@ -113,6 +113,7 @@ class WsSession(StreamSession):
                                 self.identity is None,
                                 ctx.welcome_limits,
                                 meta=ctx.insight.welcome if ctx.insight is not None else None,
+                                worker=ctx.worker,
                             )
                         )
                     with self._read_scope:
@@ -337,6 +338,9 @@ class WsSession(StreamSession):
         elif isinstance(msg, Resume):
             reply = hub.resume(sub, msg)
         elif isinstance(msg, AckAlarm) and ctx.insight is not None and self.identity is not None:
+            if ctx.insight.forward_ack is not None:  # a worker: the parent decides
+                ctx.insight.forward_ack(self.identity, msg, self._answer)
+                return
             reply = ctx.insight.ack_alarm(self.identity, msg)
         elif isinstance(msg, AckAlarm):
             reply = Error("unknown_alarm", "this gateway has no alarms", msg.id)
@@ -358,6 +362,15 @@ class WsSession(StreamSession):
             self._nursery.start_soon(self._send_history, msg)
             return
         self.pump()
+
+    def _answer(self, reply: Ack | Error) -> None:
+        """A forwarded request's answer, whenever it comes (if still open)."""
+        if self.closing or self.sub is None:
+            return
+        if isinstance(reply, Error):
+            self._error(reply.code, reply.message, reply.ref)
+        else:
+            self._send_control(reply)
 
     async def _send_history(self, msg: Subscribe) -> None:
         """The subscription's history, one topic per checkpoint, then the live state."""

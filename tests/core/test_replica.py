@@ -4,7 +4,6 @@ authority's. Records travel through the checkpoint encoding, as in gateway/clust
 
 from __future__ import annotations
 
-import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,12 +38,10 @@ def authority() -> StateStore:
 
 def records(store: StateStore, topics: list[str]) -> list[TopicState]:
     """What the parent sends: the changed topics' records, encoded and decoded."""
-    lines = [orjson.dumps(snapshotfile._record(s)) for t in topics if (s := store.get(t)).seq]
+    payload = snapshotfile.encode_records(s for t in topics if (s := store.get(t)) is not None)
     out: list[TopicState] = []
-    if lines:
-        payload = memoryview(b"\n".join([*lines, b""]))
-        for _ in snapshotfile.decode_topics(payload, out):
-            pass
+    for _ in snapshotfile.decode_topics(memoryview(payload), out):
+        pass
     return out
 
 
