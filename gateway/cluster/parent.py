@@ -60,7 +60,7 @@ from ..memory import tune_malloc
 from ..persist import Loaded, Persister
 from ..serve.admission import accept_loop, listen
 from ..serve.sockio import close_socket
-from .channel import Kind, Outbox, Reader
+from .channel import ChannelError, Kind, Outbox, Reader
 from .worker import WorkerSetup
 
 __all__ = ["Cluster", "serve_cluster"]
@@ -266,9 +266,17 @@ class Cluster:
 
     async def _read(self, slot: Slot, reader: Reader, out: Outbox) -> None:
         while True:
-            msg = await reader.receive()
+            try:
+                msg = await reader.receive()
+            except (trio.BrokenResourceError, ChannelError) as err:
+                msg = None
+                if isinstance(err, ChannelError):
+                    log.error("worker %d: channel broken (%s): restarting it", slot.index, err)
+                    proc = self._procs.get(slot.index)
+                    if proc is not None and proc.returncode is None:
+                        proc.kill()
             if msg is None:
-                return
+                return  # the worker is gone or going: its supervisor sees it exit
             kind, payload = msg
             if kind is Kind.READY:
                 info = orjson.loads(payload)

@@ -84,7 +84,10 @@ class Replica:
     async def follow(self, reader: Reader, nursery: trio.Nursery) -> None:
         """Apply what the parent sends until the channel ends."""
         while True:
-            msg = await reader.receive()
+            try:
+                msg = await reader.receive()
+            except trio.BrokenResourceError:
+                msg = None
             if msg is None:
                 return
             kind, payload = msg
