@@ -5,8 +5,9 @@ worker: ``CONFIG`` (the worker's settings, pickled: both ends are this program),
 ``HISTORY`` / ``HISTORY_END`` (chart history in the checkpoint layout, before the
 topics), ``RECORDS`` (topic records, snapshotfile.encode_records: the full sync and
 the change stream alike), ``SYNCED`` (the full sync is complete: listen now),
-``ACK_REPLY``; worker to parent: ``READY`` (serving; its admin port) and ``ACK``
-(an ack_alarm to decide). JSON payloads are orjson.
+``ACK_REPLY``; worker to parent: ``HELLO`` (started: the sync may begin), ``READY``
+(serving; its admin port) and ``ACK`` (an ack_alarm to decide). JSON payloads are
+orjson.
 
 Bounds: a message is at most :data:`MAX_MESSAGE` bytes (the reader refuses more:
 the channel is broken and the worker restarted), and each direction queues at most
@@ -37,6 +38,7 @@ class Kind(IntEnum):
     RECORDS = 4
     SYNCED = 5
     ACK_REPLY = 6
+    HELLO = 9
     READY = 10
     ACK = 11
 
@@ -55,6 +57,7 @@ class Outbox:
         self.overflowed = False
         self._queue: collections.deque[bytes] = collections.deque()
         self._wake = trio.Event()
+        self._sent = trio.Event()
 
     def push(self, kind: Kind, payload: bytes = b"") -> bool:
         """Queue one message; False (and nothing queued, ``overflowed`` set) if the
@@ -86,6 +89,14 @@ class Outbox:
                 return
             self.queued -= len(data)
             self.sent += len(data)
+            self._sent.set()
+
+    async def wait_below(self, size: int) -> None:
+        """Until at most ``size`` bytes are queued (a full sync goes at the reader's
+        pace, leaving the rest of the cap to the change stream)."""
+        while self.queued > size:
+            self._sent = trio.Event()
+            await self._sent.wait()
 
 
 class Reader:

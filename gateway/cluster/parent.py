@@ -72,6 +72,7 @@ MIN_BACKOFF_S: Final = 0.5
 MAX_BACKOFF_S: Final = 10.0
 HEALTHY_S: Final = 30.0  # a worker that served this long restarts without backoff
 RESTART_REASONS: Final = ("exited", "overflow")
+STARTUP_S: Final = 30.0  # from the start of a worker process to its HELLO
 
 
 @dataclass
@@ -217,11 +218,19 @@ class Cluster:
         log.info("worker %d started (pid %d)", slot.index, proc.pid)
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         out = Outbox(self.cap)
+        reader = Reader(stream)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(out.run, stream)
-                nursery.start_soon(self._read, slot, Reader(stream), out)
-                await self._sync(slot, out)
+                nursery.start_soon(_end_when_exited, proc, nursery.cancel_scope)
+                with trio.move_on_after(STARTUP_S):
+                    hello = await reader.receive()  # the worker has its modules loaded
+                if hello is not None and hello[0] is Kind.HELLO:
+                    nursery.start_soon(out.run, stream)
+                    nursery.start_soon(self._read, slot, reader, out)
+                    await self._sync(slot, out)
+                else:
+                    log.error("worker %d did not start within %.0f s", slot.index, STARTUP_S)
+                    proc.kill()
                 await proc.wait()
                 nursery.cancel_scope.cancel()
         finally:
@@ -241,16 +250,17 @@ class Cluster:
         out.push(Kind.CONFIG, pickle.dumps(setup))
         for chunk in gw.insight.history.export():
             out.push(Kind.HISTORY, chunk)
-            await trio.lowlevel.checkpoint()
+            await out.wait_below(self.cap // 4)
         out.push(Kind.HISTORY_END)
         slot.out = out  # on the change stream from here: nothing falls in between
         for chunk in snapshotfile.encode_topics(gw.store, BATCH):
             self.stats.sync_bytes += len(chunk)
-            if not out.push(Kind.RECORDS, chunk):
-                self._overflow(slot)
-                return
-            await trio.lowlevel.checkpoint()
+            out.push(Kind.RECORDS, chunk)
+            await out.wait_below(self.cap // 4)
         out.push(Kind.SYNCED)
+        if out.overflowed:  # a single message over the cap (the caps are far apart)
+            slot.out = out
+            self._overflow(slot)
 
     def _worker_config(self, index: int) -> Config:
         cfg = self.gw.cfg
@@ -326,6 +336,12 @@ class Cluster:
                 log.warning("worker pid %d did not stop in time: killed", proc.pid)
                 proc.kill()
                 await proc.wait()
+
+
+async def _end_when_exited(proc: trio.Process, scope: trio.CancelScope) -> None:
+    """A worker that dies during its start or sync ends its supervision at once."""
+    await proc.wait()
+    scope.cancel()
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

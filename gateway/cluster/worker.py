@@ -45,7 +45,7 @@ from ..core.protocol import Ack, AckAlarm, Error
 from ..core.snapshotfile import CheckpointError, decode_topics
 from ..core.state import TopicState
 from ..memory import tune_malloc
-from .channel import Kind, Outbox, Reader
+from .channel import HEAD, Kind, Outbox, Reader
 
 __all__ = ["ACK_TIMEOUT_S", "WorkerSetup", "main"]
 
@@ -204,6 +204,7 @@ class Replica:
 async def run(sock: socket.socket) -> int:
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     reader = Reader(stream)
+    await stream.send_all(HEAD.pack(0, Kind.HELLO))  # imported: the sync may begin
     first = await reader.receive()
     if first is None or first[0] is not Kind.CONFIG:
         return 1

@@ -79,7 +79,7 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(tmp: Path, *args: str) -> AsyncIterator[Cluster]:
+async def cluster(tmp: Path, *args: str, **env: str) -> AsyncIterator[Cluster]:
     log = tmp / f"gateway-{time.monotonic_ns()}.log"
     config = tmp / "gateway.toml"
     config.write_text(CONFIG)
@@ -88,7 +88,7 @@ async def cluster(tmp: Path, *args: str) -> AsyncIterator[Cluster]:
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "gateway", "run", "--workers", "2", "--port", str(port),
              "--admin-port", "0", "--config", str(config), "--status-interval", "0", *args],
-            stdout=out, stderr=out, cwd=ROOT,
+            stdout=out, stderr=out, cwd=ROOT, env={**os.environ, **env},
         )  # fmt: skip
     try:
         with trio.fail_after(30):
@@ -237,3 +237,33 @@ async def test_a_killed_parent_leaves_no_worker(tmp_path: Path) -> None:
         with trio.fail_after(20):
             while any(alive(pid) for pid in pids.values()):
                 await trio.sleep(0.05)
+
+
+async def test_a_worker_that_cannot_keep_up_is_restarted_not_buffered(tmp_path: Path) -> None:
+    """A stopped worker (SIGSTOP: it reads nothing) fills its capped queue; the parent
+    kills it and starts another with a full sync, and the other worker serves on."""
+    cap = 1 << 20
+    env = {"GATEWAY_SERVER_WORKER_CHANNEL_BYTES": str(cap)}
+    async with cluster(tmp_path, "--simulate", "1000", **env) as c:
+        pids = await c.all_serving()
+        stopped = next(iter(pids))
+        os.kill(pids[stopped], signal.SIGSTOP)
+        queued = 0.0
+        killed = f"worker {stopped} (pid {pids[stopped]}) was killed for falling behind"
+        with trio.fail_after(60):
+            while killed not in c.text():
+                text = await c.metrics(c.admin)
+                m = re.search(r"^gateway_cluster_channel_queued_bytes (\S+)$", text, re.M)
+                assert m
+                queued = max(queued, float(m.group(1)))
+                await trio.sleep(0.05)
+        assert queued <= cap  # the queue never passed its cap
+        async with screen(c.port, 1 - stopped) as (_, welcome):
+            assert welcome.worker == 1 - stopped
+        await c.all_serving(other_than={stopped: pids[stopped]})
+        parent = await c.metrics(c.admin)
+        m = re.search(
+            r'^gateway_cluster_worker_restarts_total{reason="overflow"} (\S+)$', parent, re.M
+        )
+        assert m and float(m.group(1)) >= 1
+        assert from_metrics(parent).max < 0.5
