@@ -3,8 +3,8 @@
 A message is ``u32 length, u8 kind, payload`` (little-endian). Kinds, parent to
 worker: ``CONFIG`` (the worker's settings, pickled: both ends are this program),
 ``HISTORY`` / ``HISTORY_END`` (chart history in the checkpoint layout, before the
-topics), ``RECORDS`` (topic records, snapshotfile.encode_records: the full sync and
-the change stream alike), ``SYNCED`` (the full sync is complete: listen now),
+topics), ``RECORDS`` (a JSON array of topic records, snapshotfile.encode_records: the
+full sync and the change stream alike), ``SYNCED`` (the full sync is complete: listen now),
 ``ACK_REPLY``; worker to parent: ``HELLO`` (started: the sync may begin), ``READY``
 (serving; its admin port) and ``ACK`` (an ack_alarm to decide). JSON payloads are
 orjson.

@@ -253,7 +253,10 @@ class Cluster:
             await out.wait_below(self.cap // 4)
         out.push(Kind.HISTORY_END)
         slot.out = out  # on the change stream from here: nothing falls in between
-        for chunk in snapshotfile.encode_topics(gw.store, BATCH):
+        states = list(gw.store.states())  # the dict may grow meanwhile
+        for i in range(0, len(states), BATCH):
+            # each batch encoded when it is sent: its topics' states as of now
+            chunk = snapshotfile.encode_records(states[i : i + BATCH])
             self.stats.sync_bytes += len(chunk)
             out.push(Kind.RECORDS, chunk)
             await out.wait_below(self.cap // 4)

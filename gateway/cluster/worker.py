@@ -42,8 +42,7 @@ from ..config import Config
 from ..core.alarms import ALARM_PREFIX
 from ..core.history import HistoryMismatch
 from ..core.protocol import Ack, AckAlarm, Error
-from ..core.snapshotfile import CheckpointError, decode_topics
-from ..core.state import TopicState
+from ..core.snapshotfile import decode_records
 from ..memory import tune_malloc
 from .channel import HEAD, Kind, Outbox, Reader
 
@@ -105,23 +104,19 @@ class Replica:
     async def _apply(self, payload: bytes) -> None:
         gw = self.gw
         store, history, alarms = gw.store, gw.insight.history, gw.insight.alarms
-        recs: list[TopicState] = []
-        try:
-            for _ in decode_topics(memoryview(payload), recs, APPLY_BATCH):
-                for rec in recs:
-                    prev = store.apply_replica(rec)
-                    if prev is None:
-                        continue
-                    st = store.get(rec.topic)
-                    assert st is not None
-                    if rec.topic.startswith(ALARM_PREFIX):
-                        alarms.mirror(st, st.changed_at)
-                    elif self._history is None:
-                        history.observe_since(st, prev, st.changed_at)
-                recs.clear()
-                await trio.lowlevel.checkpoint()
-        except CheckpointError as err:  # a bug, not input: the parent encoded it
-            raise RuntimeError(f"bad records from the parent: {err}") from err
+        recs = decode_records(payload)  # a bug, not input, if it raises: the parent's
+        for i in range(0, len(recs), APPLY_BATCH):
+            for rec in recs[i : i + APPLY_BATCH]:
+                prev = store.apply_replica(rec)
+                if prev is None:
+                    continue
+                st = store.get(rec.topic)
+                assert st is not None
+                if rec.topic.startswith(ALARM_PREFIX):
+                    alarms.mirror(st, st.changed_at)
+                elif self._history is None:
+                    history.observe_since(st, prev, st.changed_at)
+            await trio.lowlevel.checkpoint()
 
     async def _restore_history(self) -> None:
         chunks, self._history = self._history or [], None

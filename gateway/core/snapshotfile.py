@@ -53,6 +53,7 @@ __all__ = [
     "CheckpointError",
     "assemble",
     "body_crc",
+    "decode_records",
     "decode_topics",
     "encode_records",
     "encode_topics",
@@ -119,11 +120,22 @@ def encode_topics(store: StateStore, batch: int = 1000) -> Iterator[bytes]:
 
 
 def encode_records(states: Iterable[TopicState]) -> bytes:
-    """Records of ``states`` (those with data) in the ``topics`` layout, each line
-    ended: the change stream of ``gateway run --workers N`` (gateway/cluster) uses it
-    and :func:`decode_topics` on the other side."""
-    dumps = orjson.dumps
-    return b"".join([dumps(_record(st)) + b"\n" for st in states if st.seq])
+    """Records of ``states`` (those with data) as one JSON array of topic records: the
+    change stream of ``gateway run --workers N`` (gateway/cluster), read back by
+    :func:`decode_records`."""
+    return orjson.dumps([_record(st) for st in states if st.seq])
+
+
+def decode_records(payload: bytes) -> list[TopicState]:
+    """The states of an :func:`encode_records` payload. Its writer is this program (a
+    parent process and its worker), so records are taken as they are, without the
+    per-field checks a file from disk gets (:func:`decode_topics`): a third of the
+    cost. Raises CheckpointError on a payload of another shape."""
+    try:
+        recs = orjson.loads(payload)
+        return [TopicState(*rec) for rec in recs]
+    except (ValueError, TypeError) as err:
+        raise CheckpointError("corrupt", f"records: {err}") from None
 
 
 def _record(st: TopicState) -> list[Any]:

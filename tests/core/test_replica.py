@@ -39,10 +39,7 @@ def authority() -> StateStore:
 def records(store: StateStore, topics: list[str]) -> list[TopicState]:
     """What the parent sends: the changed topics' records, encoded and decoded."""
     payload = snapshotfile.encode_records(s for t in topics if (s := store.get(t)) is not None)
-    out: list[TopicState] = []
-    for _ in snapshotfile.decode_topics(memoryview(payload), out):
-        pass
-    return out
+    return snapshotfile.decode_records(payload)
 
 
 def full_sync(store: StateStore) -> list[TopicState]:
