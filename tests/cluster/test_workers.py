@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from gateway.core.protocol import Ack, Welcome, decode_server
@@ -24,6 +25,7 @@ from gateway.core.state import Delta, Snapshot
 from gateway.looplag import from_metrics
 from tests.broker import free_port
 from tests.conftest import stop_process
+from tests.firsthour.test_metric_reasons import documented
 from tests.serve.httpget import http_get
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,6 +216,14 @@ async def test_two_workers_one_port_one_epoch_resume_across_and_restart(tmp_path
         parent = await c.metrics(c.admin)
         assert 'gateway_cluster_worker_restarts_total{reason="exited"} 1.0' in parent
         assert 'gateway_cluster_workers{state="serving"} 2.0' in parent
+        cluster_rows = {k: v for k, v in documented().items() if k.startswith("gateway_cluster_")}
+        exported: dict[str, dict[str, set[str]]] = {}
+        for family in text_string_to_metric_families(parent):
+            if family.name.startswith("gateway_cluster_"):
+                for sample in family.samples:
+                    for label, value in sample.labels.items():
+                        exported.setdefault(family.name, {}).setdefault(label, set()).add(value)
+        assert exported == cluster_rows  # docs/metrics.md lists the labels exported
         lag = from_metrics(parent)
         assert lag.max < 0.5, lag  # the parent's loop: ingest, replication, no stalls
         # each worker serves its own /metrics on its admin port
