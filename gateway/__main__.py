@@ -30,7 +30,9 @@ RUN_HELP = """\
 Run the gateway: WebSocket at /ws, dashboard at /, REST at /api/topics and
 /api/snapshot, health at /healthz and /readyz on the public port; /metrics on the
 admin port. Settings come from defaults < --config FILE < GATEWAY_<SECTION>_<KEY>
-environment variables < these flags. See docs/operations.md for every key.
+environment variables < these flags. See docs/operations.md for every key. With
+--workers N the parent keeps the ingest and the admin port and N worker processes
+serve the public port (docs/deployment.md, "Every core").
 """
 
 TAIL_HELP = """\
