@@ -8,32 +8,44 @@ them; labels are fixed sets, every value exported from the start.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .parent import Cluster
+__all__ = ["RESTART_REASONS", "ClusterCollector", "ClusterStats"]
 
-__all__ = ["ClusterCollector"]
+RESTART_REASONS: Final = ("exited", "overflow")
+
+
+@dataclass
+class ClusterStats:
+    workers: int = 0
+    serving: Callable[[], int] = lambda: 0  # workers synced and listening
+    queued_bytes: Callable[[], int] = lambda: 0  # for the worker furthest behind
+    restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESTART_REASONS, 0))
+    batches: int = 0
+    records: int = 0
+    stream_bytes: int = 0  # change stream bytes encoded (once for every worker)
+    sync_bytes: int = 0  # full-sync bytes (per worker started)
 
 
 class ClusterCollector(Collector):
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
+    def __init__(self, stats: ClusterStats) -> None:
+        self.stats = stats
 
     def collect(self) -> Iterator[Metric]:
-        c = self.cluster
-        s = c.stats
+        s = self.stats
         g = GaugeMetricFamily(
             "gateway_cluster_workers",
             "Worker processes by state (serving: synced and listening; starting: not yet).",
             labels=["state"],
         )
-        g.add_metric(["serving"], c.serving)
-        g.add_metric(["starting"], len(c.slots) - c.serving)
+        serving = s.serving()
+        g.add_metric(["serving"], serving)
+        g.add_metric(["starting"], s.workers - serving)
         yield g
         r = CounterMetricFamily(
             "gateway_cluster_worker_restarts",
@@ -47,7 +59,7 @@ class ClusterCollector(Collector):
         yield GaugeMetricFamily(
             "gateway_cluster_channel_queued_bytes",
             "Bytes queued for the worker furthest behind (capped by worker_channel_bytes).",
-            value=c.queued_bytes(),
+            value=s.queued_bytes(),
         )
         yield CounterMetricFamily(
             "gateway_cluster_stream_bytes",

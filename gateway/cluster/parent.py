@@ -39,7 +39,7 @@ import pickle
 import signal
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import orjson
@@ -61,6 +61,7 @@ from ..persist import Loaded, Persister
 from ..serve.admission import accept_loop, listen
 from ..serve.sockio import close_socket
 from .channel import ChannelError, Kind, Outbox, Reader
+from .metrics import ClusterCollector, ClusterStats
 from .worker import WorkerSetup
 
 __all__ = ["Cluster", "serve_cluster"]
@@ -71,7 +72,6 @@ BATCH: Final = 1000  # topic records per message
 MIN_BACKOFF_S: Final = 0.5
 MAX_BACKOFF_S: Final = 10.0
 HEALTHY_S: Final = 30.0  # a worker that served this long restarts without backoff
-RESTART_REASONS: Final = ("exited", "overflow")
 STARTUP_S: Final = 30.0  # from the start of a worker process to its HELLO
 
 
@@ -88,22 +88,13 @@ class Slot:
     overflowed: bool = False  # the current process was killed for falling behind
 
 
-@dataclass
-class ClusterStats:
-    restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESTART_REASONS, 0))
-    batches: int = 0
-    records: int = 0
-    stream_bytes: int = 0  # change stream bytes encoded (once for every worker)
-    sync_bytes: int = 0  # full-sync bytes (per worker started)
-
-
 class Cluster:
     def __init__(self, gw: Gateway, workers: int, port: int, log_level: str) -> None:
         self.gw = gw
         self.port = port
         self.log_level = log_level
         self.slots = [Slot(i) for i in range(workers)]
-        self.stats = ClusterStats()
+        self.stats = ClusterStats(workers, lambda: self.serving, self.queued_bytes)
         self.stopping = False
         self._procs: dict[int, trio.Process] = {}
         sc = gw.cfg.server
@@ -311,6 +302,7 @@ class Cluster:
             req["name"], None if grants is None else tuple(grants), None, req["can_ack"]
         )
         reply = self.gw.insight.ack_alarm(identity, AckAlarm(req["id"], tuple(req["alarms"])))
+        assert reply is not None  # decided here: the parent forwards nothing
         if isinstance(reply, Error):
             answer = {"rid": req["rid"], "ok": False, "code": reply.code, "message": reply.message}
         else:
@@ -384,9 +376,7 @@ async def serve_cluster(
     gw.server.ports = (reserved.getsockname()[1], admin.getsockname()[1])
     cluster = Cluster(gw, sc.workers, gw.port, log_level)
     gw.server.ready_checks["workers"] = cluster.ready
-    from .metrics import ClusterCollector
-
-    gw.metrics.registry.register(ClusterCollector(cluster))
+    gw.metrics.registry.register(ClusterCollector(cluster.stats))
     stop = trio.Event()
     try:
         async with trio.open_nursery() as nursery:

@@ -29,7 +29,6 @@ import pickle
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -41,9 +40,10 @@ from ..auth import Identity
 from ..config import Config
 from ..core.alarms import ALARM_PREFIX
 from ..core.history import HistoryMismatch
-from ..core.protocol import Ack, AckAlarm, Error
+from ..core.protocol import Ack, AckAlarm, Error, encode
 from ..core.snapshotfile import decode_records
 from ..memory import tune_malloc
+from ..serve.insight import Later
 from .channel import HEAD, Kind, Outbox, Reader
 
 __all__ = ["ACK_TIMEOUT_S", "WorkerSetup", "main"]
@@ -73,7 +73,7 @@ class Replica:
         self.serving = False
         self._history: list[bytes] | None = []  # chunks until HISTORY_END
         self._ids = itertools.count(1)
-        self.pending: dict[int, tuple[Callable[[Ack | Error], None], str, float]] = {}
+        self.pending: dict[int, tuple[Later, str, float]] = {}
 
     def ready(self) -> tuple[bool, str]:
         return self.serving, "synced with the parent" if self.serving else "syncing"
@@ -155,11 +155,9 @@ class Replica:
 
     # -- ack_alarm, decided by the parent ---------------------------------------------
 
-    def forward_ack(
-        self, identity: Identity, msg: AckAlarm, answer: Callable[[Ack | Error], None]
-    ) -> None:
+    def forward_ack(self, identity: Identity, msg: AckAlarm, later: Later) -> None:
         if len(self.pending) >= MAX_PENDING_ACKS:
-            answer(Error("unavailable", "too many acknowledgements waiting; retry", msg.id))
+            _answer(later, Error("unavailable", "too many acknowledgements waiting; retry", msg.id))
             return
         rid = next(self._ids)
         request = {
@@ -171,29 +169,37 @@ class Replica:
             "alarms": msg.alarms,
         }
         if not self.out.push(Kind.ACK, orjson.dumps(request)):
-            answer(Error("unavailable", "the alarm engine is not reachable; retry", msg.id))
+            _answer(later, Error("unavailable", "the alarm engine is not reachable; retry", msg.id))
             return
-        self.pending[rid] = (answer, msg.id, trio.current_time() + ACK_TIMEOUT_S)
+        self.pending[rid] = (later, msg.id, trio.current_time() + ACK_TIMEOUT_S)
 
     def _ack_reply(self, payload: bytes) -> None:
         reply = orjson.loads(payload)
         entry = self.pending.pop(reply["rid"], None)
         if entry is None:
             return  # answered 'unavailable' already
-        answer, ref, _ = entry
+        later, ref, _ = entry
         if reply["ok"]:
-            answer(Ack("ack_alarm", ref, alarms=tuple(reply["alarms"])))
+            _answer(later, Ack("ack_alarm", ref, alarms=tuple(reply["alarms"])))
         else:
-            answer(Error(reply["code"], reply["message"], ref))
+            _answer(later, Error(reply["code"], reply["message"], ref))
 
     async def expire_acks(self) -> None:
         while True:
             await trio.sleep(ACK_TIMEOUT_S / 5)
             now = trio.current_time()
-            for rid, (answer, ref, deadline) in list(self.pending.items()):
+            for rid, (later, ref, deadline) in list(self.pending.items()):
                 if deadline < now:
                     del self.pending[rid]
-                    answer(Error("unavailable", "the alarm engine did not answer; retry", ref))
+                    _answer(
+                        later, Error("unavailable", "the alarm engine did not answer; retry", ref)
+                    )
+
+
+def _answer(later: Later, reply: Ack | Error) -> None:
+    write, life = later
+    if not life.ending:  # nothing after a close frame; a stream gone writes nothing
+        write(encode(reply))
 
 
 async def run(sock: socket.socket) -> int:

@@ -330,7 +330,7 @@ class WsSession(StreamSession):
         if sub is None:
             raise ProtocolError("unauthorized", "send 'auth' with a token first")
         hub = ctx.hub
-        reply: Ack | Error
+        reply: Ack | Error | None
         if isinstance(msg, Subscribe):
             reply = hub.subscribe(sub, msg)
         elif isinstance(msg, Unsubscribe):
@@ -338,16 +338,14 @@ class WsSession(StreamSession):
         elif isinstance(msg, Resume):
             reply = hub.resume(sub, msg)
         elif isinstance(msg, AckAlarm) and ctx.insight is not None and self.identity is not None:
-            if ctx.insight.forward_ack is not None:  # a worker: the parent decides
-                ctx.insight.forward_ack(self.identity, msg, self._answer)
-                return
-            reply = ctx.insight.ack_alarm(self.identity, msg)
+            reply = ctx.insight.ack_alarm(self.identity, msg, (self._write_text, self.life))
         elif isinstance(msg, AckAlarm):
             reply = Error("unknown_alarm", "this gateway has no alarms", msg.id)
         else:  # pragma: no cover - the decode table has no other types
             raise ProtocolError("unknown_type", "unexpected message")
-        if isinstance(reply, Error):
-            self._error(reply.code, reply.message, reply.ref)
+        if not isinstance(reply, Ack):  # an error, or None: forwarded, answered later
+            if reply is not None:
+                self._error(reply.code, reply.message, reply.ref)
             return
         self._send_control(reply)
         if (
@@ -362,15 +360,6 @@ class WsSession(StreamSession):
             self._nursery.start_soon(self._send_history, msg)
             return
         self.pump()
-
-    def _answer(self, reply: Ack | Error) -> None:
-        """A forwarded request's answer, whenever it comes (if still open)."""
-        if self.closing or self.sub is None:
-            return
-        if isinstance(reply, Error):
-            self._error(reply.code, reply.message, reply.ref)
-        else:
-            self._send_control(reply)
 
     async def _send_history(self, msg: Subscribe) -> None:
         """The subscription's history, one topic per checkpoint, then the live state."""

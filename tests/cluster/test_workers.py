@@ -20,7 +20,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from gateway.core.protocol import Ack, Welcome, decode_server
+from gateway.core.protocol import Ack, Error, Welcome, decode_server
 from gateway.core.state import Delta, Snapshot
 from gateway.looplag import from_metrics
 from tests.broker import free_port
@@ -195,6 +195,12 @@ async def test_two_workers_one_port_one_epoch_resume_across_and_restart(tmp_path
                 (answer,) = await receive(ws)
         assert isinstance(answer, Ack) and answer.op == "ack_alarm", answer
         assert answer.alarms == (alarm,)
+        async with screen(c.port) as (ws, _):  # a refusal comes back the same way
+            await send(ws, {"type": "ack_alarm", "id": "a2", "alarms": ["$alarms/warm/none"]})
+            with trio.fail_after(10):
+                (refusal,) = await receive(ws)
+        assert isinstance(refusal, Error) and refusal.code == "unknown_alarm", refusal
+        assert refusal.ref == "a2"
 
         # a killed worker: the port stays served, the worker comes back, resynced
         pids = await c.all_serving()
