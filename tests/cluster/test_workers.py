@@ -232,10 +232,12 @@ async def test_two_workers_one_port_one_epoch_resume_across_and_restart(tmp_path
         assert exported == cluster_rows  # docs/metrics.md lists the labels exported
         lag = from_metrics(parent)
         assert lag.max < 0.5, lag  # the parent's loop: ingest, replication, no stalls
-        # each worker serves its own /metrics on its admin port
+        # each worker serves its own /metrics on its admin port; no loop stalled
         for _, _, admin in (await c.workers()).values():
             assert admin is not None
-            assert "gateway_websocket_connections" in await c.metrics(admin)
+            text = await c.metrics(admin)
+            assert "gateway_websocket_connections" in text
+            assert from_metrics(text).max < 0.5
 
         # SIGTERM: every worker stops, then the parent, exit 0
         c.proc.send_signal(signal.SIGTERM)
@@ -283,3 +285,26 @@ async def test_a_worker_that_cannot_keep_up_is_restarted_not_buffered(tmp_path: 
         )
         assert m and float(m.group(1)) >= 1
         assert from_metrics(parent).max < 0.5
+
+
+async def test_the_parent_keeps_the_epoch_over_a_graceful_restart(tmp_path: Path) -> None:
+    """SIGTERM: the workers close their screens, then the parent writes its final
+    checkpoint; the next start (workers again) serves the same epoch and seqs."""
+    env = {"GATEWAY_PERSIST_STATE_DIR": str(tmp_path / "state")}
+    async with cluster(tmp_path, "--simulate", "20", **env) as c:
+        epoch = c.epoch
+        async with screen(c.port) as (ws, welcome):
+            assert welcome.epoch == epoch
+        c.proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await c.proc.wait() == 0
+        assert "final checkpoint" in c.text()
+    async with cluster(tmp_path, **env) as c:
+        assert c.epoch == epoch
+        async with screen(c.port) as (ws, welcome):
+            assert welcome.epoch == epoch
+            await send(ws, {"type": "subscribe", "id": "s", "filters": ["#"]})
+            topics = set()
+            with trio.fail_after(10):
+                while len(topics) < 20:  # the restored state, with no device running
+                    topics |= {m.topic for m in await receive(ws) if isinstance(m, Snapshot)}
