@@ -32,6 +32,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -213,8 +214,13 @@ class Cluster:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_end_when_exited, proc, nursery.cancel_scope)
-                with trio.move_on_after(STARTUP_S):
-                    hello = await reader.receive()  # the worker has its modules loaded
+                hello = None
+                # HELLO: the worker has its modules loaded (an error: it is not starting)
+                with (
+                    trio.move_on_after(STARTUP_S),
+                    contextlib.suppress(trio.BrokenResourceError, ChannelError),
+                ):
+                    hello = await reader.receive()
                 if hello is not None and hello[0] is Kind.HELLO:
                     nursery.start_soon(out.run, stream)
                     nursery.start_soon(self._read, slot, reader, out)
@@ -228,9 +234,9 @@ class Cluster:
             slot.out = None
             slot.serving = False
             slot.admin_port = None
-            await stream.aclose()
             if proc.returncode is None:  # cancelled (shutdown went over time)
                 proc.kill()
+            await stream.aclose()
         return proc.returncode
 
     async def _sync(self, slot: Slot, out: Outbox) -> None:
