@@ -94,12 +94,23 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
     return next(le for le, n in diff if n >= q * total)
 
 
-async def serving(proc: trio.Process, admin: int, workers: int) -> dict[str, Any]:
-    """Wait until ready; the processes: {"ingest": pid or None, "serve": [(pid, admin)]}."""
+def text(log: Path) -> str:
+    return log.read_text()
+
+
+async def serving(proc: trio.Process, log: Path, workers: int) -> dict[str, Any]:
+    """Wait until ready; the processes: {"ingest": pid or None, "serve": [(pid, admin)]}.
+    Every admin port is a free one (admin port 0): the parent's is in its log."""
+    with trio.fail_after(60):
+        while not (m := re.search(r"admin on http://127\.0\.0\.1:(\d+)/", text(log))):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the gateway exited: {text(log)[-2000:]}")
+            await trio.sleep(0.1)
+    admin = int(m.group(1))
     with trio.fail_after(60):
         while True:
             if proc.poll() is not None:
-                raise RuntimeError("the gateway exited")
+                raise RuntimeError(f"the gateway exited: {text(log)[-2000:]}")
             try:
                 status, _ = await http_get(admin, "/readyz")
             except OSError:
@@ -153,19 +164,17 @@ class Screens:
 async def run_one(
     workers: int, screens: int, devices: int, seconds: float, logdir: Path
 ) -> dict[str, Any]:
-    port = admin = free_port()
-    while abs(admin - port) <= workers + 1:  # workers' admin ports: admin + 1 + i
-        admin = free_port()
+    port = free_port()
     log = logdir / f"gateway-w{workers}-s{screens}.log"
     with log.open("wb") as out:
         proc = await trio.lowlevel.open_process(
             [sys.executable, "-m", "gateway", "run", "--workers", str(workers),
-             "--simulate", str(devices), "--port", str(port), "--admin-port", str(admin),
+             "--simulate", str(devices), "--port", str(port), "--admin-port", "0",
              "--status-interval", "0"],
             stdout=out, stderr=out, cwd=ROOT,
         )  # fmt: skip
     try:
-        procs = await serving(proc, admin, workers)
+        procs = await serving(proc, log, workers)
         clients = Screens()
         async with trio.open_nursery() as nursery:
             for i in range(screens):
