@@ -61,6 +61,7 @@ bench: $(BENCH_STAMP) $(NPM_STAMP) ## run the benchmarks and rewrite docs/benchm
 	$(BIN)/python bench/history_bench.py --write
 	$(BIN)/python bench/hub_stalls_bench.py --json bench/results/hub_stalls_latest.json
 	$(BIN)/python bench/walls_bench.py
+	$(BIN)/python bench/workers_bench.py
 
 bench-quick: $(BENCH_STAMP) $(NPM_STAMP) ## a reduced benchmark run, under 3 minutes (no docs rewrite)
 	@scripts/system-deps.sh bench

@@ -30,7 +30,9 @@ RUN_HELP = """\
 Run the gateway: WebSocket at /ws, dashboard at /, REST at /api/topics and
 /api/snapshot, health at /healthz and /readyz on the public port; /metrics on the
 admin port. Settings come from defaults < --config FILE < GATEWAY_<SECTION>_<KEY>
-environment variables < these flags. See docs/operations.md for every key.
+environment variables < these flags. See docs/operations.md for every key. With
+--workers N the parent keeps the ingest and the admin port and N worker processes
+serve the public port (docs/deployment.md, "Every core").
 """
 
 TAIL_HELP = """\
@@ -83,6 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--dashboard-dir", metavar="DIR", help="serve the dashboard from DIR")
     run.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="serve screens from N processes on one port (SO_REUSEPORT), fed by one ingest "
+        "in the parent process: same epoch and seqs everywhere, so a screen resumes on any "
+        "worker; worker i has its own /metrics on admin port + 1 + i (default 1: one "
+        "process; docs/deployment.md)",
+    )
+    run.add_argument(
         "--status-interval",
         type=float,
         metavar="S",
@@ -133,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     server: dict[str, Any] = {}
-    for key in ("host", "port", "admin_host", "admin_port", "dashboard_dir"):
+    for key in ("host", "port", "admin_host", "admin_port", "dashboard_dir", "workers"):
         value = getattr(args, key)
         if value is not None:
             server[key] = value
@@ -207,10 +218,15 @@ def _user_error(exc: BaseException) -> str | None:
 
 
 async def _serve_with_status(
-    cfg: Config, interval_s: float, handler: StatusLogHandler | None
+    cfg: Config, interval_s: float, handler: StatusLogHandler | None, log_level: str = "info"
 ) -> str:
     from .app import serve
     from .status import StatusReporter
+
+    if cfg.server.workers > 1:
+        from .cluster.parent import serve_cluster
+
+        serve = functools.partial(serve_cluster, log_level=log_level)
 
     reporter = StatusReporter(handler, interval_s)
     gw: Gateway | None = None
@@ -260,7 +276,9 @@ def _run(args: argparse.Namespace) -> int:
         for line in mqtt_mapping(cfg):
             log.info("%s", line)
     try:
-        summary = trio.run(functools.partial(_serve_with_status, cfg, interval, handler))
+        summary = trio.run(
+            functools.partial(_serve_with_status, cfg, interval, handler, args.log_level)
+        )
     except BaseException as exc:
         if handler is not None:
             handler.finish()

@@ -77,7 +77,7 @@ class Gateway:
         return self.server.ports[1]
 
 
-def build(cfg: Config, *, epoch: str | None = None) -> Gateway:
+def build(cfg: Config, *, epoch: str | None = None, worker: int | None = None) -> Gateway:
     """Every part, wired, with nothing started (call inside ``trio.run``)."""
     st = cfg.state
     bands: dict[str, dict[str, Deadband]] = {}
@@ -120,7 +120,14 @@ def build(cfg: Config, *, epoch: str | None = None) -> Gateway:
     metrics = Metrics()
     insight = Insight(store, meta, history, alarms, clock.wall)
     server = Server(
-        cfg, store, hub, Authenticator(cfg.auth), clock, metrics=metrics, insight=insight
+        cfg,
+        store,
+        hub,
+        Authenticator(cfg.auth),
+        clock,
+        metrics=metrics,
+        insight=insight,
+        worker=worker,
     )
     looplag = LoopLag(sc.loop_lag_interval_s)
     gw = Gateway(cfg, clock, store, hub, server, metrics, looplag, insight)

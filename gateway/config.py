@@ -129,9 +129,19 @@ class ServerConfig:
     #: the dashboard's Content-Security-Policy frame-ancestors ("'none'": no embedding;
     #: e.g. "'self' https://portal.example.com" for a wall that embeds it)
     frame_ancestors: str = "'none'"
+    #: processes serving screens on the public port (SO_REUSEPORT), fed by one ingest
+    #: in the parent process (gateway/cluster, docs/deployment.md); 1: one process
+    workers: int = 1
+    #: bytes of replicated changes queued for one worker; a worker that falls this far
+    #: behind is restarted (and resynced) rather than letting the parent's memory grow
+    worker_channel_bytes: int = 64 << 20
 
     def validate(self) -> None:
         """Checks of this section alone (``ConfigError`` names the key)."""
+        if not 1 <= self.workers <= 256:
+            raise ConfigError("server.workers: must be 1 (one process) to 256")
+        if self.worker_channel_bytes < 1 << 20:
+            raise ConfigError("server.worker_channel_bytes: must be at least 1 MiB (1048576)")
         for key in ("port", "admin_port"):
             if not 0 <= getattr(self, key) <= 65535:
                 raise ConfigError(f"server.{key}: must be 0 (any free port) to 65535")

@@ -424,6 +424,25 @@ class AlarmEngine:
             self._open[st.topic] = alarm
         return "adopted"
 
+    def mirror(self, st: TopicState, now: float) -> str:
+        """A replica's engine (gateway/cluster) follows the authority's alarm topic
+        ``st``, for ``/api/alarms``; it never evaluates rules nor writes."""
+        self._alarms.pop(st.topic, None)
+        self._open.pop(st.topic, None)
+        f = st.fields
+        name = st.topic[len(ALARM_PREFIX) :].partition("/")[0]
+        device = device_of(st.topic)
+        if (
+            f.get("state") not in STATES
+            or device is None
+            or not any(
+                r.name == name and r.condition == f.get("condition") and matches(r.filter, device)
+                for r in self.rules
+            )
+        ):
+            return "ignored"  # adopt() would clear it: only the authority writes
+        return self.adopt(st, now)
+
     # -- acknowledgement -----------------------------------------------------------
 
     def ack(

@@ -184,6 +184,17 @@ class History:
             if version == seq:
                 self._add(st.topic, name, fields[name], bucket)
 
+    def observe_since(self, st: TopicState, base: int, now: float) -> None:
+        """Record the fields changed in ``st`` after ``base`` (a replica sees the
+        authority's changes coalesced: every field changed since the seq it held)."""
+        if not self.config.enabled or st.topic[:1] == "$":
+            return
+        bucket = math.floor(now / self.config.resolution_s)
+        fields = st.fields
+        for name, version in st.versions.items():
+            if version > base:
+                self._add(st.topic, name, fields[name], bucket)
+
     def _add(self, topic: str, name: str, value: Any, bucket: int) -> None:
         t = type(value)
         if t is not float and t is not int:

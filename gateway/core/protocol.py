@@ -84,6 +84,7 @@ ERROR_CODES: Final[Mapping[str, str]] = {
     "too_soon": "a wall report came sooner than the minimum report interval",
     "too_many_walls": "the gateway's wall registry is full",
     "unknown_action": "no action with this id was sent to this wall",
+    "unavailable": "the gateway could not decide in time (retry with the same id)",
 }
 
 #: WebSocket close codes the gateway uses (the table: gateway/core/disconnect.py).
@@ -425,6 +426,8 @@ class Welcome:
     protocol: int = PROTOCOL_VERSION
     meta: Mapping[str, JsonValue] | None = None  # {"url": "/api/meta", "version": ...}
     protocol_minor: int = PROTOCOL_MINOR
+    #: informational: which worker process answered (``gateway run --workers N``)
+    worker: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -577,6 +580,7 @@ def _server_obj(obj: Any) -> ServerMessage:
                 int(obj["protocol"]),
                 obj.get("meta"),
                 int(obj.get("protocol_minor", 0)),
+                obj.get("worker"),
             )
         if kind == "ack":
             filters = obj.get("filters")

@@ -497,6 +497,41 @@ class StateStore:
         self.stats.stale_marked += 1
         return True
 
+    def apply_replica(self, rec: TopicState) -> int | None:
+        """Adopt the authority's state of one topic (a replica store: gateway/cluster).
+
+        A replica never decides anything itself: ``rec`` is the authority's whole
+        record (seq, fields, versions, tombstones, floor, presence, staleness, gseq),
+        and the replica takes it as is, so a client's ``(epoch, topic, seq)`` names
+        the same state in every replica and deltas from any of them apply. Records of
+        a topic arrive in seq order or out of it (a full sync interleaved with the
+        change stream): one the replica holds already, or an older one, is ignored.
+        Returns the seq the replica held before (0 for a new topic), or None if
+        ``rec`` was ignored. The stale sweep has nothing to do on a replica (no
+        deadline is armed here), and ``on_accept`` is not called: the caller knows
+        which fields changed since the returned seq. The staleness bookkeeping
+        (``seen_at``, ``report_at``, ``interval``) is the authority's as of the
+        topic's last change: messages that change nothing are not replicated.
+        """
+        st = self._topics.get(rec.topic)
+        if st is None:
+            prev = 0
+            self._topics[rec.topic] = st = rec
+            self.tree.add(rec.topic)
+        elif rec.seq <= st.seq:
+            return None
+        else:
+            prev = st.seq
+            for name in TopicState.__slots__:
+                setattr(st, name, getattr(rec, name))
+        if rec.gseq > self.changes:
+            self.changes = rec.gseq
+        self.stats.changes += 1
+        if not self._changed and self.on_change is not None:
+            self.on_change()
+        self._changed[st.topic] = None
+        return prev
+
     def _remove(self, st: TopicState, name: str, seq: int) -> None:
         del st.fields[name]
         del st.versions[name]

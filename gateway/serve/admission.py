@@ -29,10 +29,14 @@ __all__ = ["Admission", "accept_loop", "forwarded_for", "listen"]
 _T = TypeVar("_T")
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket; ``reuse_port``: one of several processes sharing the port
+    (SO_REUSEPORT: the kernel spreads new connections over them, gateway/cluster)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as err:

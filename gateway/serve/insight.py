@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import orjson
 import trio
@@ -34,12 +34,17 @@ from ..core.meta import Meta
 from ..core.protocol import Ack, AckAlarm, Error, Subscribe
 from ..core.state import StateStore
 from ..core.topics import TopicError, matches, validate_topic
+from .lifecycle import Lifecycle
 
 __all__ = ["HISTORY_BUDGET_BYTES", "Insight"]
 
 audit = logging.getLogger("gateway.audit")
 
 HISTORY_BUDGET_BYTES: Final = 2 << 20
+
+#: how a reply goes out later: a text frame writer, and the stream's lifecycle (nothing
+#: is written once it is ending)
+Later: TypeAlias = tuple[Callable[[bytes], None], Lifecycle]
 
 
 def _visible(grants: tuple[str, ...] | None) -> Callable[[str], bool]:
@@ -55,6 +60,9 @@ class Insight:
     history: History
     alarms: AlarmEngine
     wall: Callable[[], float]
+    #: set in a worker of `gateway run --workers N`: ack_alarm goes to the parent's
+    #: alarm engine, and its answer is written later (gateway/cluster/worker.py)
+    forward_ack: Callable[[Identity, AckAlarm, Later], None] | None = None
 
     @property
     def welcome(self) -> dict[str, Any]:
@@ -62,7 +70,15 @@ class Insight:
 
     # -- the ack_alarm message ---------------------------------------------------------
 
-    def ack_alarm(self, identity: Identity, msg: AckAlarm) -> Ack | Error:
+    def ack_alarm(
+        self, identity: Identity, msg: AckAlarm, later: Later | None = None
+    ) -> Ack | Error | None:
+        """The answer; None if it was forwarded (a worker): then it is written with
+        ``later`` (a text frame writer, and the stream's lifecycle) when the parent
+        answers. A forwarded refusal is not counted as a protocol error."""
+        if self.forward_ack is not None and later is not None:
+            self.forward_ack(identity, msg, later)
+            return None
         now = self.wall()
         if not identity.can_ack:
             audit.info(

@@ -70,6 +70,7 @@ class Server:
         *,
         metrics: Metrics | None = None,
         insight: Insight | None = None,
+        worker: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.insight = insight  # alarms, metadata, history (insight.py)
@@ -81,6 +82,7 @@ class Server:
         self.log = RateLimitedLog(log)
         self.metrics = metrics
         self.ports: tuple[int, int] | None = None
+        self.reuse_port = False  # a worker of `gateway run --workers N` (gateway/cluster)
         sc = cfg.server
         self.welcome_limits = {
             "max_message_bytes": sc.max_message_bytes,
@@ -132,6 +134,7 @@ class Server:
             detach=self.walls.wrap_detach(self.fanout.detach),
             insight=insight,
             walls=self.walls,
+            worker=worker,
         )
         self.handler = Connections(
             cfg, self.stats, self.admission, self.routes, self.fanout, self.session_ctx
@@ -166,7 +169,7 @@ class Server:
         self, *, task_status: trio.TaskStatus[tuple[int, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         sc = self.cfg.server
-        public = listen(sc.host, sc.port)
+        public = listen(sc.host, sc.port, reuse_port=self.reuse_port)
         admin = listen(sc.admin_host, sc.admin_port)
         self.ports = (public.getsockname()[1], admin.getsockname()[1])
         try:

@@ -19,7 +19,7 @@ from ..clock import Clock
 from ..config import ServerConfig
 from ..core.disconnect import Disconnect
 from ..core.hub import Hub, Subscriber
-from ..core.protocol import ClientMessage
+from ..core.protocol import ClientMessage, Welcome
 from ..core.state import JsonValue, StateStore
 from ..log import RateLimitedLog
 from .insight import Insight
@@ -65,6 +65,20 @@ class SessionContext:
     insight: Insight | None = None
     #: wall reports and actions (walls.py): ``report``/``action_ack``, ``/sse?wall=``
     walls: WallHook | None = None
+    #: the worker process serving this session (``welcome.worker``), with --workers N
+    worker: int | None = None
+
+    def welcome(self, auth_required: bool) -> Welcome:
+        """The first message of every session, WebSocket or SSE."""
+        return Welcome(
+            self.store.epoch,
+            self.clock.wall(),
+            self.cfg.heartbeat_s,
+            auth_required,
+            self.welcome_limits,
+            meta=self.insight.welcome if self.insight is not None else None,
+            worker=self.worker,
+        )
 
 
 class StreamSession:

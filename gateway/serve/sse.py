@@ -30,7 +30,7 @@ import trio
 from ..auth import Identity
 from ..core import disconnect as dc
 from ..core.disconnect import Disconnect
-from ..core.protocol import WALL_NAME_CHARS, Pong, Resume, Subscribe, Welcome, encode
+from ..core.protocol import WALL_NAME_CHARS, Pong, Resume, Subscribe, encode
 from ..core.topics import TopicError, matches, validate_filter
 from .http import HttpError
 from .session import SessionContext, StreamSession
@@ -144,14 +144,7 @@ class SseSession(StreamSession):
         ctx = self.ctx
         hub = ctx.hub
         sub = self.sub = hub.connect(self.identity.grants)
-        welcome = Welcome(
-            ctx.store.epoch,
-            ctx.clock.wall(),
-            ctx.cfg.heartbeat_s,
-            False,
-            ctx.welcome_limits,
-            meta=ctx.insight.welcome if ctx.insight is not None else None,
-        )
+        welcome = ctx.welcome(False)
         events = [HEAD, self._event(encode(welcome))]
         positions = self._resume_positions()
         if positions:

@@ -105,16 +105,7 @@ class WsSession(StreamSession):
                         if self.identity is not None:
                             self.sub = ctx.hub.connect(self.identity.grants)
                             ctx.attach(self)
-                        self._send_control(
-                            Welcome(
-                                ctx.store.epoch,
-                                ctx.clock.wall(),
-                                ctx.cfg.heartbeat_s,
-                                self.identity is None,
-                                ctx.welcome_limits,
-                                meta=ctx.insight.welcome if ctx.insight is not None else None,
-                            )
-                        )
+                        self._send_control(ctx.welcome(self.identity is None))
                     with self._read_scope:
                         if self._trailing:
                             self._receive(self._trailing)
@@ -331,7 +322,7 @@ class WsSession(StreamSession):
         if ctx.walls is not None and ctx.walls.receive(self, msg):
             return  # a wall's report or action_ack (walls.py): no answer
         hub = ctx.hub
-        reply: Ack | Error
+        reply: Ack | Error | None
         if isinstance(msg, Subscribe):
             reply = hub.subscribe(sub, msg)
         elif isinstance(msg, Unsubscribe):
@@ -339,13 +330,14 @@ class WsSession(StreamSession):
         elif isinstance(msg, Resume):
             reply = hub.resume(sub, msg)
         elif isinstance(msg, AckAlarm) and ctx.insight is not None and self.identity is not None:
-            reply = ctx.insight.ack_alarm(self.identity, msg)
+            reply = ctx.insight.ack_alarm(self.identity, msg, (self._write_text, self.life))
         elif isinstance(msg, AckAlarm):
             reply = Error("unknown_alarm", "this gateway has no alarms", msg.id)
         else:  # pragma: no cover - the decode table has no other types
             raise ProtocolError("unknown_type", "unexpected message")
-        if isinstance(reply, Error):
-            self._error(reply.code, reply.message, reply.ref)
+        if not isinstance(reply, Ack):  # an error, or None: forwarded, answered later
+            if reply is not None:
+                self._error(reply.code, reply.message, reply.ref)
             return
         self._send_control(reply)
         if (
