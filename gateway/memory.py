@@ -1,23 +1,36 @@
-"""glibc malloc settings for a long-running fan-out server.
+"""Memory settings for a long-running fan-out server: glibc malloc and the cyclic GC.
 
-By default glibc raises its mmap threshold every time a large block is freed, so the
+**malloc.** By default glibc raises its mmap threshold every time a large block is freed, so the
 gateway's large and short-lived buffers (tick frames, join snapshots, socket reads)
 soon come from the heap instead of their own mappings, and the heap fragments: RSS
 crept up ~130 MiB an hour in the 10-minute soak while the Python heap (tracemalloc)
 stayed flat. Fixing the thresholds (the MALLOC_MMAP_THRESHOLD_ and
 MALLOC_TRIM_THRESHOLD_ environment variables, set from inside) keeps RSS flat: the
 same soak went from 78 to 82 MiB in its first minute and stayed there.
+
+**The cyclic garbage collector.** CPython's full (generation 2) collection walks every
+tracked container alive, so its pause grows with the state (topic states, chart
+series, connections): a wave of 2,000 screens joining on 10,000 topics triggered full
+collections of 0.4 to 0.66 s each. The gateway makes almost no cyclic garbage: topic
+states, groups and sessions are freed by reference counting (tests/test_memory.py
+connects and drops screens, abruptly and cleanly, and finds no cycle left behind).
+So :func:`tune_gc` freezes (``gc.freeze``) what survived start-up, and again after
+every full collection: a full collection then walks only what became long-lived
+since the previous one, and every object is walked at most once by each generation.
+The price: an object frozen while alive that later becomes part of a reference cycle
+is freed only when the process ends; none of the lifecycles tested makes one.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import sys
 
-__all__ = ["tune_malloc"]
+__all__ = ["tune_gc", "tune_malloc"]
 
 log = logging.getLogger("gateway")
 
@@ -51,3 +64,15 @@ def tune_malloc() -> bool:
     if not ok:
         log.info("glibc malloc thresholds could not be set; RSS may creep with fragmentation")
     return ok
+
+
+def _freeze_after_full(phase: str, info: dict[str, int]) -> None:
+    if phase == "stop" and info["generation"] == 2:
+        gc.freeze()  # the survivors are long-lived: no later collection walks them
+
+
+def tune_gc() -> None:
+    """Freeze what is alive now and after every full collection (once per process)."""
+    gc.freeze()
+    if _freeze_after_full not in gc.callbacks:
+        gc.callbacks.append(_freeze_after_full)
