@@ -32,7 +32,9 @@ SWEEP_INTERVAL_S = 0.5
 PUMP_BATCH = 200  # sessions pumped (or closed at shutdown) between two checkpoints
 PUMP_BYTES = 8 << 20  # or bytes written by them
 PUMP_SECONDS = 0.005  # or time spent on them
-SAMPLE_SLICE = 2000  # latency samples recorded between two checkpoints
+#: topics a tick whose latency is observed (evenly spread over the tick's topics): the
+#: two histograms cost ~1.5 us an observation, 0.15 core at 50,000 topic changes a second
+LATENCY_SAMPLES = 256
 
 
 class FanOut:
@@ -213,12 +215,15 @@ class FanOut:
         states = self.hub.tick_states
         if states:
             wall = self.clock.wall()
-            for i, st in enumerate(list(states.values()), 1):
+            sample = list(states.values())
+            if len(sample) > LATENCY_SAMPLES:
+                sample = sample[:: -(-len(sample) // LATENCY_SAMPLES)]
+            device, ingest = m.device_to_send.observe, m.ingest_to_send.observe
+            for st in sample:
                 if st.device_ts is not None:
-                    m.device_to_send.observe(max(0.0, wall - st.device_ts))
-                m.ingest_to_send.observe(max(0.0, wall - st.changed_at))
-                if i % SAMPLE_SLICE == 0:
-                    await trio.lowlevel.checkpoint()
+                    device(max(0.0, wall - st.device_ts))
+                ingest(max(0.0, wall - st.changed_at))
+        await trio.lowlevel.checkpoint()
 
     async def sweep_loop(self) -> None:
         while True:
