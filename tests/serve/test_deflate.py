@@ -15,7 +15,7 @@ import trio
 from gateway.app import Gateway
 from gateway.core.mirror import Mirror
 from gateway.core.protocol import decode_server
-from gateway.serve.deflate import negotiate
+from gateway.serve.deflate import deflate_frame, negotiate
 
 from .rawws import RawWs
 
@@ -152,3 +152,37 @@ async def test_compression_can_be_turned_off(gateway_factory: Callable[..., Any]
     ws = await RawWs.connect(gw.port, headers={"Sec-WebSocket-Extensions": CHROME})
     assert ws.status == 101 and "sec-websocket-extensions" not in ws.headers
     ws.close()
+
+
+def test_each_message_is_a_deflate_stream_of_its_own() -> None:
+    """The shared compressor carries nothing from one message to the next (the
+    server_no_context_takeover we negotiate): every frame inflates alone, to the same
+    bytes a fresh compressor gives, also when it repeats the previous message (which
+    a compressor keeping its window would send as a few bytes of back-reference) and
+    after a call that failed."""
+
+    def fresh(payload: bytes) -> bytes:
+        c = zlib.compressobj(1, zlib.DEFLATED, -15)
+        return (c.compress(payload) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+    def payload_of(frame: bytes) -> bytes:
+        assert frame[0] == 0xC1  # FIN, RSV1 (compressed), text
+        n, off = frame[1], 2
+        if n == 126:
+            n, off = int.from_bytes(frame[2:4], "big"), 4
+        elif n == 127:
+            n, off = int.from_bytes(frame[2:10], "big"), 10
+        assert len(frame) == off + n
+        return frame[off:]
+
+    state = orjson.dumps(
+        {"type": "batch", "items": [{"topic": f"a/{i}", "v": i} for i in range(99)]}
+    )
+    messages = [state, state, state[:300], b"x" * 70_000, state]
+    for msg in messages:
+        body = payload_of(deflate_frame(msg))
+        assert body == fresh(msg)
+        assert zlib.decompressobj(-15).decompress(body + b"\x00\x00\xff\xff") == msg
+    with pytest.raises(TypeError):
+        deflate_frame("not bytes" * 40)  # type: ignore[arg-type]
+    assert payload_of(deflate_frame(state)) == fresh(state)
