@@ -81,3 +81,16 @@ async def test_screens_that_leave_leave_no_reference_cycle() -> None:
             gc.garbage.clear()
         gw.server.request_shutdown()
     assert ours == []
+
+
+def test_survivors_are_frozen_only_once_gc_is_tuned() -> None:
+    code = (
+        "import gc; from gateway.memory import GC_THRESHOLDS, freeze_survivors, tune_gc\n"
+        "t0 = gc.get_threshold(); before = freeze_survivors(); f0 = gc.get_freeze_count()\n"
+        "tune_gc(); a = gc.get_freeze_count(); keep = [[i] for i in range(3000)]\n"
+        "print(before, f0 == 0, freeze_survivors(), gc.get_freeze_count() - a >= 3000,"
+        " gc.get_threshold() == GC_THRESHOLDS != t0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # not tuned (a test, an embedding program): nothing frozen, the thresholds kept
+    assert out.stdout.split() == ["False", "True", "True", "True", "True"]

@@ -17,6 +17,7 @@ from ..core import disconnect as dc
 from ..core.hub import Hub
 from ..core.state import StateStore
 from ..log import RateLimitedLog
+from ..memory import freeze_survivors
 from ..metrics import Metrics
 from .deflate import deflate_frame
 from .lifecycle import ADMITTED, LifecycleError
@@ -249,3 +250,4 @@ class FanOut:
                 except Exception:
                     self._session_failed(session)
             self.store.sweep_stale(wall)
+            freeze_survivors()  # what lived half a second is long-lived (memory.py)
