@@ -60,6 +60,9 @@ class FanOut:
         self.metrics = metrics
         self._framed: dict[int, tuple[bytes, bytes]] = {}
         self._framed_z: dict[int, tuple[bytes, bytes]] = {}
+        #: large join snapshots, compressed between the tick's slices and kept while
+        #: the hub may hand them out (a group's join serves until its next tick)
+        self._join_z: dict[int, tuple[bytes, bytes]] = {}
         self._sse_events: dict[int, tuple[bytes, bytes]] = {}
         self.sessions: set[StreamSession] = set()  # every registered stream
         self._by_sub: dict[int, StreamSession] = {}  # attached ones, by subscriber id
@@ -126,6 +129,10 @@ class FanOut:
         frames are framed (and compressed) once per tick: the caches are keyed by the
         frame object and cleared every tick (and when large), so an id is never reused
         while its entry lives."""
+        if compressed:
+            entry = self._join_z.get(id(frame))
+            if entry is not None and entry[0] is frame:
+                return entry[1]
         cache = self._framed_z if compressed else self._framed
         entry = cache.get(id(frame))
         if entry is not None and entry[0] is frame:
@@ -182,12 +189,18 @@ class FanOut:
             self._framed.clear()
             self._framed_z.clear()
             self._sse_events.clear()
+            if self._join_z:  # keep the joins the hub may still hand out
+                live = {id(f) for frames in hub.live_joins() for f in frames}
+                self._join_z = {k: v for k, v in self._join_z.items() if k in live}
+            compress, warmed = self.cfg.compression, 0
             # bounded work between checkpoints: the hub yields after each slice of
             # its tick, and the woken sessions are pumped in batches
             # (in pumps, in bytes handed to the kernel, since join snapshots are large,
             # and in time, since a lagging screen's take coalesces up to 4 slices)
             stats = self.stats
             for woken in hub.tick_steps(start):
+                if compress and warmed < len(hub.tick_joins):
+                    warmed = await self._compress_joins(warmed)
                 pumped, sent, since = 0, stats.bytes_sent, trio.current_time()
                 for sub in woken:
                     session = by_sub.get(sub.id)
@@ -208,6 +221,20 @@ class FanOut:
             self.stats.ticks += 1
             if self.metrics is not None:
                 await self._observe_tick(start)
+
+    async def _compress_joins(self, done: int) -> int:
+        """Compress the large join snapshots the hub built since ``done``, one frame
+        per checkpoint, before the screens waiting on them are pumped: the first
+        screen's pump would otherwise compress a whole snapshot in one go (8.6 MB in
+        38 ms of CPU at 50,000 topics). Returns how many joins are done."""
+        joins = self.hub.tick_joins
+        while done < len(joins):
+            for frame in joins[done]:
+                if id(frame) not in self._join_z:
+                    self._join_z[id(frame)] = (frame, deflate_frame(frame))
+                    await trio.lowlevel.checkpoint()
+            done += 1
+        return done
 
     async def _observe_tick(self, start: float) -> None:
         m = self.metrics

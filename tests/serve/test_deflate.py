@@ -186,3 +186,57 @@ def test_each_message_is_a_deflate_stream_of_its_own() -> None:
     with pytest.raises(TypeError):
         deflate_frame("not bytes" * 40)  # type: ignore[arg-type]
     assert payload_of(deflate_frame(state)) == fresh(state)
+
+
+async def test_a_large_join_snapshot_is_compressed_between_slices_not_in_a_pump(
+    gateway_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join snapshot built over several slices (more topics than a slice) is
+    compressed by the tick loop a frame per checkpoint, before the screens are pumped:
+    no screen's pump compresses a large frame (at 50,000 topics that was 8.6 MB in one
+    go), every frame is compressed once, and every screen rebuilds the whole state."""
+    from gateway.serve import fanout
+    from gateway.serve.ws import WsSession
+
+    gw: Gateway = await gateway_factory(server={"max_frame_bytes": 32 * 1024})
+    for i in range(3000):  # three slices of the hub's 1,000
+        gw.store.apply(f"s/{i % 7}/d{i}", {"t": 20.0 + i, "mode": "run"}, gw.clock.wall())
+    in_pump = [False]
+    calls: list[tuple[int, bool, int]] = []
+    pump, deflate = WsSession.pump, fanout.deflate_frame
+
+    def watched_pump(self: WsSession, now: float | None = None) -> None:
+        in_pump[0] = True
+        try:
+            pump(self, now)
+        finally:
+            in_pump[0] = False
+
+    def watched_deflate(payload: bytes) -> bytes:
+        calls.append((len(payload), in_pump[0], zlib.crc32(payload)))
+        return deflate(payload)
+
+    monkeypatch.setattr(WsSession, "pump", watched_pump)
+    monkeypatch.setattr(fanout, "deflate_frame", watched_deflate)
+    screens = [
+        await RawWs.connect(gw.port, headers={"Sec-WebSocket-Extensions": CHROME}) for _ in range(3)
+    ]
+    for ws in screens:
+        await read_json(ws)  # welcome
+        await ws.send_json({"type": "subscribe", "id": "s", "filters": ["#"]})
+    with trio.fail_after(20):
+        for ws in screens:
+            mirror = Mirror()
+            mirror.set_epoch(gw.store.epoch)
+            while len(mirror.topics) < 3000:
+                opcode, payload = await ws.recv_frame()
+                assert opcode == 1
+                for msg in decode_server(inflate(payload) if ws.rsv1 else payload):
+                    if hasattr(msg, "seq"):
+                        mirror.apply(msg)  # type: ignore[arg-type]
+            assert mirror.topics["s/3/d10"].fields == {"t": 30.0, "mode": "run"}
+    large = [(inside, crc) for size, inside, crc in calls if size > 16 * 1024]
+    assert large and not any(inside for inside, _ in large)  # never inside a pump
+    assert len({crc for _, crc in large}) == len(large)  # each frame compressed once
+    for ws in screens:
+        ws.close()
