@@ -424,6 +424,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "window_s": round(m1 - m0, 1),
             "gateway_cpu_cores": round(cpu / (m1 - m0), 3),
             "frames": int(frames),
+            "ingest_per_s": round(
+                (
+                    metric(after, "gateway_ingest_messages_total")
+                    - metric(before, "gateway_ingest_messages_total")
+                )
+                / (m1 - m0)
+            ),
             "cpu_us_per_frame": round(cpu / frames * 1e6, 2) if frames else None,
             "sent_mib": round(sent / 2**20, 1),
             "loop_lag": from_metrics(after).minus(from_metrics(before)).summary(),

@@ -16,14 +16,17 @@ cyclic garbage to speak of: topic states, groups and sessions are freed by refer
 counting (tests/test_memory.py connects screens, drops them cleanly, abruptly and
 after a protocol error, and finds none of their objects left in a cycle; a join wave
 of 2,000 screens collected 0 objects in every generation). So once the gateway owns
-the process, :func:`tune_gc` makes the collector a young-objects-only one: what is
-alive is frozen (``gc.freeze``: no collection walks it again) at start-up, after
-every full collection, and by :func:`freeze_survivors`, which the sweep loop calls
-every 0.5 s; and a full collection waits for 100 younger ones instead of 10, so it
-normally finds nothing but the last half second's survivors. Cycles among young
-objects (an exception and its traceback) are still collected by generations 0 and 1.
-The price: an object frozen while alive that later becomes part of a reference cycle
-is freed only when the process ends; none of the lifecycles tested makes one.
+the process, :func:`tune_gc` makes the collector a young-objects-only one: what
+survives is frozen (``gc.freeze``: no collection walks it again) after every full
+collection, and :func:`freeze_survivors`, which the sweep loop calls every 0.5 s, runs
+one: it walks only what was made since the previous one (frozen objects are not
+walked), so it costs what the last half second allocated and kept. A freeze must
+follow a collection: ``gc.freeze`` moves dead cycles too, and some libraries make
+them at a steady rate (paho-mqtt's topic matcher, a recursive closure, makes one per
+received message: frozen uncollected, they would leak). Cycles among young objects
+are still collected by every generation. The price: an object frozen while alive
+that later becomes part of a reference cycle is freed only when the process ends;
+none of the lifecycles tested makes one.
 """
 
 from __future__ import annotations
@@ -78,23 +81,25 @@ def _freeze_after_full(phase: str, info: dict[str, int]) -> None:
 
 _gc_tuned = False
 #: generation thresholds once tuned: 700 allocations and 10 young collections as
-#: CPython's defaults, then 100 (not 10) generation-1 collections for a full one
+#: CPython's defaults, then 100 (not 10) generation-1 collections for a full one (the
+#: sweep runs one every 0.5 s anyway)
 GC_THRESHOLDS = (700, 10, 100)
 
 
 def tune_gc() -> None:
-    """Freeze what is alive now and after every full collection (once per process)."""
+    """Collect and freeze what is alive now, and after every full collection (once
+    per process)."""
     global _gc_tuned
-    gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    _gc_tuned = True
     if _freeze_after_full not in gc.callbacks:
         gc.callbacks.append(_freeze_after_full)
+    _gc_tuned = True
+    gc.collect()  # frees what is dead, then freezes (_freeze_after_full)
 
 
 def freeze_survivors() -> bool:
-    """After :func:`tune_gc` (else nothing): freeze what is alive now, so collections
-    walk only what was made since; True if it froze."""
+    """After :func:`tune_gc` (else nothing): a full collection, over what is not
+    frozen yet, whose survivors are frozen; True if it ran."""
     if _gc_tuned:
-        gc.freeze()
+        gc.collect()
     return _gc_tuned

@@ -83,6 +83,28 @@ async def test_screens_that_leave_leave_no_reference_cycle() -> None:
     assert ours == []
 
 
+def test_dead_cycles_are_collected_not_frozen() -> None:
+    """gc.freeze would keep dead cycles forever: every freeze follows a collection.
+    The cycles here are those paho-mqtt's topic matcher makes per message (a
+    recursive closure) and self-referencing containers."""
+    code = (
+        "import gc; from gateway.memory import freeze_survivors, tune_gc\n"
+        "class Mark: pass\n"
+        "def matcher():\n"
+        "    mark = Mark()\n"
+        "    def rec(n): return mark if n == 0 else rec(n - 1)\n"
+        "    return rec(3)\n"
+        "def dead():\n"
+        "    for _ in range(300):\n"
+        "        m = Mark(); m.me = m; matcher()\n"
+        "gc.disable(); dead(); tune_gc(); dead(); freeze_survivors()\n"
+        "gc.unfreeze(); gc.set_debug(gc.DEBUG_SAVEALL); gc.collect()\n"
+        "print(sum(type(o) is Mark for o in gc.garbage))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0"]
+
+
 def test_survivors_are_frozen_only_once_gc_is_tuned() -> None:
     code = (
         "import gc; from gateway.memory import GC_THRESHOLDS, freeze_survivors, tune_gc\n"
