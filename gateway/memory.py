@@ -1,7 +1,7 @@
 """Memory settings for a long-running fan-out server: glibc malloc and the cyclic GC.
 
-**malloc.** By default glibc raises its mmap threshold every time a large block is freed, so the
-gateway's large and short-lived buffers (tick frames, join snapshots, socket reads)
+**malloc.** By default glibc raises its mmap threshold every time a large block is
+freed, so the gateway's large and short-lived buffers (tick frames, join snapshots, socket reads)
 soon come from the heap instead of their own mappings, and the heap fragments: RSS
 crept up ~130 MiB an hour in the 10-minute soak while the Python heap (tracemalloc)
 stayed flat. Fixing the thresholds (the MALLOC_MMAP_THRESHOLD_ and
@@ -11,8 +11,8 @@ same soak went from 78 to 82 MiB in its first minute and stayed there.
 **The cyclic garbage collector.** CPython's full (generation 2) collection walks every
 tracked container alive, so its pause grows with the state (topic states, chart
 series, connections): a wave of 2,000 screens joining on 10,000 topics triggered full
-collections of 0.4 to 0.66 s each, and they collected nothing. The gateway makes no
-cyclic garbage to speak of: topic states, groups and sessions are freed by reference
+collections of 0.4 to 0.66 s each, and they collected nothing. The gateway's own
+objects make no cycles: topic states, groups and sessions are freed by reference
 counting (tests/test_memory.py connects screens, drops them cleanly, abruptly and
 after a protocol error, and finds none of their objects left in a cycle; a join wave
 of 2,000 screens collected 0 objects in every generation). So once the gateway owns
