@@ -36,7 +36,7 @@ from .core.state import Deadband, StateStore, TopicState
 from .core.topics import RuleTable
 from .insight_metrics import InsightCollector
 from .looplag import LoopLag
-from .memory import tune_malloc
+from .memory import tune_gc, tune_malloc
 from .metrics import Metrics
 from .persist import Loaded, Persister, Section
 from .serve.insight import Insight
@@ -223,6 +223,10 @@ async def serve(
             await _adopt_alarms(gw, marked)
             await nursery.start(persister.run, gw.store)
         await nursery.start(gw.server.serve)
+        if install_signals:
+            # the gateway owns the process (the CLI), not a test or an embedding program:
+            # what is alive now (and the restored state) is long-lived (memory.py)
+            tune_gc()
         if cfg.alarms.rules:
             await nursery.start(_alarm_delays, gw)
         if install_signals:  # before the start line: a SIGTERM right after it is graceful

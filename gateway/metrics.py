@@ -363,13 +363,15 @@ class Metrics:
         )
         self.device_to_send = Histogram(
             "gateway_device_to_send_seconds",
-            "Device timestamp to frame written, per topic per tick (subscribers in sync).",
+            "Device timestamp to frame written, per topic per tick (subscribers in sync; "
+            "at most 256 topics a tick, evenly spread).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.ingest_to_send = Histogram(
             "gateway_ingest_to_send_seconds",
-            "Gateway receive time to frame written, per topic per tick (subscribers in sync).",
+            "Gateway receive time to frame written, per topic per tick (subscribers in sync; "
+            "at most 256 topics a tick, evenly spread).",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -47,6 +47,7 @@ from .state import TopicState
 __all__ = ["History", "HistoryConfig", "HistoryMismatch", "HistoryStats", "Series"]
 
 _NAN: Final = math.nan
+_isfinite: Final = math.isfinite
 BUCKET_BYTES: Final = 3 * array("f").itemsize
 #: the per-series cost besides its buckets (three array headers, the object, the
 #: index entries), measured with tracemalloc in bench/history_bench.py
@@ -89,44 +90,47 @@ class HistoryStats:
 
 
 class Series:
-    """One ring; ``head`` is the absolute number of its newest bucket."""
+    """One ring; ``head`` is the absolute number of its newest bucket. Bucket ``b``'s
+    min, max and last are ``data[3 * (b % size)]`` and the two after it: one array
+    (one allocation, one object for the cyclic collector) instead of three."""
 
-    __slots__ = ("head", "last", "max", "min", "size")
+    __slots__ = ("data", "head", "size")
 
     def __init__(self, size: int, bucket: int) -> None:
-        nans = array("f", [_NAN]) * size
-        self.min = nans
-        self.max = array("f", nans)
-        self.last = array("f", nans)
+        self.data = array("f", [_NAN]) * (3 * size)
         self.head = bucket
         self.size = size
 
     def add(self, bucket: int, value: float) -> None:
-        if bucket != self.head:
-            if bucket < self.head:
-                if bucket <= self.head - self.size:
-                    return  # older than the ring (a clock step back): not shown anyway
-            else:
-                self._advance(bucket)
-        i = bucket % self.size
-        mins = self.min
-        lo = mins[i]
+        data = self.data
+        head = self.head
+        if bucket > head:
+            # a new bucket: the value is its min, max and last; the buckets skipped
+            # since the old head hold nothing
+            size = self.size
+            for b in range(max(head + 1, bucket - size + 1), bucket):
+                j = 3 * (b % size)
+                data[j] = data[j + 1] = data[j + 2] = _NAN
+            j = 3 * (bucket % size)
+            data[j] = data[j + 1] = data[j + 2] = value
+            self.head = bucket
+            return
+        if bucket <= head - self.size:
+            return  # older than the ring (a clock step back): not shown anyway
+        j = 3 * (bucket % self.size)
+        lo = data[j]
         if lo != lo:  # NaN: the bucket's first value
-            mins[i] = self.max[i] = self.last[i] = value
+            data[j] = data[j + 1] = data[j + 2] = value
             return
         if value < lo:
-            mins[i] = value
-        elif value > self.max[i]:
-            self.max[i] = value
-        self.last[i] = value
+            data[j] = value
+        elif value > data[j + 1]:
+            data[j + 1] = value
+        data[j + 2] = value
 
-    def _advance(self, bucket: int) -> None:
-        """Empty the buckets between the old head and ``bucket`` (the new head)."""
-        size = self.size
-        for b in range(max(self.head + 1, bucket - size + 1), bucket + 1):
-            i = b % size
-            self.min[i] = self.max[i] = self.last[i] = _NAN
-        self.head = bucket
+    def ring(self, which: int) -> array[float]:
+        """The min (0), max (1) or last (2) of every bucket, by ring position."""
+        return self.data[which::3]
 
     def window(self, first: int, last: int) -> tuple[list[float | None], ...]:
         """min, max and last lists for buckets ``first..last`` (None: no value)."""
@@ -137,12 +141,16 @@ class Series:
         before = [None] * max(0, min(lo, last + 1) - first)
         after = [None] * max(0, last - max(hi, first - 1))
         out: list[list[float | None]] = []
-        for arr in (self.min, self.max, self.last):
+        for which in range(3):
             if lo > hi:
                 out.append([None] * (last - first + 1))
                 continue
             a, b = lo % size, hi % size
-            vals = arr[a : b + 1].tolist() if a <= b else (arr[a:] + arr[: b + 1]).tolist()
+            arr = self.data
+            if a <= b:
+                vals = arr[3 * a + which : 3 * b + 3 : 3].tolist()
+            else:
+                vals = arr[3 * a + which :: 3].tolist() + arr[which : 3 * b + 3 : 3].tolist()
             col: list[float | None] = list(before)
             col += [None if v != v else float("%.7g" % v) for v in vals]  # noqa: UP031
             col += after
@@ -174,15 +182,47 @@ class History:
             self._add(topic, name, value, bucket)
 
     def observe(self, st: TopicState, now: float) -> None:
-        """Record the fields that changed in ``st``'s latest accepted change."""
+        """Record the fields that changed in ``st``'s latest accepted change.
+
+        The ingest's hot path (every accepted change of every device): :meth:`_add`
+        inlined, with the common case (a series' next bucket) written out."""
         if not self.config.enabled or st.topic[:1] == "$":
             return
         bucket = math.floor(now / self.config.resolution_s)
         seq = st.seq
         fields = st.fields
+        topic = st.topic
+        series = self._series
+        added = 0
         for name, version in st.versions.items():
-            if version == seq:
-                self._add(st.topic, name, fields[name], bucket)
+            if version != seq:
+                continue
+            value = fields[name]
+            t = type(value)
+            if t is not float:
+                if t is not int:
+                    continue  # bool is not int here (type(), not isinstance)
+            elif not _isfinite(value):
+                continue
+            key = (topic, name)
+            s = series.get(key)
+            if s is None:
+                s = self._new(key, bucket)
+                if s is None:
+                    continue
+                s.add(bucket, value)
+            elif bucket == s.head + 1:  # the next bucket: the value is its min, max, last
+                data = s.data
+                j = 3 * (bucket % s.size)
+                data[j] = data[j + 1] = data[j + 2] = value
+                s.head = bucket
+                series.move_to_end(key)
+            else:
+                if bucket != s.head:
+                    series.move_to_end(key)  # least recently updated first, by bucket
+                s.add(bucket, value)
+            added += 1
+        self.stats.samples += added
 
     def observe_since(self, st: TopicState, base: int, now: float) -> None:
         """Record the fields changed in ``st`` after ``base`` (a replica sees the
@@ -197,18 +237,20 @@ class History:
 
     def _add(self, topic: str, name: str, value: Any, bucket: int) -> None:
         t = type(value)
-        if t is not float and t is not int:
-            return  # bool is not int here (type(), not isinstance)
-        if t is float and not math.isfinite(value):
+        if t is not float:
+            if t is not int:
+                return  # bool is not int here (type(), not isinstance)
+        elif not _isfinite(value):
             return
         key = (topic, name)
-        s = self._series.get(key)
+        series = self._series
+        s = series.get(key)
         if s is None:
             s = self._new(key, bucket)
             if s is None:
                 return
-        else:
-            self._series.move_to_end(key)
+        elif bucket != s.head:
+            series.move_to_end(key)  # least recently updated first, by bucket
         s.add(bucket, value)
         self.stats.samples += 1
 
@@ -285,7 +327,7 @@ class History:
                 if s is None:
                     continue
                 parts.append(_record([key[0], key[1], s.head]))
-                for arr in (s.min, s.max, s.last):
+                for arr in (s.ring(0), s.ring(1), s.ring(2)):
                     if sys.byteorder == "big":
                         arr = array("f", arr)
                         arr.byteswap()
@@ -335,12 +377,12 @@ class History:
 
     def _adopt(self, key: tuple[str, str], head: int, raw: memoryview, ring: int) -> None:
         s = Series(self.config.buckets, head)
-        for i, name in enumerate(("min", "max", "last")):
+        for i in range(3):
             arr = array("f")
             arr.frombytes(raw[i * ring : (i + 1) * ring])
             if sys.byteorder == "big":
                 arr.byteswap()
-            setattr(s, name, arr)
+            s.data[i::3] = arr
         self._series[key] = s
         self._by_topic.setdefault(key[0], set()).add(key[1])
         self.stats.series += 1

@@ -133,6 +133,9 @@ class Hub:
         self._writing: set[Subscriber] = set()
         #: states of the topics the last tick sent (each once), for latency metrics
         self.tick_states: dict[str, TopicState] = {}
+        #: the frames of the large join snapshots this tick built so far (the shell
+        #: compresses them frame by frame between slices, before screens take them)
+        self.tick_joins: list[tuple[bytes, ...]] = []
 
     # -- connections ---------------------------------------------------------------
 
@@ -339,6 +342,7 @@ class Hub:
         n = self._tick_count = self._tick_count + 1
         store = self.store
         self.tick_states = {}
+        self.tick_joins = []
         # 1. new groups' sent maps (their members join when complete)
         for group in list(self._building):
             while group.building is not None:
@@ -462,6 +466,7 @@ class Hub:
         if group in self._join_wanted:
             del self._join_wanted[group]
             group.join = (group.tick_no, self._pack(frags))
+            self.tick_joins.append(group.join[1])
             self.stats.join_snapshots += 1
             for m in group.members:
                 if not m.joined and not m.sub.ready:
@@ -517,6 +522,14 @@ class Hub:
         if chunk:
             frames.append(encode_batch(chunk))
         return tuple(frames)
+
+    def live_joins(self) -> Iterator[tuple[bytes, ...]]:
+        """The frames of every join snapshot screens may still be handed (a group's,
+        until its next tick)."""
+        for group in self._groups.values():
+            join = group.join
+            if join is not None and join[0] == group.tick_no:
+                yield join[1]
 
     def sent_upto(self, sub: Subscriber) -> int:
         """The store change count up to which ``sub`` has been handed every change of

@@ -127,12 +127,29 @@ def negotiate(header: bytes | None, max_bytes: int) -> tuple[bytes, BoundedDefla
     return None
 
 
+def _compressor() -> zlib._Compress:
+    return zlib.compressobj(LEVEL, zlib.DEFLATED, -15)
+
+
+#: One compressor for every message. A full flush (Z_FULL_FLUSH) ends each message with
+#: the empty stored block and resets the compressor's state, so the next message refers
+#: to nothing before it: the bytes are exactly those of a fresh compressor (the server
+#: takes no context over), without allocating and clearing ~256 KiB of deflate state
+#: for every message (a welcome, an ack, a pong, a screen's personal catch-up).
+_shared = _compressor()
+
+
 def deflate_frame(payload: bytes) -> bytes:
     """A complete compressed text frame (RSV1 set) for ``payload``; small payloads are
     framed as they are."""
+    global _shared
     if len(payload) < MIN_BYTES:
         return text_frame_header(len(payload)) + payload
-    c = zlib.compressobj(LEVEL, zlib.DEFLATED, -15)
-    data = c.compress(payload) + c.flush(zlib.Z_SYNC_FLUSH)
+    c = _shared
+    try:
+        data = c.compress(payload) + c.flush(zlib.Z_FULL_FLUSH)
+    except BaseException:
+        _shared = _compressor()  # a half-compressed message must not lead the next one
+        raise
     data = data[:-4]  # RFC 7692 7.2.1: without the empty block's 00 00 ff ff
     return text_frame_header(len(data), compressed=True) + data

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.history import History, HistoryConfig, HistoryMismatch
+from gateway.core.state import TopicState
 
 
 def test_buckets_keep_min_max_last_and_gaps_are_none() -> None:
@@ -83,6 +84,35 @@ def test_matches_a_reference_over_the_window(samples: list[tuple[float, float]])
         assert last == pytest.approx(vals[-1], rel=1e-6, abs=1e-30)
         assert q["min"][i] == pytest.approx(min(vals), rel=1e-6, abs=1e-30)
         assert q["max"][i] == pytest.approx(max(vals), rel=1e-6, abs=1e-30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    samples=st.lists(
+        st.tuples(st.floats(0, 80), st.integers(0, 2), st.floats(-1e6, 1e6, allow_nan=False)),
+        min_size=1,
+        max_size=120,
+    )
+)
+def test_the_ingest_path_records_what_record_does(samples: list[tuple[float, int, float]]) -> None:
+    """observe() (the store's hook, with the next-bucket case written out) and record()
+    keep the same rings and the same eviction order, whatever the times (gaps, the
+    same bucket, older buckets, wrap-arounds) and whichever fields change."""
+    cfg = HistoryConfig(window_s=20, resolution_s=2)
+    by_record, by_observe = History(cfg), History(cfg)
+    state = TopicState("d")
+    # mostly in time order (as received), with the later half's order kept as drawn
+    half = len(samples) // 2
+    samples = sorted(samples[:half]) + samples[half:]
+    for t, field, v in samples:
+        name = f"f{field}"
+        by_record.record("d", {name: v}, t)
+        state.seq += 1
+        state.fields[name] = v
+        state.versions[name] = state.seq
+        by_observe.observe(state, t)
+    assert b"".join(by_observe.export()) == b"".join(by_record.export())
+    assert by_observe.stats.samples == by_record.stats.samples == len(samples)
 
 
 def filled(cfg: HistoryConfig, n: int = 30) -> History:

@@ -134,3 +134,31 @@ async def test_ten_thousand_topics_add_no_series(gateway: Gateway) -> None:
         gateway.store.apply(f"site/{i % 20}/dev{i}", {"v": i, "status": "run"}, 2.0)
     after = set(await scrape(gateway))
     assert after == before
+
+
+async def test_latency_is_observed_for_a_bounded_sample_of_each_tick(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    """A tick carrying a thousand topics observes at most LATENCY_SAMPLES of them
+    (evenly spread): the histograms' cost per tick does not grow with the fleet."""
+    from gateway.serve.fanout import LATENCY_SAMPLES
+
+    # a slow tick, so that each carries far more topics than the sample (a light
+    # fleet: 2,400 changes a second, 1,200 a tick)
+    gw: Gateway = await gateway_factory(
+        simulator={"devices": 1200, "rate_hz": 2}, server={"tick_hz": 2, "default_rate_hz": 2}
+    )
+    client = GatewayClient(url(gw), ["#"])
+    count = "gateway_ingest_to_send_seconds_count"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        with trio.fail_after(30):
+            await client.wait_until(lambda m: len(m.topics) == 1200)
+        before, ticks0 = value(await scrape(gw), count), gw.server.stats.ticks
+        changes0 = gw.store.changes
+        await trio.sleep(2.0)
+        after, ticks1 = value(await scrape(gw), count), gw.server.stats.ticks
+        changes = gw.store.changes - changes0
+        nursery.cancel_scope.cancel()
+    assert changes > 2 * LATENCY_SAMPLES * (ticks1 - ticks0 + 1)  # ticks carry more than that
+    assert 0 < after - before <= LATENCY_SAMPLES * (ticks1 - ticks0 + 1)

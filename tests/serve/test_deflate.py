@@ -15,7 +15,7 @@ import trio
 from gateway.app import Gateway
 from gateway.core.mirror import Mirror
 from gateway.core.protocol import decode_server
-from gateway.serve.deflate import negotiate
+from gateway.serve.deflate import deflate_frame, negotiate
 
 from .rawws import RawWs
 
@@ -152,3 +152,91 @@ async def test_compression_can_be_turned_off(gateway_factory: Callable[..., Any]
     ws = await RawWs.connect(gw.port, headers={"Sec-WebSocket-Extensions": CHROME})
     assert ws.status == 101 and "sec-websocket-extensions" not in ws.headers
     ws.close()
+
+
+def test_each_message_is_a_deflate_stream_of_its_own() -> None:
+    """The shared compressor carries nothing from one message to the next (the
+    server_no_context_takeover we negotiate): every frame inflates alone, to the same
+    bytes a fresh compressor gives, also when it repeats the previous message (which
+    a compressor keeping its window would send as a few bytes of back-reference) and
+    after a call that failed."""
+
+    def fresh(payload: bytes) -> bytes:
+        c = zlib.compressobj(1, zlib.DEFLATED, -15)
+        return (c.compress(payload) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+    def payload_of(frame: bytes) -> bytes:
+        assert frame[0] == 0xC1  # FIN, RSV1 (compressed), text
+        n, off = frame[1], 2
+        if n == 126:
+            n, off = int.from_bytes(frame[2:4], "big"), 4
+        elif n == 127:
+            n, off = int.from_bytes(frame[2:10], "big"), 10
+        assert len(frame) == off + n
+        return frame[off:]
+
+    state = orjson.dumps(
+        {"type": "batch", "items": [{"topic": f"a/{i}", "v": i} for i in range(99)]}
+    )
+    messages = [state, state, state[:300], b"x" * 70_000, state]
+    for msg in messages:
+        body = payload_of(deflate_frame(msg))
+        assert body == fresh(msg)
+        assert zlib.decompressobj(-15).decompress(body + b"\x00\x00\xff\xff") == msg
+    with pytest.raises(TypeError):
+        deflate_frame("not bytes" * 40)  # type: ignore[arg-type]
+    assert payload_of(deflate_frame(state)) == fresh(state)
+
+
+async def test_a_large_join_snapshot_is_compressed_between_slices_not_in_a_pump(
+    gateway_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join snapshot built over several slices (more topics than a slice) is
+    compressed by the tick loop a frame per checkpoint, before the screens are pumped:
+    no screen's pump compresses a large frame (at 50,000 topics that was 8.6 MB in one
+    go), every frame is compressed once, and every screen rebuilds the whole state."""
+    from gateway.serve import fanout
+    from gateway.serve.ws import WsSession
+
+    gw: Gateway = await gateway_factory(server={"max_frame_bytes": 32 * 1024})
+    for i in range(3000):  # three slices of the hub's 1,000
+        gw.store.apply(f"s/{i % 7}/d{i}", {"t": 20.0 + i, "mode": "run"}, gw.clock.wall())
+    in_pump = [False]
+    calls: list[tuple[int, bool, int]] = []
+    pump, deflate = WsSession.pump, fanout.deflate_frame
+
+    def watched_pump(self: WsSession, now: float | None = None) -> None:
+        in_pump[0] = True
+        try:
+            pump(self, now)
+        finally:
+            in_pump[0] = False
+
+    def watched_deflate(payload: bytes) -> bytes:
+        calls.append((len(payload), in_pump[0], zlib.crc32(payload)))
+        return deflate(payload)
+
+    monkeypatch.setattr(WsSession, "pump", watched_pump)
+    monkeypatch.setattr(fanout, "deflate_frame", watched_deflate)
+    screens = [
+        await RawWs.connect(gw.port, headers={"Sec-WebSocket-Extensions": CHROME}) for _ in range(3)
+    ]
+    for ws in screens:
+        await read_json(ws)  # welcome
+        await ws.send_json({"type": "subscribe", "id": "s", "filters": ["#"]})
+    with trio.fail_after(20):
+        for ws in screens:
+            mirror = Mirror()
+            mirror.set_epoch(gw.store.epoch)
+            while len(mirror.topics) < 3000:
+                opcode, payload = await ws.recv_frame()
+                assert opcode == 1
+                for msg in decode_server(inflate(payload) if ws.rsv1 else payload):
+                    if hasattr(msg, "seq"):
+                        mirror.apply(msg)  # type: ignore[arg-type]
+            assert mirror.topics["s/3/d10"].fields == {"t": 30.0, "mode": "run"}
+    large = [(inside, crc) for size, inside, crc in calls if size > 16 * 1024]
+    assert large and not any(inside for inside, _ in large)  # never inside a pump
+    assert len({crc for _, crc in large}) == len(large)  # each frame compressed once
+    for ws in screens:
+        ws.close()

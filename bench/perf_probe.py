@@ -1,0 +1,473 @@
+"""Where one gateway core goes: a join wave, a steady big-screen load, a large fleet.
+
+A profiling aid for the per-frame and per-join work (not a benchmark of record: that
+is bench/e2e_bench.py). It runs the gateway as its own process (with the embedded
+simulator, or through mosquitto with ``--mqtt``), records every cyclic-GC collection
+inside it (``gc.callbacks``: generation, pause, objects collected), and drives screens
+from one other process on raw non-blocking sockets with permessage-deflate, as a
+browser would. Reported for the measured window: gateway CPU (cores) and CPU per
+frame handed to a screen, loop lag (from /metrics), GC pauses per generation, RSS,
+and for the sampled screens (one in ``--sample-every``, which inflate and parse every
+message) the time until each holds a snapshot of every topic of its filter and the
+data age of the values received (receipt time minus the device timestamp).
+
+    python bench/perf_probe.py joinwave --devices 10000 --screens 2000
+    python bench/perf_probe.py steady --devices 10000 --screens 4000 --seconds 20
+    python bench/perf_probe.py steady --devices 50000 --screens 500 --mqtt
+
+``joinwave``: the screens connect all at once (half on ``#``, half on one site) into
+a gateway whose fleet is running, and the window covers the wave. ``steady``: they
+connect first, the window starts ``--warmup`` seconds later. ``--py-spy FILE``
+records a py-spy profile of the gateway over the window (py-spy must be installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import pathlib
+import selectors
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SITE = "berlin"
+SNAPSHOT = b'"type":"snapshot"'
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- the gateway, with its collections recorded ------------------------------------------
+
+
+def as_gateway(gc_log: str, argv: list[str]) -> int:
+    """Run ``gateway`` with every GC collection recorded into ``gc_log`` at exit."""
+    import atexit
+    import gc
+
+    records: list[tuple[float, int, float, int, float]] = []
+    started = [0.0, 0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        # the pause in CPU time (what the collection costs, whatever the machine's
+        # load) and in wall time (what the loop saw, preemption included)
+        now, cpu = time.monotonic(), time.thread_time()
+        if phase == "start":
+            started[:] = now, cpu
+        else:
+            at, cpu0 = started
+            records.append((at, info["generation"], cpu - cpu0, info["collected"], now - at))
+
+    gc.callbacks.append(on_gc)
+
+    def dump() -> None:
+        pathlib.Path(gc_log).write_text(json.dumps(records))
+
+    atexit.register(dump)
+    from gateway.__main__ import main
+
+    return main(argv)
+
+
+def proc_cpu(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(admin: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
+        return str(r.read().decode())
+
+
+def metric(text: str, name: str) -> float:
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    return total if found else float("nan")
+
+
+@contextlib.contextmanager
+def mosquitto() -> Iterator[int]:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="probe-mosquitto-") as tmp:
+        conf = pathlib.Path(tmp) / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "log_dest stderr\nlog_type error\nmax_connections -1\n"
+        )
+        proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+        try:
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def gateway(
+    devices: int, rate: float, mqtt_port: int | None, tmp: pathlib.Path, extra: str
+) -> Iterator[tuple[int, int, subprocess.Popen[bytes], pathlib.Path]]:
+    port, admin = free_port(), free_port()
+    cfg = tmp / "gateway.toml"
+    source = (
+        f'[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\n'
+        if mqtt_port
+        else f"[simulator]\ndevices = {devices}\nrate_hz = {rate}\nsites = 4\nlines = 4\n"
+    )
+    cfg.write_text(
+        f"[server]\nmax_connections = 20000\nmax_connections_per_ip = 20000\n{extra}\n{source}"
+    )
+    gc_log = tmp / "gc.json"
+    cmd = [sys.executable, __file__, "--as-gateway", str(gc_log), "run", "--config", str(cfg)]
+    cmd += ["--port", str(port), "--admin-port", str(admin)]
+    with open(tmp / "gateway.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            with contextlib.suppress(OSError):
+                scrape(admin)
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                log_text = (tmp / "gateway.log").read_text()
+                raise RuntimeError("the gateway did not start: " + log_text)
+            time.sleep(0.2)
+        yield port, admin, proc, gc_log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def fleet_cmd(mqtt_port: int, devices: int, rate: float, seconds: float) -> list[str]:
+    return [
+        sys.executable, "-m", "devices_sim", "--mqtt", f"mqtt://127.0.0.1:{mqtt_port}",
+        "--devices", str(devices), "--rate", str(rate), "--connections", "4",
+        "--duration", str(int(seconds)), "--no-offline-on-exit", "--quiet",
+    ]  # fmt: skip
+
+
+def wait_topics(admin: int, devices: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while metric(scrape(admin), "gateway_topics") < devices:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not see the whole fleet")
+        time.sleep(0.5)
+
+
+# -- the screens ---------------------------------------------------------------------------
+
+
+def masked(payload: bytes) -> bytes:
+    key = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0xFE]) + struct.pack("!H", n)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class Screen:
+    __slots__ = ("buf", "filt", "held", "holds_at", "sample", "sock", "state")
+
+    def __init__(self, sock: socket.socket, filt: str, sample: bool) -> None:
+        self.sock, self.filt, self.sample = sock, filt, sample
+        self.state = "connecting"
+        self.buf = bytearray()
+        self.held: set[str] = set()
+        self.holds_at: float | None = None
+
+
+def as_screens(args: argparse.Namespace) -> None:
+    """Connect ``--screens`` screens now, read until ``--until`` (wall clock), print
+    one JSON line: per sampled screen the seconds until it held every topic, ages."""
+    import orjson
+
+    os.sched_setaffinity(0, {1})
+    filters = args.filters.split(",")
+    want = {f: int(n) for f, n in (x.split("=") for x in args.want.split(","))}
+    sel = selectors.DefaultSelector()
+    t0 = time.time()
+    screens: list[Screen] = []
+    for i in range(args.screens):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", args.port))
+        sc = Screen(s, filters[i % len(filters)], i % args.sample_every == 0)
+        screens.append(sc)
+        sel.register(s, selectors.EVENT_WRITE, sc)
+    ages: list[float] = []
+    failed = 0
+    scratch = bytearray(1 << 18)
+    key = base64.b64encode(os.urandom(16)).decode()
+    upgrade = (
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+    ).encode()
+    while time.time() < args.until:
+        for k, _ in sel.select(timeout=0.2):
+            sc = k.data
+            if sc.state == "connecting":
+                try:
+                    sc.sock.send(upgrade)
+                except OSError:
+                    failed += 1
+                    sel.unregister(sc.sock)
+                    continue
+                sc.state = "handshake"
+                sel.modify(sc.sock, selectors.EVENT_READ, sc)
+                continue
+            if sc.state == "open" and not sc.sample:
+                try:
+                    n = sc.sock.recv_into(scratch)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    n = 0
+                if not n:
+                    sel.unregister(sc.sock)
+                    sc.state = "closed"
+                continue
+            try:
+                data = sc.sock.recv(1 << 18)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(sc.sock)
+                sc.state = "closed"
+                failed += sc.holds_at is None
+                continue
+            sc.buf += data
+            if sc.state == "handshake":
+                if b"\r\n\r\n" not in sc.buf:
+                    continue
+                head, _, rest = bytes(sc.buf).partition(b"\r\n\r\n")
+                if b" 101 " not in head.split(b"\r\n", 1)[0]:
+                    failed += 1
+                    sel.unregister(sc.sock)
+                    continue
+                sc.buf = bytearray(rest)
+                sub = {"type": "subscribe", "id": "s", "filters": [sc.filt], "rate_hz": 10}
+                sc.sock.send(masked(orjson.dumps(sub)))
+                sc.state = "open"
+                if not sc.sample:
+                    sc.buf = bytearray()
+                    continue
+            now = time.time()
+            buf, pos = sc.buf, 0
+            while len(buf) - pos >= 2:
+                n, head = buf[pos + 1] & 0x7F, 2
+                if n == 126:
+                    if len(buf) - pos < 4:
+                        break
+                    n, head = struct.unpack_from("!H", buf, pos + 2)[0], 4
+                elif n == 127:
+                    if len(buf) - pos < 10:
+                        break
+                    n, head = struct.unpack_from("!Q", buf, pos + 2)[0], 10
+                if len(buf) - pos < head + n:
+                    break
+                payload = bytes(buf[pos + head : pos + head + n])
+                if buf[pos] & 0x40:
+                    payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
+                pos += head + n
+                if buf[pos - head - n] & 0x0F != 1:
+                    continue
+                obj = orjson.loads(payload)
+                items = obj["items"] if obj.get("type") == "batch" else [obj]
+                for item in items:
+                    kind = item.get("type")
+                    if kind == "snapshot":
+                        sc.held.add(item["topic"])
+                    elif kind == "delta" and sc.holds_at is not None:
+                        ts = item.get("ts")
+                        if type(ts) is float and now >= args.age_from:
+                            ages.append(now - ts)
+                if sc.holds_at is None and len(sc.held) >= want[sc.filt]:
+                    sc.holds_at = now - t0
+                    sc.held = set()
+            del buf[:pos]
+    sampled = [s for s in screens if s.sample]
+    held = sorted(s.holds_at for s in sampled if s.holds_at is not None)
+    ages.sort()
+
+    def q(xs: list[float], p: float) -> float | None:
+        return round(xs[min(len(xs) - 1, int(p * len(xs)))], 4) if xs else None
+
+    print(json.dumps({
+        "screens": args.screens, "sampled": len(sampled), "failed": failed,
+        "sampled_holding": len(held), "hold_p50_s": q(held, 0.5), "hold_max_s": q(held, 1.0),
+        "age_samples": len(ages), "age_p50_s": q(ages, 0.5), "age_p99_s": q(ages, 0.99),
+        "age_max_s": q(ages, 1.0),
+    }), flush=True)  # fmt: skip
+
+
+# -- the scenarios -------------------------------------------------------------------------
+
+
+def gc_summary(gc_log: pathlib.Path, t0: float, t1: float) -> dict[str, Any]:
+    records = json.loads(gc_log.read_text()) if gc_log.exists() else []
+    out: dict[str, Any] = {}
+    for gen in (0, 1, 2):
+        mine = [(d, n, w) for at, g, d, n, w in records if g == gen and t0 <= at <= t1]
+        pauses = [d for d, _, _ in mine]
+        out[f"gen{gen}"] = {
+            "count": len(pauses),
+            "collected": sum(n for _, n, _ in mine),
+            "cpu_total_ms": round(sum(pauses) * 1000, 1),
+            "cpu_max_ms": round(max(pauses, default=0.0) * 1000, 1),
+            "wall_max_ms": round(max((w for _, _, w in mine), default=0.0) * 1000, 1),
+        }
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from gateway.looplag import from_metrics
+
+    half = args.devices // 4  # the simulator's devices spread over 4 sites
+    want = f"#={args.devices},{SITE}/#={half}"
+    with contextlib.ExitStack() as stack:
+        tmp = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="probe-")))
+        mqtt_port = stack.enter_context(mosquitto()) if args.mqtt else None
+        port, admin, gw, gc_log = stack.enter_context(
+            gateway(args.devices, args.rate, mqtt_port, tmp, args.extra)
+        )
+        if mqtt_port:
+            fleet = subprocess.Popen(
+                fleet_cmd(mqtt_port, args.devices, args.rate, 600), cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            os.sched_setaffinity(fleet.pid, {1})
+            stack.callback(lambda: (fleet.terminate(), fleet.wait()))
+        os.sched_setaffinity(gw.pid, {0})
+        wait_topics(admin, args.devices)
+        time.sleep(args.settle)
+        joinwave = args.scenario == "joinwave"
+        start = time.time()
+        age_from = start + (0 if joinwave else args.warmup)
+        until = age_from + args.seconds
+        cmd = [
+            sys.executable, __file__, "--as-screens", "--port", str(port),
+            "--screens", str(args.screens), "--filters", f"#,{SITE}/#", "--want", want,
+            "--until", str(until), "--age-from", str(age_from),
+            "--sample-every", str(args.sample_every),
+        ]  # fmt: skip
+        if not joinwave:
+            screens = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
+            time.sleep(max(0.0, age_from - time.time()))
+        before, cpu0, m0 = scrape(admin), proc_cpu(gw.pid), time.monotonic()
+        if joinwave:
+            screens = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
+        spy = None
+        if args.py_spy:
+            spy = subprocess.Popen(
+                [shutil.which("py-spy") or str(ROOT / ".venv/bin/py-spy"), "record", "-p",
+                 str(gw.pid), "-o", args.py_spy, "-d", str(int(args.seconds)), "-r", "50",
+                 "-f", "raw"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        rss = []
+        while time.time() < until - 0.5:
+            time.sleep(1.0)
+            rss.append(round(rss_mib(gw.pid), 1))
+        after, cpu1, m1 = scrape(admin), proc_cpu(gw.pid), time.monotonic()
+        out, _ = screens.communicate(timeout=120)
+        if spy is not None:
+            spy.wait(timeout=60)
+        frames = metric(after, "gateway_websocket_frames_sent_total") - metric(
+            before, "gateway_websocket_frames_sent_total"
+        )
+        gw.terminate()
+        gw.wait(timeout=30)
+        cpu = cpu1 - cpu0
+        sent = metric(after, "gateway_websocket_sent_bytes_total") - metric(
+            before, "gateway_websocket_sent_bytes_total"
+        )
+        result = {
+            "scenario": args.scenario,
+            "devices": args.devices,
+            "screens": args.screens,
+            "mqtt": bool(args.mqtt),
+            "load_avg": os.getloadavg()[0],
+            "window_s": round(m1 - m0, 1),
+            "gateway_cpu_cores": round(cpu / (m1 - m0), 3),
+            "frames": int(frames),
+            "ingest_per_s": round(
+                (
+                    metric(after, "gateway_ingest_messages_total")
+                    - metric(before, "gateway_ingest_messages_total")
+                )
+                / (m1 - m0)
+            ),
+            "cpu_us_per_frame": round(cpu / frames * 1e6, 2) if frames else None,
+            "sent_mib": round(sent / 2**20, 1),
+            "loop_lag": from_metrics(after).minus(from_metrics(before)).summary(),
+            "gc": gc_summary(gc_log, m0, m1),
+            "rss_mib": rss,
+            "screens_result": json.loads(out.decode().strip().splitlines()[-1]),
+        }
+    return result
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--as-gateway":
+        sys.exit(as_gateway(sys.argv[2], sys.argv[3:]))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("scenario", nargs="?", choices=["joinwave", "steady"], default="joinwave")
+    ap.add_argument("--as-screens", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--filters", default="#", help=argparse.SUPPRESS)
+    ap.add_argument("--want", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--until", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--age-from", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--devices", type=int, default=10_000)
+    ap.add_argument("--rate", type=float, default=1.0, help="reports per device per second")
+    ap.add_argument("--screens", type=int, default=2000)
+    ap.add_argument("--seconds", type=float, default=10.0, help="the measured window")
+    ap.add_argument("--warmup", type=float, default=10.0, help="steady: joining, unmeasured")
+    ap.add_argument("--settle", type=float, default=3.0, help="after the fleet is seen")
+    ap.add_argument("--sample-every", type=int, default=10)
+    ap.add_argument("--mqtt", action="store_true", help="fleet through mosquitto")
+    ap.add_argument("--extra", default="", help="more gateway TOML (after [server])")
+    ap.add_argument("--py-spy", default="", help="record a py-spy profile here")
+    args = ap.parse_args()
+    if args.as_screens:
+        as_screens(args)
+        return
+    print(json.dumps(run(args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
