@@ -57,7 +57,7 @@ from ..auth import Identity
 from ..config import Config
 from ..core import snapshotfile
 from ..core.protocol import AckAlarm, Error
-from ..memory import tune_malloc
+from ..memory import tune_gc, tune_malloc
 from ..persist import Loaded, Persister
 from ..serve.admission import accept_loop, listen
 from ..serve.sockio import close_socket
@@ -396,6 +396,8 @@ async def serve_cluster(
                     accept_loop, admin, http, gw.server.handler.handle_admin, 0, gw.server.log
                 )
                 await nursery.start(cluster.run)
+                if install_signals:  # the CLI owns the process (app.serve, memory.py)
+                    tune_gc()
                 if cfg.alarms.rules:
                     await nursery.start(_alarm_delays, gw)
                 if install_signals:

@@ -42,7 +42,7 @@ from ..core.alarms import ALARM_PREFIX
 from ..core.history import HistoryMismatch
 from ..core.protocol import Ack, AckAlarm, Error, encode
 from ..core.snapshotfile import decode_records
-from ..memory import tune_malloc
+from ..memory import tune_gc, tune_malloc
 from ..serve.insight import Later
 from .channel import HEAD, Kind, Outbox, Reader
 
@@ -129,6 +129,7 @@ class Replica:
     async def _serve(self, nursery: trio.Nursery) -> None:
         gw = self.gw
         await nursery.start(gw.server.serve)
+        tune_gc()  # a worker owns its process: the synced state is long-lived (memory.py)
         self.serving = True
         nursery.start_soon(self._exit_when_stopped, nursery)
         ready = {"admin_port": gw.admin_port, "pid": os.getpid()}
