@@ -9,6 +9,8 @@ Rules:
 * Every close path goes through :meth:`WsSession.close` (a close frame, then the
   close deadline) or :meth:`WsSession.abort` (no frame: the peer is unreachable),
   and records one disconnect reason.
+* After a frame wsproto cannot parse nothing more is read: its parser never resyncs,
+  and would hold every later byte unparsed.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ _COPY_LIMIT = 16 * 1024
 
 class WsSession(StreamSession):
     __slots__ = (
-        "_parts", "_size", "_trailing", "compressed", "errors", "guard", "history_hold",
+        "_failed", "_parts", "_size", "_trailing", "compressed", "errors", "guard", "history_hold",
         "identity", "last_rx", "limits", "opened_at", "partial_since", "ping_sent_at", "ws",
     )  # fmt: skip
 
@@ -82,6 +84,9 @@ class WsSession(StreamSession):
         extensions: list[Extension] = [self.guard, deflate] if deflate else [self.guard]
         self.ws = Connection(ConnectionType.SERVER, extensions=extensions)
         self.partial_since: float | None = None  # a message begun and not finished
+        #: wsproto could not parse a frame: its parser is finished for good, and every
+        #: byte fed to it afterwards would be held unparsed, so nothing more is read
+        self._failed = False
         self.compressed = deflate is not None
         now = ctx.clock.mono()
         self.opened_at = now
@@ -133,6 +138,7 @@ class WsSession(StreamSession):
             self.ws.state is ConnectionState.CLOSED
             or self.reason == "client_close"
             or self.life.state is DROPPED
+            or self._failed
         )
 
     async def _read_loop(self) -> None:
@@ -272,7 +278,9 @@ class WsSession(StreamSession):
                 self._write([self.ws.send(event.response())])
             elif self.ws.state is ConnectionState.CLOSED:
                 pass  # the answer to our own close frame
-            else:  # wsproto could not parse a frame: answer with its code
+            else:  # wsproto could not parse a frame: answer with its code, read no more
+                # (RFC 6455 7.1.7: a failed connection need not wait for the close reply)
+                self._failed = True
                 why = dc.by_code(event.code)
                 if why is dc.TOO_BIG:  # wsproto says "error in extension": say which limit
                     self.ctx.stats.inbound_rejected["too_big"] += 1
