@@ -40,7 +40,7 @@ from ..core.protocol import (
 )  # fmt: skip
 from ..core.protocol import Ping as AppPing
 from ..core.protocol import Pong as AppPong
-from .budget import PeerLimits
+from .budget import ANSWER_OVERHEAD, PeerLimits
 from .deflate import BoundedDeflate, deflate_frame
 from .frameguard import FrameGuard
 from .insight import send_each
@@ -173,15 +173,20 @@ class WsSession(StreamSession):
         if not self.life.open:
             raise LifecycleError(f"'{msg.type}' on a stream that is not open")
         data = encode(msg)
-        if not self.limits.admit_answer(self.out, len(data)):
+        if not self.limits.admit_answer(self.out, len(data) + ANSWER_OVERHEAD):
             self.close(dc.UNREAD)  # the peer does not read its answers (budget.py)
             return
         self._write_text(data)
 
     def _write_text(self, data: bytes) -> None:
-        """One text frame, deflated when the peer took compression (docs/protocol.md)."""
+        """One text frame, deflated when the peer took compression (docs/protocol.md).
+
+        Small frames are framed by concatenation, a right-sized copy: orjson's output
+        sits in a buffer of at least 4 KiB, which a queued 40-byte pong would keep."""
         if self.compressed:
             self._write([deflate_frame(data)])
+        elif len(data) <= _COPY_LIMIT:
+            self._write([text_frame_header(len(data)) + data])
         else:
             self._write([text_frame_header(len(data)), data])
 

@@ -13,6 +13,7 @@ import pathlib
 import socket
 import struct
 import time
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -240,7 +241,10 @@ async def test_pings_within_the_rate_are_answered_once_each_latest_only(
 async def test_answers_never_read_are_capped_by_max_pending_bytes_then_closed_4009(
     gateway_factory: Callable[..., Any],
 ) -> None:
-    budget = 64 * 1024
+    """The budget is what the queue really holds: the heap the attack adds (traced)
+    stays within a small multiple of it. It was 75 times the budget, when every
+    queued pong kept orjson's 4 KiB output buffer."""
+    budget = 256 * 1024
     gw: Gateway = await gateway_factory(
         server={
             "messages_per_s": 1e9,
@@ -253,18 +257,26 @@ async def test_answers_never_read_are_capped_by_max_pending_bytes_then_closed_40
     before, tasks = rss(), task_count()
     ws = await RawWs.connect(gw.port, rcvbuf=4096)
     batch = b"".join(RawWs.frame(b'{"type":"ping","id":1}') for _ in range(200))
-    with trio.move_on_after(8):
-        try:
-            while gw.server.stats.inbound_rejected["pending_bytes"] == 0:
-                await ws.send_raw(batch)
-        except OSError:
-            pass
+    tracemalloc.start()
+    try:
+        with trio.move_on_after(8):
+            try:
+                while gw.server.stats.inbound_rejected["pending_bytes"] == 0:
+                    await ws.send_raw(batch)
+            except OSError:
+                pass
+        traced, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert gw.server.stats.inbound_rejected["pending_bytes"] == 1
     growth = rss() - before
     with trio.fail_after(5):
         code = await ws.close_code_at_end()
     ws.close()
+    print(f"answers never read: heap +{traced / MIB:.2f} MiB (peak {peak / MIB:.2f} MiB)")
     assert code == 4009
+    assert traced < 2 * budget, traced / MIB  # held at the close: the queue, at most
+    assert peak < 4 * budget, peak / MIB  # with what the attack's reading costs meanwhile
     assert growth < 4 * MIB, growth / MIB
     await tasks_settle(tasks)
 
