@@ -698,6 +698,8 @@ def main() -> None:
     from bench.report import machine_info, write_section
 
     results["machine"] = machine_info()
+    if "storm" in only:
+        results["storm_machine"] = results["machine"]
     results["devices"], results["subscribers"], results["seconds"] = devices, subscribers, seconds
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"raw results: {out.relative_to(ROOT)}")
@@ -938,10 +940,11 @@ def storm_report(res: dict[str, Any], cmd: str) -> str:
         f"sockets). Once all hold their state the gateway is stopped (SIGTERM: every "
         f"screen gets close 1012 at once) and a new one started on the same port; a "
         f"screen counts as consistent when it holds every one of its topics under the "
-        f"new epoch (gaps would force a resync and are counted). The machine is shared: "
-        f"the 1-minute load average was {storm.get('load_1m', float('nan')):.1f} on "
-        f"{os.cpu_count()} cores, so every time here is an upper bound; bytes are not "
-        f"affected.\n\n"
+        f"new epoch (gaps would force a resync and are counted). The machine "
+        f"({res.get('storm_machine', res.get('machine', {})).get('cpu', '?')}, "
+        f"{os.cpu_count()} cores) is shared: the 1-minute load average was "
+        f"{storm.get('load_1m', float('nan')):.1f}, so every time here is an upper bound; "
+        f"bytes are not affected.\n\n"
         "| | seconds after the stop | seconds after the new gateway listened |\n"
         "|---|---:|---:|\n"
         f"| old gateway gone | {storm['stop_s']:.2f} | |\n"
@@ -983,7 +986,7 @@ def storm_report(res: dict[str, Any], cmd: str) -> str:
     head = " | ".join(f"{label}: new epoch | {label}: same epoch" for label, _, _ in pairs)
     body += (
         "\n\n**Restarting with the state kept** (`[persist] state_dir`), each storm next "
-        "to the snapshot storm of the same fleet, in the same run. The graceful stop "
+        "to the snapshot storm of the same fleet, run right after it. The graceful stop "
         "writes a final checkpoint after closing the screens; the new gateway restores "
         "it with the same epoch and seqs (a topic goes stale on its own deadline, as if "
         "the gateway had never stopped), and each screen resumes with its seqs. Under "
@@ -1054,9 +1057,10 @@ def storm_report(res: dict[str, Any], cmd: str) -> str:
         "topic within seconds; the in-process fleet restarts from its first values), "
         "and staleness: a restored topic is marked stale once its device has been "
         "silent for its stale limit since it last spoke, the same rule as during a "
-        "broker outage (learned limits are a few seconds at 1 Hz, so a restart longer "
-        "than that marks every device not yet heard again stale, and a later report "
-        "clears it; at 0.05 Hz the limits are longer than the restart). A delta's "
+        "broker outage (a learned limit is 3 reporting intervals, at least 5 s: a "
+        "restart and reconnect longer than that marks every device not heard again "
+        "yet stale, and its next report clears it; the table counts the deltas that "
+        "carry nothing else). A delta's "
         "envelope (topic, base, seq, device and receive times) is most of a "
         "2-to-5-field snapshot, so the bytes track the share of topics that changed: "
         "the 10% goal holds when few topics change while the gateway is down "
