@@ -20,7 +20,11 @@ that (the deltas of the topics that changed since the screen's seqs: the hub sen
 them in one go at the next tick; the fleet changes something every tick), or once
 every topic is past the seq it held when the gateway closed it. A restored topic is
 no longer marked stale by the restore, so waiting for every topic to change would
-measure the fleet's live traffic, not the restart.
+measure the fleet's live traffic, not the restart. The line also says what the
+resumed screens' first state messages carried (:class:`Join`: deltas, distinct
+topics, deltas that change only online/stale, snapshots) and the bytes of state
+messages apart from welcome and acks. A screen whose topics did not change at all
+gets no state message and counts as consistent only when they next change.
 
     python bench/storm_clients.py --port P --clients N --filters 'berlin/line1/#,...'
 """
