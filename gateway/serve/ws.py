@@ -9,8 +9,6 @@ Rules:
 * Every close path goes through :meth:`WsSession.close` (a close frame, then the
   close deadline) or :meth:`WsSession.abort` (no frame: the peer is unreachable),
   and records one disconnect reason.
-* After a frame wsproto cannot parse nothing more is read: its parser never resyncs,
-  and would hold every later byte unparsed.
 """
 
 from __future__ import annotations
@@ -46,7 +44,7 @@ from .frameguard import FrameGuard
 from .insight import send_each
 from .lifecycle import CLOSING, DROPPED, LifecycleError
 from .session import SessionContext, StreamSession
-from .sockio import Outbound, SendFailed, recv_some, text_frame_header
+from .sockio import Outbound, SendFailed, recv_some, text_frame_chunks, text_frame_header
 
 if TYPE_CHECKING:
     import socket
@@ -61,7 +59,7 @@ _COPY_LIMIT = 16 * 1024
 
 class WsSession(StreamSession):
     __slots__ = (
-        "_failed", "_parts", "_size", "_trailing", "compressed", "errors", "guard", "history_hold",
+        "_parts", "_size", "_trailing", "compressed", "errors", "guard", "history_hold",
         "identity", "last_rx", "limits", "opened_at", "partial_since", "ping_sent_at", "ws",
     )  # fmt: skip
 
@@ -84,9 +82,6 @@ class WsSession(StreamSession):
         extensions: list[Extension] = [self.guard, deflate] if deflate else [self.guard]
         self.ws = Connection(ConnectionType.SERVER, extensions=extensions)
         self.partial_since: float | None = None  # a message begun and not finished
-        #: wsproto could not parse a frame: its parser is finished for good, and every
-        #: byte fed to it afterwards would be held unparsed, so nothing more is read
-        self._failed = False
         self.compressed = deflate is not None
         now = ctx.clock.mono()
         self.opened_at = now
@@ -138,7 +133,6 @@ class WsSession(StreamSession):
             self.ws.state is ConnectionState.CLOSED
             or self.reason == "client_close"
             or self.life.state is DROPPED
-            or self._failed
         )
 
     async def _read_loop(self) -> None:
@@ -179,16 +173,11 @@ class WsSession(StreamSession):
         self._write_text(data)
 
     def _write_text(self, data: bytes) -> None:
-        """One text frame, deflated when the peer took compression (docs/protocol.md).
-
-        Small frames are framed by concatenation, a right-sized copy: orjson's output
-        sits in a buffer of at least 4 KiB, which a queued 40-byte pong would keep."""
+        """One text frame, deflated when the peer took compression (docs/protocol.md)."""
         if self.compressed:
             self._write([deflate_frame(data)])
-        elif len(data) <= _COPY_LIMIT:
-            self._write([text_frame_header(len(data)) + data])
         else:
-            self._write([text_frame_header(len(data)), data])
+            self._write(text_frame_chunks(data, _COPY_LIMIT))
 
     def _answer_ping(self) -> None:
         """RFC 6455 5.5.3: only the latest Ping is answered, once nothing is queued."""
@@ -283,9 +272,9 @@ class WsSession(StreamSession):
                 self._write([self.ws.send(event.response())])
             elif self.ws.state is ConnectionState.CLOSED:
                 pass  # the answer to our own close frame
-            else:  # wsproto could not parse a frame: answer with its code, read no more
-                # (RFC 6455 7.1.7: a failed connection need not wait for the close reply)
-                self._failed = True
+            else:  # wsproto could not parse a frame: answer with its code, and read no
+                # more (its parser is done for good and would hold every later byte)
+                self._read_scope.cancel()
                 why = dc.by_code(event.code)
                 if why is dc.TOO_BIG:  # wsproto says "error in extension": say which limit
                     self.ctx.stats.inbound_rejected["too_big"] += 1
