@@ -20,7 +20,11 @@ that (the deltas of the topics that changed since the screen's seqs: the hub sen
 them in one go at the next tick; the fleet changes something every tick), or once
 every topic is past the seq it held when the gateway closed it. A restored topic is
 no longer marked stale by the restore, so waiting for every topic to change would
-measure the fleet's live traffic, not the restart.
+measure the fleet's live traffic, not the restart. The line also says what the
+resumed screens' first state messages carried (:class:`Join`: deltas, distinct
+topics, deltas that change only online/stale, snapshots) and the bytes of state
+messages apart from welcome and acks. A screen whose topics did not change at all
+gets no state message and counts as consistent only when they next change.
 
     python bench/storm_clients.py --port P --clients N --filters 'berlin/line1/#,...'
 """
@@ -66,8 +70,24 @@ class Screen:
         self.held_at_close: dict[str, int] | None = None  # seqs when the restart began
         self.snapshots = 0  # snapshot messages received after the restart
         self.catch_up_bytes = 0  # message bytes from the restart until consistent
+        self.catch_up_state_bytes = 0  # of which state messages (not welcome, acks)
         self.resumed = False  # the gateway answered resume with resumed: true
         self.subscribed = False  # ... and then subscribe (the join deltas come next)
+        self.joined = False  # the resumed subscription's first state message came
+
+
+class Join:
+    """What the resumed screens' first state messages after ``subscribe`` carried: the
+    topics that changed since each screen's seqs (the minimum a resume must send)."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.bytes = 0
+        self.deltas = 0
+        self.meta_only = 0  # deltas that change no field, only online/stale
+        self.with_meta = 0  # deltas that carry online/stale (changed since the base)
+        self.snapshots = 0
+        self.topics: set[str] = set()  # distinct topics that changed while down
 
 
 def frames(buf: bytearray) -> list[tuple[int, bytes]]:
@@ -97,7 +117,12 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=1000)
     ap.add_argument("--filters", required=True, help="comma-separated, round-robin")
     ap.add_argument("--rate", type=float, default=1.0)
-    ap.add_argument("--timeout", type=float, default=120.0, help="give up after this long")
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="give up this long after the start, and again after the restart",
+    )
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--cpu", type=int, default=None)
     args = ap.parse_args()
@@ -113,6 +138,7 @@ def main() -> None:
     first_epoch: str | None = None
     restarted = False
     gaps = 0
+    join = Join()
     deadline = time.monotonic() + args.timeout
 
     def lost(s: Screen, now: float) -> None:
@@ -141,7 +167,24 @@ def main() -> None:
     def on_message(s: Screen, data: bytes) -> None:
         nonlocal gaps
         joined = False  # a state message after the resumed subscription's ack
-        for msg in decode_server(data):
+        items = decode_server(data)
+        state = any(isinstance(m, Snapshot | Delta) for m in items)
+        if state and s.held_at_close is not None and s.consistent_at is None:
+            s.catch_up_state_bytes += len(data)
+        if restarted and s.subscribed and not s.joined and state:
+            s.joined = True
+            join.messages += 1
+            join.bytes += len(data)
+            for m in items:
+                if isinstance(m, Delta):
+                    join.deltas += 1
+                    join.meta_only += not m.set and not m.unset
+                    join.with_meta += m.meta
+                    join.topics.add(m.topic)
+                elif isinstance(m, Snapshot):
+                    join.snapshots += 1
+                    join.topics.add(m.topic)
+        for msg in items:
             if isinstance(msg, Welcome):
                 assert s.sock is not None
                 # a new epoch drops the held copies; the same one resumes from them
@@ -187,6 +230,8 @@ def main() -> None:
             if s is None:  # the orchestrator: the gateway is being restarted
                 if sys.stdin.readline():
                     restarted = True
+                    # however long getting ready and the wait before took
+                    deadline = time.monotonic() + args.timeout
                 else:
                     sel.unregister(sys.stdin)  # the orchestrator waits for our result
                 continue
@@ -251,6 +296,18 @@ def main() -> None:
                 "connects": sum(s.connects for s in screens),
                 "snapshots": sum(s.snapshots for s in screens),
                 "catch_up_bytes": sum(s.catch_up_bytes for s in screens),
+                "catch_up_state_bytes": sum(s.catch_up_state_bytes for s in screens),
+                "held_topics": sum(s.expected for s in screens),
+                "resumed": sum(s.joined for s in screens),
+                "join": {
+                    "messages": join.messages,
+                    "bytes": join.bytes,
+                    "deltas": join.deltas,
+                    "meta_only": join.meta_only,
+                    "with_meta": join.with_meta,
+                    "snapshots": join.snapshots,
+                    "topics": sorted(join.topics),
+                },
             }
         ),
         flush=True,

@@ -4,6 +4,9 @@ Rules:
 * State frames are taken from the hub only while nothing is queued (ws.py, sse.py),
   so they never pile up; what can pile up is what the gateway writes in answer to
   the peer (acks, errors, pongs) and the rest of a plain-HTTP response.
+* An answer counts its bytes plus :data:`ANSWER_OVERHEAD` (the frame header, the
+  bytes object and its queue slot), so the budget is what the queue really holds,
+  also for the smallest answers.
 * Answers are counted from the moment the queue was last empty: a peer that reads
   never comes near the budget, one that does not is over it after
   ``max_pending_bytes`` of answers, whatever else is queued (a join snapshot).
@@ -20,7 +23,11 @@ from ..config import ServerConfig
 from .ratelimit import MessageBudget
 from .sockio import Outbound
 
-__all__ = ["AnswerBudget", "HttpBodies", "PeerLimits"]
+__all__ = ["ANSWER_OVERHEAD", "AnswerBudget", "HttpBodies", "PeerLimits"]
+
+#: heap bytes a queued answer costs beyond its payload (measured: 2 of frame header,
+#: 33 of bytes object, 8 of list slot, rounded up to pymalloc's 16-byte classes)
+ANSWER_OVERHEAD = 64
 
 
 class AnswerBudget:

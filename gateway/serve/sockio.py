@@ -23,7 +23,7 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["Outbound", "close_socket", "recv_some", "text_frame_header"]
+__all__ = ["Outbound", "close_socket", "recv_some", "text_frame_chunks", "text_frame_header"]
 
 _IOV_MAX = 512  # chunks per sendmsg call (Linux allows 1024)
 
@@ -37,6 +37,15 @@ def text_frame_header(length: int, compressed: bool = False) -> bytes:
     if length < 65536:
         return bytes((first, 126)) + length.to_bytes(2, "big")
     return bytes((first, 127)) + length.to_bytes(8, "big")
+
+
+def text_frame_chunks(data: bytes, copy_limit: int) -> list[bytes]:
+    """One text frame as chunks for :meth:`Outbound.send`: up to ``copy_limit`` bytes
+    as one right-sized copy (orjson's output sits in a buffer of at least 4 KiB, which
+    a queued 40-byte pong would keep), larger as header + data, without a copy."""
+    if len(data) <= copy_limit:
+        return [text_frame_header(len(data)) + data]
+    return [text_frame_header(len(data)), data]
 
 
 async def recv_some(sock: socket.socket, max_bytes: int = 65536) -> bytes:

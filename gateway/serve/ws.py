@@ -38,13 +38,13 @@ from ..core.protocol import (
 )  # fmt: skip
 from ..core.protocol import Ping as AppPing
 from ..core.protocol import Pong as AppPong
-from .budget import PeerLimits
+from .budget import ANSWER_OVERHEAD, PeerLimits
 from .deflate import BoundedDeflate, deflate_frame
 from .frameguard import FrameGuard
 from .insight import send_each
 from .lifecycle import CLOSING, DROPPED, LifecycleError
 from .session import SessionContext, StreamSession
-from .sockio import Outbound, SendFailed, recv_some, text_frame_header
+from .sockio import Outbound, SendFailed, recv_some, text_frame_chunks, text_frame_header
 
 if TYPE_CHECKING:
     import socket
@@ -158,7 +158,7 @@ class WsSession(StreamSession):
         if not self.life.open:
             raise LifecycleError(f"'{msg.type}' on a stream that is not open")
         data = encode(msg)
-        if not self.limits.admit_answer(self.out, len(data)):
+        if not self.limits.admit_answer(self.out, len(data) + ANSWER_OVERHEAD):
             self.close(dc.UNREAD)  # the peer does not read its answers (budget.py)
             return
         self._write_text(data)
@@ -168,7 +168,7 @@ class WsSession(StreamSession):
         if self.compressed:
             self._write([deflate_frame(data)])
         else:
-            self._write([text_frame_header(len(data)), data])
+            self._write(text_frame_chunks(data, _COPY_LIMIT))
 
     def _answer_ping(self) -> None:
         """RFC 6455 5.5.3: only the latest Ping is answered, once nothing is queued."""
@@ -263,7 +263,9 @@ class WsSession(StreamSession):
                 self._write([self.ws.send(event.response())])
             elif self.ws.state is ConnectionState.CLOSED:
                 pass  # the answer to our own close frame
-            else:  # wsproto could not parse a frame: answer with its code
+            else:  # wsproto could not parse a frame: answer with its code, and read no
+                # more (its parser is done for good and would hold every later byte)
+                self._read_scope.cancel()
                 why = dc.by_code(event.code)
                 if why is dc.TOO_BIG:  # wsproto says "error in extension": say which limit
                     self.ctx.stats.inbound_rejected["too_big"] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import ipaddress
 import os
 from collections.abc import Callable
@@ -153,8 +154,16 @@ async def test_mqtts_with_user_and_password(
         untrusting.server.request_shutdown()
         with trio.fail_after(5):
             await untrusting.server.stopped.wait()
-        await trio.sleep(0.3)  # any abandoned connect thread has finished
-        assert open_fds() == fds_before  # checked before any GC could close a leak
+        # until any abandoned connect thread has finished with its socket; with the
+        # collector off, so that no GC can close a leaked one meanwhile
+        gc.disable()
+        try:
+            with trio.move_on_after(5):
+                while open_fds() != fds_before:
+                    await trio.sleep(0.02)
+            assert open_fds() == fds_before
+        finally:
+            gc.enable()
     finally:
         await broker.stop()
 

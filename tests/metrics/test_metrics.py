@@ -13,6 +13,7 @@ from gateway.client import GatewayClient
 from tests.broker import Mosquitto
 from tests.conftest import require_binary
 from tests.gw import url
+from tests.ingest.test_mqtt import until_subscribed
 from tests.serve.httpget import http_get
 from tests.serve.rawws import RawWs
 
@@ -41,7 +42,15 @@ async def test_promtool_accepts_the_live_exposition_under_traffic(
         await nursery.start(client.run)
         with trio.fail_after(10):
             await client.wait_until(lambda m: len(m.topics) == 200)
-        await trio.sleep(1.0)
+        with trio.fail_after(10):  # traffic: sends timed, more than a round ingested
+            while True:
+                m = await scrape(gw)
+                if (
+                    value(m, "gateway_device_to_send_seconds_count") > 0
+                    and value(m, "gateway_ingest_messages_total", source="simulator") > 200
+                ):
+                    break
+                await trio.sleep(0.05)
         _, _, body = await http_get(gw.admin_port, "/metrics")
         nursery.cancel_scope.cancel()
     done = await trio.run_process(
@@ -110,10 +119,7 @@ async def test_a_bad_mqtt_payload_is_one_rejection_with_its_reason(
     gateway_factory: Callable[..., Any], mosquitto: Mosquitto
 ) -> None:
     gw: Gateway = await gateway_factory(mqtt={"url": mosquitto.url})
-    with trio.fail_after(10):
-        while not (gw.mqtt and gw.mqtt.connected):
-            await trio.sleep(0.01)
-    await trio.sleep(0.2)
+    await until_subscribed(gw)  # a publish before the SUBACK may be missed
     m = await scrape(gw)
     assert value(m, "gateway_mqtt_connected") == 1
     await mosquitto.publish("telemetry/a/1", b"{oops")

@@ -103,13 +103,15 @@ async def test_slowloris_is_cut_at_the_handshake_deadline_while_others_connect(
     async with trio.open_nursery() as nursery:
         for _ in range(200):
             nursery.start_soon(loris)
-        await trio.sleep(0.3)
+        with trio.fail_after(5):  # every loris holds its connection
+            while gw.server._open < 200:
+                await trio.sleep(0.01)
         for _ in range(3):  # a normal screen still connects within a second
             with trio.fail_after(1.0):
                 ws = await RawWs.connect(gw.port)
                 assert (await ws.recv_json())["type"] == "welcome"
             ws.close()
-            await trio.sleep(0.2)
+            await trio.sleep(0.2)  # deliberate: the next try later in the lorises' 1 s
     assert len(closed_after) == 200
     assert max(closed_after) < 1.0 + 0.8, max(closed_after)
     assert gw.server.stats.handshake_rejected["timeout"] == 200

@@ -13,6 +13,7 @@ import pathlib
 import socket
 import struct
 import time
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -123,7 +124,8 @@ async def ping_flood(port: int, seconds: float) -> tuple[RawWs, int]:
     with trio.move_on_after(seconds):
         try:
             while True:
-                sent += await ws.sock.send(batch)
+                await ws.send_raw(batch)  # whole frames: a partial send would be garbage
+                sent += len(batch)
         except OSError:
             pass
     return ws, sent
@@ -164,6 +166,46 @@ async def test_a_ping_flood_without_reading_is_closed_4029_and_memory_stays_flat
     await tasks_settle(tasks)
 
 
+@pytest.mark.parametrize("when", ["open", "closing"])
+async def test_bytes_after_a_frame_that_cannot_be_parsed_are_not_read(
+    gateway_factory: Callable[..., Any], when: str
+) -> None:
+    """After a frame it cannot parse the gateway reads nothing more: its WebSocket
+    parser is finished, and everything fed to it would be held unparsed (issue 16: a
+    flood that lost frame sync after its 4029 close held +214 MiB). Deterministic: the
+    close timeout is long, so only the gateway ceasing to read can stop the flood."""
+    gw: Gateway = await gateway_factory(server={"close_timeout_s": 60, "message_burst": 10})
+    before, tasks = rss(), task_count()
+    ws = await RawWs.connect(gw.port, rcvbuf=4096)
+    assert (await ws.recv_json())["type"] == "welcome"
+    if when == "closing":  # over the message rate: closed 4029, then the garbage
+        await ws.send_raw(RawWs.frame(b"p", opcode=9) * 20)
+        with trio.fail_after(5):
+            assert await ws.close_code_at_end() == 4029
+    await ws.send_raw(RawWs.frame(b"x", opcode=3))  # a reserved opcode: 1002
+    junk = os.urandom(1 << 20)
+    sent = 0
+    with trio.move_on_after(10):
+        try:
+            while sent < 64 * MIB:
+                await ws.send_raw(junk)
+                sent += len(junk)
+        except OSError:
+            pass
+    growth = rss() - before
+    print(f"garbage while {when}: {sent / MIB:.0f} MiB taken, RSS +{growth / MIB:.1f} MiB")
+    if when == "open":
+        with trio.fail_after(5):
+            assert await ws.close_code_at_end() == 1002
+    ws.close()
+    # kernel buffers hold a few MiB; the gateway itself holds nothing of it
+    assert sent < 32 * MIB, sent / MIB
+    assert growth < 4 * MIB, growth / MIB
+    assert gw.server.stats.inbound_rejected["bad_frame"] == 1
+    assert gw.server.stats.internal_errors == 0
+    await tasks_settle(tasks)
+
+
 async def test_pings_within_the_rate_are_answered_once_each_latest_only(
     gateway_factory: Callable[..., Any],
 ) -> None:
@@ -199,7 +241,10 @@ async def test_pings_within_the_rate_are_answered_once_each_latest_only(
 async def test_answers_never_read_are_capped_by_max_pending_bytes_then_closed_4009(
     gateway_factory: Callable[..., Any],
 ) -> None:
-    budget = 64 * 1024
+    """The budget is what the queue really holds: the heap the attack adds (traced)
+    stays within a small multiple of it. It was 75 times the budget, when every
+    queued pong kept orjson's 4 KiB output buffer."""
+    budget = 256 * 1024
     gw: Gateway = await gateway_factory(
         server={
             "messages_per_s": 1e9,
@@ -208,21 +253,30 @@ async def test_answers_never_read_are_capped_by_max_pending_bytes_then_closed_40
             "max_pending_bytes": budget,
         }
     )
+    await served(gw, state=False)  # the first connection's one-time costs are not its budget
     before, tasks = rss(), task_count()
     ws = await RawWs.connect(gw.port, rcvbuf=4096)
     batch = b"".join(RawWs.frame(b'{"type":"ping","id":1}') for _ in range(200))
-    with trio.move_on_after(8):
-        try:
-            while gw.server.stats.inbound_rejected["pending_bytes"] == 0:
-                await ws.sock.send(batch)
-        except OSError:
-            pass
+    tracemalloc.start()
+    try:
+        with trio.move_on_after(8):
+            try:
+                while gw.server.stats.inbound_rejected["pending_bytes"] == 0:
+                    await ws.send_raw(batch)
+            except OSError:
+                pass
+        traced, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert gw.server.stats.inbound_rejected["pending_bytes"] == 1
     growth = rss() - before
     with trio.fail_after(5):
         code = await ws.close_code_at_end()
     ws.close()
+    print(f"answers never read: heap +{traced / MIB:.2f} MiB (peak {peak / MIB:.2f} MiB)")
     assert code == 4009
+    assert traced < 2 * budget, traced / MIB  # held at the close: the queue, at most
+    assert peak < 4 * budget, peak / MIB  # with what the attack's reading costs meanwhile
     assert growth < 4 * MIB, growth / MIB
     await tasks_settle(tasks)
 

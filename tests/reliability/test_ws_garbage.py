@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from gateway.app import Gateway
 from tests.serve.rawws import RawWs
@@ -47,7 +48,7 @@ async def test_garbage_is_closed_with_the_right_code_and_the_gateway_serves_on(
 ) -> None:
     gw: Gateway = await gateway_factory(server={"message_timeout_s": 0.3})
     gw.store.apply("site/a", {"v": 1}, gw.clock.wall())
-    await trio.sleep(0.1)
+    await trio.testing.wait_all_tasks_blocked()  # the gateway settled: its tasks counted
     baseline = live_tasks()
     data, code = CASES[case]
     ws = await RawWs.connect(gw.port)

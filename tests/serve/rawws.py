@@ -62,7 +62,11 @@ class RawWs:
         return self
 
     async def send_raw(self, data: bytes) -> None:
-        await self.sock.send(data)
+        """All of ``data``: a send may take only part of it (a full send buffer, TCP
+        memory pressure), and going on with the next frame would send garbage."""
+        view = memoryview(data)
+        while view:
+            view = view[await self.sock.send(view) :]
 
     @staticmethod
     def frame(

@@ -90,7 +90,8 @@ async def test_after_a_restart_notice_refusals_do_not_grow_the_backoff(
         first.server.request_shutdown()
         with trio.fail_after(5):
             await first.server.stopped.wait()
-        await trio.sleep(5.0)  # the restart takes a while: every attempt is refused
+        # deliberate (virtual time): the restart takes a while, every attempt is refused
+        await trio.sleep(5.0)
         second: Gateway = await nursery.start(serve, cfg)
         back = trio.current_time()
         with trio.fail_after(30):

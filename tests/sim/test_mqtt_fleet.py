@@ -153,16 +153,24 @@ async def test_timestamps_start_when_publishing_does_not_when_the_fleet_was_buil
 
     gw = await mqtt_gateway(gateway_factory, mosquitto)
     fleet = Fleet(FleetConfig(devices=20, sites=2, rate_hz=5), start_wall=time.time())
-    await trio.sleep(1.0)  # a slow start: connecting thousands of devices takes this long
+    # deliberate: a slow start (connecting thousands of devices takes this long) must
+    # not show in the timestamps
+    await trio.sleep(1.0)
     pub = MqttPublisher(fleet, parse_url(mosquitto.url), connections=1, offline_on_exit=False)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pub.run)
-        await trio.sleep(1.0)
-        ages = [
+
+    def received() -> list[float]:
+        return [
             st.changed_at - st.device_ts
             for d in fleet.devices
             if (st := gw.store.get(d.path)) is not None and st.device_ts is not None
         ]
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pub.run)
+        with trio.fail_after(10):  # every device published once
+            while len(received()) < 20:
+                await trio.sleep(0.02)
+        ages = received()
         nursery.cancel_scope.cancel()
     assert len(ages) == 20
     # device timestamp to gateway receipt: loopback time, not the second of setup
