@@ -199,15 +199,9 @@ async def _alarm_delays(gw: Gateway, task_status: trio.TaskStatus[None]) -> None
         gw.insight.alarms.tick(gw.clock.wall())
 
 
-Source = Callable[..., object]
-
-
-async def serve(
-    cfg: Config,
-    *,
-    install_signals: bool = False,
-    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
-) -> None:
+async def prepare(cfg: Config) -> tuple[Gateway, Loaded]:
+    """The gateway built, with its last checkpoint read (and the epoch decided by it)
+    if ``[persist] state_dir`` is set; nothing started (app.serve, cluster/parent.py)."""
     tune_malloc()  # a long-running server: keep glibc's heap from fragmenting (memory.py)
     persister = Persister(cfg.persist) if cfg.persist.state_dir else None
     loaded = await persister.load() if persister is not None else Loaded()
@@ -216,31 +210,54 @@ async def serve(
         gw.persister = persister
         gw.metrics.attach_persist(persister.stats)
         persister.add_section("history", _history_section(gw.insight.history))
+    return gw, loaded
+
+
+async def restore(gw: Gateway, loaded: Loaded, nursery: trio.Nursery) -> None:
+    """The checkpoint's state into the store, alarms adopted, periodic checkpoints on."""
+    if gw.persister is not None:
+        marked = await gw.persister.restore(gw.store, loaded)
+        await _adopt_alarms(gw, marked)
+        await nursery.start(gw.persister.run, gw.store)
+
+
+async def start_sources(gw: Gateway, nursery: trio.Nursery) -> None:
+    """The alarm rules' timer and the data sources: MQTT ingest, embedded simulator."""
+    cfg = gw.cfg
+    if cfg.alarms.rules:
+        await nursery.start(_alarm_delays, gw)
+    if cfg.mqtt.url:
+        from .ingest.mqtt import MqttIngest
+
+        gw.mqtt = MqttIngest(cfg.mqtt, gw.store, gw.clock, cfg.state.max_topic_bytes)
+        gw.server.ready_checks["mqtt"] = gw.mqtt.ready
+        await nursery.start(gw.mqtt.run)
+    if cfg.simulator.devices:
+        from devices_sim.inprocess import run_inprocess
+
+        await nursery.start(run_inprocess, gw.store, gw.clock, cfg.simulator)
+
+
+async def serve(
+    cfg: Config,
+    *,
+    install_signals: bool = False,
+    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    gw, loaded = await prepare(cfg)
     async with trio.open_nursery() as nursery:
         await nursery.start(gw.looplag.run)
-        if persister is not None:
-            marked = await persister.restore(gw.store, loaded)
-            await _adopt_alarms(gw, marked)
-            await nursery.start(persister.run, gw.store)
+        await restore(gw, loaded, nursery)
         await nursery.start(gw.server.serve)
         if install_signals:
             # the gateway owns the process (the CLI), not a test or an embedding program:
             # what is alive now (and the restored state) is long-lived (memory.py)
             tune_gc()
-        if cfg.alarms.rules:
-            await nursery.start(_alarm_delays, gw)
-        if install_signals:  # before the start line: a SIGTERM right after it is graceful
-            await nursery.start(_watch_signals, gw.server)
-        if cfg.mqtt.url:
-            from .ingest.mqtt import MqttIngest
-
-            gw.mqtt = MqttIngest(cfg.mqtt, gw.store, gw.clock, cfg.state.max_topic_bytes)
-            gw.server.ready_checks["mqtt"] = gw.mqtt.ready
-            await nursery.start(gw.mqtt.run)
-        if cfg.simulator.devices:
-            from devices_sim.inprocess import run_inprocess
-
-            await nursery.start(run_inprocess, gw.store, gw.clock, cfg.simulator)
+            # before the start line: a SIGTERM right after it is graceful
+            await nursery.start(
+                watch_signals, gw.server.request_shutdown, "shutting down gracefully"
+            )
+        await start_sources(gw, nursery)
         sc = cfg.server
         log.info(
             "listening on http://%s:%d/ (WebSocket /ws), admin on http://%s:%d/metrics; epoch %s",
@@ -252,18 +269,22 @@ async def serve(
         )
         task_status.started(gw)
         await gw.server.stopped.wait()
-        if persister is not None:
-            await persister.final(gw.store)  # every client is closed: the epoch may be kept
+        if gw.persister is not None:
+            await gw.persister.final(gw.store)  # every client is closed: the epoch may be kept
         nursery.cancel_scope.cancel()
     log.info("stopped")
 
 
-async def _watch_signals(
-    server: Server, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+async def watch_signals(
+    stop: Callable[[], None],
+    what: str,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """The first SIGTERM or SIGINT calls ``stop`` (a graceful shutdown)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
         async for signum in signals:
-            log.info("%s: shutting down gracefully", signal.Signals(signum).name)
-            server.request_shutdown()
+            log.info("%s: %s", signal.Signals(signum).name, what)
+            stop()
             return

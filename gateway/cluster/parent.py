@@ -46,19 +46,12 @@ from typing import Final
 import orjson
 import trio
 
-from ..app import (
-    Gateway,
-    _adopt_alarms,
-    _alarm_delays,
-    _history_section,
-    build,
-)
+from ..app import Gateway, prepare, restore, start_sources, watch_signals
 from ..auth import Identity
 from ..config import Config
 from ..core import snapshotfile
 from ..core.protocol import AckAlarm, Error
-from ..memory import tune_gc, tune_malloc
-from ..persist import Loaded, Persister
+from ..memory import tune_gc
 from ..serve.admission import accept_loop, listen
 from ..serve.sockio import close_socket
 from .channel import ChannelError, Kind, Outbox, Reader
@@ -368,14 +361,7 @@ async def serve_cluster(
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """``app.serve`` with the screens served by ``cfg.server.workers`` processes."""
-    tune_malloc()
-    persister = Persister(cfg.persist) if cfg.persist.state_dir else None
-    loaded = await persister.load() if persister is not None else Loaded()
-    gw = build(cfg, epoch=loaded.epoch)
-    if persister is not None:
-        gw.persister = persister
-        gw.metrics.attach_persist(persister.stats)
-        persister.add_section("history", _history_section(gw.insight.history))
+    gw, loaded = await prepare(cfg)
     sc = cfg.server
     reserved = reserve_port(sc.host, sc.port)
     admin = listen(sc.admin_host, sc.admin_port)
@@ -387,10 +373,7 @@ async def serve_cluster(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(gw.looplag.run)
-            if persister is not None:
-                marked = await persister.restore(gw.store, loaded)
-                await _adopt_alarms(gw, marked)
-                await nursery.start(persister.run, gw.store)
+            await restore(gw, loaded, nursery)
             async with trio.open_nursery() as http:
                 nursery.start_soon(
                     accept_loop, admin, http, gw.server.handler.handle_admin, 0, gw.server.log
@@ -398,20 +381,10 @@ async def serve_cluster(
                 await nursery.start(cluster.run)
                 if install_signals:  # the CLI owns the process (app.serve, memory.py)
                     tune_gc()
-                if cfg.alarms.rules:
-                    await nursery.start(_alarm_delays, gw)
-                if install_signals:
-                    await nursery.start(_watch_signals, stop)
-                if cfg.mqtt.url:
-                    from ..ingest.mqtt import MqttIngest
-
-                    gw.mqtt = MqttIngest(cfg.mqtt, gw.store, gw.clock, cfg.state.max_topic_bytes)
-                    gw.server.ready_checks["mqtt"] = gw.mqtt.ready
-                    await nursery.start(gw.mqtt.run)
-                if cfg.simulator.devices:
-                    from devices_sim.inprocess import run_inprocess
-
-                    await nursery.start(run_inprocess, gw.store, gw.clock, cfg.simulator)
+                    await nursery.start(
+                        watch_signals, stop.set, "stopping the workers, then the ingest"
+                    )
+                await start_sources(gw, nursery)
                 log.info(
                     "%d workers on http://%s:%d/ (WebSocket /ws), admin on http://%s:%d/metrics; "
                     "epoch %s",
@@ -426,22 +399,11 @@ async def serve_cluster(
                 await stop.wait()
                 gw.server.fanout.stopping = True  # /readyz: not ready from now on
                 await cluster.stop()
-                if persister is not None:
-                    await persister.final(gw.store)  # every screen is closed
+                if gw.persister is not None:
+                    await gw.persister.final(gw.store)  # every screen is closed
                 gw.server.stopped.set()
                 nursery.cancel_scope.cancel()
     finally:
         close_socket(admin)
         close_socket(reserved)
     log.info("stopped")
-
-
-async def _watch_signals(
-    stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        task_status.started()
-        async for signum in signals:
-            log.info("%s: stopping the workers, then the ingest", signal.Signals(signum).name)
-            stop.set()
-            return
