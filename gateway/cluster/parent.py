@@ -52,7 +52,7 @@ from ..config import Config
 from ..core import snapshotfile
 from ..core.protocol import AckAlarm, Error
 from ..memory import tune_gc
-from ..serve.admission import accept_loop, listen
+from ..serve.admission import accept_loop, bind, listen
 from ..serve.sockio import close_socket
 from .channel import ChannelError, Kind, Outbox, Reader
 from .metrics import ClusterCollector, ClusterStats
@@ -341,16 +341,7 @@ async def _end_when_exited(proc: trio.Process, scope: trio.CancelScope) -> None:
 def reserve_port(host: str, port: int) -> socket.socket:
     """A bound, not listening SO_REUSEPORT socket: picks the port for ``port=0`` and
     holds it for the workers (it receives no connections: it never listens)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise OSError(err.errno, f"cannot listen on {host}:{port}: {err.strerror}") from None
-    return sock
+    return bind(host, port, reuse_port=True)
 
 
 async def serve_cluster(

@@ -24,14 +24,13 @@ from .http import HttpError, Request, try_respond
 from .sockio import Outbound
 from .stats import ServerStats
 
-__all__ = ["Admission", "accept_loop", "forwarded_for", "listen"]
+__all__ = ["Admission", "accept_loop", "bind", "forwarded_for", "listen"]
 
 _T = TypeVar("_T")
 
 
-def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A listening socket; ``reuse_port``: one of several processes sharing the port
-    (SO_REUSEPORT: the kernel spreads new connections over them, gateway/cluster)."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound socket, not listening yet (clear error if the address is taken)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -42,6 +41,13 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     except OSError as err:
         sock.close()
         raise OSError(err.errno, f"cannot listen on {host}:{port}: {err.strerror}") from None
+    return sock
+
+
+def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket; ``reuse_port``: one of several processes sharing the port
+    (SO_REUSEPORT: the kernel spreads new connections over them, gateway/cluster)."""
+    sock = bind(host, port, reuse_port=reuse_port)
     sock.listen(1024)
     sock.setblocking(False)
     return sock
