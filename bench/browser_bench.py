@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
@@ -52,6 +53,12 @@ setInterval(() => {
                             performance.memory.usedJSHeapSize]);
 }, 5000);
 """
+
+# One sample a minute: the last heap-after-GC sample and the running totals, from
+# which the loop derives the minute's frame average and update rate.
+MINUTE = """() => { const b = window.__bench;
+  return { t: (performance.now() - b.start) / 1000, heap: b.heap.at(-1)?.[1] ?? null,
+           frames: b.frames, frameSum: b.frameSum, updates: b.updates }; }"""
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -128,11 +135,30 @@ def main() -> None:
             flush=True,
         )
         deadline = time.monotonic() + seconds
+        minutes: list[dict[str, float]] = []
+        prev = {"t": 0.0, "frames": 0, "frameSum": 0.0, "updates": 0}
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(min(60.0, left))
-            last = page.evaluate("() => window.__bench.heap.at(-1)")
-            if last and left > 60:
-                print(f"  {last[0]:6.0f} s: heap after GC {last[1] / 2**20:.2f} MiB", flush=True)
+            now = page.evaluate(MINUTE)
+            if now["heap"] is None:
+                continue
+            frames = now["frames"] - prev["frames"]
+            row = {
+                "t_s": now["t"],
+                "heap_mib": now["heap"] / 2**20,
+                "updates_per_s": (now["updates"] - prev["updates"])
+                / max(1.0, now["t"] - prev["t"]),
+                "frame_avg_ms": (now["frameSum"] - prev["frameSum"]) / frames if frames else 0.0,
+                "load1": os.getloadavg()[0],
+            }
+            prev = now
+            minutes.append(row)
+            print(
+                f"  {row['t_s']:6.0f} s: heap after GC {row['heap_mib']:.2f} MiB, frame avg "
+                f"{row['frame_avg_ms']:.1f} ms, {row['updates_per_s']:,.0f} updates/s, "
+                f"load {row['load1']:.2f}",
+                flush=True,
+            )
         data = page.evaluate("() => ({...window.__bench, hist: Array.from(window.__bench.hist)})")
         draws = sorted(page.evaluate("() => window.wall?.drawMs()"))
         browser.close()
@@ -161,6 +187,7 @@ def main() -> None:
         "heap_trend_mib_per_hour": trend,
         "warmup_s": args.warmup,
         "updates_per_s": updates,
+        "per_minute": minutes,
     }
     half = len(after_warmup) // 2
     first_half = after_warmup[:half] or heap
