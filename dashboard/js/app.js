@@ -13,6 +13,7 @@ import { Health, fmtAge } from "./health.js";
 import { loadWall, matches } from "./wallconfig.js";
 import { DeviceGrid } from "./grid.js";
 import { TrendPanel, HISTORY } from "./charts.js";
+import { HistoryLoader } from "./history.js";
 import { EventLog } from "./events.js";
 import { KpiRow, WorstTable, AlarmList } from "./panels.js";
 import { Range, renderLegend } from "./colour.js";
@@ -35,11 +36,17 @@ meta.load(location.href, { token: TOKEN }).then(() => metaChanged());
 const wsUrl = new URL("ws", location.href);
 wsUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
 // alarm states are topics under "$alarms/", which "#" does not match: asked for explicitly;
-// the charts' window of history comes with the subscription, before the live state
+// the charts' history is fetched after the first paint (history.js), on either transport
 const client = new GatewayClient({ url: wsUrl.toString(), filters: [wall.filter, "$alarms/#"],
-                                   historyS: HISTORY,
                                    rateHz: Number(params.get("rate") || 10), token: TOKEN,
                                    transport: params.get("transport") || "auto" });
+const historyLoader = new HistoryLoader({
+  token: TOKEN, seconds: HISTORY,
+  topics: function* () { for (const t of client.topics.keys()) if (!meta.isAlarmTopic(t)) yield t; },
+  groupOf: (t, level) => meta.group(t, level),
+});
+meta.historySource = (field, level) => historyLoader.load(field, level);
+let firstPaint = null; // performance.now() when the first snapshot's tiles were all painted
 const health = new Health(client, { grace_s: wall.grace_s ?? 10, warn_s: wall.warn_s ?? 5,
                                     bad_s: wall.bad_s ?? 30 });
 
@@ -178,10 +185,6 @@ function tOf(field, v) {
 // -- updates ---------------------------------------------------------------------------------
 let updates = 0;
 let alarmsDirty = false; // the alarm list renders on the next tick, not per message
-client.addEventListener("history", (e) => meta.addHistory(e.detail));
-client.addEventListener("history_end", () => {
-  meta.historyDone(); // the charts keep their rings over reconnects: history once
-});
 function renderAlarms() {
   alarmsDirty = false;
   for (const a of alarmLists) a.list.render();
@@ -236,6 +239,10 @@ function draw() {
   if (drawMs.length >= 2000) drawMs.shift();
   drawMs.push(performance.now() - started);
   if (!done) schedule();
+  else if (firstPaint === null && seenEver.size > 0) { // tiles first, then the charts' history
+    firstPaint = performance.now();
+    historyLoader.open();
+  }
 }
 
 // -- the connection, honestly --------------------------------------------------------------
@@ -263,7 +270,6 @@ client.addEventListener("status", (e) => {
   const { status } = e.detail;
   if (status === "open" && lastStatus !== "open") {
     epochDropped = false;
-    client.historyS = 0; // asked with the first subscribe only: a reconnect never asks again
     if (client.meta?.version && client.meta.version !== meta.version) {
       meta.load(location.href, { token: TOKEN, url: client.meta.url || "api/meta" }).then(() => metaChanged());
     }
@@ -386,10 +392,13 @@ window.wall = {
   // tiles showing a device's data (not unknown): what "the wall is up" means in tests
   tilesWithValues: () => grids.length ? [...grids[0].grid.tiles.values()].filter((t) => t.key && t.state !== "unknown").length : 0,
   drawMs: () => drawMs.slice(),
+  firstPaint: () => firstPaint,
+  history: historyLoader,
   tickMs: () => tickMs.slice(),
   boxes: () => grids.filter((g) => g.page === current).flatMap((g) => g.grid.boxes()),
   layout: () => grids.filter((g) => g.page === current).map((g) => ({ side: g.grid.plan?.side, wide: g.grid.plan?.wide })),
   trends: () => trends.map((t) => t.panel.latest()),
+  historyAt: () => trends.map((t) => t.panel.prefilledAt), // performance.now() or null
   series: (i, group) => trends[i]?.panel.seriesOf(group),
   page: () => current,
   showPage,
