@@ -54,11 +54,58 @@ setInterval(() => {
 }, 5000);
 """
 
+# From navigation on (an init script, before the page's own): when the first tile and
+# all tiles show a value, and when the first and every chart of the first trend panel
+# hold history (a point older than the page). Works on older walls too (--dashboard-dir),
+# which had no hooks for it. Polled every 50 ms until the wall is full, or 120 s.
+LOAD_PROBE = """
+window.__load = { groups: 0, historyGroups: 0 };
+(() => {
+  const L = window.__load, since = performance.timeOrigin / 1000 - 5;
+  const timer = setInterval(() => {
+    const w = window.wall, now = performance.now();
+    if (!w?.tilesWithValues) return;
+    const c = window.gatewayClient;
+    if (c && !L.hooked) {
+      L.hooked = true;
+      c.addEventListener("history_end", (e) => { L.historyEnd = e.detail; });
+    }
+    const tiles = w.tilesWithValues();
+    if (tiles > 0) L.firstTile ??= now;
+    if (tiles >= DEVICES) L.allTiles ??= now;
+    const groups = Object.keys(w.trends()[0] || {});
+    const filled = groups.filter((g) => (w.series(0, g)?.times[0] ?? Infinity) < since);
+    L.groups = groups.length;
+    L.historyGroups = filled.length;
+    if (filled.length) L.firstHistory ??= now;
+    if (groups.length && filled.length === groups.length) L.allHistory ??= now;
+    if ((L.allTiles && L.allHistory) || now > 120000) {
+      L.full = L.allTiles && L.allHistory ? Math.max(L.allTiles, L.allHistory) : null;
+      L.done = true;
+      clearInterval(timer);
+    }
+  }, 50);
+})();
+"""
+
 # One sample a minute: the last heap-after-GC sample and the running totals, from
 # which the loop derives the minute's frame average and update rate.
 MINUTE = """() => { const b = window.__bench;
   return { t: (performance.now() - b.start) / 1000, heap: b.heap.at(-1)?.[1] ?? null,
            frames: b.frames, frameSum: b.frameSum, updates: b.updates }; }"""
+
+
+def ms(v: float | None) -> str:
+    return "never" if v is None else f"{v / 1000:.1f} s"
+
+
+def describe_load(load: dict[str, object]) -> str:
+    t = {k: load.get(k) for k in ("firstTile", "allTiles", "firstHistory", "allHistory", "full")}
+    return (
+        f"first tile {ms(t['firstTile'])}, all tiles {ms(t['allTiles'])}, chart history "
+        f"first {ms(t['firstHistory'])}, all {ms(t['allHistory'])} "
+        f"({load.get('historyGroups')}/{load.get('groups')} groups), full wall {ms(t['full'])}"
+    )
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -107,6 +154,13 @@ def main() -> None:
         default="",
         help="serve this dashboard instead (e.g. an older one, to compare on a busy machine)",
     )
+    ap.add_argument(
+        "--history-wait",
+        type=float,
+        default=60.0,
+        help="seconds the fleet runs before the page loads, so the gateway has chart "
+        "history to serve (the time to a full wall includes it)",
+    )
     args = ap.parse_args()
     seconds = args.seconds or (20 if args.quick else 60)
     from playwright.sync_api import sync_playwright
@@ -125,7 +179,17 @@ def main() -> None:
     ):
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
         page = browser.new_page(viewport={"width": 1920, "height": 1080})
+        page.add_init_script(LOAD_PROBE.replace("DEVICES", str(args.devices)))
+        time.sleep(args.history_wait)
         page.goto(f"http://127.0.0.1:{gw.port}/?rate=10", timeout=120_000)
+        page.wait_for_function("() => window.__load?.done", timeout=150_000, polling=500)
+        load = page.evaluate("() => window.__load")
+        load["history_fetch"] = page.evaluate("() => window.wall.history?.stats ?? null")
+        load["history_at"] = page.evaluate("() => window.wall.historyAt?.() ?? null")
+        load["chart_field"] = page.evaluate(
+            "() => window.wall.series(0, Object.keys(window.wall.trends()[0] || {})[0])?.field"
+        )
+        print(f"  load: {describe_load(load)}", flush=True)
         page.wait_for_function(
             f"() => window.gatewayClient?.topics.size >= {args.devices}", timeout=120_000
         )
@@ -188,6 +252,7 @@ def main() -> None:
         "warmup_s": args.warmup,
         "updates_per_s": updates,
         "per_minute": minutes,
+        "load": load,
     }
     half = len(after_warmup) // 2
     first_half = after_warmup[:half] or heap

@@ -26,6 +26,9 @@ VIEWER = "viewer-token-0123456789ab"
 PUMP = "plant/line1/pump-3"
 ALARM = f"$alarms/overpressure/{PUMP}"
 SECTIONS: dict[str, Any] = {
+    # a few values, then silence: without this the pump turns stale 5 s after its last
+    # value (3 x its learned interval), before a busy machine has the wall open
+    "state": {"stale_after": [{"filter": "plant/#", "after_s": 600.0}]},
     "auth": {
         "mode": "static",
         "tokens": [
