@@ -7,7 +7,8 @@
 // within a budget; everything else (KPIs, charts, tables, banner) renders once a second;
 // every history is a fixed-size ring buffer, so memory stays flat over hours.
 
-import { GatewayClient } from "./client.js";
+import { GatewayClient, shouldReconnect } from "./client.js";
+import { refusalText, diagnose } from "./refusal.js";
 import { Meta } from "./meta.js";
 import { Health, fmtAge } from "./health.js";
 import { loadWall, matches } from "./wallconfig.js";
@@ -260,14 +261,30 @@ function header() {
     (age === null ? "" : ` · data age ${fmtAge(age)}`);
   const banner = $("banner");
   const notice = health.notice(wall.filter);
-  const text = health.bannerText() || notice;
-  banner.classList.toggle("notice", !!notice);
+  const refused = refusal ? refusalText(refusal) : "";
+  const text = refused || health.bannerText() || notice;
+  banner.classList.toggle("notice", !refused && !!notice);
+  banner.dataset.refusal = refused ? String(refusal.code) : "";
   banner.hidden = !text;
   if (banner.textContent !== text) banner.textContent = text;
   document.body.classList.toggle("unknown", health.unknown());
 }
+// Why the gateway refuses the wall, when it does (refusal.js): a close code after which
+// the client stays closed, or a handshake refused with 401/403 (asked at most every 5 s)
+let refusal = null;
+let diagnosedAt = -Infinity;
+async function whyRefused() {
+  if (performance.now() - diagnosedAt < 5000) return;
+  diagnosedAt = performance.now();
+  const found = await diagnose(location.href, client.token);
+  if (client.status !== "open") { refusal = found; header(); }
+}
 client.addEventListener("status", (e) => {
-  const { status } = e.detail;
+  const { status, code } = e.detail;
+  if (status === "open") refusal = null;
+  else if (status === "closed" && code !== undefined && !shouldReconnect(code)) {
+    refusal = { code, reason: e.detail.reason || "" };
+  } else if (status === "closed" && (code === undefined || code === 1006)) whyRefused();
   if (status === "open" && lastStatus !== "open") {
     epochDropped = false;
     if (client.meta?.version && client.meta.version !== meta.version) {
@@ -275,7 +292,7 @@ client.addEventListener("status", (e) => {
     }
     if (lastStatus) events.add(`connected via ${TRANSPORT[client.transport]}${e.detail.resumed ? " (resumed)" : ""}`, "ok");
   } else if (status === "closed" && lastStatus === "open") {
-    events.add(`connection lost (${e.detail.code ?? "?"})`, "bad");
+    events.add(`connection lost (${e.detail.code ?? "?"}${e.detail.reason ? `: ${e.detail.reason}` : ""})`, "bad");
     epochDropped = true; // a new epoch may drop every topic: not "removed" devices
   }
   lastStatus = status;
