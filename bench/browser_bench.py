@@ -18,6 +18,7 @@ import os
 import pathlib
 import sys
 import time
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -105,7 +106,21 @@ def describe_load(load: dict[str, object]) -> str:
         f"first tile {ms(t['firstTile'])}, all tiles {ms(t['allTiles'])}, chart history "
         f"first {ms(t['firstHistory'])}, all {ms(t['allHistory'])} "
         f"({load.get('historyGroups')}/{load.get('groups')} groups), full wall {ms(t['full'])}"
+        f"; history asked at {ms(load.get('first_paint'))}"  # type: ignore[arg-type]
     )
+
+
+def self_time(profile: dict[str, Any]) -> list[tuple[tuple[str, str], float]]:
+    """Share of the profile's samples per function (self time), largest first."""
+    nodes = {n["id"]: n for n in profile["nodes"]}
+    counts: dict[tuple[str, str], int] = {}
+    for sample in profile["samples"]:
+        frame = nodes[sample]["callFrame"]
+        url = frame["url"].rsplit("/", 1)[-1]
+        key = (frame["functionName"], f"{url}:{frame['lineNumber'] + 1}" if url else "")
+        counts[key] = counts.get(key, 0) + 1
+    total = max(1, len(profile["samples"]))
+    return sorted(((k, n / total) for k, n in counts.items()), key=lambda x: -x[1])
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -161,6 +176,12 @@ def main() -> None:
         help="seconds the fleet runs before the page loads, so the gateway has chart "
         "history to serve (the time to a full wall includes it)",
     )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the page's CPU profile (DevTools Protocol Profiler) over the run and "
+        "print the functions with the most self time",
+    )
     args = ap.parse_args()
     seconds = args.seconds or (20 if args.quick else 60)
     from playwright.sync_api import sync_playwright
@@ -186,6 +207,7 @@ def main() -> None:
         load = page.evaluate("() => window.__load")
         load["history_fetch"] = page.evaluate("() => window.wall.history?.stats ?? null")
         load["history_at"] = page.evaluate("() => window.wall.historyAt?.() ?? null")
+        load["first_paint"] = page.evaluate("() => window.wall.firstPaint?.() ?? null")
         load["chart_field"] = page.evaluate(
             "() => window.wall.series(0, Object.keys(window.wall.trends()[0] || {})[0])?.field"
         )
@@ -194,6 +216,12 @@ def main() -> None:
             f"() => window.gatewayClient?.topics.size >= {args.devices}", timeout=120_000
         )
         page.evaluate(PROBE)
+        cdp = None
+        if args.profile:
+            cdp = page.context.new_cdp_session(page)
+            cdp.send("Profiler.enable")
+            cdp.send("Profiler.setSamplingInterval", {"interval": 500})
+            cdp.send("Profiler.start")
         print(
             f"browser: {args.devices} devices at {args.rate:g} Hz for {seconds} s ...",
             flush=True,
@@ -223,9 +251,15 @@ def main() -> None:
                 f"load {row['load1']:.2f}",
                 flush=True,
             )
+        profile = cdp.send("Profiler.stop")["profile"] if cdp else None
         data = page.evaluate("() => ({...window.__bench, hist: Array.from(window.__bench.hist)})")
         draws = sorted(page.evaluate("() => window.wall?.drawMs()"))
         browser.close()
+    if profile:
+        top = self_time(profile)
+        print("  self time by function (profiler samples):")
+        for (fn, where), share in top[:20]:
+            print(f"    {share * 100:5.1f} %  {fn or '(anonymous)'}  {where}")
     nframes = data["frames"]
     avg = data["frameSum"] / nframes
     p99 = percentile_from_histogram(data["hist"], 0.99) / 10

@@ -48,6 +48,7 @@ const historyLoader = new HistoryLoader({
 });
 meta.historySource = (field, level) => historyLoader.load(field, level);
 let firstPaint = null; // performance.now() when the first snapshot's tiles were all painted
+let firstDeviceAt = null; // performance.now() of the first device's state
 const health = new Health(client, { grace_s: wall.grace_s ?? 10, warn_s: wall.warn_s ?? 5,
                                     bad_s: wall.bad_s ?? 30 });
 
@@ -212,6 +213,7 @@ client.addEventListener("change", (e) => {
       continue;
     }
     const st = client.topics.get(topic);
+    firstDeviceAt ??= performance.now();
     meta.observe(topic, st);
     updates += 1;
     for (const g of grids) if (matches(g.filter, topic)) g.grid.touch(topic, st);
@@ -240,9 +242,19 @@ function draw() {
   if (drawMs.length >= 2000) drawMs.shift();
   drawMs.push(performance.now() - started);
   if (!done) schedule();
-  else if (firstPaint === null && seenEver.size > 0) { // tiles first, then the charts' history
-    firstPaint = performance.now();
-    historyLoader.open();
+  // tiles first, then the charts' history: once every tile on the page was painted (not
+  // "nothing left to draw": with devices at 10 Hz there always is), or 5 s after the
+  // first device at the latest
+  if (firstPaint === null && firstDeviceAt !== null) {
+    const painted = grids.every((g) => {
+      if (g.page !== current) return true;
+      for (const t of g.grid.tiles.values()) if (!t.key) return false;
+      return true;
+    });
+    if (painted || started - firstDeviceAt > 5000) {
+      firstPaint = performance.now();
+      historyLoader.open();
+    }
   }
 }
 
