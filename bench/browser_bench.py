@@ -4,10 +4,16 @@ A gateway with N simulated devices at R messages per second each (default 5,000 
 10 Hz) serves the dashboard at 1920x1080 in Debian's Chromium (Playwright). Through the
 Performance API the page records every animation frame's interval, and every 5 s the
 JS heap after a forced GC. Reported: average and p99 frame time, long tasks, heap at
-start and end and its trend (least-squares slope after a 10 s warm-up), and the
-updates per second the page actually received.
+start and end and its trend (least-squares slope after a 10 s warm-up), one row a
+minute (heap, frame average, updates, load average), and the updates per second the
+page actually received. Before that, the load: the fleet runs --history-wait seconds
+(so there is chart history), then the page loads and an init script times the first
+tile, all tiles, the charts' history and the full wall. --profile adds the page's CPU
+profile (DevTools Protocol) as self time per function; --dashboard-dir serves another
+(older) wall to tell machine noise from the wall's own cost.
 
-    python bench/browser_bench.py [--quick] [--write]
+    python bench/browser_bench.py [--quick] [--write] [--profile]
+    python bench/browser_bench.py --seconds 3600 --warmup 400 --name browser-soak --write
 """
 
 from __future__ import annotations
@@ -182,11 +188,24 @@ def main() -> None:
         help="record the page's CPU profile (DevTools Protocol Profiler) over the run and "
         "print the functions with the most self time",
     )
+    ap.add_argument(
+        "--write-only",
+        metavar="ARGS",
+        default=None,
+        help="write the docs section NAME from bench/results/NAME.json without running "
+        "(ARGS: the command line the results came from, shown in the docs)",
+    )
     args = ap.parse_args()
+    if args.write_only is not None:
+        from bench.report import results_path
+
+        result = json.loads(results_path(args.name, False).read_text())
+        write(result, args.name, args.write_only)
+        return
     seconds = args.seconds or (20 if args.quick else 60)
     from playwright.sync_api import sync_playwright
 
-    from bench.report import gateway_process, machine_info, results_path, write_section
+    from bench.report import gateway_process, machine_info, results_path
 
     with (
         gateway_process(
@@ -303,42 +322,102 @@ def main() -> None:
         f"{updates:,.0f} topic updates/s received; draw avg {draw_avg:.2f} ms, "
         f"p99 {draw_p99:.2f} ms"
     )
-    if not args.write:
-        return
-    met = draw_avg < 16 and p99 < 50
-    command = "`make bench` (`python bench/browser_bench.py --write`)"
+    if args.write:
+        write(result, args.name, " ".join(sys.argv[1:]))
+
+
+def write(result: dict[str, Any], name: str, argv: str) -> None:
+    """docs/benchmarks.md's section NAME from a result (of this run, or --write-only)."""
+    from bench.report import write_section
+
+    seconds = result["seconds"]
+    command = f"`python bench/browser_bench.py {argv}`"
     title = "Big screen in the browser"
-    if args.name != "browser":
-        command = f"`python bench/{pathlib.Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}`"
+    if name == "browser":
+        command = f"`make bench` ({command})"
+    else:
         title = f"Big screen in the browser, {seconds / 60:.0f} minutes"
+    met = result["draw_avg_ms"] < 16 and result["frame_p99_ms"] < 50
+    rows = [
+        ("topic updates/s received by the page", f"{result['updates_per_s']:,.0f}"),
+        (
+            "frame interval (requestAnimationFrame to the next), average",
+            f"**{result['frame_avg_ms']:.1f} ms**",
+        ),
+        ("frame interval, p99", f"**{result['frame_p99_ms']:.1f} ms**"),
+        ("the page's work per frame (draw), average", f"**{result['draw_avg_ms']:.2f} ms**"),
+        ("the page's work per frame (draw), p99", f"**{result['draw_p99_ms']:.2f} ms**"),
+        ("long tasks (> 50 ms)", str(result["long_tasks"])),
+        (
+            "JS heap after GC, first and last sample",
+            f"{result['heap_start_mib']:.1f} → {result['heap_end_mib']:.1f} MiB",
+        ),
+        (
+            f"heap trend after a {result['warmup_s']} s warm-up",
+            f"{result['heap_trend_mib_per_hour']:+.1f} MiB per hour",
+        ),
+        (
+            "heap mean after the warm-up, first half → second half",
+            f"{result['heap_first_half_mean_mib']:.2f} → "
+            f"{result['heap_second_half_mean_mib']:.2f} MiB",
+        ),
+        ("heap maximum", f"{result['heap_max_mib']:.2f} MiB"),
+    ]
+    load = result.get("load")
+    if load:
+        fetch = load.get("history_fetch") or {}
+        rows += [
+            ("after load: first tile with a value", ms(load.get("firstTile"))),
+            (f"after load: all {result['devices']:,} tiles", ms(load.get("allTiles"))),
+            ("after load: chart history asked", ms(load.get("first_paint"))),
+            (
+                "after load: **full wall** (every tile, every chart with history)",
+                f"**{ms(load.get('full'))}**",
+            ),
+            (
+                "chart history fetched",
+                f"{fetch.get('requests', '?')} requests, {fetch.get('bytes', 0) / 1024:.0f} KiB",
+            ),
+        ]
+    minutes = result.get("per_minute") or []
+    if minutes:
+        loads = [m["load1"] for m in minutes]
+        rows.append(
+            (
+                "load average (1 min) during the run, min to max",
+                f"{min(loads):.1f} to {max(loads):.1f}",
+            )
+        )
+    table = "| measure | value |\n|---|---:|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
     body = (
         f"Command: {command}. A gateway with "
-        f"{args.devices:,} simulated devices at {args.rate:g} messages/s each (pinned to CPU "
-        f"0), the dashboard at 1920x1080 in headless Chromium (Debian's, via Playwright), "
-        f"{seconds} s, measured in the page with the Performance API.\n\n"
-        "| measure | value |\n|---|---:|\n"
-        f"| topic updates/s received by the page | {updates:,.0f} |\n"
-        f"| frame interval (requestAnimationFrame to the next), average | **{avg:.1f} ms** |\n"
-        f"| frame interval, p99 | **{p99:.1f} ms** |\n"
-        f"| the page's work per frame (draw), average | **{draw_avg:.2f} ms** |\n"
-        f"| the page's work per frame (draw), p99 | **{draw_p99:.2f} ms** |\n"
-        f"| long tasks (> 50 ms) | {data['longTasks']} |\n"
-        f"| JS heap after GC, first and last sample | {heap[0][1] / 2**20:.1f} → "
-        f"{heap[-1][1] / 2**20:.1f} MiB |\n"
-        f"| heap trend after a {args.warmup} s warm-up | {trend:+.1f} MiB per hour |\n"
-        f"| heap mean after the warm-up, first half → second half | "
-        f"{result['heap_first_half_mean_mib']:.2f} → "
-        f"{result['heap_second_half_mean_mib']:.2f} MiB |\n"
-        f"| heap maximum | {result['heap_max_mib']:.2f} MiB |\n\n"
+        f"{result['devices']:,} simulated devices at {result['rate_hz']:g} messages/s each "
+        f"(pinned to CPU 0), the dashboard at 1920x1080 in headless Chromium (Debian's, via "
+        f"Playwright), {seconds} s, measured in the page with the Performance API.\n\n"
+        f"{table}\n"
         f"Targets: average frame time under 16 ms and p99 under 50 ms: "
         f"**{'met' if met else 'NOT met'}** (the frame interval cannot go below the 16.7 ms "
         f"of a 60 Hz display, so the average is the page's own work per frame; the p99 is "
         f"the interval: what a viewer sees as a stutter). "
         f"The updates received show the load the page really had: the in-process simulator "
         f"shares one core with the gateway and may not reach "
-        f"{args.devices * args.rate:,.0f} messages/s."
+        f"{result['devices'] * result['rate_hz']:,.0f} messages/s."
     )
-    write_section(ROOT / "docs" / "benchmarks.md", args.name, title, body)
+    if len(minutes) >= 10:
+        body += (
+            "\n\nThe heap after a forced GC, one sample every 5 minutes (every minute in "
+            f"`bench/results/{name}.json`), with the minute's frame average, the updates "
+            "the page received and the machine's load:\n\n"
+            "| minute | heap | frame avg | updates/s | load |\n|---:|---:|---:|---:|---:|\n"
+        )
+        for k, m in enumerate(minutes):
+            if k % 5 == 0 or k == len(minutes) - 1:
+                body += (
+                    f"| {m['t_s'] / 60:.0f} | {m['heap_mib']:.2f} MiB | "
+                    f"{m['frame_avg_ms']:.1f} ms | {m['updates_per_s']:,.0f} | "
+                    f"{m['load1']:.1f} |\n"
+                )
+    write_section(ROOT / "docs" / "benchmarks.md", name, title, body)
     print("docs/benchmarks.md updated")
 
 
