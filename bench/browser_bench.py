@@ -273,6 +273,7 @@ def main() -> None:
         profile = cdp.send("Profiler.stop")["profile"] if cdp else None
         data = page.evaluate("() => ({...window.__bench, hist: Array.from(window.__bench.hist)})")
         draws = sorted(page.evaluate("() => window.wall?.drawMs()"))
+        ticks = sorted(page.evaluate("() => window.wall?.tickMs?.() ?? []")) or [0.0]
         browser.close()
     if profile:
         top = self_time(profile)
@@ -305,6 +306,8 @@ def main() -> None:
         "warmup_s": args.warmup,
         "updates_per_s": updates,
         "per_minute": minutes,
+        "tick_avg_ms": sum(ticks) / len(ticks),
+        "tick_max_ms": ticks[-1],
         "load": load,
     }
     half = len(after_warmup) // 2
@@ -320,7 +323,8 @@ def main() -> None:
         f"{data['longTasks']} long tasks); heap {heap[0][1] / 2**20:.1f} -> "
         f"{heap[-1][1] / 2**20:.1f} MiB, trend {trend:+.1f} MiB/h; "
         f"{updates:,.0f} topic updates/s received; draw avg {draw_avg:.2f} ms, "
-        f"p99 {draw_p99:.2f} ms"
+        f"p99 {draw_p99:.2f} ms; once-a-second tick avg {result['tick_avg_ms']:.1f} ms, max "
+        f"{result['tick_max_ms']:.1f} ms"
     )
     if args.write:
         write(result, args.name, " ".join(sys.argv[1:]))

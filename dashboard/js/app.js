@@ -317,9 +317,20 @@ health.addEventListener("change", () => tick());
 // -- once a second -----------------------------------------------------------------------------
 let legendKey = "";
 let fieldsKey = "";
-const tickMs = []; // the last 60 tick durations (window.wall.tickMs)
-function tick() {
-  const t0 = performance.now();
+const tickMs = []; // the last 60 ticks' longest task (window.wall.tickMs)
+// The tick is three tasks (state and KPIs; chart samples; tables, key and header), so
+// that a frame can be drawn between them: one 15 ms task a second was a long frame a
+// second with 5,000 devices, 1.7 % of the frames, enough to set the p99.
+let tickLongest = 0;
+function timed(fn) {
+  return () => {
+    const t0 = performance.now();
+    fn();
+    tickLongest = Math.max(tickLongest, performance.now() - t0);
+  };
+}
+const tick = timed(() => {
+  tickLongest = 0;
   const stats = { total: 0, online: 0, offline: 0, stale: 0, alarms: 0, newestRx: 0, rate: updates,
                   critical: 0, major: 0, minor: 0, warning: 0 };
   for (const a of meta.alarms.values()) if (a.active && a.severity in stats) stats[a.severity] += 1;
@@ -356,12 +367,18 @@ function tick() {
   }
   if (unknown !== wasUnknown) { wasUnknown = unknown; for (const g of grids) g.grid.all(); }
   for (const k of kpiRows) k.row.render(stats, health.age(), unknown);
+  setTimeout(tickCharts, 0);
+});
+const tickCharts = timed(() => {
   // charts: the rows they aggregate, sampled honestly
   const rows = [];
   for (const [topic, st] of client.topics) if (!meta.isAlarmTopic(topic)) rows.push([topic, st, stateOf(topic)]);
   const f = autoField();
   // a chart vouches for nothing while there is trouble: gaps from its first second
   for (const t of trends) t.panel.sample(choice("field") || f, t.filter === "#" ? rows : rows.filter((r) => matches(t.filter, r[0])), !health.reason, !!choice("field"));
+  setTimeout(() => tickPanels(rows, f), 0);
+});
+const tickPanels = (rows, f) => timed(() => {
   for (const w of worst) {
     if (w.page !== current) continue;
     const field = w.field === "auto" ? f : w.field;
@@ -395,8 +412,8 @@ function tick() {
   header();
   schedule();
   if (tickMs.length >= 60) tickMs.shift();
-  tickMs.push(performance.now() - t0);
-}
+  tickMs.push(tickLongest);
+})();
 setInterval(tick, 1000);
 $("field").addEventListener("change", (e) => {
   choose("field", e.target.value);
