@@ -33,7 +33,6 @@ const meta = new Meta();
 document.title = wall.title;
 $("title").textContent = wall.title;
 const TOKEN = params.get("token") || localStorage.getItem("gatewayToken");
-meta.load(location.href, { token: TOKEN }).then(() => metaChanged());
 const wsUrl = new URL("ws", location.href);
 wsUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
 // alarm states are topics under "$alarms/", which "#" does not match: asked for explicitly;
@@ -41,8 +40,10 @@ wsUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
 const client = new GatewayClient({ url: wsUrl.toString(), filters: [wall.filter, "$alarms/#"],
                                    rateHz: Number(params.get("rate") || 10), token: TOKEN,
                                    transport: params.get("transport") || "auto" });
+// the client's token: ?token=, the stored one, or #token= (which only the client reads)
+meta.load(location.href, { token: client.token }).then(() => metaChanged());
 const historyLoader = new HistoryLoader({
-  token: TOKEN, seconds: HISTORY,
+  token: client.token, seconds: HISTORY,
   topics: function* () { for (const t of client.topics.keys()) if (!meta.isAlarmTopic(t)) yield t; },
   groupOf: (t, level) => meta.group(t, level),
 });
@@ -300,7 +301,7 @@ client.addEventListener("status", (e) => {
   if (status === "open" && lastStatus !== "open") {
     epochDropped = false;
     if (client.meta?.version && client.meta.version !== meta.version) {
-      meta.load(location.href, { token: TOKEN, url: client.meta.url || "api/meta" }).then(() => metaChanged());
+      meta.load(location.href, { token: client.token, url: client.meta.url || "api/meta" }).then(() => metaChanged());
     }
     if (lastStatus) events.add(`connected via ${TRANSPORT[client.transport]}${e.detail.resumed ? " (resumed)" : ""}`, "ok");
   } else if (status === "closed" && lastStatus === "open") {
