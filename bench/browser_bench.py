@@ -116,6 +116,34 @@ def describe_load(load: dict[str, object]) -> str:
     )
 
 
+def summarize_trace(trace: dict[str, Any], seconds: float) -> None:
+    """Print the renderer main thread's complete events by name, outermost only."""
+    events = trace.get("traceEvents", trace) if isinstance(trace, dict) else trace
+    main = {
+        (e["pid"], e["tid"])
+        for e in events
+        if e.get("name") == "thread_name" and e.get("args", {}).get("name") == "CrRendererMain"
+    }
+    spans: dict[str, float] = {}
+    tasks: list[float] = []
+    for e in events:
+        if (e.get("pid"), e.get("tid")) not in main or e.get("ph") != "X":
+            continue
+        dur = e.get("dur", 0) / 1000
+        spans[e["name"]] = spans.get(e["name"], 0.0) + dur
+        if e["name"] == "RunTask":
+            tasks.append(dur)
+    tasks.sort()
+    print(f"  trace, {seconds:g} s, renderer main thread (ms per second, by event):")
+    for name, total in sorted(spans.items(), key=lambda x: -x[1])[:16]:
+        print(f"    {total / seconds:7.1f}  {name}")
+    if tasks:
+        print(
+            f"  tasks: {len(tasks)}, p99 {tasks[int(0.99 * (len(tasks) - 1))]:.1f} ms, "
+            f"max {tasks[-1]:.1f} ms, over 16 ms: {sum(1 for t in tasks if t > 16)}"
+        )
+
+
 def self_time(profile: dict[str, Any]) -> list[tuple[tuple[str, str], float]]:
     """Share of the profile's samples per function (self time), largest first."""
     nodes = {n["id"]: n for n in profile["nodes"]}
@@ -189,6 +217,14 @@ def main() -> None:
         "print the functions with the most self time",
     )
     ap.add_argument(
+        "--trace",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="record a Chromium trace (devtools.timeline) for the first SECONDS of the run "
+        "and print the renderer main thread's time by event: what the frames are made of",
+    )
+    ap.add_argument(
         "--control",
         action="store_true",
         help="after the load, measure an empty page instead of the wall, with the same "
@@ -253,6 +289,13 @@ def main() -> None:
             f"browser: {args.devices} devices at {args.rate:g} Hz for {seconds} s ...",
             flush=True,
         )
+        if args.trace:
+            browser.start_tracing(page=page, categories=["devtools.timeline", "v8.execute"])
+            time.sleep(args.trace)
+            raw = browser.stop_tracing()
+            (ROOT / "bench" / "results" / "quick").mkdir(parents=True, exist_ok=True)
+            (ROOT / "bench" / "results" / "quick" / "trace.json").write_bytes(raw)
+            summarize_trace(json.loads(raw), args.trace)
         deadline = time.monotonic() + seconds
         minutes: list[dict[str, float]] = []
         prev = {"t": 0.0, "frames": 0, "frameSum": 0.0, "updates": 0}
