@@ -29,6 +29,8 @@ export class TrendPanel {
     this.only = groups;
     this.max = max;
     this.field = null;
+    this.sampled = null; // group -> [devices asked, devices] when its history is a sample
+    this.prefilledAt = null; // performance.now() of the history's arrival
     this.times = new Ring(HISTORY);
     this.series = new Map(); // group -> {avg, min, max: Ring}
     this.cells = new Map(); // group -> {el, title, plot}
@@ -50,6 +52,7 @@ export class TrendPanel {
       this.field = f;
       this.times = new Ring(HISTORY);
       this.series.clear();
+      this.sampled = null;
       if (f) this.meta.history(f, this.level).then((h) => this._prefill(f, h));
     }
     const agg = new Map();
@@ -89,6 +92,8 @@ export class TrendPanel {
   // newer than the history's last bucket are kept after it).
   _prefill(field, h) {
     if (!h || field !== this.field) return;
+    this.sampled = h.sampled || {};
+    this.prefilledAt = performance.now();
     const last = h.times[h.times.length - 1];
     const liveT = this.times.values();
     const live = new Map([...this.series].map(([g, s]) => [g, { avg: s.avg.values(), min: s.min.values(), max: s.max.values() }]));
@@ -118,8 +123,16 @@ export class TrendPanel {
     this.heading.textContent = this.titleText || `${label}${unit ? ` (${unit})` : ""} by group: average, min, max`;
     const groups = [...this.series.keys()].sort();
     const shown = groups.slice(0, this.max);
-    this.note.textContent = groups.length > shown.length
-      ? `${groups.length - shown.length} more groups not charted (max ${this.max})` : "";
+    const notes = [];
+    if (groups.length > shown.length) notes.push(`${groups.length - shown.length} more groups not charted (max ${this.max})`);
+    // a big group's past is a sample of its devices (history.js): said, not hidden
+    const sampled = shown.filter((g) => this.sampled?.[g]);
+    if (sampled.length) {
+      const [n, of] = this.sampled[sampled[0]];
+      notes.push(`history before load: a sample (${n} of ${of} devices${sampled.length > 1 ? " per group" : ""})`);
+    }
+    const note = notes.join("; ");
+    if (this.note.textContent !== note) this.note.textContent = note;
     for (const [g, c] of this.cells) {
       if (!shown.includes(g)) { c.plot?.destroy(); c.el.remove(); this.cells.delete(g); }
     }

@@ -12,7 +12,8 @@
 // Alarm states arrive as topics `$alarms/<rule>/<device topic>`: `isAlarmTopic` keeps
 // them off the device grid, `alarmTopic` keeps them, `alarmOf` gives a device's worst
 // active alarm (critical/major -> alarm, minor/warning -> warning). Chart history comes
-// as the subscription's `history` messages (`addHistory`, `historyDone`).
+// from `historySource` when one is set (the wall's: history.js, /api/history after the
+// tiles), else as the subscription's `history` messages (`addHistory`, `historyDone`).
 
 // severity rank: the worst alarm of a device decides its colour
 export const SEVERITY = { critical: 4, major: 3, minor: 2, warning: 1 };
@@ -34,6 +35,7 @@ export class Meta {
     this._hist = new Map(); // topic -> {start, step, fields} from `history` messages
     this._histDone = null; // resolves at history_end
     this._histResolve = null;
+    this.historySource = null; // (field, level) -> Promise {docs, sampled}
     this.historyReset();
   }
 
@@ -221,17 +223,26 @@ export class Meta {
   }
 
   // History for a trend chart of `field` grouped by `level` topic levels, to fill it on
-  // load: {times: [...], groups: {name: {avg, min, max}}}, or null when none arrives
-  // within `waitMs`. Per device, a bucket without a change (null) holds the last value
-  // before it (the device kept it); avg is the mean of the devices' last values.
+  // load: {times: [...], groups: {name: {avg, min, max}}, sampled: {group: [asked,
+  // devices]}}, or null when none arrives (within `waitMs` for pushed history). Per
+  // device, a bucket without a change (null) holds the last value before it (the device
+  // kept it); avg is the mean of the devices' last values.
   async history(field, level, waitMs = 5000) {
-    let timer;
-    const done = await Promise.race([this._histDone,
-      new Promise((resolve) => { timer = setTimeout(() => resolve(false), waitMs); })]);
-    clearTimeout(timer);
-    if (!done || !this._hist.size) return null;
+    let docs;
+    let sampled = {};
+    if (this.historySource) {
+      ({ docs, sampled } = await this.historySource(field, level));
+    } else {
+      let timer;
+      const done = await Promise.race([this._histDone,
+        new Promise((resolve) => { timer = setTimeout(() => resolve(false), waitMs); })]);
+      clearTimeout(timer);
+      if (!done) return null;
+      docs = this._hist.values();
+    }
     const buckets = new Map(); // time -> Map group -> [sum, n, min, max]
-    for (const [topic, h] of this._hist) {
+    for (const h of docs) {
+      const topic = h.topic;
       const f = h.fields?.[field];
       if (!f) continue;
       const g = this.group(topic, level);
@@ -264,6 +275,6 @@ export class Meta {
       }
       groups[g] = s;
     }
-    return { times, groups };
+    return { times, groups, sampled };
   }
 }

@@ -286,6 +286,9 @@ class History:
     def topics(self) -> list[str]:
         return list(self._by_topic)
 
+    def has(self, topic: str, name: str) -> bool:
+        return (topic, name) in self._series
+
     def query(self, topic: str, name: str, seconds: float, now: float) -> dict[str, Any] | None:
         """The last ``seconds`` (at most the window) of one series, or None.
 

@@ -13,6 +13,11 @@ Rules:
   message per topic and event-loop checkpoint, then ``history_end``; at most
   :data:`HISTORY_BUDGET_BYTES` per subscription (``truncated`` says when more
   existed: fetch the rest from ``/api/history``).
+* ``/api/history?filter=F`` answers a sample: at most ``limit`` (1 to
+  :data:`HISTORY_SAMPLE_MAX`) of the matching topics, spread evenly over them in the
+  history's topic order, with a checkpoint every :data:`HISTORY_SAMPLE_STEP` topics
+  matched or encoded: one request per chart group instead of one per device, and no
+  long hold of the loop whatever the fleet.
 """
 
 from __future__ import annotations
@@ -33,14 +38,17 @@ from ..core.history import History
 from ..core.meta import Meta
 from ..core.protocol import Ack, AckAlarm, Error, Subscribe
 from ..core.state import StateStore
-from ..core.topics import TopicError, matches, validate_topic
+from ..core.topics import TopicError, matches, validate_filter, validate_topic
 from .lifecycle import Lifecycle
 
-__all__ = ["HISTORY_BUDGET_BYTES", "Insight"]
+__all__ = ["HISTORY_BUDGET_BYTES", "HISTORY_SAMPLE_MAX", "Insight"]
 
 audit = logging.getLogger("gateway.audit")
 
 HISTORY_BUDGET_BYTES: Final = 2 << 20
+HISTORY_SAMPLE_MAX: Final = 100  # topics in one /api/history?filter= answer
+HISTORY_SAMPLE_DEFAULT: Final = 25
+HISTORY_SAMPLE_STEP: Final = 500  # topics matched (x10 by prefix; 10 encoded) per checkpoint
 
 #: how a reply goes out later: a text frame writer, and the stream's lifecycle (nothing
 #: is written once it is ending)
@@ -193,6 +201,66 @@ class Insight:
         out.sort(key=lambda a: (not a["active"], rank[a["severity"]], -a.get("raised_at", 0)))
         return 200, orjson.dumps({"epoch": self.store.epoch, "alarms": out})
 
+    async def api_history_sample(
+        self, query: dict[str, str], identity: Identity, max_topic_bytes: int
+    ) -> tuple[int, bytes]:
+        """``/api/history?filter=F[&field=F][&seconds=S][&limit=N]``: ``{"matched": M,
+        "items": [documents like /api/history?topic=]}``, at most ``limit`` of the M
+        topics with history (of ``field`` when given) that match F and the identity
+        may see, evenly spread."""
+        try:
+            flt = validate_filter(query.get("filter", ""), max_topic_bytes)
+        except TopicError as err:
+            return 400, _err("bad_filter", f"filter: {err}")
+        seconds = self._seconds(query)
+        if seconds is None:
+            return 400, _err("bad_seconds", "seconds: expected a number > 0")
+        try:
+            limit = int(query.get("limit", HISTORY_SAMPLE_DEFAULT))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= HISTORY_SAMPLE_MAX:
+            return 400, _err("bad_limit", f"limit: expected 1 to {HISTORY_SAMPLE_MAX}")
+        visible = _visible(identity.grants)
+        name = query.get("field")
+        history = self.history
+        # "<prefix>/#" (a wall's group) is a prefix test, ~20 times cheaper than
+        # matches(): more topics per checkpoint (each costs a loop round when busy)
+        head, _, tail = flt.rpartition("/")
+        prefix = (
+            head + "/" if tail == "#" and head and "+" not in head and "#" not in head else None
+        )
+        step = HISTORY_SAMPLE_STEP * (10 if prefix else 1)
+        found: list[str] = []
+        for i, topic in enumerate(history.topics()):
+            if i % step == step - 1:
+                await trio.lowlevel.checkpoint()
+            if prefix is not None:
+                if not (topic.startswith(prefix) or topic == head):
+                    continue
+            elif not matches(flt, topic):
+                continue
+            if visible(topic) and (name is None or history.has(topic, name)):
+                found.append(topic)
+        spread = max(1.0, len(found) / limit)
+        picked = [found[int(k * spread)] for k in range(min(limit, len(found)))]
+        items = []
+        for k, topic in enumerate(picked):
+            if k % 10 == 9:
+                await trio.lowlevel.checkpoint()
+            names = [name] if name else self.history.fields(topic)
+            doc = self.history_doc(topic, names, seconds, self.wall())
+            if doc is not None:
+                items.append(doc)
+        return 200, orjson.dumps({"matched": len(found), "items": items})
+
+    def _seconds(self, query: dict[str, str]) -> float | None:
+        try:
+            seconds = float(query.get("seconds", self.history.config.window_s))
+        except ValueError:
+            return None
+        return seconds if math.isfinite(seconds) and seconds > 0 else None
+
     def _api_history(self, query: dict[str, str], identity: Identity) -> tuple[int, bytes]:
         topic = query.get("topic", "")
         try:
@@ -201,11 +269,8 @@ class Insight:
             return 400, _err("bad_topic", f"topic: {err}")
         if device_of(topic) is not None or not _visible(identity.grants)(topic):
             return 404, _err("not_found", "no history for this topic")
-        try:
-            seconds = float(query.get("seconds", self.history.config.window_s))
-        except ValueError:
-            seconds = math.nan
-        if not (math.isfinite(seconds) and seconds > 0):
+        seconds = self._seconds(query)
+        if seconds is None:
             return 400, _err("bad_seconds", "seconds: expected a number > 0")
         name = query.get("field")
         names = [name] if name else self.history.fields(topic)

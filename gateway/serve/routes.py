@@ -141,7 +141,17 @@ class Routes:
             stats.http_requests[path.rsplit("/", 1)[1]] += 1
             if await self._api_refused(req, answer):
                 return
-            status, body = self._insight_api(req, path, self.insight)
+            if path == "/api/history" and "filter" in req.query:  # a sample, in steps
+                identity = self._caller(req)
+                status, body = (
+                    await self.insight.api_history_sample(
+                        req.query, identity, self.cfg.state.max_topic_bytes
+                    )
+                    if isinstance(identity, Identity)
+                    else identity
+                )
+            else:
+                status, body = self._insight_api(req, path, self.insight)
             await answer(status, body, b"application/json", self._cors(req))
             return
         found = static_file(self.dashboard_root, path)

@@ -1,8 +1,9 @@
 """The wall with the gateway's metadata, alarms and history, in a real Chromium, on a
 user's own devices (mosquitto_pub through routes): names, values and units from
-`[meta]` in the accessible text mirror, charts filled from history right after load
-and equal to /api/history, and an alarm raised by a rule shown on two open walls,
-refused for a token without the ack grant and acknowledged from the other."""
+`[meta]` in the accessible text mirror, charts filled from /api/history right after
+the first paint (on WebSocket and on SSE alike) and equal to it, and an alarm raised by
+a rule shown on two open walls, refused for a token without the ack grant and
+acknowledged from the other."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
 
 from gateway.app import Gateway
@@ -24,6 +26,9 @@ VIEWER = "viewer-token-0123456789ab"
 PUMP = "plant/line1/pump-3"
 ALARM = f"$alarms/overpressure/{PUMP}"
 SECTIONS: dict[str, Any] = {
+    # a few values, then silence: without this the pump turns stale 5 s after its last
+    # value (3 x its learned interval), before a busy machine has the wall open
+    "state": {"stale_after": [{"filter": "plant/#", "after_s": 600.0}]},
     "auth": {
         "mode": "static",
         "tokens": [
@@ -71,8 +76,9 @@ async def _api(gw: Gateway, path: str) -> Any:
     return json.loads(body)
 
 
+@pytest.mark.parametrize("transport", ["ws", "sse"])
 async def test_names_units_from_metadata_and_charts_filled_from_history_on_load(
-    gateway_factory: Callable[..., Any], mosquitto: Mosquitto, chromium: str
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto, chromium: str, transport: str
 ) -> None:
     gw = await _gateway(gateway_factory, mosquitto)
     await mosquitto.publish("yard/tank-a", json.dumps({"level_m": 2.75}), retain=True)
@@ -97,7 +103,10 @@ async def test_names_units_from_metadata_and_charts_filled_from_history_on_load(
 
     def visit() -> dict[str, Any]:
         with browser_page(chromium) as page:
-            page.goto(f"http://127.0.0.1:{gw.port}/?token={OPERATOR}#field=pressure_bar")
+            page.goto(
+                f"http://127.0.0.1:{gw.port}/?token={OPERATOR}&transport={transport}"
+                "#field=pressure_bar"
+            )
             page.wait_for_function(
                 f"() => ({MIRROR})()['{PUMP}']?.name === 'Pump 3'", timeout=10_000
             )
@@ -115,9 +124,19 @@ async def test_names_units_from_metadata_and_charts_filled_from_history_on_load(
                 "loaded_at": loaded_at,
                 "heading": page.inner_text(".trends h2"),
                 "errors": page.errors,
+                "transport": page.evaluate("() => window.gatewayClient.transport"),
+                # the tiles were painted before any history was asked
+                "order": page.evaluate(
+                    "() => [window.wall.firstPaint(), window.wall.historyAt()[0],"
+                    " window.wall.history.stats.requests]"
+                ),
             }
 
     got = await in_browser(visit)
+    assert got["transport"] == transport
+    first_paint, history_at, requests = got["order"]
+    assert first_paint is not None and history_at is not None and first_paint < history_at
+    assert requests >= 1
     pump = got["mirror"][PUMP]
     assert (pump["name"], pump["field"], pump["value"], pump["unit"]) == (
         "Pump 3",

@@ -28,6 +28,12 @@ async def test_the_wall_takes_its_token_from_the_fragment_and_forgets_it(
             page.on("console", lambda m: console.append(m.text))
             page.goto(f"{base}?title=Hall#token={TOKEN}")
             page.wait_for_function("() => window.wall.tilesWithValues() >= 20", timeout=5000)
+            # the fragment's token also opens the wall's other doors: metadata, history
+            page.wait_for_function(
+                "() => window.wall.meta.served && window.wall.historyAt()[0] !== null",
+                timeout=10_000,
+            )
+            side = page.evaluate("() => window.wall.history.stats")
             api = page.evaluate(
                 "async (t) => (await fetch('/api/topics', "
                 "{headers: {Authorization: 'Bearer ' + t}})).status",
@@ -35,6 +41,7 @@ async def test_the_wall_takes_its_token_from_the_fragment_and_forgets_it(
             )
             return {
                 "url": page.url,
+                "history": side,
                 "api": api,
                 "errors": page.errors,
                 "csp": [c for c in console if "Content Security Policy" in c],
@@ -45,4 +52,5 @@ async def test_the_wall_takes_its_token_from_the_fragment_and_forgets_it(
     assert got["url"].split("#")[0] == f"{base}?title=Hall"
     assert TOKEN not in got["url"]
     assert got["api"] == 200  # Origin http://127.0.0.1:P is the wall's own
+    assert got["history"]["requests"] >= 1 and got["history"]["failed"] == 0
     assert got["errors"] == [] and got["csp"] == []

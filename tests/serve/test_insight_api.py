@@ -95,3 +95,44 @@ async def test_grants_cover_alarms_meta_and_history(gateway_factory: Callable[..
         assert (await ws.recv_json())["type"] == "ack"
     finally:
         ws.close()
+
+
+async def test_history_by_filter_is_an_even_sample_of_the_topics_an_identity_may_see(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    gw: Gateway = await gateway_factory(auth=AUTH)
+    now = gw.clock.wall()
+    for i in range(40):
+        gw.store.apply(f"acme/hall1/m{i:02d}", {"t": float(i), "rpm": 100 + i}, now)
+        gw.store.apply(f"acme/hall2/m{i:02d}", {"t": 90.0}, now)
+        gw.store.apply(f"acme/hall1/v{i:02d}", {"open_pct": 50}, now)  # no `t`: not sampled
+    auth = {"Authorization": f"Bearer {HALL1}"}
+    path = "/api/history?filter=acme/%23&field=t&seconds=5&limit=8"
+    status, _, _ = await http_get(gw.port, path)
+    assert status == 401
+    status, _, body = await http_get(gw.port, path, auth)
+    doc = orjson.loads(body)
+    assert status == 200 and doc["matched"] == 40  # hall1's only: the grants hold
+    topics = [item["topic"] for item in doc["items"]]
+    assert topics == [f"acme/hall1/m{i:02d}" for i in range(0, 40, 5)]  # spread, not the first 8
+    assert all(
+        list(item["fields"]) == ["t"] and len(item["fields"]["t"]["last"]) == 5
+        for item in doc["items"]
+    )
+    assert doc["items"][1]["fields"]["t"]["last"][-1] == 5.0
+    # every field without `field`; the default limit; nothing matched is an empty sample
+    status, _, body = await http_get(gw.port, "/api/history?filter=acme/hall1/%2B", auth)
+    doc = orjson.loads(body)
+    assert doc["matched"] == 80 and len(doc["items"]) == 25
+    assert set(doc["items"][0]["fields"]) == {"t", "rpm"}
+    status, _, body = await http_get(gw.port, "/api/history?filter=acme/hall2/%23", auth)
+    assert (status, orjson.loads(body)) == (200, {"matched": 0, "items": []})
+    for bad, code in (
+        ("limit=0", "bad_limit"),
+        ("limit=101", "bad_limit"),
+        ("seconds=-1", "bad_seconds"),
+    ):
+        status, _, body = await http_get(gw.port, f"/api/history?filter=%23&{bad}", auth)
+        assert (status, orjson.loads(body)["error"]) == (400, code)
+    status, _, body = await http_get(gw.port, "/api/history?filter=a/%23/b", auth)
+    assert (status, orjson.loads(body)["error"]) == (400, "bad_filter")

@@ -1,0 +1,96 @@
+"""A wall the gateway refuses says why and what to do: a banner naming the reason in
+words, for a token refused at the handshake (HTTP 401, which a browser's WebSocket sees
+only as 1006) and for a token that expires while connected (close 4001, after which the
+client does not reconnect); words exist for every such close code of the gateway's table."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+
+from gateway.app import Gateway
+from gateway.core.disconnect import DISCONNECTS
+from tests.conftest import require_binary
+
+from .test_dashboard import browser_page, in_browser
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SECRET = "wall-refusal-test-secret-0123456789abcdef"
+BANNER = (
+    "() => { const b = document.getElementById('banner'); return b.hidden ? null : b.textContent; }"
+)
+
+
+def test_the_wall_has_words_for_every_close_code_that_ends_reconnecting() -> None:
+    node = require_binary("node", "nodejs")
+    codes = list(DISCONNECTS)
+    script = (
+        f"import {{ refusalText }} from {json.dumps(str(ROOT / 'dashboard/js/refusal.js'))};"
+        f"console.log(JSON.stringify({json.dumps(codes)}.map((code) => refusalText({{code}}))));"
+    )
+    out = subprocess.run(
+        [node, "--input-type=module", "-e", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    texts = dict(zip(codes, json.loads(out), strict=True))
+    # a code the client retries is not a refusal: the connection banner covers it
+    assert {c for c, t in texts.items() if t} == {
+        c for c, d in DISCONNECTS.items() if not d.reconnect
+    }
+    assert texts[4001].startswith("Connection refused: token rejected")
+
+
+def _token(seconds: float) -> str:
+    claims = {"sub": "wall", "topics": ["#"], "exp": int(time.time() + seconds)}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+async def test_a_refused_token_is_named_on_the_banner_with_what_to_do(
+    gateway_factory: Callable[..., Any], chromium: str
+) -> None:
+    gw: Gateway = await gateway_factory(
+        simulator={"devices": 20, "rate_hz": 2},
+        auth={"mode": "jwt", "jwt_secret": SECRET, "jwt_leeway_s": 0.0},
+    )
+    base = f"http://127.0.0.1:{gw.port}/"
+
+    def visit() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with browser_page(chromium) as page:
+            # a token the gateway refuses at the handshake
+            page.goto(f"{base}?token=not-a-valid-token")
+            page.wait_for_function(
+                f"() => ({BANNER})()?.includes('token rejected')", timeout=15_000
+            )
+            out["bad"] = page.evaluate(BANNER)
+            out["bad_code"] = page.get_attribute("#banner", "data-refusal")
+            # a valid token: live, no banner; then it expires: close 4001, no reconnect
+            page.goto(f"{base}?token={_token(4)}")
+            page.wait_for_function("() => window.wall.tilesWithValues() >= 20", timeout=10_000)
+            out["live"] = page.evaluate(BANNER)
+            page.wait_for_function(
+                f"() => ({BANNER})()?.includes('token rejected')", timeout=15_000
+            )
+            out["expired"] = page.evaluate(BANNER)
+            out["expired_code"] = page.get_attribute("#banner", "data-refusal")
+            out["closes"] = page.evaluate("() => window.gatewayClient.stats.closes")
+            out["errors"] = page.errors
+        return out
+
+    got = await in_browser(visit)
+    assert got["bad_code"] == "401"
+    assert "give the wall a valid token" in got["bad"]
+    assert got["live"] is None
+    assert got["expired_code"] == "4001" and "expired" in got["expired"]
+    assert "give the wall a valid token" in got["expired"]
+    assert got["closes"][-1] == 4001
+    assert got["errors"] == []
