@@ -472,22 +472,23 @@ def sweep(args: argparse.Namespace, out: pathlib.Path) -> dict[str, Any]:
     for sweep_name in ("screens", "devices"):
         if sweep_name not in only:
             continue
-        for peer in peers:
-            gone = None
-            if sweep_name == "screens":
-                d, sizes = p["screens"]
-                points = [(d, s) for s in sizes]
-            else:
-                sizes, s = p["devices"]
-                points = [(d, s) for d in sizes]
-            for d, s in points:
+        if sweep_name == "screens":
+            d, sizes = p["screens"]
+            points = [(d, s) for s in sizes]
+        else:
+            sizes, s = p["devices"]
+            points = [(d, s) for d in sizes]
+        gone: dict[str, str] = {}  # peer -> why its larger points are not run
+        # point by point, every server in turn: the machine's noise drifts over time
+        for d, s in points:
+            for peer in peers:
                 k = key(peer, d, s, False, True)
-                if gone is not None and k not in runs:
-                    runs[k] = {"peer": peer, "devices": d, "screens": s, **skipped(gone)}
+                if peer in gone and k not in runs:
+                    runs[k] = {"peer": peer, "devices": d, "screens": s, **skipped(gone[peer])}
                     continue
                 r = point(peer, d, s)
                 if "error" in r or collapsed(r):
-                    gone = f"not run: it fell behind at {d:,} devices, {s:,} screens"
+                    gone[peer] = f"not run: it fell behind at {d:,} devices, {s:,} screens"
     res["machine"] = machine()
     res["gateway_commit"] = subprocess.run(
         ["git", "log", "-1", "--format=%h %cs", "--", "gateway"],
