@@ -35,6 +35,7 @@ import json
 import math
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,7 @@ class Series:
         self.cpu: dict[str, list[tuple[float, float]]] = {n: [] for n in pids}
         self.rss: dict[str, list[tuple[float, int]]] = {n: [] for n in pids}
         self.lag: list[tuple[float, Any]] = []  # (time, LagWindow since the gateway started)
+        self.wait: dict[str, list[tuple[float, float]]] = {n: [] for n in pids}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -136,6 +138,7 @@ class Series:
                 with contextlib.suppress(OSError):
                     self.cpu[name].append((now, proc_cpu(pid)))
                     self.rss[name].append((now, proc_rss(pid)))
+                    self.wait[name].append((now, runqueue_wait(pid)))
             if self.admin:
                 with contextlib.suppress(OSError, ValueError):
                     url = f"http://127.0.0.1:{self.admin}/metrics"
@@ -154,6 +157,14 @@ class Series:
             return None
         return (b[1] - a[1]) / (b[0] - a[0])
 
+    def waiting(self, name: str, t0: float, t1: float) -> float | None:
+        """The share of the window the process's threads spent runnable but waiting for
+        a CPU (other work on the machine): 0.3 means it lost 30% of the window."""
+        a, b = around(self.wait[name], t0, t1)
+        if a is None or b is None or b[0] <= a[0]:
+            return None
+        return round((b[1] - a[1]) / (b[0] - a[0]), 3)
+
     def rss_mib(self, name: str, t0: float, t1: float) -> list[float]:
         return [round(v / 2**20, 1) for t, v in self.rss[name] if t0 <= t <= t1]
 
@@ -162,6 +173,16 @@ class Series:
         if a is None or b is None or a is b:
             return None
         return dict(b[1].minus(a[1]).summary(), exact_max=False)
+
+
+def runqueue_wait(pid: int) -> float:
+    """Seconds the threads of a process spent runnable, waiting for a CPU
+    (/proc/<pid>/task/*/schedstat, second field, nanoseconds)."""
+    total = 0
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
 
 
 def around(series: list[Any], t0: float, t1: float) -> tuple[Any, Any]:
@@ -214,11 +235,17 @@ def run(
     deadbands: bool = False,
     deflate: bool = True,
     client_procs: int = 4,
+    settle: float | None = None,
+    join_budget: float | None = None,
 ) -> dict[str, Any]:
-    """One server, one fleet, one join wave, one steady window: everything measured."""
+    """One server, one fleet, one join wave, one steady window: everything measured.
+    ``settle``: seconds for the fleet to connect and publish its first round before the
+    wave; ``join_budget``: seconds from the wave to the steady window."""
     name = f"{peer}-{devices}d-{screens}s{'-db' if deadbands else ''}{'' if deflate else '-plain'}"
-    join_budget = max(8.0, 5.0 + screens / 250)
-    settle = 3.0 + devices / 25_000  # the fleet connects and publishes its first round
+    if join_budget is None:
+        join_budget = max(8.0, 5.0 + screens / 250)
+    if settle is None:
+        settle = 3.0 + devices / 25_000
     load_before = load_average()
     LOGS.mkdir(parents=True, exist_ok=True)
     lag_file = LOGS / f"{name}.lag.json"  # written by a `websockets` peer when stopped
@@ -268,6 +295,7 @@ def run(
                 process(cmd, cpu=SERVER_CPU, stdout=subprocess.PIPE, stderr=log)
             )
             assert p.stdout is not None
+            stack.callback(p.stdout.close)
             port, pids["server"] = json.loads(p.stdout.readline())["port"], p.pid
         else:
             port = broker_port
@@ -335,6 +363,8 @@ def summarize(
     out["broker_cpu_cores"] = series.cpu_cores("broker", start_at, end)
     out["fleet_cpu_cores"] = series.cpu_cores("fleet", start_at, end)
     out["server_rss_mib"] = series.rss_mib(server, start_at, end)
+    out["server_cpu_wait"] = series.waiting(server, start_at, end)
+    out["fleet_cpu_wait"] = series.waiting("fleet", start_at, end)
     if peer == "ours":
         out["looplag"] = series.looplag(start_at, end)
     elif peer != "mqtt":
@@ -359,6 +389,7 @@ def summarize(
         join["bytes_per_screen"] = join_bytes / max(1, screens)
         join["window_s"] = round(join_end - wave, 2)
         join["server_cpu_cores"] = series.cpu_cores(server, wave, join_end)
+        join["server_cpu_wait"] = series.waiting(server, wave, join_end)
         if peer == "ours":
             join["looplag"] = series.looplag(wave, join_end)
         elif peer != "mqtt":
@@ -373,6 +404,10 @@ def holding(r: dict[str, Any]) -> list[str]:
     """Why this machine could not hold the point (empty: it held): the load side
     (fleet, screens) shares CPU 1, the fleet may not reach its rate."""
     why = []
+    if (r.get("server_cpu_wait") or 0) > 0.2:
+        why.append(f"the server waited for a CPU {r['server_cpu_wait']:.0%} of the time")
+    if (r.get("fleet_cpu_wait") or 0) > 0.2:
+        why.append(f"the fleet waited for a CPU {r['fleet_cpu_wait']:.0%} of the time")
     load_side = (r.get("load_cpu_cores") or 0) + (r.get("fleet_cpu_cores") or 0)
     if load_side >= 0.9:
         why.append(f"load side (fleet + screens) used {load_side:.2f} of its core")
@@ -516,6 +551,8 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep the runs already in the file")
     ap.add_argument("--report-only", action="store_true", help="rewrite docs from saved results")
     args = ap.parse_args()
+    # a stopped sweep stops what it started (the with-blocks run on SystemExit)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.seconds is None:
         args.seconds = 4.0 if args.quick else 20.0
     from bench.report import results_path

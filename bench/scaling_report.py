@@ -69,6 +69,11 @@ def ms(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
+def wait(r: dict[str, Any]) -> str:
+    v = r.get("server_cpu_wait")
+    return NONE if v is None else f"{v:.0%}"
+
+
 def cores(v: float | None) -> str:
     return NONE if v is None else f"{v:.2f}"
 
@@ -134,6 +139,7 @@ def reference(res: dict[str, Any]) -> str:
     row("data age p50 / p99 / max (steady)", age)
     row("server CPU, cores (MQTT peer: mosquitto)", lambda r: cores(r.get("server_cpu_cores")))
     row("mosquitto CPU, cores", lambda r: cores(r.get("broker_cpu_cores")))
+    row("server waited for a CPU (share of the window: the machine is shared)", wait)
     row("server RSS, start → end of the steady window", rss)
     row(
         "bytes received per screen per second (`#` / site), KiB",
