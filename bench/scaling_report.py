@@ -362,7 +362,8 @@ def setup(res: dict[str, Any]) -> str:
         "with `uptime`'s load at the start and end of each run; a point is marked *not "
         "held* when the load side saturated its core, the fleet missed its rate or screens "
         "did not connect. A server that falls behind is shown by how the age of what it "
-        "delivers grows, and its larger points are not run."
+        "delivers grows; ours runs at every point, a peer that fell behind is not run at larger "
+        "points of the same sweep."
     )
 
 
