@@ -16,8 +16,9 @@ configuration (a numeric change smaller than its band, compared with the last ac
 value, is not a change), so every server gets the same data reduction.
 
 Each writes its event-loop lag (how late a 10 ms sleeper wakes: the gateway's
-``gateway_event_loop_lag_seconds``) as ``[wall time, lag]`` pairs to ``--lag-file``
-when stopped (SIGTERM).
+``gateway_event_loop_lag_seconds``) as ``[wall time, lag]`` pairs, and its work once a
+second (``[wall time, device messages handled, frames handed to sockets]``), to
+``--lag-file`` when stopped (SIGTERM).
 
     python bench/peers.py coalesce --mqtt-port P [--deflate] [--deadbands] [--lag-file F]
 
@@ -113,21 +114,27 @@ def parse(topic: str, payload: bytes) -> tuple[str, dict[str, Any]] | None:
 
 
 class LagProbe:
-    """How late a 10 ms sleeper wakes, with the wall time of each wake-up."""
+    """How late a 10 ms sleeper wakes, with the wall time of each wake-up; and once a
+    second the work done so far (device messages handled, frames handed to sockets)."""
 
     def __init__(self) -> None:
         self.samples: list[tuple[float, float]] = []
+        self.messages = self.frames = 0
+        self.work: list[tuple[float, int, int]] = []
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             due = loop.time() + 0.01
             await asyncio.sleep(0.01)
-            self.samples.append((time.time(), max(0.0, loop.time() - due)))
+            now = time.time()
+            self.samples.append((now, max(0.0, loop.time() - due)))
+            if not self.work or now - self.work[-1][0] >= 1.0:
+                self.work.append((now, self.messages, self.frames))
 
     def dump(self, path: str | None) -> None:
         if path:
-            pathlib.Path(path).write_text(json.dumps(self.samples))
+            pathlib.Path(path).write_text(json.dumps({"lag": self.samples, "work": self.work}))
 
 
 class Subscriptions:
@@ -153,7 +160,7 @@ class Subscriptions:
 # -- naive ---------------------------------------------------------------------------
 
 
-def naive(subs: Subscriptions, bands: Deadbands) -> tuple[Any, Any]:
+def naive(subs: Subscriptions, bands: Deadbands, probe: LagProbe) -> tuple[Any, Any]:
     async def handler(ws: Any) -> None:
         try:
             async for message in ws:
@@ -162,6 +169,7 @@ def naive(subs: Subscriptions, bands: Deadbands) -> tuple[Any, Any]:
             subs.drop(ws)
 
     def on_message(topic: str, payload: bytes) -> None:
+        probe.messages += 1
         parsed = parse(topic, payload)
         if parsed is None:
             return
@@ -177,6 +185,7 @@ def naive(subs: Subscriptions, bands: Deadbands) -> tuple[Any, Any]:
         for f, conns in subs.by_filter.items():
             if conns and matches(f, path):
                 broadcast(conns, frame)
+                probe.frames += len(conns)
 
     return handler, on_message
 
@@ -184,7 +193,7 @@ def naive(subs: Subscriptions, bands: Deadbands) -> tuple[Any, Any]:
 # -- coalescing: the latest value per topic, a batch per filter every 100 ms ---------------
 
 
-def coalesce(subs: Subscriptions, bands: Deadbands) -> tuple[Any, Any, Any]:
+def coalesce(subs: Subscriptions, bands: Deadbands, probe: LagProbe) -> tuple[Any, Any, Any]:
     state: dict[str, dict[str, Any]] = {}  # topic -> latest fields (ts among them)
     pending: dict[str, dict[str, Any]] = {}  # topic -> fields changed since the last batch
     snapshots: dict[str, str] = {}  # filter -> encoded snapshot, until the next batch
@@ -201,10 +210,12 @@ def coalesce(subs: Subscriptions, bands: Deadbands) -> tuple[Any, Any, Any]:
                         ]
                         snapshots[f] = orjson.dumps({"type": "batch", "items": items}).decode()
                     await ws.send(snapshots[f])
+                    probe.frames += 1
         finally:
             subs.drop(ws)
 
     def on_message(topic: str, payload: bytes) -> None:
+        probe.messages += 1
         parsed = parse(topic, payload)
         if parsed is None:
             return
@@ -236,6 +247,7 @@ def coalesce(subs: Subscriptions, bands: Deadbands) -> tuple[Any, Any, Any]:
                 ]
                 if items:
                     broadcast(conns, orjson.dumps({"type": "batch", "items": items}).decode())
+                    probe.frames += len(conns)
 
     return handler, on_message, flush
 
@@ -246,9 +258,9 @@ async def main(args: argparse.Namespace) -> None:
     subs, bands, lag = Subscriptions(), Deadbands(args.deadbands), LagProbe()
     tasks = [asyncio.create_task(lag.run())]
     if args.kind == "naive":
-        handler, on_message = naive(subs, bands)
+        handler, on_message = naive(subs, bands, lag)
     else:
-        handler, on_message, flush = coalesce(subs, bands)
+        handler, on_message, flush = coalesce(subs, bands, lag)
         tasks.append(asyncio.create_task(flush()))
     signal.signal(signal.SIGTERM, lambda *_: (lag.dump(args.lag_file), os._exit(0)))
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{args.kind}-peer")

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -125,6 +126,8 @@ class Series:
         self.rss: dict[str, list[tuple[float, int]]] = {n: [] for n in pids}
         self.lag: list[tuple[float, Any]] = []  # (time, LagWindow since the gateway started)
         self.wait: dict[str, list[tuple[float, float]]] = {n: [] for n in pids}
+        #: (time, device messages ingested, frames sent) from our /metrics
+        self.work: list[tuple[float, float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -143,7 +146,9 @@ class Series:
                 with contextlib.suppress(OSError, ValueError):
                     url = f"http://127.0.0.1:{self.admin}/metrics"
                     text = urllib.request.urlopen(url, timeout=5).read().decode()
-                    self.lag.append((time.time(), from_metrics(text)))
+                    at = time.time()
+                    self.lag.append((at, from_metrics(text)))
+                    self.work.append((at, *work_counters(text)))
             if self._stop.wait(max(0.0, 1.0 - (time.time() - now))):
                 return
 
@@ -175,6 +180,31 @@ class Series:
         return dict(b[1].minus(a[1]).summary(), exact_max=False)
 
 
+_COUNTER = re.compile(
+    r"^(gateway_ingest_messages_total\{source=\"mqtt\"\}|gateway_websocket_frames_sent_total)"
+    r"\s+(\S+)",
+    re.MULTILINE,
+)
+
+
+def work_counters(text: str) -> tuple[float, float]:
+    """(device messages ingested from MQTT, WebSocket frames sent) from /metrics."""
+    found = {m.group(1).split("{")[0]: float(m.group(2)) for m in _COUNTER.finditer(text)}
+    return (
+        found.get("gateway_ingest_messages_total", 0.0),
+        found.get("gateway_websocket_frames_sent_total", 0.0),
+    )
+
+
+def work_rates(series: list[Any], t0: float, t1: float) -> dict[str, float] | None:
+    """Device messages handled and frames handed to sockets per second in a window."""
+    a, b = around(series, t0, t1)
+    if a is None or b is None or b[0] <= a[0]:
+        return None
+    dt = b[0] - a[0]
+    return {"messages_per_s": (b[1] - a[1]) / dt, "frames_per_s": (b[2] - a[2]) / dt}
+
+
 def runqueue_wait(pid: int) -> float:
     """Seconds the threads of a process spent runnable, waiting for a CPU
     (/proc/<pid>/task/*/schedstat, second field, nanoseconds)."""
@@ -197,8 +227,8 @@ def around(series: list[Any], t0: float, t1: float) -> tuple[Any, Any]:
 
 def peer_looplag(path: pathlib.Path, t0: float, t1: float) -> dict[str, float] | None:
     """p50/p99/max of a `websockets` peer's own 10 ms sleeper within a window."""
-    with contextlib.suppress(OSError, ValueError):
-        lags = sorted(lag for t, lag in json.loads(path.read_text()) if t0 <= t <= t1)
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        lags = sorted(lag for t, lag in json.loads(path.read_text())["lag"] if t0 <= t <= t1)
         if lags:
 
             def q(p: float) -> float:
@@ -367,8 +397,16 @@ def summarize(
     out["fleet_cpu_wait"] = series.waiting("fleet", start_at, end)
     if peer == "ours":
         out["looplag"] = series.looplag(start_at, end)
+        out["work"] = work_rates(series.work, start_at, end)
     elif peer != "mqtt":
         out["looplag"] = peer_looplag(lag_file, start_at, end)
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            out["work"] = work_rates(json.loads(lag_file.read_text())["work"], start_at, end)
+    work, cpu = out.get("work"), out.get("server_cpu_cores")
+    if work and cpu and work["frames_per_s"] > 0:
+        # what the server's CPU bought: robust to a shared machine as long as the
+        # server kept up (a starved server batches more into each frame)
+        out["cpu_us_per_frame"] = round(cpu / work["frames_per_s"] * 1e6, 2)
     # the join wave: from the first connect until every screen holds its snapshot
     got = [t for r in results for t in r["snapshot_at"]]
     join: dict[str, Any] = {"tracked": len(got)}

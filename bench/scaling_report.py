@@ -74,6 +74,16 @@ def wait(r: dict[str, Any]) -> str:
     return NONE if v is None else f"{v:.0%}"
 
 
+def work_cell(r: dict[str, Any]) -> str:
+    w = r.get("work")
+    return NONE if not w else f"{w['messages_per_s']:,.0f} / {w['frames_per_s']:,.0f}"
+
+
+def per_frame(r: dict[str, Any]) -> str:
+    v = r.get("cpu_us_per_frame")
+    return NONE if v is None else f"{v:,.1f} µs"
+
+
 def cores(v: float | None) -> str:
     return NONE if v is None else f"{v:.2f}"
 
@@ -139,7 +149,12 @@ def reference(res: dict[str, Any]) -> str:
     row("data age p50 / p99 / max (steady)", age)
     row("server CPU, cores (MQTT peer: mosquitto)", lambda r: cores(r.get("server_cpu_cores")))
     row("mosquitto CPU, cores", lambda r: cores(r.get("broker_cpu_cores")))
-    row("server waited for a CPU (share of the window: the machine is shared)", wait)
+    row("server waited for a CPU: thread-seconds per second (other work on the machine)", wait)
+    row(
+        "server's work: device messages handled / frames handed to sockets, per second",
+        work_cell,
+    )
+    row("server CPU per frame handed to a socket", per_frame)
     row("server RSS, start → end of the steady window", rss)
     row(
         "bytes received per screen per second (`#` / site), KiB",
@@ -196,9 +211,10 @@ def sweep_table(res: dict[str, Any], which: str) -> str:
         points = [(d, s) for d in sizes]
         first = "devices"
     rows = [
-        f"| {first} | server | data age p50 / p99 / max | CPU (cores) | RSS | KiB/s per screen "
-        "| loop lag p99 / max | join: p50 / p99 / all holding the snapshot | load | held |",
-        "|---:|---|---|---:|---|---:|---|---|---|---|",
+        f"| {first} | server | data age p50 / p99 / max | CPU (cores) | CPU waited | CPU per frame "
+        "| RSS | KiB/s per screen | loop lag p99 / max "
+        "| join: p50 / p99 / all holding the snapshot | load | held |",
+        "|---:|---|---|---:|---:|---:|---|---:|---|---|---|---|",
     ]
     for d, s in points:
         for peer in ("ours", "coalesce", "naive", "mqtt"):
@@ -207,11 +223,12 @@ def sweep_table(res: dict[str, Any], which: str) -> str:
                 continue
             n = s if which == "screens" else d
             if "skipped" in r or "error" in r:
-                rows.append(f"| {n:,} | {PLAIN[peer]} | {age(r)} | | | | | | | |")
+                rows.append(f"| {n:,} | {PLAIN[peer]} | {age(r)} | | | | | | | | | |")
                 continue
             rows.append(
                 f"| {n:,} | {PLAIN[peer]} | {age(r)} | {cores(r.get('server_cpu_cores'))} "
-                f"| {rss(r)} | {kib(per_screen(r))} | {lag(r.get('looplag'))} "
+                f"| {wait(r)} | {per_frame(r)} | {rss(r)} | {kib(per_screen(r))} "
+                f"| {lag(r.get('looplag'))} "
                 f"| {join_time(r)} | {load(r)} | {held(r)} |"
             )
     return "\n".join(rows)

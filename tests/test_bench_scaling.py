@@ -41,6 +41,8 @@ def test_every_server_delivers_values_to_every_screen(runs: dict, peer: str) -> 
         assert "looplag" not in r
     else:
         assert r["looplag"]["samples"] > 0
+        # the server's own count of its work: every device message, frames sent
+        assert r["work"]["messages_per_s"] > 0 and r["work"]["frames_per_s"] > 0
 
 
 @pytest.mark.parametrize("peer", ["ours", "coalesce"])
