@@ -510,8 +510,9 @@ def sweep(args: argparse.Namespace, out: pathlib.Path) -> dict[str, Any]:
 
     def point(peer: str, devices: int, screens: int, db: bool = False, z: bool = True) -> Any:
         k = key(peer, devices, screens, db, z)
-        if k in runs:
-            return runs[k]
+        before = runs.get(k)
+        if before is not None and not (args.retry_unheld and before.get("held")):
+            return before
         print(
             f"[{time.strftime('%H:%M:%S')}] {peer}: {devices:,} devices, {screens:,} screens, "
             f"deadbands {'on' if db else 'off'}, compression {'on' if z else 'off'} "
@@ -523,6 +524,13 @@ def sweep(args: argparse.Namespace, out: pathlib.Path) -> dict[str, Any]:
                     client_procs=p["procs"])  # fmt: skip
         except Exception as e:  # a run that breaks is reported, not dropped
             r = {"peer": peer, "devices": devices, "screens": screens, "error": repr(e)}
+        if before is not None and before.get("held") and "error" not in r:
+            # a second try at a point the machine did not hold: keep the run in which
+            # the server waited least for a CPU (the least disturbed), say both
+            tries = before.get("tries", 1) + 1
+            if (r.get("server_cpu_wait") or 9) > (before.get("server_cpu_wait") or 9):
+                r = before
+            r = {**r, "tries": tries}
         runs[k] = r
         brief = {x: r.get(x) for x in ("age_p50_ms", "age_p99_ms", "server_cpu_cores", "held")}
         print(f"    {json.dumps(brief)} join {json.dumps(r.get('join'))}", flush=True)
@@ -589,6 +597,12 @@ def main() -> None:
     ap.add_argument("--only", default="ref,screens,devices", help="which parts of the sweep")
     ap.add_argument("--peers", default=",".join(PEERS), help="which servers")
     ap.add_argument("--resume", action="store_true", help="keep the runs already in the file")
+    ap.add_argument(
+        "--retry-unheld",
+        action="store_true",
+        help="with --resume: run again the points the machine did not hold, keep the run "
+        "whose server waited least for a CPU",
+    )
     ap.add_argument("--report-only", action="store_true", help="rewrite docs from saved results")
     args = ap.parse_args()
     # a stopped sweep stops what it started (the with-blocks run on SystemExit)

@@ -106,7 +106,10 @@ def held(r: dict[str, Any]) -> str:
     h = r.get("held")
     if h is None:
         return NONE
-    return "yes" if not h else "**no**: " + "; ".join(h)
+    tries = f" (best of {r['tries']} runs)" if r.get("tries") else ""
+    if not h:
+        return "yes" + tries
+    return "**no**: " + "; ".join(h) + tries
 
 
 def load(r: dict[str, Any]) -> str:
