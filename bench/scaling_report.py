@@ -62,10 +62,16 @@ def lag(x: dict[str, Any] | None) -> str:
     if not x:
         return NONE
     bound = "" if x.get("exact_max") else "≤ "
-    return f"{bound}{ms(x['p99_ms'])} / {bound}{ms(x['max_ms'])} ms"
+
+    def one(v: float) -> str:
+        return f"{bound}{ms(v)} ms" if math.isfinite(v) else "> 10 s"
+
+    return f"{one(x['p99_ms'])} / {one(x['max_ms'])}"
 
 
 def ms(v: float) -> str:
+    if not math.isfinite(v):
+        return "> 10,000"
     return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
@@ -346,9 +352,11 @@ def plot(res: dict[str, Any], which: str, path: pathlib.Path) -> None:
         )
     axes[0][0].legend(fontsize=7)
     axes[0][1].legend(fontsize=7)
+    loads = [x for r in runs.values() for x in (r.get("load_average") or [])]
+    span = f"; uptime load {min(loads):.0f} to {max(loads):.0f}" if loads else ""
     fig.suptitle(
         f"Scaling by {which} (hollow markers: the machine could not hold the point; "
-        "2 cores, shared: times and CPU are upper bounds)",
+        f"2 cores, shared{span}: times and CPU are upper bounds)",
         fontsize=9,
     )
     fig.tight_layout()

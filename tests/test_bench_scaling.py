@@ -22,7 +22,7 @@ def runs() -> dict[str, dict]:
     from bench.scaling_bench import PEERS, key, run
 
     def one(peer: str) -> dict:
-        return run(peer, DEVICES, SCREENS, 3.0, client_procs=1, settle=1.5, join_budget=2.5)
+        return run(peer, DEVICES, SCREENS, 5.0, client_procs=1, settle=1.5, join_budget=2.5)
 
     with concurrent.futures.ThreadPoolExecutor(len(PEERS)) as pool:
         done = dict(zip(PEERS, pool.map(one, PEERS), strict=True))
@@ -65,7 +65,7 @@ def test_report_writes_tables_and_plots(runs: dict, tmp_path: pathlib.Path) -> N
 
     res = {
         "quick": True,
-        "seconds": 2.0,
+        "seconds": 5.0,
         "plan": {
             "ref": (DEVICES, SCREENS),
             "screens": (DEVICES, [SCREENS]),
