@@ -15,10 +15,10 @@ With ``--deadbands`` both apply the same deadband table as the gateway's benchma
 configuration (a numeric change smaller than its band, compared with the last accepted
 value, is not a change), so every server gets the same data reduction.
 
-Each writes its event-loop lag (how late a 10 ms sleeper wakes: the gateway's
-``gateway_event_loop_lag_seconds``) as ``[wall time, lag]`` pairs, and its work once a
-second (``[wall time, device messages handled, frames handed to sockets]``), to
-``--lag-file`` when stopped (SIGTERM).
+Each appends to ``--lag-file``, once a second, a JSON line: its event-loop lag since
+the last line (how late a 10 ms sleeper wakes, as the gateway's
+``gateway_event_loop_lag_seconds``: ``[wall time, lag]`` pairs) and its work so far
+(``[wall time, device messages handled, frames handed to sockets]``).
 
     python bench/peers.py coalesce --mqtt-port P [--deflate] [--deadbands] [--lag-file F]
 
@@ -115,26 +115,33 @@ def parse(topic: str, payload: bytes) -> tuple[str, dict[str, Any]] | None:
 
 class LagProbe:
     """How late a 10 ms sleeper wakes, with the wall time of each wake-up; and once a
-    second the work done so far (device messages handled, frames handed to sockets)."""
+    second the work done so far (device messages handled, frames handed to sockets).
+    Appended to the file once a second, so a peer killed while swamped keeps its
+    record."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | None) -> None:
+        self.path = path
         self.samples: list[tuple[float, float]] = []
         self.messages = self.frames = 0
-        self.work: list[tuple[float, int, int]] = []
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        last = time.time()
         while True:
             due = loop.time() + 0.01
             await asyncio.sleep(0.01)
             now = time.time()
             self.samples.append((now, max(0.0, loop.time() - due)))
-            if not self.work or now - self.work[-1][0] >= 1.0:
-                self.work.append((now, self.messages, self.frames))
+            if now - last >= 1.0:
+                last = now
+                self.flush(now)
 
-    def dump(self, path: str | None) -> None:
-        if path:
-            pathlib.Path(path).write_text(json.dumps({"lag": self.samples, "work": self.work}))
+    def flush(self, now: float) -> None:
+        if self.path:
+            line = {"lag": self.samples, "work": [now, self.messages, self.frames]}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+        self.samples = []
 
 
 class Subscriptions:
@@ -255,14 +262,14 @@ def coalesce(subs: Subscriptions, bands: Deadbands, probe: LagProbe) -> tuple[An
 async def main(args: argparse.Namespace) -> None:
     logging.getLogger("websockets").setLevel(logging.CRITICAL)
     loop = asyncio.get_running_loop()
-    subs, bands, lag = Subscriptions(), Deadbands(args.deadbands), LagProbe()
+    subs, bands, lag = Subscriptions(), Deadbands(args.deadbands), LagProbe(args.lag_file)
     tasks = [asyncio.create_task(lag.run())]
     if args.kind == "naive":
         handler, on_message = naive(subs, bands, lag)
     else:
         handler, on_message, flush = coalesce(subs, bands, lag)
         tasks.append(asyncio.create_task(flush()))
-    signal.signal(signal.SIGTERM, lambda *_: (lag.dump(args.lag_file), os._exit(0)))
+    signal.signal(signal.SIGTERM, lambda *_: (lag.flush(time.time()), os._exit(0)))
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{args.kind}-peer")
     client.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(on_message, m.topic, m.payload)
     client.on_connect = lambda c, *_: c.subscribe([("telemetry/#", 0), ("status/#", 0)])

@@ -228,7 +228,7 @@ def around(series: list[Any], t0: float, t1: float) -> tuple[Any, Any]:
 def peer_looplag(path: pathlib.Path, t0: float, t1: float) -> dict[str, float] | None:
     """p50/p99/max of a `websockets` peer's own 10 ms sleeper within a window."""
     with contextlib.suppress(OSError, ValueError, KeyError):
-        lags = sorted(lag for t, lag in json.loads(path.read_text())["lag"] if t0 <= t <= t1)
+        lags = sorted(lag for t, lag in peer_record(path, "lag") if t0 <= t <= t1)
         if lags:
 
             def q(p: float) -> float:
@@ -242,6 +242,20 @@ def peer_looplag(path: pathlib.Path, t0: float, t1: float) -> dict[str, float] |
                 "exact_max": True,
             }
     return None
+
+
+def peer_record(path: pathlib.Path, what: str) -> list[Any]:
+    """A `websockets` peer's lag samples ("lag") or work readings ("work") from the
+    JSON lines it appends once a second."""
+    out: list[Any] = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError, KeyError):
+            rec = json.loads(line)
+            if what == "lag":
+                out.extend(rec["lag"])
+            else:
+                out.append(rec["work"])
+    return out
 
 
 def load_average() -> float:
@@ -401,7 +415,7 @@ def summarize(
     elif peer != "mqtt":
         out["looplag"] = peer_looplag(lag_file, start_at, end)
         with contextlib.suppress(OSError, ValueError, KeyError):
-            out["work"] = work_rates(json.loads(lag_file.read_text())["work"], start_at, end)
+            out["work"] = work_rates(peer_record(lag_file, "work"), start_at, end)
     work, cpu = out.get("work"), out.get("server_cpu_cores")
     if work and cpu and work["frames_per_s"] > 0:
         # what the server's CPU bought: robust to a shared machine as long as the
@@ -580,6 +594,7 @@ def sweep(args: argparse.Namespace, out: pathlib.Path) -> dict[str, Any]:
                 elif "error" in r or collapsed(r):
                     gone[peer] = f"not run: it fell behind at {d:,} devices, {s:,} screens"
     res["machine"] = machine()
+    res["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res["gateway_commit"] = subprocess.run(
         ["git", "log", "-1", "--format=%h %cs", "--", "gateway"],
         cwd=ROOT,

@@ -391,8 +391,36 @@ def setup(res: dict[str, Any]) -> str:
         "held* when the load side saturated its core, the fleet missed its rate or screens "
         "did not connect. A server that falls behind is shown by how the age of what it "
         "delivers grows; ours runs at every point, a peer that fell behind is not run at larger "
-        "points of the same sweep."
+        "points of the same sweep." + run_on(res) + verdict(res)
     )
+
+
+def verdict(res: dict[str, Any]) -> str:
+    """How much of this run the machine held, said before any figure is read."""
+    measured = [r for r in res["runs"].values() if "held" in r]
+    if not measured:
+        return ""
+    held_n = sum(not r["held"] for r in measured)
+    waits = [r["server_cpu_wait"] for r in measured if r.get("server_cpu_wait") is not None]
+    got = [r["server_cpu_cores"] for r in measured if r.get("server_cpu_cores") is not None]
+    loads = [x for r in measured for x in r.get("load_average") or []]
+    text = f"\n\n**This run: the machine held {held_n} of {len(measured)} measured points.**"
+    if held_n < len(measured) and waits and got and loads:
+        text += (
+            f" `uptime` load {min(loads):.0f} to {max(loads):.0f} on 2 cores; the servers got "
+            f"{min(got):.2f} to {max(got):.2f} of a core and waited for a CPU "
+            f"{min(waits):.0%} to {max(waits):.0%} of the time (thread-seconds per second). "
+            "Where a point is not held, its figures show the machine more than the server: a "
+            "starved server falls behind, sends fewer and larger frames and holds a backlog."
+        )
+    return text
+
+
+def run_on(res: dict[str, Any]) -> str:
+    m = res.get("machine") or {}
+    when = f", finished {res['finished']}" if res.get("finished") else ""
+    rev = f"; gateway code of {res['gateway_commit']}" if res.get("gateway_commit") else ""
+    return f" Run on: {m.get('cpu', 'unknown')}, {m.get('cores', '?')} cores{when}{rev}."
 
 
 def write(
