@@ -295,5 +295,5 @@ if __name__ == "__main__":
     ap.add_argument("--mqtt-port", type=int, required=True)
     ap.add_argument("--deflate", action="store_true", help="permessage-deflate, as browsers ask")
     ap.add_argument("--deadbands", action="store_true", help="the gateway's deadband table")
-    ap.add_argument("--lag-file", default=None, help="write the loop-lag samples here on SIGTERM")
+    ap.add_argument("--lag-file", default=None, help="append loop lag and work here, once a second")
     asyncio.run(main(ap.parse_args()))
