@@ -50,7 +50,7 @@ lint: venv ## ruff (lint + format check) and mypy (strict on gateway/core)
 	$(BIN)/ruff format --check gateway devices_sim tests bench
 	$(BIN)/mypy gateway devices_sim
 
-bench: $(BENCH_STAMP) $(NPM_STAMP) ## run the benchmarks and rewrite docs/benchmarks.md and its plots (about 2 hours)
+bench: $(BENCH_STAMP) $(NPM_STAMP) ## run the benchmarks and rewrite docs/benchmarks.md and its plots (over an hour)
 	@scripts/system-deps.sh bench
 	$(BIN)/python bench/core_bench.py --write
 	$(BIN)/python bench/fanout_bench.py --write
