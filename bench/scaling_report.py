@@ -391,7 +391,7 @@ def setup(res: dict[str, Any]) -> str:
         "held* when the load side saturated its core, the fleet missed its rate or screens "
         "did not connect. A server that falls behind is shown by how the age of what it "
         "delivers grows; ours runs at every point, a peer that fell behind is not run at larger "
-        "points of the same sweep." + run_on(res) + verdict(res)
+        "points of the same sweep." + run_on(res) + verdict(res) + targets(res)
     )
 
 
@@ -414,6 +414,50 @@ def verdict(res: dict[str, Any]) -> str:
             "starved server falls behind, sends fewer and larger frames and holds a backlog."
         )
     return text
+
+
+def targets(res: dict[str, Any]) -> str:
+    """The gateway's targets, each judged on its own point, or said to be not shown."""
+    runs = res["runs"]
+
+    def judge(r: dict[str, Any] | None, ok: Any, figure: Any) -> str:
+        if r is None or "held" not in r:
+            return "not measured in this run"
+        if r["held"]:
+            return f"**not shown**: the machine did not hold the point (measured: {figure(r)})"
+        return f"{'**met**' if ok(r) else '**NOT met**'} ({figure(r)})"
+
+    def p99(r: dict[str, Any]) -> str:
+        return age(r)
+
+    lines = []
+    d, sizes = res["plan"]["screens"]
+    s4000 = 4_000 if 4_000 in sizes else sorted(sizes)[-2 if len(sizes) > 1 else 0]
+    r = runs.get(key("ours", d, s4000, False, True))
+    lines.append(
+        f"{s4000:,} screens on {d:,} devices with p99 data age ≤ 150 ms: "
+        + judge(r, lambda r: not fell_behind(r) and r["age_p99_ms"] <= 150, p99)
+    )
+    sizes_d, s = res["plan"]["devices"]
+    dd = 50_000 if 50_000 in sizes_d else sorted(sizes_d)[-1]
+    r = runs.get(key("ours", dd, s, False, True))
+    lines.append(
+        f"{dd:,} devices with {s:,} screens, p99 data age ≤ 250 ms: "
+        + judge(r, lambda r: not fell_behind(r) and r["age_p99_ms"] <= 250, p99)
+    )
+    r = runs.get(key("ours", d, res["plan"]["join"], False, True))
+
+    def wave_ok(r: dict[str, Any]) -> bool:
+        j = r.get("join") or {}
+        lag_ok = (j.get("looplag") or {}).get("p99_ms", math.inf) <= 10
+        return bool(j.get("all_s") is not None and j["all_s"] <= 2 and lag_ok)
+
+    lines.append(
+        f"a join wave of {res['plan']['join']:,} screens, every one holding its snapshot "
+        "within 2 s with loop lag p99 ≤ 10 ms: "
+        + judge(r, wave_ok, lambda r: f"{join_time(r)}; loop lag {lag(r['join'].get('looplag'))}")
+    )
+    return "\n\nTargets for ours: " + "; ".join(lines) + "."
 
 
 def run_on(res: dict[str, Any]) -> str:
