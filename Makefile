@@ -39,7 +39,7 @@ venv: $(STAMP) ## create .venv and install the project with its dev extras
 run: venv $(NPM_STAMP) ## gateway + embedded simulator fleet + dashboard at http://127.0.0.1:8080/
 	@scripts/run.sh
 
-test: venv ## lint, then the whole test suite (what CI runs)
+test: $(BENCH_STAMP) ## lint, then the whole test suite (what CI runs)
 	@scripts/system-deps.sh test
 	@$(MAKE) --no-print-directory $(NPM_STAMP)
 	$(MAKE) --no-print-directory lint
@@ -50,26 +50,28 @@ lint: venv ## ruff (lint + format check) and mypy (strict on gateway/core)
 	$(BIN)/ruff format --check gateway devices_sim tests bench
 	$(BIN)/mypy gateway devices_sim
 
-bench: $(BENCH_STAMP) $(NPM_STAMP) ## run the benchmarks and rewrite docs/benchmarks.md (about 25 minutes)
+bench: $(BENCH_STAMP) $(NPM_STAMP) ## run the benchmarks and rewrite docs/benchmarks.md and its plots (over an hour)
 	@scripts/system-deps.sh bench
 	$(BIN)/python bench/core_bench.py --write
 	$(BIN)/python bench/fanout_bench.py --write
 	$(BIN)/python bench/ingest_bench.py --write
 	$(BIN)/python bench/sim_bench.py --write
 	$(BIN)/python bench/browser_bench.py --write --seconds 420 --warmup 330
+	$(BIN)/python bench/scaling_bench.py --write
 	$(BIN)/python bench/e2e_bench.py --write
 	$(BIN)/python bench/history_bench.py --write
 	$(BIN)/python bench/hub_stalls_bench.py --json bench/results/hub_stalls_latest.json
 	$(BIN)/python bench/walls_bench.py
 	$(BIN)/python bench/workers_bench.py
 
-bench-quick: $(BENCH_STAMP) $(NPM_STAMP) ## a reduced benchmark run, under 3 minutes (no docs rewrite)
+bench-quick: $(BENCH_STAMP) $(NPM_STAMP) ## a reduced benchmark run, about 10 minutes (no docs rewrite)
 	@scripts/system-deps.sh bench
 	$(BIN)/python bench/core_bench.py --quick
 	$(BIN)/python bench/fanout_bench.py --quick
 	$(BIN)/python bench/ingest_bench.py --quick
 	$(BIN)/python bench/sim_bench.py --quick
 	$(BIN)/python bench/browser_bench.py --quick
+	$(BIN)/python bench/scaling_bench.py --quick --write
 	$(BIN)/python bench/e2e_bench.py --quick
 	$(BIN)/python bench/history_bench.py --quick
 	$(BIN)/python bench/hub_stalls_bench.py --quick

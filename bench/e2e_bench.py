@@ -1,14 +1,10 @@
 """End-to-end benchmarks: a simulated fleet through a real mosquitto to many screens,
 against what a team would do without the gateway, on the same input in the same run.
 
-  bigscreen  N devices at 1 msg/s each -> mosquitto -> server -> S screens at 10 Hz, half
-             on '#' and half on one site. Servers compared:
-               ours    the gateway (deadbands configured as a big screen needs them)
-               naive   every raw device message to every subscribed screen with the
-                       `websockets` library's broadcast() on asyncio
-               mqtt    the screens subscribe to mosquitto directly and keep the latest
-                       value per device (Debian's mosquitto 2.0.11 is built without
-                       WebSocket listeners, so this runs over MQTT/TCP: see the docs)
+  bigscreen  N devices at 1 msg/s each -> mosquitto -> the gateway -> S screens at 10 Hz,
+             half on '#' and half on one site, deadbands configured: the baseline of
+             the slow workload (the comparison with the peers, under one configuration
+             for all, is bench/scaling_bench.py)
   slow       bigscreen with ours, plus 5% more screens that never read
   storm      C screens (a line each, 1 Hz) on a gateway that is restarted: time until
              50%, 99% and 100% hold a state equal to the new gateway's, and the bytes
@@ -29,7 +25,6 @@ import contextlib
 import json
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
@@ -43,27 +38,16 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.peers import gateway_deadbands  # noqa: E402
 from bench.report import results_path, stop  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, LOAD_CPU = 0, 1
 SITE = "berlin"
 
-#: what a wall screen does not need to see: changes smaller than these are not news
-#: (field, "abs" or "rel", threshold)
-DEADBAND_TABLE = [
-    ("temperature", "abs", 0.2),
-    ("humidity", "abs", 0.5),
-    ("power", "rel", 0.02),
-    ("current", "rel", 0.02),
-    ("vibration", "abs", 0.05),
-    ("cpu", "abs", 2.0),
-    ("memory", "abs", 1.0),
-]
-DEADBANDS = "".join(
-    f'[[state.deadbands]]\nfilter = "#"\nfield = "{f}"\n{kind} = {v}\n'
-    for f, kind, v in DEADBAND_TABLE
-)
+#: what a wall screen does not need to see (the table every server gets in
+#: bench/scaling_bench.py when deadbands are on)
+DEADBANDS = gateway_deadbands()
 
 
 def free_port() -> int:
@@ -318,82 +302,6 @@ def gateway_config(tmp: pathlib.Path, mqtt_port: int | None, extra: str = "") ->
     return path
 
 
-# -- the naive peer ------------------------------------------------------------------------
-
-
-def serve_naive(mqtt_port: int, screens: int) -> None:
-    """Every raw device message, as it arrives, to every screen whose filter matches."""
-    import asyncio
-    import logging
-
-    import orjson
-    import paho.mqtt.client as mqtt
-    from websockets.asyncio.server import broadcast, serve
-
-    from gateway.core.topics import matches
-
-    logging.getLogger("websockets").setLevel(logging.CRITICAL)
-    subs: dict[str, set[Any]] = {}
-
-    async def handler(ws: Any) -> None:
-        try:
-            async for message in ws:
-                with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
-                    obj = orjson.loads(message)
-                    if obj.get("type") == "subscribe":
-                        for f in obj["filters"]:
-                            subs.setdefault(f, set()).add(ws)
-        finally:
-            for conns in subs.values():
-                conns.discard(ws)
-
-    def dispatch(topic: str, payload: bytes) -> None:
-        rest = topic.partition("/")[2]  # telemetry/<site>/<line>/<device> as the gateway names it
-        body = payload if payload[:1] == b"{" else orjson.dumps(payload.decode(errors="replace"))
-        frame = b'{"topic":' + orjson.dumps(rest) + b',"payload":' + body + b"}"
-        for f, conns in subs.items():
-            if matches(f, rest):
-                broadcast(conns, frame, text=True)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="naive-peer")
-        client.on_message = lambda _c, _u, m: loop.call_soon_threadsafe(
-            dispatch, m.topic, m.payload
-        )
-        client.on_connect = lambda c, *_: c.subscribe([("telemetry/#", 0), ("status/#", 0)])
-        async with serve(
-            handler,
-            "127.0.0.1",
-            0,
-            compression=None,
-            ping_interval=None,
-            max_queue=16,
-            backlog=4096,
-        ) as server:
-            port = next(iter(server.sockets)).getsockname()[1]
-            print(json.dumps({"port": port}), flush=True)
-            # the screens connect first (a flooded event loop would take minutes to
-            # accept them), then the device messages start
-            deadline = loop.time() + 60
-            while len(set().union(*subs.values())) < screens and loop.time() < deadline:
-                await asyncio.sleep(0.1)
-            client.connect("127.0.0.1", mqtt_port)
-            client.loop_start()
-            await asyncio.Future()  # until SIGTERM
-
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    asyncio.run(main())
-
-
-@contextlib.contextmanager
-def naive_server(mqtt_port: int, screens: int) -> Iterator[tuple[int, subprocess.Popen[str]]]:
-    cmd = [sys.executable, __file__, "--serve-naive", str(mqtt_port), "--screens", str(screens)]
-    with process(cmd, cpu=SERVER_CPU, stdout=subprocess.PIPE) as p:
-        assert p.stdout is not None
-        yield json.loads(p.stdout.readline())["port"], p
-
-
 @contextlib.contextmanager
 def our_gateway(
     tmp: pathlib.Path, mqtt_port: int | None, *args: str, extra: str = "", port: int = 0
@@ -415,35 +323,25 @@ def bigscreen(
     impl: str, devices: int, subscribers: int, seconds: float, stalled: int = 0
 ) -> dict[str, Any]:
     ws_filters = f"#,{SITE}/#"
-    mqtt_filters = f"#,+/{SITE}/#"
     # the screens connect and take their first snapshot before the measurement starts
     warmup = (3.0 if subscribers <= 200 else 8.0) + subscribers / 100
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
-        broker_port, broker = stack.enter_context(
-            mosquitto(SERVER_CPU if impl == "mqtt" else LOAD_CPU)
-        )
+        broker_port, broker = stack.enter_context(mosquitto(LOAD_CPU))
         stack.enter_context(
             process(fleet(broker_port, devices, warmup + seconds + 30), cpu=LOAD_CPU)
         )
         pids = {"broker": broker.pid}
-        admin = None
-        if impl.startswith("ours"):
-            port, admin, server = stack.enter_context(our_gateway(pathlib.Path(tmp), broker_port))
-            pids["server"] = server.pid
-        elif impl == "naive":
-            port, server = stack.enter_context(naive_server(broker_port, subscribers))
-            pids["server"] = server.pid
-        else:
-            port = broker_port
+        port, admin, server = stack.enter_context(our_gateway(pathlib.Path(tmp), broker_port))
+        pids["server"] = server.pid
         time.sleep(2.0)  # the fleet connects and publishes its first round
         start_at = time.time() + warmup
-        kind = "mqtt" if impl == "mqtt" else "ws"
+        kind = "ws"
         procs = screens(
             kind,
             port,
             subscribers,
             4,
-            mqtt_filters if impl == "mqtt" else ws_filters,
+            ws_filters,
             start_at,
             seconds,
             deflate=impl == "ours",  # like a browser; "ours-plain" offers no compression
@@ -463,9 +361,6 @@ def bigscreen(
         if stalled:
             collect(procs_stalled, timeout=30)
     out = {**merge_screens(results, seconds), **server_side, "impl": impl}
-    out["server_cpu_cores"] = out.get("server_cpu_cores", 0.0) + (
-        out["broker_cpu_cores"] if impl == "mqtt" else 0.0
-    )
     if after:
         out["metrics"] = {
             k: after[k] - before.get(k, 0.0)
@@ -618,7 +513,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="rewrite docs/benchmarks.md")
     ap.add_argument("--only", default="bigscreen,slow,storm", help="comma-separated workloads")
     ap.add_argument(
-        "--impls", default="ours,ours-plain,naive,mqtt", help="bigscreen servers to run"
+        "--impls", default="ours", help="bigscreen: ours, ours-plain (screens without deflate)"
     )
     ap.add_argument(
         "--report-only",
@@ -640,12 +535,7 @@ def main() -> None:
         default="storm,storm_sim_persist,storm_mqtt,storm_persist",
         help="which of the storms to run",
     )
-    ap.add_argument("--serve-naive", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--screens", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve_naive:
-        serve_naive(args.serve_naive, args.screens)
-        return
     if args.report_only:
         from bench.report import write_section
 
@@ -725,27 +615,6 @@ def age_growth(r: dict[str, Any]) -> float:
     return slope(series)
 
 
-def peer_message_bytes(devices: int) -> dict[str, float]:
-    """Bytes one device message costs each peer on the wire, from the fleet's own
-    messages: the naive fan-out's frame (WebSocket header + {"topic", "payload"}) and
-    the MQTT PUBLISH (fixed header + topic + payload) a direct subscriber receives."""
-    import orjson
-
-    from devices_sim.fleet import Fleet, FleetConfig
-
-    fleet = Fleet(FleetConfig(devices=min(devices, 4000)), start_wall=1.8e9)
-    fleet.initial()
-    msgs = [m for m in fleet.step(1.0) if m.kind == "data" and m.fields is not None]
-    naive = mqtt = 0
-    for m in msgs:
-        payload = orjson.dumps({**(m.fields or {}), "ts": m.ts})
-        frame = b'{"topic":' + orjson.dumps(m.path) + b',"payload":' + payload + b"}"
-        naive += len(frame) + (2 if len(frame) < 126 else 4)
-        body = 2 + len("telemetry/" + m.path) + len(payload)
-        mqtt += 1 + (1 if body < 128 else 2) + body
-    return {"naive": naive / len(msgs), "mqtt": mqtt / len(msgs)}
-
-
 def met(ok: bool) -> str:
     return "**met**" if ok else "**NOT met**"
 
@@ -759,142 +628,13 @@ def report(res: dict[str, Any]) -> list[tuple[str, str, str]]:
         f"by `devices-sim` into a real mosquitto; {subs:,} screens at 10 Hz, half on `#`, "
         f"half on one site (`{SITE}/#`, a quarter of the fleet). Server side pinned to "
         f"CPU 0; the fleet and the screens (4 processes of `bench/e2e_clients.py`) on "
-        f"CPU 1. Measured for {seconds:g} s after the screens connected. Data age is "
-        f"measured at the screen: receipt time minus the timestamp the simulator put in "
-        f"the device message, for every value received by one screen in 25."
+        f"CPU 1. Deadbands configured (`[[state.deadbands]]`, the table of "
+        f"bench/peers.py). Measured for {seconds:g} s after the screens connected and took "
+        f"their snapshots. Data age is measured at the screen: receipt time minus the "
+        f"timestamp the simulator put in the device message, for every value received by "
+        f"one screen in 25."
     )
     big = res.get("bigscreen", {})
-    if big:
-        names = {
-            "ours": "ours (gateway), screens with permessage-deflate",
-            "ours-plain": "ours, screens without compression",
-            "naive": "naive fan-out: `websockets` `broadcast()`",
-            "mqtt": "screens on mosquitto directly (MQTT)",
-        }
-        impls = [i for i in ("ours", "ours-plain", "naive", "mqtt") if i in big]
-        share = {"#": 1.0}
-
-        sizes = peer_message_bytes(devices)
-
-        def needed(r: dict[str, Any], f: str) -> float:
-            return sizes[r["impl"]] * devices * share.get(f, 0.25)
-
-        def delivered(r: dict[str, Any]) -> float:
-            """The share of the messages a peer had to deliver that it delivered."""
-            return r["messages_per_s_per_sampled"] / (devices * (1 + 0.25) / 2)
-
-        def cells(fn: Any) -> str:
-            return " | ".join(fn(big[i]) for i in impls)
-
-        def per_screen(r: dict[str, Any]) -> float:
-            return sum(r["bytes_per_s_by_filter"].values()) / len(r["bytes_per_s_by_filter"])
-
-        def needed_avg(r: dict[str, Any]) -> float:
-            fs = list(r["bytes_per_s_by_filter"])
-            return sum(needed(r, f) for f in fs) / len(fs)
-
-        def age(r: dict[str, Any]) -> str:
-            if not r["values_sampled"]:
-                return f"no value arrived within {seconds:g} s"
-            g = age_growth(r)
-            if g > 100:  # falling behind: the oldest value gets older by > 0.1 s every s
-                series = list(r["age_max_by_second_ms"].values())
-                return f"grows {series[0] / 1000:.1f} s → {series[-1] / 1000:.1f} s"
-            return f"**{r['age_p50_ms']:.0f} / {r['age_p99_ms']:.0f} / {r['age_max_ms']:.0f} ms**"
-
-        rows = [
-            "| | " + " | ".join(names[i] for i in impls) + " |",
-            "|---|" + "---:|" * len(impls),
-            "| data age p50 / p99 / max | " + cells(age) + " |",
-            "| gateway receipt to frame written, p50 / p99 (its histogram's bucket bounds) | "
-            + cells(
-                lambda r: (
-                    "≤ {p50:.0f} / ≤ {p99:.0f} ms".format(**r["ingest_to_send_ms"])
-                    if "ingest_to_send_ms" in r
-                    else ""
-                )
-            )
-            + " |",
-            "| growth of the oldest age (ms per s of run) | "
-            + cells(lambda r: f"{age_growth(r):+.0f}" if r["values_sampled"] else "")
-            + " |",
-            "| server CPU (cores): gateway / `broadcast()` server / mosquitto serving | "
-            + cells(lambda r: f"{r['server_cpu_cores']:.2f}")
-            + " |",
-            "| mosquitto CPU (cores) | " + cells(lambda r: f"{r['broker_cpu_cores']:.2f}") + " |",
-            "| server memory (RSS) at start → end of the measurement | "
-            + cells(
-                lambda r: (
-                    f"{r['server_rss_mib'][0]:.0f} → {r['server_rss_mib'][-1]:.0f} MiB"
-                    if r.get("server_rss_mib")
-                    else f"{r['broker_rss_mib'][0]:.0f} → {r['broker_rss_mib'][-1]:.0f} MiB"
-                )
-            )
-            + " |",
-            "| bytes per screen per second received, average (`#` / site) | "
-            + cells(
-                lambda r: (
-                    f"{per_screen(r) / 1024:,.0f} KiB ("
-                    + " / ".join(f"{v / 1024:,.0f}" for v in r["bytes_per_s_by_filter"].values())
-                    + ")"
-                )
-            )
-            + " |",
-            "| bytes per screen per second needed to deliver every message | "
-            + cells(
-                lambda r: "" if r["impl"].startswith("ours") else f"{needed_avg(r) / 1024:,.0f} KiB"
-            )
-            + " |",
-            "| share of the device messages it had to deliver that it delivered | "
-            + cells(
-                lambda r: "coalesced" if r["impl"].startswith("ours") else f"{delivered(r):.1%}"
-            )
-            + " |",
-            "| messages (frames) per second per screen | "
-            + cells(lambda r: f"{r['messages_per_s_per_sampled']:,.1f}")
-            + " |",
-            "| screens connected / dropped | "
-            + cells(lambda r: f"{r['subscribed']:,} / {r['closed']}")
-            + " |",
-            "| load generators' CPU (cores) | "
-            + cells(lambda r: f"{r['load_cpu_cores']:.2f}")
-            + " |",
-        ]
-        ours = big.get("ours")
-        verdicts = []
-        if ours:
-            verdicts.append(
-                f"data age p99 at most 150 ms: {met(ours['age_p99_ms'] <= 150)} "
-                f"({ours['age_p99_ms']:.0f} ms)"
-            )
-            verdicts.append(
-                f"gateway CPU at most one core: {met(ours['server_cpu_cores'] <= 1)} "
-                f"({ours['server_cpu_cores']:.2f})"
-            )
-            if "naive" in big:
-                ratio = per_screen(ours) / needed_avg(big["naive"])
-                verdicts.append(
-                    f"bytes per screen at most 15% of the naive fan-out's: "
-                    f"**{'met' if ratio <= 0.15 else 'NOT met'}** ({ratio:.0%})"
-                )
-        body = (
-            setup
-            + "\n\n"
-            + "\n".join(rows)
-            + "\n\nTargets: "
-            + "; ".join(verdicts)
-            + ".\n\nA peer that falls behind is shown by how the age of the values it "
-            "delivers grows during the run, not by a percentile it never reached; its bytes "
-            "per screen are given both as received and as what delivering every message "
-            "would take (each peer's message size on the wire, from the fleet's own "
-            "messages, times the message rate). The naive peer spends the run on the "
-            "retained status messages and a backlog it never works off. Debian's mosquitto "
-            "2.0.11 is built "
-            "without WebSocket listeners, so the screens read it over MQTT/TCP: "
-            "MQTT-over-WebSocket costs the same plus 2 to 4 bytes of framing per message, "
-            "so these numbers are its lower bound."
-        )
-        sections.append(("e2e-bigscreen", "End to end: the big screen, against the peers", body))
     slow = res.get("slow")
     if slow and big.get("ours"):
         ours = big["ours"]
@@ -905,13 +645,13 @@ def report(res: dict[str, Any]) -> list[tuple[str, str, str]]:
         ends = ", ".join(f"`{k}` {v:g}" for k, v in sorted(m.items()) if "shared" not in k)
         diff = slow["age_p99_ms"] - ours["age_p99_ms"]
         body = (
-            f"Command: {cmd}. The big-screen workload with ours, plus {subs // 20} more "
+            f"{setup} The same run twice: as it is, and with {subs // 20} more "
             f"screens (5%) that subscribe to `#` with a 4 KiB receive buffer and never "
             f"read again.\n\n"
             "| | value |\n|---|---:|\n"
             f"| healthy screens' data age p50 / p99 / max | **{slow['age_p50_ms']:.0f} / "
             f"{slow['age_p99_ms']:.0f} / {slow['age_max_ms']:.0f} ms** |\n"
-            f"| the same without the stalled screens (workload above) | "
+            f"| the same without the stalled screens | "
             f"{ours['age_p50_ms']:.0f} / {ours['age_p99_ms']:.0f} / {ours['age_max_ms']:.0f} ms |\n"
             f"| gateway CPU | {slow['server_cpu_cores']:.2f} cores |\n"
             f"| gateway RSS, each second | {', '.join(f'{v:.0f}' for v in rss)} MiB |\n"

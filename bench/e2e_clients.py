@@ -87,9 +87,22 @@ def cpu_seconds() -> float:
 
 
 class Screen:
-    __slots__ = ("buf", "bytes", "filt", "latest", "messages", "sample", "sock", "state")
+    __slots__ = (
+        "buf",
+        "bytes",
+        "expect",
+        "filt",
+        "inflater",
+        "latest",
+        "messages",
+        "sample",
+        "snapshot_at",
+        "snapshots",
+        "sock",
+        "state",
+    )
 
-    def __init__(self, sock: socket.socket, filt: str, sample: bool) -> None:
+    def __init__(self, sock: socket.socket, filt: str, sample: bool, expect: int) -> None:
         self.sock = sock
         self.filt = filt
         self.sample = sample
@@ -98,6 +111,20 @@ class Screen:
         self.bytes = 0
         self.messages = 0
         self.latest: dict[str, float] = {}
+        #: topics in the snapshot this screen waits for (0: none awaited); once that
+        #: many snapshot items arrived, snapshot_at is the wall time it happened
+        self.expect = expect
+        self.snapshots = 0
+        self.snapshot_at: float | None = None
+        #: permessage-deflate with the server's context kept between messages (the
+        #: `websockets` default) needs one decompressor per connection; None: a fresh
+        #: one per message (the gateway: server_no_context_takeover)
+        self.inflater: zlib._Decompress | None = None
+
+    @property
+    def parsing(self) -> bool:
+        """Does this screen parse what it receives (or only count the bytes)?"""
+        return self.sample or (self.expect > 0 and self.snapshot_at is None)
 
 
 class Ages:
@@ -160,9 +187,15 @@ def parse_ws(screen: Screen, now: float, ages: Ages) -> None:
         if opcode == 1:
             screen.messages += ages.active
             payload = bytes(buf[pos + head : pos + head + b1])
-            if buf[pos] & 0x40:  # permessage-deflate, no server context takeover
-                payload = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
-            ws_values(payload, now, screen, ages)
+            if buf[pos] & 0x40:  # permessage-deflate
+                inflater = screen.inflater or zlib.decompressobj(-15)
+                payload = inflater.decompress(payload + b"\x00\x00\xff\xff")
+            if screen.snapshot_at is None and screen.expect:
+                screen.snapshots += payload.count(b'"type":"snapshot"')
+                if screen.snapshots >= screen.expect:
+                    screen.snapshot_at = now
+            if screen.sample:
+                ws_values(payload, now, screen, ages)
         pos += head + b1
     del buf[:pos]
 
@@ -218,7 +251,14 @@ def main() -> None:
     )
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     ap.add_argument("--start-at", type=float, default=0.0, help="wall time to start measuring")
+    ap.add_argument(
+        "--expect",
+        default="",
+        help="FILTER=N,...: screens on FILTER wait for a snapshot of N topics and report "
+        "when they hold it (the join wave)",
+    )
     args = ap.parse_args()
+    expect = {f: int(n) for f, _, n in (e.rpartition("=") for e in args.expect.split(",") if e)}
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -237,7 +277,8 @@ def main() -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect(("127.0.0.1", args.port))
         s.setblocking(False)
-        screen = Screen(s, filters[i % len(filters)], i % args.sample_every == 0)
+        filt = filters[i % len(filters)]
+        screen = Screen(s, filt, i % args.sample_every == 0, expect.get(filt, 0))
         if args.kind == "ws":
             s.send(upgrade_request(args.port, extensions))
         else:
@@ -261,6 +302,7 @@ def main() -> None:
     next_ping = time.monotonic() + 10
     end = max(start, args.start_at) + args.duration
     scratch = bytearray(1 << 18)
+    by_second: dict[int, int] = {}  # wall second -> bytes received by all screens
     while time.time() < end:
         now = time.time()
         if not measuring and now >= args.start_at:
@@ -275,7 +317,7 @@ def main() -> None:
                         screen.sock.send(ping)
         for key, _ in sel.select(timeout=0.2):
             screen = key.data
-            if screen.state == "open" and not screen.sample:
+            if screen.state == "open" and not screen.parsing:
                 try:
                     n = screen.sock.recv_into(scratch)
                 except (BlockingIOError, InterruptedError):
@@ -284,6 +326,7 @@ def main() -> None:
                     n = 0
                 if n:
                     total += n
+                    by_second[int(now)] = by_second.get(int(now), 0) + n
                     if measuring:
                         screen.bytes += n
                     continue
@@ -299,6 +342,7 @@ def main() -> None:
                 closed += 1
                 continue
             total += len(data)
+            by_second[int(now)] = by_second.get(int(now), 0) + len(data)
             if measuring:
                 screen.bytes += len(data)
             screen.buf += data
@@ -310,6 +354,9 @@ def main() -> None:
                     if b" 101 " not in head.split(b"\r\n", 1)[0]:
                         raise SystemExit(f"upgrade refused: {head[:80]!r}")
                     screen.buf = bytearray(rest)
+                    ext = head.lower().partition(b"sec-websocket-extensions:")[2].split(b"\r\n")[0]
+                    if b"permessage-deflate" in ext and b"server_no_context_takeover" not in ext:
+                        screen.inflater = zlib.decompressobj(-15)
                     sub = {
                         "type": "subscribe",
                         "id": "s",
@@ -330,7 +377,7 @@ def main() -> None:
                 if args.stalled:
                     sel.unregister(screen.sock)  # never read again
                     continue
-            if screen.sample:
+            if screen.parsing:
                 (parse_ws if args.kind == "ws" else parse_mqtt)(screen, now, ages)
             else:
                 screen.buf.clear()  # only the handshake's leftovers
@@ -349,6 +396,9 @@ def main() -> None:
         "sampled_bytes": sum(s.bytes for s in sampled),
         "age_hist_ms": {str(i): n for i, n in enumerate(ages.hist) if n},
         "max_by_second": {str(k): v for k, v in sorted(ages.max_by_second.items())},
+        "bytes_by_wall_second": {str(k): v for k, v in sorted(by_second.items())},
+        "snapshot_at": [s.snapshot_at for s in screens if s.expect],
+        "connected_at": start,
     }
     for screen in screens:
         if screen.state != "closed":

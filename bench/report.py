@@ -11,6 +11,8 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 
 LIBS = (
@@ -111,32 +113,53 @@ class Running:
 
 @contextlib.contextmanager
 def gateway_process(
-    *args: str, env: dict[str, str] | None = None, cpu: int | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    cpu: int | None = None,
+    log: pathlib.Path | None = None,
 ) -> Iterator[Running]:
     """Run ``gateway run --port 0 --admin-port 0 ARGS`` (later flags win) and yield its
-    public port and process; it is stopped (SIGTERM, then killed) on the way out."""
+    public port and process; it is stopped (SIGTERM, then killed) on the way out.
+
+    Its stdout and stderr go to a file (``log``, else a temporary file removed after a
+    clean stop), never to a pipe: a pipe nobody reads blocks a gateway that logs more
+    than the pipe holds (64 KiB), which would make the benchmark measure its own
+    plumbing."""
     root = pathlib.Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "run", "--port", "0", "--admin-port", "0", *args],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=root,
-        env={**os.environ, **(env or {})},
-    )
+    if log is None:
+        fd, name = tempfile.mkstemp(prefix="bench-gateway-", suffix=".log")
+        os.close(fd)
+        path, keep = pathlib.Path(name), False
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        path, keep = log, True
+    with path.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--port", "0", "--admin-port", "0", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=root,
+            env={**os.environ, **(env or {})},
+        )
+    failed = True
     try:
         if cpu is not None:
             os.sched_setaffinity(proc.pid, {cpu})
-        assert proc.stderr is not None
+        deadline = time.monotonic() + 60
         while True:
-            line = proc.stderr.readline()
-            if not line:
-                raise RuntimeError("the gateway exited before listening")
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", line)
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)/", path.read_text())
             if m:
                 break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway did not listen (its output: {path})")
+            time.sleep(0.05)
         yield Running(int(m.group(1)), proc)
+        failed = False
     finally:
         stop(proc)
+        if not keep and not failed:
+            path.unlink(missing_ok=True)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
