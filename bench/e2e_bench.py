@@ -93,13 +93,15 @@ def process(
 
 
 @contextlib.contextmanager
-def mosquitto(cpu: int) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+def mosquitto(cpu: int, *, sys_interval: int = 0) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """A broker on a free port; ``sys_interval`` > 0: it publishes its $SYS counters
+    that often (the scaling bench reads the input rate from them)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-mosquitto-") as tmp:
         conf = pathlib.Path(tmp) / "mosquitto.conf"
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "log_dest stderr\nlog_type error\nmax_connections -1\n"
+            f"log_dest none\nmax_connections -1\nsys_interval {sys_interval}\n"
         )
         with process(["mosquitto", "-c", str(conf)], cpu=cpu, stderr=subprocess.DEVNULL) as p:
             wait_port(port)

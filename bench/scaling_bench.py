@@ -43,7 +43,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -58,10 +57,10 @@ from bench.e2e_bench import (  # noqa: E402
     fleet,
     free_port,
     merge_screens,
+    mosquitto,
     proc_cpu,
     proc_rss,
     process,
-    wait_port,
 )
 from bench.peers import gateway_deadbands  # noqa: E402
 
@@ -70,21 +69,6 @@ LOGS = ROOT / "bench" / "results" / "logs"
 
 
 # -- instruments ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def mosquitto(cpu: int) -> Iterator[tuple[int, subprocess.Popen[str]]]:
-    """A broker that publishes its $SYS counters every second (the input rate)."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="bench-mosquitto-") as tmp:
-        conf = pathlib.Path(tmp) / "mosquitto.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "log_dest none\nmax_connections -1\nsys_interval 1\n"
-        )
-        with process(["mosquitto", "-c", str(conf)], cpu=cpu, stderr=subprocess.DEVNULL) as p:
-            wait_port(port)
-            yield port, p
 
 
 class BrokerCounter:
@@ -297,7 +281,7 @@ def run(
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
         broker_port, broker = stack.enter_context(
-            mosquitto(SERVER_CPU if peer == "mqtt" else LOAD_CPU)
+            mosquitto(SERVER_CPU if peer == "mqtt" else LOAD_CPU, sys_interval=1)
         )
         counter = BrokerCounter(broker_port)
         stack.callback(counter.close)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +15,7 @@ import jwt
 
 from gateway.app import Gateway
 from gateway.core.disconnect import DISCONNECTS
-from tests.conftest import require_binary
+from tests.nodejs import run_module_script
 
 from .test_dashboard import browser_page, in_browser
 
@@ -28,20 +27,12 @@ BANNER = (
 
 
 def test_the_wall_has_words_for_every_close_code_that_ends_reconnecting() -> None:
-    node = require_binary("node", "nodejs")
     codes = list(DISCONNECTS)
     script = (
         f"import {{ refusalText }} from {json.dumps(str(ROOT / 'dashboard/js/refusal.js'))};"
         f"console.log(JSON.stringify({json.dumps(codes)}.map((code) => refusalText({{code}}))));"
     )
-    out = subprocess.run(
-        [node, "--input-type=module", "-e", script],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    texts = dict(zip(codes, json.loads(out), strict=True))
+    texts = dict(zip(codes, run_module_script(script), strict=True))
     # a code the client retries is not a refusal: the connection banner covers it
     assert {c for c, t in texts.items() if t} == {
         c for c, d in DISCONNECTS.items() if not d.reconnect

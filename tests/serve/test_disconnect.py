@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import subprocess
 
 import pytest
 import trio
@@ -14,7 +13,7 @@ from trio_websocket import WebSocketRequest, serve_websocket
 from gateway.client import GatewayClient, Refused
 from gateway.core.disconnect import DISCONNECTS, METRIC_REASONS
 from gateway.metrics import DISCONNECT_REASONS
-from tests.conftest import require_binary
+from tests.nodejs import run_module_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: codes outside the table a client meets too: no close frame, an app's own code
@@ -36,20 +35,12 @@ def test_every_metric_reason_comes_from_the_table() -> None:
 
 
 def test_the_js_client_reconnects_exactly_when_the_table_says() -> None:
-    node = require_binary("node", "nodejs")
     codes = [*DISCONNECTS, *OTHER_CODES]
     script = (
         f"import {{ shouldReconnect }} from {json.dumps(str(ROOT / 'dashboard/js/client.js'))};"
         f"console.log(JSON.stringify({json.dumps(codes)}.map(shouldReconnect)));"
     )
-    out = subprocess.run(
-        [node, "--input-type=module", "-e", script],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout
-    decisions = dict(zip(codes, json.loads(out), strict=True))
+    decisions = dict(zip(codes, run_module_script(script), strict=True))
     expected = {c: DISCONNECTS[c].reconnect if c in DISCONNECTS else True for c in codes}
     assert decisions == expected
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +15,7 @@ from gateway.app import Gateway
 from gateway.core.mirror import Mirror
 from gateway.core.protocol import decode_server
 from gateway.core.state import Snapshot
-from tests.conftest import require_binary
+from tests.nodejs import run_module_script
 
 from .httpget import http_get
 from .rawws import RawWs
@@ -77,7 +76,6 @@ async def test_a_client_ahead_of_the_gateway_is_brought_back(gateway: Gateway) -
 
 
 def test_the_js_client_applies_a_resync_snapshot_whatever_it_holds() -> None:
-    node = require_binary("node", "nodejs")
     script = f"""
       import {{ GatewayClient }} from {json.dumps(str(ROOT / "dashboard/js/client.js"))};
       const c = new GatewayClient({{ url: "ws://127.0.0.1/ws", WebSocketImpl: null }});
@@ -87,14 +85,7 @@ def test_the_js_client_applies_a_resync_snapshot_whatever_it_holds() -> None:
                    c.apply(snap(7, "right", {{ resync: true }}))];
       console.log(JSON.stringify({{ out, held: c.topics.get("t") }}));
     """
-    result = subprocess.run(
-        [node, "--input-type=module", "-e", script],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    got = json.loads(result.stdout)
+    got = run_module_script(script)
     assert got["out"] == ["applied", "skipped", "applied"]
     assert got["held"]["seq"] == 7 and got["held"]["fields"] == {"v": "right"}
 
