@@ -149,7 +149,7 @@ class StatusReporter:
         return (
             f"ran {_duration(up)}: {msgs:,} device messages ({msgs / max(up, 1e-9):,.0f}/s), "
             f"{f.topics:,} topics, {f.online}/{f.devices} devices online at exit, "
-            f"{max(self.peak_screens, f.screens)} screens at most"
+            f"{max(self.peak_screens, f.screens, gw.server.stats.peak_connections)} screens at most"
         )
 
 

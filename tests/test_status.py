@@ -9,10 +9,11 @@ import re
 import pytest
 import trio
 import trio.testing
+from trio_websocket import open_websocket_url
 
 from gateway.app import Gateway, build
 from gateway.status import SLICE, StatusLogHandler, StatusReporter, count, format_line
-from tests.gw import make_config
+from tests.gw import make_config, start_gateway, url
 
 
 def gateway_with(devices: int, plain: int = 0) -> Gateway:
@@ -111,3 +112,23 @@ def test_the_terminal_line_stays_below_log_records() -> None:
         "devices 1/1 online"  # drawn again
         "\r\x1b[K"  # and cleared at exit
     )
+
+
+async def test_the_summary_counts_the_screens_without_a_status_line() -> None:
+    """With ``--status-interval 0`` nothing samples the screens: the summary, written
+    after every screen is gone, still says how many were open at once."""
+    async with trio.open_nursery() as nursery:
+        gw = await start_gateway(nursery)
+        reporter = StatusReporter(None, interval_s=0)
+        reporter.started_wall, reporter.started_mono = gw.clock.wall(), gw.clock.mono()
+        async with open_websocket_url(url(gw)) as a, open_websocket_url(url(gw)) as b:
+            for ws in (a, b):
+                await ws.get_message()  # welcome: the session is registered
+            async with open_websocket_url(url(gw)) as c:
+                await c.get_message()
+        with trio.fail_after(10):
+            while gw.server.connections:
+                await trio.sleep(0.01)
+        summary = await reporter.summary(gw)
+        nursery.cancel_scope.cancel()
+    assert summary.endswith(" 3 screens at most"), summary

@@ -79,6 +79,7 @@ class FanOut:
             raise LifecycleError(f"registering a stream that is {session.life.state.name}")
         self.stats.connections_opened += 1
         self.sessions.add(session)
+        self.stats.peak_connections = max(self.stats.peak_connections, len(self.sessions))
         if self.stopping:
             session.close(dc.SHUTDOWN)
 

@@ -13,6 +13,7 @@ class ServerStats:
     """Counters the metrics collector reads at scrape time."""
 
     connections_opened: int = 0
+    peak_connections: int = 0  # the most streams open at once (the exit summary)
     disconnects: collections.Counter[str] = field(default_factory=collections.Counter)
     send_failures: collections.Counter[str] = field(default_factory=collections.Counter)
     handshake_rejected: collections.Counter[str] = field(default_factory=collections.Counter)
