@@ -212,6 +212,16 @@ class GatewayCollector(Collector):
             "Tick frames handed out as-is (encoded once, sent many times).",
             values=o.shared_frames,
         )
+        yield _counter(
+            "gateway_outbox_shared_catchups",
+            "Lagging subscribers caught up with the missed ticks' shared frames.",
+            values=o.caught_up_shared,
+        )
+        yield _counter(
+            "gateway_outbox_personal_fragments",
+            "Topic updates encoded for one subscriber (join with resume, catch-up, resync).",
+            values=o.personal_fragments,
+        )
         mqtt = self.mqtt()
         sources: dict[str, int] = {"simulator": 0, "mqtt": 0}
         rejected: dict[str, int] = dict(st.rejected)

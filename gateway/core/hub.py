@@ -136,6 +136,9 @@ class Hub:
         #: the frames of the large join snapshots this tick built so far (the shell
         #: compresses them frame by frame between slices, before screens take them)
         self.tick_joins: list[tuple[bytes, ...]] = []
+        #: how many of the frames the last :meth:`take` returned were built for that
+        #: subscriber alone (they come first); the others are shared
+        self.personal = 0
 
     # -- connections ---------------------------------------------------------------
 
@@ -410,9 +413,11 @@ class Hub:
             self.tick_states[topic] = st
         if not items:
             return
-        group.tick_no += 1
+        no = group.tick_no = group.tick_no + 1
         group.join = None  # built for the previous tick: the new one may not build on it
-        group.ring.append(TickRecord(group.tick_no, now, tuple(items), self._pack(frags)))
+        group.ring.append(
+            TickRecord(no, now, tuple(items), self._pack(frags), _repeats(group, items, no))
+        )
 
     def _coalesce_limit(self, group: Group) -> int:
         """Missed items above which a lagging member rejoins from a snapshot instead
@@ -540,8 +545,10 @@ class Hub:
         )
 
     def take(self, sub: Subscriber, now: float) -> Sequence[bytes]:
-        """The frames ``sub`` should write now; advances its cursors."""
+        """The frames ``sub`` should write now; advances its cursors. The first
+        :attr:`personal` of them are ``sub``'s alone, the rest shared."""
         sub.ready = False
+        self.personal = 0
         if sub.closed:
             return ()
         if len(sub.subs) == 1 and not sub.resync:
@@ -573,6 +580,16 @@ class Hub:
                         m.cursor = group.tick_no
                         continue
                     total = 0 if missed is None else sum(len(rec.items) for rec in missed)
+                    if missed is not None and 4 * _folded(missed) <= total:
+                        # the missed ticks barely overlap: their shared frames cost the
+                        # screen little more than a coalesced catch-up, and the gateway
+                        # nothing (already encoded and compressed)
+                        for rec in missed:
+                            shared.extend(rec.frames)
+                            stats.shared_frames += len(rec.frames)
+                        stats.caught_up_shared += 1
+                        m.cursor = group.tick_no
+                        continue
                     if missed is not None and total <= self._coalesce_limit(group):
                         first: dict[str, int | None] = {}
                         for rec in missed:
@@ -623,8 +640,12 @@ class Hub:
             if frag is not None:
                 frags.append(frag)
         stats.personal_fragments += len(frags)
+        if not frags:
+            return shared
         # personal frames first: they may carry snapshots the shared deltas build on
-        return (*self._pack(frags), *shared) if frags else shared
+        mine = self._pack(frags)
+        self.personal = len(mine)
+        return (*mine, *shared)
 
     # -- the slow-subscriber policy ------------------------------------------------------
 
@@ -665,6 +686,25 @@ class Hub:
         for reason in slow.values():
             self.stats.slow_disconnect(reason)
         return list(slow.items())
+
+
+def _repeats(group: Group, items: list[tuple[str, int | None]], no: int) -> tuple[int, ...]:
+    """``TickRecord.repeats`` for tick ``no`` carrying ``items``; records the carry."""
+    span = (group.ring.maxlen or 2) - 1
+    near = [0] * span
+    carried = group.carried
+    for topic, _base in items:
+        prev = carried.get(topic)
+        carried[topic] = no
+        if prev is not None and no - prev <= span:
+            near[no - prev - 1] += 1
+    return tuple(itertools.accumulate(near))
+
+
+def _folded(missed: Sequence[TickRecord]) -> int:
+    """How many items of ``missed`` (consecutive ticks) repeat a topic of an earlier
+    one: what coalescing them would fold away."""
+    return sum(rec.repeated_within(i) for i, rec in enumerate(missed))
 
 
 def _carries(group: Group, topic: str) -> bool:

@@ -20,10 +20,16 @@ The stepped slow-subscriber policy falls out of the cursor's lag (in ticks):
 
 * lag 1: the member gets the tick's frames, the very bytes every other in-sync
   member gets (encode once, send many);
-* lag 2 .. ring length: *coalesce*: one personal delta per topic from its base
-  in the first missed tick to the current state (counted: updates folded away),
-  unless the missed ticks hold more items than ``Hub._coalesce_limit`` (then, as
-  below: a snapshot is about as large and needs no work per member);
+* lag 2 .. ring length, missed ticks that rarely repeat a topic (at most one item
+  in four repeats a topic of an earlier missed tick, ``TickRecord.repeats``): the
+  missed ticks' own frames, in order. Coalescing them would save little and cost a
+  personal encode and deflate, the most expensive thing a gateway does per screen;
+  when a busy gateway lets many screens fall a tick or two behind, personal frames
+  would multiply its work exactly when it has none to spare;
+* lag 2 .. ring length, otherwise: *coalesce*: one personal delta per topic from
+  its base in the first missed tick to the current state (counted: updates folded
+  away), unless the missed ticks hold more items than ``Hub._coalesce_limit``
+  (then, as below: a snapshot is about as large and needs no work per member);
 * older than the ring: the member *joins again*, from the group's shared join
   snapshot (counted);
 * a write stalled longer than ``stall_s``, or data waiting longer than
@@ -61,6 +67,17 @@ class TickRecord:
     #: earlier state of the topic, so the tick carried a snapshot.
     items: tuple[tuple[str, int | None], ...]
     frames: tuple[bytes, ...]
+    #: ``repeats[g - 1]``: how many of ``items`` the group carried in one of the ``g``
+    #: ticks before this one (g = 1 .. ring length - 1). A member that missed ticks
+    #: n+1 .. n+k would get ``sum(rec_i.repeats[i - 1] for i = 2 .. k)`` items that a
+    #: coalesced catch-up folds away.
+    repeats: tuple[int, ...] = ()
+
+    def repeated_within(self, ticks: int) -> int:
+        """Items of this tick the group also carried in one of the ``ticks`` before."""
+        if ticks <= 0 or not self.repeats:
+            return 0
+        return self.repeats[min(ticks, len(self.repeats)) - 1]
 
 
 @dataclass(slots=True)
@@ -71,6 +88,8 @@ class OutboxStats:
     personal_fragments: int = 0  # fragments built for one member (join, lag, resume)
     join_snapshots: int = 0  # shared join snapshots built (one per group tick at most)
     joins_shared: int = 0  # joins served from a shared join snapshot
+    #: lagging members caught up with the missed ticks' shared frames (not coalesced)
+    caught_up_shared: int = 0
     slow: dict[str, int] = field(default_factory=dict)  # reason -> disconnects
 
     def slow_disconnect(self, reason: str) -> None:
@@ -79,13 +98,15 @@ class OutboxStats:
 
 class Group:
     __slots__ = (
-        "building", "gseq", "join", "key", "members", "next_tick", "pending", "ring", "sent",
-        "tick_no",
+        "building", "carried", "gseq", "join", "key", "members", "next_tick", "pending", "ring",
+        "sent", "tick_no",
     )  # fmt: skip
 
     def __init__(self, key: GroupKey, sent: dict[str, int], ring_ticks: int) -> None:
         self.key = key
         self.sent = sent  # topic -> seq as of the last tick
+        #: topic -> the group tick that last carried it (for ``TickRecord.repeats``)
+        self.carried: dict[str, int] = {}
         self.pending: dict[str, None] = {}  # topics changed since the last tick
         self.ring: deque[TickRecord] = deque(maxlen=ring_ticks)
         self.tick_no = 0

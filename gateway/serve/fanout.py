@@ -25,7 +25,7 @@ from .session import StreamSession
 from .sockio import text_frame_header
 from .stats import ServerStats
 
-__all__ = ["SWEEP_INTERVAL_S", "FanOut"]
+__all__ = ["SWEEP_INTERVAL_S", "FanOut", "FrameCache"]
 
 log = logging.getLogger("gateway.server")
 
@@ -36,6 +36,42 @@ PUMP_SECONDS = 0.005  # or time spent on them
 #: topics a tick whose latency is observed (evenly spread over the tick's topics): the
 #: two histograms cost ~1.5 us an observation, 0.15 core at 50,000 topic changes a second
 LATENCY_SAMPLES = 256
+
+
+#: bytes of framed/compressed frames each cache keeps (a 10,000-device `#` tick frame
+#: is ~100 KB raw, ~17 KB compressed: a ring of 16 ticks is well inside)
+FRAMED_BYTES = 16 << 20
+
+
+class FrameCache:
+    """Bytes built from a frame (framed, compressed, an SSE event), keyed by the frame
+    object. Keys are ``id(frame)`` with the frame kept in the entry, so an id cannot be
+    reused while its entry lives; two generations bound the bytes held (with the
+    frames they keep alive)."""
+
+    __slots__ = ("_old", "_young", "bytes", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self._young: dict[int, tuple[bytes, bytes]] = {}
+        self._old: dict[int, tuple[bytes, bytes]] = {}
+
+    def get(self, frame: bytes) -> bytes | None:
+        entry = self._young.get(id(frame))
+        if entry is not None and entry[0] is frame:
+            return entry[1]
+        entry = self._old.get(id(frame))
+        if entry is not None and entry[0] is frame:
+            self.put(frame, entry[1])  # still in use: keep it young
+            return entry[1]
+        return None
+
+    def put(self, frame: bytes, data: bytes) -> None:
+        if self.bytes > self.limit // 2:
+            self._old, self._young, self.bytes = self._young, {}, 0
+        self._young[id(frame)] = (frame, data)
+        self.bytes += len(frame) + len(data)
 
 
 class FanOut:
@@ -58,12 +94,12 @@ class FanOut:
         self.stats = stats
         self.log = rlog
         self.metrics = metrics
-        self._framed: dict[int, tuple[bytes, bytes]] = {}
-        self._framed_z: dict[int, tuple[bytes, bytes]] = {}
+        self._framed = FrameCache(FRAMED_BYTES)
+        self._framed_z = FrameCache(FRAMED_BYTES)
         #: large join snapshots, compressed between the tick's slices and kept while
         #: the hub may hand them out (a group's join serves until its next tick)
         self._join_z: dict[int, tuple[bytes, bytes]] = {}
-        self._sse_events: dict[int, tuple[bytes, bytes]] = {}
+        self._sse_events = FrameCache(FRAMED_BYTES)
         self.sessions: set[StreamSession] = set()  # every registered stream
         self._by_sub: dict[int, StreamSession] = {}  # attached ones, by subscriber id
         #: set once shutdown began: new streams are closed at once (1012) and the
@@ -125,35 +161,31 @@ class FanOut:
 
     # -- framing, once per tick ----------------------------------------------------------
 
-    def framed(self, frame: bytes, compressed: bool = False) -> bytes:
-        """``frame`` as a WebSocket text frame, deflated if ``compressed``. Shared
-        frames are framed (and compressed) once per tick: the caches are keyed by the
-        frame object and cleared every tick (and when large), so an id is never reused
-        while its entry lives."""
+    def framed(self, frame: bytes, compressed: bool = False, shared: bool = True) -> bytes:
+        """``frame`` as a WebSocket text frame, deflated if ``compressed``. A shared
+        frame is framed (and compressed) once for every screen, whether it is handed
+        out in its own tick or later to a screen catching up (the caches outlive a
+        tick, bounded in bytes); one screen's own frame is not kept."""
         if compressed:
             entry = self._join_z.get(id(frame))
             if entry is not None and entry[0] is frame:
                 return entry[1]
         cache = self._framed_z if compressed else self._framed
-        entry = cache.get(id(frame))
-        if entry is not None and entry[0] is frame:
-            return entry[1]
-        data = deflate_frame(frame) if compressed else text_frame_header(len(frame)) + frame
-        if len(cache) >= 256:
-            cache.clear()
-        cache[id(frame)] = (frame, data)
+        data = cache.get(frame)
+        if data is None:
+            data = deflate_frame(frame) if compressed else text_frame_header(len(frame)) + frame
+            if shared:
+                cache.put(frame, data)
         return data
 
-    def sse_event(self, frame: bytes) -> bytes:
-        """``frame`` as an SSE event, built once per tick for every stream (as
-        :meth:`framed` does for WebSocket frames)."""
-        entry = self._sse_events.get(id(frame))
-        if entry is not None and entry[0] is frame:
-            return entry[1]
-        data = b"data: " + frame + b"\n\n"
-        if len(self._sse_events) >= 256:
-            self._sse_events.clear()
-        self._sse_events[id(frame)] = (frame, data)
+    def sse_event(self, frame: bytes, shared: bool = True) -> bytes:
+        """``frame`` as an SSE event, built once for every stream (as :meth:`framed`
+        does for WebSocket frames)."""
+        data = self._sse_events.get(frame)
+        if data is None:
+            data = b"data: " + frame + b"\n\n"
+            if shared:
+                self._sse_events.put(frame, data)
         return data
 
     # -- loops -----------------------------------------------------------------------------
@@ -187,9 +219,6 @@ class FanOut:
                     next_at = now  # fell behind (overload): skip ticks rather than burst
             await trio.sleep_until(next_at)
             start = last = trio.current_time()
-            self._framed.clear()
-            self._framed_z.clear()
-            self._sse_events.clear()
             if self._join_z:  # keep the joins the hub may still hand out
                 live = {id(f) for frames in hub.live_joins() for f in frames}
                 self._join_z = {k: v for k, v in self._join_z.items() if k in live}

@@ -54,9 +54,9 @@ class SessionContext:
     welcome_limits: Mapping[str, JsonValue]
     decode: Callable[[str], ClientMessage]
     #: a frame as a WebSocket text frame (deflated if asked), built once per tick
-    framed: Callable[[bytes, bool], bytes]
+    framed: Callable[[bytes, bool, bool], bytes]
     #: a frame as an SSE event, built once per tick
-    sse_event: Callable[[bytes], bytes]
+    sse_event: Callable[[bytes, bool], bytes]
     #: the tick loop pumps attached sessions; attach once the session has a subscriber
     attach: Callable[[StreamSession], None]
     #: the session is gone: out of the registry, its disconnect reason counted

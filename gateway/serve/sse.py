@@ -213,7 +213,8 @@ class SseSession(StreamSession):
             if not frames:
                 break
             ctx.stats.frames_sent += len(frames)
-            chunks += (ctx.sse_event(f) for f in frames)
+            mine = ctx.hub.personal  # the first frames are this stream's alone: not cached
+            chunks += (ctx.sse_event(f, i >= mine) for i, f in enumerate(frames))
         if chunks:
             mark = f"{ctx.store.epoch}:{ctx.hub.sent_upto(sub)}".encode()
             chunks.append(b"id: " + mark + b"\n\n")  # an empty event carrying the id

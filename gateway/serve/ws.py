@@ -193,13 +193,15 @@ class WsSession(StreamSession):
                 return
             ctx.stats.frames_sent += len(frames)
             try:
+                mine = hub.personal  # the first frames are this screen's alone: not cached
                 if self.compressed:
                     if len(frames) == 1:
-                        done = self.out.send_one(ctx.framed(frames[0], True))
+                        done = self.out.send_one(ctx.framed(frames[0], True, not mine))
                     else:
-                        done = self.out.send([ctx.framed(f, True) for f in frames])
-                elif len(frames) == 1 and len(frames[0]) <= _COPY_LIMIT:
-                    done = self.out.send_one(ctx.framed(frames[0], False))  # the fan-out fast path
+                        zs = [ctx.framed(f, True, i >= mine) for i, f in enumerate(frames)]
+                        done = self.out.send(zs)
+                elif len(frames) == 1 and len(frames[0]) <= _COPY_LIMIT:  # the fan-out fast path
+                    done = self.out.send_one(ctx.framed(frames[0], False, not mine))
                 else:
                     # Large frames (join snapshots above all) go out as header + frame
                     # in one sendmsg: framing them by concatenation would hold a second

@@ -97,6 +97,40 @@ def test_lagging_member_coalesces_then_snapshots_and_stays_exact() -> None:
     assert mirror_view(lazy_m) == expected_view(store, ["site/a/#"])
 
 
+def test_lagging_member_gets_the_shared_frames_of_ticks_that_barely_overlap() -> None:
+    store, hub = make(ring_ticks=8)
+    fill(store, n=8)
+    lazy, busy = hub.connect(), hub.connect()
+    lazy_m = Mirror()
+    for s in (lazy, busy):
+        hub.subscribe(s, Subscribe("s", ("site/a/#",), rate_hz=20))
+    deliver(hub, lazy, lazy_m)
+    hub.take(busy, 0)
+    ticks = []
+    for n in range(4):  # 4 ticks missed, each on other devices: nothing to fold
+        store.apply(f"site/a/d{2 * n}", {"v": n + 10}, n)
+        store.apply(f"site/a/d{2 * n + 1}", {"v": n + 10}, n)
+        hub.tick(n)
+        ticks.append(hub.take(busy, n))
+    personal = hub.stats.personal_fragments
+    frames = hub.take(lazy, 4)
+    assert [id(f) for f in frames] == [id(f) for t in ticks for f in t]  # the same objects
+    assert hub.stats.personal_fragments == personal and hub.stats.caught_up_shared == 1
+    for f in frames:
+        for m in decode_server(f):
+            lazy_m.apply(m)  # type: ignore[arg-type]
+    assert mirror_view(lazy_m) == expected_view(store, ["site/a/#"])
+    # the same topic in every missed tick: coalesced into one delta per topic instead
+    for n in range(4):
+        store.apply("site/a/d0", {"v": n + 20}, n)
+        store.apply(f"site/a/d{n + 1}", {"v": n + 20}, n)
+        hub.tick(10 + n)
+    folded = hub.stats.coalesced
+    deliver(hub, lazy, lazy_m)
+    assert hub.stats.coalesced == folded + 3 and hub.stats.caught_up_shared == 1
+    assert mirror_view(lazy_m) == expected_view(store, ["site/a/#"])
+
+
 def test_grants_restrict_and_forbid() -> None:
     store, hub = make()
     fill(store)
