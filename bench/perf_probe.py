@@ -7,6 +7,8 @@ inside it (``gc.callbacks``: generation, pause, objects collected), and drives s
 from one other process on raw non-blocking sockets with permessage-deflate, as a
 browser would. Reported for the measured window: gateway CPU (cores) and CPU per
 frame handed to a screen, loop lag (from /metrics), GC pauses per generation, RSS,
+the load generator's own CPU (screens and fleet share CPU 1: near one core, the
+screens read late and the run measured the load generator, not the gateway),
 and for the sampled screens (one in ``--sample-every``, which inflate and parse every
 message) the time until each holds a snapshot of every topic of its filter and the
 data age of the values received (receipt time minus the device timestamp).
@@ -103,6 +105,16 @@ def free_port() -> int:
 def scrape(admin: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as r:
         return str(r.read().decode())
+
+
+OUTBOX = (
+    "shared_frames", "shared_catchups", "coalesced_updates", "personal_fragments",
+    "lag_snapshots",
+)  # fmt: skip
+
+
+def counter(text: str, outbox_name: str) -> float:
+    return metric(text, f"gateway_outbox_{outbox_name}_total")
 
 
 def metric(text: str, name: str) -> float:
@@ -327,7 +339,9 @@ def as_screens(args: argparse.Namespace) -> None:
     def q(xs: list[float], p: float) -> float | None:
         return round(xs[min(len(xs) - 1, int(p * len(xs)))], 4) if xs else None
 
+    usage = os.times()
     print(json.dumps({
+        "cpu_cores": round((usage.user + usage.system) / max(1e-9, time.time() - t0), 3),
         "screens": args.screens, "sampled": len(sampled), "failed": failed,
         "sampled_holding": len(held), "hold_p50_s": q(held, 0.5), "hold_max_s": q(held, 1.0),
         "age_samples": len(ages), "age_p50_s": q(ages, 0.5), "age_p99_s": q(ages, 0.99),
@@ -372,6 +386,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )  # fmt: skip
             os.sched_setaffinity(fleet.pid, {1})
             stack.callback(lambda: (fleet.terminate(), fleet.wait()))
+        fleet_pid = fleet.pid if mqtt_port else None
         os.sched_setaffinity(gw.pid, {0})
         wait_topics(admin, args.devices)
         time.sleep(args.settle)
@@ -389,6 +404,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             screens = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
             time.sleep(max(0.0, age_from - time.time()))
         before, cpu0, m0 = scrape(admin), proc_cpu(gw.pid), time.monotonic()
+        fleet0 = proc_cpu(fleet_pid) if fleet_pid else 0.0
         if joinwave:
             screens = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
         spy = None
@@ -403,6 +419,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(1.0)
             rss.append(round(rss_mib(gw.pid), 1))
         after, cpu1, m1 = scrape(admin), proc_cpu(gw.pid), time.monotonic()
+        fleet1 = proc_cpu(fleet_pid) if fleet_pid else 0.0
         out, _ = screens.communicate(timeout=120)
         if spy is not None:
             spy.wait(timeout=60)
@@ -423,6 +440,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_avg": os.getloadavg()[0],
             "window_s": round(m1 - m0, 1),
             "gateway_cpu_cores": round(cpu / (m1 - m0), 3),
+            # the load generator shares CPU 1: if screens + fleet reach ~1 core, the
+            # screens read late and the figures below are the load generator's limit
+            "fleet_cpu_cores": round((fleet1 - fleet0) / (m1 - m0), 3),
             "frames": int(frames),
             "ingest_per_s": round(
                 (
@@ -433,6 +453,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
             "cpu_us_per_frame": round(cpu / frames * 1e6, 2) if frames else None,
             "sent_mib": round(sent / 2**20, 1),
+            # how the screens that fell behind were caught up (architecture.md)
+            "outbox": {name: int(counter(after, name) - counter(before, name)) for name in OUTBOX},
             "loop_lag": from_metrics(after).minus(from_metrics(before)).summary(),
             "gc": gc_summary(gc_log, m0, m1),
             "rss_mib": rss,

@@ -65,6 +65,17 @@ class Gateway:
     insight: Insight
     mqtt: MqttIngest | None = None
     persister: Persister | None = None
+    #: with ``--workers``: (screens open, most open at once) on the workers, whose
+    #: screens this process does not serve itself (the status line and exit summary)
+    remote_screens: Callable[[], tuple[int, int]] | None = None
+
+    def screens(self) -> tuple[int, int]:
+        """Screens open now and the most open at once, here and on any workers."""
+        here = (self.server.connections, self.server.stats.peak_connections)
+        if self.remote_screens is None:
+            return here
+        there = self.remote_screens()
+        return here[0] + there[0], here[1] + there[1]
 
     @property
     def port(self) -> int:

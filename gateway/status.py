@@ -70,7 +70,7 @@ async def count(gw: Gateway, previous: Figures | None = None) -> Figures:
         devices,
         online,
         len(store),
-        gw.server.connections,
+        gw.screens()[0],
         store.stats.messages,
         newest if newest > 0 else None,
     )
@@ -149,7 +149,7 @@ class StatusReporter:
         return (
             f"ran {_duration(up)}: {msgs:,} device messages ({msgs / max(up, 1e-9):,.0f}/s), "
             f"{f.topics:,} topics, {f.online}/{f.devices} devices online at exit, "
-            f"{max(self.peak_screens, f.screens, gw.server.stats.peak_connections)} screens at most"
+            f"{max(self.peak_screens, f.screens, gw.screens()[1])} screens at most"
         )
 
 

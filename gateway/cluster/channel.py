@@ -41,6 +41,7 @@ class Kind(IntEnum):
     HELLO = 9
     READY = 10
     ACK = 11
+    SCREENS = 12  # worker -> parent: {"open": screens now, "peak": most at once}
 
 
 class ChannelError(Exception):

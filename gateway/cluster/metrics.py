@@ -25,6 +25,7 @@ class ClusterStats:
     workers: int = 0
     serving: Callable[[], int] = lambda: 0  # workers synced and listening
     queued_bytes: Callable[[], int] = lambda: 0  # for the worker furthest behind
+    screens: Callable[[], int] = lambda: 0  # open on all workers (their reports)
     restarts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESTART_REASONS, 0))
     batches: int = 0
     records: int = 0
@@ -56,6 +57,11 @@ class ClusterCollector(Collector):
         for reason, n in s.restarts.items():
             r.add_metric([reason], n)
         yield r
+        yield GaugeMetricFamily(
+            "gateway_cluster_screens",
+            "Screens open on all workers together (each reports at most once a second).",
+            value=s.screens(),
+        )
         yield GaugeMetricFamily(
             "gateway_cluster_channel_queued_bytes",
             "Bytes queued for the worker furthest behind (capped by worker_channel_bytes).",

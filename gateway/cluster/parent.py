@@ -80,6 +80,8 @@ class Slot:
     admin_port: int | None = None
     starts: int = 0
     overflowed: bool = False  # the current process was killed for falling behind
+    screens: int = 0  # open on the current process (its SCREENS reports)
+    peak: int = 0  # most open at once on the current process
 
 
 class Cluster:
@@ -88,12 +90,16 @@ class Cluster:
         self.port = port
         self.log_level = log_level
         self.slots = [Slot(i) for i in range(workers)]
-        self.stats = ClusterStats(workers, lambda: self.serving, self.queued_bytes)
+        self.stats = ClusterStats(
+            workers, lambda: self.serving, self.queued_bytes, lambda: self.screens()[0]
+        )
         self.stopping = False
         self._procs: dict[int, trio.Process] = {}
         sc = gw.cfg.server
         self.cap = sc.worker_channel_bytes
         self.interval = 0.5 / sc.tick_hz  # replication adds at most this to data age
+        self.peak_screens = 0  # most screens open at once on all workers together
+        self._peak_before = 0  # the peaks of worker processes that have ended
 
     # -- what /readyz and /metrics read ----------------------------------------------
 
@@ -108,6 +114,13 @@ class Cluster:
             for s in self.slots
         ]
         return self.serving > 0, f"{self.serving} of {len(self.slots)} serving; " + "; ".join(parts)
+
+    def screens(self) -> tuple[int, int]:
+        """Screens open on the workers now, and the most open at once: the larger of
+        the highest sum reported and the highest single worker (peaks of workers
+        that ended included)."""
+        peak = max((s.peak for s in self.slots), default=0)
+        return sum(s.screens for s in self.slots), max(self.peak_screens, peak, self._peak_before)
 
     def queued_bytes(self) -> int:
         return max((s.out.queued for s in self.slots if s.out is not None), default=0)
@@ -227,6 +240,8 @@ class Cluster:
             slot.out = None
             slot.serving = False
             slot.admin_port = None
+            self._peak_before = max(self._peak_before, slot.peak)
+            slot.screens = slot.peak = 0
             if proc.returncode is None:  # cancelled (shutdown went over time)
                 proc.kill()
             await stream.aclose()
@@ -293,6 +308,10 @@ class Cluster:
                 )
             elif kind is Kind.ACK:
                 out.push(Kind.ACK_REPLY, self._ack(payload))
+            elif kind is Kind.SCREENS:
+                info = orjson.loads(payload)
+                slot.screens, slot.peak = int(info["open"]), int(info["peak"])
+                self.peak_screens = max(self.peak_screens, self.screens()[0])
 
     def _ack(self, payload: bytes) -> bytes:
         req = orjson.loads(payload)
@@ -359,6 +378,7 @@ async def serve_cluster(
     gw.server.ports = (reserved.getsockname()[1], admin.getsockname()[1])
     cluster = Cluster(gw, sc.workers, gw.port, log_level)
     gw.server.ready_checks["workers"] = cluster.ready
+    gw.remote_screens = cluster.screens
     gw.metrics.registry.register(ClusterCollector(cluster.stats))
     stop = trio.Event()
     try:

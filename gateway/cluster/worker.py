@@ -54,6 +54,7 @@ ACK_TIMEOUT_S: Final = 5.0
 MAX_PENDING_ACKS: Final = 1000
 OUTBOX_BYTES: Final = 4 << 20  # the worker's messages to the parent (acks, ready)
 APPLY_BATCH: Final = 500  # records applied between two checkpoints of the event loop
+SCREENS_EVERY_S: Final = 1.0  # how often the parent may hear of this worker's screens
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class Replica:
         nursery.start_soon(self._exit_when_stopped, nursery)
         ready = {"admin_port": gw.admin_port, "pid": os.getpid()}
         self.out.push(Kind.READY, orjson.dumps(ready))
+        nursery.start_soon(self._report_screens)
         log.info(
             "worker %s serving on port %d (admin %d), %d topics, epoch %s",
             gw.server.session_ctx.worker,
@@ -142,6 +144,18 @@ class Replica:
             len(gw.store),
             gw.store.epoch,
         )
+
+    async def _report_screens(self) -> None:
+        """Tell the parent how many screens this worker serves, when that changes
+        (checked every :data:`SCREENS_EVERY_S`)."""
+        server = self.gw.server
+        last = (-1, -1)
+        while True:
+            now = (server.connections, server.stats.peak_connections)
+            if now != last:
+                self.out.push(Kind.SCREENS, orjson.dumps({"open": now[0], "peak": now[1]}))
+                last = now
+            await trio.sleep(SCREENS_EVERY_S)
 
     async def _exit_when_stopped(self, nursery: trio.Nursery) -> None:
         await self.gw.server.stopped.wait()

@@ -156,6 +156,12 @@ async def test_two_workers_one_port_one_epoch_resume_across_and_restart(tmp_path
                 break
         assert seen == {0, 1}
 
+        # the parent serves no screen itself, but counts the workers' (metrics, status)
+        async with screen(c.port, 0) as _, screen(c.port, 1) as _:
+            with trio.fail_after(10):
+                while "gateway_cluster_screens 2.0" not in await c.metrics(c.admin):
+                    await trio.sleep(0.1)
+
         # a screen on one worker takes its snapshots ...
         held: dict[str, int] = {}
         async with screen(c.port) as (ws, welcome):
@@ -245,6 +251,8 @@ async def test_two_workers_one_port_one_epoch_resume_across_and_restart(tmp_path
             assert await c.proc.wait() == 0
         assert not any(alive(pid) for pid in pids.values())
         assert "every client was told to reconnect (1012)" in c.text()
+        m = re.search(r"(\d+) screens at most", c.text())
+        assert m and int(m.group(1)) >= 2, "the exit summary counts the workers' screens"
 
 
 async def test_a_killed_parent_leaves_no_worker(tmp_path: Path) -> None:
