@@ -665,16 +665,33 @@ class Hub:
         ``ages``, if given, receives for every member with data waiting how long the
         oldest of it has waited (for the data-age metric).
         """
+        found: list[tuple[Subscriber, str]] = []
+        for batch in self.find_slow_steps(now, ages):
+            found += batch
+        return found
+
+    def find_slow_steps(
+        self, now: float, ages: list[float] | None = None
+    ) -> Iterator[list[tuple[Subscriber, str]]]:
+        """:meth:`find_slow` in slices of at most ``slice_items`` members: yields the
+        subscribers found in each (the shell checkpoints between slices). Groups and
+        members may come and go between slices (a copy of each is walked)."""
         cfg = self.config
         slow: dict[Subscriber, str] = {}
         for sub in self._writing:
             if sub.write_started is not None and now - sub.write_started > cfg.stall_s:
                 slow[sub] = "stalled"
-        for group in self._groups.values():
+        found = list(slow.items())
+        work = 0
+        for group in list(self._groups.values()):
             if group.tick_no == 0:
                 continue
-            for m in group.members:
-                if m.sub in slow or not m.joined:
+            for m in list(group.members):
+                work += 1
+                if work >= cfg.slice_items:
+                    yield found
+                    found, work = [], 0
+                if m.sub in slow or not m.joined or m.sub.closed:
                     continue
                 since = group.waiting_since(m.cursor)
                 if since is None:
@@ -683,9 +700,10 @@ class Hub:
                     ages.append(now - since)
                 if now - since > cfg.max_lag_s:
                     slow[m.sub] = "lagging"
+                    found.append((m.sub, "lagging"))
+        yield found
         for reason in slow.values():
             self.stats.slow_disconnect(reason)
-        return list(slow.items())
 
 
 def _repeats(group: Group, items: list[tuple[str, int | None]], no: int) -> tuple[int, ...]:

@@ -455,16 +455,31 @@ class StateStore:
 
     def mark_all_stale(self, now: float) -> int:
         """Mark every topic stale at once (the data source is gone). Returns how many."""
-        count = 0
-        for st in list(self._topics.values()):  # on_accept may add (alarm) topics
-            if not st.stale and st.topic[:1] != "$":  # alarms are the gateway's own
-                seq = st.seq + 1
-                st.stale = True
-                st.meta_seq = seq
-                self._bump(st, seq, now, changed_at=False)
-                count += 1
-        self.stats.stale_marked += count
-        return count
+        return sum(self.mark_all_stale_steps(now))
+
+    def mark_all_stale_steps(self, now: float, batch: int = 1000) -> Iterator[int]:
+        """:meth:`mark_all_stale` in slices of ``batch`` topics: yields how many each
+        slice marked (the shell checkpoints between slices; 50,000 topics with their
+        alarm rules and history take far longer than a loop may stall). A topic that
+        received data between two slices (``seen_at`` after ``now``) is left fresh."""
+        topics = list(self._topics.values())  # on_accept may add (alarm) topics
+        for i in range(0, len(topics), batch):
+            count = 0
+            for st in topics[i : i + batch]:
+                # alarms ($) are the gateway's own
+                if not st.stale and st.topic[:1] != "$" and st.seen_at <= now:
+                    seq = st.seq + 1
+                    st.stale = True
+                    st.meta_seq = seq
+                    self._bump(st, seq, now, changed_at=False)
+                    count += 1
+            self.stats.stale_marked += count
+            yield count
+
+    def stale_due(self, now: float) -> bool:
+        """True if a topic's stale deadline has passed (:meth:`sweep_stale` has work)."""
+        heap = self._deadlines
+        return bool(heap) and heap[0][0] < now
 
     def restore(self, st: TopicState) -> bool:
         """Adopt a topic read from a checkpoint (gateway/persist.py), before serving.

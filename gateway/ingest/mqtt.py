@@ -102,7 +102,10 @@ class MqttIngest:
                     self.stats.disconnects["lost"] += 1
                 self.connected = False
                 self._session_obj = None
-            stale = self.store.mark_all_stale(self.clock.wall())
+            stale = 0
+            for marked in self.store.mark_all_stale_steps(self.clock.wall()):
+                stale += marked
+                await trio.lowlevel.checkpoint()
             if stale:
                 log.info("MQTT down: %d topics marked stale until their devices report", stale)
             if trio.current_time() - began >= self.cfg.stable_s:

@@ -33,6 +33,7 @@ SWEEP_INTERVAL_S = 0.5
 PUMP_BATCH = 200  # sessions pumped (or closed at shutdown) between two checkpoints
 PUMP_BYTES = 8 << 20  # or bytes written by them
 PUMP_SECONDS = 0.005  # or time spent on them
+STALE_SLICES = 10  # a sweep marks at most 10 x 1,000 silent topics stale (the rest: next)
 #: topics a tick whose latency is observed (evenly spread over the tick's topics): the
 #: two histograms cost ~1.5 us an observation, 0.15 core at 50,000 topic changes a second
 LATENCY_SAMPLES = 256
@@ -289,22 +290,34 @@ class FanOut:
             now = self.clock.mono()
             wall = self.clock.wall()
             ages: list[float] | None = [] if self.metrics is not None else None
-            for sub, why in self.hub.find_slow(now, ages):
-                session = self._by_sub.get(sub.id)
-                if session is not None:
-                    self.log.limited("slow", "closing slow subscriber %s (%s)", session.ip, why)
-                    if why == "stalled":
-                        self.stats.send_failure("stalled")
-                    # a stalled screen's close frame waits behind the data it does not
-                    # read: it gets it only if it reads within close_timeout_s
-                    session.close(dc.SLOW, f"slow subscriber: {why}")
+            # bounded work between checkpoints: thousands of screens are walked twice
+            for found in self.hub.find_slow_steps(now, ages):
+                for sub, why in found:
+                    session = self._by_sub.get(sub.id)
+                    if session is not None:
+                        self.log.limited("slow", "closing slow subscriber %s (%s)", session.ip, why)
+                        if why == "stalled":
+                            self.stats.send_failure("stalled")
+                        # a stalled screen's close frame waits behind the data it does not
+                        # read: it gets it only if it reads within close_timeout_s
+                        session.close(dc.SLOW, f"slow subscriber: {why}")
+                await trio.lowlevel.checkpoint()
             if ages and self.metrics is not None:
-                for age in ages:
-                    self.metrics.subscriber_data_age.observe(age)
-            for session in list(self.sessions):
+                observe = self.metrics.subscriber_data_age.observe
+                for i, age in enumerate(ages, 1):
+                    observe(age)
+                    if i % PUMP_BATCH == 0:
+                        await trio.lowlevel.checkpoint()
+            for i, session in enumerate(list(self.sessions), 1):
                 try:
                     session.check_timers(now, wall)
                 except Exception:
                     self._session_failed(session)
-            self.store.sweep_stale(wall)
+                if i % PUMP_BATCH == 0:
+                    await trio.lowlevel.checkpoint()
+            for _ in range(STALE_SLICES):  # the devices of a whole site may fall silent
+                self.store.sweep_stale(wall, max_checks=PUMP_BATCH * 5)
+                await trio.lowlevel.checkpoint()
+                if not self.store.stale_due(wall):
+                    break
             freeze_survivors()  # what lived half a second is long-lived (memory.py)

@@ -232,6 +232,25 @@ def test_stalled_writer_and_lagging_reader_are_named_slow() -> None:
     assert hub.subscribers == 2
 
 
+def test_finding_slow_screens_walks_thousands_in_bounded_slices() -> None:
+    store, hub = make(max_lag_s=8, slice_items=100)
+    fill(store)
+    subs = [hub.connect() for _ in range(450)]
+    for s in subs:
+        hub.subscribe(s, Subscribe("s", ("site/#",)))
+        hub.take(s, 0)
+    store.apply("site/a/d0", {"v": 1}, 1)
+    hub.tick(2.0)
+    for s in subs[::2]:
+        hub.take(s, 2.0)  # every other screen keeps up
+    ages: list[float] = []
+    slices = list(hub.find_slow_steps(11.0, ages))
+    assert len(slices) == 5  # 450 members, at most 100 between two yields
+    found = [sub for batch in slices for sub, why in batch if why == "lagging"]
+    assert sorted(s.id for s in found) == [s.id for s in subs[1::2]] and len(ages) == 225
+    assert hub.stats.slow == {"lagging": 225}
+
+
 def test_large_joins_are_split_into_bounded_frames() -> None:
     store, hub = make(max_frame_bytes=2048)
     for i in range(200):

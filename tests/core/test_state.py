@@ -180,6 +180,19 @@ def test_mark_all_stale_and_recover() -> None:
     assert s.mark_all_stale(11.0) == 0
 
 
+def test_marking_all_stale_goes_in_slices_and_spares_a_topic_that_spoke_meanwhile() -> None:
+    s = store()
+    for i in range(25):
+        s.apply(f"d/{i:02}", {"v": i}, 0)
+    s.drain_changed()
+    steps = s.mark_all_stale_steps(10.0, batch=10)
+    assert next(steps) == 10  # one slice: the caller checkpoints here
+    s.apply("d/24", {"v": 99}, 10.5)  # its device spoke between two slices
+    assert list(steps) == [10, 4]
+    assert s.get("d/24").stale is False  # type: ignore[union-attr]
+    assert s.stats.stale_marked == 24
+
+
 def test_diff_decisions() -> None:
     s = store()
     assert s.diff("nope", None) is None
