@@ -382,7 +382,7 @@ class Hub:
             if sl.full:
                 yield sl.take()
         # 4. join snapshots for the screens waiting on them (after the ticks: a join
-        # snapshot serves until its group ticks again)
+        # snapshot is built at its group's current tick)
         for group in list(self._join_wanted):
             yield from self._build_join(group, sl)
         yield sl.take()
@@ -414,7 +414,13 @@ class Hub:
         if not items:
             return
         no = group.tick_no = group.tick_no + 1
-        group.join = None  # built for the previous tick: the new one may not build on it
+        join = group.join
+        if join is not None:
+            # a join snapshot serves later joiners with the ticks since (see
+            # _join_frames) while those stay small next to it and in the ring
+            group.join_items += len(items)
+            if 2 * group.join_items > len(sent) or no - join[0] >= self.config.ring_ticks:
+                group.join = None
         group.ring.append(
             TickRecord(no, now, tuple(items), self._pack(frags), _repeats(group, items, no))
         )
@@ -426,19 +432,30 @@ class Hub:
         return min(4 * self.config.slice_items, max(64, len(group.sent) // 2))
 
     def _join_frames(self, group: Group) -> tuple[bytes, ...] | None:
-        """The group's shared join snapshot for its current tick, built now if small;
-        None (and a build requested from the next tick) if large."""
+        """The group's shared join snapshot, built now if small; None (and a build
+        requested from the next tick) if large.
+
+        A snapshot built at an earlier tick still serves, followed by the frames of
+        the ticks since (all shared, already compressed), while those carry at most
+        half as many items as the group has topics (``_tick_group`` drops it then):
+        in a join wave the large snapshot is built every few ticks, not every tick.
+        That is exact: the snapshot is never older than ``sent`` at its tick, and a
+        client ignores a delta it holds already (state.py, invariant 3)."""
         join = group.join
-        if join is not None and join[0] == group.tick_no:
+        if join is not None:
             self.stats.joins_shared += 1
-            return join[1]
+            if join[0] == group.tick_no:
+                return join[1]
+            missed = group.missed(join[0])
+            assert missed is not None  # _tick_group keeps a join only within the ring
+            return (*join[1], *(f for rec in missed for f in rec.frames))
         if len(group.sent) > self.config.slice_items:
             if group not in self._join_wanted:
                 self._join_wanted[group] = None
                 self._signal()
             return None
         frames = self._pack(self._snapshot_frags(group, list(group.sent)))
-        group.join = (group.tick_no, frames)
+        group.join, group.join_items = (group.tick_no, frames), 0
         self.stats.join_snapshots += 1
         self.stats.joins_shared += 1
         return frames
@@ -470,7 +487,7 @@ class Hub:
             sl.work += len(part)
         if group in self._join_wanted:
             del self._join_wanted[group]
-            group.join = (group.tick_no, self._pack(frags))
+            group.join, group.join_items = (group.tick_no, self._pack(frags)), 0
             self.tick_joins.append(group.join[1])
             self.stats.join_snapshots += 1
             for m in group.members:
@@ -530,11 +547,10 @@ class Hub:
 
     def live_joins(self) -> Iterator[tuple[bytes, ...]]:
         """The frames of every join snapshot screens may still be handed (a group's,
-        until its next tick)."""
+        while it serves: see :meth:`_join_frames`)."""
         for group in self._groups.values():
-            join = group.join
-            if join is not None and join[0] == group.tick_no:
-                yield join[1]
+            if group.join is not None:
+                yield group.join[1]
 
     def sent_upto(self, sub: Subscriber) -> int:
         """The store change count up to which ``sub`` has been handed every change of

@@ -98,7 +98,7 @@ class FanOut:
         self._framed = FrameCache(FRAMED_BYTES)
         self._framed_z = FrameCache(FRAMED_BYTES)
         #: large join snapshots, compressed between the tick's slices and kept while
-        #: the hub may hand them out (a group's join serves until its next tick)
+        #: the hub may hand them out (a group's join serves for a few ticks)
         self._join_z: dict[int, tuple[bytes, bytes]] = {}
         self._sse_events = FrameCache(FRAMED_BYTES)
         self.sessions: set[StreamSession] = set()  # every registered stream

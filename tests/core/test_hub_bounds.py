@@ -187,20 +187,37 @@ def test_screens_joining_in_the_same_tick_share_one_join_snapshot() -> None:
     assert mirror_view(mirror) == expected_view(store, ["#"])
 
 
-def test_a_join_after_the_group_ticked_gets_a_new_snapshot() -> None:
+def test_a_join_after_a_few_ticks_shares_the_snapshot_and_the_ticks_since() -> None:
     store, hub = make(10)
-    a, b = hub.connect(), hub.connect()
+    a, b, c = hub.connect(), hub.connect(), hub.connect()
     hub.subscribe(a, Subscribe("s", ("#",)))
     first = hub.take(a, 0.0)
     store.apply("site0/line0/d0", {"v": 99}, 1.0)
     hub.tick(0.05)
-    hub.take(a, 0.05)
+    tick = hub.take(a, 0.05)
     hub.subscribe(b, Subscribe("s", ("#",)))
     second = hub.take(b, 0.05)
-    assert second != first and hub.stats.join_snapshots == 2
+    # the same objects: no second snapshot built, nothing encoded for b alone
+    assert [id(f) for f in second] == [id(f) for f in (*first, *tick)]
+    assert hub.stats.join_snapshots == 1 and hub.stats.personal_fragments == 0
     mirror = Mirror()
-    deliver(hub, b, mirror)  # nothing more
     for frame in second:
+        for msg in decode_server(frame):
+            mirror.apply(msg)  # type: ignore[arg-type]
+    deliver(hub, b, mirror)  # nothing more
+    assert mirror_view(mirror) == expected_view(store, ["#"])
+    # once the ticks since carry more than half as many items as the group has
+    # topics, a joiner gets a new snapshot instead
+    for topic in list(store.topics())[:6]:
+        store.apply(topic, {"v": -1}, 2.0)
+    hub.tick(0.1)
+    hub.tick(0.15)  # the group (10 Hz) ticks every other hub tick (20 Hz)
+    hub.subscribe(c, Subscribe("s", ("#",)))
+    third = hub.take(c, 0.15)
+    assert hub.stats.join_snapshots == 2 and not set(map(id, third)) & set(map(id, first))
+    mirror = Mirror()
+    deliver(hub, c, mirror)
+    for frame in third:
         for msg in decode_server(frame):
             mirror.apply(msg)  # type: ignore[arg-type]
     assert mirror_view(mirror) == expected_view(store, ["#"])
