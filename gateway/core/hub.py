@@ -596,10 +596,15 @@ class Hub:
                         m.cursor = group.tick_no
                         continue
                     total = 0 if missed is None else sum(len(rec.items) for rec in missed)
-                    if missed is not None and 4 * _folded(missed) <= total:
+                    if (
+                        missed is not None
+                        and total <= max(64, len(group.sent))
+                        and 4 * _folded(missed) <= total
+                    ):
                         # the missed ticks barely overlap: their shared frames cost the
                         # screen little more than a coalesced catch-up, and the gateway
-                        # nothing (already encoded and compressed)
+                        # nothing (already encoded and compressed); more items than a
+                        # snapshot has: the shared join snapshot (below) is smaller
                         for rec in missed:
                             shared.extend(rec.frames)
                             stats.shared_frames += len(rec.frames)

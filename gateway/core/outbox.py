@@ -21,8 +21,9 @@ The stepped slow-subscriber policy falls out of the cursor's lag (in ticks):
 * lag 1: the member gets the tick's frames, the very bytes every other in-sync
   member gets (encode once, send many);
 * lag 2 .. ring length, missed ticks that rarely repeat a topic (at most one item
-  in four repeats a topic of an earlier missed tick, ``TickRecord.repeats``): the
-  missed ticks' own frames, in order. Coalescing them would save little and cost a
+  in four repeats a topic of an earlier missed tick, ``TickRecord.repeats``) and
+  carry no more items than the group has topics: the missed ticks' own frames, in
+  order. Coalescing them would save little and cost a
   personal encode and deflate, the most expensive thing a gateway does per screen;
   when a busy gateway lets many screens fall a tick or two behind, personal frames
   would multiply its work exactly when it has none to spare;
