@@ -318,8 +318,8 @@ def main() -> None:
         for key, _ in sel.select(timeout=0.2):
             screen = key.data
             if screen.state == "open" and not screen.parsing:
-                try:
-                    n = screen.sock.recv_into(scratch)
+                try:  # MSG_TRUNC: TCP discards the bytes without copying them to us
+                    n = screen.sock.recv_into(scratch, len(scratch), socket.MSG_TRUNC)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError:
