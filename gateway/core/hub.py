@@ -631,8 +631,12 @@ class Hub:
                     continue  # woken when the group's state is complete
                 positions = sub.positions
                 if positions:
-                    for topic in group.sent:
-                        _merge_base(personal, topic, positions.get(topic))
+                    # a topic held at the group's seq needs nothing now: the group's
+                    # next tick brings any later change as a delta from that seq
+                    for topic, seq in group.sent.items():
+                        held = positions.get(topic)
+                        if held != seq:
+                            _merge_base(personal, topic, held)
                 else:
                     # no positions: the snapshot every screen joining this group
                     # during this group tick shares (built once, framed once)
