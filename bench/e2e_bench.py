@@ -306,14 +306,29 @@ def gateway_config(tmp: pathlib.Path, mqtt_port: int | None, extra: str = "") ->
 
 @contextlib.contextmanager
 def our_gateway(
-    tmp: pathlib.Path, mqtt_port: int | None, *args: str, extra: str = "", port: int = 0
+    tmp: pathlib.Path,
+    mqtt_port: int | None,
+    *args: str,
+    extra: str = "",
+    port: int = 0,
+    log: pathlib.Path | None = None,
+    listeners: dict[str, socket.socket] | None = None,
 ) -> Iterator[tuple[int, int, subprocess.Popen[str]]]:
     from bench.report import gateway_process
 
     admin = free_port()
     cfg = gateway_config(tmp, mqtt_port, extra)
     with gateway_process(
-        "--config", str(cfg), "--port", str(port), "--admin-port", str(admin), *args, cpu=SERVER_CPU
+        "--config",
+        str(cfg),
+        "--port",
+        str(port),
+        "--admin-port",
+        str(admin),
+        *args,
+        cpu=SERVER_CPU,
+        log=log,
+        listeners=listeners,
     ) as gw:
         yield gw.port, admin, gw.proc
 
@@ -393,12 +408,24 @@ def storm(
     persist: bool = False,
     mqtt: bool = False,
     fleet_rate: float = 1.0,
+    logs: pathlib.Path | None = None,
+    activation: bool = True,
 ) -> dict[str, Any]:
     """Restart the gateway under ``clients`` screens; when does each hold its state again?
     With ``persist``, the gateway has a state directory and keeps its epoch. With
     ``mqtt``, the fleet publishes through mosquitto and goes on while the gateway
-    restarts (else it is simulated inside the gateway and restarts with it)."""
+    restarts (else it is simulated inside the gateway and restarts with it). ``logs``:
+    keep the old and the new gateway's logs there (the restart's timeline).
+
+    With ``activation`` the bench holds the public listening socket and hands it to
+    each gateway as systemd's socket activation does (deploy/gateway.socket): screens
+    that reconnect while no gateway runs wait in its backlog instead of being refused.
+    Without it, each gateway binds the port itself."""
     port = free_port()
+    listeners: dict[str, socket.socket] | None = None
+    if activation:
+        held = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        port, listeners = held.getsockname()[1], {"public": held}
     filters = ",".join(f"{site}/line{n}/#" for site in SITES for n in range(1, 5))
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         broker: int | None = None
@@ -410,7 +437,15 @@ def storm(
         extra = f'[persist]\nstate_dir = "{tmp}/state"\n' if persist else ""
         first = contextlib.ExitStack()
         _, _, old = first.enter_context(
-            our_gateway(pathlib.Path(tmp), broker, *args, port=port, extra=extra)
+            our_gateway(
+                pathlib.Path(tmp),
+                broker,
+                *args,
+                port=port,
+                extra=extra,
+                log=logs / "old.log" if logs else None,
+                listeners=listeners,
+            )
         )
         workers = []
         for i in range(procs):
@@ -453,11 +488,21 @@ def storm(
         graceful = old.returncode == 0
         first.close()  # stops it if it is still running
         down = time.time()
-        _, admin, _ = stack.enter_context(
-            our_gateway(pathlib.Path(tmp), broker, *args, port=port, extra=extra)
+        _, admin, new = stack.enter_context(
+            our_gateway(
+                pathlib.Path(tmp),
+                broker,
+                *args,
+                port=port,
+                extra=extra,
+                log=logs / "new.log" if logs else None,
+                listeners=listeners,
+            )
         )
         listening = time.time()
+        cpu_listening = proc_cpu(new.pid)
         results = collect(workers, timeout=240)  # the screens give up 120 s after the restart
+        cpu_done = proc_cpu(new.pid)  # the new gateway's CPU from listening to the last screen
         sent = float("nan")
         for _ in range(5):  # a gateway this busy may answer late
             try:
@@ -465,13 +510,24 @@ def storm(
                 break
             except OSError:  # a timeout included
                 time.sleep(2)
+    if listeners:
+        listeners["public"].close()
     load = os.getloadavg()[0]  # the machine is shared: timings are upper bounds
     times = sorted(
         (t - killed) if t is not None else float("inf") for r in results for t in r["consistent_at"]
     )
 
-    def at(q: float) -> float:
-        return times[min(len(times) - 1, max(0, int(q * len(times)) - 1))]
+    def at(q: float, ts: list[float] = times) -> float:
+        return ts[min(len(ts) - 1, max(0, int(q * len(ts)) - 1))]
+
+    def since_stop(key: str) -> list[float]:
+        return sorted(
+            (t - killed) if t is not None else float("inf") for r in results for t in r[key]
+        )
+
+    # the screens' side of the timeline: first attempt after close 1012, first
+    # handshake answered (101) after it
+    retry, opened = since_stop("retry_first_at"), since_stop("open_at")
 
     return {
         "clients": clients,
@@ -485,10 +541,16 @@ def storm(
         "after_listening_p99_s": at(0.99) - (listening - killed),
         "after_listening_p100_s": times[-1] - (listening - killed),
         "never": sum(t == float("inf") for t in times),
+        "retry_first_s": {f"p{q}": at(q / 100, retry) for q in (0, 50, 99, 100)},
+        "opened_s": {f"p{q}": at(q / 100, opened) for q in (0, 50, 99, 100)},
+        "failed_attempts": sum(r["failed_attempts"] for r in results),
+        "gateway_cpu_s": cpu_done - cpu_listening,
+        "screens_cpu_s": sum(r["cpu_s"] for r in results),
         "gaps": sum(r["gaps"] for r in results),
         "connects": sum(r["connects"] for r in results),
         "persist": persist,
         "mqtt": mqtt,
+        "activation": activation,
         "fleet_rate": fleet_rate,
         "graceful_stop": graceful,  # it exited by itself (else killed: a new epoch)
         "load_1m": load,
@@ -531,6 +593,18 @@ def main() -> None:
         default="1,0.05",
         help="reports per second of each device of the MQTT-fed storms' fleet; "
         "comma-separated: the MQTT pair of storms runs once per rate",
+    )
+    ap.add_argument(
+        "--storm-listener",
+        choices=("activation", "bind"),
+        default="activation",
+        help="activation: the bench holds the listening socket over the restart, as "
+        "systemd does with deploy/gateway.socket (default); bind: each gateway binds it",
+    )
+    ap.add_argument(
+        "--storm-logs",
+        metavar="DIR",
+        help="keep each storm's old and new gateway logs in DIR/<storm> (the timeline)",
     )
     ap.add_argument(
         "--storm-kinds",
@@ -580,7 +654,16 @@ def main() -> None:
             how = "with its state (same epoch)" if persist else "without state (new epoch)"
             fleet_kind = f"MQTT fleet at {rate:g} Hz" if mqtt else "in-process fleet"
             print(f"storm: {screens:,} screens, {fleet_kind}, restarted {how}", flush=True)
-            results[key] = storm(screens, d, persist=persist, mqtt=mqtt, fleet_rate=rate)
+            logs = pathlib.Path(args.storm_logs) / key if args.storm_logs else None
+            results[key] = storm(
+                screens,
+                d,
+                persist=persist,
+                mqtt=mqtt,
+                fleet_rate=rate,
+                logs=logs,
+                activation=args.storm_listener == "activation",
+            )
             print(json.dumps(results[key]), flush=True)
     out = results_path("e2e", args.quick)
     if out.exists() and set(only) != {"bigscreen", "slow", "storm"}:

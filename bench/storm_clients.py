@@ -74,6 +74,11 @@ class Screen:
         self.resumed = False  # the gateway answered resume with resumed: true
         self.subscribed = False  # ... and then subscribe (the join deltas come next)
         self.joined = False  # the resumed subscription's first state message came
+        # the restart's timeline (wall times): the first attempt after close 1012, the
+        # first handshake answered (101) after it, and the attempts that failed before
+        self.retry_first_at: float | None = None
+        self.open_at: float | None = None
+        self.failed_attempts = 0
 
 
 class Join:
@@ -140,6 +145,7 @@ def main() -> None:
     gaps = 0
     join = Join()
     deadline = time.monotonic() + args.timeout
+    cpu_at_restart = 0.0
 
     def lost(s: Screen, now: float) -> None:
         if s.sock is not None:
@@ -147,6 +153,8 @@ def main() -> None:
             s.sock.close()
             s.sock = None
         opened, s.state = s.state == "open", "idle"
+        if not opened and s.held_at_close is not None and s.open_at is None:
+            s.failed_attempts += 1
         delay, s.attempt = s.backoff.next_delay(
             s.attempt, opened=opened, since_restart=now - s.restart_at
         )
@@ -157,6 +165,8 @@ def main() -> None:
         sock.setblocking(False)
         err = sock.connect_ex(("127.0.0.1", args.port))
         s.sock, s.buf = sock, bytearray()
+        if restarted and s.held_at_close is not None and s.retry_first_at is None:
+            s.retry_first_at = time.time()
         if err not in (0, errno.EINPROGRESS):
             sel.register(sock, selectors.EVENT_READ, s)
             lost(s, time.monotonic())
@@ -230,6 +240,7 @@ def main() -> None:
             if s is None:  # the orchestrator: the gateway is being restarted
                 if sys.stdin.readline():
                     restarted = True
+                    cpu_at_restart = sum(os.times()[:2])
                     # however long getting ready and the wait before took
                     deadline = time.monotonic() + args.timeout
                 else:
@@ -261,6 +272,8 @@ def main() -> None:
                 s.buf = bytearray(rest)
                 s.state = "open"
                 s.connects += 1
+                if s.held_at_close is not None and s.open_at is None:
+                    s.open_at = time.time()
             try:
                 for opcode, payload in frames(s.buf):
                     if opcode == 1:
@@ -292,6 +305,10 @@ def main() -> None:
         json.dumps(
             {
                 "consistent_at": [s.consistent_at for s in screens],
+                "retry_first_at": [s.retry_first_at for s in screens],
+                "open_at": [s.open_at for s in screens],
+                "failed_attempts": sum(s.failed_attempts for s in screens),
+                "cpu_s": sum(os.times()[:2]) - cpu_at_restart,  # this process's, since
                 "gaps": gaps,
                 "connects": sum(s.connects for s in screens),
                 "snapshots": sum(s.snapshots for s in screens),
