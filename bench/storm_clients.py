@@ -4,8 +4,8 @@ mirror of their topics and reconnect with the client's backoff when the gateway 
 Each screen is the Python client's logic on a raw non-blocking socket (so that 5,000 of
 them fit on one core): the upgrade, `subscribe`, the same `Mirror` as
 gateway/client.py applying snapshots and deltas (gaps counted), and on a lost
-connection a reconnect after ``GatewayClient.backoff_delay`` (exponential, full jitter,
-capped), attempt after attempt.
+connection a reconnect after ``GatewayClient.next_delay`` (exponential, full jitter,
+capped; after close 1012 within the restart window, refusals not growing it).
 
 Like the client, a screen that finds the epoch it holds resumes (``resume`` with its
 seqs, then ``subscribe``): a gateway with a state directory keeps its epoch over a
@@ -147,7 +147,7 @@ def main() -> None:
     deadline = time.monotonic() + args.timeout
     cpu_at_restart = 0.0
 
-    def lost(s: Screen, now: float) -> None:
+    def lost(s: Screen, now: float, restarted: bool = False) -> None:
         if s.sock is not None:
             sel.unregister(s.sock)
             s.sock.close()
@@ -156,7 +156,7 @@ def main() -> None:
         if not opened and s.held_at_close is not None and s.open_at is None:
             s.failed_attempts += 1
         delay, s.attempt = s.backoff.next_delay(
-            s.attempt, opened=opened, since_restart=now - s.restart_at
+            s.attempt, opened=opened, since_restart=now - s.restart_at, restarted=restarted
         )
         s.retry_at = now + delay
 
@@ -289,7 +289,7 @@ def main() -> None:
                                 s.held_at_close = s.mirror.positions()
                         raise ConnectionError("closed by the gateway")
             except (ProtocolError, ConnectionError, OSError):
-                lost(s, now)
+                lost(s, now, restarted=s.restart_at == now)
                 continue
         if first_epoch is None and all(s.mirror.topics for s in screens):
             epochs = {s.mirror.epoch for s in screens}
