@@ -74,8 +74,10 @@ class Screen:
         self.resumed = False  # the gateway answered resume with resumed: true
         self.subscribed = False  # ... and then subscribe (the join deltas come next)
         self.joined = False  # the resumed subscription's first state message came
-        # the restart's timeline (wall times): the first attempt after close 1012, the
-        # first handshake answered (101) after it, and the attempts that failed before
+        # the restart's timeline (wall times): when the connection held at the restart
+        # ended (close 1012, or cut), the first attempt after that, the first handshake
+        # answered (101) after it, and the attempts that failed before
+        self.gone_at: float | None = None
         self.retry_first_at: float | None = None
         self.open_at: float | None = None
         self.failed_attempts = 0
@@ -153,7 +155,9 @@ def main() -> None:
             s.sock.close()
             s.sock = None
         opened, s.state = s.state == "open", "idle"
-        if not opened and s.held_at_close is not None and s.open_at is None:
+        if restarted and s.gone_at is None:
+            s.gone_at = time.time()
+        elif not opened and s.gone_at is not None and s.open_at is None:
             s.failed_attempts += 1
         delay, s.attempt = s.backoff.next_delay(
             s.attempt, opened=opened, since_restart=now - s.restart_at, restarted=restarted
@@ -165,7 +169,7 @@ def main() -> None:
         sock.setblocking(False)
         err = sock.connect_ex(("127.0.0.1", args.port))
         s.sock, s.buf = sock, bytearray()
-        if restarted and s.held_at_close is not None and s.retry_first_at is None:
+        if s.gone_at is not None and s.retry_first_at is None:
             s.retry_first_at = time.time()
         if err not in (0, errno.EINPROGRESS):
             sel.register(sock, selectors.EVENT_READ, s)
@@ -272,7 +276,7 @@ def main() -> None:
                 s.buf = bytearray(rest)
                 s.state = "open"
                 s.connects += 1
-                if s.held_at_close is not None and s.open_at is None:
+                if s.gone_at is not None and s.open_at is None:
                     s.open_at = time.time()
             try:
                 for opcode, payload in frames(s.buf):
@@ -305,6 +309,7 @@ def main() -> None:
         json.dumps(
             {
                 "consistent_at": [s.consistent_at for s in screens],
+                "gone_at": [s.gone_at for s in screens],
                 "retry_first_at": [s.retry_first_at for s in screens],
                 "open_at": [s.open_at for s in screens],
                 "failed_attempts": sum(s.failed_attempts for s in screens),
