@@ -157,6 +157,10 @@ def main() -> None:
         opened, s.state = s.state == "open", "idle"
         if restarted and s.gone_at is None:
             s.gone_at = time.time()
+            if s.held_at_close is None and opened:
+                # cut without the 1012 (the old gateway's close deadline passed while
+                # this process was behind): the same restart, the same resume
+                s.held_at_close = s.mirror.positions()
         elif not opened and s.gone_at is not None and s.open_at is None:
             s.failed_attempts += 1
         delay, s.attempt = s.backoff.next_delay(
