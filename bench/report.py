@@ -9,11 +9,13 @@ import os
 import pathlib
 import platform
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 LIBS = (
     "trio",
@@ -117,6 +119,7 @@ def gateway_process(
     env: dict[str, str] | None = None,
     cpu: int | None = None,
     log: pathlib.Path | None = None,
+    listeners: dict[str, socket.socket] | None = None,
 ) -> Iterator[Running]:
     """Run ``gateway run --port 0 --admin-port 0 ARGS`` (later flags win) and yield its
     public port and process; it is stopped (SIGTERM, then killed) on the way out.
@@ -124,7 +127,11 @@ def gateway_process(
     Its stdout and stderr go to a file (``log``, else a temporary file removed after a
     clean stop), never to a pipe: a pipe nobody reads blocks a gateway that logs more
     than the pipe holds (64 KiB), which would make the benchmark measure its own
-    plumbing."""
+    plumbing.
+
+    ``listeners`` (name -> listening socket, e.g. ``{"public": sock}``): handed to the
+    gateway as systemd's socket activation does (gateway/serve/activation.py); the
+    caller keeps them open, so they outlive this gateway (a restart refuses nothing)."""
     root = pathlib.Path(__file__).resolve().parent.parent
     if log is None:
         fd, name = tempfile.mkstemp(prefix="bench-gateway-", suffix=".log")
@@ -134,13 +141,23 @@ def gateway_process(
         log.parent.mkdir(parents=True, exist_ok=True)
         path, keep = log, True
     with path.open("w") as out:
+        prefix: list[str] = []
+        passed: dict[str, Any] = {"env": {}}
+        if listeners:
+            from gateway.serve.activation import passing
+
+            prefix, passed = passing(listeners)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--port", "0", "--admin-port", "0", *args],
+            [
+                *prefix,
+                *(sys.executable, "-m", "gateway", "run", "--port", "0", "--admin-port", "0"),
+                *args,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
             cwd=root,
-            env={**os.environ, **(env or {})},
+            **{**passed, "env": {**os.environ, **(env or {}), **passed["env"]}},
         )
     failed = True
     try:

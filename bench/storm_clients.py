@@ -4,8 +4,8 @@ mirror of their topics and reconnect with the client's backoff when the gateway 
 Each screen is the Python client's logic on a raw non-blocking socket (so that 5,000 of
 them fit on one core): the upgrade, `subscribe`, the same `Mirror` as
 gateway/client.py applying snapshots and deltas (gaps counted), and on a lost
-connection a reconnect after ``GatewayClient.backoff_delay`` (exponential, full jitter,
-capped), attempt after attempt.
+connection a reconnect after ``GatewayClient.next_delay`` (exponential, full jitter,
+capped; after close 1012 within the restart window, refusals not growing it).
 
 Like the client, a screen that finds the epoch it holds resumes (``resume`` with its
 seqs, then ``subscribe``): a gateway with a state directory keeps its epoch over a
@@ -74,6 +74,13 @@ class Screen:
         self.resumed = False  # the gateway answered resume with resumed: true
         self.subscribed = False  # ... and then subscribe (the join deltas come next)
         self.joined = False  # the resumed subscription's first state message came
+        # the restart's timeline (wall times): when the connection held at the restart
+        # ended (close 1012, or cut), the first attempt after that, the first handshake
+        # answered (101) after it, and the attempts that failed before
+        self.gone_at: float | None = None
+        self.retry_first_at: float | None = None
+        self.open_at: float | None = None
+        self.failed_attempts = 0
 
 
 class Join:
@@ -140,15 +147,24 @@ def main() -> None:
     gaps = 0
     join = Join()
     deadline = time.monotonic() + args.timeout
+    cpu_at_restart = 0.0
 
-    def lost(s: Screen, now: float) -> None:
+    def lost(s: Screen, now: float, restarted: bool = False) -> None:
         if s.sock is not None:
             sel.unregister(s.sock)
             s.sock.close()
             s.sock = None
         opened, s.state = s.state == "open", "idle"
+        if restarted and s.gone_at is None:
+            s.gone_at = time.time()
+            if s.held_at_close is None and opened:
+                # cut without the 1012 (the old gateway's close deadline passed while
+                # this process was behind): the same restart, the same resume
+                s.held_at_close = s.mirror.positions()
+        elif not opened and s.gone_at is not None and s.open_at is None:
+            s.failed_attempts += 1
         delay, s.attempt = s.backoff.next_delay(
-            s.attempt, opened=opened, since_restart=now - s.restart_at
+            s.attempt, opened=opened, since_restart=now - s.restart_at, restarted=restarted
         )
         s.retry_at = now + delay
 
@@ -157,6 +173,8 @@ def main() -> None:
         sock.setblocking(False)
         err = sock.connect_ex(("127.0.0.1", args.port))
         s.sock, s.buf = sock, bytearray()
+        if s.gone_at is not None and s.retry_first_at is None:
+            s.retry_first_at = time.time()
         if err not in (0, errno.EINPROGRESS):
             sel.register(sock, selectors.EVENT_READ, s)
             lost(s, time.monotonic())
@@ -230,6 +248,7 @@ def main() -> None:
             if s is None:  # the orchestrator: the gateway is being restarted
                 if sys.stdin.readline():
                     restarted = True
+                    cpu_at_restart = sum(os.times()[:2])
                     # however long getting ready and the wait before took
                     deadline = time.monotonic() + args.timeout
                 else:
@@ -261,6 +280,8 @@ def main() -> None:
                 s.buf = bytearray(rest)
                 s.state = "open"
                 s.connects += 1
+                if s.gone_at is not None and s.open_at is None:
+                    s.open_at = time.time()
             try:
                 for opcode, payload in frames(s.buf):
                     if opcode == 1:
@@ -276,7 +297,7 @@ def main() -> None:
                                 s.held_at_close = s.mirror.positions()
                         raise ConnectionError("closed by the gateway")
             except (ProtocolError, ConnectionError, OSError):
-                lost(s, now)
+                lost(s, now, restarted=s.restart_at == now)
                 continue
         if first_epoch is None and all(s.mirror.topics for s in screens):
             epochs = {s.mirror.epoch for s in screens}
@@ -292,6 +313,11 @@ def main() -> None:
         json.dumps(
             {
                 "consistent_at": [s.consistent_at for s in screens],
+                "gone_at": [s.gone_at for s in screens],
+                "retry_first_at": [s.retry_first_at for s in screens],
+                "open_at": [s.open_at for s in screens],
+                "failed_attempts": sum(s.failed_attempts for s in screens),
+                "cpu_s": sum(os.times()[:2]) - cpu_at_restart,  # this process's, since
                 "gaps": gaps,
                 "connects": sum(s.connects for s in screens),
                 "snapshots": sum(s.snapshots for s in screens),

@@ -269,15 +269,18 @@ async def serve(
                 watch_signals, gw.server.request_shutdown, "shutting down gracefully"
             )
         await start_sources(gw, nursery)
-        sc = cfg.server
         log.info(
             "listening on http://%s:%d/ (WebSocket /ws), admin on http://%s:%d/metrics; epoch %s",
-            sc.host,
+            gw.server.hosts[0],
             gw.port,
-            sc.admin_host,
+            gw.server.hosts[1],
             gw.admin_port,
             gw.store.epoch,
         )
+        if gw.server.inherited:  # socket activation (serve/activation.py)
+            log.info(
+                "listeners passed in by the starting process: %s", ", ".join(gw.server.inherited)
+            )
         task_status.started(gw)
         await gw.server.stopped.wait()
         if gw.persister is not None:

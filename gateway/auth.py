@@ -24,8 +24,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import jwt
-
 from .config import AuthConfig
 from .core.topics import TopicError, validate_filter
 
@@ -92,6 +90,10 @@ class Authenticator:
         }  # looked up by digest: no timing signal about the token's characters
         self._key: str | bytes = ""
         if cfg.mode == "jwt":
+            # PyJWT (and cryptography) only for JWT: the imports are a tenth of
+            # every other start-up, the time screens wait during a restart
+            import jwt  # noqa: F401
+
             if "RS256" in cfg.jwt_algorithms:
                 self._key = Path(cfg.jwt_public_key_file).read_bytes()
             else:
@@ -110,6 +112,8 @@ class Authenticator:
         return self._verify_jwt(token, now)
 
     def _verify_jwt(self, token: str, now: float) -> Identity:
+        import jwt  # imported at start already (__init__)
+
         cfg = self.cfg
         required = ["exp"]
         if cfg.jwt_audience:

@@ -64,6 +64,10 @@ UpdateCallback = Callable[[Snapshot | Delta], None]
 #: after close 1012 (service restart), failures to connect for this long do not grow
 #: the backoff: the gateway is coming back, and a refused connection costs it nothing
 RESTART_GRACE_S = 30.0
+#: after close 1012 the first attempt waits random(0, this): a restart takes about a
+#: second, and thousands of screens spread over it instead of arriving in one burst
+#: (nor do they wait out a backoff grown before the restart)
+RESTART_WINDOW_S = 1.0
 
 
 class Refused(Exception):
@@ -134,12 +138,18 @@ class GatewayClient:
     def backoff_delay(self, attempt: int) -> float:
         return self.rng.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**attempt))
 
-    def next_delay(self, attempt: int, *, opened: bool, since_restart: float) -> tuple[float, int]:
+    def next_delay(
+        self, attempt: int, *, opened: bool, since_restart: float, restarted: bool = False
+    ) -> tuple[float, int]:
         """The wait before the next connection attempt, and the attempt count after it.
 
-        Full-jitter exponential backoff, except that attempts which never opened a
-        connection within RESTART_GRACE_S of a close 1012 ("service restart") do not
-        grow it: the gateway is coming back and a closed port costs it nothing."""
+        Full-jitter exponential backoff, except around a close 1012 ("service
+        restart"): the close itself (``restarted``) is followed by a first attempt
+        within RESTART_WINDOW_S and a fresh attempt count, and attempts which never
+        opened a connection within RESTART_GRACE_S of it do not grow the backoff: the
+        gateway is coming back and a closed port costs it nothing."""
+        if restarted:
+            return self.rng.uniform(0, RESTART_WINDOW_S), 0
         if not opened and since_restart < RESTART_GRACE_S:
             return self.backoff_delay(0), attempt
         return self.backoff_delay(attempt), attempt + 1
@@ -172,11 +182,14 @@ class GatewayClient:
                 return
             now = trio.current_time()
             opened = self.connects > connects
-            if opened and self.last_close[0] == 1012:
+            restarted = opened and self.last_close[0] == 1012
+            if restarted:
                 restart_at = now  # "service restart": the gateway will be back shortly
             if now - began >= self.stable_s:
                 attempt = 0
-            delay, attempt = self.next_delay(attempt, opened=opened, since_restart=now - restart_at)
+            delay, attempt = self.next_delay(
+                attempt, opened=opened, since_restart=now - restart_at, restarted=restarted
+            )
             log.info("reconnecting in %.2f s (attempt %d)", delay, attempt)
             await trio.sleep(delay)
 

@@ -42,6 +42,27 @@ export function shouldReconnect(code) {
   return !NO_RECONNECT.includes(code);
 }
 
+// After close 1012 ("service restart"): the first attempt within this window (a
+// restart takes about a second; thousands of screens spread over it), and for
+// RESTART_GRACE_MS attempts that never open do not grow the backoff (docs/protocol.md,
+// "Reconnecting"; the same rule as gateway/client.py, next_delay).
+export const RESTART_WINDOW_MS = 1000;
+export const RESTART_GRACE_MS = 30000;
+
+// The wait before the next attempt and the attempt count after it. restarted: the
+// connection was just closed with 1012; opened: the last attempt opened a connection;
+// sinceRestartMs: time since the last 1012; random: a number in [0, 1).
+export function reconnectDelay({ attempt, opened, restarted, sinceRestartMs, baseMs, capMs,
+                                 random = Math.random }) {
+  if (restarted) return { delay: random() * RESTART_WINDOW_MS, attempt: 0 };
+  if (!opened && sinceRestartMs < RESTART_GRACE_MS) {
+    // refused while the gateway restarts: a closed port costs it nothing, so retry
+    // within the first window instead of backing off further
+    return { delay: random() * baseMs, attempt };
+  }
+  return { delay: random() * Math.min(capMs, baseMs * 2 ** attempt), attempt: attempt + 1 };
+}
+
 export class GatewayClient extends EventTarget {
   constructor({ url, filters = ["#"], rateHz = null, token = null, backoffBaseMs = 500,
                 backoffCapMs = 30000, stableMs = 10000, WebSocketImpl = WebSocket,
@@ -148,7 +169,9 @@ export class GatewayClient extends EventTarget {
     this.stats.closes.push(code);
     if (this.stats.closes.length > 20) this.stats.closes.shift();
     this._setStatus("closed", { code, transport: "sse" });
-    if (!this._stopped && shouldReconnect(code)) this._scheduleReconnect(Date.now());
+    const restarted = code === 1012; // the same restart rule as on WebSocket
+    if (restarted) this.restartAt = Date.now();
+    if (!this._stopped && shouldReconnect(code)) this._scheduleReconnect(Date.now(), true, restarted);
   }
 
   _connect() {
@@ -175,25 +198,23 @@ export class GatewayClient extends EventTarget {
       this.stats.closes.push(ev.code);
       if (this.stats.closes.length > 20) this.stats.closes.shift(); // bounded over days
       if (this._ws === ws) this._ws = null;
-      if (opened && ev.code === 1012) this.restartAt = Date.now(); // back shortly
+      const restarted = opened && ev.code === 1012;
+      if (restarted) this.restartAt = Date.now(); // back shortly
       this._setStatus("closed", { code: ev.code, reason: ev.reason });
-      if (!this._stopped && shouldReconnect(ev.code)) this._scheduleReconnect(openedAt, opened);
+      if (!this._stopped && shouldReconnect(ev.code)) {
+        this._scheduleReconnect(openedAt, opened, restarted);
+      }
     };
     ws.onerror = () => {}; // onclose follows with the details
   }
 
-  _scheduleReconnect(openedAt, opened = true) {
+  _scheduleReconnect(openedAt, opened = true, restarted = false) {
     if (Date.now() - openedAt >= this.stableMs) this.attempt = 0;
-    let cap;
-    if (!opened && Date.now() - this.restartAt < 30000) {
-      // refused while the gateway restarts (close 1012): a closed port costs it
-      // nothing, so retry within the first window instead of backing off further
-      cap = this.backoffBaseMs;
-    } else {
-      cap = Math.min(this.backoffCapMs, this.backoffBaseMs * 2 ** this.attempt);
-      this.attempt += 1;
-    }
-    const delay = Math.random() * cap; // full jitter
+    const { delay, attempt } = reconnectDelay({
+      attempt: this.attempt, opened, restarted, sinceRestartMs: Date.now() - this.restartAt,
+      baseMs: this.backoffBaseMs, capMs: this.backoffCapMs,
+    });
+    this.attempt = attempt;
     setTimeout(() => { if (!this._stopped) this._connect(); }, delay);
   }
 

@@ -24,7 +24,14 @@ from .http import HttpError, Request, try_respond
 from .sockio import Outbound
 from .stats import ServerStats
 
-__all__ = ["Admission", "accept_loop", "bind", "forwarded_for", "listen"]
+__all__ = ["BACKLOG", "Admission", "accept_loop", "bind", "forwarded_for", "listen"]
+
+#: connections the kernel queues before we accept them: a restart's reconnect storm
+#: (thousands of screens within a second) waits there (the kernel caps it at
+#: net.core.somaxconn)
+BACKLOG = 4096
+#: connections accepted between two event-loop checkpoints
+ACCEPT_BATCH = 64
 
 _T = TypeVar("_T")
 
@@ -48,7 +55,7 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A listening socket; ``reuse_port``: one of several processes sharing the port
     (SO_REUSEPORT: the kernel spreads new connections over them, gateway/cluster)."""
     sock = bind(host, port, reuse_port=reuse_port)
-    sock.listen(1024)
+    sock.listen(BACKLOG)
     sock.setblocking(False)
     return sock
 
@@ -60,10 +67,18 @@ async def accept_loop(
     send_buffer_bytes: int,
     rlog: RateLimitedLog,
 ) -> None:
-    """Accept everything pending at each wake-up; one ``handler`` task per socket."""
+    """Accept everything pending at each wake-up, ``ACCEPT_BATCH`` at a time with an
+    event-loop checkpoint between batches; one ``handler`` task per socket."""
     while True:
         await trio.lowlevel.wait_readable(listener)
+        batch = 0
         while True:
+            if batch == ACCEPT_BATCH:
+                # a reconnect storm (thousands queued in the backlog after a restart):
+                # the tick, the ingest and the new sessions' first steps run between
+                # batches instead of waiting for every pending connection's task
+                batch = 0
+                await trio.lowlevel.checkpoint()
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -75,6 +90,7 @@ async def accept_loop(
                 rlog.limited("accept", "accept failed: %s; pausing 100 ms", err)
                 await trio.sleep(0.1)
                 break
+            batch += 1
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if send_buffer_bytes:

@@ -41,6 +41,7 @@ from ..core.protocol import ClientMessage, DecodeLimits, decode_client
 from ..core.state import StateStore
 from ..log import RateLimitedLog
 from ..metrics import Metrics
+from .activation import inherited_listeners
 from .admission import Admission, accept_loop, listen
 from .connection import Connections
 from .fanout import FanOut
@@ -82,6 +83,9 @@ class Server:
         self.log = RateLimitedLog(log)
         self.metrics = metrics
         self.ports: tuple[int, int] | None = None
+        #: listeners passed in by the starting process (activation.py), by name
+        self.inherited: tuple[str, ...] = ()
+        self.hosts: tuple[str, str] = (cfg.server.host, cfg.server.admin_host)
         self.reuse_port = False  # a worker of `gateway run --workers N` (gateway/cluster)
         sc = cfg.server
         self.welcome_limits = {
@@ -169,9 +173,16 @@ class Server:
         self, *, task_status: trio.TaskStatus[tuple[int, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         sc = self.cfg.server
-        public = listen(sc.host, sc.port, reuse_port=self.reuse_port)
-        admin = listen(sc.admin_host, sc.admin_port)
+        # socket activation (a worker of a cluster binds its own: SO_REUSEPORT)
+        passed = {} if self.reuse_port else inherited_listeners()
+        self.inherited = tuple(sorted(passed))
+        public = passed.get("public") or listen(sc.host, sc.port, reuse_port=self.reuse_port)
+        admin = passed.get("admin") or listen(sc.admin_host, sc.admin_port)
         self.ports = (public.getsockname()[1], admin.getsockname()[1])
+        self.hosts = (
+            public.getsockname()[0] if "public" in passed else sc.host,
+            admin.getsockname()[0] if "admin" in passed else sc.admin_host,
+        )
         try:
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as services:

@@ -20,7 +20,15 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
     text = (DEPLOY / "gateway.service").read_text()
     assert "ExecStart=/opt/telemetry-gateway/bin/gateway run --config" in text
     unit.write_text(text.replace("/opt/telemetry-gateway/bin/gateway", "/bin/true"))
-    out = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    socket_unit = tmp_path / "gateway.socket"
+    socket_text = (DEPLOY / "gateway.socket").read_text()
+    # the name gateway/serve/activation.py takes the public listener by
+    assert "FileDescriptorName=public" in socket_text
+    assert "Service=gateway.service" in socket_text
+    socket_unit.write_text(socket_text)
+    out = subprocess.run(
+        [analyze, "verify", str(unit), str(socket_unit)], capture_output=True, text=True
+    )
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr
 
 

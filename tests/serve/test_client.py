@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import random
 import socket
+from pathlib import Path
 
 import trio
 import trio.testing
 
 from gateway.app import Gateway, serve
-from gateway.client import GatewayClient
+from gateway.client import RESTART_WINDOW_S, GatewayClient
+from tests.nodejs import run_module_script
 
 from .conftest import make_config
 
@@ -72,6 +75,68 @@ def test_backoff_is_full_jitter_and_capped() -> None:
         assert all(0 <= d <= bound for d in ds)
         assert max(ds) > 0.8 * bound  # spread over the whole range, not a fixed step
     assert max(delays[9]) <= 30
+
+
+class Fixed(random.Random):
+    """uniform(a, b) at a fixed fraction of the range: the policies compared exactly."""
+
+    def __init__(self, fraction: float) -> None:
+        super().__init__(0)
+        self.fraction = fraction
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.fraction
+
+
+#: (attempt, opened, restarted, seconds since the last 1012)
+CASES = [
+    (0, True, True, 0.0),  # the 1012 itself: within the restart window, count afresh
+    (6, True, True, 0.0),  # ... whatever the backoff had grown to before it
+    (0, False, False, 0.4),  # refused while the gateway restarts: the first window
+    (3, False, False, 12.0),  # ... and the count does not grow
+    (3, False, False, 31.0),  # long after the restart: the usual backoff
+    (2, True, False, 1e9),  # any other close: the usual backoff
+    (12, True, False, 1e9),  # ... capped
+]
+
+
+def test_after_close_1012_the_first_attempt_is_spread_over_the_restart_window() -> None:
+    delays = []
+    for seed in range(500):
+        client = GatewayClient("ws://x/ws", ["#"], rng=random.Random(seed))
+        delay, attempt = client.next_delay(9, opened=True, since_restart=0.0, restarted=True)
+        assert attempt == 0
+        delays.append(delay)
+    assert all(0 <= d <= RESTART_WINDOW_S for d in delays)
+    # spread over the window, not one burst: every tenth of it gets its share
+    tenths = [sum(int(d / RESTART_WINDOW_S * 10) == i for d in delays) for i in range(10)]
+    assert min(tenths) >= 20
+
+
+def test_the_js_client_follows_the_same_reconnect_policy() -> None:
+    """docs/protocol.md, "Reconnecting": the wall's client and the Python client wait
+    the same after the same closes (random draws fixed)."""
+    module = Path(__file__).resolve().parents[2] / "dashboard/js/client.js"
+    for fraction in (0.0, 0.37, 0.999):
+        python = []
+        for attempt, opened, restarted, since in CASES:
+            client = GatewayClient("ws://x/ws", ["#"], rng=Fixed(fraction))
+            delay, after = client.next_delay(
+                attempt, opened=opened, since_restart=since, restarted=restarted
+            )
+            python.append([round(delay * 1000, 6), after])
+        cases = [
+            {"attempt": a, "opened": o, "restarted": r, "sinceRestartMs": s * 1000}
+            for a, o, r, s in CASES
+        ]
+        script = (
+            f"import {{ reconnectDelay }} from {json.dumps(str(module))};"
+            f"const out = {json.dumps(cases)}.map((c) => reconnectDelay({{...c, baseMs: 500, "
+            f"capMs: 30000, random: () => {fraction}}}));"
+            "console.log(JSON.stringify(out.map((r) => [Math.round(r.delay * 1e6) / 1e6, "
+            "r.attempt])));"
+        )
+        assert run_module_script(script) == python
 
 
 async def test_after_a_restart_notice_refusals_do_not_grow_the_backoff(
