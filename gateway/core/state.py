@@ -287,17 +287,24 @@ class StateStore:
             type(device_ts) not in (int, float) or not math.isfinite(device_ts)  # type: ignore[arg-type]
         ):
             raise InvalidUpdate("bad_timestamp", f"device timestamp {device_ts!r} is not a number")
-        new_names = 0
+        max_name = self.max_field_name
         for name, value in values.items():
-            if type(name) is not str or not 0 < len(name) <= self.max_field_name:
+            if type(name) is not str or not 0 < len(name) <= max_name:
                 raise InvalidUpdate(
-                    "bad_field",
-                    f"field names must be strings of 1 to {self.max_field_name} characters",
+                    "bad_field", f"field names must be strings of 1 to {max_name} characters"
                 )
-            if value is not None:
+            t = type(value)  # the common cases inline; _check_value says what is wrong
+            if t is float:
+                if not _isfinite(value):
+                    _check_value(value, name)
+            elif t is int:
+                if not _INT_MIN <= value <= _INT_MAX:
+                    _check_value(value, name)
+            elif t is not str and t is not bool and value is not None:
                 _check_value(value, name)
-                if name not in current:
-                    new_names += 1
+        if len(current) + len(values) <= self.max_fields:
+            return  # even if every field were new
+        new_names = sum(1 for n, v in values.items() if v is not None and n not in current)
         if len(current) + new_names > self.max_fields:
             raise InvalidUpdate(
                 "field_limit", f"topic {topic!r} would exceed {self.max_fields} fields"
@@ -601,6 +608,9 @@ class StateStore:
             st.online,
             st.stale,
         )
+
+
+_isfinite = math.isfinite
 
 
 def _check_value(value: JsonValue, name: str, depth: int = 0) -> None:

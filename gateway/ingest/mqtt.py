@@ -27,7 +27,7 @@ from ..clock import Clock
 from ..config import MqttConfig
 from ..core.state import InvalidUpdate, StateStore
 from ..log import RateLimitedLog
-from .codec import IngestError, Router, decode_data, decode_status
+from .codec import IngestError, Router, decode_fields, decode_status
 from .paho_trio import MqttFailure, PahoSession, TlsOptions, first_leaf, new_client, parse_url
 
 __all__ = ["IngestStats", "MqttIngest", "parse_url"]
@@ -187,19 +187,20 @@ class MqttIngest:
                 if online is not None:
                     self.store.set_presence(topic, online, now)
                 return
-            update = decode_data(payload, route, self.cfg.max_payload_bytes)
-            if any(type(v) is dict or type(v) is list for v in update.fields.values()):
-                self._log.limited(
-                    "nested",
-                    "MQTT message on %r: a field holds a JSON object or array; it is stored "
-                    "and sent whole, but deadbands, the dashboard's tiles and charts use only "
-                    "numbers, strings and booleans (docs/operations.md, Payloads)",
-                    mqtt_topic[:200],
-                    level=logging.INFO,
-                )
-            self.store.apply(
-                topic, update.fields, now, device_ts=update.device_ts, mode=update.mode
-            )
+            fields, device_ts, mode = decode_fields(payload, route, self.cfg.max_payload_bytes)
+            for v in fields.values():
+                t = type(v)
+                if t is dict or t is list:
+                    self._log.limited(
+                        "nested",
+                        "MQTT message on %r: a field holds a JSON object or array; it is stored "
+                        "and sent whole, but deadbands, the dashboard's tiles and charts use only "
+                        "numbers, strings and booleans (docs/operations.md, Payloads)",
+                        mqtt_topic[:200],
+                        level=logging.INFO,
+                    )
+                    break
+            self.store.apply(topic, fields, now, device_ts=device_ts, mode=mode)
         except IngestError as err:
             stats.rejected[err.reason] += 1
             self._log.limited(
