@@ -341,11 +341,15 @@ class StateStore:
             st.report_at = now
             if st.interval < before:
                 # a shorter limit may bring the deadline before the one on the heap;
-                # re-arm only then (a push per message would outgrow the sweep's pops)
+                # re-arm only then (a push per message would outgrow the sweep's pops).
+                # With no stale_after rule a limit is learned, so at least the floor:
+                # when even that cannot bring it before, stale_limit() is not asked
                 due = self._due.get(topic)
-                limit = self.stale_limit(st)
-                if due is not None and limit is not None and now + limit < due:
-                    self._watch(topic, now + limit)
+                least = 0.0 if self.stale_after.rules else self.stale_floor_s
+                if due is not None and now + min(least, self.stale_ceiling_s) < due:
+                    limit = self.stale_limit(st)
+                    if limit is not None and now + limit < due:
+                        self._watch(topic, now + limit)
         st.seen_at = now
         if topic not in self._due:
             self._watch(topic, now)  # the next sweep computes the real deadline
