@@ -174,20 +174,24 @@ async def test_a_topic_that_is_not_utf8_reaches_the_handler_as_none_and_the_next
     assert messages == [(None, b"1"), (None, b"2"), ("t/ok", b"last")]
 
 
-async def test_ingest_counts_a_topic_that_is_not_utf8_as_bad_topic() -> None:
-    from gateway.clock import Clock
-    from gateway.config import load_config
-    from gateway.core.state import StateStore
-    from gateway.ingest.mqtt import MqttIngest
-
-    cfg = load_config(overrides={"mqtt": {"url": "mqtt://127.0.0.1:1"}})
-    store = StateStore("t")
-    ingest = MqttIngest(cfg.mqtt, store, Clock(), 1024)
-    ingest._on_message(None, b"1")
-    ingest._on_message("telemetry/a/b", b"2")
-    assert ingest.stats.rejected == {"bad_topic": 1}
-    assert ingest.stats.messages["mqtt"] == 2
-    assert store.get("a/b") is not None
+async def test_the_gateway_counts_a_topic_that_is_not_utf8_and_takes_the_next(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    # the whole ingest (MqttIngest in a gateway) against the fake broker: QoS 0 and 1
+    packets = publish_packet(b"telemetry/\xff/1", b"1") + publish_packet(
+        b"telemetry/\xc3/2", b"2", 1, 7
+    )
+    packets += publish_packet(b"telemetry/u/ok", b'{"v": 3}')
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, await fake_broker(packets, []), listeners)
+        gw: Gateway = await gateway_factory(mqtt={"url": f"mqtt://127.0.0.1:{port}", **FAST})
+        await wait_for_value(gw, "u/ok", {"v": 3})
+        assert gw.mqtt is not None
+        assert dict(gw.mqtt.stats.rejected) == {"bad_topic": 2}
+        assert gw.mqtt.stats.messages["mqtt"] == 3 and gw.mqtt.connected
+        nursery.cancel_scope.cancel()
 
 
 async def test_an_oversize_qos1_publish_is_acknowledged_skipped_and_reported() -> None:
