@@ -2,7 +2,8 @@
 
 Consumers, measured in the same run against the same broker and the same stream:
   ours     the gateway's MqttIngest: JSON decode, route, deadband, state update
-  raw      the same Trio-native paho adapter with a handler that only counts
+  raw      the same Trio-native adapter (our framing for QoS 0, paho for the
+           protocol) with a handler that only counts
   mosquitto_sub  the C client, output to /dev/null (the ceiling)
 
 Each run: the consumer connects and subscribes and is then stopped (SIGSTOP);
@@ -240,6 +241,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer messages")
     ap.add_argument("--write", action="store_true", help="rewrite docs/benchmarks.md")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per consumer, the fastest kept (a shared machine only ever slows one)",
+    )
     ap.add_argument("--consume", choices=["ours", "raw"], help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--total", type=int, default=200_000, help=argparse.SUPPRESS)
@@ -256,7 +263,12 @@ def main() -> None:
     from bench.report import machine_info, results_path, write_section
 
     total = 40_000 if args.quick else 200_000
-    results: dict[str, object] = {"machine": machine_info(), "messages": total}
+    results: dict[str, object] = {
+        "machine": machine_info(),
+        "messages": total,
+        "repeat": max(1, args.repeat),
+        "load_before": os.getloadavg()[0],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(tmp)
         broker, port = start_broker(workdir)
@@ -271,12 +283,15 @@ def main() -> None:
             for kind, protocol in runs:
                 name = kind if protocol == "3.1.1" else f"{kind}-v5"
                 print(f"ingest: {name}, {total:,} messages ...", flush=True)
-                r = run_consumer(kind, port, total, workdir, protocol)
-                results[name] = r
-                print(
-                    f"  {r['rate']:,.0f} messages/s ({r['messages']:,} in {r['seconds']:.2f} s)",
-                    flush=True,
-                )
+                for _ in range(max(1, args.repeat)):
+                    r = run_consumer(kind, port, total, workdir, protocol)
+                    if name not in results or r["rate"] > results[name]["rate"]:  # type: ignore[index]
+                        results[name] = r
+                    print(
+                        f"  {r['rate']:,.0f} messages/s ({r['messages']:,} in "
+                        f"{r['seconds']:.2f} s)",
+                        flush=True,
+                    )
         finally:
             broker.terminate()
             broker.wait(timeout=10)
@@ -294,18 +309,23 @@ def main() -> None:
         f"messages (JSON: 4 fields and a timestamp) from {PUBLISHERS} `mosquitto_pub -l` "
         f"processes through a real mosquitto, buffered by the broker while the consumer is "
         f"stopped, then drained by it (pinned to CPU 1; broker on CPU 0); rate = messages / "
-        f"(last - first receive time).\n\n"
+        f"(last - first receive time); the fastest of {results['repeat']} run(s) per "
+        f"consumer (1-minute load average {results['load_before']:.1f} at the start).\n\n"
         "| consumer | messages/s |\n|---|---:|\n"
-        f"| **ours**: paho on Trio + JSON decode, route, deadband, state update | "
+        f"| **ours**: the Trio reader + JSON decode, route, deadband, state update | "
         f"**{ours['rate']:,.0f}** |\n"  # type: ignore[index]
-        f"| raw paho on Trio (same adapter, handler only counts) | {raw['rate']:,.0f} |\n"  # type: ignore[index]
+        f"| raw: the same reader, handler only counts | {raw['rate']:,.0f} |\n"  # type: ignore[index]
         f"| `mosquitto_sub` (C) | {sub['rate']:,.0f} |\n"
         f"| ours with MQTT 5 | {results['ours-v5']['rate']:,.0f} |\n"  # type: ignore[index]
-        f"| raw paho on Trio with MQTT 5 | {results['raw-v5']['rate']:,.0f} |\n\n"  # type: ignore[index]
-        "MQTT 3.1.1 is the ingest's default: paho 2.x builds an MQTT 5 `Properties` "
-        "object for every received PUBLISH.\n\n"  # type: ignore[index]
-        f"Target: at least 50,000 messages/s into state and at least 0.6 of raw paho receive: "
-        f"**{'met' if met else 'NOT met'}** ({ours['rate']:,.0f}/s, {ratio:.2f} of raw)."  # type: ignore[index]
+        f"| raw with MQTT 5 | {results['raw-v5']['rate']:,.0f} |\n\n"  # type: ignore[index]
+        "The reader frames the stream itself and hands a QoS 0 PUBLISH straight to the "
+        'handler; paho handles every other packet (docs/architecture.md, "MQTT ingest"). '
+        "So MQTT 5 costs a QoS 0 message only the skipping of its properties (paho "
+        "builds a `Properties` object for each PUBLISH it decodes, QoS 1/2 only now).\n\n"
+        f"Target: at least 50,000 messages/s into state and at least 0.6 of raw receive: "
+        f"**{'met' if met else 'NOT met'}** ({ours['rate']:,.0f}/s, {ratio:.2f} of raw). "  # type: ignore[index]
+        "The ratio was set when raw receive was paho's; our own framing receives several "
+        "times faster (the raw rows), so the same handler is now most of the whole."
     )
     write_section(ROOT / "docs" / "benchmarks.md", "ingest", "MQTT ingest", body)
     print("docs/benchmarks.md updated")

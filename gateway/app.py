@@ -150,13 +150,19 @@ def build(cfg: Config, *, epoch: str | None = None, worker: int | None = None) -
 
 
 def _observer(history: History, alarms: AlarmEngine) -> Callable[[TopicState, float], None]:
-    """What every accepted change feeds: chart history, then the alarm rules."""
+    """What every accepted change feeds: chart history, then the alarm rules.
+
+    Called for every accepted device message: with no alarm rules (they are fixed for
+    the engine's life) the hook is history's own method, one call less per message."""
+    if not alarms.rules:
+        return history.observe  # it skips the gateway's own ($) topics itself
+    observe_history, observe_alarms = history.observe, alarms.observe
 
     def on_accept(st: TopicState, now: float) -> None:
         if st.topic[:1] == "$":
             return  # the gateway's own (alarm) topics
-        history.observe(st, now)
-        alarms.observe(st, now)
+        observe_history(st, now)
+        observe_alarms(st, now)
 
     return on_accept
 

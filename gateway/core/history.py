@@ -165,10 +165,18 @@ class History:
     #: (topic, field) -> series, least recently updated first
     _series: OrderedDict[tuple[str, str], Series] = field(default_factory=OrderedDict)
     _by_topic: dict[str, set[str]] = field(default_factory=dict)
+    #: config.buckets and series_bytes, computed once: a history at its byte cap asks
+    #: for them on every sample of a series it cannot keep
+    _buckets: int = field(init=False, repr=False, default=0)
+    _series_bytes: int = field(init=False, repr=False, default=0)
+
+    def __post_init__(self) -> None:
+        self._buckets = self.config.buckets
+        self._series_bytes = self._buckets * BUCKET_BYTES + SERIES_OVERHEAD_BYTES
 
     @property
     def series_bytes(self) -> int:
-        return self.config.buckets * BUCKET_BYTES + SERIES_OVERHEAD_BYTES
+        return self._series_bytes
 
     def bucket(self, now: float) -> int:
         return math.floor(now / self.config.resolution_s)
@@ -255,16 +263,15 @@ class History:
         self.stats.samples += 1
 
     def _new(self, key: tuple[str, str], bucket: int) -> Series | None:
-        cost = self.series_bytes
-        cfg = self.config
-        if self.stats.bytes + cost > cfg.max_bytes:
+        cost = self._series_bytes
+        if self.stats.bytes + cost > self.config.max_bytes:
             oldest = next(iter(self._series.items()), None)
-            if oldest is None or oldest[1].head > bucket - cfg.buckets:
+            if oldest is None or oldest[1].head > bucket - self._buckets:
                 self.stats.refused += 1
                 return None
             self._drop(oldest[0])
             self.stats.evicted += 1
-        s = Series(cfg.buckets, bucket)
+        s = Series(self._buckets, bucket)
         self._series[key] = s
         self._by_topic.setdefault(key[0], set()).add(key[1])
         self.stats.series += 1

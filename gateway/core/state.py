@@ -287,17 +287,24 @@ class StateStore:
             type(device_ts) not in (int, float) or not math.isfinite(device_ts)  # type: ignore[arg-type]
         ):
             raise InvalidUpdate("bad_timestamp", f"device timestamp {device_ts!r} is not a number")
-        new_names = 0
+        max_name = self.max_field_name
         for name, value in values.items():
-            if type(name) is not str or not 0 < len(name) <= self.max_field_name:
+            if type(name) is not str or not 0 < len(name) <= max_name:
                 raise InvalidUpdate(
-                    "bad_field",
-                    f"field names must be strings of 1 to {self.max_field_name} characters",
+                    "bad_field", f"field names must be strings of 1 to {max_name} characters"
                 )
-            if value is not None:
+            t = type(value)  # the common cases inline; _check_value says what is wrong
+            if t is float:
+                if not _isfinite(value):
+                    _check_value(value, name)
+            elif t is int:
+                if not _INT_MIN <= value <= _INT_MAX:
+                    _check_value(value, name)
+            elif t is not str and t is not bool and value is not None:
                 _check_value(value, name)
-                if name not in current:
-                    new_names += 1
+        if len(current) + len(values) <= self.max_fields:
+            return  # even if every field were new
+        new_names = sum(1 for n, v in values.items() if v is not None and n not in current)
         if len(current) + new_names > self.max_fields:
             raise InvalidUpdate(
                 "field_limit", f"topic {topic!r} would exceed {self.max_fields} fields"
@@ -334,11 +341,15 @@ class StateStore:
             st.report_at = now
             if st.interval < before:
                 # a shorter limit may bring the deadline before the one on the heap;
-                # re-arm only then (a push per message would outgrow the sweep's pops)
+                # re-arm only then (a push per message would outgrow the sweep's pops).
+                # With no stale_after rule a limit is learned, so at least the floor:
+                # when even that cannot bring it before, stale_limit() is not asked
                 due = self._due.get(topic)
-                limit = self.stale_limit(st)
-                if due is not None and limit is not None and now + limit < due:
-                    self._watch(topic, now + limit)
+                least = 0.0 if self.stale_after.rules else self.stale_floor_s
+                if due is not None and now + min(least, self.stale_ceiling_s) < due:
+                    limit = self.stale_limit(st)
+                    if limit is not None and now + limit < due:
+                        self._watch(topic, now + limit)
         st.seen_at = now
         if topic not in self._due:
             self._watch(topic, now)  # the next sweep computes the real deadline
@@ -616,6 +627,9 @@ class StateStore:
             st.online,
             st.stale,
         )
+
+
+_isfinite = math.isfinite
 
 
 def _check_value(value: JsonValue, name: str, depth: int = 0) -> None:

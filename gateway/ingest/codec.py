@@ -28,7 +28,15 @@ import orjson
 from ..core.state import UpdateMode
 from ..core.topics import TopicError, matches, validate_filter, validate_topic
 
-__all__ = ["DataUpdate", "IngestError", "Route", "Router", "decode_data", "decode_status"]
+__all__ = [
+    "DataUpdate",
+    "IngestError",
+    "Route",
+    "Router",
+    "decode_data",
+    "decode_fields",
+    "decode_status",
+]
 
 
 class IngestError(ValueError):
@@ -123,10 +131,17 @@ def _render(route: Route, mqtt_topic: str) -> str:
 
 
 def decode_data(payload: bytes, route: Route, max_bytes: int) -> DataUpdate:
+    return DataUpdate(*decode_fields(payload, route, max_bytes))
+
+
+def decode_fields(
+    payload: bytes, route: Route, max_bytes: int
+) -> tuple[dict[str, Any], float | None, UpdateMode]:
+    """:func:`decode_data` as a tuple (fields, device_ts, mode): the ingest's hot path."""
     if len(payload) > max_bytes:
         raise IngestError("too_large", f"payload of {len(payload)} bytes exceeds {max_bytes}")
     if not payload:
-        return DataUpdate({}, None, UpdateMode.REPLACE)
+        return {}, None, UpdateMode.REPLACE
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -137,21 +152,21 @@ def decode_data(payload: bytes, route: Route, max_bytes: int) -> DataUpdate:
         raise IngestError("bad_json", "payload is not JSON") from None
     if type(obj) is dict:
         ts = obj.pop(route.timestamp_field, None) if route.timestamp_field else None
-        return DataUpdate(obj, _timestamp(ts), route.mode)
+        if ts is None:
+            return obj, None, route.mode
+        t = type(ts)  # bool is not a number here (type(), not isinstance)
+        if t is not float and t is not int:
+            raise IngestError("bad_timestamp", "the timestamp field is not a number")
+        value = float(ts)
+        if not _isfinite(value) or value < 0:
+            raise IngestError("bad_timestamp", "the timestamp field is not a non-negative number")
+        return obj, value / 1000.0 if value > 1e11 else value, route.mode
     if type(obj) is list:
         raise IngestError("unsupported_json", "a JSON array is neither an object nor a value")
-    return DataUpdate({route.value_field: obj}, None, UpdateMode.MERGE)
+    return {route.value_field: obj}, None, UpdateMode.MERGE
 
 
-def _timestamp(ts: object) -> float | None:
-    if ts is None:
-        return None
-    if not isinstance(ts, int | float) or isinstance(ts, bool):
-        raise IngestError("bad_timestamp", "the timestamp field is not a number")
-    value = float(ts)
-    if not math.isfinite(value) or value < 0:
-        raise IngestError("bad_timestamp", "the timestamp field is not a non-negative number")
-    return value / 1000.0 if value > 1e11 else value
+_isfinite = math.isfinite
 
 
 _ONLINE = {

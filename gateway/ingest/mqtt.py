@@ -21,14 +21,13 @@ import ssl
 import traceback
 from dataclasses import dataclass, field
 
-import paho.mqtt.client as paho
 import trio
 
 from ..clock import Clock
 from ..config import MqttConfig
 from ..core.state import InvalidUpdate, StateStore
 from ..log import RateLimitedLog
-from .codec import IngestError, Router, decode_data, decode_status
+from .codec import IngestError, Router, decode_fields, decode_status
 from .paho_trio import MqttFailure, PahoSession, TlsOptions, first_leaf, new_client, parse_url
 
 __all__ = ["IngestStats", "MqttIngest", "parse_url"]
@@ -138,6 +137,8 @@ class MqttIngest:
             subscriptions=cfg.subscriptions,
             on_message=self._on_message,
             on_read_burst=self._on_read_burst,
+            on_too_large=self._on_too_large,
+            max_payload_bytes=cfg.max_payload_bytes,
         )
         self._session_obj = session
         self.detail = f"connecting to {self.broker}"
@@ -153,17 +154,30 @@ class MqttIngest:
         # microseconds of each other, and the clock read is per-message cost
         self._now = self.clock.wall()
 
-    def _on_message(self, msg: paho.MQTTMessage) -> None:
-        # paho re-raises callback exceptions out of loop_read(): nothing may escape here
+    def _on_message(self, topic: str | None, payload: bytes) -> None:
+        # an exception here would end the connection: nothing may escape
         self.stats.messages["mqtt"] += 1
-        try:
-            payload = msg.payload
-            self.handle(msg.topic, payload if type(payload) is bytes else bytes(payload))
-        except UnicodeDecodeError:
+        if topic is None:  # not UTF-8
             self.stats.rejected["bad_topic"] += 1
+            self._log.limited("reject:bad_topic", "MQTT message refused: its topic is not UTF-8")
+            return
+        try:
+            self.handle(topic, payload)
         except Exception:
             self.stats.rejected["internal_error"] += 1
             log.exception("MQTT message handler failed (the ingest goes on)")
+
+    def _on_too_large(self, topic: str | None, size: int) -> None:
+        # dropped by the session as it streamed in, never buffered whole
+        self.stats.messages["mqtt"] += 1
+        self.stats.rejected["too_large"] += 1
+        self._log.limited(
+            "reject:too_large",
+            "MQTT message on %r refused: payload of %d bytes exceeds %d",
+            (topic or "(topic not UTF-8)")[:200],
+            size,
+            self.cfg.max_payload_bytes,
+        )
 
     def handle(self, mqtt_topic: str, payload: bytes) -> None:
         """One MQTT message into the store; refusals are counted and logged, never raised."""
@@ -176,19 +190,20 @@ class MqttIngest:
                 if online is not None:
                     self.store.set_presence(topic, online, now)
                 return
-            update = decode_data(payload, route, self.cfg.max_payload_bytes)
-            if any(type(v) is dict or type(v) is list for v in update.fields.values()):
-                self._log.limited(
-                    "nested",
-                    "MQTT message on %r: a field holds a JSON object or array; it is stored "
-                    "and sent whole, but deadbands, the dashboard's tiles and charts use only "
-                    "numbers, strings and booleans (docs/operations.md, Payloads)",
-                    mqtt_topic[:200],
-                    level=logging.INFO,
-                )
-            self.store.apply(
-                topic, update.fields, now, device_ts=update.device_ts, mode=update.mode
-            )
+            fields, device_ts, mode = decode_fields(payload, route, self.cfg.max_payload_bytes)
+            for v in fields.values():
+                t = type(v)
+                if t is dict or t is list:
+                    self._log.limited(
+                        "nested",
+                        "MQTT message on %r: a field holds a JSON object or array; it is stored "
+                        "and sent whole, but deadbands, the dashboard's tiles and charts use only "
+                        "numbers, strings and booleans (docs/operations.md, Payloads)",
+                        mqtt_topic[:200],
+                        level=logging.INFO,
+                    )
+                    break
+            self.store.apply(topic, fields, now, device_ts=device_ts, mode=mode)
         except IngestError as err:
             stats.rejected[err.reason] += 1
             self._log.limited(

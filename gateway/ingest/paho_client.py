@@ -7,13 +7,33 @@ from __future__ import annotations
 import contextlib
 import ssl
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-__all__ = ["BrokerUrl", "TlsOptions", "TrackingContext", "close_quietly", "new_client", "parse_url"]
+__all__ = [
+    "BrokerUrl",
+    "TlsOptions",
+    "TrackingContext",
+    "TrioClient",
+    "close_quietly",
+    "new_client",
+    "parse_url",
+]
+
+# paho's private read hook: Client._packet_read() takes every byte it reads from
+# self._sock_recv(n). TrioClient overrides it to serve paho from our own buffer
+# (gateway.ingest.paho_trio). paho-mqtt 1.x and 2.0-2.2 have it; if an upgrade renames
+# it, fail at import, loudly, rather than read from the socket behind our back
+# (tests/ingest/test_paho_hook.py checks the same).
+if not callable(getattr(paho.Client, "_sock_recv", None)):  # pragma: no cover
+    raise ImportError(
+        "paho-mqtt no longer has Client._sock_recv, the hook gateway.ingest.paho_trio "
+        f"reads through (paho-mqtt {getattr(paho, '__version__', '?')}): pin paho-mqtt<2.3"
+    )
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,23 @@ class TrackingContext(ssl.SSLContext):
         self.created = []
 
 
+class TrioClient(paho.Client):
+    """A paho client that reads from :attr:`source` instead of its socket, once set.
+
+    ``source(n)`` returns up to ``n`` bytes, raises BlockingIOError when it has none,
+    returns b"" after the end of the stream and raises the OSError the socket gave.
+    Until a source is set (the blocking connect), paho reads its socket as usual.
+    """
+
+    source: Callable[[int], bytes] | None = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        source = self.source
+        if source is None:
+            return super()._sock_recv(bufsize)
+        return source(bufsize)
+
+
 @dataclass(frozen=True)
 class TlsOptions:
     ca_file: str = ""
@@ -86,9 +123,9 @@ def new_client(
     client_id: str,
     protocol: str,
     tls: TlsOptions | None = None,
-) -> tuple[paho.Client, TrackingContext | None]:
+) -> tuple[TrioClient, TrackingContext | None]:
     v5 = protocol == "5"
-    client = paho.Client(
+    client = TrioClient(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=paho.MQTTv5 if v5 else paho.MQTTv311,

@@ -5,12 +5,21 @@ event loop and no network thread:
 
 * ``client.connect()`` (DNS and the TCP/TLS connect block) runs in a worker thread,
   ``trio.to_thread.run_sync``; everything after it runs on the Trio loop;
-* a reader waits with ``trio.lowlevel.wait_readable`` and calls ``loop_read()`` again
-  as long as each call delivered a message (paho reads one packet per call, so one
-  wake-up drains the socket); for TLS, while the SSL layer holds data. The work per
-  turn is bounded: after ``read_batch`` packets or ``read_budget_s`` seconds the
-  reader yields (``trio.lowlevel.checkpoint()``) and then goes on, so a flood of
-  messages cannot starve the rest of the loop;
+* a reader waits with ``trio.lowlevel.wait_readable``, reads the socket itself (one
+  ``recv`` of up to 64 KiB at a time; for TLS, also what the SSL layer holds) and cuts
+  the bytes into packets with :class:`gateway.ingest.mqttwire.Splitter`. A QoS 0
+  PUBLISH goes straight to the handler as ``(topic, payload)``: it has no protocol
+  state, and paho's per-packet machinery (a ``recv(1)`` per header byte, a message
+  object with a ``threading.Condition``, topic matching) cost more than our whole
+  handler. Every other packet is handed to paho unchanged: the client is a
+  :class:`TrioClient`, whose ``_sock_recv`` serves paho from our buffer, and
+  ``loop_read()`` handles it (CONNACK, SUBACK, PINGRESP, QoS 1/2 with their acks,
+  DISCONNECT): paho still owns the protocol. A PUBLISH whose payload is over
+  ``max_payload_bytes`` is dropped as it streams in (``on_too_large``; acknowledged
+  if QoS 1/2); broken framing ends the connection. The work per turn is bounded:
+  after ``read_batch`` packets or ``read_budget_s`` seconds the reader yields
+  (``trio.lowlevel.checkpoint()``) and then goes on, so a flood of messages cannot
+  starve the rest of the loop;
 * a writer waits for paho's "register write" callback (or :meth:`PahoSession.kick`),
   then ``wait_writable`` and ``loop_write()`` until ``want_write()`` is false;
 * a watchdog calls ``loop_misc()`` (keepalive pings) and ends a connection that
@@ -31,6 +40,9 @@ policy. The rules that make this so:
   kernel may already have given to another socket);
 * paho calls ``on_socket_close`` before it closes; we call ``notify_closing`` there,
   so Trio forgets the fd before the kernel can reuse it;
+* the end of the stream and a read error reach paho the way its own read would have
+  met them (its source returns b"" or raises the OSError), so paho closes the socket
+  and says why, as before;
 * the blocking connect runs in a worker thread with no Trio callbacks installed
   (paho calls them from whatever thread it runs in); they are installed on the Trio
   thread once connect() returned, and the writer then sends the queued CONNECT;
@@ -51,10 +63,12 @@ import paho.mqtt.client as paho
 import trio
 from paho.mqtt.enums import MQTTErrorCode
 
+from .mqttwire import MalformedPacket, Packet, Splitter, TooLarge
 from .paho_client import (
     BrokerUrl,
     TlsOptions,
     TrackingContext,
+    TrioClient,
     close_quietly,
     new_client,
     parse_url,
@@ -65,6 +79,7 @@ __all__ = [
     "MqttFailure",
     "PahoSession",
     "TlsOptions",
+    "TrioClient",
     "first_leaf",
     "new_client",
     "parse_url",
@@ -106,10 +121,14 @@ class PahoSession:
     #: the reader yields after this many packets or this long, whichever comes first
     READ_BATCH = 256
     READ_BUDGET_S = 0.005
+    #: bytes asked of the socket per recv()
+    RECV_BYTES = 65_536
+    #: the largest payload a session takes when its owner names none
+    MAX_PAYLOAD = 1 << 20
 
     def __init__(
         self,
-        client: paho.Client,
+        client: TrioClient,
         broker: BrokerUrl,
         *,
         protocol: str = "3.1.1",
@@ -118,11 +137,15 @@ class PahoSession:
         tcp_nodelay: bool = True,
         tls: TrackingContext | None = None,
         subscriptions: Sequence[tuple[str, int]] = (),
-        on_message: Callable[[paho.MQTTMessage], None] | None = None,
+        on_message: Callable[[str | None, bytes], None] | None = None,
         on_read_burst: Callable[[], None] | None = None,
+        on_too_large: Callable[[str | None, int], None] | None = None,
         read_batch: int = READ_BATCH,
         read_budget_s: float = READ_BUDGET_S,
+        max_payload_bytes: int = MAX_PAYLOAD,
     ) -> None:
+        if not isinstance(client, TrioClient):
+            raise TypeError("PahoSession needs a TrioClient (new_client() makes one)")
         self.client = client
         self.broker = broker
         self.protocol = protocol
@@ -133,6 +156,8 @@ class PahoSession:
         self.subscriptions = list(subscriptions)
         self.handler = on_message
         self.on_read_burst = on_read_burst
+        self.on_too_large = on_too_large
+        self.max_payload_bytes = max_payload_bytes
         self.read_batch = max(1, read_batch)
         self.read_budget_s = read_budget_s
         self.delivered = 0  # messages handed to the handler
@@ -147,6 +172,12 @@ class PahoSession:
         self._connack_error: str | None = None
         self._lost: str | None = None
         self._acked = trio.Event()
+        # the read side: bytes from the socket, cut into packets; paho reads the
+        # packets it handles from _for_paho (TrioClient.source)
+        self._splitter = Splitter(v5=protocol == "5", max_payload=max_payload_bytes)
+        self._for_paho = b""
+        self._eof = False
+        self._rx_error: OSError | None = None
         client.on_socket_register_write = _queue_only
 
     def _install_callbacks(self) -> None:
@@ -159,6 +190,7 @@ class PahoSession:
         client.on_socket_close = self._on_socket_close
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.source = self._paho_recv
         self._acked = trio.Event()
         #: set when the broker acknowledged the subscriptions (SUBACK): from then on
         #: every matching publish reaches the handler
@@ -332,35 +364,116 @@ class PahoSession:
                 await trio.lowlevel.checkpoint()
 
     def _read_turn(self, sock: Any) -> bool:
-        """Read packets until the socket is drained (False) or the turn's budget of
-        ``read_batch`` packets or ``read_budget_s`` seconds is spent (True)."""
-        client = self.client
+        """Read and handle packets until the socket is drained (False) or the turn's
+        budget of ``read_batch`` packets or ``read_budget_s`` seconds is spent (True)."""
         now = trio.current_time()
         self.last_rx = now
         if self.on_read_burst is not None:
             self.on_read_burst()
         deadline = now + self.read_budget_s
+        batch = self.read_batch
+        splitter = self._splitter
+        handler = self.handler
         tls = isinstance(sock, ssl.SSLSocket)
-        ours: object = sock
+        packets = 0
+        drained = False  # the last recv() got less than it asked for
         try:
-            for n in range(1, self.read_batch + 1):
-                before = self.delivered
-                rc = client.loop_read()
-                if rc != _OK:
-                    raise MqttFailure(self._reason(f"connection lost ({paho.error_string(rc)})"))
-                if client.socket() is not ours:  # paho closed it (a DISCONNECT, an error)
-                    raise MqttFailure(self._reason("socket closed"))
-                if client.want_write():
-                    self._want_write.set()
-                if self.delivered == before and not (tls and sock.pending()):
-                    return False  # the last call delivered nothing: back to waiting
-                if not n % 16 and trio.current_time() > deadline:
-                    break
+            while True:
+                item = splitter.next()
+                if item is None:  # no whole packet left: read more, or wait
+                    if self._eof or self._rx_error is not None:
+                        self._to_paho(b"", sock)  # paho meets the end and says why
+                        raise MqttFailure(self._reason("connection lost"))
+                    if drained:  # saves the recv() that would say EAGAIN: epoll will
+                        return False
+                    got = self._recv(sock, tls)
+                    if got < 0:
+                        return False
+                    drained = got < self.RECV_BYTES
+                    continue
+                packets += 1
+                if type(item) is tuple:  # a QoS 0 PUBLISH: the fast path
+                    self.delivered += 1
+                    if handler is not None:
+                        raw = item[0]
+                        try:
+                            topic: str | None = raw.decode()
+                        except UnicodeDecodeError:
+                            topic = None
+                        handler(topic, item[1])
+                elif type(item) is Packet:
+                    self._to_paho(item.data, sock)
+                else:
+                    assert type(item) is TooLarge
+                    self._too_large(item)
+                if packets >= batch:
+                    return True
+                if not packets & 15 and trio.current_time() > deadline:
+                    return True
+        except MalformedPacket as err:
+            raise MqttFailure(f"malformed packet from the broker ({err})") from None
         except MqttFailure:
             raise
-        except Exception as err:  # a decoder or callback error inside paho
+        except Exception as err:  # a decoder or callback error inside paho or ours
             raise MqttFailure(self._reason(f"read failed ({_why(err)})")) from err
-        return True
+
+    def _recv(self, sock: Any, tls: bool) -> int:
+        """One recv() into the splitter: the bytes it gave, -1 if none were ready."""
+        try:
+            data = sock.recv(self.RECV_BYTES)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return -1
+        except OSError as err:  # ssl.SSLError is one too
+            self._rx_error = err
+            return 0
+        if not data:
+            self._eof = True
+            return 0
+        self._splitter.feed(data)
+        got = len(data)
+        while tls and sock.pending():  # decrypted bytes epoll cannot see
+            more = sock.recv(sock.pending())
+            self._splitter.feed(more)
+            got += len(more)
+        return got
+
+    def _paho_recv(self, n: int) -> bytes:
+        """paho's byte source (TrioClient.source): the packets we hand it."""
+        data = self._for_paho
+        if data:
+            self._for_paho = data[n:]
+            return data[:n]
+        if self._rx_error is not None:
+            raise self._rx_error
+        if self._eof:
+            return b""
+        raise BlockingIOError
+
+    def _to_paho(self, packet: bytes, sock: Any) -> None:
+        """paho reads and handles one packet (or, with none, meets the stream's end)."""
+        self._for_paho = packet
+        rc = self.client.loop_read()
+        if rc != _OK:
+            raise MqttFailure(self._reason(f"connection lost ({paho.error_string(rc)})"))
+        if not _is(self.client.socket(), sock):  # paho closed it (a DISCONNECT, an error)
+            raise MqttFailure(self._reason("socket closed"))
+        if self.client.want_write():
+            self._want_write.set()
+
+    def _too_large(self, item: TooLarge) -> None:
+        # acknowledged like any other: the broker must not resend it, nor count it in
+        # flight; a QoS 2 PUBREL that follows reaches paho, which completes it
+        if item.qos:
+            self._raw += bytes((0x40 if item.qos == 1 else 0x50, 2)) + item.packet_id.to_bytes(
+                2, "big"
+            )
+            self.kick()
+        if self.on_too_large is not None:
+            try:
+                topic: str | None = item.topic.decode()
+            except UnicodeDecodeError:
+                topic = None
+            self.on_too_large(topic, item.payload_bytes)
 
     async def _writer(self, sock: Any) -> None:
         # Packets never interleave: our raw bytes are written only while paho's queue
@@ -441,6 +554,12 @@ class PahoSession:
         self._lost = f"disconnected by the broker or the network ({reason})"
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        # a QoS 1/2 PUBLISH (the fast path takes QoS 0)
         self.delivered += 1
         if self.handler is not None:
-            self.handler(msg)
+            try:
+                topic: str | None = msg.topic
+            except UnicodeDecodeError:
+                topic = None
+            payload = msg.payload
+            self.handler(topic, payload if type(payload) is bytes else bytes(payload))

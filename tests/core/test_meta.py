@@ -145,3 +145,40 @@ def test_the_deadline_heap_stays_bounded_by_the_topics_at_a_high_rate() -> None:
     assert len(s._deadlines) <= 2 * len(s)
     assert s.sweep_stale(now + 1.0) == []  # all reported within their limit
     assert len(s.sweep_stale(now + 60.0)) == 500  # and all go stale when they stop
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    gaps=st.lists(st.floats(0.5, 40), min_size=2, max_size=30),
+    rule=st.sampled_from([None, 3.0, 30.0]),
+    floor=st.sampled_from([1.0, 5.0]),
+)
+def test_a_silent_device_is_marked_at_the_first_sweep_past_its_last_limit(
+    gaps: list[float], rule: float | None, floor: float
+) -> None:
+    """Whatever the device's rhythm before (speeding up shortens its limit, slowing down
+    lengthens it), it is marked stale by the first sweep later than its last report
+    plus the limit in force then: never early, never a sweep late."""
+    rules = RuleTable([("r/#", rule)] if rule is not None else [])
+    s = StateStore("e", stale_after=rules, stale_floor_s=floor, stale_ceiling_s=3600.0)
+    topic = "r/d" if rule is not None else "d"
+    t, sweep = 0.0, 0.5
+    s.apply(topic, {"v": 0}, t)
+    for i, gap in enumerate(gaps):
+        t += gap
+        while sweep < t:
+            s.sweep_stale(sweep)
+            sweep += 0.5
+        s.apply(topic, {"v": i + 1}, t)
+    st_ = s.get(topic)
+    assert st_ is not None
+    limit = s.stale_limit(st_)
+    assert limit is not None
+    while True:
+        marked = s.sweep_stale(sweep)
+        if marked:
+            break
+        assert sweep <= t + limit, "not marked at the first sweep past the limit"
+        sweep += 0.5
+    assert marked == [topic]
+    assert t + limit < sweep <= t + limit + 0.5 + 1e-9
