@@ -7,7 +7,8 @@
 // within a budget; everything else (KPIs, charts, tables, banner) renders once a second;
 // every history is a fixed-size ring buffer, so memory stays flat over hours.
 
-import { GatewayClient, shouldReconnect } from "./client.js";
+import { shouldReconnect } from "./client.js";
+import { FeedClient } from "./feed.js";
 import { refusalText, diagnose } from "./refusal.js";
 import { Meta } from "./meta.js";
 import { Health, fmtAge } from "./health.js";
@@ -38,9 +39,12 @@ const wsUrl = new URL("ws", location.href);
 wsUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
 // alarm states are topics under "$alarms/", which "#" does not match: asked for explicitly;
 // the charts' history is fetched after the first paint (history.js), on either transport
-const client = new GatewayClient({ url: wsUrl.toString(), filters: [wall.filter, "$alarms/#"],
-                                   rateHz: Number(params.get("rate") || 10), token: TOKEN,
-                                   transport: params.get("transport") || "auto" });
+// the connection runs in a worker (feed.js, feedworker.js): receiving, parsing and
+// applying 20,000 updates a second stays off this thread; ?worker=0 runs it here
+const client = new FeedClient({ url: wsUrl.toString(), filters: [wall.filter, "$alarms/#"],
+                                rateHz: Number(params.get("rate") || 10), token: TOKEN,
+                                transport: params.get("transport") || "auto" },
+                              { worker: params.get("worker") !== "0" });
 // the client's token: ?token=, the stored one, or #token= (which only the client reads)
 meta.load(location.href, { token: client.token }).then(() => metaChanged());
 const historyLoader = new HistoryLoader({
