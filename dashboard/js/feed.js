@@ -6,8 +6,9 @@
 // `wallName`, the same events (change, status, trouble, action, history, history_end,
 // gateway-error, wall-error), `ackAlarm()`, `_send()` (wall reports), `start()`, `stop()`.
 // The worker parses and applies the gateway's messages; the page only stores the changed
-// topics' states it posts (in chunks of a few hundred, one task each) and dispatches
-// `change` for them, so receiving never makes a long task here.
+// topics' states it posts, or applies the one delta it forwards as a patch (in chunks of
+// a few hundred, one task each), and dispatches `change` for them, so receiving never
+// makes a long task here.
 //
 // Rules:
 // * `wallName` must be set before start() (the event stream's URL names the wall).
@@ -100,9 +101,22 @@ export class FeedClient extends EventTarget {
     if (m.props) this._p = m.props;
     if (m.op === "state") {
       const changed = new Set();
-      for (const [topic, st] of m.upd) {
-        if (st) this.topics.set(topic, st); else this.topics.delete(topic);
+      for (const u of m.upd) {
+        const topic = u[0];
         changed.add(topic);
+        if (u.length === 2) { // the whole state, or gone
+          if (u[1]) this.topics.set(topic, u[1]); else this.topics.delete(topic);
+          continue;
+        }
+        const held = this.topics.get(topic); // a patch: one delta (feedworker.js)
+        if (!held) continue; // cannot happen: the worker posts a topic whole first
+        const [, seq, ts, rx, set, unset, online, stale] = u;
+        Object.assign(held.fields, set);
+        if (unset) for (const name of unset) delete held.fields[name];
+        if (online !== null) { held.online = online; held.stale = stale; }
+        held.seq = seq;
+        held.ts = ts;
+        held.rx = rx;
       }
       this.dispatchEvent(new CustomEvent("change", { detail: { topics: changed } }));
     } else if (m.op === "event") {

@@ -9,9 +9,13 @@
 // backoff, heartbeats, acknowledgements), and posts the page only the result.
 //
 // To the page (feed.js), in order:
-//   {op: "state", upd: [[topic, state | null], ...], props}: changed topics' whole
-//     current state (null: gone), at most CHUNK per message, so that no single task on
-//     the page is long (the browser can paint between two messages);
+//   {op: "state", upd: [...], props}: the changed topics, at most CHUNK per message, so
+//     that no single task on the page is long (the browser can paint between two
+//     messages); each entry is [topic, state] (the whole current state: new, resynced,
+//     or more than one change since the last post), [topic, null] (gone), or the one
+//     delta applied since the last post as a patch [topic, seq, ts, rx, set, unset,
+//     online, stale] (unset and online null when the delta had none): about half the
+//     bytes to copy and objects to build on the page for the common case;
 //   {op: "event", type, detail, props}: status, trouble, action, history, history_end,
 //     gateway-error, wall-error, as the client dispatched them;
 //   {op: "props", props}: once a second, so the page's lastMessageAt, stats and
@@ -20,7 +24,9 @@
 // From the page: {op: "start", options, wallName}, {op: "send", msg}, {op: "ack", id,
 // alarms, timeoutMs}, {op: "stop"}.
 // Invariant: state messages carry copies (structured clone) taken when posted, in the
-// order the client applied them, so the page's copy converges to this one.
+// order the client applied them, so the page's copy converges to this one; a patch is
+// only sent for a topic whose whole state the page already got (a topic's first apply is
+// a snapshot, which is posted whole).
 
 import { GatewayClient } from "./client.js";
 
@@ -30,6 +36,19 @@ const EVENTS = ["status", "trouble", "action", "history", "history_end", "gatewa
 const PROPS_MS = 1000;
 
 let client = null;
+const WHOLE = 1;
+const pending = new Map(); // topic -> the one delta applied since the last post, or WHOLE
+
+// The client, noting what each applied message changed (client.js's rules unchanged).
+class NotingClient extends GatewayClient {
+  apply(m) {
+    const outcome = super.apply(m);
+    if (outcome === "applied") {
+      pending.set(m.topic, m.type === "delta" && !pending.has(m.topic) ? m : WHOLE);
+    }
+    return outcome;
+  }
+}
 
 function props() {
   const c = client;
@@ -41,20 +60,29 @@ function props() {
            stats: c.stats, bufferedAmount: c._ws ? c._ws.bufferedAmount : 0 };
 }
 
+function entry(topic) {
+  const st = client.topics.get(topic);
+  const d = pending.get(topic);
+  if (!st || !d || d === WHOLE) return [topic, st ?? null];
+  return [topic, d.seq, d.ts, d.rx, d.set || {}, d.unset?.length ? d.unset : null,
+          "online" in d ? d.online : null, "online" in d ? d.stale : null];
+}
+
 function postChanged(topics) {
   let upd = [];
   for (const topic of topics) {
-    upd.push([topic, client.topics.get(topic) ?? null]);
+    upd.push(entry(topic));
     if (upd.length >= CHUNK) {
       postMessage({ op: "state", upd, props: props() });
       upd = [];
     }
   }
   if (upd.length) postMessage({ op: "state", upd, props: props() });
+  pending.clear();
 }
 
 function start({ options, wallName }) {
-  client = new GatewayClient(options);
+  client = new NotingClient(options);
   if (wallName) client.wallName = wallName;
   client.addEventListener("change", (e) => postChanged(e.detail.topics));
   for (const type of EVENTS) {

@@ -72,8 +72,17 @@ ws.recv({ type: "batch", items: [
   { type: "delta", topic: "s/d1", base: 1, seq: 2, set: { v: -1, u: 3 }, ts: 2, rx: 2 },
   { type: "delta", topic: "s/d2", base: 5, seq: 6, set: { v: 9 }, ts: 2, rx: 2 },  // a gap
 ] });
+ws.recv({ type: "batch", items: [  // two deltas of one topic, an unset, a state change
+  { type: "delta", topic: "s/d3", base: 1, seq: 2, set: { v: 7 }, ts: 3, rx: 3 },
+  { type: "delta", topic: "s/d3", base: 2, seq: 3, set: {}, unset: ["v"], online: false,
+    stale: false, ts: 4, rx: 4 },
+  { type: "delta", topic: "s/d4", base: 1, seq: 2, set: { w: 1 }, unset: ["v"], online: true,
+    stale: true, ts: 4, rx: 4 },
+] });
 await tick(); await tick();
 const out = {};
+out.d3 = client.topics.get("s/d3");
+out.d4 = client.topics.get("s/d4");
 out.chunks = changes.slice();
 out.size = client.topics.size;
 out.d1 = client.topics.get("s/d1");
@@ -107,18 +116,23 @@ process.exit(0);
 
 def test_the_page_copy_follows_the_worker_in_bounded_chunks() -> None:
     out = run_module_script(SCRIPT.replace("FEED", FEED))
-    # 1,200 snapshots: three messages to the page (500, 500, 200), then the delta's one
-    assert out["chunks"][:3] == [500, 500, 200]
-    assert out["chunks"][3] == 1
+    # 1,200 snapshots: three messages to the page (500, 500, 200), then the deltas'
+    assert out["chunks"] == [500, 500, 200, 1, 2]
     assert out["size"] == 1200
     assert out["d1"] == {
         "seq": 2, "fields": {"v": -1, "u": 3}, "online": True, "stale": False, "ts": 2, "rx": 2,
+    }  # fmt: skip
+    assert out["d3"] == {
+        "seq": 3, "fields": {}, "online": False, "stale": False, "ts": 4, "rx": 4,
+    }  # fmt: skip
+    assert out["d4"] == {
+        "seq": 2, "fields": {"w": 1}, "online": True, "stale": True, "ts": 4, "rx": 4,
     }  # fmt: skip
     assert out["d2"]["seq"] == 1 and out["d2"]["fields"] == {"v": 2}  # the gap: not applied
     assert out["resume"] == {"type": "resume", "epoch": "e1", "topics": {"s/d2": 1}}
     assert out["sent"][:2] == ["subscribe", "resume"]
     assert out["limits"] == {"x": 1}
-    assert out["lastApplied"] == {"topic": "s/d1", "seq": 2, "rx": 2}
+    assert out["lastApplied"] == {"topic": "s/d4", "seq": 2, "rx": 4}
     assert out["ack"]["ok"] is True
     assert out["report"] == {"type": "report", "wall": "w1"}
     assert ["open", "ws", "e1"] in out["statuses"]
