@@ -110,10 +110,10 @@ export class FeedClient extends EventTarget {
         }
         const held = this.topics.get(topic); // a patch: one delta (feedworker.js)
         if (!held) continue; // cannot happen: the worker posts a topic whole first
-        const [, seq, ts, rx, set, unset, online, stale] = u;
+        const [, seq, ts, rx, set, unset, presence, online, stale] = u;
         Object.assign(held.fields, set);
         if (unset) for (const name of unset) delete held.fields[name];
-        if (online !== null) { held.online = online; held.stale = stale; }
+        if (presence) { held.online = online; held.stale = stale; }
         held.seq = seq;
         held.ts = ts;
         held.rx = rx;

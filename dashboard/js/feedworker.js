@@ -14,7 +14,8 @@
 //     messages); each entry is [topic, state] (the whole current state: new, resynced,
 //     or more than one change since the last post), [topic, null] (gone), or the one
 //     delta applied since the last post as a patch [topic, seq, ts, rx, set, unset,
-//     online, stale] (unset and online null when the delta had none): about half the
+//     presence, online, stale] (unset null when the delta had none; presence false when
+//     it had no online/stale, which may be null: unknown presence): about half the
 //     bytes to copy and objects to build on the page for the common case;
 //   {op: "event", type, detail, props}: status, trouble, action, history, history_end,
 //     gateway-error, wall-error, as the client dispatched them;
@@ -64,8 +65,9 @@ function entry(topic) {
   const st = client.topics.get(topic);
   const d = pending.get(topic);
   if (!st || !d || d === WHOLE) return [topic, st ?? null];
+  const presence = "online" in d;
   return [topic, d.seq, d.ts, d.rx, d.set || {}, d.unset?.length ? d.unset : null,
-          "online" in d ? d.online : null, "online" in d ? d.stale : null];
+          presence, presence ? d.online : null, presence ? d.stale : null];
 }
 
 function postChanged(topics) {

@@ -76,8 +76,8 @@ ws.recv({ type: "batch", items: [  // two deltas of one topic, an unset, a state
   { type: "delta", topic: "s/d3", base: 1, seq: 2, set: { v: 7 }, ts: 3, rx: 3 },
   { type: "delta", topic: "s/d3", base: 2, seq: 3, set: {}, unset: ["v"], online: false,
     stale: false, ts: 4, rx: 4 },
-  { type: "delta", topic: "s/d4", base: 1, seq: 2, set: { w: 1 }, unset: ["v"], online: true,
-    stale: true, ts: 4, rx: 4 },
+  { type: "delta", topic: "s/d4", base: 1, seq: 2, set: { w: 1 }, unset: ["v"], online: null,
+    stale: true, ts: 4, rx: 4 },  // presence unknown (null), silent: stale
 ] });
 await tick(); await tick();
 const out = {};
@@ -126,7 +126,7 @@ def test_the_page_copy_follows_the_worker_in_bounded_chunks() -> None:
         "seq": 3, "fields": {}, "online": False, "stale": False, "ts": 4, "rx": 4,
     }  # fmt: skip
     assert out["d4"] == {
-        "seq": 2, "fields": {"w": 1}, "online": True, "stale": True, "ts": 4, "rx": 4,
+        "seq": 2, "fields": {"w": 1}, "online": None, "stale": True, "ts": 4, "rx": 4,
     }  # fmt: skip
     assert out["d2"]["seq"] == 1 and out["d2"]["fields"] == {"v": 2}  # the gap: not applied
     assert out["resume"] == {"type": "resume", "epoch": "e1", "topics": {"s/d2": 1}}
