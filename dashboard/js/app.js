@@ -1,7 +1,7 @@
 // The wall. It is described by the gateway's /api/wall when configured, else it is the
 // automatic wall (wallconfig.js); what values mean comes from meta.js only.
 // URL parameters (kiosk): filter, title, rate, token, transport (auto|ws|sse), grace,
-// warn, bad (seconds), rotate (seconds), wall=auto. The URL fragment remembers the
+// warn, bad (seconds), rotate (seconds), wall=auto, worker=0 (the connection in the page). The URL fragment remembers the
 // viewer's choices: #field=<name>|state&page=<n>.
 // Rules: socket updates only mark tiles dirty; one requestAnimationFrame paints them
 // within a budget; everything else (KPIs, charts, tables, banner) renders once a second;
