@@ -358,6 +358,7 @@ const tick = timed(() => {
     }
   }
   health.update(stats);
+  header(); // the header's colour follows the data age from the same task on (not a task later)
   const unknown = health.unknown();
   for (const [f, [lo, hi]] of values) {
     let r = ranges.get(f);
