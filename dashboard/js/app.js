@@ -1,13 +1,14 @@
 // The wall. It is described by the gateway's /api/wall when configured, else it is the
 // automatic wall (wallconfig.js); what values mean comes from meta.js only.
 // URL parameters (kiosk): filter, title, rate, token, transport (auto|ws|sse), grace,
-// warn, bad (seconds), rotate (seconds), wall=auto. The URL fragment remembers the
+// warn, bad (seconds), rotate (seconds), wall=auto, worker=0 (the connection in the page). The URL fragment remembers the
 // viewer's choices: #field=<name>|state&page=<n>.
 // Rules: socket updates only mark tiles dirty; one requestAnimationFrame paints them
 // within a budget; everything else (KPIs, charts, tables, banner) renders once a second;
 // every history is a fixed-size ring buffer, so memory stays flat over hours.
 
-import { GatewayClient, shouldReconnect } from "./client.js";
+import { shouldReconnect } from "./client.js";
+import { FeedClient } from "./feed.js";
 import { refusalText, diagnose } from "./refusal.js";
 import { Meta } from "./meta.js";
 import { Health, fmtAge } from "./health.js";
@@ -38,9 +39,12 @@ const wsUrl = new URL("ws", location.href);
 wsUrl.protocol = location.protocol === "https:" ? "wss:" : "ws:";
 // alarm states are topics under "$alarms/", which "#" does not match: asked for explicitly;
 // the charts' history is fetched after the first paint (history.js), on either transport
-const client = new GatewayClient({ url: wsUrl.toString(), filters: [wall.filter, "$alarms/#"],
-                                   rateHz: Number(params.get("rate") || 10), token: TOKEN,
-                                   transport: params.get("transport") || "auto" });
+// the connection runs in a worker (feed.js, feedworker.js): receiving, parsing and
+// applying 20,000 updates a second stays off this thread; ?worker=0 runs it here
+const client = new FeedClient({ url: wsUrl.toString(), filters: [wall.filter, "$alarms/#"],
+                                rateHz: Number(params.get("rate") || 10), token: TOKEN,
+                                transport: params.get("transport") || "auto" },
+                              { worker: params.get("worker") !== "0" });
 // the client's token: ?token=, the stored one, or #token= (which only the client reads)
 meta.load(location.href, { token: client.token }).then(() => metaChanged());
 const historyLoader = new HistoryLoader({
@@ -354,6 +358,7 @@ const tick = timed(() => {
     }
   }
   health.update(stats);
+  header(); // the header's colour follows the data age from the same task on (not a task later)
   const unknown = health.unknown();
   for (const [f, [lo, hi]] of values) {
     let r = ranges.get(f);

@@ -158,20 +158,13 @@ async def test_the_page_falls_back_to_server_sent_events_and_returns_to_websocke
     gateway_factory: Callable[..., Any], chromium: str
 ) -> None:
     gw: Gateway = await gateway_factory(simulator={"devices": 50, "rate_hz": 2})
+    # a network that refuses the upgrade: every WebSocket is closed unopened (a TCP proxy,
+    # since the wall's connection runs in a worker, where page.route_web_socket does not)
+    proxy = UpgradeRefuser(gw.port)
 
     def visit() -> dict[str, Any]:
         with browser_page(chromium) as page:
-            # a network that refuses the upgrade: every WebSocket is closed unopened
-            refuse = {"on": True}
-            page.route_web_socket(
-                "**/ws",
-                lambda ws: (
-                    ws.close(code=1011, reason="refused")
-                    if refuse["on"]
-                    else ws.connect_to_server()
-                ),
-            )
-            page.goto(f"http://127.0.0.1:{gw.port}/")
+            page.goto(f"http://127.0.0.1:{proxy.port}/")
             page.wait_for_function(
                 "() => window.gatewayClient?.transport === 'sse'"
                 " && window.gatewayClient?.status === 'open'"
@@ -195,7 +188,7 @@ async def test_the_page_falls_back_to_server_sent_events_and_returns_to_websocke
                     break
                 page.wait_for_timeout(100)
             # the network lets WebSocket through again: the wall returns to it by itself
-            refuse["on"] = False
+            proxy.refuse = False
             page.wait_for_function(
                 "() => window.gatewayClient?.transport === 'ws'"
                 " && window.gatewayClient?.status === 'open'",
@@ -205,6 +198,7 @@ async def test_the_page_falls_back_to_server_sent_events_and_returns_to_websocke
             return {
                 "back": back,
                 "returns": page.evaluate("() => window.gatewayClient?.stats.wsReturns"),
+                "mode": page.evaluate("() => window.gatewayClient?.mode"),
                 "conn": conn,
                 "same": same,
                 "errors": page.errors,
@@ -215,10 +209,54 @@ async def test_the_page_falls_back_to_server_sent_events_and_returns_to_websocke
         _, _, body = await http_get(gw.port, "/api/snapshot")
         return dict(orjson.loads(body)["topics"])
 
-    got = await in_browser(visit)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        got = await in_browser(visit)
+        nursery.cancel_scope.cancel()
     assert got["same"], "the page's state never matched the gateway's"
     assert "Server-Sent Events" in got["conn"]
-    assert got["closes"][:2] == [1011, 1011]  # two refused upgrades, then events
+    assert proxy.refused >= 2
+    assert got["closes"][:2] == [1006, 1006]  # two refused upgrades, then events
     assert "WebSocket" in got["back"] and got["returns"] == 1
+    assert got["mode"] == "worker"  # the connection runs in the wall's worker
     assert got["errors"] == []
     assert gw.server.stats.connections_opened >= 1
+
+
+class UpgradeRefuser:
+    """A TCP proxy to the gateway that forwards every connection, except that while
+    ``refuse`` is set it closes those that ask for a WebSocket upgrade unanswered."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.refuse = True
+        self.refused = 0
+        self.port = 0
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        async with client:
+            with trio.move_on_after(60):
+                first = await client.receive_some(65536)
+                if not first or (self.refuse and b"upgrade: websocket" in first.lower()):
+                    self.refused += 1 if first else 0
+                    return
+                server = await trio.open_tcp_stream("127.0.0.1", self.target)
+                async with server, trio.open_nursery() as nursery:
+                    await server.send_all(first)
+                    nursery.start_soon(self._pipe, client, server, nursery.cancel_scope)
+                    await self._pipe(server, client, nursery.cancel_scope)
+
+    @staticmethod
+    async def _pipe(src: trio.SocketStream, dst: trio.SocketStream, done: trio.CancelScope) -> None:
+        try:
+            while data := await src.receive_some(65536):
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        done.cancel()
