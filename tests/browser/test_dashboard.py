@@ -12,6 +12,7 @@ import trio
 from bench.report import CHROMIUM_ARGS
 from gateway.app import Gateway, serve
 from tests.broker import free_port
+from tests.browser.tcpproxy import TcpProxy
 from tests.gw import make_config
 from tests.serve.httpget import http_get
 
@@ -223,21 +224,14 @@ async def test_the_page_falls_back_to_server_sent_events_and_returns_to_websocke
     assert gw.server.stats.connections_opened >= 1
 
 
-class UpgradeRefuser:
+class UpgradeRefuser(TcpProxy):
     """A TCP proxy to the gateway that forwards every connection, except that while
     ``refuse`` is set it closes those that ask for a WebSocket upgrade unanswered."""
 
     def __init__(self, target: int) -> None:
-        self.target = target
+        super().__init__(target)
         self.refuse = True
         self.refused = 0
-        self.port = 0
-
-    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, client: trio.SocketStream) -> None:
         async with client:

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from gateway.app import Gateway
+from tests.browser.tcpproxy import TcpProxy
 from tests.browser.test_dashboard import browser_page, in_browser
 
 GONE_WITHIN_S = 5.0  # docs/operations.md: a closed page is gone when its connection ends
@@ -126,22 +127,15 @@ async def test_two_walls_are_listed_one_closed_is_gone_the_other_reloads_on_requ
     assert got["errors"] == []
 
 
-class PongSwallower:
+class PongSwallower(TcpProxy):
     """A TCP proxy to the gateway that forwards everything, except that on the first
     WebSocket it carries it drops every ``pong`` frame from the gateway: the socket
     stays open, the wall's heartbeats never come back."""
 
     def __init__(self, target: int) -> None:
-        self.target = target
+        super().__init__(target)
         self.upgrades = 0
         self.swallowed = 0
-        self.port = 0
-
-    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, client: trio.SocketStream) -> None:
         server = await trio.open_tcp_stream("127.0.0.1", self.target)
