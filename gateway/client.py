@@ -98,6 +98,7 @@ class GatewayClient:
         backoff_cap_s: float = 30.0,
         stable_s: float = 10.0,
         heartbeat_s: float = 15.0,
+        connect_timeout_s: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
         self.url = url
@@ -110,6 +111,9 @@ class GatewayClient:
         self.backoff_cap_s = backoff_cap_s
         self.stable_s = stable_s
         self.heartbeat_s = heartbeat_s
+        #: from the TCP connect to the welcome: a gateway (or a proxy) that accepts and
+        #: never answers is an attempt that failed, not a client waiting forever
+        self.connect_timeout_s = connect_timeout_s
         self.rng = rng or random.Random()
         self.mirror = Mirror()
         self.connected = False
@@ -118,6 +122,7 @@ class GatewayClient:
         self.last_close: tuple[int | None, str | None] = (None, None)
         self._changed = trio.Event()
         self._stop = False
+        self._welcome_by = math.inf
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -173,6 +178,7 @@ class GatewayClient:
                 ConnectionClosed,
                 ProtocolError,
                 trio.BrokenResourceError,
+                trio.TooSlowError,
             ) as group:
                 log.info("connection to %s lost: %s", self.url, _describe(group.exceptions[0]))
             finally:
@@ -203,7 +209,10 @@ class GatewayClient:
         port = parts.port or (443 if parts.scheme == "wss" else 80)
         resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         extra = [(b"authorization", f"Bearer {self.token}".encode())] if self.token else None
-        tcp = await trio.open_tcp_stream(parts.hostname, port)
+        # the deadline covers the connect, the upgrade and the welcome (_session)
+        self._welcome_by = trio.current_time() + self.connect_timeout_s
+        with trio.fail_after(self.connect_timeout_s):
+            tcp = await trio.open_tcp_stream(parts.hostname, port)
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
         if parts.scheme == "wss":
             stream = trio.SSLStream(
@@ -212,14 +221,15 @@ class GatewayClient:
         try:
             async with trio.open_nursery() as nursery:
                 try:
-                    ws = await wrap_client_stream(
-                        nursery,
-                        stream,
-                        parts.hostname,
-                        resource,
-                        subprotocols=["telemetry.v1"],
-                        extra_headers=extra,
-                    )
+                    with trio.fail_at(self._welcome_by):
+                        ws = await wrap_client_stream(
+                            nursery,
+                            stream,
+                            parts.hostname,
+                            resource,
+                            subprotocols=["telemetry.v1"],
+                            extra_headers=extra,
+                        )
                 except ConnectionRejected as err:
                     if err.status_code == 401:
                         raise AuthRejected(
@@ -239,7 +249,8 @@ class GatewayClient:
     async def _session(
         self, ws: WebSocketConnection, task_status: trio.TaskStatus[None] | None
     ) -> None:
-        welcome = self._first(await ws.get_message())
+        with trio.fail_at(self._welcome_by):
+            welcome = self._first(await ws.get_message())
         if not isinstance(welcome, Welcome):
             raise ProtocolError("bad_message", "the first message was not a welcome")
         self.heartbeat_s = welcome.heartbeat_s

@@ -66,7 +66,8 @@ export function reconnectDelay({ attempt, opened, restarted, sinceRestartMs, bas
 export class GatewayClient extends EventTarget {
   constructor({ url, filters = ["#"], rateHz = null, token = null, backoffBaseMs = 500,
                 backoffCapMs = 30000, stableMs = 10000, WebSocketImpl = WebSocket,
-                transport = "auto", sseUrl = null, historyS = 0 } = {}) {
+                transport = "auto", sseUrl = null, historyS = 0,
+                connectTimeoutMs = 10000 } = {}) {
     super();
     this.historyS = historyS; // chart history asked with every subscribe (0: none)
     this.meta = null; // welcome.meta: {url, version} of the gateway's metadata
@@ -83,6 +84,9 @@ export class GatewayClient extends EventTarget {
     this.backoffBaseMs = backoffBaseMs;
     this.backoffCapMs = backoffCapMs;
     this.stableMs = stableMs;
+    // from the attempt to the first message (the welcome): a gateway or proxy that
+    // accepts and never answers is a failed attempt, then the next one (docs/protocol.md)
+    this.connectTimeoutMs = connectTimeoutMs;
     this.WebSocketImpl = WebSocketImpl;
     this.topics = new Map();
     this.epoch = null;
@@ -187,9 +191,17 @@ export class GatewayClient extends EventTarget {
       return;
     }
     this._ws = ws;
+    let welcomeTimer = setTimeout(() => {
+      welcomeTimer = null;
+      if (this._ws === ws) ws.close(); // onclose follows: a failed attempt
+    }, this.connectTimeoutMs);
     ws.onopen = () => { opened = true; this.wsFailures = 0; };
-    ws.onmessage = (ev) => this._onMessage(ev.data);
+    ws.onmessage = (ev) => {
+      if (welcomeTimer !== null) { clearTimeout(welcomeTimer); welcomeTimer = null; }
+      this._onMessage(ev.data);
+    };
     ws.onclose = (ev) => {
+      if (welcomeTimer !== null) { clearTimeout(welcomeTimer); welcomeTimer = null; }
       this._clearTimers();
       if (!opened && this.fallback && ++this.wsFailures >= 2) {
         this.transport = "sse"; // the upgrade never succeeds here: events instead

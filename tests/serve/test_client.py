@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import socket
@@ -166,3 +167,62 @@ async def test_after_a_restart_notice_refusals_do_not_grow_the_backoff(
         client.stop()
         second.server.request_shutdown()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_gateway_that_accepts_and_never_answers_is_a_failed_attempt(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A peer (a hung gateway, a proxy) that accepts the TCP connection and never
+    answers the upgrade, or never sends the welcome: the client gives up on the attempt
+    after ``connect_timeout_s`` and tries again, instead of waiting forever."""
+    attempts: list[float] = []
+
+    async def silent(stream: trio.SocketStream) -> None:
+        attempts.append(trio.current_time())
+        async with stream:
+            while await stream.receive_some(65536):
+                pass  # reads the upgrade request, answers nothing
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = GatewayClient(
+        f"ws://127.0.0.1:{port}/ws", ["#"], connect_timeout_s=2.0, rng=random.Random(3)
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, silent, listeners)
+        nursery.start_soon(client.run)
+        with trio.fail_after(30):
+            while len(attempts) < 3:
+                await trio.sleep(0.1)
+        assert client.connects == 0 and not client.connected
+        # each attempt was given up after the deadline, then retried after its backoff
+        assert all(b - a >= 2.0 for a, b in itertools.pairwise(attempts))
+        client.stop()
+        nursery.cancel_scope.cancel()
+
+
+def test_the_js_client_gives_up_on_an_attempt_that_gets_no_welcome() -> None:
+    """The same rule in the browser's client: a socket that never delivers a message
+    is closed after connectTimeoutMs, and the close schedules the next attempt."""
+    module = Path(__file__).resolve().parents[2] / "dashboard/js/client.js"
+    script = f"""
+      import {{ GatewayClient }} from {json.dumps(str(module))};
+      const sockets = [];
+      class Silent {{  // accepted, never opened, never a message
+        constructor(url) {{ this.url = url; this.closed = 0; sockets.push(this); }}
+        close() {{
+          this.closed += 1;
+          setTimeout(() => this.onclose({{ code: 1006, reason: "" }}), 0);
+        }}
+      }}
+      const c = new GatewayClient({{ url: "ws://127.0.0.1:1/ws", WebSocketImpl: Silent,
+                                     transport: "ws", connectTimeoutMs: 50, backoffBaseMs: 10 }});
+      c.start();
+      await new Promise((r) => setTimeout(r, 400));
+      c.stop();
+      console.log(JSON.stringify({{ attempts: sockets.length,
+                                    closed: sockets.map((s) => s.closed) }}));
+    """
+    got = run_module_script(script)
+    assert got["attempts"] >= 3, got  # each gave up after 50 ms and was followed by another
+    assert all(n == 1 for n in got["closed"][:-1]), got
