@@ -472,13 +472,15 @@ class StateStore:
         """:meth:`mark_all_stale` in slices of ``batch`` topics: yields how many each
         slice marked (the shell checkpoints between slices; 50,000 topics with their
         alarm rules and history take far longer than a loop may stall). A topic that
-        received data between two slices (``seen_at`` after ``now``) is left fresh."""
+        changed between two slices (its ``gseq`` is past the store's change count at
+        the start: no clock involved) is left as it is."""
         topics = list(self._topics.values())  # on_accept may add (alarm) topics
+        start = self.changes
         for i in range(0, len(topics), batch):
             count = 0
             for st in topics[i : i + batch]:
                 # alarms ($) are the gateway's own
-                if not st.stale and st.topic[:1] != "$" and st.seen_at <= now:
+                if not st.stale and st.topic[:1] != "$" and st.gseq <= start:
                     seq = st.seq + 1
                     st.stale = True
                     st.meta_seq = seq
