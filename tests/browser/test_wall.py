@@ -146,6 +146,9 @@ async def test_the_wall_tells_the_truth_when_the_gateway_goes_away_and_returns_o
                 timeout=10_000,
             )
             results["before"] = page.evaluate(MIRROR)
+            # the header follows the data age once a second (and the worker's status
+            # messages): live within that, not necessarily on the first painted tile
+            page.wait_for_selector('#conn[data-level="ok"]', timeout=5000)
             results["level_live"] = page.get_attribute("#conn", "data-level")
             trio.from_thread.run_sync(first_scope.cancel)  # the gateway goes away (a kill)
             page.wait_for_selector("#banner:not([hidden])", timeout=5000)
