@@ -145,9 +145,13 @@ async def test_the_wall_tells_the_truth_when_the_gateway_goes_away_and_returns_o
                 " && Object.values(window.wall?.trends()[0]).some((v) => v !== null)",
                 timeout=10_000,
             )
+            # the text mirror writes a few rows a frame, and the header follows the data
+            # age once a second: both tell the live state within seconds of the tiles
+            page.wait_for_function(
+                f"() => Object.values(({MIRROR})()).every((r) => r.state === 'normal')",
+                timeout=5000,
+            )
             results["before"] = page.evaluate(MIRROR)
-            # the header follows the data age once a second (and the worker's status
-            # messages): live within that, not necessarily on the first painted tile
             page.wait_for_selector('#conn[data-level="ok"]', timeout=5000)
             results["level_live"] = page.get_attribute("#conn", "data-level")
             trio.from_thread.run_sync(first_scope.cancel)  # the gateway goes away (a kill)
