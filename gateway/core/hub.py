@@ -414,16 +414,15 @@ class Hub:
         if not items:
             return
         no = group.tick_no = group.tick_no + 1
-        join = group.join
-        if join is not None:
-            # a join snapshot serves later joiners with the ticks since (see
-            # _join_frames) while those stay small next to it and in the ring
-            group.join_items += len(items)
-            if 2 * group.join_items > len(sent) or no - join[0] >= self.config.ring_ticks:
-                group.join = None
         group.ring.append(
             TickRecord(no, now, tuple(items), self._pack(frags), _repeats(group, items, no))
         )
+        if group.join is not None:
+            # a join snapshot serves later joiners with the ticks since (see
+            # _join_frames) while those are in the ring and small next to it
+            since = group.missed(group.join[0])
+            if since is None or 2 * sum(len(rec.items) for rec in since) > len(sent):
+                group.join = None
 
     def _coalesce_limit(self, group: Group) -> int:
         """Missed items above which a lagging member rejoins from a snapshot instead
@@ -455,7 +454,7 @@ class Hub:
                 self._signal()
             return None
         frames = self._pack(self._snapshot_frags(group, list(group.sent)))
-        group.join, group.join_items = (group.tick_no, frames), 0
+        group.join = (group.tick_no, frames)
         self.stats.join_snapshots += 1
         self.stats.joins_shared += 1
         return frames
@@ -487,7 +486,7 @@ class Hub:
             sl.work += len(part)
         if group in self._join_wanted:
             del self._join_wanted[group]
-            group.join, group.join_items = (group.tick_no, self._pack(frags)), 0
+            group.join = (group.tick_no, self._pack(frags))
             self.tick_joins.append(group.join[1])
             self.stats.join_snapshots += 1
             for m in group.members:

@@ -99,8 +99,8 @@ class OutboxStats:
 
 class Group:
     __slots__ = (
-        "building", "carried", "gseq", "join", "join_items", "key", "members", "next_tick",
-        "pending", "ring", "sent", "tick_no",
+        "building", "carried", "gseq", "join", "key", "members", "next_tick", "pending",
+        "ring", "sent", "tick_no",
     )  # fmt: skip
 
     def __init__(self, key: GroupKey, sent: dict[str, int], ring_ticks: int) -> None:
@@ -122,7 +122,6 @@ class Group:
         #: (tick_no, frames): the join snapshot built at that tick, shared by the
         #: members joining then and, with the ticks since, for a few ticks more
         self.join: tuple[int, tuple[bytes, ...]] | None = None
-        self.join_items = 0  # items the group's ticks carried since ``join`` was built
 
     def allows(self, topic: str) -> bool:
         grants = self.key.grants
