@@ -29,11 +29,9 @@ from ..core.state import UpdateMode
 from ..core.topics import TopicError, matches, validate_filter, validate_topic
 
 __all__ = [
-    "DataUpdate",
     "IngestError",
     "Route",
     "Router",
-    "decode_data",
     "decode_fields",
     "decode_status",
 ]
@@ -69,13 +67,6 @@ class Route:
             raise ValueError(
                 f"route {self.filter!r}: template uses {{#}} but the filter has no '#'"
             )
-
-
-@dataclass(frozen=True, slots=True)
-class DataUpdate:
-    fields: dict[str, Any]
-    device_ts: float | None
-    mode: UpdateMode
 
 
 class Router:
@@ -130,14 +121,10 @@ def _render(route: Route, mqtt_topic: str) -> str:
     return out
 
 
-def decode_data(payload: bytes, route: Route, max_bytes: int) -> DataUpdate:
-    return DataUpdate(*decode_fields(payload, route, max_bytes))
-
-
 def decode_fields(
     payload: bytes, route: Route, max_bytes: int
 ) -> tuple[dict[str, Any], float | None, UpdateMode]:
-    """:func:`decode_data` as a tuple (fields, device_ts, mode): the ingest's hot path."""
+    """A data payload as (fields, device_ts, mode); a refusal raises IngestError."""
     if len(payload) > max_bytes:
         raise IngestError("too_large", f"payload of {len(payload)} bytes exceeds {max_bytes}")
     if not payload:

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from gateway.config import DEFAULT_ROUTES
 from gateway.core.state import UpdateMode
-from gateway.ingest.codec import IngestError, Route, Router, decode_data, decode_status
+from gateway.ingest.codec import IngestError, Route, Router, decode_fields, decode_status
 
 ROUTE = Route("telemetry/#", topic="{#}")
 
@@ -60,8 +60,7 @@ def test_route_validation() -> None:
     ],
 )
 def test_data_payloads(payload: bytes, fields: dict, ts: float | None, mode: UpdateMode) -> None:
-    update = decode_data(payload, ROUTE, 1024)
-    assert (update.fields, update.device_ts, update.mode) == (fields, ts, mode)
+    assert decode_fields(payload, ROUTE, 1024) == (fields, ts, mode)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +76,7 @@ def test_data_payloads(payload: bytes, fields: dict, ts: float | None, mode: Upd
 )
 def test_bad_data_payloads(payload: bytes, reason: str) -> None:
     with pytest.raises(IngestError) as err:
-        decode_data(payload, ROUTE, 1024)
+        decode_fields(payload, ROUTE, 1024)
     assert err.value.reason == reason
     assert payload.decode("latin-1")[:20] not in str(err.value) or len(payload) < 3
 
@@ -124,7 +123,7 @@ def test_bad_status_payloads(payload: bytes) -> None:
     )
 )
 def test_fuzz_payloads_decode_or_refuse(payload: bytes) -> None:
-    for decode in (lambda p: decode_data(p, ROUTE, 150), decode_status):
+    for decode in (lambda p: decode_fields(p, ROUTE, 150), decode_status):
         try:
             decode(payload)
         except IngestError as err:

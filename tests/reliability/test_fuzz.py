@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from gateway.auth import AuthError, extract_token
 from gateway.core.protocol import ERROR_CODES, ProtocolError, decode_client
 from gateway.core.topics import TopicError, validate_filter, validate_topic
-from gateway.ingest.codec import IngestError, Route, decode_data, decode_status
+from gateway.ingest.codec import IngestError, Route, decode_fields, decode_status
 
 ROUTE = Route("telemetry/#", topic="{#}")
 
@@ -95,7 +95,7 @@ def test_mqtt_payloads_cut_anywhere_decode_or_refuse(payload: bytes, data: st.Da
     i = data.draw(st.integers(0, len(payload) - 1))
     cuts.append(payload[:i] + bytes([data.draw(st.integers(0, 255))]) + payload[i + 1 :])
     for p in cuts:
-        for decode in (lambda p: decode_data(p, ROUTE, 150), decode_status):
+        for decode in (lambda p: decode_fields(p, ROUTE, 150), decode_status):
             try:
                 decode(p)
             except IngestError as err:
