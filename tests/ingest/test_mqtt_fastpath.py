@@ -38,6 +38,10 @@ async def test_qos0_and_qos1_messages_both_arrive_in_order(
     await wait_for_value(gw, "q0/a", {"v": 4})
     await wait_for_value(gw, "q1/a", {"v": 3})
     assert gw.mqtt is not None and gw.mqtt.stats.messages["mqtt"] == 4
+    # a QoS 1 message paho reads in several 2 KiB parts arrives whole
+    note = "x" * 20_000
+    await mosquitto.publish("telemetry/q1/b", orjson.dumps({"note": note}), qos=1)
+    await wait_for_value(gw, "q1/b", {"note": note})
 
 
 async def test_mqtt5_publishes_with_user_properties_arrive(
