@@ -93,9 +93,12 @@ def process(
 
 
 @contextlib.contextmanager
-def mosquitto(cpu: int, *, sys_interval: int = 0) -> Iterator[tuple[int, subprocess.Popen[str]]]:
-    """A broker on a free port; ``sys_interval`` > 0: it publishes its $SYS counters
-    that often (the scaling bench reads the input rate from them)."""
+def mosquitto(
+    cpu: int | None, *, sys_interval: int = 0
+) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """A broker on a free port, pinned to ``cpu`` (None: not pinned); ``sys_interval``
+    > 0: it publishes its $SYS counters that often (the scaling bench reads the input
+    rate from them)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-mosquitto-") as tmp:
         conf = pathlib.Path(tmp) / "mosquitto.conf"

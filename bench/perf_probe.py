@@ -129,23 +129,6 @@ def metric(text: str, name: str) -> float:
 
 
 @contextlib.contextmanager
-def mosquitto() -> Iterator[int]:
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="probe-mosquitto-") as tmp:
-        conf = pathlib.Path(tmp) / "mosquitto.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "log_dest stderr\nlog_type error\nmax_connections -1\n"
-        )
-        proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
-        try:
-            yield port
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-
-@contextlib.contextmanager
 def gateway(
     devices: int, rate: float, mqtt_port: int | None, tmp: pathlib.Path, extra: str
 ) -> Iterator[tuple[int, int, subprocess.Popen[bytes], pathlib.Path]]:
@@ -182,14 +165,6 @@ def gateway(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def fleet_cmd(mqtt_port: int, devices: int, rate: float, seconds: float) -> list[str]:
-    return [
-        sys.executable, "-m", "devices_sim", "--mqtt", f"mqtt://127.0.0.1:{mqtt_port}",
-        "--devices", str(devices), "--rate", str(rate), "--connections", "4",
-        "--duration", str(int(seconds)), "--no-offline-on-exit", "--quiet",
-    ]  # fmt: skip
 
 
 def wait_topics(admin: int, devices: int, timeout: float = 120) -> None:
@@ -381,19 +356,21 @@ def gc_summary(gc_log: pathlib.Path, t0: float, t1: float) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.e2e_bench import fleet, mosquitto
     from gateway.looplag import from_metrics
 
     half = args.devices // 4  # the simulator's devices spread over 4 sites
     want = f"#={args.devices},{SITE}/#={half}"
     with contextlib.ExitStack() as stack:
         tmp = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="probe-")))
-        mqtt_port = stack.enter_context(mosquitto()) if args.mqtt else None
+        # the broker is not pinned (as when these figures were taken)
+        mqtt_port = stack.enter_context(mosquitto(None))[0] if args.mqtt else None
         port, admin, gw, gc_log = stack.enter_context(
             gateway(args.devices, args.rate, mqtt_port, tmp, args.extra)
         )
         if mqtt_port:
             fleet = subprocess.Popen(
-                fleet_cmd(mqtt_port, args.devices, args.rate, 600), cwd=ROOT,
+                fleet(mqtt_port, args.devices, 600, args.rate), cwd=ROOT,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             os.sched_setaffinity(fleet.pid, {1})
