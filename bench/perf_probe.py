@@ -6,7 +6,9 @@ simulator, or through mosquitto with ``--mqtt``), records every cyclic-GC collec
 inside it (``gc.callbacks``: generation, pause, objects collected), and drives screens
 from one other process on raw non-blocking sockets with permessage-deflate, as a
 browser would. Reported for the measured window: gateway CPU (cores) and CPU per
-frame handed to a screen, loop lag (from /metrics), GC pauses per generation, RSS,
+frame handed to a screen, loop lag (from /metrics), GC pauses per generation, the
+task steps that held the loop over 5 ms (a Trio instrument: task, where it stopped,
+wall and CPU time), RSS,
 the load generator's own CPU (screens and fleet share CPU 1: near one core, the
 screens read late and the run measured the load generator, not the gateway),
 and for the sampled screens (one in ``--sample-every``, which inflate and parse every
@@ -81,9 +83,60 @@ def as_gateway(gc_log: str, argv: list[str]) -> int:
         pathlib.Path(gc_log).write_text(json.dumps(records))
 
     atexit.register(dump)
+    steps = _slow_steps(gc_log + ".steps")
+    import trio
+
+    run = trio.run
+
+    def instrumented(*a: Any, **kw: Any) -> Any:
+        kw["instruments"] = [*kw.get("instruments", ()), steps]
+        return run(*a, **kw)
+
+    trio.run = instrumented  # type: ignore[assignment]
     from gateway.__main__ import main
 
     return main(argv)
+
+
+def _slow_steps(path: str) -> Any:
+    """A Trio instrument keeping every task step over SLOW_STEP_S: the task, where it
+    was resumed and where it stopped, its wall and CPU time (written at exit)."""
+    import atexit
+
+    import trio
+
+    kept: list[tuple[float, str, float, float, str]] = []
+    SLOW = 0.005
+
+    def stack(task: Any) -> str:
+        # the innermost frames of the task's await chain
+        out = []
+        coro = task.coro
+        while coro is not None and len(out) < 12:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is None:
+                break
+            out.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        return " > ".join(out[-4:])
+
+    class Steps(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.t0 = self.c0 = 0.0
+            self.at = ""
+
+        def before_task_step(self, task: Any) -> None:
+            self.t0, self.c0 = time.perf_counter(), time.thread_time()
+
+        def after_task_step(self, task: Any) -> None:
+            wall = time.perf_counter() - self.t0
+            if wall > SLOW:
+                kept.append(
+                    (time.monotonic(), task.name, wall, time.thread_time() - self.c0, stack(task))
+                )
+
+    atexit.register(lambda: pathlib.Path(path).write_text(json.dumps(kept)))
+    return Steps()
 
 
 def proc_cpu(pid: int) -> float:
@@ -355,6 +408,28 @@ def gc_summary(gc_log: pathlib.Path, t0: float, t1: float) -> dict[str, Any]:
     return out
 
 
+def steps_summary(path: pathlib.Path, t0: float, t1: float) -> list[dict[str, Any]]:
+    """The task steps over 5 ms in the window, by task and where they stopped: the
+    work that held the loop (wall time; CPU time tells work from preemption)."""
+    steps = json.loads(path.read_text()) if path.exists() else []
+    groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for at, name, wall, cpu, where in steps:
+        if t0 - 1 <= at <= t1 + 1:
+            groups.setdefault((name.rsplit(".", 1)[-1], where), []).append((wall, cpu))
+    out = [
+        {
+            "task": name,
+            "stopped_at": where,
+            "count": len(v),
+            "wall_max_ms": round(max(w for w, _ in v) * 1000, 1),
+            "wall_total_ms": round(sum(w for w, _ in v) * 1000, 1),
+            "cpu_max_ms": round(max(c for _, c in v) * 1000, 1),
+        }
+        for (name, where), v in groups.items()
+    ]
+    return sorted(out, key=lambda g: -g["wall_total_ms"])[:12]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.e2e_bench import fleet, mosquitto
     from gateway.looplag import from_metrics
@@ -446,6 +521,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "outbox": {name: int(counter(after, name) - counter(before, name)) for name in OUTBOX},
             "loop_lag": from_metrics(after).minus(from_metrics(before)).summary(),
             "gc": gc_summary(gc_log, m0, m1),
+            "slow_steps": steps_summary(pathlib.Path(str(gc_log) + ".steps"), m0, m1),
             "rss_mib": rss,
             "screens_result": json.loads(out.decode().strip().splitlines()[-1]),
         }
