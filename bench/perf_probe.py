@@ -120,6 +120,36 @@ def _slow_steps(path: str) -> Any:
             coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
         return " > ".join(out[-4:])
 
+    # PROBE_SAMPLE_MS=N: a thread samples the main thread's stack every N ms and a
+    # slow step keeps its samples' innermost gateway frames (what held the loop);
+    # it takes the GIL to sample, so it perturbs the run: a diagnosis, not a figure
+    import collections
+    import sys
+    import threading
+
+    samples: collections.deque[tuple[float, str]] = collections.deque(maxlen=400)
+    sample_ms = float(os.environ.get("PROBE_SAMPLE_MS", "0"))
+    main_id = threading.get_ident()
+
+    def sampler() -> None:
+        while True:
+            time.sleep(sample_ms / 1000)
+            frame = sys._current_frames().get(main_id)
+            where = []
+            while frame is not None and len(where) < 3:
+                name = frame.f_code.co_filename
+                if "/gateway/" in name:
+                    where.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
+                frame = frame.f_back
+            samples.append((time.perf_counter(), " < ".join(where)))
+
+    if sample_ms:
+        threading.Thread(target=sampler, daemon=True).start()
+
+    def sampled(t0: float) -> str:
+        counts = collections.Counter(w for t, w in list(samples) if t >= t0)
+        return "; ".join(f"{n}x {w}" for w, n in counts.most_common(3))
+
     class Steps(trio.abc.Instrument):
         def __init__(self) -> None:
             self.t0 = self.c0 = 0.0
@@ -130,10 +160,18 @@ def _slow_steps(path: str) -> Any:
 
         def after_task_step(self, task: Any) -> None:
             wall = time.perf_counter() - self.t0
+            frame = getattr(task.coro, "cr_frame", None)
+            line = frame.f_lineno if frame is not None else 0
             if wall > SLOW:
+                where = f"from line {last.get(task, '?')}: {stack(task)}"
+                if sample_ms:
+                    where += " | " + sampled(self.t0)
                 kept.append(
-                    (time.monotonic(), task.name, wall, time.thread_time() - self.c0, stack(task))
+                    (time.monotonic(), task.name, wall, time.thread_time() - self.c0, where)
                 )
+            last[task] = line
+
+    last: dict[Any, int] = {}  # where each task's outermost coroutine stopped last
 
     atexit.register(lambda: pathlib.Path(path).write_text(json.dumps(kept)))
     return Steps()

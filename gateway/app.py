@@ -126,6 +126,7 @@ def build(cfg: Config, *, epoch: str | None = None, worker: int | None = None) -
             stall_s=sc.stall_s,
             max_lag_s=sc.max_lag_s,
         ),
+        clock=trio.current_time,
     )
     clock = Clock()
     metrics = Metrics()

@@ -18,16 +18,19 @@ us, to keep the inflate state of a connection small.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
 from .sockio import text_frame_header
 
-__all__ = ["BoundedDeflate", "deflate_frame", "negotiate"]
+__all__ = ["BoundedDeflate", "deflate_frame", "deflate_frame_steps", "negotiate"]
 
 #: frames smaller than this go out uncompressed (deflate cannot win much there)
 MIN_BYTES = 256
+#: input bytes deflate_frame_steps() compresses per step (~0.3 ms of CPU at level 1)
+STEP_BYTES = 64 << 10
 #: zlib level: 1 gets most of the gain (15% of the size) for a tenth of level 6's time
 LEVEL = 1
 #: the inflate window we ask clients to compress with, when they let us choose
@@ -153,3 +156,23 @@ def deflate_frame(payload: bytes) -> bytes:
         raise
     data = data[:-4]  # RFC 7692 7.2.1: without the empty block's 00 00 ff ff
     return text_frame_header(len(data), compressed=True) + data
+
+
+def deflate_frame_steps(payload: bytes, step: int = STEP_BYTES) -> Iterator[bytes | None]:
+    """:func:`deflate_frame` in steps, for a frame too large to compress between two
+    checkpoints (a 10,000-topic join snapshot: ~1 MB, ~30 ms): yields ``None`` after
+    each ``step`` input bytes (the caller checkpoints), then the frame, which is
+    byte for byte what :func:`deflate_frame` gives. It uses a compressor of its own:
+    other messages go through the shared one between the steps."""
+    if len(payload) <= step:
+        yield deflate_frame(payload)
+        return
+    c = _compressor()
+    view = memoryview(payload)
+    parts = []
+    for start in range(0, len(payload), step):
+        parts.append(c.compress(view[start : start + step]))
+        yield None
+    parts.append(c.flush(zlib.Z_FULL_FLUSH))
+    data = b"".join(parts)[:-4]
+    yield text_frame_header(len(data), compressed=True) + data

@@ -149,6 +149,35 @@ def test_a_tick_with_100000_changed_topics_runs_in_bounded_slices() -> None:
     assert mirror_view(mirror) == expected_view(store, ["#"])
 
 
+def test_with_a_clock_a_slice_also_ends_when_its_time_is_spent() -> None:
+    """Units of work differ in cost (a fragment of many fields against a routed
+    topic): given the shell's clock, a slice ends at ``slice_seconds`` even with most
+    of its units left, and what the screens receive is the same."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.0001  # every look at the clock: 0.1 ms of work
+        return now[0]
+
+    results = []
+    for timed in (False, True):
+        store = StateStore("e1")
+        hub = Hub(store, HubConfig(slice_items=1000), clock=clock if timed else None)
+        sub = hub.connect()
+        hub.subscribe(sub, Subscribe("s", ("#",), 20))
+        mirror = Mirror()
+        deliver(hub, sub, mirror)
+        for i in range(3000):
+            store.apply(f"t/{i % 10}/{i}", {"v": i, "w": -i}, 1.0)
+        batches = list(hub.tick_steps(1.0))
+        deliver(hub, sub, mirror)
+        assert mirror_view(mirror) == expected_view(store, ["#"])
+        results.append(len(batches))
+    by_count, by_time = results
+    assert by_count <= 3000 * 2 // 1000 + 2  # routing and fragments: ~6 slices of 1,000
+    assert by_time >= 3000 // 20 - 5  # ~20 fragments fit in 2 ms here (routing: 256 a look)
+
+
 def test_a_tick_cannot_start_while_one_is_suspended() -> None:
     store, hub = make(50, slice_items=10)
     hub.subscribe(hub.connect(), Subscribe("s", ("#",)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tracemalloc
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -15,7 +15,7 @@ import trio
 from gateway.app import Gateway
 from gateway.core.mirror import Mirror
 from gateway.core.protocol import decode_server
-from gateway.serve.deflate import deflate_frame, negotiate
+from gateway.serve.deflate import deflate_frame, deflate_frame_steps, negotiate
 
 from .rawws import RawWs
 
@@ -185,6 +185,12 @@ def test_each_message_is_a_deflate_stream_of_its_own() -> None:
         assert zlib.decompressobj(-15).decompress(body + b"\x00\x00\xff\xff") == msg
     with pytest.raises(TypeError):
         deflate_frame("not bytes" * 40)  # type: ignore[arg-type]
+    # in steps (large join snapshots, compressed between checkpoints): the same bytes
+    big = orjson.dumps([{"topic": f"a/{i}", "v": i * 0.37} for i in range(20_000)])
+    for msg in (big, big[:65536], big[:65537], state):
+        steps = list(deflate_frame_steps(msg, step=65536))
+        assert steps[-1] == deflate_frame(msg)
+        assert steps[:-1] == [None] * (-(-len(msg) // 65536) if len(msg) > 65536 else 0)
     assert payload_of(deflate_frame(state)) == fresh(state)
 
 
@@ -203,7 +209,7 @@ async def test_a_large_join_snapshot_is_compressed_between_slices_not_in_a_pump(
         gw.store.apply(f"s/{i % 7}/d{i}", {"t": 20.0 + i, "mode": "run"}, gw.clock.wall())
     in_pump = [False]
     calls: list[tuple[int, bool, int]] = []
-    pump, deflate = WsSession.pump, fanout.deflate_frame
+    pump, deflate, steps = WsSession.pump, fanout.deflate_frame, fanout.deflate_frame_steps
 
     def watched_pump(self: WsSession, now: float | None = None) -> None:
         in_pump[0] = True
@@ -216,17 +222,24 @@ async def test_a_large_join_snapshot_is_compressed_between_slices_not_in_a_pump(
         calls.append((len(payload), in_pump[0], zlib.crc32(payload)))
         return deflate(payload)
 
+    def watched_steps(payload: bytes) -> Iterator[bytes | None]:
+        calls.append((len(payload), in_pump[0], zlib.crc32(payload)))
+        return steps(payload)
+
     monkeypatch.setattr(WsSession, "pump", watched_pump)
     monkeypatch.setattr(fanout, "deflate_frame", watched_deflate)
+    monkeypatch.setattr(fanout, "deflate_frame_steps", watched_steps)
     screens = [
         await RawWs.connect(gw.port, headers={"Sec-WebSocket-Extensions": CHROME}) for _ in range(3)
     ]
     for ws in screens:
         await read_json(ws)  # welcome
         await ws.send_json({"type": "subscribe", "id": "s", "filters": ["#"]})
+    mirrors = []
     with trio.fail_after(20):
         for ws in screens:
             mirror = Mirror()
+            mirrors.append(mirror)
             mirror.set_epoch(gw.store.epoch)
             while len(mirror.topics) < 3000:
                 opcode, payload = await ws.recv_frame()
@@ -238,5 +251,21 @@ async def test_a_large_join_snapshot_is_compressed_between_slices_not_in_a_pump(
     large = [(inside, crc) for size, inside, crc in calls if size > 16 * 1024]
     assert large and not any(inside for inside, _ in large)  # never inside a pump
     assert len({crc for _, crc in large}) == len(large)  # each frame compressed once
+    # the ticks' own frames too: compressed by the tick loop, once, before the pumps
+    calls.clear()
+    for i in range(3000):
+        gw.store.apply(f"s/{i % 7}/d{i}", {"t": -1.0 - i, "mode": "stop"}, gw.clock.wall())
+    with trio.fail_after(20):
+        for ws, mirror in zip(screens, mirrors, strict=True):
+            while any(t.fields["mode"] != "stop" for t in mirror.topics.values()):
+                opcode, payload = await ws.recv_frame()
+                if opcode != 1:
+                    continue  # a heartbeat ping
+                for msg in decode_server(inflate(payload) if ws.rsv1 else payload):
+                    if hasattr(msg, "seq"):
+                        mirror.apply(msg)  # type: ignore[arg-type]
+    shared = [(inside, crc) for size, inside, crc in calls if size > 1024]
+    assert shared and not any(inside for inside, _ in shared)
+    assert len({crc for _, crc in shared}) == len(shared)
     for ws in screens:
         ws.close()
