@@ -50,6 +50,9 @@ __all__ = ["Hub", "HubConfig", "Subscriber", "Subscription"]
 #: bounds (a snapshot fragment of many fields costs tens of microseconds)
 ROUTE_STEP = 256
 SNAPSHOT_STEP = 64
+#: a join snapshot of up to this many topics is built when a screen takes it (its
+#: subscribe or its pump); a larger one by the next tick, in slices
+INLINE_JOIN_TOPICS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,7 +491,7 @@ class Hub:
             missed = group.missed(join[0])
             assert missed is not None  # _tick_group keeps a join only within the ring
             return (*join[1], *(f for rec in missed for f in rec.frames))
-        if len(group.sent) > self.config.slice_items:
+        if len(group.sent) > min(self.config.slice_items, INLINE_JOIN_TOPICS):
             if group not in self._join_wanted:
                 self._join_wanted[group] = None
                 self._signal()
