@@ -120,6 +120,7 @@ def gateway_process(
     cpu: int | None = None,
     log: pathlib.Path | None = None,
     listeners: dict[str, socket.socket] | None = None,
+    nice: int = 0,
 ) -> Iterator[Running]:
     """Run ``gateway run --port 0 --admin-port 0 ARGS`` (later flags win) and yield its
     public port and process; it is stopped (SIGTERM, then killed) on the way out.
@@ -131,7 +132,10 @@ def gateway_process(
 
     ``listeners`` (name -> listening socket, e.g. ``{"public": sock}``): handed to the
     gateway as systemd's socket activation does (gateway/serve/activation.py); the
-    caller keeps them open, so they outlive this gateway (a restart refuses nothing)."""
+    caller keeps them open, so they outlive this gateway (a restart refuses nothing).
+
+    ``nice``: the gateway's niceness (all its threads), e.g. so that a browser on the
+    same machine runs first, as on a wall PC that does not also run the gateway."""
     root = pathlib.Path(__file__).resolve().parent.parent
     if log is None:
         fd, name = tempfile.mkstemp(prefix="bench-gateway-", suffix=".log")
@@ -157,6 +161,7 @@ def gateway_process(
             stderr=subprocess.STDOUT,
             text=True,
             cwd=root,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
             **{**passed, "env": {**os.environ, **(env or {}), **passed["env"]}},
         )
     failed = True
