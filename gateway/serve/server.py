@@ -200,6 +200,7 @@ class Server:
                     )
                     services.start_soon(self.fanout.tick_loop)
                     services.start_soon(self.fanout.sweep_loop)
+                    services.start_soon(self.fanout.freeze_loop)
                     task_status.started(self.ports)
                     await self._shutdown.wait()
                     services.cancel_scope.cancel()
