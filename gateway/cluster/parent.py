@@ -52,6 +52,7 @@ from ..config import Config
 from ..core import snapshotfile
 from ..core.protocol import AckAlarm, Error
 from ..memory import tune_gc
+from ..serve.activation import inherited_listeners
 from ..serve.admission import accept_loop, bind, listen
 from ..serve.sockio import close_socket
 from .channel import ChannelError, Kind, Outbox, Reader
@@ -85,9 +86,20 @@ class Slot:
 
 
 class Cluster:
-    def __init__(self, gw: Gateway, workers: int, port: int, log_level: str) -> None:
+    def __init__(
+        self,
+        gw: Gateway,
+        workers: int,
+        port: int,
+        log_level: str,
+        shared: socket.socket | None = None,
+    ) -> None:
         self.gw = gw
         self.port = port
+        #: the public listener passed in by the starting process (socket activation):
+        #: handed to every worker, which all accept from it; else they bind the port
+        #: each with SO_REUSEPORT
+        self.shared = shared
         self.log_level = log_level
         self.slots = [Slot(i) for i in range(workers)]
         self.stats = ClusterStats(
@@ -201,10 +213,11 @@ class Cluster:
 
     async def _run_worker(self, slot: Slot) -> int | None:
         ours, theirs = socket.socketpair()
+        fds = (theirs.fileno(),) if self.shared is None else (theirs.fileno(), self.shared.fileno())
         try:
             proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "gateway.cluster.worker", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
+                pass_fds=fds,
                 start_new_session=True,  # Ctrl-C reaches the parent only
             )
         finally:
@@ -251,7 +264,8 @@ class Cluster:
         """Settings, history, then the full state (with the change stream following)."""
         gw = self.gw
         cfg = self._worker_config(slot.index)
-        setup = WorkerSetup(cfg, slot.index, gw.store.epoch, self.log_level)
+        fd = None if self.shared is None else self.shared.fileno()
+        setup = WorkerSetup(cfg, slot.index, gw.store.epoch, self.log_level, fd)
         out.push(Kind.CONFIG, pickle.dumps(setup))
         for chunk in gw.insight.history.export():
             out.push(Kind.HISTORY, chunk)
@@ -373,10 +387,13 @@ async def serve_cluster(
     """``app.serve`` with the screens served by ``cfg.server.workers`` processes."""
     gw, loaded = await prepare(cfg)
     sc = cfg.server
-    reserved = reserve_port(sc.host, sc.port)
-    admin = listen(sc.admin_host, sc.admin_port)
+    passed = inherited_listeners()  # socket activation (serve/activation.py)
+    shared = passed.get("public")
+    reserved = shared if shared is not None else reserve_port(sc.host, sc.port)
+    admin = passed.get("admin") or listen(sc.admin_host, sc.admin_port)
     gw.server.ports = (reserved.getsockname()[1], admin.getsockname()[1])
-    cluster = Cluster(gw, sc.workers, gw.port, log_level)
+    gw.server.inherited = tuple(sorted(passed))
+    cluster = Cluster(gw, sc.workers, gw.port, log_level, shared)
     gw.server.ready_checks["workers"] = cluster.ready
     gw.remote_screens = cluster.screens
     gw.metrics.registry.register(ClusterCollector(cluster.stats))
@@ -406,6 +423,12 @@ async def serve_cluster(
                     gw.admin_port,
                     gw.store.epoch,
                 )
+                if passed:
+                    log.info(
+                        "listeners passed in by the starting process: %s (the workers "
+                        "accept from the public one)",
+                        ", ".join(gw.server.inherited),
+                    )
                 task_status.started(gw)
                 await stop.wait()
                 gw.server.fanout.stopping = True  # /readyz: not ready from now on

@@ -65,6 +65,9 @@ class WorkerSetup:
     index: int
     epoch: str
     log_level: str
+    #: the parent's public listener (socket activation), at this descriptor: accept
+    #: from it instead of binding the port with SO_REUSEPORT
+    listener_fd: int | None = None
 
 
 class Replica:
@@ -234,6 +237,11 @@ async def run(sock: socket.socket) -> int:
     gw = build(setup.cfg, epoch=setup.epoch, worker=setup.index)
     gw.store.on_accept = None  # a replica: nothing is decided here (see the module doc)
     gw.server.reuse_port = True
+    if setup.listener_fd is not None:
+        shared = socket.socket(fileno=setup.listener_fd)
+        os.set_inheritable(setup.listener_fd, False)
+        shared.setblocking(False)
+        gw.server.given = {"public": shared}
     out = Outbox(OUTBOX_BYTES)
     replica = Replica(gw, out)
     gw.insight.forward_ack = replica.forward_ack

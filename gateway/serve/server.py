@@ -30,6 +30,7 @@ before it is cancelled too.
 from __future__ import annotations
 
 import logging
+import socket
 
 import trio
 
@@ -87,6 +88,9 @@ class Server:
         self.inherited: tuple[str, ...] = ()
         self.hosts: tuple[str, str] = (cfg.server.host, cfg.server.admin_host)
         self.reuse_port = False  # a worker of `gateway run --workers N` (gateway/cluster)
+        #: listeners handed over by the process that owns them (a cluster worker: the
+        #: parent's passed-in public socket), used instead of binding or activation
+        self.given: dict[str, socket.socket] | None = None
         sc = cfg.server
         self.welcome_limits = {
             "max_message_bytes": sc.max_message_bytes,
@@ -173,9 +177,13 @@ class Server:
         self, *, task_status: trio.TaskStatus[tuple[int, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         sc = self.cfg.server
-        # socket activation (a worker of a cluster binds its own: SO_REUSEPORT)
-        passed = {} if self.reuse_port else inherited_listeners()
-        self.inherited = tuple(sorted(passed))
+        # socket activation (a worker of a cluster binds its own with SO_REUSEPORT, or
+        # is given the parent's passed-in socket)
+        if self.given is not None:
+            passed = self.given
+        else:
+            passed = {} if self.reuse_port else inherited_listeners()
+            self.inherited = tuple(sorted(passed))
         public = passed.get("public") or listen(sc.host, sc.port, reuse_port=self.reuse_port)
         admin = passed.get("admin") or listen(sc.admin_host, sc.admin_port)
         self.ports = (public.getsockname()[1], admin.getsockname()[1])

@@ -5,9 +5,11 @@ parent's alarm engine, SIGTERM stops everything and a killed parent leaves no wo
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +25,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 from gateway.core.protocol import Ack, Error, Welcome, decode_server
 from gateway.core.state import Delta, Snapshot
 from gateway.looplag import from_metrics
+from gateway.serve.activation import passing
 from tests.broker import free_port
 from tests.conftest import stop_process
 from tests.firsthour.test_metric_reasons import documented
@@ -81,16 +84,22 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(tmp: Path, *args: str, **env: str) -> AsyncIterator[Cluster]:
+async def cluster(
+    tmp: Path, *args: str, listeners: dict[str, socket.socket] | None = None, **env: str
+) -> AsyncIterator[Cluster]:
+    """`gateway run --workers 2`; with ``listeners``, handed those sockets as systemd
+    would (socket activation) instead of binding its port."""
     log = tmp / f"gateway-{time.monotonic_ns()}.log"
     config = tmp / "gateway.toml"
     config.write_text(CONFIG)
-    port = free_port()
+    port = free_port() if listeners is None else listeners["public"].getsockname()[1]
+    prefix, kw = passing(listeners) if listeners else ([], {"env": {}})
     with log.open("wb") as out:
         proc = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "gateway", "run", "--workers", "2", "--port", str(port),
-             "--admin-port", "0", "--config", str(config), "--status-interval", "0", *args],
-            stdout=out, stderr=out, cwd=ROOT, env={**os.environ, **env},
+            [*prefix, sys.executable, "-m", "gateway", "run", "--workers", "2", "--port",
+             str(port), "--admin-port", "0", "--config", str(config), "--status-interval", "0",
+             *args],
+            stdout=out, stderr=out, cwd=ROOT, env={**os.environ, **env, **kw.pop("env")}, **kw,
         )  # fmt: skip
     try:
         with trio.fail_after(30):
@@ -253,6 +262,52 @@ async def test_two_workers_one_port_one_epoch_resume_across_and_restart(tmp_path
         assert "every client was told to reconnect (1012)" in c.text()
         m = re.search(r"(\d+) screens at most", c.text())
         assert m and int(m.group(1)) >= 2, "the exit summary counts the workers' screens"
+
+
+async def test_workers_accept_from_the_socket_passed_to_the_parent(tmp_path: Path) -> None:
+    """Socket activation with workers: the parent hands the passed-in listener to
+    every worker (no SO_REUSEPORT port of their own); both accept from it, a killed
+    worker's successor too, and a screen that connects while no gateway runs waits in
+    the socket's queue and is welcomed by the next cluster."""
+    held = socket.create_server(("127.0.0.1", 0), backlog=64)  # the supervisor's socket
+    port = held.getsockname()[1]
+    with held:
+        async with cluster(tmp_path, "--simulate", "20", listeners={"public": held}) as c:
+            assert "listeners passed in by the starting process: public" in c.text()
+            seen = set()
+            for _ in range(60):
+                async with screen(port) as (_, welcome):
+                    seen.add(welcome.worker)
+                if seen == {0, 1}:
+                    break
+            assert seen == {0, 1}
+            pids = await c.all_serving()
+            os.kill(pids[0], signal.SIGKILL)
+            await c.all_serving(other_than={0: pids[0]})
+            async with screen(port, 0) as (_, welcome):  # the new worker 0 accepts too
+                assert welcome.worker == 0
+            c.proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                assert await c.proc.wait() == 0
+        # no gateway runs: the connection is queued by the kernel, not refused
+        waiting = trio.socket.socket()
+        with waiting:
+            with trio.fail_after(5):
+                await waiting.connect(("127.0.0.1", port))
+            key = base64.b64encode(os.urandom(16)).decode()
+            await waiting.send(
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            async with cluster(tmp_path, listeners={"public": held}):
+                got = b""
+                with trio.fail_after(30):
+                    while b"welcome" not in got:
+                        chunk = await waiting.recv(65536)
+                        assert chunk, f"closed: {got!r}"
+                        got += chunk
+                assert got.startswith(b"HTTP/1.1 101 ")
 
 
 async def test_a_killed_parent_leaves_no_worker(tmp_path: Path) -> None:
