@@ -583,7 +583,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="the measured window")
     ap.add_argument("--warmup", type=float, default=10.0, help="steady: joining, unmeasured")
     ap.add_argument("--settle", type=float, default=3.0, help="after the fleet is seen")
-    ap.add_argument("--sample-every", type=int, default=10)
+    ap.add_argument(
+        "--sample-every",
+        type=int,
+        default=100,
+        help="one screen in N inflates and parses every frame (at 1 in 10, 2,000 screens "
+        "saturate the load generator's core with inflating: the ages then measure it)",
+    )
     ap.add_argument("--mqtt", action="store_true", help="fleet through mosquitto")
     ap.add_argument("--extra", default="", help="more gateway TOML (after [server])")
     ap.add_argument("--py-spy", default="", help="record a py-spy profile here")
