@@ -36,6 +36,7 @@ from .protocol import (
     batch_overhead,
     encode_batch,
     encode_state,
+    encode_topic,
 )
 from .rates import RateError, RateSteps
 from .state import Snapshot, StateStore, TopicState
@@ -503,13 +504,20 @@ class Hub:
             return frag
         frag = self._cache_old.get(key)
         if frag is None:
-            item = self.store.diff(topic, base)
-            if item is None:
+            st = self.store.get(topic)
+            if st is None:
                 return None
+            # the common answers straight from the state; the store decides the rest
+            raw = encode_topic(st, base)
+            if raw is None:
+                item = self.store.diff(topic, base)
+                if item is None:
+                    return None
+                raw = encode_state(item)
             # orjson (3.12+) hands back its output in a buffer of at least 4 KiB and
             # never shrinks it: a 150-byte delta kept in the cache would hold 4 KiB.
             # A copy is right-sized (measured: 4,097 -> 84 bytes of heap per fragment).
-            frag = bytes(memoryview(encode_state(item)))
+            frag = bytes(memoryview(raw))
         if self._cache_bytes > self.config.cache_bytes // 2:
             self._cache_old = self._cache
             self._cache = {}
