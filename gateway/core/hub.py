@@ -395,23 +395,33 @@ class Hub:
         frags: list[bytes] = []
         topics = list(group.pending)
         group.pending.clear()
-        for topic in topics:
-            sl.work += 1
+        get = store.get
+        states = self.tick_states
+        pos = 0
+        while pos < len(topics):
+            # at most the slice's room between two checks (one unit per topic)
             if sl.full:
                 yield sl.take()
-            st = store.get(topic)
-            if st is None:
-                continue
-            base = sent.get(topic)
-            if base == st.seq:
-                continue
-            frag = self.fragment(topic, base, st.seq)
-            if frag is None:
-                continue
-            items.append((topic, base))
-            frags.append(frag)
-            sent[topic] = st.seq
-            self.tick_states[topic] = st
+            room = sl.budget - sl.work
+            chunk = topics[pos : pos + room]
+            pos += room
+            sl.work += len(chunk)
+            for topic in chunk:
+                st = get(topic)
+                if st is None:
+                    continue
+                seq = st.seq
+                base = sent.get(topic)
+                if base == seq:
+                    continue
+                key = (topic, base, seq)
+                frag = self._cache.get(key) or self._encode(key, st, base)
+                if frag is None:
+                    continue
+                items.append((topic, base))
+                frags.append(frag)
+                sent[topic] = seq
+                states[topic] = st
         if not items:
             return
         no = group.tick_no = group.tick_no + 1
@@ -502,15 +512,22 @@ class Hub:
         frag = self._cache.get(key)
         if frag is not None:
             return frag
+        st = self.store.get(topic)
+        if st is None:
+            return None
+        return self._encode(key, st, base)
+
+    def _encode(
+        self, key: tuple[str, int | None, int], st: TopicState, base: int | None
+    ) -> bytes | None:
+        """:meth:`fragment` past the young cache: ``key`` is ``(st.topic, base,
+        st.seq)``."""
         frag = self._cache_old.get(key)
         if frag is None:
-            st = self.store.get(topic)
-            if st is None:
-                return None
             # the common answers straight from the state; the store decides the rest
             raw = encode_topic(st, base)
             if raw is None:
-                item = self.store.diff(topic, base)
+                item = self.store.diff(st.topic, base)
                 if item is None:
                     return None
                 raw = encode_state(item)
@@ -539,6 +556,8 @@ class Hub:
         """Batch fragments into frames of at most ``max_frame_bytes`` (unless one
         fragment alone is larger: it still goes, alone)."""
         limit = self.config.max_frame_bytes
+        if sum(map(len, frags)) + batch_overhead(len(frags)) <= limit:
+            return (encode_batch(frags),) if frags else ()
         frames: list[bytes] = []
         chunk: list[bytes] = []
         size = 0
