@@ -593,18 +593,21 @@ class Hub:
         self.personal = 0
         if sub.closed:
             return ()
-        if len(sub.subs) == 1 and not sub.resync:
+        subs = sub.subs
+        if len(subs) == 1 and not sub.resync:
             # fast path, the steady state of a big screen: one subscription with one
             # filter, one tick behind its group: hand out that tick's shared frames
-            (s,) = sub.subs.values()
-            if len(s.members) == 1:
-                m = s.members[0]
-                group = m.group
-                if m.joined and m.cursor == group.tick_no - 1:
-                    m.cursor = group.tick_no
-                    frames = group.ring[-1].frames
-                    self.stats.shared_frames += len(frames)
-                    return frames
+            for s in subs.values():
+                members = s.members
+                if len(members) == 1:
+                    m = members[0]
+                    group = m.group
+                    no = group.tick_no
+                    if m.cursor == no - 1 and m.joined:
+                        m.cursor = no
+                        frames = group.ring[-1].frames
+                        self.stats.shared_frames += len(frames)
+                        return frames
         personal: dict[str, int | None] = {}
         shared: list[bytes] = []
         store = self.store

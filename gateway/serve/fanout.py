@@ -101,6 +101,10 @@ class FanOut:
         #: the hub may hand them out (a group's join serves for a few ticks)
         self._join_z: dict[int, tuple[bytes, bytes]] = {}
         self._sse_events = FrameCache(FRAMED_BYTES)
+        #: the last shared frame framed (plain, compressed) and its bytes: the screens of
+        #: one group are pumped one after the other and are all handed the same frame
+        self._last: tuple[bytes, bytes] = (b"", b"")
+        self._last_z: tuple[bytes, bytes] = (b"", b"")
         self.sessions: set[StreamSession] = set()  # every registered stream
         self._by_sub: dict[int, StreamSession] = {}  # attached ones, by subscriber id
         #: set once shutdown began: new streams are closed at once (1012) and the
@@ -167,6 +171,9 @@ class FanOut:
         frame is framed (and compressed) once for every screen, whether it is handed
         out in its own tick or later to a screen catching up (the caches outlive a
         tick, bounded in bytes); one screen's own frame is not kept."""
+        last = self._last_z if compressed else self._last
+        if last[0] is frame:
+            return last[1]  # the common case: the frame the previous screen was given
         if compressed:
             entry = self._join_z.get(id(frame))
             if entry is not None and entry[0] is frame:
@@ -177,6 +184,11 @@ class FanOut:
             data = deflate_frame(frame) if compressed else text_frame_header(len(frame)) + frame
             if shared:
                 cache.put(frame, data)
+        if shared:
+            if compressed:
+                self._last_z = (frame, data)
+            else:
+                self._last = (frame, data)
         return data
 
     def sse_event(self, frame: bytes, shared: bool = True) -> bytes:
