@@ -18,7 +18,7 @@ from ..core.hub import Hub
 from ..core.state import StateStore
 from ..log import RateLimitedLog
 from ..memory import freeze_survivors
-from ..metrics import Metrics
+from ..metrics import Metrics, observe_many
 from .deflate import deflate_frame
 from .lifecycle import ADMITTED, LifecycleError
 from .session import StreamSession
@@ -289,11 +289,11 @@ class FanOut:
             sample = list(states.values())
             if len(sample) > LATENCY_SAMPLES:
                 sample = sample[:: -(-len(sample) // LATENCY_SAMPLES)]
-            device, ingest = m.device_to_send.observe, m.ingest_to_send.observe
-            for st in sample:
-                if st.device_ts is not None:
-                    device(max(0.0, wall - st.device_ts))
-                ingest(max(0.0, wall - st.changed_at))
+            observe_many(
+                m.device_to_send,
+                [max(0.0, wall - st.device_ts) for st in sample if st.device_ts is not None],
+            )
+            observe_many(m.ingest_to_send, [max(0.0, wall - st.changed_at) for st in sample])
         await trio.lowlevel.checkpoint()
 
     async def sweep_loop(self) -> None:
@@ -315,11 +315,9 @@ class FanOut:
                         session.close(dc.SLOW, f"slow subscriber: {why}")
                 await trio.lowlevel.checkpoint()
             if ages and self.metrics is not None:
-                observe = self.metrics.subscriber_data_age.observe
-                for i, age in enumerate(ages, 1):
-                    observe(age)
-                    if i % PUMP_BATCH == 0:
-                        await trio.lowlevel.checkpoint()
+                for i in range(0, len(ages), PUMP_BATCH * 10):
+                    observe_many(self.metrics.subscriber_data_age, ages[i : i + PUMP_BATCH * 10])
+                    await trio.lowlevel.checkpoint()
             for i, session in enumerate(list(self.sessions), 1):
                 try:
                     session.check_timers(now, wall)
