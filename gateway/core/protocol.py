@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Final, TypeAlias
 import orjson
 
 from .disconnect import DISCONNECTS
-from .state import Delta, JsonValue, Snapshot
+from .state import Delta, JsonValue, Snapshot, TopicState
 from .topics import MAX_TOPIC_BYTES, TopicError, validate_filter, validate_topic
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "encode_action",
     "encode_batch",
     "encode_state",
+    "encode_topic",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -505,6 +506,54 @@ def encode_state(item: Snapshot | Delta) -> bytes:
     if item.reason == "resync":
         snap["resync"] = True  # applies whatever seq the client holds
     return orjson.dumps(snap)
+
+
+def encode_topic(st: TopicState, base: int | None) -> bytes | None:
+    """The fragment :func:`encode_state` gives for ``store.diff(st.topic, base)``,
+    byte for byte, written from the topic's state without the intermediate
+    :class:`Snapshot`/:class:`Delta` (the hub's per-tick work: one per changed topic).
+
+    Only the two common answers are written here: a snapshot (``base`` None) and a
+    delta from a base inside the window (``floor <= base < seq``) that is not larger
+    than a snapshot. Every other case returns None and the caller asks the store,
+    which decides (and counts) why a snapshot goes instead (state.py)."""
+    if base is None:
+        return orjson.dumps(
+            {
+                "type": "snapshot",
+                "topic": st.topic,
+                "seq": st.seq,
+                "fields": st.fields,
+                "online": st.online,
+                "stale": st.stale,
+                "ts": st.device_ts,
+                "rx": st.changed_at,
+            }
+        )
+    if not st.floor <= base < st.seq:
+        return None
+    fields = st.fields
+    out: dict[str, Any] = {
+        "type": "delta",
+        "topic": st.topic,
+        "base": base,
+        "seq": st.seq,
+        "set": {k: fields[k] for k, v in st.versions.items() if v > base},
+    }
+    count = len(out["set"])
+    if st.tombstones:
+        unset = [k for k, v in st.tombstones.items() if v > base]
+        if unset:
+            count += len(unset)
+            out["unset"] = unset
+    if count > len(fields):
+        return None  # a snapshot is smaller: the store says so (and counts it)
+    out["ts"] = st.device_ts
+    out["rx"] = st.changed_at
+    if st.meta_seq > base:
+        out["online"] = st.online
+        out["stale"] = st.stale
+    return orjson.dumps(out)
 
 
 _BATCH_HEAD: Final = b'{"type":"batch","items":['

@@ -83,6 +83,9 @@ class UpdateMode(Enum):
     REPLACE = "replace"
 
 
+_REPLACE: Final = UpdateMode.REPLACE
+
+
 @dataclass(frozen=True, slots=True)
 class Deadband:
     """A numeric change is news only if ``|new - old| >= max(abs, rel * |old|)``."""
@@ -357,7 +360,7 @@ class StateStore:
         versions = st.versions
         tombstones = st.tombstones
         seq = st.seq + 1
-        bands = self.deadbands.lookup(topic)
+        bands = self.deadbands.lookup(topic) if self.deadbands.rules else None
         changed = removed = 0
         for name, value in values.items():
             if value is None:
@@ -380,7 +383,7 @@ class StateStore:
             if tombstones:
                 tombstones.pop(name, None)
             changed += 1
-        if mode is UpdateMode.REPLACE:
+        if mode is _REPLACE:
             for name in [n for n in fields if n not in values]:
                 self._remove(st, name, seq)
                 removed += 1

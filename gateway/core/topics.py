@@ -166,14 +166,24 @@ class SubscriptionIndex(Generic[K]):
     of subscriptions.
     """
 
-    __slots__ = ("_count", "_root")
+    __slots__ = ("_count", "_memo", "_results", "_root", "max_memo")
 
-    def __init__(self) -> None:
+    def __init__(self, max_memo: int = 200_000) -> None:
         self._root: _Node[K] = _Node()
         self._count = 0
+        #: topic -> its match, valid until the next add or remove that changes the
+        #: index (the hub routes every changed topic every tick, and the filters
+        #: change far less often); equal answers are one shared frozenset
+        self._memo: dict[str, frozenset[K]] = {}
+        self._results: dict[frozenset[K], frozenset[K]] = {}
+        self.max_memo = max_memo
 
     def __len__(self) -> int:
         return self._count
+
+    def _forget(self) -> None:
+        self._memo.clear()
+        self._results.clear()
 
     def add(self, topic_filter: str, key: K) -> None:
         node = self._root
@@ -189,6 +199,7 @@ class SubscriptionIndex(Generic[K]):
         if key not in bucket:
             bucket.add(key)
             self._count += 1
+            self._forget()
 
     def remove(self, topic_filter: str, key: K) -> bool:
         """Remove one (filter, key) pair; prune empty branches. False if absent."""
@@ -208,6 +219,7 @@ class SubscriptionIndex(Generic[K]):
             return False
         bucket.discard(key)
         self._count -= 1
+        self._forget()
         for parent, level in reversed(path):
             child = parent.children[level]
             if child.children or child.keys or child.hash_keys:
@@ -215,13 +227,21 @@ class SubscriptionIndex(Generic[K]):
             del parent.children[level]
         return True
 
-    def match(self, topic: str) -> set[K]:
+    def match(self, topic: str) -> frozenset[K]:
         """Every key whose filter matches ``topic`` (deduplicated)."""
+        found = self._memo.get(topic)
+        if found is not None:
+            return found
         out: set[K] = set()
         levels = topic.split("/")
         dollar = topic.startswith("$")
         self._walk(self._root, levels, 0, out, dollar)
-        return out
+        frozen = frozenset(out)
+        found = self._results.setdefault(frozen, frozen)
+        if len(self._memo) >= self.max_memo:
+            self._memo.clear()  # bounded; it refills from the topics that change
+        self._memo[topic] = found
+        return found
 
     def _walk(self, node: _Node[K], levels: list[str], i: int, out: set[K], dollar: bool) -> None:
         # '#' at this node matches the remainder, including zero more levels

@@ -191,18 +191,10 @@ class MqttIngest:
                     self.store.set_presence(topic, online, now)
                 return
             fields, device_ts, mode = decode_fields(payload, route, self.cfg.max_payload_bytes)
-            for v in fields.values():
-                t = type(v)
-                if t is dict or t is list:
-                    self._log.limited(
-                        "nested",
-                        "MQTT message on %r: a field holds a JSON object or array; it is stored "
-                        "and sent whole, but deadbands, the dashboard's tiles and charts use only "
-                        "numbers, strings and booleans (docs/operations.md, Payloads)",
-                        mqtt_topic[:200],
-                        level=logging.INFO,
-                    )
-                    break
+            # a nested value needs a '[' or a second '{' in the payload (the bytes are
+            # searched in C; the fields only when one is there)
+            if b"[" in payload or payload.count(b"{") > 1:
+                self._note_nested(fields, mqtt_topic)
             self.store.apply(topic, fields, now, device_ts=device_ts, mode=mode)
         except IngestError as err:
             stats.rejected[err.reason] += 1
@@ -214,3 +206,17 @@ class MqttIngest:
             self._log.limited(
                 f"reject:{err.reason}", "MQTT message on %r refused: %s", mqtt_topic[:200], err
             )
+
+    def _note_nested(self, fields: dict[str, object], mqtt_topic: str) -> None:
+        for v in fields.values():
+            t = type(v)
+            if t is dict or t is list:
+                self._log.limited(
+                    "nested",
+                    "MQTT message on %r: a field holds a JSON object or array; it is stored "
+                    "and sent whole, but deadbands, the dashboard's tiles and charts use only "
+                    "numbers, strings and booleans (docs/operations.md, Payloads)",
+                    mqtt_topic[:200],
+                    level=logging.INFO,
+                )
+                break

@@ -42,7 +42,7 @@ from .budget import ANSWER_OVERHEAD, PeerLimits
 from .deflate import BoundedDeflate, deflate_frame
 from .frameguard import FrameGuard
 from .insight import send_each
-from .lifecycle import CLOSING, DROPPED, LifecycleError
+from .lifecycle import CLOSING, DROPPED, OPEN, LifecycleError
 from .session import SessionContext, StreamSession
 from .sockio import Outbound, SendFailed, recv_some, text_frame_chunks, text_frame_header
 
@@ -178,10 +178,14 @@ class WsSession(StreamSession):
             self.limits.pong = None
 
     def pump(self, now: float | None = None) -> None:
-        """Hand this subscriber's due frames to the socket, if it can take them."""
-        self._answer_ping()
+        """Hand this subscriber's due frames to the socket, if it can take them.
+
+        Called for every woken screen on every tick (the fan-out's per-frame path)."""
+        if self.limits.pong is not None:
+            self._answer_ping()
         sub = self.sub
-        if sub is None or not self.life.open or self.out.queue or self.history_hold:
+        out = self.out
+        if sub is None or self.life.state is not OPEN or out.queue or self.history_hold:
             return
         ctx = self.ctx
         hub = ctx.hub
@@ -191,17 +195,18 @@ class WsSession(StreamSession):
             frames = hub.take(sub, now)
             if not frames:
                 return
-            ctx.stats.frames_sent += len(frames)
+            count = len(frames)
+            ctx.stats.frames_sent += count
             try:
                 mine = hub.personal  # the first frames are this screen's alone: not cached
                 if self.compressed:
-                    if len(frames) == 1:
-                        done = self.out.send_one(ctx.framed(frames[0], True, not mine))
+                    if count == 1:
+                        done = out.send_one(ctx.framed(frames[0], True, not mine))
                     else:
                         zs = [ctx.framed(f, True, i >= mine) for i, f in enumerate(frames)]
-                        done = self.out.send(zs)
-                elif len(frames) == 1 and len(frames[0]) <= _COPY_LIMIT:  # the fan-out fast path
-                    done = self.out.send_one(ctx.framed(frames[0], False, not mine))
+                        done = out.send(zs)
+                elif count == 1 and len(frames[0]) <= _COPY_LIMIT:  # the fan-out fast path
+                    done = out.send_one(ctx.framed(frames[0], False, not mine))
                 else:
                     # Large frames (join snapshots above all) go out as header + frame
                     # in one sendmsg: framing them by concatenation would hold a second

@@ -112,6 +112,21 @@ def test_index_agrees_with_brute_force(fs: list[str], topic: str) -> None:
             assert index.remove(f, i)
     assert index.match(topic) == {i for i, f in enumerate(fs) if i % 2 == 0 and matches(f, topic)}
     assert len(index) == len([i for i in range(len(fs)) if i % 2 == 0])
+    # an answer remembered for a topic does not outlive a change of the filters
+    for i, f in enumerate(fs):
+        if i % 2:
+            index.add(f, i)
+            held = {j for j in range(len(fs)) if j % 2 == 0 or j <= i}
+            assert index.match(topic) == {j for j in held if matches(fs[j], topic)}
+
+
+def test_index_memo_is_bounded() -> None:
+    index: SubscriptionIndex[str] = SubscriptionIndex(max_memo=3)
+    index.add("a/+", "k")
+    for n in range(10):
+        assert index.match(f"a/{n}") == {"k"}
+        assert len(index._memo) <= 3
+    assert index.match("b/1") == set()
 
 
 def test_index_prunes_and_reports_absent_removals() -> None:
