@@ -335,8 +335,9 @@ class Connections:
                 answer, deflate = negotiated
                 headers.append((b"sec-websocket-extensions", answer))
         session = WsSession(self.session_ctx, sock, out, ip, identity, trailing, deflate)
-        # What the kernel does not take of the 101 stays queued: the session's first
-        # write drains it, so the stream is registered (shutdown sees it) at once.
-        out.send([response_101(headers)])
+        # the 101 goes out with the session's first write (the welcome, or a close
+        # decided before it), in one sendmsg; the stream is registered (shutdown sees
+        # it) at once
+        session.opener = response_101(headers)
         self.fanout.register(session)
         return session

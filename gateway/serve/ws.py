@@ -157,11 +157,15 @@ class WsSession(StreamSession):
     def _send_control(self, msg: Welcome | Ack | Error | AppPong) -> None:
         if not self.life.open:
             raise LifecycleError(f"'{msg.type}' on a stream that is not open")
-        data = encode(msg)
-        if not self.limits.admit_answer(self.out, len(data) + ANSWER_OVERHEAD):
+        if isinstance(msg, Welcome):  # the same for all but its time (welcome.py)
+            frame = self.ctx.welcome_frames.frame(msg, self.compressed)
+        else:
+            data = encode(msg)
+            frame = deflate_frame(data) if self.compressed else text_frame_header(len(data)) + data
+        if not self.limits.admit_answer(self.out, len(frame) + ANSWER_OVERHEAD):
             self.close(dc.UNREAD)  # the peer does not read its answers (budget.py)
             return
-        self._write_text(data)
+        self._write([frame])
 
     def _write_text(self, data: bytes) -> None:
         """One text frame, deflated when the peer took compression (docs/protocol.md)."""
