@@ -67,12 +67,16 @@ async def _first_request(sock: socket.socket) -> tuple[Head | None, h11.Connecti
     if the client closed), for h11 to answer as it does any request."""
     buf = bytearray()
     searched = 0
-    while True:
+    try:  # in a reconnect storm the request waited in the backlog: no wait for it
+        data = sock.recv(65536)
+    except (BlockingIOError, InterruptedError):
         data = await recv_some(sock)
+    while True:
         buf += data
         found = scan(buf, searched) if data else None
         if found is MORE:
             searched = len(buf)
+            data = await recv_some(sock)
             continue
         if isinstance(found, Head):
             return found, None
