@@ -1,4 +1,4 @@
-"""The welcome as a WebSocket text frame, from pieces cached per gateway.
+"""Control messages as WebSocket text frames; the welcome from pieces cached per gateway.
 
 Every screen's welcome is the same but for ``server_time``, and in a reconnect storm
 thousands go out within a second: encoding and deflating each was a large part of
@@ -25,11 +25,11 @@ import zlib
 
 import orjson
 
-from ..core.protocol import Welcome, encode
-from .deflate import LEVEL, MIN_BYTES
+from ..core.protocol import Ack, Error, Pong, Welcome, encode
+from .deflate import LEVEL, MIN_BYTES, deflate_frame
 from .sockio import text_frame_header
 
-__all__ = ["WelcomeFrames"]
+__all__ = ["WelcomeFrames", "control_frame"]
 
 #: a time no clock returns: where the real one goes in the cached JSON
 _MARK_TIME = 1.2345678901234567e-300
@@ -76,3 +76,14 @@ class WelcomeFrames:
             return text_frame_header(size) + before + time + after
         data = z_before + _stored(time) + z_after
         return text_frame_header(len(data), compressed=True) + data
+
+
+def control_frame(
+    msg: Welcome | Ack | Error | Pong, compressed: bool, welcomes: WelcomeFrames
+) -> bytes:
+    """A control message as one text frame (deflated when ``compressed``, and at least
+    ``MIN_BYTES``); a welcome from ``welcomes``' pieces."""
+    if isinstance(msg, Welcome):
+        return welcomes.frame(msg, compressed)
+    data = encode(msg)
+    return deflate_frame(data) if compressed else text_frame_header(len(data)) + data
