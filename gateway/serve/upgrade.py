@@ -29,11 +29,12 @@ from .http import MAX_HEADER_BYTES, Request
 
 __all__ = ["MORE", "Head", "response_101", "scan"]
 
-_REQUEST_LINE = re.compile(rb"GET (/ws(?:\?[\x21-\x7e]*)?) HTTP/1\.1")
+_REQUEST_LINE = re.compile(rb"GET (/ws(?:\?[\x21-\x7e]*)?) HTTP/1\.1\r\n")
 #: h11's header line, narrowed: visible ASCII only (no obs-text, no control bytes)
-_HEADER_LINE = re.compile(
-    rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*((?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?)[ \t]*"
-)
+_LINE = rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*((?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?)[ \t]*\r\n"
+_HEADER_LINE = re.compile(_LINE)
+#: every line of a head at once (atomic: a bad line never backtracks into the others)
+_HEADER_LINES = re.compile(rb"(?>" + _LINE + rb")*")
 _STARTS = (b"GET /ws ", b"GET /ws?")
 _BODY_HEADERS = (b"content-length", b"transfer-encoding")
 
@@ -73,25 +74,24 @@ def scan(buf: bytes | bytearray, searched: int = 0) -> Head | _More | None:
 
 
 def _parse(raw: bytes, trailing: bytes) -> Head | None:
-    lines = raw[:-4].split(b"\r\n")
-    first = _REQUEST_LINE.fullmatch(lines[0])
+    first = _REQUEST_LINE.match(raw)
     if first is None:
         return None
-    headers: list[tuple[bytes, bytes]] = []
+    block = raw[first.end() : -2]  # the header lines, each with its CRLF
+    if _HEADER_LINES.fullmatch(block) is None:
+        return None
+    headers = [(name.lower(), value) for name, value in _HEADER_LINE.findall(block)]
     hosts = 0
-    for line in lines[1:]:
-        m = _HEADER_LINE.fullmatch(line)
-        if m is None:
-            return None
-        name = m[1].lower()
+    for name, _ in headers:
         if name in _BODY_HEADERS:
             return None
         hosts += name == b"host"
-        headers.append((name, m[2]))
     if hosts != 1:
         return None
     target = first[1]
     _, _, raw_query = target.partition(b"?")
+    if not raw_query:
+        return Head(Request("GET", target, "/ws", {}, headers), raw, trailing)
     try:
         query = {
             k: v[0]
