@@ -219,6 +219,28 @@ class StreamSession:
             self._start_drain()
         return done
 
+    def _receive(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _receive_corked(self, data: bytes) -> None:
+        """:meth:`_receive` with what it writes (answers, the frames they release)
+        collected and written in one go: one syscall, not one per message."""
+        self.out.cork()
+        try:
+            self._receive(data)
+        finally:
+            state = self.life.state
+            if state is OPEN or state is CLOSING:
+                try:
+                    done = self.out.uncork()
+                except SendFailed as err:
+                    self._send_failed(err)
+                else:
+                    if not done:
+                        self._start_drain()
+            else:
+                self.out.corked = None  # dropped: nothing more goes out
+
     def _send_failed(self, err: SendFailed) -> None:
         self.ctx.stats.send_failure(err.reason)
         self.abort("client_gone" if err.reason == "peer_gone" else "error")

@@ -139,7 +139,7 @@ class WsSession(StreamSession):
                 return
             self.last_rx = self.ctx.clock.mono()
             self.ping_sent_at = None
-            self._receive(data)
+            self._receive_corked(data)
 
     def _send_close(self, why: Disconnect, text: str | None) -> None:
         """A close frame, and ``close_timeout_s`` for the peer to answer."""
