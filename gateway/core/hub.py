@@ -269,7 +269,10 @@ class Hub:
             if len(msg.topics) > room:
                 sub.positions.clear()  # bounded: the oldest positions yield snapshots
             # seq 0 holds nothing: that topic's answer is a snapshot, not a delta from 0
-            sub.positions.update((t, seq) for t, seq in msg.topics.items() if seq)
+            if 0 in msg.topics.values():
+                sub.positions.update((t, seq) for t, seq in msg.topics.items() if seq)
+            else:  # the usual resume: copied at C speed
+                sub.positions.update(msg.topics)
         joined = [m for s in sub.subs.values() for m in s.members if m.joined]
         if joined:
             for topic, seq in msg.topics.items():

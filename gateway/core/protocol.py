@@ -215,7 +215,11 @@ class Resume:
         topics = obj.get("topics")
         if type(topics) is not dict or len(topics) > limits.max_resume_topics:
             raise _bad(f"'topics' must be an object of at most {limits.max_resume_topics} topics")
-        for topic, seq in topics.items():
+        if _plain_topics(topics, limits.max_topic_bytes):  # all at once: a resume storm
+            if not all(type(seq) is int and seq >= 0 for seq in topics.values()):
+                raise _bad("each topic's seq must be an integer >= 0")
+            return cls(epoch, topics)
+        for topic, seq in topics.items():  # one by one: the first error, as it comes
             try:
                 validate_topic(topic, limits.max_topic_bytes)
             except TopicError as err:
@@ -223,6 +227,21 @@ class Resume:
             if type(seq) is not int or seq < 0:
                 raise _bad("each topic's seq must be an integer >= 0")
         return cls(epoch, topics)
+
+
+def _plain_topics(topics: dict[str, Any], max_bytes: int) -> bool:
+    """True if every key is a valid topic name, checked at once for them all (False:
+    maybe not; :func:`validate_topic` says which rule one of them breaks)."""
+    if "" in topics:
+        return False
+    joined = "/".join(topics)  # '/' adds none of the characters looked for
+    if "+" in joined or "#" in joined or "\x00" in joined:
+        return False
+    try:
+        joined.encode("utf-8")  # a lone surrogate
+    except UnicodeEncodeError:
+        return False
+    return max(map(len, topics), default=0) * 4 <= max_bytes  # 4 bytes a character at most
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,15 +13,13 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import h11
 import trio
 
 from ..auth import Authenticator, AuthError, Identity, extract_token
 from ..clock import Clock
 from ..config import ServerConfig
 from ..log import RateLimitedLog
-from .http import HttpError, Request, try_respond
-from .sockio import Outbound
+from .http import HttpError, Request
 from .stats import ServerStats
 
 __all__ = ["BACKLOG", "Admission", "accept_loop", "bind", "forwarded_for", "listen"]
@@ -213,28 +211,28 @@ class Admission:
 
     async def admit(
         self,
-        out: Outbound,
-        conn: h11.Connection,
+        refuse: Callable[[int, str], Awaitable[None]],
         req: Request,
         ip: str,
         what: str,
         prepare: Callable[[Identity | None], _T],
     ) -> _T | None:
         """The checks every stream passes before it opens (Origin, then the token and
-        the endpoint's own, in ``prepare``); each refusal answered and counted."""
+        the endpoint's own, in ``prepare``); each refusal answered (``refuse``: status,
+        message) and counted."""
         stats = self.stats
         if not self.origin_allowed(req):
             stats.handshake_rejected["origin"] += 1
             self.log.limited("origin", "refused %s from %s: Origin not allowed", what, ip)
-            await try_respond(out, conn, 403, "Origin not allowed")
+            await refuse(403, "Origin not allowed")
             return None
         try:
             return prepare(self.identity(req))
         except AuthError as err:
             stats.auth_failures[err.reason] += 1
             stats.handshake_rejected["auth"] += 1
-            await try_respond(out, conn, 401, err.message)
+            await refuse(401, err.message)
         except HttpError as err:
             stats.handshake_rejected[err.reason] += 1
-            await try_respond(out, conn, err.status, err.message)
+            await refuse(err.status, err.message)
         return None

@@ -33,9 +33,10 @@ from .http import (
 )
 from .routes import Routes
 from .session import SessionContext
-from .sockio import Outbound, SendFailed, close_socket
+from .sockio import Outbound, SendFailed, close_socket, recv_some
 from .sse import SseRequest, SseSession, parse_sse_request
 from .stats import ServerStats
+from .upgrade import MORE, Head, response_101, scan
 from .ws import WsSession
 
 __all__ = ["SUBPROTOCOLS", "Connections"]
@@ -58,6 +59,41 @@ def strict_upgrade(req: Request) -> tuple[int, str] | None:
     if req.has_body:
         return 400, "a WebSocket upgrade has no body"
     return None
+
+
+async def _first_request(sock: socket.socket) -> tuple[Head | None, h11.Connection | None]:
+    """A public connection's first bytes: a ``GET /ws`` the fast path takes (upgrade.py),
+    or an h11 connection holding every byte read so far (and the end of the stream,
+    if the client closed), for h11 to answer as it does any request."""
+    buf = bytearray()
+    searched = 0
+    try:  # in a reconnect storm the request waited in the backlog: no wait for it
+        data = sock.recv(65536)
+    except (BlockingIOError, InterruptedError):
+        data = await recv_some(sock)
+    while True:
+        buf += data
+        found = scan(buf, searched) if data else None
+        if found is MORE:
+            searched = len(buf)
+            data = await recv_some(sock)
+            continue
+        if isinstance(found, Head):
+            return found, None
+        conn = new_connection()
+        conn.receive_data(bytes(buf))
+        if not data:
+            conn.receive_data(b"")
+        return None, conn
+
+
+def _answering(head: Head | None) -> h11.Connection:
+    """An h11 connection that has read ``head`` and may answer it (a refusal)."""
+    assert head is not None
+    conn = new_connection()
+    conn.receive_data(head.raw)
+    conn.next_event()  # the request: upgrade.py takes only what h11 accepts
+    return conn
 
 
 class Connections:
@@ -124,27 +160,48 @@ class Connections:
                     if not proxied:  # behind a trusted proxy: the client's, once known
                         per_ip_key = ip
                         admission.hold_ip(ip)
-                conn = new_connection()
-                cap = sc.max_requests_per_connection
-                for n in range(1, cap + 1):  # keep-alive; the idle wait: handshake_timeout_s
-                    body = b""  # a POST's (walls.py), up to MAX_BODY_BYTES
-                    with trio.move_on_after(sc.handshake_timeout_s) as deadline:
+                # the first request's deadline, whichever parser reads it (then the
+                # idle wait of each later one)
+                first_by = trio.current_time() + sc.handshake_timeout_s
+                conn: h11.Connection | None = None  # h11's, for any request not fast
+                head: Head | None = None  # a `GET /ws` taken by the fast path (upgrade.py)
+                if public:
+                    with trio.move_on_at(first_by) as deadline:
                         try:
-                            req = await read_request(sock, conn)
-                            if req is not None and not (public and req.path in ("/ws", "/sse")):
-                                # h11 resets only then
-                                body = await finish_request(sock, conn, req.method == "POST")
-                        except HttpError as err:
-                            self.stats.handshake_rejected[err.reason] += 1
-                            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                                await try_respond(out, conn, err.status, err.message)
-                            return
+                            head, conn = await _first_request(sock)
                         except OSError:
                             return
                     if deadline.cancelled_caught:
-                        if n == 1:  # an idle keep-alive connection is not a refusal
-                            self.stats.handshake_rejected["timeout"] += 1
+                        self.stats.handshake_rejected["timeout"] += 1
                         return
+                else:
+                    conn = new_connection()
+                cap = sc.max_requests_per_connection
+                for n in range(1, cap + 1):  # keep-alive; the idle wait: handshake_timeout_s
+                    body = b""  # a POST's (walls.py), up to MAX_BODY_BYTES
+                    if head is not None:
+                        req: Request | None = head.request
+                    else:
+                        assert conn is not None
+                        if n > 1:
+                            first_by = trio.current_time() + sc.handshake_timeout_s
+                        with trio.move_on_at(first_by) as deadline:
+                            try:
+                                req = await read_request(sock, conn)
+                                if req is not None and not (public and req.path in ("/ws", "/sse")):
+                                    # h11 resets only then
+                                    body = await finish_request(sock, conn, req.method == "POST")
+                            except HttpError as err:
+                                self.stats.handshake_rejected[err.reason] += 1
+                                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                                    await try_respond(out, conn, err.status, err.message)
+                                return
+                            except OSError:
+                                return
+                        if deadline.cancelled_caught:
+                            if n == 1:  # an idle keep-alive connection is not a refusal
+                                self.stats.handshake_rejected["timeout"] += 1
+                            return
                     if req is None:
                         return
                     if proxied and per_ip_key is None:
@@ -153,21 +210,23 @@ class Connections:
                         )
                         if admission.per_ip_full(ip):
                             self.stats.handshake_rejected["limit_per_ip"] += 1
+                            conn = conn or _answering(head)  # only a refusal needs h11
                             await try_respond(out, conn, 503, "connection limit (per_ip) reached")
                             return
                         per_ip_key = ip
                         admission.hold_ip(ip)
                     if public and req.path == "/ws":
-                        session = await self._upgrade(sock, out, conn, req, ip)
+                        session = await self._upgrade(sock, out, conn, head, req, ip)
                         # registered (or refused) with no checkpoint since: shutdown
                         # cancels it here until now, and closes it gracefully from now on
                         self._http_scopes.discard(scope)
                         # the HTTP state is done with: an idle connection must not
                         # keep the parser's buffers and the request headers alive
-                        del conn, req
+                        del conn, req, head
                         if session is not None:
                             await session.run()
                         return
+                    assert conn is not None  # only a `GET /ws` is read without h11
                     if public and req.path == "/sse":
                         stream = await self._event_stream(sock, out, conn, req, ip)
                         self._http_scopes.discard(scope)  # as for /ws
@@ -221,7 +280,10 @@ class Connections:
                     raise HttpError(400, f"bad rate: {err}", "bad_request") from None
             return identity, sse
 
-        admitted = await self.admission.admit(out, conn, req, ip, "event stream", prepare)
+        async def refuse(status: int, message: str) -> None:
+            await try_respond(out, conn, status, message)
+
+        admitted = await self.admission.admit(refuse, req, ip, "event stream", prepare)
         if admitted is None:
             return None
         identity, sse_req = admitted
@@ -233,27 +295,38 @@ class Connections:
         self,
         sock: socket.socket,
         out: Outbound,
-        conn: h11.Connection,
+        conn: h11.Connection | None,
+        head: Head | None,
         req: Request,
         ip: str,
     ) -> WsSession | None:
+        """``/ws``: read by h11 (``conn``) or by the fast path (``head``)."""
+
+        async def refuse(status: int, message: str, head_only: bool = False) -> None:
+            await try_respond(out, conn or _answering(head), status, message, head_only)
+
         if not req.wants_websocket:
             self.stats.handshake_rejected["not_websocket"] += 1
-            await try_respond(out, conn, 426, "this endpoint speaks WebSocket only")
+            await refuse(426, "this endpoint speaks WebSocket only")
             return None
         refusal = strict_upgrade(req)
         if refusal is not None:
             self.stats.handshake_rejected["bad_upgrade"] += 1
-            await try_respond(out, conn, *refusal, head_only=req.method == "HEAD")
+            await refuse(*refusal, head_only=req.method == "HEAD")
             return None
-        # no body (checked): the end of the request is in h11's buffer already
-        with trio.move_on_after(self.cfg.server.handshake_timeout_s):
-            try:
-                await finish_request(sock, conn)
-            except (HttpError, OSError):
-                return None
+        if conn is not None:
+            # no body (checked): the end of the request is in h11's buffer already
+            with trio.move_on_after(self.cfg.server.handshake_timeout_s):
+                try:
+                    await finish_request(sock, conn)
+                except (HttpError, OSError):
+                    return None
+            trailing = bytes(conn.trailing_data[0])
+        else:
+            assert head is not None
+            trailing = head.trailing
         admitted = await self.admission.admit(
-            out, conn, req, ip, "WebSocket", lambda i: (i, websocket_accept(req, SUBPROTOCOLS))
+            refuse, req, ip, "WebSocket", lambda i: (i, websocket_accept(req, SUBPROTOCOLS))
         )
         if admitted is None:
             return None
@@ -265,11 +338,10 @@ class Connections:
             if negotiated is not None:
                 answer, deflate = negotiated
                 headers.append((b"sec-websocket-extensions", answer))
-        data = conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
-        trailing, _closed = conn.trailing_data
-        session = WsSession(self.session_ctx, sock, out, ip, identity, bytes(trailing), deflate)
-        # What the kernel does not take of the 101 stays queued: the session's first
-        # write drains it, so the stream is registered (shutdown sees it) at once.
-        out.send([data])
+        session = WsSession(self.session_ctx, sock, out, ip, identity, trailing, deflate)
+        # the 101 goes out with the session's first write (the welcome, or a close
+        # decided before it), in one sendmsg; the stream is registered (shutdown sees
+        # it) at once
+        session.opener = response_101(headers)
         self.fanout.register(session)
         return session

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
@@ -26,6 +26,7 @@ from .insight import Insight
 from .lifecycle import ADMITTED, CLOSING, DONE, DROPPED, OPEN, Lifecycle, LifecycleError
 from .sockio import Outbound, SendFailed
 from .stats import ServerStats
+from .welcome import WelcomeFrames
 
 __all__ = ["SessionContext", "StreamSession", "WallHook"]
 
@@ -67,6 +68,8 @@ class SessionContext:
     walls: WallHook | None = None
     #: the worker process serving this session (``welcome.worker``), with --workers N
     worker: int | None = None
+    #: the welcome's cached pieces (welcome.py)
+    welcome_frames: WelcomeFrames = field(default_factory=WelcomeFrames)
 
     def welcome(self, auth_required: bool) -> Welcome:
         """The first message of every session, WebSocket or SSE."""
@@ -94,6 +97,7 @@ class StreamSession:
         "ctx",
         "ip",
         "life",
+        "opener",
         "out",
         "sock",
         "sub",
@@ -112,6 +116,9 @@ class StreamSession:
         self._drain_done = trio.Event()
         self._nursery: trio.Nursery | None = None  # run()'s, for the drain task
         self._read_scope = trio.CancelScope()
+        #: bytes that go out in front of the stream's first write (the 101: one
+        #: write for the 101 and the welcome)
+        self.opener = b""
 
     @property
     def closing(self) -> bool:
@@ -200,6 +207,9 @@ class StreamSession:
             if state is ADMITTED:
                 raise LifecycleError("a stream writes nothing before it is open")
             return False
+        if self.opener:
+            chunks = [self.opener, *chunks]
+            self.opener = b""
         try:
             done = self.out.send(chunks)
         except SendFailed as err:
@@ -208,6 +218,28 @@ class StreamSession:
         if not done:
             self._start_drain()
         return done
+
+    def _receive(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _receive_corked(self, data: bytes) -> None:
+        """:meth:`_receive` with what it writes (answers, the frames they release)
+        collected and written in one go: one syscall, not one per message."""
+        self.out.cork()
+        try:
+            self._receive(data)
+        finally:
+            state = self.life.state
+            if state is OPEN or state is CLOSING:
+                try:
+                    done = self.out.uncork()
+                except SendFailed as err:
+                    self._send_failed(err)
+                else:
+                    if not done:
+                        self._start_drain()
+            else:
+                self.out.corked = None  # dropped: nothing more goes out
 
     def _send_failed(self, err: SendFailed) -> None:
         self.ctx.stats.send_failure(err.reason)

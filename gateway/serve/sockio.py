@@ -79,7 +79,7 @@ class ByteCounter(Protocol):
 class Outbound:
     """The ordered bytes still to write to one socket."""
 
-    __slots__ = ("counter", "queue", "queued_bytes", "sock")
+    __slots__ = ("corked", "counter", "queue", "queued_bytes", "sock")
 
     def __init__(self, sock: socket.socket, counter: ByteCounter) -> None:
         self.sock = sock
@@ -88,6 +88,8 @@ class Outbound:
         # queue is a list (pops from the front happen only while a socket is full)
         self.queue: list[memoryview | bytes] = []
         self.queued_bytes = 0
+        #: while not None, what is sent is collected here, for one sendmsg (uncork)
+        self.corked: list[bytes] | None = None
 
     @property
     def idle(self) -> bool:
@@ -95,6 +97,9 @@ class Outbound:
 
     def send_one(self, data: bytes) -> bool:
         """:meth:`send` for one buffer: the fan-out fast path (one ``send`` call)."""
+        if self.corked is not None:
+            self.corked.append(data)
+            return True
         if self.queue:
             self.queue.append(data)
             self.queued_bytes += len(data)
@@ -116,6 +121,9 @@ class Outbound:
 
         Raises :class:`SendFailed` if the peer is gone.
         """
+        if self.corked is not None:
+            self.corked += chunks
+            return True
         if self.queue:
             self.queue.extend(chunks)
             self.queued_bytes += sum(len(c) for c in chunks)
@@ -126,6 +134,16 @@ class Outbound:
             return True
         self._queue_rest(chunks, sent)
         return False
+
+    def cork(self) -> None:
+        """Collect what is sent from now on, and write it in one go at :meth:`uncork`
+        (the answers to the messages of one read, and the frames they release)."""
+        self.corked = []
+
+    def uncork(self) -> bool:
+        """Write what was collected (as :meth:`send`); True if all went out."""
+        chunks, self.corked = self.corked, None
+        return self.send(chunks) if chunks else not self.queue
 
     def _sendmsg(self, chunks: Sequence[bytes | memoryview]) -> int:
         sent = 0

@@ -13,7 +13,7 @@ Rules:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import socket
 
 import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -34,21 +34,18 @@ from ..core.protocol import (
     Subscribe,
     Unsubscribe,
     Welcome,
-    encode,
 )  # fmt: skip
 from ..core.protocol import Ping as AppPing
 from ..core.protocol import Pong as AppPong
 from .budget import ANSWER_OVERHEAD, PeerLimits
 from .deflate import BoundedDeflate, deflate_frame
 from .frameguard import FrameGuard
+from .inbound import text_frames
 from .insight import send_each
 from .lifecycle import CLOSING, DROPPED, OPEN, LifecycleError
 from .session import SessionContext, StreamSession
 from .sockio import Outbound, SendFailed, recv_some, text_frame_chunks, text_frame_header
-
-if TYPE_CHECKING:
-    import socket
-
+from .welcome import control_frame
 
 __all__ = ["WsSession"]
 
@@ -59,7 +56,7 @@ _COPY_LIMIT = 16 * 1024
 
 class WsSession(StreamSession):
     __slots__ = (
-        "_parts", "_size", "_trailing", "compressed", "errors", "guard", "history_hold",
+        "_parts", "_size", "_trailing", "compressed", "errors", "fast_in", "guard", "history_hold",
         "identity", "last_rx", "limits", "opened_at", "partial_since", "ping_sent_at", "ws",
     )  # fmt: skip
 
@@ -81,6 +78,7 @@ class WsSession(StreamSession):
         self.guard = FrameGuard(ctx.cfg.max_message_bytes)
         extensions: list[Extension] = [self.guard, deflate] if deflate else [self.guard]
         self.ws = Connection(ConnectionType.SERVER, extensions=extensions)
+        self.fast_in = True  # nothing went to wsproto yet (inbound.py)
         self.partial_since: float | None = None  # a message begun and not finished
         self.compressed = deflate is not None
         now = ctx.clock.mono()
@@ -141,7 +139,7 @@ class WsSession(StreamSession):
                 return
             self.last_rx = self.ctx.clock.mono()
             self.ping_sent_at = None
-            self._receive(data)
+            self._receive_corked(data)
 
     def _send_close(self, why: Disconnect, text: str | None) -> None:
         """A close frame, and ``close_timeout_s`` for the peer to answer."""
@@ -157,11 +155,11 @@ class WsSession(StreamSession):
     def _send_control(self, msg: Welcome | Ack | Error | AppPong) -> None:
         if not self.life.open:
             raise LifecycleError(f"'{msg.type}' on a stream that is not open")
-        data = encode(msg)
-        if not self.limits.admit_answer(self.out, len(data) + ANSWER_OVERHEAD):
+        frame = control_frame(msg, self.compressed, self.ctx.welcome_frames)
+        if not self.limits.admit_answer(self.out, len(frame) + ANSWER_OVERHEAD):
             self.close(dc.UNREAD)  # the peer does not read its answers (budget.py)
             return
-        self._write_text(data)
+        self._write([frame])
 
     def _write_text(self, data: bytes) -> None:
         """One text frame, deflated when the peer took compression (docs/protocol.md)."""
@@ -225,11 +223,16 @@ class WsSession(StreamSession):
     # -- reading ---------------------------------------------------------------------
 
     def _receive(self, data: bytes) -> None:
-        self.ws.receive_data(data)
-        for event in self.ws.events():
-            self._on_event(event)
-            if self._finished():
-                return
+        if self.fast_in:  # whole masked text frames, until anything else (inbound.py)
+            limit = self.ctx.cfg.max_message_bytes
+            data = text_frames(data, limit, self._on_message, lambda: self.closing)
+            self.fast_in = not data
+        if data:
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                self._on_event(event)
+                if self._finished():
+                    return
         self._answer_ping()
         if self.guard.in_frame or self._parts:
             if self.partial_since is None:
