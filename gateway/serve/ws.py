@@ -176,9 +176,7 @@ class WsSession(StreamSession):
             self.limits.pong = None
 
     def pump(self, now: float | None = None) -> None:
-        """Hand this subscriber's due frames to the socket, if it can take them.
-
-        Called for every woken screen on every tick (the fan-out's per-frame path)."""
+        """Hand this subscriber's due frames to the socket (the per-frame path)."""
         if self.limits.pong is not None:
             self._answer_ping()
         sub = self.sub

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.core.hub import Hub, HubConfig
+from gateway.core.hub import FRAGMENT_STEP, Hub, HubConfig
 from gateway.core.mirror import Mirror
 from gateway.core.protocol import (
     Ack,
@@ -156,7 +156,7 @@ def test_with_a_clock_a_slice_also_ends_when_its_time_is_spent() -> None:
     now = [0.0]
 
     def clock() -> float:
-        now[0] += 0.0001  # every look at the clock: 0.1 ms of work
+        now[0] += 0.001  # every look at the clock: 1 ms of work (two per 2 ms slice)
         return now[0]
 
     results = []
@@ -175,7 +175,8 @@ def test_with_a_clock_a_slice_also_ends_when_its_time_is_spent() -> None:
         results.append(len(batches))
     by_count, by_time = results
     assert by_count <= 3000 * 2 // 1000 + 2  # routing and fragments: ~6 slices of 1,000
-    assert by_time >= 3000 // 20 - 5  # ~20 fragments fit in 2 ms here (routing: 256 a look)
+    # a group's tick looks at the clock every FRAGMENT_STEP topics: two looks a slice
+    assert by_time >= 3000 // (2 * FRAGMENT_STEP)
 
 
 def test_a_tick_cannot_start_while_one_is_suspended() -> None:
