@@ -191,8 +191,7 @@ class WsSession(StreamSession):
             frames = hub.take(sub, now)
             if not frames:
                 return
-            count = len(frames)
-            ctx.stats.frames_sent += count
+            ctx.stats.frames_sent += (count := len(frames))
             try:
                 mine = hub.personal  # the first frames are this screen's alone: not cached
                 if self.compressed:
