@@ -61,30 +61,35 @@ def strict_upgrade(req: Request) -> tuple[int, str] | None:
     return None
 
 
-async def _first_request(sock: socket.socket) -> tuple[Head | None, h11.Connection | None]:
-    """A public connection's first bytes: a ``GET /ws`` the fast path takes (upgrade.py),
-    or an h11 connection holding every byte read so far (and the end of the stream,
-    if the client closed), for h11 to answer as it does any request."""
-    buf = bytearray()
-    searched = 0
-    try:  # in a reconnect storm the request waited in the backlog: no wait for it
-        data = sock.recv(65536)
-    except (BlockingIOError, InterruptedError):
-        data = await recv_some(sock)
+def _taken(
+    buf: bytearray, data: bytes, searched: int
+) -> tuple[Head | None, h11.Connection | None] | None:
+    """What a public connection's first bytes make, ``data`` added to ``buf``: a
+    ``GET /ws`` the fast path takes (upgrade.py), or an h11 connection holding every
+    byte read so far (and the end of the stream, if the client closed: ``data`` is
+    empty), for h11 to answer as it does any request; None: read more."""
+    buf += data
+    found = scan(buf, searched) if data else None
+    if found is MORE:
+        return None
+    if isinstance(found, Head):
+        return found, None
+    conn = new_connection()
+    conn.receive_data(bytes(buf))
+    if not data:
+        conn.receive_data(b"")
+    return None, conn
+
+
+async def _first_request(
+    sock: socket.socket, buf: bytearray
+) -> tuple[Head | None, h11.Connection | None]:
+    """:func:`_taken` once enough has been read (``buf``: what was read already)."""
     while True:
-        buf += data
-        found = scan(buf, searched) if data else None
-        if found is MORE:
-            searched = len(buf)
-            data = await recv_some(sock)
-            continue
-        if isinstance(found, Head):
-            return found, None
-        conn = new_connection()
-        conn.receive_data(bytes(buf))
-        if not data:
-            conn.receive_data(b"")
-        return None, conn
+        searched = len(buf)
+        got = _taken(buf, await recv_some(sock), searched)
+        if got is not None:
+            return got
 
 
 def _answering(head: Head | None) -> h11.Connection:
@@ -166,14 +171,24 @@ class Connections:
                 conn: h11.Connection | None = None  # h11's, for any request not fast
                 head: Head | None = None  # a `GET /ws` taken by the fast path (upgrade.py)
                 if public:
-                    with trio.move_on_at(first_by) as deadline:
-                        try:
-                            head, conn = await _first_request(sock)
-                        except OSError:
-                            return
-                    if deadline.cancelled_caught:
-                        self.stats.handshake_rejected["timeout"] += 1
+                    buf = bytearray()
+                    try:  # in a reconnect storm the request waited in the backlog: no wait,
+                        got = _taken(buf, sock.recv(65536), 0)  # and no deadline to set
+                    except (BlockingIOError, InterruptedError):
+                        got = None
+                    except OSError:
                         return
+                    if got is None:
+                        with trio.move_on_at(first_by) as deadline:
+                            try:
+                                got = await _first_request(sock, buf)
+                            except OSError:
+                                return
+                        if deadline.cancelled_caught or got is None:
+                            self.stats.handshake_rejected["timeout"] += 1
+                            return
+                    head, conn = got
+                    del buf
                 else:
                     conn = new_connection()
                 cap = sc.max_requests_per_connection

@@ -113,7 +113,8 @@ class WsSession(StreamSession):
                     await self._finish()  # a close frame (ours or the reply), briefly
                 finally:
                     self._teardown()
-                    nursery.cancel_scope.cancel()
+                    if nursery.child_tasks:  # a drain or history task (a cancel is not free)
+                        nursery.cancel_scope.cancel()
         finally:
             self.ctx.detach(self)
 
