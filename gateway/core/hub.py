@@ -201,6 +201,7 @@ class Hub:
         if sub.closed:
             return
         sub.closed = True
+        sub.solo = None
         for s in sub.subs.values():
             self._drop_members(s.members)
         sub.subs.clear()
@@ -251,6 +252,7 @@ class Hub:
         for m in members:
             m.group.members.add(m)
         sub.subs[msg.id] = Subscription(msg.id, msg.filters, rate, members)
+        sub.solo = None  # take() finds the one member again, if there is one
         sub.ready = True
         return Ack("subscribe", msg.id, msg.filters, rate, restricted=restricted or None)
 
@@ -258,6 +260,7 @@ class Hub:
         s = sub.subs.pop(msg.id, None)
         if s is None:
             return Error("unknown_subscription", f"no subscription {msg.id!r}", msg.id)
+        sub.solo = None
         self._drop_members(s.members)
         return Ack("unsubscribe", msg.id, s.filters)
 
@@ -642,21 +645,21 @@ class Hub:
         self.personal = 0
         if sub.closed:
             return ()
-        subs = sub.subs
-        if len(subs) == 1 and not sub.resync:
-            # fast path, the steady state of a big screen: one subscription with one
-            # filter, one tick behind its group: hand out that tick's shared frames
-            for s in subs.values():
-                members = s.members
-                if len(members) == 1:
-                    m = members[0]
-                    group = m.group
-                    no = group.tick_no
-                    if m.cursor == no - 1 and m.joined:
-                        m.cursor = no
-                        frames = group.ring[-1].frames
-                        self.stats.shared_frames += len(frames)
-                        return frames
+        # fast path, the steady state of a big screen: one subscription with one
+        # filter, one tick behind its group: hand out that tick's shared frames
+        solo = sub.solo
+        if solo is None and len(sub.subs) == 1:
+            for s in sub.subs.values():
+                if len(s.members) == 1:
+                    solo = sub.solo = s.members[0]
+        if solo is not None and not sub.resync:
+            group = solo.group
+            no = group.tick_no
+            if solo.cursor == no - 1 and solo.joined:
+                solo.cursor = no
+                frames = group.ring[-1].frames
+                self.stats.shared_frames += len(frames)
+                return frames
         personal: dict[str, int | None] = {}
         shared: list[bytes] = []
         store = self.store

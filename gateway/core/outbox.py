@@ -190,3 +190,7 @@ class Subscriber:
     ready: bool = False  # something to take (the shell's writer should wake)
     write_started: float | None = None
     closed: bool = False
+    #: the one member, while the subscriber has one subscription of one filter (the
+    #: steady state of a big screen: ``Hub.take``'s fast path starts here); the hub
+    #: clears it whenever a subscription comes or goes
+    solo: Member | None = None

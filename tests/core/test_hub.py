@@ -56,6 +56,42 @@ def test_in_sync_subscribers_share_the_same_frame_bytes() -> None:
     assert hub.groups == 1
 
 
+def test_a_screen_that_changes_its_subscriptions_gets_the_new_streams_frames() -> None:
+    """take()'s fast path remembers a screen's one member; subscribing, unsubscribing
+    and resubscribing must each leave it serving what the screen now holds."""
+    store, hub = make(tick_hz=10)
+    fill(store)
+    other = hub.connect()  # keeps the first stream alive (and ticking) throughout
+    hub.subscribe(other, Subscribe("s", ("site/a/#",)))
+    sub = hub.connect()
+    mirror = Mirror()
+    hub.subscribe(sub, Subscribe("s", ("site/a/#",)))
+    deliver(hub, sub, mirror)
+    hub.take(other, 0.0)
+    store.apply("site/a/d0", {"v": 1}, 1.0)
+    hub.tick(0.1)
+    deliver(hub, sub, mirror, 0.1)  # the fast path, with its member remembered
+    assert sub.solo is not None
+    hub.unsubscribe(sub, Unsubscribe("s"))
+    hub.subscribe(sub, Subscribe("t", ("site/b/#",)))
+    mirror = Mirror()
+    deliver(hub, sub, mirror, 0.1)
+    for t, v in ((0.2, 2), (0.3, 3)):
+        store.apply("site/a/d1", {"v": v}, t)  # the old stream: not this screen's
+        store.apply("site/b/d0", {"v": v}, t)
+        hub.tick(t)
+        deliver(hub, sub, mirror, t)
+        assert mirror_view(mirror) == expected_view(store, ["site/b/#"])
+    # a second subscription: both streams reach the screen
+    hub.subscribe(sub, Subscribe("u", ("site/a/#",)))
+    deliver(hub, sub, mirror, 0.3)
+    store.apply("site/a/d1", {"v": 4}, 0.4)
+    store.apply("site/b/d0", {"v": 4}, 0.4)
+    hub.tick(0.4)
+    deliver(hub, sub, mirror, 0.4)
+    assert mirror_view(mirror) == expected_view(store, ["site/a/#", "site/b/#"])
+
+
 def test_rate_limits_ticks_per_group_and_ack_reports_the_granted_rate() -> None:
     store, hub = make(tick_hz=20)
     fill(store)
