@@ -204,9 +204,8 @@ class WsSession(StreamSession):
                 elif count == 1 and len(frames[0]) <= _COPY_LIMIT:  # the fan-out fast path
                     done = out.send_one(ctx.framed(frames[0], False, not mine))
                 else:
-                    # Large frames (join snapshots above all) go out as header + frame
-                    # in one sendmsg: framing them by concatenation would hold a second
-                    # copy of every screen's snapshot while it is written.
+                    # Large frames (join snapshots above all) go out as header + frame in
+                    # one sendmsg: concatenated, every screen's snapshot would be held twice
                     chunks: list[bytes] = []
                     for frame in frames:
                         chunks += (text_frame_header(len(frame)), frame)
