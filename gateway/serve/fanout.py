@@ -269,8 +269,8 @@ class FanOut:
                     if (
                         pumped >= PUMP_BATCH
                         or stats.bytes_sent - sent >= PUMP_BYTES
-                        or trio.current_time() - since >= SLICE_S
-                    ):
+                        or (not pumped & 7 and trio.current_time() - since >= SLICE_S)
+                    ):  # the clock every 8 pumps: ~0.3 us each, and a pump is ~20 us
                         await trio.lowlevel.checkpoint()
                         pumped, sent, since = 0, stats.bytes_sent, trio.current_time()
                 await trio.lowlevel.checkpoint()
