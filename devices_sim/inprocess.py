@@ -27,7 +27,7 @@ STEP_S = 0.02
 #: 5,000 devices at 10 Hz make 2,000 in 0.04 s, about 10 ms of work)
 MAX_CATCH_UP_S = 0.04
 BATCH = 500  # messages applied between two checkpoints of the event loop at most
-SLICE_S = 0.002  # and time spent applying them (the gateway's loop-lag budget)
+SLICE_S = 0.001  # and time spent applying them (the gateway's loop-lag budget)
 APPLY_STEP = 50  # messages between two looks at the clock
 
 

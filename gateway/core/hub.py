@@ -78,7 +78,7 @@ class HubConfig:
     #: and the time it spends between two yields, if the hub has a clock: a slice
     #: ends at whichever bound comes first (the loop-lag budget is p99 <= 10 ms with
     #: the MQTT reader, the pumps and the sessions each taking their turn)
-    slice_seconds: float = 0.002
+    slice_seconds: float = 0.001
 
     def __post_init__(self) -> None:
         for name in (

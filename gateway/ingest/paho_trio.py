@@ -120,7 +120,7 @@ class PahoSession:
 
     #: the reader yields after this many packets or this long, whichever comes first
     READ_BATCH = 128
-    READ_BUDGET_S = 0.002  # the loop-lag budget is p99 <= 10 ms (serve/fanout.py SLICE_S)
+    READ_BUDGET_S = 0.001  # the loop-lag budget is p99 <= 10 ms (serve/fanout.py SLICE_S)
     #: bytes asked of the socket per recv()
     RECV_BYTES = 65_536
     #: the largest payload a session takes when its owner names none

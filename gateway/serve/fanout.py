@@ -36,7 +36,7 @@ PUMP_BYTES = 8 << 20  # or bytes written by them
 #: or time spent on them; every loop here checkpoints at least this often (the loop-lag
 #: budget is p99 <= 10 ms, and the MQTT reader, the hub's slices and the sessions'
 #: reads may each run one such turn before a late timer gets its own)
-SLICE_S = 0.002
+SLICE_S = 0.001
 STALE_STEP = 250  # silent topics a sweep looks at between two looks at the clock
 STALE_SLICES = 40  # and a sweep marks at most 40 x 250 stale (the rest: the next one)
 #: topics a tick whose latency is observed (evenly spread over the tick's topics): the

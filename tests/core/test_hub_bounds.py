@@ -156,7 +156,7 @@ def test_with_a_clock_a_slice_also_ends_when_its_time_is_spent() -> None:
     now = [0.0]
 
     def clock() -> float:
-        now[0] += 0.001  # every look at the clock: 1 ms of work (two per 2 ms slice)
+        now[0] += 0.001  # every look at the clock: 1 ms of work (a slice is 1 ms)
         return now[0]
 
     results = []
@@ -175,7 +175,7 @@ def test_with_a_clock_a_slice_also_ends_when_its_time_is_spent() -> None:
         results.append(len(batches))
     by_count, by_time = results
     assert by_count <= 3000 * 2 // 1000 + 2  # routing and fragments: ~6 slices of 1,000
-    # a group's tick looks at the clock every FRAGMENT_STEP topics: two looks a slice
+    # a group's tick looks at the clock every FRAGMENT_STEP topics: a slice or two each
     assert by_time >= 3000 // (2 * FRAGMENT_STEP)
 
 
