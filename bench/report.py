@@ -161,8 +161,11 @@ def gateway_process(
             stderr=subprocess.STDOUT,
             text=True,
             cwd=root,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
-            **{**passed, "env": {**os.environ, **(env or {}), **passed["env"]}},
+            **{
+                **passed,
+                "preexec_fn": _child_setup(passed.get("preexec_fn"), nice),
+                "env": {**os.environ, **(env or {}), **passed["env"]},
+            },
         )
     failed = True
     try:
@@ -182,6 +185,20 @@ def gateway_process(
         stop(proc)
         if not keep and not failed:
             path.unlink(missing_ok=True)
+
+
+def _child_setup(passing: Any, nice: int) -> Any:
+    """The child's set-up after fork: the listeners' (activation.passing), then its
+    niceness; None when there is neither."""
+    if not nice:
+        return passing
+
+    def setup() -> None:
+        if passing is not None:
+            passing()
+        os.nice(nice)
+
+    return setup
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
