@@ -150,10 +150,24 @@ def _slow_steps(path: str) -> Any:
         counts = collections.Counter(w for t, w in list(samples) if t >= t0)
         return "; ".join(f"{n}x {w}" for w, n in counts.most_common(3))
 
+    batches: list[tuple[float, float, dict[str, int]]] = []  # long scheduler batches
+
     class Steps(trio.abc.Instrument):
         def __init__(self) -> None:
             self.t0 = self.c0 = 0.0
             self.at = ""
+            self.batch_t0 = time.perf_counter()
+            self.batch_tasks: dict[str, int] = {}
+
+        def before_io_wait(self, timeout: float) -> None:
+            # a batch of ready tasks ended: keep it if it held the loop long
+            took = time.perf_counter() - self.batch_t0
+            if took > SLOW_BATCH:
+                batches.append((time.monotonic(), took, self.batch_tasks))
+            self.batch_tasks = {}
+
+        def after_io_wait(self, timeout: float) -> None:
+            self.batch_t0 = time.perf_counter()
 
         def before_task_step(self, task: Any) -> None:
             self.t0, self.c0 = time.perf_counter(), time.thread_time()
@@ -170,10 +184,14 @@ def _slow_steps(path: str) -> Any:
                     (time.monotonic(), task.name, wall, time.thread_time() - self.c0, where)
                 )
             last[task] = line
+            name = task.name.rsplit(".", 1)[-1]
+            self.batch_tasks[name] = self.batch_tasks.get(name, 0) + 1
 
     last: dict[Any, int] = {}  # where each task's outermost coroutine stopped last
 
+    SLOW_BATCH = 0.02
     atexit.register(lambda: pathlib.Path(path).write_text(json.dumps(kept)))
+    atexit.register(lambda: pathlib.Path(path + ".batches").write_text(json.dumps(batches)))
     return Steps()
 
 
@@ -446,6 +464,24 @@ def gc_summary(gc_log: pathlib.Path, t0: float, t1: float) -> dict[str, Any]:
     return out
 
 
+def batches_summary(path: pathlib.Path, t0: float, t1: float) -> dict[str, Any]:
+    """Scheduler batches (the ready tasks Trio runs between two I/O waits) over 20 ms
+    in the window: how many, the longest, and which tasks they ran (a long batch of
+    short steps holds every timer as long as one long step does)."""
+    found = json.loads(path.read_text()) if path.exists() else []
+    mine = [(took, tasks) for at, took, tasks in found if t0 - 1 <= at <= t1 + 1]
+    tasks: dict[str, int] = {}
+    for _, ran in mine:
+        for name, n in ran.items():
+            tasks[name] = tasks.get(name, 0) + n
+    top = sorted(tasks.items(), key=lambda kv: -kv[1])[:8]
+    return {
+        "count": len(mine),
+        "max_ms": round(max((t for t, _ in mine), default=0.0) * 1000, 1),
+        "task_steps_in_them": dict(top),
+    }
+
+
 def steps_summary(path: pathlib.Path, t0: float, t1: float) -> list[dict[str, Any]]:
     """The task steps over 5 ms in the window, by task and where they stopped: the
     work that held the loop (wall time; CPU time tells work from preemption)."""
@@ -560,6 +596,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "loop_lag": from_metrics(after).minus(from_metrics(before)).summary(),
             "gc": gc_summary(gc_log, m0, m1),
             "slow_steps": steps_summary(pathlib.Path(str(gc_log) + ".steps"), m0, m1),
+            "slow_batches": batches_summary(pathlib.Path(str(gc_log) + ".steps.batches"), m0, m1),
             "rss_mib": rss,
             "screens_result": json.loads(out.decode().strip().splitlines()[-1]),
         }
