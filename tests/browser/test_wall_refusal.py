@@ -66,7 +66,7 @@ async def test_a_refused_token_is_named_on_the_banner_with_what_to_do(
             out["bad_code"] = page.get_attribute("#banner", "data-refusal")
             # a valid token: live, no banner; then it expires: close 4001, no reconnect
             page.goto(f"{base}?token={_token(4)}")
-            page.wait_for_function("() => window.wall.tilesWithValues() >= 20", timeout=10_000)
+            page.wait_for_function("() => window.wall?.tilesWithValues() >= 20", timeout=10_000)
             out["live"] = page.evaluate(BANNER)
             page.wait_for_function(
                 f"() => ({BANNER})()?.includes('token rejected')", timeout=15_000

@@ -27,7 +27,7 @@ async def test_the_wall_takes_its_token_from_the_fragment_and_forgets_it(
             console: list[str] = []
             page.on("console", lambda m: console.append(m.text))
             page.goto(f"{base}?title=Hall#token={TOKEN}")
-            page.wait_for_function("() => window.wall.tilesWithValues() >= 20", timeout=5000)
+            page.wait_for_function("() => window.wall?.tilesWithValues() >= 20", timeout=15_000)
             # the fragment's token also opens the wall's other doors: metadata, history
             page.wait_for_function(
                 "() => window.wall.meta.served && window.wall.historyAt()[0] !== null",
