@@ -172,6 +172,7 @@ class Connections:
                 head: Head | None = None  # a `GET /ws` taken by the fast path (upgrade.py)
                 if public:
                     buf = bytearray()
+                    await self.session_ctx.turns.wait()  # its turn (turns.py)
                     try:  # in a reconnect storm the request waited in the backlog: no wait,
                         got = _taken(buf, sock.recv(65536), 0)  # and no deadline to set
                     except (BlockingIOError, InterruptedError):

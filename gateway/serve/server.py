@@ -191,8 +191,11 @@ class Server:
             public.getsockname()[0] if "public" in passed else sc.host,
             admin.getsockname()[0] if "admin" in passed else sc.admin_host,
         )
+        turns = self.session_ctx.turns
+        trio.lowlevel.add_instrument(turns)  # it marks each scheduler batch (turns.py)
         try:
             async with trio.open_nursery() as connections:
+                connections.start_soon(turns.run)  # until the last connection is gone
                 async with trio.open_nursery() as services:
                     sndbuf = sc.send_buffer_bytes
                     services.start_soon(
@@ -215,6 +218,7 @@ class Server:
                 await self._drain_connections()
                 connections.cancel_scope.cancel()
         finally:
+            trio.lowlevel.remove_instrument(turns)
             close_socket(public)
             close_socket(admin)
             self.stopped.set()

@@ -26,6 +26,7 @@ from .insight import Insight
 from .lifecycle import ADMITTED, CLOSING, DONE, DROPPED, OPEN, Lifecycle, LifecycleError
 from .sockio import Outbound, SendFailed
 from .stats import ServerStats
+from .turns import Turns
 from .welcome import WelcomeFrames
 
 __all__ = ["SessionContext", "StreamSession", "WallHook"]
@@ -70,6 +71,8 @@ class SessionContext:
     worker: int | None = None
     #: the welcome's cached pieces (welcome.py)
     welcome_frames: WelcomeFrames = field(default_factory=WelcomeFrames)
+    #: connections take turns when many are ready at once (turns.py)
+    turns: Turns = field(default_factory=Turns)
 
     def welcome(self, auth_required: bool) -> Welcome:
         """The first message of every session, WebSocket or SSE."""

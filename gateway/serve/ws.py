@@ -140,6 +140,7 @@ class WsSession(StreamSession):
                 return
             self.last_rx = self.ctx.clock.mono()
             self.ping_sent_at = None
+            await self.ctx.turns.wait()  # its turn, when many are ready (turns.py)
             self._receive_corked(data)
 
     def _send_close(self, why: Disconnect, text: str | None) -> None:
@@ -204,8 +205,7 @@ class WsSession(StreamSession):
                 elif count == 1 and len(frames[0]) <= _COPY_LIMIT:  # the fan-out fast path
                     done = out.send_one(ctx.framed(frames[0], False, not mine))
                 else:
-                    # Large frames (join snapshots above all) go out as header + frame in
-                    # one sendmsg: concatenated, every screen's snapshot would be held twice
+                    # large frames (joins): header + frame in one sendmsg, not concatenated
                     chunks: list[bytes] = []
                     for frame in frames:
                         chunks += (text_frame_header(len(frame)), frame)
