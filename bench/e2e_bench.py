@@ -56,11 +56,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 20.0) -> None:
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[str] | None = None) -> bool:
+    """True once something listens on ``port``; False if ``proc`` (the process meant
+    to listen) exited first; an error after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
@@ -99,16 +103,20 @@ def mosquitto(
     """A broker on a free port, pinned to ``cpu`` (None: not pinned); ``sys_interval``
     > 0: it publishes its $SYS counters that often (the scaling bench reads the input
     rate from them)."""
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-mosquitto-") as tmp:
         conf = pathlib.Path(tmp) / "mosquitto.conf"
-        conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest none\nmax_connections -1\nsys_interval {sys_interval}\n"
-        )
-        with process(["mosquitto", "-c", str(conf)], cpu=cpu, stderr=subprocess.DEVNULL) as p:
-            wait_port(port)
-            yield port, p
+        for _ in range(3):  # a free port can be taken before the broker binds it: another
+            port = free_port()
+            conf.write_text(
+                f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                f"log_dest none\nmax_connections -1\nsys_interval {sys_interval}\n"
+            )
+            cmd = ["mosquitto", "-c", str(conf)]
+            with process(cmd, cpu=cpu, stderr=subprocess.DEVNULL) as p:
+                if wait_port(port, proc=p):
+                    yield port, p
+                    return
+        raise RuntimeError("mosquitto exited at start three times (ports taken?)")
 
 
 def fleet(mqtt_port: int, devices: int, seconds: float, rate: float = 1.0) -> list[str]:
