@@ -109,6 +109,26 @@ def test_rate_limits_ticks_per_group_and_ack_reports_the_granted_rate() -> None:
     assert woken == {"fast": 20, "slow": 5}
 
 
+@pytest.mark.parametrize("tick_s", [0.05, 0.06, 0.075, 0.1, 0.25])
+def test_late_ticks_keep_each_streams_rate(tick_s: float) -> None:
+    """Ticks that come late (an overloaded loop: 1 / tick_hz is 50 ms here) still give
+    a stream its rate, up to one frame a tick: counted in ticks rather than time, a
+    10 Hz stream got 6 frames a second when ticks took 60 ms."""
+    store, hub = make(tick_hz=20)
+    fill(store)
+    sub = hub.connect()
+    assert hub.subscribe(sub, Subscribe("s", ("site/#",), 10)).rate_hz == 10  # type: ignore[union-attr]
+    hub.take(sub, 0)
+    frames, t, n = 0, 0.0, 0
+    while t < 10.0:  # 10 s of changes, a tick every tick_s
+        n += 1
+        t = n * tick_s
+        store.apply("site/a/d0", {"v": n}, t)
+        for s in hub.tick(t):
+            frames += len(hub.take(s, t))
+    assert frames / 10.0 == pytest.approx(min(10.0, 1 / tick_s), rel=0.05)
+
+
 def test_lagging_member_coalesces_then_snapshots_and_stays_exact() -> None:
     store, hub = make(ring_ticks=4)
     fill(store, n=2)
