@@ -329,6 +329,9 @@ class MqttConfig:
     reconnect_max_s: float = 60.0
     stable_s: float = 60.0  # connected this long: the next failure starts backoff afresh
     tcp_nodelay: bool = True  # a lone message must not wait for Nagle (data age)
+    #: after the reader drained the socket it waits this long before the next read, so
+    #: that one wake-up serves many messages (0: read every message as it arrives)
+    read_gather_ms: float = 5.0
 
     def validate(self) -> None:
         """Checks of this section alone (``ConfigError`` names the key)."""
@@ -352,6 +355,8 @@ class MqttConfig:
                 raise ConfigError(f"mqtt.{key}: must be > 0")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ConfigError("mqtt.reconnect_max_s: must be >= mqtt.reconnect_min_s")
+        if not 0 <= self.read_gather_ms <= 100:  # a NaN fails too
+            raise ConfigError("mqtt.read_gather_ms: must be between 0 and 100")
 
 
 @dataclass(frozen=True)

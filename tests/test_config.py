@@ -33,6 +33,7 @@ def test_config_does_not_import_the_simulator() -> None:
         (AuthConfig(mode="jwt", jwt_secret="short"), "auth.jwt_secret: HS256 needs"),
         (MqttConfig(protocol="4"), "mqtt.protocol: '4' is not"),
         (MqttConfig(reconnect_min_s=5, reconnect_max_s=1), "mqtt.reconnect_max_s: must be >="),
+        (MqttConfig(read_gather_ms=-1), "mqtt.read_gather_ms: must be between 0 and 100"),
     ],
 )
 def test_each_section_checks_itself_with_the_same_words_as_load_config(

@@ -138,6 +138,7 @@ class MqttIngest:
             on_message=self._on_message,
             on_read_burst=self._on_read_burst,
             on_too_large=self._on_too_large,
+            read_gather_s=cfg.read_gather_ms / 1000,
             max_payload_bytes=cfg.max_payload_bytes,
         )
         self._session_obj = session

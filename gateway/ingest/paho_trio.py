@@ -121,6 +121,8 @@ class PahoSession:
     #: the reader yields after this many packets or this long, whichever comes first
     READ_BATCH = 128
     READ_BUDGET_S = 0.001  # the loop-lag budget is p99 <= 10 ms (serve/fanout.py SLICE_S)
+    #: after a read that drained the socket, this long before the next wait (0: none)
+    READ_GATHER_S = 0.0
     #: bytes asked of the socket per recv()
     RECV_BYTES = 65_536
     #: the largest payload a session takes when its owner names none
@@ -142,6 +144,7 @@ class PahoSession:
         on_too_large: Callable[[str | None, int], None] | None = None,
         read_batch: int = READ_BATCH,
         read_budget_s: float = READ_BUDGET_S,
+        read_gather_s: float = READ_GATHER_S,
         max_payload_bytes: int = MAX_PAYLOAD,
     ) -> None:
         if not isinstance(client, TrioClient):
@@ -160,6 +163,7 @@ class PahoSession:
         self.max_payload_bytes = max_payload_bytes
         self.read_batch = max(1, read_batch)
         self.read_budget_s = read_budget_s
+        self.read_gather_s = read_gather_s
         self.delivered = 0  # messages handed to the handler
         self.yields = 0  # times the reader stopped a turn on its budget with data left
         self.last_rx = 0.0
@@ -356,6 +360,7 @@ class PahoSession:
             raise MqttFailure(self._reason(f"socket unusable ({err})")) from None
 
     async def _reader(self, sock: Any) -> None:
+        gather = self.read_gather_s
         while True:
             await self._wait(trio.lowlevel.wait_readable, sock)
             while self._read_turn(sock):
@@ -363,6 +368,10 @@ class PahoSession:
                 # (ticks, accepts, heartbeats), then go on without waiting for epoll
                 self.yields += 1
                 await trio.lowlevel.checkpoint()
+            if gather:
+                # drained: let the stream gather a while, so that one wake-up (an
+                # epoll round, a task step, a recv) serves many messages, not one
+                await trio.sleep(gather)
 
     def _read_turn(self, sock: Any) -> bool:
         """Read and handle packets until the socket is drained (False) or the turn's

@@ -229,3 +229,54 @@ async def test_a_malformed_packet_ends_the_session_with_a_clear_reason() -> None
         "malformed packet from the broker (a PUBLISH whose topic is longer than the packet)"
     )
     assert session.delivered == 1 and session.closed
+
+
+async def trickle(listeners: list[trio.SocketListener], packets: list[bytes]) -> None:
+    async def serve(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)  # CONNECT
+        await stream.send_all(b"\x20\x02\x00\x00")
+        for packet in packets:  # one segment each, a millisecond apart
+            await trio.sleep(0.001)
+            await stream.send_all(packet)
+        await trio.sleep_forever()
+
+    await trio.serve_listeners(serve, listeners)
+
+
+@pytest.mark.parametrize("gather", [0.0, 0.1])
+async def test_the_reader_gathers_a_trickle_into_few_wake_ups(gather: float) -> None:
+    """After a read that drained the socket the reader waits ``read_gather_s``: a
+    stream of small messages costs one wake-up per gathering, not one per message."""
+    packets = [publish_packet(b"t/a", str(i).encode()) for i in range(40)]
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    got: list[bytes] = []
+    bursts = 0
+    done = trio.Event()
+
+    def handler(topic: str | None, payload: bytes) -> None:
+        got.append(payload)
+        if len(got) == len(packets):
+            done.set()
+
+    def burst() -> None:
+        nonlocal bursts
+        bursts += 1
+
+    broker = parse_url(f"mqtt://127.0.0.1:{port}")
+    client, _ = new_client(broker, "t", "3.1.1")
+    session = PahoSession(
+        client, broker, keepalive_s=5, on_message=handler, on_read_burst=burst,
+        read_gather_s=gather,
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle, listeners, packets)
+        nursery.start_soon(session.run)
+        with trio.fail_after(10):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert got == [str(i).encode() for i in range(40)]  # nothing lost, in order
+    if gather:
+        assert bursts <= 10  # 40 ms of trickle, gathered 100 ms at a time (+ the CONNACK)
+    else:
+        assert bursts >= 20  # the control: a wake-up per message
