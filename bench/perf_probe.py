@@ -566,6 +566,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         gw.terminate()
         gw.wait(timeout=30)
+
+        def delta(name: str) -> float:
+            return metric(after, name) - metric(before, name)
+
         cpu = cpu1 - cpu0
         sent = metric(after, "gateway_websocket_sent_bytes_total") - metric(
             before, "gateway_websocket_sent_bytes_total"
@@ -590,6 +594,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 / (m1 - m0)
             ),
             "cpu_us_per_frame": round(cpu / frames * 1e6, 2) if frames else None,
+            # a screen gets at most one frame a tick: ticks under tick_hz mean ticks
+            # that took longer than their interval
+            "ticks_per_s": round(delta("gateway_tick_duration_seconds_count") / (m1 - m0), 2),
+            "tick_ms_mean": round(
+                delta("gateway_tick_duration_seconds_sum")
+                / max(1.0, delta("gateway_tick_duration_seconds_count"))
+                * 1e3,
+                1,
+            ),
             "sent_mib": round(sent / 2**20, 1),
             # how the screens that fell behind were caught up (architecture.md)
             "outbox": {name: int(counter(after, name) - counter(before, name)) for name in OUTBOX},
