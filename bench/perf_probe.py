@@ -562,8 +562,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.py_spy:
             spy = subprocess.Popen(
                 [shutil.which("py-spy") or str(ROOT / ".venv/bin/py-spy"), "record", "-p",
-                 str(gw.pid), "-o", args.py_spy, "-d", str(int(args.seconds)), "-r", "50",
-                 "-f", "raw"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                 str(gw.pid), "-o", args.py_spy, "-d", str(int(args.seconds)),
+                 "-r", str(args.py_spy_rate), "-f", "raw"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         rss = []
         while time.time() < until - 0.5:
@@ -656,6 +657,7 @@ def main() -> None:
     ap.add_argument("--mqtt", action="store_true", help="fleet through mosquitto")
     ap.add_argument("--extra", default="", help="more gateway TOML (after [server])")
     ap.add_argument("--py-spy", default="", help="record a py-spy profile here")
+    ap.add_argument("--py-spy-rate", type=int, default=50, help="py-spy samples a second")
     args = ap.parse_args()
     if args.as_screens:
         as_screens(args)
