@@ -23,6 +23,12 @@ NAMES = {
 }
 PLAIN = {"ours": "ours", "coalesce": "coalescing peer", "naive": "naive peer", "mqtt": "MQTT"}
 NONE = "n/a"
+#: screens that parse what they receive, over all the load generator's processes, and
+#: the share of their values whose age they take (bench/e2e_clients.py)
+SAMPLED = 20
+AGE_STEP = 4
+#: the other screens read every this many ms, in bursts
+LIGHT_POLL_MS = 250
 COLORS = {"ours": "tab:blue", "coalesce": "tab:orange", "naive": "tab:red", "mqtt": "tab:green"}
 
 
@@ -379,10 +385,16 @@ def setup(res: dict[str, Any]) -> str:
         "each offers it to a browser (permessage-deflate for ours and both `websockets` "
         "peers; MQTT has none). Bytes are counted at the screens' sockets (on the wire, "
         "WebSocket or MQTT framing included). The **join** window runs from the first "
-        "connect until every screen holds a snapshot of all its topics; the **steady** "
+        "connect until every screen holds a snapshot of all its topics (when the bytes "
+        "that complete it arrived: the screens count the snapshot items when their "
+        "process is idle, so that inflating 2,000 snapshots does not time the load "
+        "generator); the **steady** "
         f"window ({res['seconds']:g} s) starts after the join's time budget. Data age: "
-        "receipt at the screen minus the device's own timestamp, every value of one "
-        "screen in 25. Loop lag: ours from `gateway_event_loop_lag_seconds` on /metrics "
+        "receipt at the screen minus the device's own timestamp, from about "
+        f"{SAMPLED} sampled screens (both filters alike), one value in {AGE_STEP} (in "
+        "earlier runs every value of one screen in 25: at 1,000 screens and more that "
+        "parsing took the load generator's core). Loop lag: ours from "
+        "`gateway_event_loop_lag_seconds` on /metrics "
         "(bucket bounds, hence ≤; a window's scrapes are 1 s apart), the `websockets` "
         "peers from a 10 ms sleeper of their own (exact). Servers on CPU 0; fleet, screens "
         "and mosquitto (except for the MQTT peer, where it is the server) on CPU 1. The "
