@@ -317,12 +317,6 @@ def main() -> None:
     ap.add_argument("--age-step", type=int, default=1, help="a sampled screen ages 1 value in N")
     ap.add_argument("--stalled", action="store_true", help="subscribe, then never read")
     ap.add_argument(
-        "--light-poll-ms",
-        type=float,
-        default=0.0,
-        help="screens that do not parse read every N ms, in bursts (0: as data comes)",
-    )
-    ap.add_argument(
         "--deflate", action="store_true", help="offer permessage-deflate, as browsers do"
     )
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
@@ -400,12 +394,6 @@ def main() -> None:
             if n < len(scratch):
                 return got
 
-    # screens that neither sample nor wait for a snapshot may read in bursts, every
-    # --light-poll-ms: what the server sends them is the same (their buffers hold a
-    # few frames), and the load generator spends far less per frame
-    light_poll = args.light_poll_ms / 1000
-    light = selectors.DefaultSelector() if light_poll > 0 else None
-    next_light = time.monotonic()
     by_second: dict[int, int] = {}  # wall second -> bytes received by all screens
     while time.time() < end:
         now = time.time()
@@ -419,26 +407,8 @@ def main() -> None:
                 if screen.state == "open":
                     with contextlib.suppress(OSError):
                         screen.sock.send(ping)
-        wait = 0.0 if DEFERRED else 0.2
-        if light is not None:
-            wait = min(wait, max(0.0, next_light - time.monotonic()))
-        events = sel.select(timeout=wait)
+        events = sel.select(timeout=0 if DEFERRED else 0.2)
         now = time.time()  # when these bytes arrived (the select may have waited)
-        if light is not None and time.monotonic() >= next_light:
-            next_light = max(next_light + light_poll, time.monotonic())
-            for key, _ in light.select(timeout=0):
-                screen = key.data
-                got = read_light(screen)
-                if got > 0:
-                    total += got
-                    by_second[int(now)] = by_second.get(int(now), 0) + got
-                    if measuring:
-                        screen.bytes += got
-                elif got == 0:
-                    light.unregister(screen.sock)
-                    screen.sock.close()
-                    screen.state = "closed"
-                    closed += 1
         if DEFERRED and (not events or now - DEFERRED[0].backlog_since > VERIFY_LAG_S):
             # idle, or a join recorded long ago: count recorded joins, a few
             # milliseconds at a time (a screen records everything until its join is
@@ -454,9 +424,6 @@ def main() -> None:
                 n = read_light(screen)
                 if n < 0:
                     continue
-                if n and light is not None:  # from now on read in bursts
-                    sel.unregister(screen.sock)
-                    light.register(screen.sock, selectors.EVENT_READ, screen)
                 if n:
                     total += n
                     by_second[int(now)] = by_second.get(int(now), 0) + n

@@ -63,7 +63,7 @@ from bench.e2e_bench import (  # noqa: E402
     process,
 )
 from bench.peers import gateway_deadbands  # noqa: E402
-from bench.scaling_report import AGE_STEP, LIGHT_POLL_MS, SAMPLED  # noqa: E402
+from bench.scaling_report import AGE_STEP, SAMPLED  # noqa: E402
 
 PEERS = ("ours", "coalesce", "naive", "mqtt")
 LOGS = ROOT / "bench" / "results" / "logs"
@@ -349,7 +349,6 @@ def run(
             # 25 took the load generator's core from 1,000 screens on
             every = max(1, round(n * client_procs / SAMPLED))
             cmd += ["--sample-every", str(every), "--age-step", str(AGE_STEP)]
-            cmd += ["--light-poll-ms", str(LIGHT_POLL_MS)]
             procs.append(stack.enter_context(process(cmd, stdout=subprocess.PIPE)))
         results = collect(procs, timeout=join_budget + seconds + 120)
         end = start_at + seconds

@@ -27,8 +27,6 @@ NONE = "n/a"
 #: the share of their values whose age they take (bench/e2e_clients.py)
 SAMPLED = 20
 AGE_STEP = 4
-#: the other screens read every this many ms, in bursts
-LIGHT_POLL_MS = 250
 COLORS = {"ours": "tab:blue", "coalesce": "tab:orange", "naive": "tab:red", "mqtt": "tab:green"}
 
 
