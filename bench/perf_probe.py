@@ -186,6 +186,10 @@ def _slow_steps(path: str) -> Any:
             last[task] = line
             name = task.name.rsplit(".", 1)[-1]
             self.batch_tasks[name] = self.batch_tasks.get(name, 0) + 1
+            if self.t0 - self.batch_t0 > SLOW_BATCH / 2:
+                # a long batch: where its steps stopped, and their wall time (ms)
+                at = f"{name} @ {stack(task).rsplit(' > ', 2)[0]}"
+                self.batch_tasks[at] = self.batch_tasks.get(at, 0) + round(wall * 1e3, 2)
 
     last: dict[Any, int] = {}  # where each task's outermost coroutine stopped last
 
@@ -482,16 +486,20 @@ def batches_summary(path: pathlib.Path, t0: float, t1: float) -> dict[str, Any]:
     in the window: how many, the longest, and which tasks they ran (a long batch of
     short steps holds every timer as long as one long step does)."""
     found = json.loads(path.read_text()) if path.exists() else []
-    mine = [(took, tasks) for at, took, tasks in found if t0 - 1 <= at <= t1 + 1]
+    # strictly inside: the screens leave at the end of the window (2,000 teardowns)
+    mine = [(took, tasks) for at, took, tasks in found if t0 <= at <= t1]
     tasks: dict[str, int] = {}
     for _, ran in mine:
         for name, n in ran.items():
             tasks[name] = tasks.get(name, 0) + n
-    top = sorted(tasks.items(), key=lambda kv: -kv[1])[:8]
+    steps = {k: v for k, v in tasks.items() if " @ " not in k}
+    where = {k: round(v, 1) for k, v in tasks.items() if " @ " in k}
     return {
         "count": len(mine),
         "max_ms": round(max((t for t, _ in mine), default=0.0) * 1000, 1),
-        "task_steps_in_them": dict(top),
+        "task_steps_in_them": dict(sorted(steps.items(), key=lambda kv: -kv[1])[:8]),
+        # in their second half: where the steps stopped, and their wall time (ms)
+        "late_steps_ms_by_stop": dict(sorted(where.items(), key=lambda kv: -kv[1])[:8]),
     }
 
 
@@ -501,7 +509,7 @@ def steps_summary(path: pathlib.Path, t0: float, t1: float) -> list[dict[str, An
     steps = json.loads(path.read_text()) if path.exists() else []
     groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for at, name, wall, cpu, where in steps:
-        if t0 - 1 <= at <= t1 + 1:
+        if t0 <= at <= t1:
             groups.setdefault((name.rsplit(".", 1)[-1], where), []).append((wall, cpu))
     out = [
         {
@@ -624,6 +632,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "gc": gc_summary(gc_log, m0, m1),
             "slow_steps": steps_summary(pathlib.Path(str(gc_log) + ".steps"), m0, m1),
             "slow_batches": batches_summary(pathlib.Path(str(gc_log) + ".steps.batches"), m0, m1),
+            "disconnects": {
+                line.split("{", 1)[1].split("}", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in after.splitlines()
+                if line.startswith("gateway_websocket_disconnects_total{")
+                and float(line.rsplit(" ", 1)[1])
+            },
             "rss_mib": rss,
             "screens_result": json.loads(out.decode().strip().splitlines()[-1]),
         }
