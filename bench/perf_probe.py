@@ -583,6 +583,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out, _ = screens.communicate(timeout=120)
         if spy is not None:
             spy.wait(timeout=60)
+        time.sleep(2.0)  # every screen left at once when its process ended
+        left = scrape(admin)
         frames = metric(after, "gateway_websocket_frames_sent_total") - metric(
             before, "gateway_websocket_frames_sent_total"
         )
@@ -629,14 +631,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # how the screens that fell behind were caught up (architecture.md)
             "outbox": {name: int(counter(after, name) - counter(before, name)) for name in OUTBOX},
             "loop_lag": from_metrics(after).minus(from_metrics(before)).summary(),
+            # while all the screens leave at once (their process ends)
+            "loop_lag_leaving": from_metrics(left).minus(from_metrics(after)).summary(),
             "gc": gc_summary(gc_log, m0, m1),
             "slow_steps": steps_summary(pathlib.Path(str(gc_log) + ".steps"), m0, m1),
             "slow_batches": batches_summary(pathlib.Path(str(gc_log) + ".steps.batches"), m0, m1),
-            "disconnects": {
-                line.split("{", 1)[1].split("}", 1)[0]: float(line.rsplit(" ", 1)[1])
-                for line in after.splitlines()
-                if line.startswith("gateway_websocket_disconnects_total{")
-                and float(line.rsplit(" ", 1)[1])
+            # by the end, the screens' leaving included
+            **{
+                what: {
+                    line.split("{", 1)[1].split("}", 1)[0]: float(line.rsplit(" ", 1)[1])
+                    for line in left.splitlines()
+                    if line.startswith(f"gateway_websocket_{what}_total{{")
+                    and float(line.rsplit(" ", 1)[1])
+                }
+                for what in ("disconnects", "send_failures")
             },
             "rss_mib": rss,
             "screens_result": json.loads(out.decode().strip().splitlines()[-1]),

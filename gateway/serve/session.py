@@ -184,7 +184,10 @@ class StreamSession:
 
     async def _finish(self) -> None:
         """Let a close reach the peer for at most ``close_timeout_s``; a dropped
-        stream waits for nothing."""
+        stream waits for nothing but its turn (turns.py): when thousands of screens
+        leave at once (a proxy restarts, a network blip), their teardowns were one
+        scheduler batch of up to 250 ms."""
+        await self.ctx.turns.wait()
         if self.life.state is CLOSING:
             await self._flush()
 
@@ -245,6 +248,8 @@ class StreamSession:
                 self.out.corked = None  # dropped: nothing more goes out
 
     def _send_failed(self, err: SendFailed) -> None:
+        if self.life.state is DROPPED or self.life.state is DONE:
+            return  # the peer is known to be gone: a write that fails now is no news
         self.ctx.stats.send_failure(err.reason)
         self.abort("client_gone" if err.reason == "peer_gone" else "error")
 

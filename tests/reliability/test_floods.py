@@ -163,3 +163,40 @@ async def test_over_the_new_connection_rate_503_and_the_gateway_stays_responsive
     ws = await RawWs.connect(gw.port)
     assert ws.status == 101 and (await ws.recv_json())["type"] == "welcome"
     ws.close()
+
+
+async def test_screens_leaving_all_at_once_take_turns_and_count_no_send_failure(
+    gateway: Gateway,
+) -> None:
+    """A mass departure (a proxy restarts, the wall's network blinks): every session
+    is torn down, in turns rather than in one scheduler batch (2,000 at once held the
+    loop up to 250 ms), and a write that meets a peer known to be gone is no send
+    failure."""
+    gw = gateway
+    now = gw.clock.wall()
+    for i in range(500):
+        gw.store.apply(f"site/d{i:03d}", {"v": i}, now)
+    screens = []
+    for _ in range(300):
+        ws = await RawWs.connect(gw.port)
+        assert (await ws.recv_json())["type"] == "welcome"
+        await ws.send_json({"type": "subscribe", "id": "s", "filters": ["#"], "rate_hz": 20})
+        screens.append(ws)
+    with trio.fail_after(20):
+        while len(gw.server.fanout.sessions) < 300:
+            await trio.sleep(0.05)
+    for ws in screens:  # they keep getting frames until they leave
+        await ws.recv_frame()
+    waited = gw.server.session_ctx.turns.waited
+    with gw.looplag.window() as lag:
+        for ws in screens:
+            ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            ws.close()  # all at once, with a reset, frames unread
+        with trio.fail_after(20):
+            while gw.server.fanout.sessions:
+                gw.store.apply("site/d000", {"v": trio.current_time()}, gw.clock.wall())
+                await trio.sleep(0.01)  # ticks keep pumping meanwhile
+    assert gw.server.session_ctx.turns.waited > waited  # teardowns took turns
+    assert sum(gw.server.stats.send_failures.values()) == 0
+    assert gw.server.stats.internal_errors == 0
+    assert lag.max < 0.5  # generous: CI noise must not fail it
