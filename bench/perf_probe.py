@@ -346,7 +346,20 @@ def as_screens(args: argparse.Namespace) -> None:
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
         "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
     ).encode()
+    # an app-level ping from every screen every 10 s: the gateway drops a connection
+    # that sends nothing for heartbeat_s and then leaves its Ping unanswered (a
+    # browser answers it by itself; these screens do not parse what they discard).
+    # Without it every screen was dropped 25 s after its subscribe, 4 s before the
+    # end of a 20 s window: its frames a second read 8 where the gateway sent 10
+    ping = masked(b'{"type":"ping"}')
+    next_ping = time.monotonic() + 10
     while time.time() < args.until:
+        if time.monotonic() >= next_ping:
+            next_ping += 10
+            for sc in screens:
+                if sc.state == "open":
+                    with contextlib.suppress(OSError):
+                        sc.sock.send(ping)
         for k, _ in sel.select(timeout=0.2):
             sc = k.data
             if sc.state == "connecting":
