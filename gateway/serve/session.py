@@ -186,10 +186,12 @@ class StreamSession:
         """Let a close reach the peer for at most ``close_timeout_s``; a dropped
         stream waits for nothing but its turn (turns.py): when thousands of screens
         leave at once (a proxy restarts, a network blip), their teardowns were one
-        scheduler batch of up to 250 ms."""
-        await self.ctx.turns.wait()
+        scheduler batch of up to 250 ms. A closing one does not wait (a shutdown's
+        closes must not queue behind one another)."""
         if self.life.state is CLOSING:
             await self._flush()
+        else:
+            await self.ctx.turns.wait()
 
     def _teardown(self) -> None:
         """The end of run(): no task may start from here, the tick loop may still pump
