@@ -113,7 +113,7 @@ def test_rate_limits_ticks_per_group_and_ack_reports_the_granted_rate() -> None:
 def test_late_ticks_keep_each_streams_rate(tick_s: float) -> None:
     """Ticks that come late (an overloaded loop: 1 / tick_hz is 50 ms here) still give
     a stream its rate, up to one frame a tick: counted in ticks rather than time, a
-    10 Hz stream got 6 frames a second when ticks took 60 ms."""
+    10 Hz stream got 6.8 frames a second with a tick every 60 ms."""
     store, hub = make(tick_hz=20)
     fill(store)
     sub = hub.connect()
