@@ -114,6 +114,10 @@ class FanOut:
         self._by_sub: dict[int, StreamSession] = {}  # attached ones, by subscriber id
         self.compressing = 0  # attached ones with permessage-deflate
         self._turn_ends = 0.0  # when the tick loop's compressing turn must checkpoint
+        #: the tick loop is compressing frames the hub has just built; pumps asked
+        #: for meanwhile wait in ``_deferred`` (see :meth:`pump_later`)
+        self._warming = False
+        self._deferred: list[StreamSession] = []
         #: set once shutdown began: new streams are closed at once (1012) and the
         #: gateway reports itself not ready
         self.stopping = False
@@ -134,19 +138,30 @@ class FanOut:
     def attach(self, session: StreamSession) -> None:
         assert session.sub is not None
         self._by_sub[session.sub.id] = session
-        if getattr(session, "compressed", False):
+        if session.compressed:
             self.compressing += 1
 
     def detach(self, session: StreamSession) -> None:
         sub = session.sub
         attached = sub is not None and self._by_sub.pop(sub.id, None) is not None
-        if attached and getattr(session, "compressed", False):
+        if attached and session.compressed:
             self.compressing -= 1
         if session in self.sessions:
             self.sessions.discard(session)
             self.stats.disconnects[session.reason or "error"] += 1
         if self.stopping and not self.sessions:
             self._drained.set()
+
+    def pump_later(self, session: StreamSession) -> bool:
+        """Take over a pump asked for outside the tick loop while that loop compresses
+        the frames the hub built in its current step (it checkpoints between them):
+        a compressed session would be handed those frames not yet compressed and
+        deflate them itself, in its own step. The tick loop pumps it as soon as they
+        are done. Returns whether it took the pump over."""
+        if not self._warming or not session.compressed:
+            return False
+        self._deferred.append(session)
+        return True
 
     def _session_failed(self, session: StreamSession) -> None:
         self.stats.internal_errors += 1
@@ -253,10 +268,17 @@ class FanOut:
             # and in time, since a lagging screen's take coalesces up to 4 slices)
             stats = self.stats
             for woken in hub.tick_steps(start):
-                if compress and warmed < len(hub.tick_joins):
-                    warmed = await self._compress_joins(warmed)
-                if self.compressing and warmed_frames < len(hub.tick_frames):
-                    warmed_frames = await self._compress_frames(warmed_frames)
+                self._warming = True
+                try:
+                    if compress and warmed < len(hub.tick_joins):
+                        warmed = await self._compress_joins(warmed)
+                    if self.compressing and warmed_frames < len(hub.tick_frames):
+                        warmed_frames = await self._compress_frames(warmed_frames)
+                finally:
+                    self._warming = False
+                if self._deferred:
+                    deferred, self._deferred = self._deferred, []
+                    woken = [s.sub for s in deferred if s.sub is not None] + woken
                 pumped, sent, since = 0, stats.bytes_sent, trio.current_time()
                 for sub in woken:
                     session = by_sub.get(sub.id)

@@ -140,6 +140,7 @@ class Server:
             sse_event=self.fanout.sse_event,
             attach=self.fanout.attach,
             detach=self.walls.wrap_detach(self.fanout.detach),
+            pump_later=self.fanout.pump_later,
             insight=insight,
             walls=self.walls,
             worker=worker,

@@ -63,6 +63,8 @@ class SessionContext:
     attach: Callable[[StreamSession], None]
     #: the session is gone: out of the registry, its disconnect reason counted
     detach: Callable[[StreamSession], None]
+    #: True if the tick loop takes the session's pump over (see StreamSession.pump_soon)
+    pump_later: Callable[[StreamSession], bool]
     #: alarms, metadata, history: the ack_alarm message, subscription history
     insight: Insight | None = None
     #: wall reports and actions (walls.py): ``report``/``action_ack``, ``/sse?wall=``
@@ -97,6 +99,7 @@ class StreamSession:
         "_nursery",
         "_pending_close",
         "_read_scope",
+        "compressed",
         "ctx",
         "ip",
         "life",
@@ -122,6 +125,8 @@ class StreamSession:
         #: bytes that go out in front of the stream's first write (the 101: one
         #: write for the 101 and the welcome)
         self.opener = b""
+        #: its frames are deflated (a WebSocket with permessage-deflate)
+        self.compressed = False
 
     @property
     def closing(self) -> bool:
@@ -275,7 +280,16 @@ class StreamSession:
             self._drain_done.set()
         if self.sub is not None:
             self.ctx.hub.write_done(self.sub, self.ctx.clock.mono())
-        self.pump()
+        self.pump_soon()
+
+    def pump_soon(self) -> None:
+        """:meth:`pump`, from outside the tick loop (a subscribe, a drain's end): at
+        once, unless the tick loop is compressing the frames it has just built; the
+        pump would then deflate the same frames again itself (measured in a join wave:
+        1 MB join snapshots, 5 ms each, in a subscribe's step), so the tick loop
+        pumps this session once they are compressed."""
+        if not self.ctx.pump_later(self):
+            self.pump()
 
     async def _flush(self) -> None:
         """Let what is queued (a close frame, a last event) reach the peer for at most

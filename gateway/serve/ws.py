@@ -56,7 +56,7 @@ _COPY_LIMIT = 16 * 1024
 
 class WsSession(StreamSession):
     __slots__ = (
-        "_parts", "_size", "_trailing", "compressed", "errors", "fast_in", "guard", "history_hold",
+        "_parts", "_size", "_trailing", "errors", "fast_in", "guard", "history_hold",
         "identity", "last_rx", "limits", "opened_at", "partial_since", "ping_sent_at", "ws",
     )  # fmt: skip
 
@@ -360,7 +360,7 @@ class WsSession(StreamSession):
             self.history_hold += 1
             self._nursery.start_soon(self._send_history, msg)
             return
-        self.pump()
+        self.pump_soon()
 
     async def _send_history(self, msg: Subscribe) -> None:
         """The subscription's history, one topic per checkpoint, then the live state."""
@@ -370,7 +370,7 @@ class WsSession(StreamSession):
             await send_each(frames, self._write_text, lambda: self.closing)
         finally:
             self.history_hold -= 1
-        self.pump()
+        self.pump_soon()
 
     def _authenticate(self, token: str) -> None:
         ctx = self.ctx

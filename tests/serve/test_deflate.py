@@ -269,3 +269,75 @@ async def test_a_large_join_snapshot_is_compressed_between_slices_not_in_a_pump(
     assert len({crc for _, crc in shared}) == len(shared)
     for ws in screens:
         ws.close()
+
+
+async def test_screens_joining_while_the_tick_compresses_wait_for_it_not_deflate_again(
+    gateway_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join wave: screens whose subscribe arrives while the tick loop is compressing
+    the join snapshot it has just built (between checkpoints) are handed that
+    snapshot too. Pumped at once, each would deflate it again in its own step (in a
+    probe's wave: 1 MB snapshots, 5 ms each); the tick loop pumps them once it is
+    compressed, so every large frame is deflated once, outside every pump."""
+    from gateway.serve import fanout
+    from gateway.serve.ws import WsSession
+
+    gw: Gateway = await gateway_factory()
+    for i in range(3000):
+        gw.store.apply(f"s/{i % 7}/d{i}", {"t": 20.0 + i, "mode": "run"}, gw.clock.wall())
+    in_pump = [False]
+    calls: list[tuple[int, bool, int]] = []
+    compressing = trio.Event()
+    pump, deflate, steps = WsSession.pump, fanout.deflate_frame, fanout.deflate_frame_steps
+
+    def watched_pump(self: WsSession, now: float | None = None) -> None:
+        in_pump[0] = True
+        try:
+            pump(self, now)
+        finally:
+            in_pump[0] = False
+
+    def watched_deflate(payload: bytes) -> bytes:
+        calls.append((len(payload), in_pump[0], zlib.crc32(payload)))
+        return deflate(payload)
+
+    def watched_steps(payload: bytes) -> Iterator[bytes | None]:
+        calls.append((len(payload), in_pump[0], zlib.crc32(payload)))
+        if len(payload) > 16 * 1024:
+            compressing.set()
+            # a slower deflate: the checkpoints of a large one, in which the other
+            # screens' subscribes are read and handled
+            yield from [None] * 200
+        yield from steps(payload)
+
+    monkeypatch.setattr(WsSession, "pump", watched_pump)
+    monkeypatch.setattr(fanout, "deflate_frame", watched_deflate)
+    monkeypatch.setattr(fanout, "deflate_frame_steps", watched_steps)
+    screens = [
+        await RawWs.connect(gw.port, headers={"Sec-WebSocket-Extensions": CHROME}) for _ in range(6)
+    ]
+    for ws in screens:
+        await read_json(ws)  # welcome
+    first, *late = screens
+    await first.send_json({"type": "subscribe", "id": "s", "filters": ["#"]})
+    with trio.fail_after(10):
+        await compressing.wait()
+    for ws in late:  # while the tick loop compresses the snapshot they will share
+        await ws.send_json({"type": "subscribe", "id": "s", "filters": ["#"]})
+    with trio.fail_after(20):
+        for ws in screens:
+            mirror = Mirror()
+            mirror.set_epoch(gw.store.epoch)
+            while len(mirror.topics) < 3000:
+                opcode, payload = await ws.recv_frame()
+                assert opcode == 1
+                for msg in decode_server(inflate(payload) if ws.rsv1 else payload):
+                    if hasattr(msg, "seq"):
+                        mirror.apply(msg)  # type: ignore[arg-type]
+            assert mirror.topics["s/3/d10"].fields == {"t": 30.0, "mode": "run"}
+    large = [(inside, crc) for size, inside, crc in calls if size > 16 * 1024]
+    assert large and not any(inside for inside, _ in large)  # never inside a pump
+    assert len({crc for _, crc in large}) == len(large)  # each frame compressed once
+    assert gw.hub.stats.joins_shared >= len(screens)  # one snapshot for the wave
+    for ws in screens:
+        ws.close()
