@@ -144,7 +144,8 @@ def build(cfg: Config, *, epoch: str | None = None, worker: int | None = None) -
     looplag = LoopLag(sc.loop_lag_interval_s)
     gw = Gateway(cfg, clock, store, hub, server, metrics, looplag, insight)
     metrics.attach(server, hub, store, lambda: gw.mqtt)
-    metrics.registry.register(InsightCollector(alarms, history, store))
+    assert metrics.census is not None
+    metrics.registry.register(InsightCollector(alarms, history, metrics.census))
     metrics.registry.register(WallsCollector(server.walls.registry, clock.wall))
     metrics.attach_loop_lag(looplag, clock.mono)
     return gw

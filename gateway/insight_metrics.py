@@ -7,22 +7,25 @@ start, at 0); never a rule, topic or device. docs/metrics.md lists them.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .core.alarms import SEVERITIES, STATES, AlarmEngine
 from .core.history import History
-from .core.state import StateStore
+
+if TYPE_CHECKING:
+    from .metrics import TopicCensus
 
 __all__ = ["InsightCollector"]
 
 
 class InsightCollector(Collector):
-    def __init__(self, alarms: AlarmEngine, history: History, store: StateStore) -> None:
+    def __init__(self, alarms: AlarmEngine, history: History, census: TopicCensus) -> None:
         self.alarms = alarms
         self.history = history
-        self.store = store
+        self.census = census
 
     def collect(self) -> Iterator[Metric]:
         active, unacked = self.alarms.counts()
@@ -80,9 +83,8 @@ class InsightCollector(Collector):
         dropped.add_metric(["refused"], hs.refused)
         dropped.add_metric(["evicted"], hs.evicted)
         yield dropped
-        learned = sum(1 for s in self.store.states() if s.interval)
         yield GaugeMetricFamily(
             "gateway_stale_learned_topics",
             "Topics whose reporting interval is learned (stale by default applies).",
-            value=learned,
+            value=self.census.learned,  # counted before the scrape
         )

@@ -5,6 +5,9 @@ Rules:
   IngestStats) as plain integers; :class:`GatewayCollector` turns them into metric
   families at scrape time, and computes current-state gauges (connections, topics,
   devices by state) then too.
+* A scrape holds the event loop for no more than its families: what counts every
+  topic (:class:`TopicCensus`) is counted in slices with checkpoints before the
+  exposition is rendered, not inside a collector.
 * Labels are low-cardinality: reasons, sources, states. Never a topic, device,
   token or address, so 10,000 topics add no series.
 * Every known label value is exported from the start (at 0), so dashboards and
@@ -22,6 +25,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
+import trio
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -44,7 +48,10 @@ if TYPE_CHECKING:
     from .persist import PersistStats
     from .serve.stats import ServerStats
 
-__all__ = ["GatewayCollector", "Metrics", "Served", "observe_many"]
+__all__ = ["GatewayCollector", "Metrics", "Served", "TopicCensus", "observe_many"]
+
+#: topics counted between two checkpoints by a scrape's census (~0.4 us each)
+CENSUS_STEP = 2000
 
 
 class Served(Protocol):
@@ -101,14 +108,51 @@ def _counter(
     return family
 
 
+class TopicCensus:
+    """What a scrape reports of every topic: devices by presence and staleness, and
+    topics whose reporting interval is learned. Counted in slices of
+    :data:`CENSUS_STEP` topics with a checkpoint between them, just before the
+    exposition is rendered: counted inside the collectors, one scrape held the event
+    loop for 7 of its 11 ms at 10,000 topics (about ten times that at 100,000)."""
+
+    __slots__ = ("devices", "learned", "store")
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.devices = dict.fromkeys(("online", "offline", "unknown", "stale"), 0)
+        self.learned = 0
+
+    async def refresh(self) -> None:
+        states = list(self.store.states())  # topics may come and go between slices
+        devices = dict.fromkeys(self.devices, 0)
+        learned = 0
+        for i in range(0, len(states), CENSUS_STEP):
+            await trio.lowlevel.checkpoint()
+            for ts in states[i : i + CENSUS_STEP]:
+                if ts.interval:
+                    learned += 1
+                if ts.topic[:1] == "$":  # alarm topics are not devices
+                    continue
+                online = ts.online
+                devices["unknown" if online is None else "online" if online else "offline"] += 1
+                devices["stale"] += ts.stale
+        self.devices, self.learned = devices, learned
+
+
 class GatewayCollector(Collector):
     def __init__(
-        self, server: Served, hub: Hub, store: StateStore, mqtt: Callable[[], MqttIngest | None]
+        self,
+        server: Served,
+        hub: Hub,
+        store: StateStore,
+        mqtt: Callable[[], MqttIngest | None],
+        census: TopicCensus,
     ) -> None:
         self.server = server
         self.hub = hub
         self.store = store
         self.mqtt = mqtt
+        self.census = census
 
     def collect(self) -> Iterator[Metric]:
         s = self.server.stats
@@ -262,12 +306,7 @@ class GatewayCollector(Collector):
                 values=mqtt.stats.reconnects,
             )
         yield GaugeMetricFamily("gateway_topics", "Topics in the state.", value=len(self.store))
-        devices = {"online": 0, "offline": 0, "unknown": 0, "stale": 0}
-        for ts in self.store.states():
-            if ts.topic[:1] == "$":  # alarm topics are not devices
-                continue
-            devices["unknown" if ts.online is None else "online" if ts.online else "offline"] += 1
-            devices["stale"] += ts.stale
+        devices = self.census.devices  # counted before the scrape (TopicCensus)
         family = GaugeMetricFamily(
             "gateway_devices",
             "Topics by presence (online, offline, unknown) and stale.",
@@ -389,6 +428,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.census: TopicCensus | None = None  # set by attach()
         ProcessCollector(registry=self.registry)
         r = self.registry
         self.tick_seconds = Histogram(
@@ -421,7 +461,8 @@ class Metrics:
     def attach(
         self, server: Served, hub: Hub, store: StateStore, mqtt: Callable[[], MqttIngest | None]
     ) -> None:
-        self.registry.register(GatewayCollector(server, hub, store, mqtt))
+        self.census = TopicCensus(store)
+        self.registry.register(GatewayCollector(server, hub, store, mqtt, self.census))
 
     def attach_loop_lag(self, monitor: LoopLag, now: Callable[[], float]) -> None:
         self.registry.register(LoopLagCollector(monitor, now))
@@ -429,5 +470,7 @@ class Metrics:
     def attach_persist(self, stats: PersistStats) -> None:
         self.registry.register(PersistCollector(stats))
 
-    def exposition(self) -> tuple[bytes, bytes]:
+    async def exposition(self) -> tuple[bytes, bytes]:
+        if self.census is not None:
+            await self.census.refresh()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST.encode()

@@ -46,7 +46,7 @@ class Routes:
         stats: ServerStats,
         identity: Callable[[Request], Identity | None],
         stopping: Callable[[], bool],
-        metrics_handler: Callable[[], tuple[bytes, bytes]] | None,
+        metrics_handler: Callable[[], Awaitable[tuple[bytes, bytes]]] | None,
         insight: Insight | None = None,
         origin_allowed: Callable[[Request], bool] = lambda _req: True,
         walls: WallDesk | None = None,
@@ -119,7 +119,7 @@ class Routes:
         if not public:
             if path == "/metrics" and self.metrics_handler is not None:
                 stats.http_requests["metrics"] += 1
-                body, ctype = self.metrics_handler()
+                body, ctype = await self.metrics_handler()
                 await answer(200, body, ctype)
                 return
             stats.http_requests["not_found"] += 1

@@ -10,6 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import Gateway
 from gateway.client import GatewayClient
+from gateway.core.state import StateStore
+from gateway.metrics import CENSUS_STEP, TopicCensus
 from tests.broker import Mosquitto
 from tests.conftest import require_binary
 from tests.gw import url
@@ -168,3 +170,49 @@ async def test_latency_is_observed_for_a_bounded_sample_of_each_tick(
         nursery.cancel_scope.cancel()
     assert changes > 2 * LATENCY_SAMPLES * (ticks1 - ticks0 + 1)  # ticks carry more than that
     assert 0 < after - before <= LATENCY_SAMPLES * (ticks1 - ticks0 + 1)
+
+
+async def test_a_scrape_counts_every_topic_in_slices_between_checkpoints() -> None:
+    """The census a scrape reports (devices by presence and staleness, learned
+    intervals) is counted CENSUS_STEP topics at a time with a checkpoint between:
+    in one go it held the loop for most of a scrape (7 of 11 ms at 10,000 topics)."""
+    store = StateStore("e")
+    n = 20_000
+    for i in range(n):
+        topic = f"site/{i % 20}/dev{i}"
+        store.apply(topic, {"v": i}, 1.0)
+        if i % 3 == 0:
+            store.set_presence(topic, i % 2 == 0, 1.0)  # online, offline, else unknown
+        if i % 7 == 0:
+            store.apply(topic, {"v": -i}, 3.0)  # a second report: an interval
+    store.apply("$alarms/site/0/dev0/hot", {"state": "active"}, 1.0)
+    store.mark_all_stale(10.0)
+    for i in range(0, n, 5):
+        store.apply(f"site/{i % 20}/dev{i}", {"v": 0}, 11.0)  # fresh again
+    census = TopicCensus(store)
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        await trio.lowlevel.checkpoint()
+        before = turns
+        await census.refresh()
+        during = turns - before
+        nursery.cancel_scope.cancel()
+    assert during >= n // CENSUS_STEP  # the other task ran between the slices
+    devices = [st for st in store.states() if not st.topic.startswith("$")]
+    assert census.devices == {
+        "online": sum(st.online is True for st in devices),
+        "offline": sum(st.online is False for st in devices),
+        "unknown": sum(st.online is None for st in devices),
+        "stale": sum(st.stale for st in devices),
+    }
+    assert census.devices["online"] and census.devices["offline"] and census.devices["unknown"]
+    assert 0 < census.devices["stale"] < n
+    assert census.learned == sum(bool(st.interval) for st in store.states()) > 0
