@@ -538,6 +538,16 @@ def steps_summary(path: pathlib.Path, t0: float, t1: float) -> list[dict[str, An
     return sorted(out, key=lambda g: -g["wall_total_ms"])[:12]
 
 
+def lag_summary(window: Any) -> dict[str, float]:
+    """p50/p99/max of a ``LagWindow``, and how many samples were over 5 and over
+    10 ms: the buckets are coarse (10, then 25 ms), and a p99 of 25 ms may be 1 % and
+    one sample, or 20 %."""
+    from gateway.looplag import BUCKETS
+
+    over = {f"over_{ms}ms": sum(window.counts[BUCKETS.index(ms / 1000) + 1 :]) for ms in (5, 10)}
+    return {**window.summary(), **over}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.e2e_bench import fleet, mosquitto
     from gateway.looplag import from_metrics
@@ -546,8 +556,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     want = f"#={args.devices},{SITE}/#={half}"
     with contextlib.ExitStack() as stack:
         tmp = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="probe-")))
-        # the broker is not pinned (as when these figures were taken)
-        mqtt_port = stack.enter_context(mosquitto(None))[0] if args.mqtt else None
+        # the broker is not pinned unless --broker-cpu says so (it then shares the
+        # load generator's CPU 1 and leaves CPU 0 to the gateway alone)
+        mqtt_port = stack.enter_context(mosquitto(args.broker_cpu))[0] if args.mqtt else None
         port, admin, gw, gc_log = stack.enter_context(
             gateway(args.devices, args.rate, mqtt_port, tmp, args.extra)
         )
@@ -616,6 +627,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "devices": args.devices,
             "screens": args.screens,
             "mqtt": bool(args.mqtt),
+            "broker_cpu": args.broker_cpu,
             "load_avg": os.getloadavg()[0],
             "window_s": round(m1 - m0, 1),
             "gateway_cpu_cores": round(cpu / (m1 - m0), 3),
@@ -643,9 +655,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sent_mib": round(sent / 2**20, 1),
             # how the screens that fell behind were caught up (architecture.md)
             "outbox": {name: int(counter(after, name) - counter(before, name)) for name in OUTBOX},
-            "loop_lag": from_metrics(after).minus(from_metrics(before)).summary(),
+            "loop_lag": lag_summary(from_metrics(after).minus(from_metrics(before))),
             # while all the screens leave at once (their process ends)
-            "loop_lag_leaving": from_metrics(left).minus(from_metrics(after)).summary(),
+            "loop_lag_leaving": lag_summary(from_metrics(left).minus(from_metrics(after))),
             "gc": gc_summary(gc_log, m0, m1),
             "slow_steps": steps_summary(pathlib.Path(str(gc_log) + ".steps"), m0, m1),
             "slow_batches": batches_summary(pathlib.Path(str(gc_log) + ".steps.batches"), m0, m1),
@@ -690,6 +702,10 @@ def main() -> None:
         "saturate the load generator's core with inflating: the ages then measure it)",
     )
     ap.add_argument("--mqtt", action="store_true", help="fleet through mosquitto")
+    ap.add_argument(
+        "--broker-cpu", type=int, default=None,
+        help="pin mosquitto to this CPU (1: beside the load generator; default: not pinned)",
+    )  # fmt: skip
     ap.add_argument("--extra", default="", help="more gateway TOML (after [server])")
     ap.add_argument("--py-spy", default="", help="record a py-spy profile here")
     ap.add_argument("--py-spy-rate", type=int, default=50, help="py-spy samples a second")

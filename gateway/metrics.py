@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GatewayCollector", "Metrics", "Served", "TopicCensus", "observe_many"]
 
-#: topics counted between two checkpoints by a scrape's census (~0.4 us each)
+#: topics counted between two checkpoints by a scrape's census (~0.5 us each: ~1 ms)
 CENSUS_STEP = 2000
 
 
