@@ -83,9 +83,13 @@ def as_gateway(gc_log: str, argv: list[str]) -> int:
         pathlib.Path(gc_log).write_text(json.dumps(records))
 
     atexit.register(dump)
-    steps = _slow_steps(gc_log + ".steps")
     import trio
 
+    if os.environ.get("PROBE_STEPS") == "0":  # --bare: no step instrument
+        from gateway.__main__ import main
+
+        return main(argv)
+    steps = _slow_steps(gc_log + ".steps")
     run = trio.run
 
     def instrumented(*a: Any, **kw: Any) -> Any:
@@ -243,7 +247,12 @@ def metric(text: str, name: str) -> float:
 
 @contextlib.contextmanager
 def gateway(
-    devices: int, rate: float, mqtt_port: int | None, tmp: pathlib.Path, extra: str
+    devices: int,
+    rate: float,
+    mqtt_port: int | None,
+    tmp: pathlib.Path,
+    extra: str,
+    steps: bool = True,
 ) -> Iterator[tuple[int, int, subprocess.Popen[bytes], pathlib.Path]]:
     port, admin = free_port(), free_port()
     cfg = tmp / "gateway.toml"
@@ -259,7 +268,8 @@ def gateway(
     cmd = [sys.executable, __file__, "--as-gateway", str(gc_log), "run", "--config", str(cfg)]
     cmd += ["--port", str(port), "--admin-port", str(admin)]
     with open(tmp / "gateway.log", "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
+        env = {**os.environ, "PROBE_STEPS": "1" if steps else "0"}
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log, env=env)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -560,7 +570,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # load generator's CPU 1 and leaves CPU 0 to the gateway alone)
         mqtt_port = stack.enter_context(mosquitto(args.broker_cpu))[0] if args.mqtt else None
         port, admin, gw, gc_log = stack.enter_context(
-            gateway(args.devices, args.rate, mqtt_port, tmp, args.extra)
+            gateway(args.devices, args.rate, mqtt_port, tmp, args.extra, not args.bare)
         )
         if mqtt_port:
             fleet = subprocess.Popen(
@@ -628,6 +638,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "screens": args.screens,
             "mqtt": bool(args.mqtt),
             "broker_cpu": args.broker_cpu,
+            "bare": args.bare,
             "load_avg": os.getloadavg()[0],
             "window_s": round(m1 - m0, 1),
             "gateway_cpu_cores": round(cpu / (m1 - m0), 3),
@@ -702,6 +713,11 @@ def main() -> None:
         "saturate the load generator's core with inflating: the ages then measure it)",
     )
     ap.add_argument("--mqtt", action="store_true", help="fleet through mosquitto")
+    ap.add_argument(
+        "--bare", action="store_true",
+        help="no Trio instrument of the probe's in the gateway (its per-step cost is then "
+        "not in the loop lag; slow steps and batches are not reported)",
+    )  # fmt: skip
     ap.add_argument(
         "--broker-cpu", type=int, default=None,
         help="pin mosquitto to this CPU (1: beside the load generator; default: not pinned)",
