@@ -792,24 +792,26 @@ class Hub:
     def find_slow_steps(
         self, now: float, ages: list[float] | None = None
     ) -> Iterator[list[tuple[Subscriber, str]]]:
-        """:meth:`find_slow` in slices of at most ``slice_items`` members: yields the
-        subscribers found in each (the shell checkpoints between slices). Groups and
-        members may come and go between slices (a copy of each is walked)."""
+        """:meth:`find_slow` in slices of at most ``slice_items`` members and, with a
+        clock, ``slice_seconds`` (looked at every 64 members): yields the subscribers
+        found in each (the shell checkpoints between slices). Groups and members may
+        come and go between slices (a copy of each is walked)."""
         cfg = self.config
         slow: dict[Subscriber, str] = {}
         for sub in self._writing:
             if sub.write_started is not None and now - sub.write_started > cfg.stall_s:
                 slow[sub] = "stalled"
         found = list(slow.items())
-        work = 0
+        sl = _Slice(cfg.slice_items, self.clock, cfg.slice_seconds)
         for group in list(self._groups.values()):
             if group.tick_no == 0:
                 continue
             for m in list(group.members):
-                work += 1
-                if work >= cfg.slice_items:
+                sl.work += 1
+                if (sl.work >= sl.budget or not sl.work & 63) and sl.full:
                     yield found
-                    found, work = [], 0
+                    found = []
+                    sl.take()
                 if m.sub in slow or not m.joined or m.sub.closed:
                     continue
                 since = group.waiting_since(m.cursor)

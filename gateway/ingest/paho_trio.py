@@ -418,7 +418,7 @@ class PahoSession:
                     self._too_large(item)
                 if packets >= batch:
                     return True
-                if not packets & 15 and trio.current_time() > deadline:
+                if not packets & 3 and trio.current_time() > deadline:
                     return True
         except MalformedPacket as err:
             raise MqttFailure(f"malformed packet from the broker ({err})") from None

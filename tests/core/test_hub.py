@@ -307,6 +307,36 @@ def test_finding_slow_screens_walks_thousands_in_bounded_slices() -> None:
     assert hub.stats.slow == {"lagging": 225}
 
 
+def test_finding_slow_screens_also_yields_when_its_time_is_spent() -> None:
+    """Given the shell's clock, the walk also yields once ``slice_seconds`` are spent
+    (looked at every 64 members), and finds the same screens: a sweep of thousands of
+    screens held the loop up to ~5 ms a step with the count alone."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.001  # every look at the clock: a slice's whole time
+        return now[0]
+
+    found = []
+    for timed in (False, True):
+        store = StateStore("e1")
+        cfg = HubConfig(max_lag_s=8, slice_items=100_000)
+        hub = Hub(store, cfg, clock=clock if timed else None)
+        fill(store)
+        subs = [hub.connect() for _ in range(450)]
+        for s in subs:
+            hub.subscribe(s, Subscribe("s", ("site/#",)))
+            hub.take(s, 0)
+        store.apply("site/a/d0", {"v": 1}, 1)
+        hub.tick(2.0)
+        for s in subs[::2]:
+            hub.take(s, 2.0)
+        slices = list(hub.find_slow_steps(11.0))
+        found.append(sorted(sub.id for batch in slices for sub, _ in batch))
+        assert len(slices) == (450 // 64 + 1 if timed else 1)
+    assert found[0] == found[1] == sorted(s.id for s in subs[1::2])
+
+
 def test_large_joins_are_split_into_bounded_frames() -> None:
     store, hub = make(max_frame_bytes=2048)
     for i in range(200):

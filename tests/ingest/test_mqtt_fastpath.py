@@ -280,3 +280,45 @@ async def test_the_reader_gathers_a_trickle_into_few_wake_ups(gather: float) -> 
         assert bursts <= 10  # 40 ms of trickle, gathered 100 ms at a time (+ the CONNACK)
     else:
         assert bursts >= 20  # the control: a wake-up per message
+
+
+async def test_a_turn_of_the_reader_ends_within_four_messages_of_its_time(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The reader's turn ends once ``read_budget_s`` is spent, looked at every 4
+    messages: when messages turn slow (the probe saw 16 take 5 to 10 ms), a turn
+    overruns by at most 4 of them, not 16."""
+    mock_clock.rate = 1.0  # real time passes; each message below costs 0.5 ms more
+    packets = [publish_packet(b"t/a", str(i).encode()) for i in range(64)]
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    got: list[bytes] = []
+    done = trio.Event()
+
+    def handler(topic: str | None, payload: bytes) -> None:
+        got.append(payload)
+        mock_clock.jump(0.0005)
+        if len(got) == len(packets):
+            done.set()
+
+    async def serve(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)  # CONNECT
+        await stream.send_all(b"\x20\x02\x00\x00")
+        await stream.send_all(b"".join(packets))  # all at once: one read has them all
+        await trio.sleep_forever()
+
+    broker = parse_url(f"mqtt://127.0.0.1:{port}")
+    client, _ = new_client(broker, "t", "3.1.1")
+    session = PahoSession(
+        client, broker, keepalive_s=5, on_message=handler, read_budget_s=0.001,
+        read_gather_s=0.0,
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, serve, listeners)
+        nursery.start_soon(session.run)
+        with trio.fail_after(10):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    assert got == [str(i).encode() for i in range(64)]  # nothing lost, in order
+    # 1 ms is 2 messages: a turn ends at the 4th, so 64 messages take >= 15 turns
+    assert session.yields >= 64 // 4 - 1
