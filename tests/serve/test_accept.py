@@ -69,3 +69,59 @@ async def test_a_full_backlog_is_accepted_in_bounded_batches() -> None:
     # tasks of a batch in either order): never the whole backlog at once
     jumps = [b - a for a, b in itertools.pairwise(steps)]
     assert 0 < max(jumps) <= 2 * ACCEPT_BATCH
+
+
+class SlowListener(CountingListener):
+    """Each accept costs 0.25 ms of the (mock) clock: a step's time, not its count,
+    must end it."""
+
+    def __init__(self, sock: socket.socket, clock: trio.testing.MockClock) -> None:
+        super().__init__(sock)
+        self.clock = clock
+
+    def accept(self) -> tuple[socket.socket, tuple[str, int]]:
+        got = super().accept()
+        self.clock.jump(0.00025)
+        return got
+
+
+async def test_accepting_also_yields_once_its_turn_is_spent(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """1 ms is 4 accepts here; the clock is read every 8: at most 8 between two
+    checkpoints, not ACCEPT_BATCH (64)."""
+    mock_clock.rate = 1.0
+    listener = listen("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(QUEUED)]
+    slow = SlowListener(listener, mock_clock)
+    handled = 0
+    steps: list[int] = []
+
+    async def handler(sock: socket.socket, ip: str) -> None:
+        nonlocal handled
+        sock.close()
+        handled += 1
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                accept_loop,
+                slow,  # type: ignore[arg-type]
+                nursery,
+                handler,
+                0,
+                RateLimitedLog(logging.getLogger("test")),
+            )
+            with trio.fail_after(10):
+                while handled < QUEUED:
+                    steps.append(slow.accepted)
+                    await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+    finally:
+        for c in clients:
+            c.close()
+        listener.close()
+    assert slow.accepted == QUEUED
+    jumps = [b - a for a, b in itertools.pairwise(steps)]
+    assert 0 < max(jumps) <= 2 * 8
