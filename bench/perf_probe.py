@@ -155,10 +155,34 @@ def _slow_steps(path: str) -> Any:
         return "; ".join(f"{n}x {w}" for w, n in counts.most_common(3))
 
     batches: list[tuple[float, float, dict[str, int]]] = []  # long scheduler batches
+    # every step of 0.5 ms or more in the last second (end time, task, wall, CPU), and
+    # for every loop-lag sample over 10 ms the wall time of those that ran while the
+    # sampler was late, by task (where a late sample's time went)
+    recent: collections.deque[tuple[float, str, float, float]] = collections.deque()
+    late: list[tuple[float, float, dict[str, list[float]], float]] = []
+    cpu_at = [time.thread_time()]
+
+    def on_lag(lag: float) -> None:
+        # the loop's thread CPU since the sampler's previous wake-up: the loop does not
+        # block while a timer is overdue, so a late sample with less CPU than its lag
+        # was not running (preempted by another thread or process, or the hypervisor)
+        cpu, cpu_at[0] = time.thread_time() - cpu_at[0], time.thread_time()
+        if lag <= 0.010:
+            return
+        now = time.monotonic()
+        since = now - lag - 0.010  # the sampler's due time, and the step it ended
+        by: dict[str, list[float]] = {}
+        for at, name, wall, cpu in recent:
+            if at >= since:
+                one = by.setdefault(name, [0, 0.0, 0.0])
+                one[0] += 1
+                one[1] += wall * 1e3
+                one[2] += cpu * 1e3
+        late.append((now, lag, by, max(0.0, lag - cpu)))
 
     class Steps(trio.abc.Instrument):
         def __init__(self) -> None:
-            self.t0 = self.c0 = 0.0
+            self.t0 = self.c0 = self.io_t0 = 0.0
             self.at = ""
             self.batch_t0 = time.perf_counter()
             self.batch_tasks: dict[str, int] = {}
@@ -169,9 +193,16 @@ def _slow_steps(path: str) -> Any:
             if took > SLOW_BATCH:
                 batches.append((time.monotonic(), took, self.batch_tasks))
             self.batch_tasks = {}
+            self.io_t0 = time.perf_counter()
 
         def after_io_wait(self, timeout: float) -> None:
             self.batch_t0 = time.perf_counter()
+            waited = self.batch_t0 - self.io_t0
+            if waited >= 0.0005:  # the loop blocked in epoll this long (timeout asked)
+                now = time.monotonic()
+                recent.append((now, "(epoll wait)", waited, timeout))
+                while recent[0][0] < now - 1.0:
+                    recent.popleft()
 
         def before_task_step(self, task: Any) -> None:
             self.t0, self.c0 = time.perf_counter(), time.thread_time()
@@ -189,6 +220,11 @@ def _slow_steps(path: str) -> Any:
                 )
             last[task] = line
             name = task.name.rsplit(".", 1)[-1]
+            if wall >= 0.0005:
+                now = time.monotonic()
+                recent.append((now, name, wall, time.thread_time() - self.c0))
+                while recent[0][0] < now - 1.0:
+                    recent.popleft()
             self.batch_tasks[name] = self.batch_tasks.get(name, 0) + 1
             if self.t0 - self.batch_t0 > SLOW_BATCH / 2:
                 # a long batch: where its steps stopped, and their wall time (ms)
@@ -200,12 +236,52 @@ def _slow_steps(path: str) -> Any:
     SLOW_BATCH = 0.02
     atexit.register(lambda: pathlib.Path(path).write_text(json.dumps(kept)))
     atexit.register(lambda: pathlib.Path(path + ".batches").write_text(json.dumps(batches)))
+    atexit.register(lambda: pathlib.Path(path + ".late").write_text(json.dumps(late)))
+    from gateway import looplag
+
+    observe = looplag.LoopLag.observe
+
+    def observed(self: Any, lag: float, now: float) -> None:
+        on_lag(lag)
+        observe(self, lag, now)
+
+    looplag.LoopLag.observe = observed  # type: ignore[method-assign]
     return Steps()
 
 
 def proc_cpu(pid: int) -> float:
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of ``pid`` so far, by thread name and id (the loop
+    lag is the main thread's; another thread holding the GIL or the CPU delays it)."""
+    out = {}
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            stat = (task / "stat").read_text()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
+            out[f"{name} {task.name}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def cpu_steal() -> dict[str, tuple[int, int, int]]:
+    """Interrupt, softirq and steal time of each CPU so far, in USER_HZ ticks
+    (/proc/stat)."""
+    out = {}
+    for line in pathlib.Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            out[name] = (int(fields[5]), int(fields[6]), int(fields[7]))
+    return out
+
+
+def schedstat(pid: int) -> tuple[int, int, int]:
+    """ns on the CPU, ns runnable and waiting for it, time slices: the main thread's."""
+    run, wait, slices = pathlib.Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(run), int(wait), int(slices)
 
 
 def rss_mib(pid: int) -> float:
@@ -526,6 +602,40 @@ def batches_summary(path: pathlib.Path, t0: float, t1: float) -> dict[str, Any]:
     }
 
 
+def late_summary(path: pathlib.Path, t0: float, t1: float) -> dict[str, Any]:
+    """The loop-lag samples over 10 ms in the window, and what ran while each was late:
+    per task, in how many of them it ran steps of 0.5 ms or more, and their wall and
+    CPU time in all (ms); for the worst sample, per task: steps, wall, CPU; and for each
+    sample how long at least the loop did not run at all while it was late."""
+    found = json.loads(path.read_text()) if path.exists() else []
+    kept = sorted(
+        ((lag, off, by) for at, lag, by, off in found if t0 <= at <= t1), key=lambda k: k[0]
+    )
+    mine = [(lag, by) for lag, _, by in kept]
+    tasks: dict[str, list[float]] = {}
+    for _, by in mine:
+        for name, (n, wall, cpu) in by.items():
+            one = tasks.setdefault(name, [0, 0.0, 0.0, 0.0])
+            one[0] += 1
+            one[1] += n
+            one[2] += wall
+            one[3] += cpu
+    worst = max(mine, key=lambda m: m[0], default=(0.0, {}))
+    return {
+        "samples": len(mine),
+        "lags_ms": sorted(round(lag * 1e3, 1) for lag, _ in mine),
+        "worst": {name: [round(x, 1) for x in v] for name, v in worst[1].items()},
+        # lag minus the loop's CPU since the sampler's previous wake-up: at least this
+        # long the loop was not running at all (ms), per sample, in the order of lags_ms
+        "not_running_ms": [round(off * 1e3, 1) for _, off, _ in kept],
+        "tasks": {
+            name: {"in_samples": int(v[0]), "steps": int(v[1]), "wall_ms": round(v[2], 1),
+                   "cpu_ms": round(v[3], 1)}
+            for name, v in sorted(tasks.items(), key=lambda kv: -kv[1][2])
+        },
+    }  # fmt: skip
+
+
 def steps_summary(path: pathlib.Path, t0: float, t1: float) -> list[dict[str, Any]]:
     """The task steps over 5 ms in the window, by task and where they stopped: the
     work that held the loop (wall time; CPU time tells work from preemption)."""
@@ -597,6 +707,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             screens = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
             time.sleep(max(0.0, age_from - time.time()))
         before, cpu0, m0 = scrape(admin), proc_cpu(gw.pid), time.monotonic()
+        threads0 = thread_cpu(gw.pid)
+        sched0 = schedstat(gw.pid)
+        steal0 = cpu_steal()
         fleet0 = proc_cpu(fleet_pid) if fleet_pid else 0.0
         if joinwave:
             screens = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
@@ -613,6 +726,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(1.0)
             rss.append(round(rss_mib(gw.pid), 1))
         after, cpu1, m1 = scrape(admin), proc_cpu(gw.pid), time.monotonic()
+        sched1 = schedstat(gw.pid)
+        steal1 = cpu_steal()
+        threads_cpu = {
+            name: round(cpu - threads0.get(name, 0.0), 2)
+            for name, cpu in thread_cpu(gw.pid).items()
+            if cpu - threads0.get(name, 0.0) > 0
+        }
         fleet1 = proc_cpu(fleet_pid) if fleet_pid else 0.0
         out, _ = screens.communicate(timeout=120)
         if spy is not None:
@@ -672,6 +792,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "gc": gc_summary(gc_log, m0, m1),
             "slow_steps": steps_summary(pathlib.Path(str(gc_log) + ".steps"), m0, m1),
             "slow_batches": batches_summary(pathlib.Path(str(gc_log) + ".steps.batches"), m0, m1),
+            "late_samples": late_summary(pathlib.Path(str(gc_log) + ".steps.late"), m0, m1),
             # by the end, the screens' leaving included
             **{
                 what: {
@@ -683,6 +804,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for what in ("disconnects", "send_failures")
             },
             "rss_mib": rss,
+            "gateway_threads_cpu_s": threads_cpu,
+            # the main thread's time on the CPU and runnable but waiting for it (s):
+            # waiting means another task had its CPU (/proc/<pid>/schedstat)
+            "gateway_sched_s": {
+                "running": round((sched1[0] - sched0[0]) / 1e9, 2),
+                "runnable_waiting": round((sched1[1] - sched0[1]) / 1e9, 2),
+                "slices": sched1[2] - sched0[2],
+            },
+            # each CPU's time in interrupts, in softirqs (the kernel's network work:
+            # on loopback, much of the screens' TCP) and stolen by the hypervisor (ms,
+            # /proc/stat ticks): on the gateway's CPU 0, each shows as loop lag with no
+            # CPU of its own, no waiting for the CPU and no epoll wait
+            "irq_softirq_steal_ms_by_cpu": {
+                cpu: [
+                    (a - b) * 1000 // CLK_TCK for a, b in zip(steal1[cpu], steal0[cpu], strict=True)
+                ]
+                for cpu in steal1
+            },
             "screens_result": json.loads(out.decode().strip().splitlines()[-1]),
         }
     return result
