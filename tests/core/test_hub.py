@@ -1,6 +1,6 @@
 import pytest
 
-from gateway.core.hub import Hub, HubConfig
+from gateway.core.hub import Hub, HubConfig, Subscriber
 from gateway.core.mirror import Mirror
 from gateway.core.protocol import Ack, Error, Resume, Subscribe, Unsubscribe, decode_server
 from gateway.core.state import Delta, Snapshot, StateStore
@@ -288,10 +288,10 @@ def test_stalled_writer_and_lagging_reader_are_named_slow() -> None:
     assert hub.subscribers == 2
 
 
-def test_finding_slow_screens_walks_thousands_in_bounded_slices() -> None:
-    store, hub = make(max_lag_s=8, slice_items=100)
+def half_lagging(store: StateStore, hub: Hub, n: int = 450) -> list[Subscriber]:
+    """``n`` screens that joined; then a change, which every other one takes."""
     fill(store)
-    subs = [hub.connect() for _ in range(450)]
+    subs = [hub.connect() for _ in range(n)]
     for s in subs:
         hub.subscribe(s, Subscribe("s", ("site/#",)))
         hub.take(s, 0)
@@ -299,6 +299,12 @@ def test_finding_slow_screens_walks_thousands_in_bounded_slices() -> None:
     hub.tick(2.0)
     for s in subs[::2]:
         hub.take(s, 2.0)  # every other screen keeps up
+    return subs
+
+
+def test_finding_slow_screens_walks_thousands_in_bounded_slices() -> None:
+    store, hub = make(max_lag_s=8, slice_items=100)
+    subs = half_lagging(store, hub)
     ages: list[float] = []
     slices = list(hub.find_slow_steps(11.0, ages))
     assert len(slices) == 5  # 450 members, at most 100 between two yields
@@ -322,15 +328,7 @@ def test_finding_slow_screens_also_yields_when_its_time_is_spent() -> None:
         store = StateStore("e1")
         cfg = HubConfig(max_lag_s=8, slice_items=100_000)
         hub = Hub(store, cfg, clock=clock if timed else None)
-        fill(store)
-        subs = [hub.connect() for _ in range(450)]
-        for s in subs:
-            hub.subscribe(s, Subscribe("s", ("site/#",)))
-            hub.take(s, 0)
-        store.apply("site/a/d0", {"v": 1}, 1)
-        hub.tick(2.0)
-        for s in subs[::2]:
-            hub.take(s, 2.0)
+        subs = half_lagging(store, hub)
         slices = list(hub.find_slow_steps(11.0))
         found.append(sorted(sub.id for batch in slices for sub, _ in batch))
         assert len(slices) == (450 // 64 + 1 if timed else 1)

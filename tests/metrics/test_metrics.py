@@ -18,6 +18,7 @@ from tests.gw import url
 from tests.ingest.test_mqtt import until_subscribed
 from tests.serve.httpget import http_get
 from tests.serve.rawws import RawWs
+from tests.turns import others_turns_during
 
 
 async def scrape(gw: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -190,21 +191,7 @@ async def test_a_scrape_counts_every_topic_in_slices_between_checkpoints() -> No
     for i in range(0, n, 5):
         store.apply(f"site/{i % 20}/dev{i}", {"v": 0}, 11.0)  # fresh again
     census = TopicCensus(store)
-    turns = 0
-
-    async def other_task() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await trio.lowlevel.checkpoint()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(other_task)
-        await trio.lowlevel.checkpoint()
-        before = turns
-        await census.refresh()
-        during = turns - before
-        nursery.cancel_scope.cancel()
+    _, during = await others_turns_during(census.refresh)
     assert during >= n // CENSUS_STEP  # the other task ran between the slices
     devices = [st for st in store.states() if not st.topic.startswith("$")]
     assert census.devices == {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+from collections.abc import Callable
 
 import trio
 
@@ -31,11 +32,14 @@ class CountingListener:
         return conn, addr
 
 
-async def test_a_full_backlog_is_accepted_in_bounded_batches() -> None:
+async def accept_backlog(wrap: Callable[[socket.socket], CountingListener]) -> list[int]:
+    """QUEUED connections waiting in a listener's backlog, accepted by ``accept_loop``
+    from ``wrap(listener)``: how many were accepted each time another task (this one)
+    got to run."""
     listener = listen("127.0.0.1", 0)
     port = listener.getsockname()[1]
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(QUEUED)]
-    counting = CountingListener(listener)
+    counting = wrap(listener)
     handled = 0
     steps: list[int] = []  # accepted so far, each time another task got to run
 
@@ -65,9 +69,13 @@ async def test_a_full_backlog_is_accepted_in_bounded_batches() -> None:
             c.close()
         listener.close()
     assert counting.accepted == QUEUED
+    return [b - a for a, b in itertools.pairwise(steps)]
+
+
+async def test_a_full_backlog_is_accepted_in_bounded_batches() -> None:
+    jumps = await accept_backlog(CountingListener)
     # each of our steps sees at most two of the accept loop's (trio may run the
     # tasks of a batch in either order): never the whole backlog at once
-    jumps = [b - a for a, b in itertools.pairwise(steps)]
     assert 0 < max(jumps) <= 2 * ACCEPT_BATCH
 
 
@@ -91,37 +99,5 @@ async def test_accepting_also_yields_once_its_turn_is_spent(
     """1 ms is 4 accepts here; the clock is read every 8: at most 8 between two
     checkpoints, not ACCEPT_BATCH (64)."""
     mock_clock.rate = 1.0
-    listener = listen("127.0.0.1", 0)
-    port = listener.getsockname()[1]
-    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(QUEUED)]
-    slow = SlowListener(listener, mock_clock)
-    handled = 0
-    steps: list[int] = []
-
-    async def handler(sock: socket.socket, ip: str) -> None:
-        nonlocal handled
-        sock.close()
-        handled += 1
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                accept_loop,
-                slow,  # type: ignore[arg-type]
-                nursery,
-                handler,
-                0,
-                RateLimitedLog(logging.getLogger("test")),
-            )
-            with trio.fail_after(10):
-                while handled < QUEUED:
-                    steps.append(slow.accepted)
-                    await trio.lowlevel.checkpoint()
-            nursery.cancel_scope.cancel()
-    finally:
-        for c in clients:
-            c.close()
-        listener.close()
-    assert slow.accepted == QUEUED
-    jumps = [b - a for a, b in itertools.pairwise(steps)]
+    jumps = await accept_backlog(lambda sock: SlowListener(sock, mock_clock))
     assert 0 < max(jumps) <= 2 * 8

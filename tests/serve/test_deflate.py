@@ -194,19 +194,14 @@ def test_each_message_is_a_deflate_stream_of_its_own() -> None:
     assert payload_of(deflate_frame(state)) == fresh(state)
 
 
-async def test_a_large_join_snapshot_is_compressed_between_slices_not_in_a_pump(
-    gateway_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A join snapshot built over several slices (more topics than a slice) is
-    compressed by the tick loop a frame per checkpoint, before the screens are pumped:
-    no screen's pump compresses a large frame (at 50,000 topics that was 8.6 MB in one
-    go), every frame is compressed once, and every screen rebuilds the whole state."""
+def watch_deflates(
+    monkeypatch: pytest.MonkeyPatch, on_steps: Callable[[bytes], Iterator[None]] | None = None
+) -> list[tuple[int, bool, int]]:
+    """Every deflate of a frame from now on, as (size, inside a screen's pump, crc32);
+    ``on_steps`` may add steps before a stepped deflate's own (a slower deflate)."""
     from gateway.serve import fanout
     from gateway.serve.ws import WsSession
 
-    gw: Gateway = await gateway_factory(server={"max_frame_bytes": 32 * 1024})
-    for i in range(3000):  # three slices of the hub's 1,000
-        gw.store.apply(f"s/{i % 7}/d{i}", {"t": 20.0 + i, "mode": "run"}, gw.clock.wall())
     in_pump = [False]
     calls: list[tuple[int, bool, int]] = []
     pump, deflate, steps = WsSession.pump, fanout.deflate_frame, fanout.deflate_frame_steps
@@ -224,33 +219,58 @@ async def test_a_large_join_snapshot_is_compressed_between_slices_not_in_a_pump(
 
     def watched_steps(payload: bytes) -> Iterator[bytes | None]:
         calls.append((len(payload), in_pump[0], zlib.crc32(payload)))
-        return steps(payload)
+        if on_steps is not None:
+            yield from on_steps(payload)
+        yield from steps(payload)
 
     monkeypatch.setattr(WsSession, "pump", watched_pump)
     monkeypatch.setattr(fanout, "deflate_frame", watched_deflate)
     monkeypatch.setattr(fanout, "deflate_frame_steps", watched_steps)
+    return calls
+
+
+async def read_state(ws: RawWs, gw: Gateway, topics: int) -> Mirror:
+    """A screen's mirror once it holds ``topics`` topics (within 20 s), checked on one
+    of them (the tests' state: ``t`` is 20 + i for device i)."""
+    mirror = Mirror()
+    mirror.set_epoch(gw.store.epoch)
+    with trio.fail_after(20):
+        while len(mirror.topics) < topics:
+            opcode, payload = await ws.recv_frame()
+            assert opcode == 1
+            for msg in decode_server(inflate(payload) if ws.rsv1 else payload):
+                if hasattr(msg, "seq"):
+                    mirror.apply(msg)  # type: ignore[arg-type]
+    assert mirror.topics["s/3/d10"].fields == {"t": 30.0, "mode": "run"}
+    return mirror
+
+
+def assert_deflated_once_outside_pumps(calls: list[tuple[int, bool, int]], over: int) -> None:
+    """Every frame larger than ``over`` was deflated, once, and never in a pump."""
+    large = [(inside, crc) for size, inside, crc in calls if size > over]
+    assert large and not any(inside for inside, _ in large)  # never inside a pump
+    assert len({crc for _, crc in large}) == len(large)  # each frame compressed once
+
+
+async def test_a_large_join_snapshot_is_compressed_between_slices_not_in_a_pump(
+    gateway_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join snapshot built over several slices (more topics than a slice) is
+    compressed by the tick loop a frame per checkpoint, before the screens are pumped:
+    no screen's pump compresses a large frame (at 50,000 topics that was 8.6 MB in one
+    go), every frame is compressed once, and every screen rebuilds the whole state."""
+    gw: Gateway = await gateway_factory(server={"max_frame_bytes": 32 * 1024})
+    for i in range(3000):  # three slices of the hub's 1,000
+        gw.store.apply(f"s/{i % 7}/d{i}", {"t": 20.0 + i, "mode": "run"}, gw.clock.wall())
+    calls = watch_deflates(monkeypatch)
     screens = [
         await RawWs.connect(gw.port, headers={"Sec-WebSocket-Extensions": CHROME}) for _ in range(3)
     ]
     for ws in screens:
         await read_json(ws)  # welcome
         await ws.send_json({"type": "subscribe", "id": "s", "filters": ["#"]})
-    mirrors = []
-    with trio.fail_after(20):
-        for ws in screens:
-            mirror = Mirror()
-            mirrors.append(mirror)
-            mirror.set_epoch(gw.store.epoch)
-            while len(mirror.topics) < 3000:
-                opcode, payload = await ws.recv_frame()
-                assert opcode == 1
-                for msg in decode_server(inflate(payload) if ws.rsv1 else payload):
-                    if hasattr(msg, "seq"):
-                        mirror.apply(msg)  # type: ignore[arg-type]
-            assert mirror.topics["s/3/d10"].fields == {"t": 30.0, "mode": "run"}
-    large = [(inside, crc) for size, inside, crc in calls if size > 16 * 1024]
-    assert large and not any(inside for inside, _ in large)  # never inside a pump
-    assert len({crc for _, crc in large}) == len(large)  # each frame compressed once
+    mirrors = [await read_state(ws, gw, 3000) for ws in screens]
+    assert_deflated_once_outside_pumps(calls, 16 * 1024)
     # the ticks' own frames too: compressed by the tick loop, once, before the pumps
     calls.clear()
     for i in range(3000):
@@ -264,9 +284,7 @@ async def test_a_large_join_snapshot_is_compressed_between_slices_not_in_a_pump(
                 for msg in decode_server(inflate(payload) if ws.rsv1 else payload):
                     if hasattr(msg, "seq"):
                         mirror.apply(msg)  # type: ignore[arg-type]
-    shared = [(inside, crc) for size, inside, crc in calls if size > 1024]
-    assert shared and not any(inside for inside, _ in shared)
-    assert len({crc for _, crc in shared}) == len(shared)
+    assert_deflated_once_outside_pumps(calls, 1024)
     for ws in screens:
         ws.close()
 
@@ -279,40 +297,19 @@ async def test_screens_joining_while_the_tick_compresses_wait_for_it_not_deflate
     snapshot too. Pumped at once, each would deflate it again in its own step (in a
     probe's wave: 1 MB snapshots, 5 ms each); the tick loop pumps them once it is
     compressed, so every large frame is deflated once, outside every pump."""
-    from gateway.serve import fanout
-    from gateway.serve.ws import WsSession
-
     gw: Gateway = await gateway_factory()
     for i in range(3000):
         gw.store.apply(f"s/{i % 7}/d{i}", {"t": 20.0 + i, "mode": "run"}, gw.clock.wall())
-    in_pump = [False]
-    calls: list[tuple[int, bool, int]] = []
     compressing = trio.Event()
-    pump, deflate, steps = WsSession.pump, fanout.deflate_frame, fanout.deflate_frame_steps
 
-    def watched_pump(self: WsSession, now: float | None = None) -> None:
-        in_pump[0] = True
-        try:
-            pump(self, now)
-        finally:
-            in_pump[0] = False
-
-    def watched_deflate(payload: bytes) -> bytes:
-        calls.append((len(payload), in_pump[0], zlib.crc32(payload)))
-        return deflate(payload)
-
-    def watched_steps(payload: bytes) -> Iterator[bytes | None]:
-        calls.append((len(payload), in_pump[0], zlib.crc32(payload)))
+    def slower(payload: bytes) -> Iterator[None]:
         if len(payload) > 16 * 1024:
             compressing.set()
             # a slower deflate: the checkpoints of a large one, in which the other
             # screens' subscribes are read and handled
             yield from [None] * 200
-        yield from steps(payload)
 
-    monkeypatch.setattr(WsSession, "pump", watched_pump)
-    monkeypatch.setattr(fanout, "deflate_frame", watched_deflate)
-    monkeypatch.setattr(fanout, "deflate_frame_steps", watched_steps)
+    calls = watch_deflates(monkeypatch, slower)
     screens = [
         await RawWs.connect(gw.port, headers={"Sec-WebSocket-Extensions": CHROME}) for _ in range(6)
     ]
@@ -324,20 +321,9 @@ async def test_screens_joining_while_the_tick_compresses_wait_for_it_not_deflate
         await compressing.wait()
     for ws in late:  # while the tick loop compresses the snapshot they will share
         await ws.send_json({"type": "subscribe", "id": "s", "filters": ["#"]})
-    with trio.fail_after(20):
-        for ws in screens:
-            mirror = Mirror()
-            mirror.set_epoch(gw.store.epoch)
-            while len(mirror.topics) < 3000:
-                opcode, payload = await ws.recv_frame()
-                assert opcode == 1
-                for msg in decode_server(inflate(payload) if ws.rsv1 else payload):
-                    if hasattr(msg, "seq"):
-                        mirror.apply(msg)  # type: ignore[arg-type]
-            assert mirror.topics["s/3/d10"].fields == {"t": 30.0, "mode": "run"}
-    large = [(inside, crc) for size, inside, crc in calls if size > 16 * 1024]
-    assert large and not any(inside for inside, _ in large)  # never inside a pump
-    assert len({crc for _, crc in large}) == len(large)  # each frame compressed once
+    for ws in screens:
+        await read_state(ws, gw, 3000)
+    assert_deflated_once_outside_pumps(calls, 16 * 1024)
     assert gw.hub.stats.joins_shared >= len(screens)  # one snapshot for the wave
     for ws in screens:
         ws.close()
