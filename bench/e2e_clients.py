@@ -197,6 +197,11 @@ def ws_values(payload: bytes, now: float, screen: Screen, ages: Ages) -> None:
 DEFERRED: collections.deque[Screen] = collections.deque()
 #: a screen's recorded join is counted at once beyond this (memory stays bounded)
 BACKLOG_CAP = 32 << 20
+#: and the oldest recorded joins are counted at once while all of them hold more than
+#: this: a load process too busy to count them kept recording every screen's messages
+#: (8,000 screens: 21 GB, until the kernel killed it)
+TOTAL_BACKLOG_CAP = 1 << 30
+recorded = [0]  # bytes held in every screen's backlog
 #: and at the latest this long after its first recorded message, idle or not
 VERIFY_LAG_S = 1.0
 
@@ -216,6 +221,7 @@ def verify(screen: Screen) -> None:
         if screen.snapshots >= screen.expect:
             screen.snapshot_at = at
             break
+    recorded[0] -= screen.backlog_bytes
     screen.backlog = []
     screen.backlog_bytes = 0
 
@@ -253,8 +259,11 @@ def parse_ws(screen: Screen, now: float, ages: Ages) -> None:
                     screen.backlog_since = now
                 screen.backlog.append((now, payload, compressed))
                 screen.backlog_bytes += len(payload)
+                recorded[0] += len(payload)
                 if screen.backlog_bytes > BACKLOG_CAP:
                     verify(screen)
+                while recorded[0] > TOTAL_BACKLOG_CAP and DEFERRED:
+                    verify(DEFERRED.popleft())
             else:
                 if compressed:
                     payload = inflate(screen, payload)
