@@ -30,7 +30,7 @@ __all__ = ["BACKLOG", "Admission", "accept_loop", "bind", "forwarded_for", "list
 BACKLOG = 4096
 #: connections accepted between two event-loop checkpoints
 ACCEPT_BATCH = 64
-#: or this long (a join wave's accepts took 2.8 ms a step, 64 at ~40 us each)
+#: or this long (in a join wave's late loop-lag samples its steps took 2.8 to 7 ms)
 ACCEPT_TURN_S = 0.001
 
 _T = TypeVar("_T")
