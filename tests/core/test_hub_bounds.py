@@ -134,6 +134,59 @@ def test_a_new_group_visits_only_the_matching_topics_and_builds_in_slices() -> N
     assert mirror_view(mirror) == expected_view(store, ["#"])
 
 
+def test_subscribes_between_two_ticks_share_one_slice_of_building() -> None:
+    """Subscribes read together (one step of the shell) must not each build a slice:
+    32 of them, each making a new group of 20,000 topics, held the loop 22 ms."""
+    store, hub = make(5_000, slice_items=500)
+    sub = hub.connect()
+    for i in range(8):  # 8 distinct groups: '#' at 8 rate steps (20 Hz down to 0.1 Hz)
+        reply = hub.subscribe(sub, Subscribe(f"s{i}", ("#",), hub.rates.steps[i]))
+        assert isinstance(reply, Ack)
+    assert hub.groups == 8
+    assert sum(len(g.sent) for g in hub._groups.values()) <= 500
+    list(hub.tick_steps(0.05))  # the tick builds the rest in its slices, and refills
+    assert all(g.building is None for g in hub._groups.values())
+    assert isinstance(hub.subscribe(sub, Subscribe("line", ("site3/line2/+",), 20)), Ack)
+    line = next(g for g in hub._groups.values() if g.key.filter == "site3/line2/+")
+    assert line.building is None  # 71 topics: built at once again after the tick
+    mirror = Mirror()
+    for _ in range(4):
+        deliver(hub, sub, mirror)
+        hub.tick(0.1)
+    assert mirror_view(mirror) == expected_view(store, ["#"])
+
+
+def test_a_large_join_snapshot_is_packed_slice_by_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its frames are made as its fragments are read, not all in the step that reads
+    the last of them (20,000 fragments packed at once: one step of ~15 ms)."""
+    import gateway.core.hub as hub_module
+
+    made: list[int] = []
+    encode = hub_module.encode_batch
+
+    def counted(frags: list[bytes]) -> bytes:
+        made.append(len(frags))
+        return encode(frags)
+
+    store, hub = make(3_000, slice_items=64, max_frame_bytes=2048)
+    monkeypatch.setattr(hub_module, "encode_batch", counted)
+    sub = hub.connect()
+    hub.subscribe(sub, Subscribe("s", ("#",)))
+    per_slice = []
+    for _ in hub.tick_steps(0.05):
+        per_slice.append(len(made))
+        made.clear()
+    frames = hub.take(sub, 0.05)
+    assert len(frames) == sum(per_slice) > 150
+    assert max(per_slice) <= 5  # 64 fragments of ~116 bytes a slice: 4 frames of 2 KiB
+    assert all(len(f) <= 2048 for f in frames)
+    mirror = Mirror()
+    for frame in frames:
+        for msg in decode_server(frame):
+            mirror.apply(msg)  # type: ignore[arg-type]
+    assert mirror_view(mirror) == expected_view(store, ["#"])
+
+
 def test_a_tick_with_100000_changed_topics_runs_in_bounded_slices() -> None:
     store, hub = make(0, slice_items=1000)
     sub = hub.connect()
