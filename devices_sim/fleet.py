@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import random
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,23 +136,75 @@ def load_scenario(path: str | Path) -> list[Event]:
     return events
 
 
+def addresses(cfg: FleetConfig) -> Iterator[tuple[str, str, str, str]]:
+    """Each device's site, line, kind and topic path, in index order."""
+    names, kinds = cfg.site_names, cfg.kinds
+    for i in range(cfg.devices):
+        site = names[i % cfg.sites]
+        line = f"line{(i // cfg.sites) % cfg.lines + 1}"
+        kind = kinds[i % len(kinds)]
+        yield site, line, kind, f"{site}/{line}/{kind}-{i:05d}"
+
+
+def make_devices(cfg: FleetConfig) -> Iterator[Device]:
+    """The fleet's devices, one at a time (about 20 us each: a caller serving while
+    it builds a large fleet takes them in slices)."""
+    for i, (site, line, kind, path) in enumerate(addresses(cfg)):
+        rng = random.Random(f"{cfg.seed}/{i}")
+        yield Device(i, site, line, kind, path, rng, make_sensors(kind, rng))
+
+
+def check_events(cfg: FleetConfig, events: Iterable[Event]) -> list[Event]:
+    """The events in time order, each checked against the fleet's sites, lines and
+    devices (FleetError for the first bad one); no device is made (a fleet's config
+    is checked before the gateway serves, and 20,000 devices take 0.7 s to make)."""
+    out = sorted(events, key=lambda e: e.at_s)
+    if out:
+        found = list(addresses(cfg))
+        paths = {a[3] for a in found}
+        lines = {f"{a[0]}/{a[1]}" for a in found}
+        for e in out:
+            _check_event(cfg, e, paths, lines)
+    return out
+
+
+def _check_event(cfg: FleetConfig, e: Event, paths: set[str], lines: set[str]) -> None:
+    if e.action not in ACTIONS:
+        raise FleetError(
+            f"event at {e.at_s} s: unknown action {e.action!r}; allowed: {', '.join(ACTIONS)}"
+        )
+    if e.at_s < 0 or e.duration_s <= 0:
+        raise FleetError(f"event at {e.at_s} s: at_s must be >= 0 and duration_s > 0")
+    targets = [x for x in (e.site, e.line, e.device, e.fraction) if x is not None]
+    if len(targets) != 1:
+        raise FleetError(f"event at {e.at_s} s: name exactly one of site, line, device, fraction")
+    if e.site is not None and e.site not in cfg.site_names:
+        raise FleetError(
+            f"event at {e.at_s} s: no site {e.site!r}; sites: {', '.join(cfg.site_names)}"
+        )
+    if e.line is not None and e.line not in lines:
+        raise FleetError(f"event at {e.at_s} s: no line {e.line!r} (write it as site/lineN)")
+    if e.device is not None and e.device not in paths:
+        raise FleetError(f"event at {e.at_s} s: no device {e.device!r}")
+    if e.fraction is not None and not 0 < e.fraction <= 1:
+        raise FleetError(f"event at {e.at_s} s: fraction must be in (0, 1]")
+
+
 class Fleet:
-    def __init__(self, cfg: FleetConfig, events: Iterable[Event] = (), *, start_wall: float = 0.0):
+    def __init__(
+        self,
+        cfg: FleetConfig,
+        events: Iterable[Event] = (),
+        *,
+        start_wall: float = 0.0,
+        devices: list[Device] | None = None,
+    ):
+        """``devices``: made already by :func:`make_devices` from ``cfg``."""
         self.cfg = cfg
         self.start_wall = start_wall
-        names = cfg.site_names
-        self.devices: list[Device] = []
-        for i in range(cfg.devices):
-            site = names[i % cfg.sites]
-            line = f"line{(i // cfg.sites) % cfg.lines + 1}"
-            kind = cfg.kinds[i % len(cfg.kinds)]
-            rng = random.Random(f"{cfg.seed}/{i}")
-            path = f"{site}/{line}/{kind}-{i:05d}"
-            self.devices.append(Device(i, site, line, kind, path, rng, make_sensors(kind, rng)))
+        self.devices = list(make_devices(cfg)) if devices is None else devices
         self.by_path = {d.path: d for d in self.devices}
-        self.events = sorted(events, key=lambda e: e.at_s)
-        for e in self.events:
-            self._validate(e)
+        self.events = check_events(cfg, events)
         self._next_event = 0
         period = 1.0 / cfg.rate_hz
         n = max(cfg.devices, 1)
@@ -160,29 +212,6 @@ class Fleet:
         self._heap = [(d.index * period / n, d.index) for d in self.devices]
         heapq.heapify(self._heap)
         self.published = 0
-
-    def _validate(self, e: Event) -> None:
-        if e.action not in ACTIONS:
-            raise FleetError(
-                f"event at {e.at_s} s: unknown action {e.action!r}; allowed: {', '.join(ACTIONS)}"
-            )
-        if e.at_s < 0 or e.duration_s <= 0:
-            raise FleetError(f"event at {e.at_s} s: at_s must be >= 0 and duration_s > 0")
-        targets = [x for x in (e.site, e.line, e.device, e.fraction) if x is not None]
-        if len(targets) != 1:
-            raise FleetError(
-                f"event at {e.at_s} s: name exactly one of site, line, device, fraction"
-            )
-        if e.site is not None and e.site not in self.cfg.site_names:
-            raise FleetError(
-                f"event at {e.at_s} s: no site {e.site!r}; sites: {', '.join(self.cfg.site_names)}"
-            )
-        if e.line is not None and not any(f"{d.site}/{d.line}" == e.line for d in self.devices):
-            raise FleetError(f"event at {e.at_s} s: no line {e.line!r} (write it as site/lineN)")
-        if e.device is not None and e.device not in self.by_path:
-            raise FleetError(f"event at {e.at_s} s: no device {e.device!r}")
-        if e.fraction is not None and not 0 < e.fraction <= 1:
-            raise FleetError(f"event at {e.at_s} s: fraction must be in (0, 1]")
 
     def targets(self, e: Event) -> list[Device]:
         if e.site is not None:
@@ -196,9 +225,10 @@ class Fleet:
         count = max(1, round(e.fraction * len(self.devices)))
         return rng.sample(self.devices, min(count, len(self.devices)))
 
-    def initial(self) -> list[Message]:
-        """Every device announces itself online (retained, for MQTT)."""
-        return [Message("status", d.path, online=True) for d in self.devices]
+    def initial(self, start: int = 0, stop: int | None = None) -> list[Message]:
+        """Every device (of ``devices[start:stop]``) announces itself online
+        (retained, for MQTT)."""
+        return [Message("status", d.path, online=True) for d in self.devices[start:stop]]
 
     def final(self) -> list[Message]:
         """A clean shutdown: every device says offline."""

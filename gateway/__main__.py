@@ -294,16 +294,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check_simulator(cfg: Config) -> None:
-    """The embedded fleet's settings and scenario, checked against the real device
-    list before serving (config.py does not import the simulator)."""
+    """The embedded fleet's settings and scenario, checked against its sites, lines
+    and device names before serving (config.py does not import the simulator)."""
     sim = cfg.simulator
     if not sim.devices:
         return
-    from devices_sim.fleet import Fleet, FleetConfig, FleetError, load_scenario
+    from devices_sim.fleet import FleetConfig, FleetError, check_events, load_scenario
 
     try:
         events = load_scenario(sim.scenario) if sim.scenario else []
-        Fleet(
+        check_events(
             FleetConfig(
                 devices=sim.devices,
                 sites=sim.sites,

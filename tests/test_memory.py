@@ -116,3 +116,26 @@ def test_survivors_are_frozen_only_once_gc_is_tuned() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # not tuned (a test, an embedding program): nothing frozen, the thresholds kept
     assert out.stdout.split() == ["False", "True", "True", "True", "True"]
+
+
+def test_a_build_in_young_only_runs_no_full_collection_and_ends_frozen() -> None:
+    """Full collections walk every object not frozen: during a large build served in
+    slices (the embedded fleet) they grew with it. Within ``young_only`` none runs
+    (1,500,000 containers made outside it trigger one), not even the fan-out's
+    periodic one, and what was built is frozen at the end."""
+    code = (
+        "import gc; from gateway.memory import GC_THRESHOLDS, freeze_survivors, tune_gc,"
+        " young_only\n"
+        "full = []\n"
+        "gc.callbacks.append(lambda p, i: full.append(1) if p == 'stop'"
+        " and i['generation'] == 2 else None)\n"
+        "tune_gc(); full.clear(); f0 = gc.get_freeze_count(); keep = []\n"
+        "with young_only():\n"
+        "    for i in range(1_500_000): keep.append([i])\n"
+        "    periodic = freeze_survivors()\n"
+        "    inside = len(full)\n"
+        "print(inside, periodic, gc.get_freeze_count() - f0 >= 1_500_000,"
+        " gc.get_threshold() == GC_THRESHOLDS, freeze_survivors())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "False", "True", "True", "True"]
