@@ -41,7 +41,7 @@ import trio
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from gateway.looplag import from_metrics
+from gateway.looplag import BUCKETS, from_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SNAPSHOT = b'"type":"snapshot"'
@@ -77,7 +77,7 @@ NO_HISTORY = "[history]\nenabled = false\n"
 
 @contextlib.contextmanager
 def gateway(
-    root: pathlib.Path, devices: int, rate_hz: float, extra: str = ""
+    root: pathlib.Path, devices: int, rate_hz: float, extra: str = "", probe: str = ""
 ) -> Iterator[tuple[int, int, int]]:
     port, admin = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp, open(pathlib.Path(tmp) / "gateway.log", "w") as log:
@@ -88,6 +88,8 @@ def gateway(
         )
         # the gateway's output goes to a file, never to a pipe nobody reads
         cmd = [sys.executable, "-m", "gateway", "run", "--config", str(cfg)]
+        if probe:  # perf_probe's instruments: GC pauses, slow steps, late samples
+            cmd[1:4] = [str(ROOT / "bench" / "perf_probe.py"), "--as-gateway", probe, "run"]
         cmd += ["--port", str(port), "--admin-port", str(admin)]
         proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=log)
         try:
@@ -187,6 +189,9 @@ def lag_summary(before: str, after: str) -> dict[str, Any]:
     window = from_metrics(after).minus(from_metrics(before))
     # beyond the last bucket (10 s) the bound is unknown: null, not Infinity (valid JSON)
     out: dict[str, Any] = {k: None if v == math.inf else v for k, v in window.summary().items()}
+    # the buckets are coarse (10, then 25 ms): a p99 of 25 ms may be 1 % and one sample
+    for ms in (5, 10):
+        out[f"over_{ms}ms"] = sum(window.counts[BUCKETS.index(ms / 1000) + 1 :])
     out["max_last_minute_ms"] = round(metric(after, "gateway_event_loop_lag_max_seconds") * 1000, 1)
     return out
 
@@ -289,6 +294,29 @@ async def joinwave(port: int, admin: int, pid: int, screens: int, topics: int) -
     }
 
 
+@contextlib.contextmanager
+def probed(on: bool) -> Iterator[tuple[str, Any]]:
+    """The path for perf_probe's records ("" when off), and a function adding their
+    summary over a window to a scenario's results once the gateway has exited."""
+    if not on:
+        yield "", lambda result, t0, t1: None
+        return
+    from bench.perf_probe import gc_summary, late_summary, steps_summary
+
+    with tempfile.TemporaryDirectory(prefix="stalls-") as tmp:
+        gc_log = pathlib.Path(tmp) / "gc.json"
+
+        def report(result: dict[str, Any], t0: float, t1: float) -> None:
+            steps = pathlib.Path(str(gc_log) + ".steps")
+            result["probe"] = {
+                "gc": gc_summary(gc_log, t0, t1),
+                "slow_steps": steps_summary(steps, t0, t1),
+                "late_samples": late_summary(pathlib.Path(str(steps) + ".late"), t0, t1),
+            }
+
+        yield str(gc_log), report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="300 screens in the join wave")
@@ -299,6 +327,12 @@ def main() -> None:
     )
     ap.add_argument("--only", choices=["subscribes", "joinwave"], default=None)
     ap.add_argument("--json", default=None, help="write the results here too")
+    ap.add_argument(
+        "--probe", action="store_true",
+        help="run the gateway under perf_probe's instruments and report, per scenario, "
+        "its GC pauses, task steps over 5 ms and what ran during each loop-lag sample over "
+        "10 ms (the instruments cost time per step: a diagnosis, not the figures)",
+    )  # fmt: skip
     args = ap.parse_args()
     root = pathlib.Path(args.root)
     screens = args.screens or (300 if args.quick else 2000)
@@ -307,13 +341,23 @@ def main() -> None:
         # without chart history: its buffers are made as the fleet's series appear and
         # take RSS up by ~200 MB in the first seconds, which would hide what the
         # subscribes cost
-        with gateway(root, 20_000, 0.2, NO_HISTORY) as (port, admin, pid):
-            out["subscribes"] = trio.run(subscribes, port, admin, pid, 2.0 if args.quick else 5.0)
+        with probed(args.probe) as (probe, report):
+            with gateway(root, 20_000, 0.2, NO_HISTORY, probe) as (port, admin, pid):
+                t0 = time.monotonic()
+                out["subscribes"] = trio.run(
+                    subscribes, port, admin, pid, 2.0 if args.quick else 5.0
+                )
+                t1 = time.monotonic()
+            report(out["subscribes"], t0, t1)  # the gateway has exited: its records are in
         print(json.dumps({"subscribes": out["subscribes"]}), flush=True)
     if args.only in (None, "joinwave"):
-        with gateway(root, 10_000, args.rate) as (port, admin, pid):
-            time.sleep(2.0)  # let the fleet reach its steady rate
-            out["joinwave"] = trio.run(joinwave, port, admin, pid, screens, 10_000)
+        with probed(args.probe) as (probe, report):
+            with gateway(root, 10_000, args.rate, probe=probe) as (port, admin, pid):
+                time.sleep(2.0)  # let the fleet reach its steady rate
+                t0 = time.monotonic()
+                out["joinwave"] = trio.run(joinwave, port, admin, pid, screens, 10_000)
+                t1 = time.monotonic()
+            report(out["joinwave"], t0, t1)
         print(json.dumps({"joinwave": out["joinwave"]}), flush=True)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

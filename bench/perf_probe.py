@@ -142,7 +142,7 @@ def _slow_steps(path: str) -> Any:
             where = []
             while frame is not None and len(where) < 3:
                 name = frame.f_code.co_filename
-                if "/gateway/" in name:
+                if "/gateway/" in name or "/devices_sim/" in name:
                     where.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
                 frame = frame.f_back
             samples.append((time.perf_counter(), " < ".join(where)))
