@@ -188,6 +188,9 @@ class Connections:
                         if deadline.cancelled_caught or got is None:
                             self.stats.handshake_rejected["timeout"] += 1
                             return
+                        # read after a wait: handled in turn too (accepted before their
+                        # requests came, a wave's upgrades ran 75 to a batch, 62 ms)
+                        await self.session_ctx.turns.wait()
                     head, conn = got
                     del buf
                 else:

@@ -32,7 +32,9 @@ log = logging.getLogger("gateway.server")
 SWEEP_INTERVAL_S = 0.5
 FREEZE_INTERVAL_S = 0.1  # what lived this long is long-lived (memory.py)
 PUMP_BATCH = 200  # sessions pumped (or closed at shutdown) between two checkpoints
-PUMP_BYTES = 8 << 20  # or bytes written by them
+#: or bytes written by them (8 MiB, the join snapshots of five screens, took 4 to 8 ms
+#: on loopback, where a write also runs the receiver's kernel work)
+PUMP_BYTES = 1 << 20
 #: or time spent on them; every loop here checkpoints at least this often (the loop-lag
 #: budget is p99 <= 10 ms, and the MQTT reader, the hub's slices and the sessions'
 #: reads may each run one such turn before a late timer gets its own)

@@ -271,7 +271,7 @@ class StreamSession:
 
     async def _drain(self) -> None:
         try:
-            await self.out.drain()
+            await self.out.drain(turn=self._write_turn)
         except SendFailed as err:
             self._send_failed(err)
             return
@@ -281,6 +281,12 @@ class StreamSession:
         if self.sub is not None:
             self.ctx.hub.write_done(self.sub, self.ctx.clock.mono())
         self.pump_soon()
+
+    async def _write_turn(self) -> None:
+        """A drain's write waits its turn like a read's handling (turns.py), unless
+        the stream is closing: a close is never held back."""
+        if not self.life.ending:
+            await self.ctx.turns.wait()
 
     def pump_soon(self) -> None:
         """:meth:`pump`, from outside the tick loop (a subscribe, a drain's end): at

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import math
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import trio
@@ -26,6 +26,8 @@ import trio
 __all__ = ["Outbound", "close_socket", "recv_some", "text_frame_chunks", "text_frame_header"]
 
 _IOV_MAX = 512  # chunks per sendmsg call (Linux allows 1024)
+#: bytes a drain writes per step (a 1 MB join snapshot in one write: ~1 ms on loopback)
+DRAIN_STEP_BYTES = 256 * 1024
 
 
 def text_frame_header(length: int, compressed: bool = False) -> bytes:
@@ -173,9 +175,21 @@ class Outbound:
             self.queue.append(rest)
             self.queued_bytes += len(rest)
 
-    async def drain(self, stall_s: float = math.inf) -> None:
-        """Write the queue out, waiting for the socket as needed; with ``stall_s``, a
-        wait longer than that raises :class:`SendFailed` ("stalled")."""
+    async def drain(
+        self,
+        stall_s: float = math.inf,
+        turn: Callable[[], Awaitable[None]] | None = None,
+        step_bytes: int = DRAIN_STEP_BYTES,
+    ) -> None:
+        """Write the queue out, waiting for the socket as needed, at most
+        ``step_bytes`` a write and, with ``turn``, awaiting it before each write; with
+        ``stall_s``, a wait longer than that raises :class:`SendFailed` ("stalled").
+
+        ``turn`` and ``step_bytes`` bound the scheduler batches a wave makes: 2,000
+        screens joining one 10,000-topic stream uncompressed drain 1.5 MB each, and
+        when their sockets became writable together one batch ran their writes at
+        once (up to 250 ms; each write of a large chunk also runs the loopback
+        receiver's kernel work in this thread)."""
         while self.queue:
             if stall_s == math.inf:
                 await trio.lowlevel.wait_writable(self.sock)
@@ -184,7 +198,18 @@ class Outbound:
                     await trio.lowlevel.wait_writable(self.sock)
                 if waited.cancelled_caught:
                     raise SendFailed("stalled")
-            chunks = list(self.queue)[:_IOV_MAX]
+            if turn is not None:
+                await turn()
+                if not self.queue:
+                    return
+            chunks: list[memoryview | bytes] = []
+            room = step_bytes
+            for chunk in self.queue[:_IOV_MAX]:
+                if len(chunk) >= room:
+                    chunks.append(memoryview(chunk)[:room])
+                    break
+                chunks.append(chunk)
+                room -= len(chunk)
             sent = self._sendmsg(chunks)
             while sent and self.queue:
                 head = self.queue[0]

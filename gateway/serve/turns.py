@@ -12,8 +12,11 @@ in a FIFO, and :meth:`Turns.run` lets ``PER_BATCH`` of the waiters through per b
 A batch starts when Trio's I/O wait returns (an instrument's ``after_io_wait``: one
 call per batch, nothing per task).
 
-Rules: only the handling of bytes already read waits, never a write or a close;
-nothing is read twice or lost; a waiting connection keeps every deadline (a
+What waits its turn: the handling of bytes already read, a teardown, and each write
+of a drain (the bytes a full socket queued: in a wave of screens joining a large
+stream uncompressed, thousands of sockets become writable together); never a close,
+nor a write the tick loop's pump makes (its batches are bounded by the fan-out).
+Nothing is read twice or lost; a waiting connection keeps every deadline (a
 cancelled wait leaves the queue).
 """
 
