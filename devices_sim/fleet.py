@@ -252,14 +252,21 @@ class Fleet:
                 d.skew_s = e.skew_s
                 d.skew_until = end
 
-    def step(self, now: float) -> list[Message]:
-        """Messages due at simulated times up to ``now`` (in time order)."""
+    def step(self, now: float, limit: int | None = None) -> list[Message]:
+        """Messages due at simulated times up to ``now`` (in time order); with
+        ``limit``, the first ``limit`` devices' (and the events due before them): the
+        next call goes on from there."""
         out: list[Message] = []
         heap = self._heap
         devices = self.devices
         period = self._period
         events = self.events
+        sampled = 0
         while heap and heap[0][0] <= now:
+            if sampled == limit:
+                self.published += len(out)
+                return out
+            sampled += 1
             t, idx = heap[0]
             while self._next_event < len(events) and events[self._next_event].at_s <= t:
                 self._apply_event(events[self._next_event], out)
@@ -273,6 +280,11 @@ class Fleet:
             self._next_event += 1
         self.published += len(out)
         return out
+
+    def due(self, now: float) -> bool:
+        """Whether a device is due at or before ``now`` (a :meth:`step` with a limit
+        left some)."""
+        return bool(self._heap) and self._heap[0][0] <= now
 
     def _sample(self, d: Device, t: float, out: list[Message]) -> Message | None:
         if not d.online:
