@@ -73,6 +73,7 @@ def metric(text: str, name: str) -> float:
 
 
 NO_HISTORY = "[history]\nenabled = false\n"
+PIN = False  # main(): --pin
 
 
 @contextlib.contextmanager
@@ -92,6 +93,8 @@ def gateway(
             cmd[1:4] = [str(ROOT / "bench" / "perf_probe.py"), "--as-gateway", probe, "run"]
         cmd += ["--port", str(port), "--admin-port", str(admin)]
         proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=log)
+        if PIN:  # the gateway on CPU 0, this process (the clients) on CPU 1
+            os.sched_setaffinity(proc.pid, {0})
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -301,7 +304,7 @@ def probed(on: bool) -> Iterator[tuple[str, Any]]:
     if not on:
         yield "", lambda result, t0, t1: None
         return
-    from bench.perf_probe import gc_summary, late_summary, steps_summary
+    from bench.perf_probe import batches_summary, gc_summary, late_summary, steps_summary
 
     with tempfile.TemporaryDirectory(prefix="stalls-") as tmp:
         gc_log = pathlib.Path(tmp) / "gc.json"
@@ -311,6 +314,7 @@ def probed(on: bool) -> Iterator[tuple[str, Any]]:
             result["probe"] = {
                 "gc": gc_summary(gc_log, t0, t1),
                 "slow_steps": steps_summary(steps, t0, t1),
+                "slow_batches": batches_summary(pathlib.Path(str(steps) + ".batches"), t0, t1),
                 "late_samples": late_summary(pathlib.Path(str(steps) + ".late"), t0, t1),
             }
 
@@ -328,12 +332,21 @@ def main() -> None:
     ap.add_argument("--only", choices=["subscribes", "joinwave"], default=None)
     ap.add_argument("--json", default=None, help="write the results here too")
     ap.add_argument(
+        "--pin", action="store_true",
+        help="the gateway on CPU 0, the clients (this process) on CPU 1: on a 2-core "
+        "machine the clients otherwise take the gateway's core at times",
+    )  # fmt: skip
+    ap.add_argument(
         "--probe", action="store_true",
         help="run the gateway under perf_probe's instruments and report, per scenario, "
         "its GC pauses, task steps over 5 ms and what ran during each loop-lag sample over "
         "10 ms (the instruments cost time per step: a diagnosis, not the figures)",
     )  # fmt: skip
     args = ap.parse_args()
+    if args.pin:
+        global PIN
+        PIN = True
+        os.sched_setaffinity(0, {1})
     root = pathlib.Path(args.root)
     screens = args.screens or (300 if args.quick else 2000)
     out: dict[str, Any] = {"root": str(root), "device_rate_hz": args.rate}

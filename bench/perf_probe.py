@@ -150,6 +150,30 @@ def _slow_steps(path: str) -> Any:
     if sample_ms:
         threading.Thread(target=sampler, daemon=True).start()
 
+    # PROBE_KSTATE_MS=N: a thread reads the loop thread's scheduler state and, when it
+    # is not running, the kernel function it waits in (/proc/.../stat and wchan) every
+    # N ms; a late sample then says where the thread was while it did not run (the
+    # reads take the GIL only while the loop thread has let it go: in a system call)
+    kstates: collections.deque[tuple[float, str]] = collections.deque(maxlen=2000)
+    kstate_ms = float(os.environ.get("PROBE_KSTATE_MS", "0"))
+    task_dir = f"/proc/self/task/{threading.get_native_id()}"
+
+    def kstate() -> None:
+        while True:
+            time.sleep(kstate_ms / 1000)
+            try:
+                with open(task_dir + "/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                if state != "R":
+                    with open(task_dir + "/wchan") as f:
+                        state += " " + (f.read().strip() or "?")
+            except OSError:
+                continue
+            kstates.append((time.monotonic(), state))
+
+    if kstate_ms:
+        threading.Thread(target=kstate, daemon=True).start()
+
     def sampled(t0: float) -> str:
         counts = collections.Counter(w for t, w in list(samples) if t >= t0)
         return "; ".join(f"{n}x {w}" for w, n in counts.most_common(3))
@@ -178,6 +202,11 @@ def _slow_steps(path: str) -> Any:
                 one[0] += 1
                 one[1] += wall * 1e3
                 one[2] += cpu * 1e3
+        for at, state in list(kstates):
+            if at >= since:
+                one = by.setdefault(f"(thread: {state})", [0, 0.0, 0.0])
+                one[0] += 1
+                one[1] += kstate_ms
         late.append((now, lag, by, max(0.0, lag - cpu)))
 
     class Steps(trio.abc.Instrument):

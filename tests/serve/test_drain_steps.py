@@ -42,7 +42,8 @@ async def test_a_drain_writes_step_bytes_at_a_time_each_after_its_turn() -> None
         nursery.start_soon(read_all)
         await out.drain(turn=turn, step_bytes=64 * 1024)
     assert bytes(received) == data and out.idle and out.queued_bytes == 0
-    steps = [y - x for x, y in zip(written_at_turns, [*written_at_turns[1:], len(data)])]
+    ends = [*written_at_turns[1:], len(data)]
+    steps = [y - x for x, y in zip(written_at_turns, ends, strict=True)]
     assert max(steps) <= 64 * 1024
     assert len(written_at_turns) >= queued_at_start // (64 * 1024)
     a.close()
