@@ -239,6 +239,12 @@ class GatewayCollector(Collector):
             values=o.lag_snapshots,
         )
         yield _counter(
+            "gateway_outbox_resume_snapshots",
+            "Resumes whose topics had mostly changed: the stream's shared snapshot instead "
+            "of one delta per topic.",
+            values=o.resume_snapshots,
+        )
+        yield _counter(
             "gateway_outbox_snapshots_instead",
             "Snapshots sent where a delta was asked for, by reason.",
             "reason",

@@ -85,6 +85,8 @@ class TickRecord:
 class OutboxStats:
     coalesced: int = 0  # topic updates folded into a later one for a lagging member
     lag_snapshots: int = 0  # members so far behind that they got a group snapshot
+    #: resumes whose topics had changed too much for deltas: the group's join snapshot
+    resume_snapshots: int = 0
     shared_frames: int = 0  # tick frames handed out as-is (encode once, send many)
     personal_fragments: int = 0  # fragments built for one member (join, lag, resume)
     join_snapshots: int = 0  # shared join snapshots built (one per group tick at most)

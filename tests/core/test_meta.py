@@ -85,7 +85,9 @@ def test_a_rule_wins_and_floor_and_ceiling_bound_the_learned_limit() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(gaps=st.lists(st.floats(0.5, 600), min_size=1, max_size=30))
+# gaps a hair over REPORT_GAP_S (0.5 s): at exactly 0.5, float rounding of the sums
+# merges two reports into one by design, and the gap learned spans both
+@given(gaps=st.lists(st.floats(0.501, 600), min_size=1, max_size=30))
 def test_learned_limit_stays_within_floor_and_ceiling(gaps: list[float]) -> None:
     s = StateStore("e", stale_floor_s=5.0, stale_ceiling_s=3600.0)
     t = 0.0
