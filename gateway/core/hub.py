@@ -753,7 +753,7 @@ class Hub:
                 if group.building is not None:
                     continue  # woken when the group's state is complete
                 positions = sub.positions
-                resumed = None
+                resumed: dict[str, int | None] | None = None
                 if positions:
                     # a topic held at the group's seq needs nothing now: the group's
                     # next tick brings any later change as a delta from that seq
