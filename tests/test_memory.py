@@ -12,15 +12,20 @@ from tests.gw import start_gateway
 from tests.serve.rawws import RawWs
 
 
-def test_thresholds_are_set_and_the_environment_wins() -> None:
-    code = "from gateway.memory import tune_malloc; print(tune_malloc(), tune_malloc())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["True", "True"]  # glibc here: set once, then kept
-    env = {"MALLOC_MMAP_THRESHOLD_": "65536", "PATH": "/usr/bin:/bin"}
+def printed(code: str, env: dict[str, str] | None = None) -> list[str]:
+    """What ``code`` prints in a new interpreter (the GC and malloc settings are the
+    process's), split on whitespace."""
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
-    assert out.stdout.split() == ["False", "False"]  # the operator's setting is kept
+    return out.stdout.split()
+
+
+def test_thresholds_are_set_and_the_environment_wins() -> None:
+    code = "from gateway.memory import tune_malloc; print(tune_malloc(), tune_malloc())"
+    assert printed(code) == ["True", "True"]  # glibc here: set once, then kept
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536", "PATH": "/usr/bin:/bin"}
+    assert printed(code, env) == ["False", "False"]  # the operator's setting is kept
 
 
 def test_tune_gc_freezes_the_survivors_of_every_full_collection() -> None:
@@ -29,8 +34,7 @@ def test_tune_gc_freezes_the_survivors_of_every_full_collection() -> None:
         "keep = [[i] for i in range(5000)]; gc.collect(); b = gc.get_freeze_count()\n"
         "tune_gc(); print(a > 0, b - a >= 5000, gc.callbacks.count(gc.callbacks[-1]))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["True", "True", "1"]  # the callback is installed once
+    assert printed(code) == ["True", "True", "1"]  # the callback is installed once
 
 
 async def _screen(port: int, how: str, subscribed: trio.Event, go: trio.Event) -> None:
@@ -101,8 +105,7 @@ def test_dead_cycles_are_collected_not_frozen() -> None:
         "gc.unfreeze(); gc.set_debug(gc.DEBUG_SAVEALL); gc.collect()\n"
         "print(sum(type(o) is Mark for o in gc.garbage))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["0"]
+    assert printed(code) == ["0"]
 
 
 def test_survivors_are_frozen_only_once_gc_is_tuned() -> None:
@@ -113,9 +116,8 @@ def test_survivors_are_frozen_only_once_gc_is_tuned() -> None:
         "print(before, f0 == 0, freeze_survivors(), gc.get_freeze_count() - a >= 3000,"
         " gc.get_threshold() == GC_THRESHOLDS != t0)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # not tuned (a test, an embedding program): nothing frozen, the thresholds kept
-    assert out.stdout.split() == ["False", "True", "True", "True", "True"]
+    assert printed(code) == ["False", "True", "True", "True", "True"]
 
 
 def test_a_build_in_young_only_runs_no_full_collection_and_ends_frozen() -> None:
@@ -137,5 +139,4 @@ def test_a_build_in_young_only_runs_no_full_collection_and_ends_frozen() -> None
         "print(inside, periodic, gc.get_freeze_count() - f0 >= 1_500_000,"
         " gc.get_threshold() == GC_THRESHOLDS, freeze_survivors())"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["0", "False", "True", "True", "True"]
+    assert printed(code) == ["0", "False", "True", "True", "True"]
