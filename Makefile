@@ -60,7 +60,7 @@ bench: $(BENCH_STAMP) $(NPM_STAMP) ## run the benchmarks and rewrite docs/benchm
 	$(BIN)/python bench/scaling_bench.py --write
 	$(BIN)/python bench/e2e_bench.py --write
 	$(BIN)/python bench/history_bench.py --write
-	$(BIN)/python bench/hub_stalls_bench.py --json bench/results/hub_stalls_latest.json
+	$(BIN)/python bench/hub_stalls_bench.py --pin --json bench/results/hub_stalls_latest.json
 	$(BIN)/python bench/walls_bench.py
 	$(BIN)/python bench/workers_bench.py
 
@@ -74,7 +74,7 @@ bench-quick: $(BENCH_STAMP) $(NPM_STAMP) ## a reduced benchmark run, about 10 mi
 	$(BIN)/python bench/scaling_bench.py --quick --write
 	$(BIN)/python bench/e2e_bench.py --quick
 	$(BIN)/python bench/history_bench.py --quick
-	$(BIN)/python bench/hub_stalls_bench.py --quick
+	$(BIN)/python bench/hub_stalls_bench.py --quick --pin
 	$(BIN)/python bench/walls_bench.py --quick
 
 soak: venv ## long randomized soak tests (not in the default run)

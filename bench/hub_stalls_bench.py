@@ -343,7 +343,9 @@ def main() -> None:
         "10 ms (the instruments cost time per step: a diagnosis, not the figures)",
     )  # fmt: skip
     args = ap.parse_args()
-    if args.pin:
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        print("--pin: fewer than 2 CPUs here, not pinned", file=sys.stderr)
+    elif args.pin:
         global PIN
         PIN = True
         os.sched_setaffinity(0, {1})
