@@ -12,7 +12,7 @@ Scenarios (each against a fresh gateway with its embedded simulator):
   at once and subscribe to ``#``. Reports the loop lag during the wave and the time
   until every screen holds a snapshot of every topic.
 
-    python bench/hub_stalls_bench.py [--quick] [--root DIR] [--json OUT]
+    python bench/hub_stalls_bench.py [--quick] [--pin] [--probe] [--root DIR] [--json OUT]
 
 ``--root`` runs the gateway from another checkout (for before/after figures).
 """
@@ -73,12 +73,16 @@ def metric(text: str, name: str) -> float:
 
 
 NO_HISTORY = "[history]\nenabled = false\n"
-PIN = False  # main(): --pin
 
 
 @contextlib.contextmanager
 def gateway(
-    root: pathlib.Path, devices: int, rate_hz: float, extra: str = "", probe: str = ""
+    root: pathlib.Path,
+    devices: int,
+    rate_hz: float,
+    extra: str = "",
+    probe: str = "",
+    pin: bool = False,
 ) -> Iterator[tuple[int, int, int]]:
     port, admin = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp, open(pathlib.Path(tmp) / "gateway.log", "w") as log:
@@ -93,7 +97,7 @@ def gateway(
             cmd[1:4] = [str(ROOT / "bench" / "perf_probe.py"), "--as-gateway", probe, "run"]
         cmd += ["--port", str(port), "--admin-port", str(admin)]
         proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=log)
-        if PIN:  # the gateway on CPU 0, this process (the clients) on CPU 1
+        if pin:  # the gateway on CPU 0, this process (the clients) on CPU 1 (main)
             os.sched_setaffinity(proc.pid, {0})
         try:
             deadline = time.monotonic() + 60
@@ -343,11 +347,10 @@ def main() -> None:
         "10 ms (the instruments cost time per step: a diagnosis, not the figures)",
     )  # fmt: skip
     args = ap.parse_args()
-    if args.pin and len(os.sched_getaffinity(0)) < 2:
+    pin = args.pin and len(os.sched_getaffinity(0)) >= 2
+    if args.pin and not pin:
         print("--pin: fewer than 2 CPUs here, not pinned", file=sys.stderr)
-    elif args.pin:
-        global PIN
-        PIN = True
+    elif pin:
         os.sched_setaffinity(0, {1})
     root = pathlib.Path(args.root)
     screens = args.screens or (300 if args.quick else 2000)
@@ -357,7 +360,7 @@ def main() -> None:
         # take RSS up by ~200 MB in the first seconds, which would hide what the
         # subscribes cost
         with probed(args.probe) as (probe, report):
-            with gateway(root, 20_000, 0.2, NO_HISTORY, probe) as (port, admin, pid):
+            with gateway(root, 20_000, 0.2, NO_HISTORY, probe, pin) as (port, admin, pid):
                 t0 = time.monotonic()
                 out["subscribes"] = trio.run(
                     subscribes, port, admin, pid, 2.0 if args.quick else 5.0
@@ -367,7 +370,7 @@ def main() -> None:
         print(json.dumps({"subscribes": out["subscribes"]}), flush=True)
     if args.only in (None, "joinwave"):
         with probed(args.probe) as (probe, report):
-            with gateway(root, 10_000, args.rate, probe=probe) as (port, admin, pid):
+            with gateway(root, 10_000, args.rate, probe=probe, pin=pin) as (port, admin, pid):
                 time.sleep(2.0)  # let the fleet reach its steady rate
                 t0 = time.monotonic()
                 out["joinwave"] = trio.run(joinwave, port, admin, pid, screens, 10_000)
