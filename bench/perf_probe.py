@@ -10,7 +10,9 @@ frame handed to a screen, loop lag (from /metrics), GC pauses per generation, th
 task steps that held the loop over 5 ms (a Trio instrument: task, where it stopped,
 wall and CPU time), RSS,
 the load generator's own CPU (screens and fleet share CPU 1: near one core, the
-screens read late and the run measured the load generator, not the gateway),
+screens read late and the run measured the load generator, not the gateway), the
+gateway's own side of the data age (device timestamp, and its receipt, to frame
+written: its histograms on /metrics),
 and for the sampled screens (one in ``--sample-every``, which inflate and parse every
 message) the time until each holds a snapshot of every topic of its filter and the
 data age of the values received (receipt time minus the device timestamp; one value
@@ -33,6 +35,7 @@ import argparse
 import base64
 import contextlib
 import json
+import math
 import os
 import pathlib
 import selectors
@@ -341,6 +344,32 @@ def counter(text: str, outbox_name: str) -> float:
     return metric(text, f"gateway_outbox_{outbox_name}_total")
 
 
+def hist_window(before: str, after: str, name: str) -> dict[str, float | None]:
+    """A latency histogram of /metrics over the window between two scrapes: the bucket
+    bounds its p50 and p99 fall under (as histogram_quantile() without interpolation),
+    and the share of observations at or under each of 0.1, 0.15 and 0.25 s."""
+
+    def buckets(text: str) -> dict[float, float]:
+        out = {}
+        for line in text.splitlines():
+            if line.startswith(name + "_bucket{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                out[math.inf if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    b0, b1 = buckets(before), buckets(after)
+    cum = sorted((le, b1[le] - b0.get(le, 0.0)) for le in b1)
+    total = cum[-1][1] if cum else 0.0
+    out: dict[str, float | None] = {"count": total}
+    for q in (0.5, 0.99):
+        at = next((le for le, c in cum if total and c >= q * total), None)
+        out[f"p{round(q * 100)}_le_s"] = at
+    for bound in (0.1, 0.15, 0.25):
+        c = dict(cum).get(bound)
+        out[f"share_le_{bound:g}_s"] = round(c / total, 4) if total and c is not None else None
+    return out
+
+
 def metric(text: str, name: str) -> float:
     total, found = 0.0, False
     for line in text.splitlines():
@@ -444,12 +473,15 @@ def as_screens(args: argparse.Namespace) -> None:
     t0 = time.time()
     screens: list[Screen] = []
     for i in range(args.screens):
+        # every filter sampled alike (i % N alone, with N even, sampled only the first)
+        sample = i // len(filters) % args.sample_every == 0
+        if args.part == ("bulk" if sample else "sampled"):
+            continue  # that screen is the other process's
         s = socket.socket()
         s.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             s.connect(("127.0.0.1", args.port))
-        # every filter sampled alike (i % N alone, with N even, sampled only the first)
-        sc = Screen(s, filters[i % len(filters)], i // len(filters) % args.sample_every == 0)
+        sc = Screen(s, filters[i % len(filters)], sample)
         screens.append(sc)
         sel.register(s, selectors.EVENT_WRITE, sc)
     ages: list[float] = []
@@ -576,7 +608,7 @@ def as_screens(args: argparse.Namespace) -> None:
     usage = os.times()
     print(json.dumps({
         "cpu_cores": round((usage.user + usage.system) / max(1e-9, time.time() - t0), 3),
-        "screens": args.screens, "sampled": len(sampled), "failed": failed,
+        "screens": len(screens), "sampled": len(sampled), "failed": failed,
         "sampled_holding": len(held), "hold_p50_s": q(held, 0.5), "hold_max_s": q(held, 1.0),
         "age_samples": len(ages), "age_p50_s": q(ages, 0.5), "age_p99_s": q(ages, 0.99),
         "age_max_s": q(ages, 1.0),
@@ -732,8 +764,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--until", str(until), "--age-from", str(age_from),
             "--sample-every", str(args.sample_every),
         ]  # fmt: skip
+        parts = [[*cmd, "--part", "bulk"], [*cmd, "--part", "sampled"]]
+        if not args.sampled_apart:
+            parts = [[*cmd, "--part", "all"]]
+
+        def start_screens() -> list[subprocess.Popen[bytes]]:
+            return [subprocess.Popen(c, stdout=subprocess.PIPE, cwd=ROOT) for c in parts]
+
         if not joinwave:
-            screens = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
+            screens = start_screens()
             time.sleep(max(0.0, age_from - time.time()))
         before, cpu0, m0 = scrape(admin), proc_cpu(gw.pid), time.monotonic()
         threads0 = thread_cpu(gw.pid)
@@ -741,7 +780,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         steal0 = cpu_steal()
         fleet0 = proc_cpu(fleet_pid) if fleet_pid else 0.0
         if joinwave:
-            screens = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=ROOT)
+            screens = start_screens()
         spy = None
         if args.py_spy:
             spy = subprocess.Popen(
@@ -763,7 +802,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if cpu - threads0.get(name, 0.0) > 0
         }
         fleet1 = proc_cpu(fleet_pid) if fleet_pid else 0.0
-        out, _ = screens.communicate(timeout=120)
+        outs = [json.loads(p.communicate(timeout=120)[0].decode().strip().splitlines()[-1])
+                for p in screens]  # fmt: skip
         if spy is not None:
             spy.wait(timeout=60)
         time.sleep(2.0)  # every screen left at once when its process ended
@@ -816,6 +856,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # how the screens that fell behind were caught up (architecture.md)
             "outbox": {name: int(counter(after, name) - counter(before, name)) for name in OUTBOX},
             "loop_lag": lag_summary(from_metrics(after).minus(from_metrics(before))),
+            # the gateway's side of the data age: device timestamp to frame written
+            # (screens in sync; at most 256 topics a tick), without the screens' reading
+            "device_to_send": hist_window(before, after, "gateway_device_to_send_seconds"),
+            # and from the gateway's receipt of the message (without the fleet's delays)
+            "ingest_to_send": hist_window(before, after, "gateway_ingest_to_send_seconds"),
             # while all the screens leave at once (their process ends)
             "loop_lag_leaving": lag_summary(from_metrics(left).minus(from_metrics(after))),
             "gc": gc_summary(gc_log, m0, m1),
@@ -851,7 +896,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ]
                 for cpu in steal1
             },
-            "screens_result": json.loads(out.decode().strip().splitlines()[-1]),
+            # the sampled screens' figures (with --sampled-apart, from their own
+            # process); the load generator's CPU and failures, of all the screens
+            "screens_result": {
+                **outs[-1],
+                "cpu_cores": round(sum(o["cpu_cores"] for o in outs), 3),
+                "screens": sum(o["screens"] for o in outs),
+                "failed": sum(o["failed"] for o in outs),
+                "processes": len(outs),
+            },
         }
     return result
 
@@ -867,6 +920,7 @@ def main() -> None:
     ap.add_argument("--want", default="", help=argparse.SUPPRESS)
     ap.add_argument("--until", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--age-from", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--part", default="all", help=argparse.SUPPRESS)
     ap.add_argument("--devices", type=int, default=10_000)
     ap.add_argument("--rate", type=float, default=1.0, help="reports per device per second")
     ap.add_argument("--screens", type=int, default=2000)
@@ -880,6 +934,13 @@ def main() -> None:
         help="one screen in N inflates and parses every frame (at 1 in 10, 2,000 screens "
         "saturate the load generator's core with inflating: the ages then measure it)",
     )
+    ap.add_argument(
+        "--sampled-apart", action="store_true",
+        help="the sampled screens in a process of their own (both on CPU 1): else a "
+        "sampled screen's read waits behind the reads of every screen ready with it "
+        "(thousands, up to tens of ms: the load generator's queue, not the gateway's; a "
+        "browser reads its one socket at once)",
+    )  # fmt: skip
     ap.add_argument("--mqtt", action="store_true", help="fleet through mosquitto")
     ap.add_argument(
         "--bare", action="store_true",
