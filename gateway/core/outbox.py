@@ -102,7 +102,7 @@ class OutboxStats:
 class Group:
     __slots__ = (
         "building", "carried", "gseq", "join", "key", "members", "next_tick", "pending",
-        "ring", "sent", "tick_no",
+        "phase", "ring", "sent", "tick_no",
     )  # fmt: skip
 
     def __init__(self, key: GroupKey, sent: dict[str, int], ring_ticks: int) -> None:
@@ -114,6 +114,9 @@ class Group:
         self.ring: deque[TickRecord] = deque(maxlen=ring_ticks)
         self.tick_no = 0
         self.next_tick = 0  # hub tick number at which this group may tick next
+        #: the tick numbers it ticks on, modulo ``key.every``, when it has changes
+        #: every period (the hub spreads its groups' members over the phases)
+        self.phase = 0
         self.members: set[Member] = set()
         #: the store's change count up to which every change of this group's topics
         #: is in its stream (``sent`` plus the ticks so far)

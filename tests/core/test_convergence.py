@@ -27,6 +27,9 @@ TOPICS = ["s/a/0", "s/a/1", "s/b/0", "s/b/1", "$sys/x"]
 FIELDS = ["t", "h", "mode", "n"]
 FILTERS = [["#"], ["s/a/+"], ["s/+/0", "s/b/#"], ["$sys/#", "s/a/1"]]
 RATES = [20.0, 10.0, 5.0]  # every 1, 2 and 4 hub ticks
+#: ticks within which every stream has gone out: a period, plus less than another
+#: when a group ticked off its phase (late, or after a quiet spell) or moved to another
+SYNC_TICKS = 2 * 4
 
 values = st.one_of(
     st.none(),
@@ -130,7 +133,7 @@ class World:
                 assert self.history[key] == (held.fields, held.online, held.stale), key
 
     def sync(self) -> None:
-        for _ in range(4):
+        for _ in range(SYNC_TICKS):
             self.hub.tick(self.now)
             for c in self.clients:
                 self.take(c)

@@ -1,0 +1,88 @@
+"""The groups of one period are spread over its phases: a 10 Hz stream on a 20 Hz hub
+ticks every other tick, and the hub puts the groups' screens half on the even, half
+on the odd ticks, so that no tick writes every screen's frame while the next writes
+none (4,000 screens at 10 Hz: each tick's writes took 54 ms every 100 ms, and the
+last screens of a tick got their data that much later)."""
+
+from itertools import pairwise
+
+from gateway.core.hub import Hub, HubConfig, Subscriber
+from gateway.core.protocol import Subscribe, Unsubscribe
+from gateway.core.state import StateStore
+
+TICK_S = 0.05  # a 20 Hz hub
+
+
+def make() -> tuple[StateStore, Hub]:
+    store = StateStore("e1")
+    for site in "abc":
+        store.apply(f"{site}/d0", {"v": 0}, 0.0)
+    return store, Hub(store, HubConfig(tick_hz=20))
+
+
+def screens(hub: Hub, site: str, n: int) -> list[Subscriber]:
+    subs = []
+    for _ in range(n):
+        sub = hub.connect()
+        hub.subscribe(sub, Subscribe("s", (f"{site}/#",), 10))
+        hub.take(sub, 0.0)  # its join snapshot
+        subs.append(sub)
+    return subs
+
+
+def run(store: StateStore, hub: Hub, first: int, ticks: int) -> dict[int, list[int]]:
+    """Ticks ``first`` .. ``first + ticks - 1`` with a change on every site before each;
+    every woken screen takes its frames. Returns screen id -> ticks it got a frame in."""
+    got: dict[int, list[int]] = {}
+    for n in range(first, first + ticks):
+        t = n * TICK_S
+        for site in "abc":
+            store.apply(f"{site}/d0", {"v": n}, t)
+        for sub in hub.tick(t):
+            if hub.take(sub, t):
+                got.setdefault(sub.id, []).append(n)
+    return got
+
+
+def test_two_groups_of_one_period_tick_on_alternate_ticks() -> None:
+    store, hub = make()
+    a, b = screens(hub, "a", 3), screens(hub, "b", 3)
+    got = run(store, hub, 100, 40)
+    ticks_a = {n for s in a for n in got[s.id][1:]}  # after joining
+    ticks_b = {n for s in b for n in got[s.id][1:]}
+    assert len({n % 2 for n in ticks_a}) == 1  # each group on one phase...
+    assert len({n % 2 for n in ticks_b}) == 1
+    assert ticks_a.isdisjoint(ticks_b)  # ...not the same one
+    for s in a + b:  # and each stream keeps its rate: every other tick
+        steady = got[s.id][1:]
+        assert {y - x for x, y in pairwise(steady)} == {2}
+
+
+def test_a_group_moves_to_the_lighter_phase_with_one_longer_interval_never_a_shorter() -> None:
+    store, hub = make()
+    a = screens(hub, "a", 1)
+    b = screens(hub, "b", 1)  # the other phase
+    c = screens(hub, "c", 1)  # a tie: a phase shared with a or b
+    got = run(store, hub, 100, 20)
+    shared = a if got[a[0].id][-1] % 2 == got[c[0].id][-1] % 2 else b
+    other = b if shared is a else a
+    for s in other:  # the group alone on its phase goes: two groups on one phase, none
+        hub.unsubscribe(s, Unsubscribe("s"))  # on the other
+    after = run(store, hub, 120, 40)
+    # one of the two groups on the crowded phase moved to the empty one
+    last = {s.id: after[s.id][-1] % 2 for s in shared + c}
+    assert len(set(last.values())) == 2
+    for s in shared + c:
+        ticks = got[s.id][-1:] + after[s.id]
+        gaps = [y - x for x, y in pairwise(ticks)]
+        assert min(gaps) == 2  # never more often than the stream's rate
+        assert max(gaps) <= 3  # a move lengthens one interval, by less than a period
+        assert sum(g == 3 for g in gaps) <= 1
+
+
+def test_a_lone_group_does_not_move() -> None:
+    store, hub = make()
+    a = screens(hub, "a", 5)
+    got = run(store, hub, 100, 40)
+    steady = got[a[0].id][1:]
+    assert {y - x for x, y in pairwise(steady)} == {2}
