@@ -6,6 +6,8 @@ last screens of a tick got their data that much later)."""
 
 from itertools import pairwise
 
+import pytest
+
 from gateway.core.hub import Hub, HubConfig, Subscriber
 from gateway.core.protocol import Subscribe, Unsubscribe
 from gateway.core.state import StateStore
@@ -86,3 +88,23 @@ def test_a_lone_group_does_not_move() -> None:
     got = run(store, hub, 100, 40)
     steady = got[a[0].id][1:]
     assert {y - x for x, y in pairwise(steady)} == {2}
+
+
+@pytest.mark.parametrize("tick_s", [0.05, 0.06, 0.075, 0.1, 0.25])
+def test_groups_on_two_phases_keep_their_rate_when_ticks_come_late(tick_s: float) -> None:
+    """Late ticks (1 / tick_hz is 50 ms here) skip tick numbers, some of them a group's
+    due tick: it ticks at the next one and stays on its phase, so each stream still gets
+    its rate, up to one frame a tick."""
+    store, hub = make()
+    subs = screens(hub, "a", 3) + screens(hub, "b", 1)  # two groups, two phases
+    frames = dict.fromkeys((s.id for s in subs), 0)
+    n, t = 0, 0.0
+    while t < 10.0:
+        n += 1
+        t = n * tick_s
+        for site in "ab":
+            store.apply(f"{site}/d0", {"v": n}, t)
+        for sub in hub.tick(t):
+            frames[sub.id] += len(hub.take(sub, t))
+    for got in frames.values():
+        assert got / 10.0 == pytest.approx(min(10.0, 1 / tick_s), rel=0.05)
