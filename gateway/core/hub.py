@@ -290,10 +290,12 @@ class Hub:
                 "per connection",
                 msg.id,
             )
-        members = [Member(sub, msg.id, self._group(k)) for k in keys]
-        for m in members:
+        members = []
+        for k in keys:  # each counted at once: the next new group sees its phase taken
+            m = Member(sub, msg.id, self._group(k))
             m.group.members.add(m)
-            self._phase_load[m.group.key.every][m.group.phase] += 1
+            self._phase_load[k.every][m.group.phase] += 1
+            members.append(m)
         sub.subs[msg.id] = Subscription(msg.id, msg.filters, rate, members)
         sub.solo = None  # take() finds the one member again, if there is one
         sub.ready = True
@@ -371,11 +373,13 @@ class Hub:
 
     def _next_tick(self, group: Group, n: int, due: int | None) -> int:
         """The tick after ``group`` ticked at tick ``n``: ``due`` if it ticked on
-        time (on its phase), else the first tick on its phase a period after ``n``.
+        time and ``due`` is on its phase (a group made during a tick may tick in it,
+        off its phase), else the first tick on its phase a period after ``n``.
         First the group moves to the lightest phase if that evens the load: only if
         its members are fewer than the difference, so that it never moves back at
-        once. A move or a late tick lengthens one interval (by less than a period);
-        no interval is ever shorter than the period."""
+        once. A move or a quiet spell lengthens one interval by less than a period;
+        after a late tick the stream goes back to its grid (the next interval is
+        shorter): over time it gets its rate, never more."""
         every = group.key.every
         if every > 1:
             load = self._phase_load[every]
@@ -386,7 +390,7 @@ class Hub:
                 load[light] += here
                 group.phase = light
                 due = None
-        if due is not None:
+        if due is not None and (due - group.phase) % every == 0:
             return due
         at = n + every
         return at + (group.phase - at) % every

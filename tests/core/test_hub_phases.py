@@ -108,3 +108,40 @@ def test_groups_on_two_phases_keep_their_rate_when_ticks_come_late(tick_s: float
             frames[sub.id] += len(hub.take(sub, t))
     for got in frames.values():
         assert got / 10.0 == pytest.approx(min(10.0, 1 / tick_s), rel=0.05)
+
+
+def test_one_subscribe_with_two_filters_spreads_its_two_groups() -> None:
+    _, hub = make()
+    sub = hub.connect()
+    hub.subscribe(sub, Subscribe("s", ("a/#", "b/#"), 10))
+    assert sorted(g.phase for g in hub._groups.values()) == [0, 1]
+
+
+def test_a_group_made_during_a_tick_keeps_to_its_phase() -> None:
+    """Made between two slices of a tick, a group may tick in that very tick, off
+    the phase it was given: its next tick must be on its phase, not a period on."""
+    store = StateStore("e1")
+    topics = ["a/0", "b/0", "c/0", "c/1", "c/2"]
+    for topic in topics:
+        store.apply(topic, {"v": 0}, 0.0)
+    hub = Hub(store, HubConfig(tick_hz=20, slice_items=2))
+    first = screens(hub, "a", 1)
+    later: list[Subscriber] = []
+    for n in range(1, 41):
+        t = n * TICK_S
+        for topic in topics:
+            store.apply(topic, {"v": n}, t)
+        for i, woken in enumerate(hub.tick_steps(t)):
+            if n == 11 and i == 0:  # between two slices of tick 11
+                for _ in range(3):
+                    sub = hub.connect()
+                    hub.subscribe(sub, Subscribe("s", ("c/2",), 10))
+                    later.append(sub)
+            for sub in woken:
+                hub.take(sub, t)
+        for sub in first + later:
+            hub.take(sub, t)
+    groups = {g.key.filter: g for g in hub._groups.values()}
+    a, c = groups["a/#"], groups["c/2"]
+    assert a.phase != c.phase
+    assert a.next_tick % 2 == a.phase and c.next_tick % 2 == c.phase  # as counted
