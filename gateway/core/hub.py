@@ -200,6 +200,11 @@ class Hub:
         #: frames written in one 54 ms tick every 100 ms, with the next tick empty:
         #: the last screens of each tick got their data ~50 ms later than the first.
         self._phase_load: dict[int, list[int]] = {}
+        #: ticks on time still to come before the phases apply again: set to a second
+        #: of ticks by a late tick (tick numbers skipped). While the loop is behind,
+        #: waiting for a phase only loses frames (3 to 5 % with ticks 50 to 300 ms
+        #: apart), so the groups go on as the ticks allow
+        self._behind = 0
         self._index: SubscriptionIndex[Group] = SubscriptionIndex()
         self._subscribers: dict[int, Subscriber] = {}
         self._ids = itertools.count(1)
@@ -371,21 +376,21 @@ class Hub:
         soonest = self._tick_count + 1
         return min(range(every), key=lambda p: (load[p], (p - soonest) % every))
 
-    def _next_tick(self, group: Group, n: int, due: int | None, late: bool) -> int:
+    def _next_tick(self, group: Group, n: int, due: int | None) -> int:
         """The tick after ``group`` ticked at tick ``n``: ``due`` if it ticked on
         time and ``due`` is on its phase (a group made during a tick may tick in it,
-        off its phase); else, at a tick that came late (``late``: tick numbers were
-        skipped, the loop is behind), a period after ``n`` as the late ticks allow
-        (waiting for its phase there lost 3 to 5 % of the frames when ticks came
-        50 to 300 ms apart); else the first tick on its phase a period after ``n``.
+        off its phase), else the first tick on its phase a period after ``n``.
         First the group moves to the lightest phase if that evens the load: only if
         its members are fewer than the difference, so that it never moves back at
-        once. A move or a quiet spell lengthens one interval by less than a period;
-        after a late tick the stream goes back to its grid (the next interval is
-        shorter), and to its phase at its first tick on time: over time it gets its
-        rate, never more."""
+        once. A move or a quiet spell lengthens one interval by less than a period.
+        While the loop is behind (``_behind``), no move and no wait for a phase: the
+        group ticks on its grid (``due``) or a period after ``n``, as before phases,
+        and goes back to its phase once the ticks are on time again. Over time a
+        stream gets its rate, never more."""
         every = group.key.every
-        moved = False
+        at = n + every
+        if self._behind:
+            return due if due is not None else at
         if every > 1:
             load = self._phase_load[every]
             light = min(range(every), key=load.__getitem__)
@@ -394,13 +399,9 @@ class Hub:
                 load[group.phase] -= here
                 load[light] += here
                 group.phase = light
-                moved = True
-        at = n + every
-        if not moved:
-            if due is not None and (due - group.phase) % every == 0:
-                return due
-            if late:
-                return at
+                due = None
+        if due is not None and (due - group.phase) % every == 0:
+            return due
         return at + (group.phase - at) % every
 
     def _build_some(self, group: Group, limit: int) -> int:
@@ -489,6 +490,10 @@ class Hub:
         # 60 ms at 20 Hz, a 10 Hz stream got 6.8 frames a second (tests/core/test_hub.py).
         prev = self._tick_count
         n = self._tick_count = max(prev + 1, math.floor(now * self.rates.tick_hz + 1e-6))
+        if n > prev + 1:
+            self._behind = math.ceil(self.rates.tick_hz)
+        elif self._behind:
+            self._behind -= 1
         store = self.store
         self._build_now = self.config.slice_items
         self.tick_states = {}
@@ -530,7 +535,7 @@ class Hub:
             # phase a period from now (_next_tick: the phases spread the groups).
             due = group.next_tick + group.key.every
             on_time = prev < group.next_tick and due > n
-            group.next_tick = self._next_tick(group, n, due if on_time else None, n > prev + 1)
+            group.next_tick = self._next_tick(group, n, due if on_time else None)
             yield from self._tick_group(group, now, sl)
             group.gseq = drained
             sl.wake(group)
