@@ -201,7 +201,8 @@ class Hub:
         #: the last screens of each tick got their data ~50 ms later than the first.
         self._phase_load: dict[int, list[int]] = {}
         #: ticks on time still to come before the phases apply again: set to a second
-        #: of ticks by a late tick (tick numbers skipped). While the loop is behind,
+        #: of ticks by a late tick (tick numbers skipped, not after a quiet spell, in
+        #: which the shell does not tick: ``after_quiet``). While the loop is behind,
         #: waiting for a phase only loses frames (3 to 5 % with ticks 50 to 300 ms
         #: apart), so the groups go on as the ticks allow
         self._behind = 0
@@ -453,17 +454,19 @@ class Hub:
             and not any(g.pending for g in self._groups.values())
         )
 
-    def tick(self, now: float) -> list[Subscriber]:
+    def tick(self, now: float, *, after_quiet: bool = False) -> list[Subscriber]:
         """One whole hub tick: returns the subscribers that have frames to take."""
         woken: list[Subscriber] = []
-        for batch in self.tick_steps(now):
+        for batch in self.tick_steps(now, after_quiet=after_quiet):
             woken += batch
         return woken
 
-    def tick_steps(self, now: float) -> Iterator[list[Subscriber]]:
+    def tick_steps(self, now: float, *, after_quiet: bool = False) -> Iterator[list[Subscriber]]:
         """One hub tick in slices of at most ``slice_items`` units of work; yields,
         after each slice, the subscribers woken by it (the shell pumps them and
-        checkpoints before it resumes the tick).
+        checkpoints before it resumes the tick). ``after_quiet``: the shell did not
+        tick for a while because the hub was idle (tick numbers it skipped are a
+        quiet spell, not a loop that is behind).
 
         Between two slices the hub is consistent: subscribers may subscribe, take,
         resume and leave. A joining member sees ``sent`` entries a suspended group
@@ -477,12 +480,12 @@ class Hub:
         try:
             cfg = self.config
             yield from self._tick_slices(
-                now, _Slice(cfg.slice_items, self.clock, cfg.slice_seconds)
+                now, _Slice(cfg.slice_items, self.clock, cfg.slice_seconds), after_quiet
             )
         finally:
             self._ticking = False
 
-    def _tick_slices(self, now: float, sl: _Slice) -> Iterator[list[Subscriber]]:
+    def _tick_slices(self, now: float, sl: _Slice, after_quiet: bool) -> Iterator[list[Subscriber]]:
         # The tick number follows the time (ticks of 1 / tick_hz since 0), at least one
         # more each tick: a tick that starts late (a busy loop, an overloaded core)
         # counts the intervals it missed, so a stream due within them goes out now.
@@ -490,7 +493,7 @@ class Hub:
         # 60 ms at 20 Hz, a 10 Hz stream got 6.8 frames a second (tests/core/test_hub.py).
         prev = self._tick_count
         n = self._tick_count = max(prev + 1, math.floor(now * self.rates.tick_hz + 1e-6))
-        if n > prev + 1:
+        if n > prev + 1 and prev and not after_quiet:  # late (not the first tick)
             self._behind = math.ceil(self.rates.tick_hz)
         elif self._behind:
             self._behind -= 1

@@ -246,7 +246,8 @@ class FanOut:
         hub.on_work = wake
         next_at = last = -math.inf
         while True:
-            if hub.idle:
+            quiet = hub.idle
+            if quiet:
                 await work.wait()
                 work = trio.Event()
                 # The first change after a quiet spell goes out at once, but never
@@ -270,7 +271,7 @@ class FanOut:
             # (in pumps, in bytes handed to the kernel, since join snapshots are large,
             # and in time, since a lagging screen's take coalesces up to 4 slices)
             stats = self.stats
-            for woken in hub.tick_steps(start):
+            for woken in hub.tick_steps(start, after_quiet=quiet):
                 self._warming = True
                 try:
                     if compress and warmed < len(hub.tick_joins):

@@ -168,3 +168,28 @@ def test_late_ticks_send_at_every_tick_the_rate_allows_then_the_phases_come_back
     phases_a = {t % 2 for s in a for t in after[s.id][-5:]}
     phases_b = {t % 2 for s in b for t in after[s.id][-5:]}
     assert len(phases_a) == len(phases_b) == 1 and phases_a != phases_b
+
+
+def test_a_feed_that_pauses_keeps_its_groups_on_their_phases() -> None:
+    """The shell does not tick while the hub is idle: the tick numbers a quiet spell
+    skips do not mean the loop is behind (else a feed pausing once a second would
+    keep the phases at rest for good, the groups ticking together)."""
+    store, hub = make()
+    a, b = screens(hub, "a", 3), screens(hub, "b", 3)
+    # changes every 50 ms, with a pause of 300 ms each second
+    changes = [0.013 + k * TICK_S for k in range(1, 400) if k % 20 < 14]
+    i, last, next_at, together, ticks = 0, -1.0, 0.0, 0, 0
+    while i < len(changes):  # the tick loop's timing (serve/fanout.py)
+        quiet = hub.idle
+        next_at = max(last + TICK_S, changes[i]) if quiet else next_at + TICK_S
+        while i < len(changes) and changes[i] <= next_at:
+            for site in "ab":
+                store.apply(f"{site}/d0", {"v": i}, changes[i])
+            i += 1
+        last = next_at
+        woken = hub.tick(next_at, after_quiet=quiet)
+        got = {s.id for s in woken if hub.take(s, next_at)}
+        ticks += 1
+        together += a[0].id in got and b[0].id in got
+    assert ticks > 250
+    assert together <= ticks // 10  # after each pause, at most a tick or two together
