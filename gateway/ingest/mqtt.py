@@ -149,6 +149,22 @@ class MqttIngest:
             self.stats.connects += 1
             self.detail = f"connected to {self.broker}"
             log.info("MQTT: connected to %s as %s", self.broker, self.client_id)
+            if cfg.subscriptions:
+                nursery.start_soon(self._say_subscribed, session)
+
+    @staticmethod
+    async def _say_subscribed(session: PahoSession) -> None:
+        """Log the broker's answer to the subscriptions: messages published before it
+        (a retained one aside) never reach the gateway."""
+        await session.subscribed.wait()
+        if session.refused:
+            log.warning(
+                "MQTT: the broker refused the subscription to %s (its ACL, or the filter): "
+                "no message on it reaches the gateway",
+                ", ".join(session.refused),
+            )
+        else:
+            log.info("MQTT: subscriptions acknowledged by the broker: messages flow from now on")
 
     def _on_read_burst(self) -> None:
         # one receive time per wake-up: the messages of one read burst arrived within

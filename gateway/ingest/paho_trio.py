@@ -200,6 +200,8 @@ class PahoSession:
         #: set when the broker acknowledged the subscriptions (SUBACK): from then on
         #: every matching publish reaches the handler
         self.subscribed = trio.Event()
+        #: the topic filters the broker refused in its SUBACK (an ACL, a bad filter)
+        self.refused: list[str] = []
 
     async def wait_acked(self, infos: Sequence[paho.MQTTMessageInfo]) -> None:
         """Return once the broker acknowledged these QoS 1/2 publishes, or the
@@ -216,6 +218,11 @@ class PahoSession:
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
     ) -> None:
+        self.refused = [
+            topic
+            for (topic, _), reason in zip(self.subscriptions, reasons or (), strict=False)
+            if getattr(reason, "is_failure", False)
+        ]
         self.subscribed.set()
 
     def kick(self) -> None:

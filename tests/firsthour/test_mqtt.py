@@ -31,6 +31,9 @@ async def start_gateway(cmd: str, broker: int) -> tuple[trio.Process, Reader, in
     assert proc.stderr is not None
     log = Reader(proc.stderr)
     m = await log.until(rb"listening on http://127\.0\.0\.1:(\d+)/")
+    # a message published before the broker acknowledged the subscriptions never
+    # reaches the gateway (a loaded machine showed it once: the device was never seen)
+    await log.until(rb"MQTT: subscriptions acknowledged by the broker")
     return proc, log, int(m.group(1))
 
 

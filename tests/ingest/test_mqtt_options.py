@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import gc
 import ipaddress
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -187,3 +188,45 @@ def open_fds() -> int:
 async def _ready(gw: Gateway) -> bool:
     ok, _ = gw.server.readiness()
     return ok
+
+
+async def test_the_brokers_answer_to_the_subscriptions_is_logged(
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log says when the broker acknowledged the subscriptions: before that, a
+    message published (not retained) never reaches the gateway, and a user who publishes
+    a test message at once, or a test, must know."""
+    with caplog.at_level(logging.INFO, logger="gateway.mqtt"):
+        gw: Gateway = await gateway_factory(mqtt={"url": mosquitto.url, **FAST})
+        await until_subscribed(gw)
+        with trio.fail_after(5):
+            while not any("acknowledged by the broker" in r.getMessage() for r in caplog.records):
+                await trio.sleep(0.02)
+
+
+async def test_subscriptions_the_broker_refuses_are_named_in_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A SUBACK that refuses a filter (an ACL: MQTT 5's 0x87, 3.1.1's 0x80; Debian's
+    mosquitto 2.0.11 grants the subscription and filters at delivery, so the SUBACK is
+    paho's own type, built here)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from gateway.ingest.mqtt import MqttIngest
+    from gateway.ingest.paho_trio import PahoSession, new_client, parse_url
+
+    broker = parse_url("mqtt://127.0.0.1:1")
+    client, _ = new_client(broker, "t", "5")
+    session = PahoSession(
+        client, broker, protocol="5", subscriptions=[("telemetry/#", 0), ("status/#", 1)]
+    )
+    session._install_callbacks()  # as after a connect
+    granted, refused = (ReasonCode(PacketTypes.SUBACK, identifier=i) for i in (0, 0x87))
+    session._on_subscribe(client, None, 1, [granted, refused], None)
+    assert session.refused == ["status/#"]
+    with caplog.at_level(logging.INFO, logger="gateway.mqtt"):
+        await MqttIngest._say_subscribed(session)
+    (record,) = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "status/#" in record.getMessage() and "telemetry/#" not in record.getMessage()
