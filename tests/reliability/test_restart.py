@@ -72,8 +72,14 @@ async def gateway_process(
             stdout=out, stderr=out, cwd=ROOT, env=environ,
         )  # fmt: skip
     try:
+        # with a broker, until it acknowledged the subscriptions: the tests publish
+        # messages that are not retained, and one published before would be missed
+        ready = "subscriptions acknowledged by the broker" if "--mqtt" in args else "admin on"
         with trio.fail_after(30):
-            while not (m := re.search(r"admin on http://127\.0\.0\.1:(\d+)/", log.read_text())):
+            while not (
+                (m := re.search(r"admin on http://127\.0\.0\.1:(\d+)/", text := log.read_text()))
+                and ready in text
+            ):
                 if proc.poll() is not None:
                     raise RuntimeError(f"the gateway exited: {log.read_text()}")
                 await trio.sleep(0.05)
