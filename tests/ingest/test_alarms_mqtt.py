@@ -14,6 +14,7 @@ import trio
 
 from gateway.app import Gateway
 from tests.broker import Mosquitto
+from tests.ingest.test_mqtt import until_subscribed
 from tests.serve.httpget import http_get
 from tests.serve.rawws import RawWs
 from tests.serve.test_sse import EventStream
@@ -136,10 +137,7 @@ async def test_alarm_raised_seen_everywhere_acknowledged_once_and_cleared(
         alarms={"rules": [RULE]},
         meta={"fields": [{"filter": "acme/#", "field": "pressure_bar", "unit": "bar"}]},
     )
-    with trio.fail_after(10):
-        while not (gw.mqtt and gw.mqtt.connected):
-            await trio.sleep(0.01)
-    await trio.sleep(0.2)  # SUBACK before the first publish
+    await until_subscribed(gw)  # SUBACK before the first publish
     sockets: list[Any] = []
     try:
         async with trio.open_nursery() as nursery:

@@ -13,6 +13,7 @@ import trio.testing
 from gateway.app import Gateway
 from tests.broker import Mosquitto
 from tests.gw import start_gateway
+from tests.ingest.test_mqtt import until_subscribed
 from tests.serve.httpget import http_get
 from tests.serve.rawws import RawWs
 
@@ -37,10 +38,7 @@ async def test_subscription_history_comes_first_and_equals_api_history(
     gw: Gateway = await gateway_factory(
         mqtt={"url": mosquitto.url, **FAST}, history={"window_s": 120, "resolution_s": 0.5}
     )
-    with trio.fail_after(10):
-        while not (gw.mqtt and gw.mqtt.connected):
-            await trio.sleep(0.01)
-    await trio.sleep(0.2)  # SUBACK before the first publish
+    await until_subscribed(gw)  # SUBACK before the first publish
     for v in VALUES:
         await mosquitto.publish(f"telemetry/{DEVICE}", orjson.dumps({"soil_temp": v, "ok": True}))
         with trio.fail_after(10):
