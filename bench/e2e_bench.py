@@ -274,11 +274,16 @@ def merge_screens(results: list[dict[str, Any]], seconds: float) -> dict[str, An
 
 
 def metrics(admin_port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read()
+    return parse_metrics(text.decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """A /metrics exposition as ``{"name{label=value,...}": value}`` (labels sorted)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).read()
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text.decode()):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
             out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value

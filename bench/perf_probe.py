@@ -35,7 +35,6 @@ import argparse
 import base64
 import contextlib
 import json
-import math
 import os
 import pathlib
 import selectors
@@ -346,27 +345,20 @@ def counter(text: str, outbox_name: str) -> float:
 
 def hist_window(before: str, after: str, name: str) -> dict[str, float | None]:
     """A latency histogram of /metrics over the window between two scrapes: the bucket
-    bounds its p50 and p99 fall under (as histogram_quantile() without interpolation),
-    and the share of observations at or under each of 0.1, 0.15 and 0.25 s."""
+    bounds its p50 and p99 fall under (``histogram_quantile`` of the e2e bench), and
+    the share of observations at or under each of 0.1, 0.15 and 0.25 s."""
+    from bench.e2e_bench import histogram_quantile, parse_metrics
 
-    def buckets(text: str) -> dict[float, float]:
-        out = {}
-        for line in text.splitlines():
-            if line.startswith(name + "_bucket{"):
-                le = line.split('le="', 1)[1].split('"', 1)[0]
-                out[math.inf if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
-        return out
-
-    b0, b1 = buckets(before), buckets(after)
-    cum = sorted((le, b1[le] - b0.get(le, 0.0)) for le in b1)
-    total = cum[-1][1] if cum else 0.0
+    m0, m1 = parse_metrics(before), parse_metrics(after)
+    total = m1.get(f"{name}_count", 0.0) - m0.get(f"{name}_count", 0.0)
     out: dict[str, float | None] = {"count": total}
     for q in (0.5, 0.99):
-        at = next((le for le, c in cum if total and c >= q * total), None)
-        out[f"p{round(q * 100)}_le_s"] = at
+        at = histogram_quantile(m0, m1, name, q)
+        out[f"p{round(q * 100)}_le_s"] = None if at != at else at  # NaN: no observation
     for bound in (0.1, 0.15, 0.25):
-        c = dict(cum).get(bound)
-        out[f"share_le_{bound:g}_s"] = round(c / total, 4) if total and c is not None else None
+        key = f"{name}_bucket{{le={bound}}}"
+        c = m1.get(key, 0.0) - m0.get(key, 0.0)
+        out[f"share_le_{bound:g}_s"] = round(c / total, 4) if total and key in m1 else None
     return out
 
 
