@@ -32,8 +32,9 @@ BATCH = 500  # messages applied between two checkpoints of the event loop at mos
 SLICE_S = 0.001  # and time spent applying them (the gateway's loop-lag budget)
 APPLY_STEP = 16  # messages between two looks at the clock
 BUILD_STEP = 32  # devices made between two checkpoints (~20 us each)
-SAMPLE_STEP = 16  # device samples made between two checkpoints (~15 us each, 10 times that
-#: while a join wave writes gigabytes: cache misses)
+#: device samples made between two checkpoints (~15 us each; 10 times that while a
+#: join wave writes gigabytes: cache misses)
+SAMPLE_STEP = 16
 
 
 async def build_fleet(cfg: SimulatorConfig, start_wall: float) -> Fleet:
