@@ -72,7 +72,7 @@ HTTP_CUT_REASONS = ("client_gone", "write_timeout", "response_timeout", "busy", 
 SNAPSHOT_REASONS = ("window", "ahead", "size")
 INGEST_REJECT_REASONS = (
     "bad_json", "not_utf8", "too_large", "unsupported_json", "bad_timestamp", "unmapped",
-    "bad_status", "bad_topic", "bad_field", "bad_value", "field_limit", "topic_limit",
+    "reserved_topic", "bad_status", "bad_topic", "bad_field", "bad_value", "field_limit", "topic_limit",
     "internal_error",
 )  # fmt: skip
 HANDSHAKE_REASONS = (

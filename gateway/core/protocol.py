@@ -522,8 +522,11 @@ def encode_state(item: Snapshot | Delta) -> bytes:
         "ts": item.ts,
         "rx": item.rx,
     }
-    if item.reason == "resync":
-        snap["resync"] = True  # applies whatever seq the client holds
+    # applies whatever seq the client holds: asked for (a resync), or the only way back
+    # for a client whose copy is ahead of the gateway (its own bug; a plain snapshot
+    # at a lower seq than it holds would be ignored by rule 1 for good)
+    if item.reason == "resync" or item.reason == "ahead":
+        snap["resync"] = True
     return orjson.dumps(snap)
 
 

@@ -6,7 +6,9 @@ No I/O here; ``gateway/ingest/mqtt.py`` feeds it. Rules:
   gateway topic with a template: ``{topic}`` is the whole MQTT topic, ``{1}``,
   ``{2}``... the levels matched by the filter's ``+`` wildcards, ``{#}`` the levels
   matched by ``#``. A message no route matches, or whose rendered topic is not a
-  valid topic name, is refused as ``unmapped``.
+  valid topic name, is refused as ``unmapped``; one whose rendered topic begins with
+  ``$`` as ``reserved_topic``: those topics are the gateway's own (``$alarms/...``),
+  and a device writing there could fake, hide or acknowledge alarms on every wall.
 * Data payloads: a JSON object merges into the topic's fields (its
   ``timestamp_field``, if present, is taken out and used as the device timestamp:
   seconds, or milliseconds when larger than 1e11); a JSON scalar becomes the field
@@ -77,7 +79,8 @@ class Router:
     ) -> None:
         self.routes = routes
         self.max_topic_bytes = max_topic_bytes
-        self._cache: dict[str, tuple[Route, str] | None] = {}
+        #: a route found, None (unmapped) or the topic it would write (reserved)
+        self._cache: dict[str, tuple[Route, str] | str | None] = {}
         self._max_cache = max_cache
 
     def route(self, mqtt_topic: str) -> tuple[Route, str]:
@@ -90,9 +93,15 @@ class Router:
             self._cache[mqtt_topic] = found
         if found is None:
             raise IngestError("unmapped", "no route maps this MQTT topic")
-        return found
+        if type(found) is str:
+            raise IngestError(
+                "reserved_topic",
+                f"its gateway topic {found[:200]!r} begins with '$': those are the "
+                "gateway's own topics ($alarms/...), which devices may not write",
+            )
+        return found  # type: ignore[return-value]
 
-    def _resolve(self, mqtt_topic: str) -> tuple[Route, str] | None:
+    def _resolve(self, mqtt_topic: str) -> tuple[Route, str] | str | None:
         for route in self.routes:
             if matches(route.filter, mqtt_topic):
                 topic = _render(route, mqtt_topic)
@@ -100,6 +109,8 @@ class Router:
                     validate_topic(topic, self.max_topic_bytes)
                 except TopicError:
                     return None
+                if topic[:1] == "$":
+                    return topic
                 return route, topic
         return None
 

@@ -216,3 +216,36 @@ async def scenario(
     assert any("alarm ack retry by operator" in line and "op-1" in line for line in audit)
     assert any("viewer may not acknowledge" in line for line in audit)
     assert not any(OPERATOR in line or VIEWER in line for line in audit)
+
+
+async def test_a_device_cannot_fake_hide_or_acknowledge_an_alarm(
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto
+) -> None:
+    """The default routes map ``telemetry/<anything>`` to a topic: before, a device
+    publishing to ``telemetry/$alarms/...`` overwrote a real alarm (shown normal and
+    acknowledged on every wall while the pressure stayed high) or made a fake one
+    (found by an outside check). Such messages are refused as ``reserved_topic``."""
+    gw = await gateway_factory(mqtt={"url": mosquitto.url, **FAST}, alarms={"rules": [RULE]})
+    await until_subscribed(gw)
+    await mosquitto.publish(f"telemetry/{DEVICE}", '{"pressure_bar": 9.1}')
+    with trio.fail_after(10):
+        while (alarm := gw.store.get(ALARM)) is None:
+            await trio.sleep(0.005)
+    seq = alarm.seq
+    spoofs = [
+        f"telemetry/{ALARM}",  # hide the real one
+        "telemetry/$alarms/fake/acme/hall1/press9",  # make one up
+        f"status/{ALARM}",
+    ]
+    for topic in spoofs:
+        await mosquitto.publish(topic, '{"state": "normal", "acked": true, "severity": "critical"}')
+    assert gw.mqtt is not None
+    with trio.fail_after(10):
+        while gw.mqtt.stats.rejected["reserved_topic"] < len(spoofs):
+            await trio.sleep(0.005)
+    alarm = gw.store.get(ALARM)
+    assert alarm is not None and alarm.seq == seq
+    assert alarm.fields["state"] == "active_unacked" and not alarm.fields.get("acked")
+    assert [t for t in gw.store.topics() if t.startswith("$")] == [ALARM]
+    status, _, body = await http_get(gw.port, "/api/alarms")
+    assert status == 200 and b"fake" not in body and b'"active_unacked"' in body

@@ -39,6 +39,26 @@ def test_templates_prefix_and_captures() -> None:
         assert err.value.reason == "unmapped"
 
 
+def test_a_device_cannot_write_the_gateways_own_topics() -> None:
+    """``$alarms/...`` and every other topic beginning with ``$`` are the gateway's:
+    a route that would render one refuses the message (found by an outside check: a
+    device publishing to ``telemetry/$alarms/<rule>/<device>`` faked, hid and
+    acknowledged alarms on every wall), each time, the same MQTT topic cached."""
+    router = Router((*DEFAULT_ROUTES, Route("x/+/#", topic="{1}/{#}")))
+    for mqtt in (
+        "telemetry/$alarms/hot/dev/1",
+        "status/$alarms/hot/dev/1",
+        "telemetry/$meta",
+        "x/$alarms/a",
+    ):
+        for _ in range(2):
+            with pytest.raises(IngestError) as err:
+                router.route(mqtt)
+            assert err.value.reason == "reserved_topic"
+            assert "begins with '$'" in str(err.value)
+    assert router.route("telemetry/a/$b")[1] == "a/$b"  # a '$' inside a level is fine
+
+
 def test_route_validation() -> None:
     with pytest.raises(ValueError, match=r"\{2\}"):
         Route("a/+/b", topic="{1}/{2}")

@@ -108,6 +108,7 @@ async def test_bad_payloads_are_counted_and_skipped_while_good_ones_flow(
         ("telemetry/d/1", b'{"v": 1, "ts": "noon"}', "bad_timestamp"),
         ("elsewhere/d/1", b"1", "unmapped"),
         ("status/d/1", b"perhaps", "bad_status"),
+        ("telemetry/$alarms/r/d/1", b'{"state": "normal"}', "reserved_topic"),
     ]
     for n, (topic, payload, _) in enumerate(bad):
         await mosquitto.publish(topic, payload)

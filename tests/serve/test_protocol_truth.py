@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from gateway.app import Gateway
-from gateway.core.mirror import Mirror
+from gateway.core.mirror import Mirror, MirrorTopic
 from gateway.core.protocol import decode_server
 from gateway.core.state import Snapshot
 from tests.nodejs import run_module_script
@@ -73,6 +73,40 @@ async def test_a_client_ahead_of_the_gateway_is_brought_back(gateway: Gateway) -
     assert mirror.apply(msg) == "applied"
     assert mirror.topics["plant/a"].seq == snap["seq"]
     assert mirror.topics["plant/a"].fields == {"v": 1}
+
+
+async def test_a_resume_before_subscribe_ahead_of_the_gateway_gets_a_resync_snapshot(
+    gateway: Gateway,
+) -> None:
+    """The same client bug on a reconnect: its ``resume`` (before ``subscribe``) names
+    a seq ahead of the gateway's. A plain snapshot at the gateway's seq is below what
+    the client holds, so rule 1 would ignore it for good: it must say ``resync``.
+    (Found by a client written from docs/protocol.md alone.)"""
+    gw = gateway
+    gw.store.apply("plant/a", {"v": 1}, gw.clock.wall())
+    gw.store.apply("plant/b", {"v": 2}, gw.clock.wall())
+    seq_a = gw.store.get("plant/a").seq  # type: ignore[union-attr]
+    seq_b = gw.store.get("plant/b").seq  # type: ignore[union-attr]
+    mirror = Mirror()
+    ws = await RawWs.connect(gw.port)
+    await ws.recv_json()  # welcome
+    await ws.send_json(
+        {"type": "resume", "epoch": gw.store.epoch, "topics": {"plant/a": seq_a + 50, "plant/b": seq_b}}
+    )
+    await ws.send_json({"type": "subscribe", "id": "s", "filters": ["plant/#"]})
+    with trio.fail_after(5):
+        assert (await ws.recv_json())["resumed"] is True
+        assert (await ws.recv_json())["op"] == "subscribe"
+        answer = await ws.recv_json()
+    ws.close()
+    items = answer["items"] if answer["type"] == "batch" else [answer]
+    assert [(i["type"], i["topic"], i.get("resync")) for i in items] == [
+        ("snapshot", "plant/a", True)  # plant/b is current: nothing
+    ]
+    mirror.topics["plant/a"] = MirrorTopic(seq_a + 50, {"v": "wrong"})  # its copy, ahead
+    (msg,) = decode_server(json.dumps(items[0]))
+    assert mirror.apply(msg) == "applied"  # type: ignore[arg-type]
+    assert mirror.topics["plant/a"].seq == seq_a and mirror.topics["plant/a"].fields == {"v": 1}
 
 
 def test_the_js_client_applies_a_resync_snapshot_whatever_it_holds() -> None:
