@@ -76,7 +76,7 @@ INGEST_REJECT_REASONS = (
     "internal_error",
 )  # fmt: skip
 HANDSHAKE_REASONS = (
-    "origin", "auth", "limit_total", "limit_per_ip", "limit_rate", "timeout", "bad_request",
+    "origin", "auth", "forbidden", "limit_total", "limit_per_ip", "limit_rate", "timeout", "bad_request",
     "bad_upgrade", "not_websocket",
 )  # fmt: skip
 AUTH_FAILURE_REASONS = (

@@ -337,6 +337,12 @@ class Hub:
 
     # -- fan-out -------------------------------------------------------------------
 
+    def outside_grants(self, grants: Iterable[str] | None, filters: Iterable[str]) -> str | None:
+        """The first of ``filters`` that an identity with ``grants`` may not subscribe
+        to (``subscribe`` refuses it as ``forbidden``), or None."""
+        held = with_alarm_grants(grants)  # as connect() gives them to its subscriber
+        return next((f for f in filters if self._grants_for(held, f) == ()), None)
+
     @staticmethod
     def _grants_for(grants: tuple[str, ...] | None, f: str) -> tuple[str, ...] | None:
         """None: ``f`` lies inside the grants; () : disjoint; else the grants to check."""

@@ -292,6 +292,13 @@ class Connections:
                 raise AuthError("malformed", "a token is required (header or access_token)")
             limit = self.cfg.state.max_topic_bytes
             sse = parse_sse_request(req.target, req.header(b"last-event-id"), limit)
+            hub = self.session_ctx.hub
+            outside = hub.outside_grants(identity.grants, sse.filters)
+            if outside is not None:  # refused here, as a bad filter: EventSource stops
+                raise HttpError(403, f"filter {outside!r} is outside this identity's grants", "forbidden")
+            most = min(hub.config.max_filters_per_connection, hub.config.max_groups_per_connection)
+            if len(set(sse.filters)) > most:
+                raise HttpError(400, f"at most {most} filters per connection", "bad_request")
             if sse.rate_hz is not None:
                 try:
                     self.session_ctx.hub.rates.snap(sse.rate_hz)  # refused here: EventSource stops

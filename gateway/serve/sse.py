@@ -4,16 +4,19 @@ The same snapshot and delta messages as ``/ws``, for networks that block WebSock
 
     GET /sse?filter=site/%23&filter=plant/+/temp&rate=5[&access_token=...]
     Accept: text/event-stream
-    Last-Event-ID: <epoch>:<changes>      (sent by EventSource when it reconnects)
+    Last-Event-ID: <epoch>:<changes>:<set>   (sent by EventSource when it reconnects)
 
 Every server message (welcome, snapshot, delta, batch, and a final ``close``) is one
 event whose ``data`` is the message's JSON, exactly as on the WebSocket; the event
 *type* is the default ("message"). The last event of each write carries an ``id`` of
-``<epoch>:<n>``: the store's change counter (``StateStore.changes``) up to which this
-screen has been sent everything it subscribed to. On reconnect, EventSource sends it back as
-``Last-Event-ID``; within the same epoch the gateway then sends snapshots of the
-topics that changed after ``n`` and nothing for the others; in a new epoch, snapshots
-of everything. A comment line (``: hb``) goes out when the stream was quiet for
+``<epoch>:<n>:<set>``: the store's change counter (``StateStore.changes``) up to which
+this screen has been sent everything it subscribed to, and a digest of the stream's
+filters (what it holds depends on them). On reconnect, EventSource sends it back as
+``Last-Event-ID``; within the same epoch and for the same filters the gateway then
+sends snapshots of the topics that changed after ``n`` and nothing for the others; in
+a new epoch, or for other filters (a client that reuses an id on another URL),
+snapshots of everything. A filter outside the token's grants is refused with 403
+before the stream starts. A comment line (``: hb``) goes out when the stream was quiet for
 ``heartbeat_s``, so proxies keep it open. Tokens, grants, Origin and connection limits
 are those of ``/ws``; there is no ``auth`` message (the token comes in the
 ``Authorization`` header or ``access_token``).
@@ -21,6 +24,7 @@ are those of ``/ws``; there is no ``auth`` message (the token comes in the
 
 from __future__ import annotations
 
+import hashlib
 import urllib.parse
 from typing import TYPE_CHECKING
 
@@ -30,7 +34,7 @@ import trio
 from ..auth import Identity
 from ..core import disconnect as dc
 from ..core.disconnect import Disconnect
-from ..core.protocol import WALL_NAME_CHARS, Pong, Resume, Subscribe, encode
+from ..core.protocol import WALL_NAME_CHARS, Error, Pong, Resume, Subscribe, encode
 from ..core.topics import TopicError, matches, validate_filter
 from .http import HttpError
 from .session import SessionContext, StreamSession
@@ -53,6 +57,12 @@ HEAD = (
     b"retry: 2000\n\n"  # EventSource reconnects after 2 s (plus our own backoff in JS)
 )
 HEARTBEAT = b": hb\n\n"
+
+
+def filter_set_digest(filters: tuple[str, ...]) -> str:
+    """Names a set of filters in event ids (8 hex digits; order and repeats ignored)."""
+    text = "\n".join(sorted(set(filters))).encode()
+    return hashlib.blake2b(text, digest_size=4).hexdigest()
 
 
 class SseRequest:
@@ -107,7 +117,7 @@ def parse_sse_request(
 class SseSession(StreamSession):
     """One event stream: a hub subscriber whose frames are written as events."""
 
-    __slots__ = ("_head_sent", "_last_write", "identity", "request")
+    __slots__ = ("_head_sent", "_id_tail", "_last_write", "identity", "request")
 
     def __init__(
         self,
@@ -123,6 +133,7 @@ class SseSession(StreamSession):
         self.request = request
         self._last_write = ctx.clock.mono()
         self._head_sent = False
+        self._id_tail = f":{filter_set_digest(request.filters)}"  # see _resume_positions
 
     async def run(self) -> None:
         try:
@@ -151,6 +162,11 @@ class SseSession(StreamSession):
             hub.resume(sub, Resume(ctx.store.epoch, positions))
         reply = hub.subscribe(sub, Subscribe("sse", self.request.filters, self.request.rate_hz))
         events.append(self._event(encode(reply)))
+        if type(reply) is Error:  # not expected: connection.py checked the grants and
+            self._head_sent = True  # limits; should one come, say so and end, not hang
+            self._write(events)
+            self.close(dc.NORMAL, f"subscription refused: {reply.code}")
+            return
         ctx.attach(self)
         if self.request.wall and ctx.walls is not None:
             ctx.walls.stream_opened(self, self.request.wall)
@@ -160,14 +176,21 @@ class SseSession(StreamSession):
 
     def _resume_positions(self) -> dict[str, int]:
         """What an EventSource reconnecting with ``Last-Event-ID`` holds: within the
-        same epoch, every topic of its filters that did not change after the id."""
+        same epoch and for the same filters, every topic of its filters that did not
+        change after the id. An id of other filters (a client that reuses one on
+        another URL) names nothing it holds: the topics of the new filters it never
+        had would be left out (found by a client written from the docs alone). An id
+        without the digest (a gateway before it) is taken as before."""
         last = self.request.last_event_id
         if not last:
             return {}
-        epoch, _, count = last.partition(":")
+        epoch, _, rest = last.partition(":")
+        count, colon, digest = rest.partition(":")
         store = self.ctx.store
         if epoch != store.epoch or not count.isdigit():
             return {}  # another epoch (or garbage): snapshots of everything
+        if colon and ":" + digest != self._id_tail:
+            return {}  # other filters: snapshots of everything
         upto = int(count)
         filters = self.request.filters
         return {
@@ -216,7 +239,7 @@ class SseSession(StreamSession):
             mine = ctx.hub.personal  # the first frames are this stream's alone: not cached
             chunks += (ctx.sse_event(f, i >= mine) for i, f in enumerate(frames))
         if chunks:
-            mark = f"{ctx.store.epoch}:{ctx.hub.sent_upto(sub)}".encode()
+            mark = f"{ctx.store.epoch}:{ctx.hub.sent_upto(sub)}{self._id_tail}".encode()
             chunks.append(b"id: " + mark + b"\n\n")  # an empty event carrying the id
             self._write(chunks)
 
