@@ -104,6 +104,8 @@ class Server:
             "max_groups_per_connection": sc.max_groups_per_connection,
             "auth_deadline_s": sc.auth_timeout_s,
             "messages_per_s": sc.messages_per_s,
+            "message_burst": sc.message_burst,
+            "max_protocol_errors": sc.max_protocol_errors,
             "wall_report_s": cfg.walls.report_s,
             "wall_min_report_s": cfg.walls.min_report_s,
         }
