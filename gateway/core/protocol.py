@@ -256,7 +256,7 @@ class Ping:
             raise _bad("'id' must be a string or an integer")
         if type(ping_id) is str and len(ping_id) > limits.max_id_len:
             raise _bad(f"'id' must be at most {limits.max_id_len} characters")
-        if type(ping_id) is int and not -(2**53) <= ping_id <= 2**53:
+        if type(ping_id) is int and not -(2**53) < ping_id < 2**53:  # JavaScript's safe
             raise _bad("'id' must be a safe integer")
         return cls(ping_id)
 

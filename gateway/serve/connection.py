@@ -286,6 +286,10 @@ class Connections:
         ip: str,
     ) -> SseSession | None:
         """``/sse``: the same checks as the WebSocket upgrade, then an event stream."""
+        if req.method != "GET":  # a POST was served as a stream (its body never read)
+            self.stats.http_requests["method_not_allowed"] += 1
+            await try_respond(out, conn, 405, "an event stream is a GET", req.method == "HEAD")
+            return None
 
         def prepare(identity: Identity | None) -> tuple[Identity, SseRequest]:
             if identity is None:  # no auth message on a one-way stream

@@ -225,3 +225,30 @@ async def test_the_event_stream_takes_the_documented_16_filters(gateway: Gateway
     many = "&".join(f"filter=a/{n}" for n in range(17))
     status, _, body = await http_get(gateway.port, f"/sse?{many}")
     assert status == 400 and b"1 to 16" in body
+
+
+async def test_ping_ids_are_javascript_safe_integers(gateway: Gateway) -> None:
+    """The error says "safe integer": 2**53 is not one (a JavaScript client would
+    read the echoed id as 2**53 + 1 too)."""
+    ws = await RawWs.connect(gateway.port)
+    await ws.recv_json()
+    answers = []
+    for n in (2**53 - 1, -(2**53 - 1), 2**53, -(2**53)):
+        await ws.send_json({"type": "ping", "id": n})
+        with trio.fail_after(5):
+            answers.append(await ws.recv_json())
+    ws.close()
+    assert [a["type"] for a in answers] == ["pong", "pong", "error", "error"]
+    assert answers[0]["id"] == 2**53 - 1 and answers[2]["code"] == "bad_message"
+
+
+async def test_an_event_stream_is_a_get(gateway: Gateway) -> None:
+    """A POST to /sse was served as a stream, its body never read."""
+    for method in ("POST", "PUT", "DELETE"):
+        status, headers, _ = await http_get(
+            gateway.port, "/sse?filter=%23", {"Content-Length": "0"}, method=method
+        )
+        assert status == 405, method
+    assert gateway.server.stats.http_requests["method_not_allowed"] == 3
+    status, headers, _ = await http_get(gateway.port, "/sse?filter=%23", method="HEAD")
+    assert status == 405 and headers["connection"] == "close"
