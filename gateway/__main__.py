@@ -85,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--dashboard-dir", metavar="DIR", help="serve the dashboard from DIR")
     run.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="keep the state, alarms, chart history and (over a graceful restart) the "
+        "epoch in checkpoints in DIR, so screens resume with deltas ([persist] state_dir; "
+        "default: none, every start is empty with a new epoch; docs/operations.md, "
+        "'Restarts')",
+    )
+    run.add_argument(
         "--workers",
         type=int,
         metavar="N",
@@ -159,6 +167,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         mqtt["routes"] = [{"filter": f, "topic": "{topic}"} for f in args.mqtt_topic]
     if mqtt:
         out["mqtt"] = mqtt
+    if args.state_dir is not None:
+        out["persist"] = {"state_dir": args.state_dir}
     if args.simulate is not None:
         if args.simulate < 0:
             raise ConfigError("--simulate: the number of devices must be >= 0")

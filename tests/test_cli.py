@@ -44,6 +44,8 @@ def test_help_documents_every_option() -> None:
         "--simulate",
         "--mqtt",
         "--allow-anonymous",
+        "--workers",
+        "--state-dir",
     ):
         assert flag in sub.stdout, flag
     assert "--json" in run("tail", "--help").stdout
@@ -85,6 +87,18 @@ def test_config_sources_layer_file_env_flags(tmp_path: Path) -> None:
         {"server": {"port": 3000}},
     )
     assert (c.server.port, c.server.admin_port, c.server.heartbeat_s) == (3000, 1001, 7.5)
+
+
+def test_the_state_dir_flag_is_persist_state_dir(tmp_path: Path) -> None:
+    """A client author read "a gateway with a state directory keeps its epoch" and
+    found no way to give one in --help."""
+    from gateway.__main__ import _parser, _run_overrides
+
+    args = _parser().parse_args(["run", "--state-dir", str(tmp_path / "s")])
+    env = {"GATEWAY_PERSIST_STATE_DIR": "/elsewhere"}
+    assert load_config(None, env, _run_overrides(args)).persist.state_dir == str(tmp_path / "s")
+    args = _parser().parse_args(["run"])
+    assert load_config(None, env, _run_overrides(args)).persist.state_dir == "/elsewhere"
 
 
 def test_anonymous_on_a_public_address_is_refused_unless_allowed() -> None:
