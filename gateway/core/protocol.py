@@ -61,7 +61,7 @@ PROTOCOL_VERSION: Final = 1
 #: additions within v1 that old clients may ignore (docs/protocol.md, "Changes"):
 #: 1 = snapshots with ``resync: true``, the ``rate_limited`` warning before 4029;
 #: 2 = wall ``report``, ``action`` and ``action_ack``
-PROTOCOL_MINOR: Final = 2
+PROTOCOL_MINOR: Final = 3
 #: a ``report`` message is refused above this size (docs/protocol.md, "Wall reports")
 MAX_REPORT_BYTES: Final = 2048
 

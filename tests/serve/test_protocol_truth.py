@@ -155,7 +155,7 @@ async def test_control_messages_of_256_bytes_or_more_are_compressed(gateway: Gat
     assert opcode == 1 and ws.rsv1, "welcome went out uncompressed"
     welcome = json.loads(zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff"))
     assert welcome["type"] == "welcome"
-    assert welcome["protocol"] == 1 and welcome["protocol_minor"] == 2
+    assert welcome["protocol"] == 1 and welcome["protocol_minor"] == 3
 
 
 async def test_auth_where_no_token_is_needed_is_acknowledged_not_an_error(
