@@ -72,12 +72,12 @@ HTTP_CUT_REASONS = ("client_gone", "write_timeout", "response_timeout", "busy", 
 SNAPSHOT_REASONS = ("window", "ahead", "size")
 INGEST_REJECT_REASONS = (
     "bad_json", "not_utf8", "too_large", "unsupported_json", "bad_timestamp", "unmapped",
-    "reserved_topic", "bad_status", "bad_topic", "bad_field", "bad_value", "field_limit", "topic_limit",
-    "internal_error",
+    "reserved_topic", "bad_status", "bad_topic", "bad_field", "bad_value", "field_limit",
+    "topic_limit", "internal_error",
 )  # fmt: skip
 HANDSHAKE_REASONS = (
-    "origin", "auth", "forbidden", "limit_total", "limit_per_ip", "limit_rate", "timeout", "bad_request",
-    "bad_upgrade", "not_websocket",
+    "origin", "auth", "forbidden", "limit_total", "limit_per_ip", "limit_rate", "timeout",
+    "bad_request", "bad_upgrade", "not_websocket",
 )  # fmt: skip
 AUTH_FAILURE_REASONS = (
     "invalid", "expired", "not_yet_valid", "audience", "issuer", "claims", "algorithm",

@@ -299,7 +299,9 @@ class Connections:
             hub = self.session_ctx.hub
             outside = hub.outside_grants(identity.grants, sse.filters)
             if outside is not None:  # refused here, as a bad filter: EventSource stops
-                raise HttpError(403, f"filter {outside!r} is outside this identity's grants", "forbidden")
+                raise HttpError(
+                    403, f"filter {outside!r} is outside this identity's grants", "forbidden"
+                )
             most = min(hub.config.max_filters_per_connection, hub.config.max_groups_per_connection)
             if len(set(sse.filters)) > most:
                 raise HttpError(400, f"at most {most} filters per connection", "bad_request")

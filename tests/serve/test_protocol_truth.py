@@ -91,7 +91,11 @@ async def test_a_resume_before_subscribe_ahead_of_the_gateway_gets_a_resync_snap
     ws = await RawWs.connect(gw.port)
     await ws.recv_json()  # welcome
     await ws.send_json(
-        {"type": "resume", "epoch": gw.store.epoch, "topics": {"plant/a": seq_a + 50, "plant/b": seq_b}}
+        {
+            "type": "resume",
+            "epoch": gw.store.epoch,
+            "topics": {"plant/a": seq_a + 50, "plant/b": seq_b},
+        }
     )
     await ws.send_json({"type": "subscribe", "id": "s", "filters": ["plant/#"]})
     with trio.fail_after(5):

@@ -123,9 +123,7 @@ async def test_snapshot_deltas_and_last_event_id_resume(gateway: Gateway) -> Non
     s.close()
     # an id reused with other filters names nothing the stream holds: other/x came
     # with it once (found by a client written from docs/protocol.md alone)
-    s = await EventStream.open(
-        gw.port, "filter=site/%23&filter=other/%23", {"Last-Event-ID": last}
-    )
+    s = await EventStream.open(gw.port, "filter=site/%23&filter=other/%23", {"Last-Event-ID": last})
     await s.event()
     await s.event()
     assert sorted(await drain(s, Mirror())) == sorted([*state_of(gw, "site/"), "other/x"])
