@@ -194,3 +194,19 @@ async def test_same_auth_grants_and_input_checks_as_the_websocket(
     got = await drain(s, Mirror())
     assert got == ["site/berlin/p1"]  # '#' within the grants: never paris
     s.close()
+
+
+async def test_a_stream_over_the_connection_limits_is_refused_before_it_starts(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    """With limits below /sse's 16 filters, the subscription would be refused inside
+    the stream: refused up front instead (an EventSource stops on a 400)."""
+    gw: Gateway = await gateway_factory(server={"max_groups_per_connection": 2})
+    s = await EventStream.open(gw.port, "filter=a&filter=b&filter=c")
+    s.close()
+    assert s.status == 400
+    s = await EventStream.open(gw.port, "filter=a&filter=b&filter=a")  # two distinct
+    assert s.status == 200
+    assert (await s.event())["type"] == "welcome"  # type: ignore[index]
+    assert (await s.event())["type"] == "ack"  # type: ignore[index]
+    s.close()
