@@ -373,7 +373,17 @@ async def _end_when_exited(proc: trio.Process, scope: trio.CancelScope) -> None:
 
 def reserve_port(host: str, port: int) -> socket.socket:
     """A bound, not listening SO_REUSEPORT socket: picks the port for ``port=0`` and
-    holds it for the workers (it receives no connections: it never listens)."""
+    holds it for the workers (it receives no connections: it never listens).
+
+    First the port is bound once without SO_REUSEPORT, which fails while any process
+    listens on it: SO_REUSEPORT alone would let a second cluster's workers join the
+    first's, and the kernel would split new screens between two gateways of two
+    epochs (found by an outside check)."""
+    probe = bind(host, port)  # the single-process gateway's error if the port is taken
+    try:
+        port = probe.getsockname()[1]
+    finally:
+        probe.close()
     return bind(host, port, reuse_port=True)
 
 

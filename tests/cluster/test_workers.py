@@ -371,3 +371,24 @@ async def test_the_parent_keeps_the_epoch_over_a_graceful_restart(tmp_path: Path
             with trio.fail_after(10):
                 while len(topics) < 20:  # the restored state, with no device running
                     topics |= {m.topic for m in await receive(ws) if isinstance(m, Snapshot)}
+
+
+async def test_a_second_cluster_cannot_take_a_clusters_port(tmp_path: Path) -> None:
+    """SO_REUSEPORT alone let a second `--workers` gateway join the first's port: the
+    kernel split new screens between two gateways of two epochs (found by an outside
+    check). It is refused as a single-process gateway is."""
+    async with cluster(tmp_path) as c:
+        with trio.fail_after(30):  # before the fix the second one served for good
+            second = await trio.run_process(
+                [sys.executable, "-m", "gateway", "run", "--workers", "2", "--port", str(c.port),
+                 "--admin-port", "0", "--status-interval", "0"],
+                capture_stderr=True, check=False, cwd=ROOT,
+            )  # fmt: skip
+        assert second.returncode == 1, second.stderr.decode()
+        assert f"cannot listen on 127.0.0.1:{c.port}" in second.stderr.decode()
+        assert "Address already in use" in second.stderr.decode()
+        epochs = set()
+        for _ in range(8):
+            async with screen(c.port) as (_, welcome):
+                epochs.add(welcome.epoch)
+        assert epochs == {c.epoch}
