@@ -264,6 +264,17 @@ async def serve(
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     gw, loaded = await prepare(cfg)
+    try:
+        await _serve(gw, loaded, install_signals, task_status)
+    finally:
+        if gw.persister is not None:
+            gw.persister.release()  # the state directory is free for the next gateway
+    log.info("stopped")
+
+
+async def _serve(
+    gw: Gateway, loaded: Loaded, install_signals: bool, task_status: trio.TaskStatus[Gateway]
+) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(gw.looplag.run)
         await restore(gw, loaded, nursery)
@@ -294,7 +305,6 @@ async def serve(
         if gw.persister is not None:
             await gw.persister.final(gw.store)  # every client is closed: the epoch may be kept
         nursery.cancel_scope.cancel()
-    log.info("stopped")
 
 
 async def watch_signals(

@@ -11,6 +11,11 @@ Files in ``[persist] state_dir``:
   any client has seen. It names the checkpoint (epoch, change count, CRC).
 * ``state.ckpt.bad-<reason>-<time>``: a checkpoint that could not be used at start,
   moved aside (never deleted) for a person to look at.
+* ``lock``: locked (``flock``) by the gateway that uses the directory, for its whole
+  run, and holding its pid. A second gateway given the same directory refuses to
+  start, naming that pid: two gateways on one directory restored each other's
+  fleets, took over each other's epochs and broke each other's writes (found by an
+  outside check).
 
 Rules at start:
 
@@ -56,6 +61,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import fcntl
 import gc
 import logging
 import os
@@ -78,6 +84,7 @@ log = logging.getLogger("gateway.persist")
 
 CHECKPOINT = "state.ckpt"
 CLEAN = "clean"
+LOCK = "lock"
 BATCH = 500  # topics encoded or restored between two checkpoints of the event loop
 
 #: why a checkpoint could not be written
@@ -178,6 +185,7 @@ class Persister:
         self._last: tuple[str, int, int] = ("", 0, 0)  # epoch, changes, CRC last written
         self.sections: dict[str, Section] = {}
         self._gc_was_enabled = False
+        self._lock_fd: int | None = None
 
     def add_section(self, name: str, section: Section) -> None:
         if name in ("meta", "topics") or name in self.sections:
@@ -189,14 +197,15 @@ class Persister:
     async def load(self) -> Loaded:
         """Read the last run's checkpoint and decide the epoch (before the store exists).
         Pauses the garbage collector until :meth:`restore` (which must follow)."""
-        self._gc_was_enabled = gc.isenabled()
-        gc.disable()
         try:
             await trio.to_thread.run_sync(lambda: self.dir.mkdir(parents=True, exist_ok=True))
         except OSError as err:
             self.stats.failures[_reason(err)] += 1
             log.error("persist: cannot create state directory %s: %s", self.dir, err.strerror)
             return Loaded()
+        await trio.to_thread.run_sync(self._take_lock)  # or OSError(EBUSY): do not start
+        self._gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             data = await trio.to_thread.run_sync(self.path.read_bytes)
         except FileNotFoundError:
@@ -236,6 +245,33 @@ class Persister:
             )
         extra = {name: ckpt.sections[name] for name in ckpt.unknown}
         return Loaded(ckpt.epoch if kept else None, ckpt.changes, states, extra)
+
+    def _take_lock(self) -> None:
+        try:
+            fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # a read-only directory: persistence fails as it would
+            log.warning("persist: cannot lock %s: %s", self.dir / LOCK, err.strerror)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OSError(
+                errno.EBUSY,
+                f"state directory {self.dir} is in use by another gateway (pid {holder}): "
+                "give each gateway its own ([persist] state_dir, --state-dir)",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Unlock the directory (the end of this gateway's run; a process's end does
+        it too)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     async def _consume_clean_marker(self, ckpt: snapshotfile.Checkpoint) -> bool:
         marker = self.dir / CLEAN

@@ -5,9 +5,11 @@ a full disk or a read-only directory is counted while serving goes on."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -316,7 +318,7 @@ async def test_a_bad_checkpoint_is_reported_kept_aside_and_the_gateway_serves(
         assert await metric(gw, f'gateway_checkpoint_bad_files_total{{reason="{kind}"}}') == 1
         fill(gw, 3)
         assert gw.persister is not None and await gw.persister.checkpoint(gw.store)
-    assert len(before) == 2  # the bad file and the clean marker of the first run
+    assert len(before) == 3  # the bad file, the clean marker of the first run, the lock
     assert snapshotfile.parse(path.read_bytes()).meta["topics"] == 3
 
 
@@ -352,7 +354,7 @@ async def test_a_full_disk_is_counted_and_serving_goes_on(
             assert not await gw.persister.checkpoint(gw.store)
             assert gw.persister.stats.failures["disk_full"] == 1
             assert any("disk_full" in r.getMessage() for r in caplog.records)
-            assert listing(state_dir) == []  # the partial temporary file is gone
+            assert listing(state_dir) == [persist.LOCK]  # the partial temporary file is gone
             assert await metric(gw, 'gateway_checkpoint_failures_total{reason="disk_full"}') == 1
             status, _, _ = await http_get(gw.port, "/api/snapshot?filter=site/1/%23")
             assert status == 200
@@ -379,6 +381,39 @@ async def test_a_read_only_directory_is_counted_and_serving_goes_on(tmp_path: Pa
             assert gw.persister.stats.failures[reason] == 1
             status, _, _ = await http_get(gw.port, "/healthz")
             assert status == 200
+
+
+async def test_a_second_gateway_on_the_same_state_directory_refuses_to_start(
+    tmp_path: Path,
+) -> None:
+    """Two gateways on one directory restored each other's fleets, took over each
+    other's epochs and broke each other's writes (found by an outside check): the
+    second one now refuses to start, naming the first; the next run after the first
+    ends gets the directory (and, in another process, the same refusal: the CLI's
+    one-line error)."""
+    async with running(tmp_path) as first:
+        fill(first, 5)
+        with pytest.raises(BaseExceptionGroup) as err:  # from running()'s nursery
+            async with running(tmp_path):
+                raise AssertionError("the second gateway started")
+        group = err.value.subgroup(lambda e: isinstance(e, OSError))
+        assert group is not None, err.value
+        while isinstance(group, BaseExceptionGroup):
+            (group,) = group.exceptions
+        assert group.errno == errno.EBUSY
+        assert f"in use by another gateway (pid {os.getpid()})" in str(group)
+        proc = await trio.run_process(
+            [sys.executable, "-m", "gateway", "run", "--port", "0", "--admin-port", "0",
+             "--state-dir", str(tmp_path), "--status-interval", "0"],
+            capture_stderr=True, check=False,
+        )  # fmt: skip
+        text = proc.stderr.decode()
+        assert proc.returncode == 1 and f"(pid {os.getpid()})" in text, text
+        assert "Traceback" not in text
+        assert (tmp_path / persist.LOCK).read_text() == f"{os.getpid()}\n"
+    async with running(tmp_path) as again:  # the first one's end freed it
+        assert again.store.epoch == first.store.epoch
+        assert len(again.store) == 5
 
 
 def test_the_persist_section_is_validated_and_read_from_the_environment() -> None:

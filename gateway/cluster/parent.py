@@ -450,4 +450,6 @@ async def serve_cluster(
     finally:
         close_socket(admin)
         close_socket(reserved)
+        if gw.persister is not None:
+            gw.persister.release()  # the state directory is free for the next gateway
     log.info("stopped")
