@@ -197,7 +197,8 @@ async def _adopt_alarms(gw: Gateway, marked: list[str], batch: int = 1000) -> No
         await trio.lowlevel.checkpoint()
     if outcomes:
         log.info(
-            "persist: %d alarms restored; %d of rules no longer configured were cleared",
+            "persist: %d alarms restored; %d whose rule is no longer configured set to "
+            "normal (rule_removed)",
             outcomes["adopted"],
             outcomes["removed"],
         )

@@ -193,6 +193,28 @@ async def test_an_acknowledged_alarm_survives_a_restart_and_clears_normally(
         assert await metric(gw, 'gateway_alarms_active{severity="critical"}') == 0
 
 
+async def test_an_alarm_whose_rule_is_gone_after_a_restart_is_listed_by_all(
+    tmp_path: Path,
+) -> None:
+    """docs/alarms.md: an alarm whose rule left the configuration is set to normal
+    with rule_removed; `/api/alarms?all=1` ("every alarm") left it out, since the
+    engine has no alarm for it (found by an outside check)."""
+    async with running(tmp_path, ALARMING) as gw:
+        gw.store.apply("plant/oven", {"t": 60.0}, gw.clock.wall())
+        gw.store.apply("plant/fridge", {"t": 4.0}, gw.clock.wall())
+    other_rule = {"alarms": {"rules": [{**ALARMING["alarms"]["rules"][0], "name": "warm"}]}}
+    async with running(tmp_path, {**ALARMING, **other_rule}) as gw:
+        gw.store.apply("plant/oven", {"t": 61.0}, gw.clock.wall())
+        status, _, body = await http_get(gw.port, "/api/alarms?all=1", BEARER)
+        assert status == 200
+        got = {a["alarm"]: a for a in orjson.loads(body)["alarms"]}
+        assert set(got) == {HOT, "$alarms/warm/plant/oven"}
+        assert got[HOT]["state"] == "normal" and got[HOT]["rule_removed"] is True
+        assert got["$alarms/warm/plant/oven"]["state"] == "active_unacked"
+        assert list(got)[0] == "$alarms/warm/plant/oven"  # active first
+        assert [a["alarm"] for a in await open_alarms(gw)] == ["$alarms/warm/plant/oven"]
+
+
 async def test_a_stale_rule_raises_on_a_device_the_restore_marks_stale(tmp_path: Path) -> None:
     rule = {"name": "silent", "filter": "batt/#", "condition": "stale"}
     sections = {"alarms": {"rules": [rule]}}

@@ -33,7 +33,7 @@ import orjson
 import trio
 
 from ..auth import Identity
-from ..core.alarms import AlarmEngine, device_of, with_alarm_grants
+from ..core.alarms import ALARM_PREFIX, AlarmEngine, device_of, with_alarm_grants
 from ..core.history import History
 from ..core.meta import Meta
 from ..core.protocol import Ack, AckAlarm, Error, Subscribe
@@ -190,15 +190,24 @@ class Insight:
         show_all = query.get("all") in ("1", "true")
         visible = _visible(with_alarm_grants(identity.grants))
         out = []
-        source = self.alarms.alarms() if show_all else self.alarms.open_alarms()
-        for alarm in source:
-            if not visible(alarm.key):
+        if show_all:  # every alarm topic: those whose rule is gone (no engine alarm) too
+            keys: Iterable[str] = self.store.tree.matching(ALARM_PREFIX + "#")
+        else:
+            keys = (alarm.key for alarm in self.alarms.open_alarms())
+        for key in keys:
+            if not visible(key):
                 continue
-            st = self.store.get(alarm.key)
-            if st is not None:
-                out.append({"alarm": alarm.key, "seq": st.seq, **st.fields})
+            st = self.store.get(key)
+            if st is not None and st.seq and "state" in st.fields:
+                out.append({"alarm": key, "seq": st.seq, **st.fields})
         rank = {"critical": 0, "major": 1, "minor": 2, "warning": 3}
-        out.sort(key=lambda a: (not a["active"], rank[a["severity"]], -a.get("raised_at", 0)))
+        out.sort(
+            key=lambda a: (
+                a.get("active") is not True,
+                rank.get(a.get("severity"), len(rank)),  # type: ignore[arg-type]
+                -(a.get("raised_at") or 0),
+            )
+        )
         return 200, orjson.dumps({"epoch": self.store.epoch, "alarms": out})
 
     async def api_history_sample(
