@@ -300,6 +300,12 @@ class GatewayCollector(Collector):
             "Field updates inside their deadband (not news).",
             values=st.deadband_suppressed,
         )
+        yield _counter(
+            "gateway_retained_unchanged",
+            "Retained MQTT messages (the broker's stored copies, sent on subscribe) that "
+            "repeated what the state holds: not taken as the device speaking.",
+            values=st.retained_old,
+        )
         if mqtt is not None:  # only with MQTT configured: no false "disconnected" alerts
             yield GaugeMetricFamily(
                 "gateway_mqtt_connected",

@@ -211,8 +211,46 @@ async def test_an_alarm_whose_rule_is_gone_after_a_restart_is_listed_by_all(
         assert set(got) == {HOT, "$alarms/warm/plant/oven"}
         assert got[HOT]["state"] == "normal" and got[HOT]["rule_removed"] is True
         assert got["$alarms/warm/plant/oven"]["state"] == "active_unacked"
-        assert list(got)[0] == "$alarms/warm/plant/oven"  # active first
+        assert next(iter(got)) == "$alarms/warm/plant/oven"  # active first
         assert [a["alarm"] for a in await open_alarms(gw)] == ["$alarms/warm/plant/oven"]
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_the_brokers_retained_online_does_not_make_a_silent_device_look_alive(
+    tmp_path: Path, mosquitto: Any, qos: int
+) -> None:
+    """The README's device that spoke once (one data message, its status retained):
+    after a graceful restart it is stale, and the broker's retained ``online``, sent
+    again on the new subscription, leaves it so (it cleared ``stale`` and rewrote
+    ``rx``, and a device silent for a long time looked fresh for a stale limit after
+    every restart: found by an outside check). QoS 0 comes through our own framing,
+    QoS 1 through paho."""
+    from tests.ingest.test_mqtt import FAST, until_subscribed
+
+    mqtt = {"mqtt": {"url": mosquitto.url, **FAST}}
+    async with running(tmp_path / "state", mqtt) as gw:
+        await until_subscribed(gw)
+        await mosquitto.publish("telemetry/site/meter", '{"kwh": 12.5}', qos=qos)
+        await mosquitto.publish("status/site/meter", "online", retain=True, qos=qos)
+        with trio.fail_after(10):
+            while (st := gw.store.get("site/meter")) is None or st.online is not True:
+                await trio.sleep(0.01)
+        rx = st.changed_at
+    async with running(tmp_path / "state", mqtt) as gw:
+        st = gw.store.get("site/meter")
+        assert st is not None and st.stale  # spoke once: no known limit, stale at once
+        seq = st.seq
+        await until_subscribed(gw)
+        with trio.fail_after(10):  # the broker's stored status comes with the SUBACK
+            while gw.store.stats.retained_old < 1:
+                await trio.sleep(0.01)
+        st = gw.store.get("site/meter")
+        assert st is not None and st.stale and st.online is True
+        assert st.seq == seq and st.changed_at == rx
+        await mosquitto.publish("telemetry/site/meter", '{"kwh": 12.5}', qos=qos)  # it speaks
+        with trio.fail_after(10):
+            while gw.store.get("site/meter").stale:  # type: ignore[union-attr]
+                await trio.sleep(0.01)
 
 
 async def test_a_stale_rule_raises_on_a_device_the_restore_marks_stale(tmp_path: Path) -> None:

@@ -168,6 +168,7 @@ class StateStats:
     fields_changed: int = 0
     fields_removed: int = 0
     unchanged: int = 0  # field values equal to the current value
+    retained_old: int = 0  # broker-stored messages that told nothing new (apply, presence)
     deadband_suppressed: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
     stale_marked: int = 0
@@ -321,8 +322,17 @@ class StateStore:
         *,
         device_ts: float | None = None,
         mode: UpdateMode = UpdateMode.MERGE,
+        retained: bool = False,
     ) -> int:
         """Apply one device message. Returns the new ``seq``, or 0 if nothing changed.
+
+        ``retained``: the broker sent it from its store (an MQTT retained message, on
+        every subscribe): old news of unknown age. For a topic the store holds, one
+        that changes no field is not the device speaking: it leaves the topic as it
+        was, its staleness and deadline too (a restored device that stays silent
+        goes stale on its own deadline; the broker's copy of its last message does
+        not make it look alive). One that changes fields is news (the device spoke
+        after what the store held) and applies as any message.
 
         Raises :class:`InvalidUpdate` (and changes nothing) if the message is refused.
         """
@@ -332,6 +342,15 @@ class StateStore:
         except InvalidUpdate as err:
             self.stats.reject(err.reason)
             raise
+        if (
+            retained
+            and existing is not None
+            and existing.seq
+            and not self._news(existing, values, mode)
+        ):
+            self.stats.messages += 1
+            self.stats.retained_old += 1
+            return 0
         st = existing or self._topic_state(topic)
         stats = self.stats
         stats.messages += 1
@@ -400,13 +419,42 @@ class StateStore:
         self._bump(st, seq, now)
         return seq
 
-    def set_presence(self, topic: str, online: bool, now: float) -> int:
+    def _news(self, st: TopicState, values: Mapping[str, JsonValue], mode: UpdateMode) -> bool:
+        """Whether :meth:`apply` of ``values`` would change a field of ``st``."""
+        fields = st.fields
+        bands = self.deadbands.lookup(st.topic) if self.deadbands.rules else None
+        for name, value in values.items():
+            old = fields.get(name, _MISSING)
+            if value is None:
+                if old is not _MISSING:
+                    return True
+                continue
+            if old is _MISSING:
+                return True
+            if type(old) is type(value) and old == value:
+                continue
+            if bands and type(old) in (int, float) and type(value) in (int, float):
+                band = bands.get(name) or bands.get("*")
+                if band is not None and band.suppresses(old, value):
+                    continue
+            return True
+        return mode is _REPLACE and any(n not in values for n in fields)
+
+    def set_presence(self, topic: str, online: bool, now: float, *, retained: bool = False) -> int:
         """Record a device's online/offline status (from a status topic or last will).
 
         Returns the new ``seq`` or 0 if the status did not change. Coming online
         also counts as being seen; going offline does not clear ``stale``.
+        ``retained`` (the broker's stored status, sent on every subscribe): when it
+        says what the store holds already, it is not the device speaking (a device
+        that died without a last will leaves ``online`` retained for good) and
+        changes nothing, staleness included (see :meth:`apply`).
         """
-        st = self._topic_state(topic)
+        existing = self._topics.get(topic)
+        if retained and existing is not None and existing.seq and existing.online is online:
+            self.stats.retained_old += 1
+            return 0
+        st = existing or self._topic_state(topic)
         if online:
             st.seen_at = now
             if topic not in self._due:

@@ -171,7 +171,7 @@ class MqttIngest:
         # microseconds of each other, and the clock read is per-message cost
         self._now = self.clock.wall()
 
-    def _on_message(self, topic: str | None, payload: bytes) -> None:
+    def _on_message(self, topic: str | None, payload: bytes, retained: bool = False) -> None:
         # an exception here would end the connection: nothing may escape
         self.stats.messages["mqtt"] += 1
         if topic is None:  # not UTF-8
@@ -179,7 +179,7 @@ class MqttIngest:
             self._log.limited("reject:bad_topic", "MQTT message refused: its topic is not UTF-8")
             return
         try:
-            self.handle(topic, payload)
+            self.handle(topic, payload, retained)
         except Exception:
             self.stats.rejected["internal_error"] += 1
             log.exception("MQTT message handler failed (the ingest goes on)")
@@ -196,8 +196,10 @@ class MqttIngest:
             self.cfg.max_payload_bytes,
         )
 
-    def handle(self, mqtt_topic: str, payload: bytes) -> None:
-        """One MQTT message into the store; refusals are counted and logged, never raised."""
+    def handle(self, mqtt_topic: str, payload: bytes, retained: bool = False) -> None:
+        """One MQTT message into the store; refusals are counted and logged, never raised.
+        ``retained``: the broker sent it from its store because we subscribed (on
+        every connect): news only if it changes the topic (store.apply)."""
         stats = self.stats
         now = self._now
         try:
@@ -205,14 +207,14 @@ class MqttIngest:
             if route.kind == "status":
                 online = decode_status(payload)
                 if online is not None:
-                    self.store.set_presence(topic, online, now)
+                    self.store.set_presence(topic, online, now, retained=retained)
                 return
             fields, device_ts, mode = decode_fields(payload, route, self.cfg.max_payload_bytes)
             # a nested value needs a '[' or a second '{' in the payload (the bytes are
             # searched in C; the fields only when one is there)
             if b"[" in payload or payload.count(b"{") > 1:
                 self._note_nested(fields, mqtt_topic)
-            self.store.apply(topic, fields, now, device_ts=device_ts, mode=mode)
+            self.store.apply(topic, fields, now, device_ts=device_ts, mode=mode, retained=retained)
         except IngestError as err:
             stats.rejected[err.reason] += 1
             self._log.limited(

@@ -4,7 +4,9 @@
 whatever the chunk boundaries. It decodes only what the ingest's fast path needs:
 
 * a QoS 0 PUBLISH comes out as ``(topic, payload)`` (both ``bytes``): it carries no
-  protocol state, so nobody else needs to see it;
+  protocol state, so nobody else needs to see it; one with the RETAIN flag (the
+  broker's stored message, sent because we subscribed: MQTT 3.1.1 3.3.1.3) as
+  :class:`Retained`, rare enough to cost the live path nothing;
 * every other packet (CONNACK, SUBACK, PINGRESP, a QoS 1/2 PUBLISH, DISCONNECT, ...)
   comes out whole as :class:`Packet`, for paho to handle as if it had read it itself;
 * a PUBLISH whose payload exceeds ``max_payload`` bytes (or whose MQTT 5 properties
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MAX_OTHER", "MAX_PROPERTIES", "MalformedPacket", "Packet", "Splitter", "TooLarge"]
+__all__ = [
+    "MAX_OTHER", "MAX_PROPERTIES", "MalformedPacket", "Packet", "Retained", "Splitter", "TooLarge",
+]  # fmt: skip
 
 #: the largest packet other than a PUBLISH we buffer (a broker's CONNACK, SUBACK,
 #: DISCONNECT and AUTH are a few hundred bytes, with MQTT 5 reason strings and
@@ -64,6 +68,15 @@ class Packet:
 
 
 @dataclass(frozen=True, slots=True)
+class Retained:
+    """A QoS 0 PUBLISH the broker sent from its store (RETAIN set): old news of unknown
+    age, not proof that the device is alive now."""
+
+    topic: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class TooLarge:
     """A PUBLISH being skipped: its payload (or its properties) is over the limit."""
 
@@ -98,7 +111,7 @@ class Splitter:
         """Bytes held, not yet returned as packets."""
         return len(self._buf) - self._pos
 
-    def next(self) -> tuple[bytes, bytes] | Packet | TooLarge | None:
+    def next(self) -> tuple[bytes, bytes] | Packet | Retained | TooLarge | None:
         """The next packet, or None until more bytes are fed."""
         buf = self._buf
         p = self._pos
@@ -180,4 +193,6 @@ class Splitter:
         self._pos = end
         if qos:
             return Packet(buf[p:end])
+        if b0 & 1:
+            return Retained(buf[i + 2 : i + 2 + tl], buf[payload_at:end])
         return buf[i + 2 : i + 2 + tl], buf[payload_at:end]

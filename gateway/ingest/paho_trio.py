@@ -57,13 +57,13 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 import trio
 from paho.mqtt.enums import MQTTErrorCode
 
-from .mqttwire import MalformedPacket, Packet, Splitter, TooLarge
+from .mqttwire import MalformedPacket, Packet, Retained, Splitter, TooLarge
 from .paho_client import (
     BrokerUrl,
     TlsOptions,
@@ -77,6 +77,7 @@ from .paho_client import (
 __all__ = [
     "BrokerUrl",
     "MqttFailure",
+    "OnMessage",
     "PahoSession",
     "TlsOptions",
     "TrioClient",
@@ -84,6 +85,14 @@ __all__ = [
     "new_client",
     "parse_url",
 ]
+
+
+class OnMessage(Protocol):
+    """What a PUBLISH is handed to: its topic (None if not UTF-8) and payload, and
+    ``True`` for ``retained`` when the broker sent it from its store because we
+    subscribed (RETAIN set: old news of unknown age; a live one has it unset)."""
+
+    def __call__(self, topic: str | None, payload: bytes, retained: bool = False) -> None: ...
 
 
 class MqttFailure(Exception):
@@ -139,7 +148,7 @@ class PahoSession:
         tcp_nodelay: bool = True,
         tls: TrackingContext | None = None,
         subscriptions: Sequence[tuple[str, int]] = (),
-        on_message: Callable[[str | None, bytes], None] | None = None,
+        on_message: OnMessage | None = None,
         on_read_burst: Callable[[], None] | None = None,
         on_too_large: Callable[[str | None, int], None] | None = None,
         read_batch: int = READ_BATCH,
@@ -420,6 +429,14 @@ class PahoSession:
                         handler(topic, item[1])
                 elif type(item) is Packet:
                     self._to_paho(item.data, sock)
+                elif type(item) is Retained:
+                    self.delivered += 1
+                    if handler is not None:
+                        try:
+                            topic = item.topic.decode()
+                        except UnicodeDecodeError:
+                            topic = None
+                        handler(topic, item.payload, True)
                 else:
                     assert type(item) is TooLarge
                     self._too_large(item)
@@ -581,4 +598,8 @@ class PahoSession:
             except UnicodeDecodeError:
                 topic = None
             payload = msg.payload
-            self.handler(topic, payload if type(payload) is bytes else bytes(payload))
+            data = payload if type(payload) is bytes else bytes(payload)
+            if msg.retain:  # from the broker's store (see mqttwire.Retained)
+                self.handler(topic, data, True)
+            else:
+                self.handler(topic, data)

@@ -170,6 +170,47 @@ def test_presence_and_staleness_are_versioned_changes() -> None:
     assert d is None
 
 
+def test_a_retained_message_that_tells_nothing_new_is_not_the_device_speaking() -> None:
+    """The broker sends its stored (retained) messages on every subscribe: a device
+    that died with ``online`` retained looked alive after every gateway restart, its
+    deadline re-armed and its ``rx`` rewritten (found by an outside check). Such a
+    message changes nothing unless it changes a field or the presence."""
+    s = store(stale_after=RuleTable([("dev/#", 5.0)]))
+    s.apply("dev/1", {"t": 1.0, "mode": "run"}, now=100.0)
+    assert s.set_presence("dev/1", True, 100.0) == 2
+    assert s.sweep_stale(106.0) == ["dev/1"]
+    seq = s.get("dev/1").seq  # type: ignore[union-attr]
+    # the broker's copies of what the store holds: nothing happens, it stays stale
+    assert s.set_presence("dev/1", True, 107.0, retained=True) == 0
+    assert s.apply("dev/1", {"t": 1.0}, 107.0, retained=True) == 0
+    assert s.apply("dev/1", {"mode": "run", "t": 1.0}, 107.0, retained=True) == 0
+    st = s.get("dev/1")
+    assert st is not None and st.stale and st.seq == seq
+    assert (st.seen_at, st.changed_at) == (100.0, 100.0)
+    assert s.stats.retained_old == 3
+    # live, the same message is the device speaking
+    assert s.apply("dev/1", {"t": 1.0}, 108.0) == seq + 1
+    assert not s.get("dev/1").stale  # type: ignore[union-attr]
+    assert s.sweep_stale(114.0) == ["dev/1"]
+    # a retained message that changes something is news: the device spoke meanwhile
+    assert s.apply("dev/1", {"t": 2.0}, 115.0, retained=True) == seq + 3
+    st = s.get("dev/1")
+    assert st is not None and not st.stale and st.seen_at == 115.0 and st.fields["t"] == 2.0
+    assert s.set_presence("dev/1", False, 116.0, retained=True) == seq + 4
+    # a topic the store does not hold yet takes a retained message as any message
+    assert s.apply("dev/2", {"t": 5.0}, 117.0, retained=True) == 1
+    assert s.set_presence("dev/3", True, 117.0, retained=True) == 1
+
+
+def test_a_retained_value_within_a_deadband_is_old_news() -> None:
+    s = store(deadbands=RuleTable([("#", {"t": Deadband(abs=1)})]))
+    s.apply("d", {"t": 1.0}, 10.0)
+    assert s.apply("d", {"t": 1.5}, 20.0, retained=True) == 0
+    assert s.get("d").seen_at == 10.0  # type: ignore[union-attr]
+    assert s.apply("d", {"t": 1.5, "x": None}, 20.0, retained=True) == 0  # nothing to remove
+    assert s.apply("d", {"x": 1}, 20.0, mode=UpdateMode.REPLACE, retained=True) == 2
+
+
 def test_mark_all_stale_and_recover() -> None:
     s = store()
     for i in range(3):

@@ -15,6 +15,7 @@ from gateway.ingest.mqttwire import (
     MAX_PROPERTIES,
     MalformedPacket,
     Packet,
+    Retained,
     Splitter,
     TooLarge,
 )
@@ -32,7 +33,12 @@ def varint(n: int) -> bytes:
 
 
 def publish(
-    topic: bytes, payload: bytes, qos: int = 0, pid: int = 1, props: bytes | None = None
+    topic: bytes,
+    payload: bytes,
+    qos: int = 0,
+    pid: int = 1,
+    props: bytes | None = None,
+    retain: bool = False,
 ) -> bytes:
     body = len(topic).to_bytes(2, "big") + topic
     if qos:
@@ -40,7 +46,7 @@ def publish(
     if props is not None:  # MQTT 5
         body += varint(len(props)) + props
     body += payload
-    return bytes([0x30 | qos << 1]) + varint(len(body)) + body
+    return bytes([0x30 | qos << 1 | retain]) + varint(len(body)) + body
 
 
 def drain(splitter: Splitter) -> list[object]:
@@ -71,7 +77,7 @@ def streams(draw: st.DrawFn, v5: bool) -> tuple[bytes, list[object]]:
     data = b""
     expected: list[object] = []
     for _ in range(draw(st.integers(0, 12))):
-        kind = draw(st.sampled_from(["qos0", "qos1", "other", "too_large"]))
+        kind = draw(st.sampled_from(["qos0", "retained", "qos1", "other", "too_large"]))
         props = draw(st.binary(max_size=30)) if v5 else None
         topic = draw(topics)
         if kind == "other":
@@ -81,6 +87,10 @@ def streams(draw: st.DrawFn, v5: bool) -> tuple[bytes, list[object]]:
             payload = draw(payloads)
             raw = publish(topic, payload, props=props)
             expected.append((topic, payload))
+        elif kind == "retained":  # the broker's stored message, sent at subscribe
+            payload = draw(payloads)
+            raw = publish(topic, payload, props=props, retain=True)
+            expected.append(Retained(topic, payload))
         elif kind == "qos1":
             raw = publish(
                 topic, draw(payloads), qos=1, pid=draw(st.integers(1, 65535)), props=props
