@@ -135,6 +135,9 @@ class ServerConfig:
     #: bytes of replicated changes queued for one worker; a worker that falls this far
     #: behind is restarted (and resynced) rather than letting the parent's memory grow
     worker_channel_bytes: int = 64 << 20
+    #: a worker that sends nothing (not even its once-a-second beat) this long is hung
+    #: (stopped, its event loop stalled): it is killed and restarted
+    worker_silent_s: float = 10.0
 
     def validate(self) -> None:
         """Checks of this section alone (``ConfigError`` names the key)."""
@@ -142,6 +145,8 @@ class ServerConfig:
             raise ConfigError("server.workers: must be 1 (one process) to 256")
         if self.worker_channel_bytes < 1 << 20:
             raise ConfigError("server.worker_channel_bytes: must be at least 1 MiB (1048576)")
+        if not 2.0 <= self.worker_silent_s <= 3600.0:
+            raise ConfigError("server.worker_silent_s: must be 2 to 3600 (seconds)")
         for key in ("port", "admin_port"):
             if not 0 <= getattr(self, key) <= 65535:
                 raise ConfigError(f"server.{key}: must be 0 (any free port) to 65535")

@@ -6,8 +6,9 @@ worker: ``CONFIG`` (the worker's settings, pickled: both ends are this program),
 topics), ``RECORDS`` (a JSON array of topic records, snapshotfile.encode_records: the
 full sync and the change stream alike), ``SYNCED`` (the full sync is complete: listen now),
 ``ACK_REPLY``; worker to parent: ``HELLO`` (started: the sync may begin), ``READY``
-(serving; its admin port) and ``ACK`` (an ack_alarm to decide). JSON payloads are
-orjson.
+(serving; its admin port) and ``ACK`` (an ack_alarm to decide); both ways ``BEAT``
+(empty, every :data:`BEAT_S` from each side's event loop: a side that hears nothing
+for a while knows the other is hung, not only gone). JSON payloads are orjson.
 
 Bounds: a message is at most :data:`MAX_MESSAGE` bytes (the reader refuses more:
 the channel is broken and the worker restarted), and each direction queues at most
@@ -24,10 +25,11 @@ from typing import Final
 
 import trio
 
-__all__ = ["MAX_MESSAGE", "ChannelError", "Kind", "Outbox", "Reader"]
+__all__ = ["BEAT_S", "MAX_MESSAGE", "ChannelError", "Kind", "Outbox", "Reader"]
 
 HEAD: Final = struct.Struct("<IB")
 MAX_MESSAGE: Final = 256 << 20
+BEAT_S: Final = 1.0
 _READ: Final = 1 << 20
 
 
@@ -42,6 +44,7 @@ class Kind(IntEnum):
     READY = 10
     ACK = 11
     SCREENS = 12  # worker -> parent: {"open": screens now, "peak": most at once}
+    BEAT = 13  # both ways: alive (see the module doc)
 
 
 class ChannelError(Exception):

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 __all__ = ["RESTART_REASONS", "ClusterCollector", "ClusterStats"]
 
-RESTART_REASONS: Final = ("exited", "overflow")
+RESTART_REASONS: Final = ("exited", "overflow", "hung")
 
 
 @dataclass

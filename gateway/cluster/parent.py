@@ -23,6 +23,12 @@ Rules:
   not grow with a slow worker.
 * A worker that exits is restarted after a backoff (0.5 s doubling to 10 s; reset
   after 30 s of service), and logged; the port stays served by the others.
+* Both sides beat (``BEAT`` every second, channel.py). A worker the parent has not
+  heard for ``server.worker_silent_s`` (10 s) is hung (stopped, or its loop stalled:
+  its share of new connections would hang): it is killed and restarted (reason
+  ``hung``). One silent for more than 3 beats is not counted as serving in
+  ``/readyz`` meanwhile. A worker that does not hear the parent says it is not
+  ready (worker.py).
 * Shutdown: SIGTERM to each worker (each closes its screens 1012), at most
   ``shutdown_timeout_s + close_timeout_s + 2`` s, then SIGKILL; then the parent's
   final checkpoint. Workers run in their own session (a terminal's Ctrl-C reaches
@@ -55,7 +61,7 @@ from ..memory import tune_gc
 from ..serve.activation import inherited_listeners
 from ..serve.admission import accept_loop, bind, listen
 from ..serve.sockio import close_socket
-from .channel import ChannelError, Kind, Outbox, Reader
+from .channel import BEAT_S, ChannelError, Kind, Outbox, Reader
 from .metrics import ClusterCollector, ClusterStats
 from .worker import WorkerSetup
 
@@ -83,6 +89,11 @@ class Slot:
     overflowed: bool = False  # the current process was killed for falling behind
     screens: int = 0  # open on the current process (its SCREENS reports)
     peak: int = 0  # most open at once on the current process
+    heard_at: float = 0.0  # the current process's last message (trio time)
+    hung: bool = False  # the current process was killed for falling silent
+
+    def silent_s(self) -> float:
+        return trio.current_time() - self.heard_at
 
 
 class Cluster:
@@ -117,14 +128,16 @@ class Cluster:
 
     @property
     def serving(self) -> int:
-        return sum(s.serving for s in self.slots)
+        return sum(s.serving and s.silent_s() <= 3 * BEAT_S for s in self.slots)
 
     def ready(self) -> tuple[bool, str]:
-        parts = [
-            f"{s.index}: {'serving' if s.serving else 'starting'} "
-            f"(pid {s.pid}, admin {s.admin_port})"
-            for s in self.slots
-        ]
+        def state(s: Slot) -> str:
+            if not s.serving:
+                return "starting"
+            silent = s.silent_s()
+            return "serving" if silent <= 3 * BEAT_S else f"silent for {silent:.0f} s"
+
+        parts = [f"{s.index}: {state(s)} (pid {s.pid}, admin {s.admin_port})" for s in self.slots]
         return self.serving > 0, f"{self.serving} of {len(self.slots)} serving; " + "; ".join(parts)
 
     def screens(self) -> tuple[int, int]:
@@ -198,13 +211,14 @@ class Cluster:
                 return
             if trio.current_time() - began >= HEALTHY_S:
                 backoff = MIN_BACKOFF_S
-            reason = "overflow" if slot.overflowed else "exited"
+            reason = "overflow" if slot.overflowed else "hung" if slot.hung else "exited"
             self.stats.restarts[reason] += 1
+            how = {"overflow": "was killed for falling behind", "hung": "was killed as hung"}
             log.warning(
                 "worker %d (pid %s) %s with %s; restarting it in %.1f s",
                 slot.index,
                 slot.pid,
-                "was killed for falling behind" if slot.overflowed else "exited",
+                how.get(reason, "exited"),
                 code,
                 backoff,
             )
@@ -223,7 +237,7 @@ class Cluster:
         finally:
             theirs.close()
         slot.starts += 1
-        slot.overflowed = False
+        slot.overflowed = slot.hung = False
         slot.pid = proc.pid
         self._procs[slot.index] = proc
         log.info("worker %d started (pid %d)", slot.index, proc.pid)
@@ -241,8 +255,10 @@ class Cluster:
                 ):
                     hello = await reader.receive()
                 if hello is not None and hello[0] is Kind.HELLO:
+                    slot.heard_at = trio.current_time()
                     nursery.start_soon(out.run, stream)
                     nursery.start_soon(self._read, slot, reader, out)
+                    nursery.start_soon(self._watch, slot, proc)
                     await self._sync(slot, out)
                 else:
                     log.error("worker %d did not start within %.0f s", slot.index, STARTUP_S)
@@ -296,6 +312,32 @@ class Cluster:
             persist=dataclasses.replace(cfg.persist, state_dir=""),
         )
 
+    async def _watch(self, slot: Slot, proc: trio.Process) -> None:
+        """Kill the worker if it falls silent for ``worker_silent_s``: a stopped
+        process keeps its listening socket, and the kernel goes on handing it new
+        connections that nobody accepts."""
+        limit = self.gw.cfg.server.worker_silent_s
+        while proc.returncode is None:
+            before = trio.current_time()
+            await trio.sleep(BEAT_S)
+            if trio.current_time() - before > 2 * BEAT_S:
+                # this process was the one stopped (or its loop stalled): what it did not
+                # read meanwhile says nothing of the worker, which gets a new window
+                slot.heard_at = trio.current_time()
+                continue
+            silent = slot.silent_s()
+            if silent > limit and proc.returncode is None and not self.stopping:
+                log.warning(
+                    "worker %d (pid %d) sent nothing for %.0f s (hung: stopped, or its event "
+                    "loop stalled): killing it",
+                    slot.index,
+                    proc.pid,
+                    silent,
+                )
+                slot.hung = True
+                proc.kill()
+                return
+
     async def _read(self, slot: Slot, reader: Reader, out: Outbox) -> None:
         while True:
             try:
@@ -310,6 +352,7 @@ class Cluster:
             if msg is None:
                 return  # the worker is gone or going: its supervisor sees it exit
             kind, payload = msg
+            slot.heard_at = trio.current_time()
             if kind is Kind.READY:
                 info = orjson.loads(payload)
                 slot.admin_port = info["admin_port"]
@@ -346,7 +389,15 @@ class Cluster:
             await nursery.start(self.replicate)
             for slot in self.slots:
                 nursery.start_soon(self.supervise, slot)
+            nursery.start_soon(self._beat)
             task_status.started()
+
+    async def _beat(self) -> None:
+        """``BEAT`` to every worker every second (see the module doc)."""
+        while True:
+            for _, out in self._outboxes():
+                out.push(Kind.BEAT)  # 5 bytes: even a stopped worker's queue barely grows
+            await trio.sleep(BEAT_S)
 
     async def stop(self) -> None:
         """SIGTERM to every worker; SIGKILL to those still running after the grace."""

@@ -18,6 +18,11 @@ socketpair as FD (channel.py). Rules:
 * The end of the channel (the parent is gone, or restarts this worker) stops the
   worker: its screens are closed 1012 and they reconnect to another worker. SIGTERM
   stops it the same way. A worker never outlives its parent.
+* Both sides beat (``BEAT`` every second). A parent silent for
+  :data:`PARENT_SILENT_S` (hung: stopped, or its loop stalled) makes this worker not
+  ready (``/readyz`` 503, logged once): it goes on serving what it holds, whose data
+  age grows for every screen to see, but it cannot mark anything stale itself (its
+  seqs are the parent's). The parent restarts a worker it does not hear.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from ..core.protocol import Ack, AckAlarm, Error, encode
 from ..core.snapshotfile import decode_records
 from ..memory import tune_gc, tune_malloc
 from ..serve.insight import Later
-from .channel import HEAD, Kind, Outbox, Reader
+from .channel import BEAT_S, HEAD, Kind, Outbox, Reader
 
 __all__ = ["ACK_TIMEOUT_S", "WorkerSetup", "main"]
 
@@ -55,6 +60,7 @@ MAX_PENDING_ACKS: Final = 1000
 OUTBOX_BYTES: Final = 4 << 20  # the worker's messages to the parent (acks, ready)
 APPLY_BATCH: Final = 500  # records applied between two checkpoints of the event loop
 SCREENS_EVERY_S: Final = 1.0  # how often the parent may hear of this worker's screens
+PARENT_SILENT_S: Final = 5.0  # no message from the parent this long: not ready
 
 
 @dataclass(frozen=True)
@@ -78,9 +84,32 @@ class Replica:
         self._history: list[bytes] | None = []  # chunks until HISTORY_END
         self._ids = itertools.count(1)
         self.pending: dict[int, tuple[Later, str, float]] = {}
+        self.heard_at = trio.current_time()  # the parent's last message
 
     def ready(self) -> tuple[bool, str]:
+        silent = trio.current_time() - self.heard_at
+        if silent > PARENT_SILENT_S:
+            return False, f"no message from the parent (the ingest) for {silent:.0f} s"
         return self.serving, "synced with the parent" if self.serving else "syncing"
+
+    async def beat(self) -> None:
+        """``BEAT`` to the parent every second, and a log line when the parent falls
+        silent (and when it speaks again)."""
+        silent = False
+        while True:
+            self.out.push(Kind.BEAT)
+            now_silent = trio.current_time() - self.heard_at > PARENT_SILENT_S
+            if now_silent != silent:
+                silent = now_silent
+                if silent:
+                    log.error(
+                        "no message from the parent for %.0f s (hung?): not ready; serving "
+                        "what this worker holds, its data ageing",
+                        PARENT_SILENT_S,
+                    )
+                else:
+                    log.info("the parent speaks again: ready")
+            await trio.sleep(BEAT_S)
 
     # -- the change stream -----------------------------------------------------------
 
@@ -94,6 +123,7 @@ class Replica:
             if msg is None:
                 return
             kind, payload = msg
+            self.heard_at = trio.current_time()
             if kind is Kind.RECORDS:
                 await self._apply(payload)
             elif kind is Kind.ACK_REPLY:
@@ -250,6 +280,7 @@ async def run(sock: socket.socket) -> int:
         nursery.start_soon(out.run, stream)
         await nursery.start(gw.looplag.run)
         nursery.start_soon(replica.expire_acks)
+        nursery.start_soon(replica.beat)
         nursery.start_soon(_signals, replica, nursery)
         await replica.follow(reader, nursery)
         log.info("the parent closed the channel: stopping")

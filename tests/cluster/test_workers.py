@@ -61,7 +61,10 @@ class Cluster:
         _, _, body = await http_get(self.admin, "/readyz")
         detail = orjson.loads(body)["checks"]["workers"]["detail"]
         out = {}
-        for m in re.finditer(r"(\d+): (serving|starting) \(pid (\d+), admin (\w+)\)", detail):
+        found = re.finditer(
+            r"(\d+): (serving|starting|silent for \d+ s) \(pid (\d+), admin (\w+)\)", detail
+        )
+        for m in found:
             port = None if m.group(4) == "None" else int(m.group(4))
             out[int(m.group(1))] = (m.group(2) == "serving", int(m.group(3)), port)
         return out
@@ -324,7 +327,11 @@ async def test_a_worker_that_cannot_keep_up_is_restarted_not_buffered(tmp_path: 
     """A stopped worker (SIGSTOP: it reads nothing) fills its capped queue; the parent
     kills it and starts another with a full sync, and the other worker serves on."""
     cap = 1 << 20
-    env = {"GATEWAY_SERVER_WORKER_CHANNEL_BYTES": str(cap)}
+    # not killed as hung first (the next test): the queue's cap is what this one tests
+    env = {
+        "GATEWAY_SERVER_WORKER_CHANNEL_BYTES": str(cap),
+        "GATEWAY_SERVER_WORKER_SILENT_S": "3600",
+    }
     async with cluster(tmp_path, "--simulate", "1000", **env) as c:
         pids = await c.all_serving()
         stopped = next(iter(pids))
@@ -348,6 +355,54 @@ async def test_a_worker_that_cannot_keep_up_is_restarted_not_buffered(tmp_path: 
         )
         assert m and float(m.group(1)) >= 1
         assert from_metrics(parent).max < 0.5
+
+
+async def test_a_hung_worker_is_replaced_and_a_hung_parent_makes_workers_unready(
+    tmp_path: Path,
+) -> None:
+    """A stopped worker keeps its listening socket: before, the kernel went on handing
+    it half the new connections, which hung, and /readyz said "2 of 2 serving" until
+    its queue filled (minutes at the default cap). A stopped parent left the workers
+    ready, serving data that no longer aged into "stale". (Both found by an outside
+    check.) Now the parent kills a worker silent for worker_silent_s and starts
+    another; a worker that does not hear the parent says it is not ready."""
+    env = {"GATEWAY_SERVER_WORKER_SILENT_S": "3"}
+    async with cluster(tmp_path, "--simulate", "200", **env) as c:
+        pids = await c.all_serving()
+        stopped = next(iter(pids))
+        os.kill(pids[stopped], signal.SIGSTOP)
+        with trio.fail_after(10):  # not counted as serving while silent
+            while f"{stopped}: silent for" not in (await http_get(c.admin, "/readyz"))[2].decode():
+                await trio.sleep(0.2)
+        await c.all_serving(other_than={stopped: pids[stopped]})
+        assert f"worker {stopped} (pid {pids[stopped]}) was killed as hung" in c.text()
+        m = re.search(
+            r'^gateway_cluster_worker_restarts_total{reason="hung"} (\S+)$',
+            await c.metrics(c.admin),
+            re.M,
+        )
+        assert m and float(m.group(1)) == 1
+        for _ in range(6):  # every new connection is answered
+            async with screen(c.port) as (_, welcome):
+                assert welcome.epoch == c.epoch
+        # the parent stops: each worker says so on its /readyz, and is ready again after
+        workers = await c.workers()
+        admin_ports = [port for _, _, port in workers.values() if port is not None]
+        assert len(admin_ports) == 2
+        os.kill(c.proc.pid, signal.SIGSTOP)
+        try:
+            with trio.fail_after(15):
+                for port in admin_ports:
+                    while (await http_get(port, "/readyz"))[0] != 503:
+                        await trio.sleep(0.2)
+            _, _, body = await http_get(admin_ports[0], "/readyz")
+            assert b"no message from the parent" in body
+        finally:
+            os.kill(c.proc.pid, signal.SIGCONT)
+        with trio.fail_after(10):
+            for port in admin_ports:
+                while (await http_get(port, "/readyz"))[0] != 200:
+                    await trio.sleep(0.2)
 
 
 async def test_the_parent_keeps_the_epoch_over_a_graceful_restart(tmp_path: Path) -> None:
