@@ -299,7 +299,16 @@ async def _signals(replica: Replica, nursery: trio.Nursery) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     sock = socket.socket(fileno=int(args[0]))
-    code: int = trio.run(run, sock)
+    try:
+        code: int = trio.run(run, sock)
+    except BaseException as exc:
+        from ..__main__ import _user_error
+
+        message = _user_error(exc)  # one line for what a person can fix (a port in use)
+        if message is None or isinstance(exc, KeyboardInterrupt):
+            raise
+        log.error("worker cannot serve: %s; exiting (the parent restarts it)", message)
+        return 1
     return code
 
 

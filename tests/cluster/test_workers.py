@@ -447,3 +447,39 @@ async def test_a_second_cluster_cannot_take_a_clusters_port(tmp_path: Path) -> N
             async with screen(c.port) as (_, welcome):
                 epochs.add(welcome.epoch)
         assert epochs == {c.epoch}
+
+
+async def test_a_worker_whose_admin_port_is_taken_says_so_in_one_line(tmp_path: Path) -> None:
+    """It printed a 40-line traceback at every restart (found by an outside check)."""
+    for _ in range(20):  # three free ports in a row: admin, worker 0, worker 1
+        admin = free_port()
+        taken = socket.socket()
+        try:
+            taken.bind(("127.0.0.1", admin + 1))
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", admin + 2))
+            break
+        except OSError:
+            taken.close()
+    else:
+        raise AssertionError("no three free ports in a row")
+    taken.listen()
+    with taken:
+        log = tmp_path / "cluster.log"
+        config = tmp_path / "gateway.toml"
+        config.write_text(CONFIG)
+        with log.open("wb") as out:
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "gateway", "run", "--workers", "2", "--port",
+                 str(free_port()), "--admin-port", str(admin), "--status-interval", "0"],
+                stdout=out, stderr=out, cwd=ROOT,
+            )  # fmt: skip
+        try:
+            line = f"worker cannot serve: cannot listen on 127.0.0.1:{admin + 1}"
+            with trio.fail_after(30):
+                while log.read_text().count(line) < 2:  # and again at its restart
+                    await trio.sleep(0.1)
+            assert "Traceback" not in log.read_text()
+        finally:
+            with trio.CancelScope(shield=True):
+                await stop_process(proc)
