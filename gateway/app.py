@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import secrets
 import signal
 from collections.abc import Callable, Iterator
@@ -314,10 +315,24 @@ async def watch_signals(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The first SIGTERM or SIGINT calls ``stop`` (a graceful shutdown)."""
+    """The first SIGTERM or SIGINT calls ``stop`` (a graceful shutdown); a second
+    one ends the process at once, as its default action does, but says so first: the
+    final checkpoint and its clean marker are abandoned, so the next start takes a new
+    epoch (it left no trace before: found by an outside check)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         task_status.started()
+        stopping = False
         async for signum in signals:
-            log.info("%s: %s", signal.Signals(signum).name, what)
-            stop()
-            return
+            name = signal.Signals(signum).name
+            if not stopping:
+                log.info("%s: %s", name, what)
+                stopping = True
+                stop()
+                continue
+            log.warning(
+                "%s again: stopping at once, without the final checkpoint (the next start "
+                "takes a new epoch)",
+                name,
+            )
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)

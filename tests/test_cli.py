@@ -151,6 +151,40 @@ async def test_sigterm_closes_clients_with_1012_and_exits_0() -> None:
             await proc.wait()
 
 
+async def test_a_second_sigterm_stops_at_once_and_says_what_it_abandons(tmp_path: Path) -> None:
+    """A second SIGTERM during the graceful stop ended the process with no trace
+    (found by an outside check): it still ends it at once, and says so first."""
+    proc = await trio.lowlevel.open_process(
+        [*GATEWAY, "run", "--port", "0", "--admin-port", "0", "--state-dir", str(tmp_path)],
+        stderr=subprocess.PIPE,
+        env={**os.environ, "GATEWAY_SERVER_CLOSE_TIMEOUT_S": "20"},
+    )
+    try:
+        lines: list[str] = []
+        assert proc.stderr is not None
+        with trio.fail_after(15):
+            port = await read_port(proc.stderr, lines)
+        client = await RawWs.connect(port)  # it never answers the close: the stop waits
+        await client.recv_json()
+        proc.send_signal(signal.SIGTERM)
+        buf = b""
+        with trio.fail_after(10):
+            while b"SIGTERM: shutting down gracefully" not in buf:
+                buf += await proc.stderr.receive_some(4096)
+            proc.send_signal(signal.SIGTERM)
+            while chunk := await proc.stderr.receive_some(4096):
+                buf += chunk
+            rc = await proc.wait()
+        assert rc == -signal.SIGTERM
+        assert b"SIGTERM again: stopping at once, without the final checkpoint" in buf
+        assert not (tmp_path / "clean").exists()  # the next start takes a new epoch
+        client.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_tail_prints_live_updates_as_json(nursery: trio.Nursery) -> None:
     gw = await start_gateway(nursery)
     gw.store.apply("site/a/1", {"t": 1.0}, gw.clock.wall())
