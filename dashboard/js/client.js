@@ -8,8 +8,9 @@
 //   delta with base > held (or an unknown topic): a gap -> ask for a resync (resume).
 // It reconnects by itself with exponential backoff and full jitter (capped), resumes
 // with (epoch, seq) when the gateway's epoch is unchanged and starts afresh when it is
-// not, sends an application ping every heartbeat and reconnects when nothing arrived
-// for two heartbeats (a half-open connection), and reports its status.
+// not, sends an application ping every heartbeat (and after 5 s without a message) and
+// abandons the socket and reconnects when a ping brings nothing back within 5 s (a
+// half-open connection, a hung gateway), and reports its status.
 //
 // When the WebSocket cannot be opened at all (twice in a row, as behind a proxy that
 // refuses the upgrade), it falls back to Server-Sent Events at /sse (transport: "auto",
@@ -47,6 +48,12 @@ export function shouldReconnect(code) {
 // RESTART_GRACE_MS attempts that never open do not grow the backoff (docs/protocol.md,
 // "Reconnecting"; the same rule as gateway/client.py, next_delay).
 export const RESTART_WINDOW_MS = 1000;
+// A ping goes out when nothing came for PING_QUIET_MS (and every heartbeat); no message
+// within PING_WAIT_MS (at most a heartbeat) of it: the connection is dead, whatever
+// the socket says. A wall on a live feed hears something every tick, so a hung
+// gateway or a dead path is noticed within about 10 s instead of two heartbeats.
+export const PING_QUIET_MS = 5000;
+export const PING_WAIT_MS = 5000;
 export const RESTART_GRACE_MS = 30000;
 
 // The wait before the next attempt and the attempt count after it. restarted: the
@@ -315,15 +322,40 @@ export class GatewayClient extends EventTarget {
     for (const a of this._acks.values()) this._send(a.msg); // same id: idempotent
     this.stats.connects += 1;
     this._setStatus("open", { epoch: msg.epoch, resumed: resumable });
+    // A dead connection, however the socket looks (a half-open TCP connection, a proxy
+    // that stopped forwarding, a gateway that hangs): a ping every heartbeat, and one as
+    // soon as nothing came for PING_QUIET_MS; no message within PING_WAIT_MS of a ping
+    // means dead. A hung gateway looked live for as long as it hung (its close
+    // handshake never completes: onclose came only when it resumed), so the socket is
+    // abandoned at once, not closed and waited for.
+    const ws = this._ws;
+    const wait = Math.min(PING_WAIT_MS, this.heartbeatMs);
     let pingId = 0;
+    let pingAt = 0; // the last ping sent; answered once a message came after it
     this._timers.push(setInterval(() => {
-      if (Date.now() - this.lastMessageAt > 2 * this.heartbeatMs) {
-        this.dispatchEvent(new CustomEvent("trouble", { detail: "no message for two heartbeats while the WebSocket said open: reconnected" }));
-        this._ws?.close(4000, "no data: half-open?"); // reconnect
+      const now = Date.now();
+      const waiting = pingAt > this.lastMessageAt;
+      if (waiting && now - pingAt > wait) {
+        const quiet = ((now - this.lastMessageAt) / 1000).toFixed(0);
+        this.dispatchEvent(new CustomEvent("trouble", { detail: `no message for ${quiet} s, not even the answer to a ping, while the WebSocket said open: reconnected` }));
+        this._abandon(ws, 4000, "no answer to a ping");
         return;
       }
-      this._send({ type: "ping", id: ++pingId });
-    }, this.heartbeatMs));
+      if (!waiting && (now - pingAt >= this.heartbeatMs || now - this.lastMessageAt >= PING_QUIET_MS)) {
+        this._send({ type: "ping", id: ++pingId });
+        pingAt = now;
+      }
+    }, 1000));
+  }
+
+  // Give up on a socket now: its handlers go, onclose runs as if it had closed with
+  // ``code`` (status, stats, reconnect), and the socket is closed in the background.
+  _abandon(ws, code, reason) {
+    if (!ws || this._ws !== ws) return;
+    const onclose = ws.onclose;
+    ws.onmessage = ws.onclose = ws.onopen = null;
+    try { ws.close(code, reason); } catch { /* closing already */ }
+    onclose?.({ code, reason });
   }
 
   _onMessage(data) {

@@ -14,7 +14,7 @@
 // 250 ms timer) count as slow frames.
 //
 // Trouble the wall detects itself, reported in `trouble` for TROUBLE_KEEP_MS:
-// * no message for two heartbeats while the WebSocket says OPEN: the client closes
+// * no answer to a ping within 5 s while the WebSocket says OPEN: the client abandons
 //   it and reconnects (client.js), the report says why;
 // * on an event stream, no event for two heartbeats (the gateway sends a `pong` event
 //   every heartbeat to a wall's stream): a proxy buffers the stream;

@@ -5,6 +5,10 @@ back, and the layout of 1, 5 and 50 groups (bounding boxes)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,7 @@ from gateway.app import Gateway, serve
 from tests.broker import Mosquitto, free_port
 from tests.browser.test_dashboard import browser_page, in_browser
 from tests.gw import make_config
+from tests.serve.httpget import http_get
 
 MIRROR = """() => Object.fromEntries([...document.querySelectorAll('ul.mirror li')]
   .map((li) => [li.dataset.topic, {group: li.dataset.group, name: li.dataset.name,
@@ -210,6 +215,93 @@ async def test_the_wall_tells_the_truth_when_the_gateway_goes_away_and_returns_o
     # grouped: one line for the fleet, not one per device
     assert results["events"].count("60 devices appeared") == 1
     assert "is online" not in results["events"]
+    assert results["errors"] == []
+
+
+async def test_a_hung_gateway_is_shown_as_a_lost_connection_not_as_live(chromium: str) -> None:
+    """kill -STOP of the gateway: the wall said "live" with every tile normal for as
+    long as it hung (80 s in an outside check): its socket stayed open and a close
+    handshake never completed. Now an unanswered ping gives the socket up: banner,
+    then unknown states, within the ping wait and the grace period; back on
+    WebSocket when the gateway resumes."""
+    grace = 2
+    port = free_port()
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "gateway", "run", "--port", str(port), "--admin-port", "0",
+         "--simulate", "30", "--status-interval", "0"],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    results: dict[str, Any] = {}
+    stopped = trio.Event()
+    resumed = trio.Event()
+
+    def visit() -> None:
+        with browser_page(chromium) as page:
+            page.goto(f"http://127.0.0.1:{port}/?grace={grace}&transport=ws")
+            page.wait_for_function("() => window.wall?.tilesWithValues() >= 30", timeout=15_000)
+            page.wait_for_selector('#conn[data-level="ok"]', timeout=5000)
+            trio.from_thread.run_sync(stopped.set)
+            at = page.evaluate("() => performance.now()")
+            page.wait_for_selector("#banner:not([hidden])", timeout=20_000)
+            results["banner_after_s"] = (page.evaluate("() => performance.now()") - at) / 1000
+            results["banner"] = page.inner_text("#banner")
+            page.wait_for_function(
+                f"() => Object.values(({MIRROR})()).every((r) => r.state === 'unknown')",
+                timeout=(grace + 5) * 1000,
+            )
+            results["kpi_online"] = page.inner_text('[data-kpi="online"] span')
+            results["status"] = page.evaluate("() => window.gatewayClient?.status")
+            trio.from_thread.run_sync(resumed.set)
+            page.wait_for_function(
+                "() => window.gatewayClient?.status === 'open'"
+                " && window.gatewayClient?.transport === 'ws'"
+                " && document.getElementById('banner').hidden",
+                timeout=30_000,
+            )
+            page.wait_for_function(
+                f"() => Object.values(({MIRROR})()).every((r) => r.state === 'normal')",
+                timeout=10_000,
+            )
+            results["errors"] = page.errors
+
+    async def read_log() -> None:
+        assert proc.stderr is not None
+        while await proc.stderr.receive_some(65536):
+            pass
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_log)
+            with trio.fail_after(20):
+                while True:
+                    try:
+                        status, _, _ = await http_get(port, "/healthz")
+                        if status == 200:
+                            break
+                    except OSError:
+                        pass
+                    await trio.sleep(0.1)
+            nursery.start_soon(in_browser, visit)
+            await stopped.wait()
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                with trio.fail_after(40):
+                    await resumed.wait()
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            with trio.fail_after(60):
+                while "errors" not in results:
+                    await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    finally:
+        proc.terminate()
+        with trio.move_on_after(10):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+    assert "Connection to the gateway lost since" in results["banner"], results
+    assert results["banner_after_s"] < 15, results  # 5 s quiet + 5 s for the ping's answer
+    assert results["kpi_online"] == "?" and results["status"] != "open"
     assert results["errors"] == []
 
 

@@ -213,7 +213,7 @@ async def test_a_wall_behind_a_proxy_that_swallows_its_heartbeats_reconnects_and
 
     got = await in_browser(visit)
     wall = got["wall"]
-    assert "no message for two heartbeats" in wall["trouble"], wall
+    assert "not even the answer to a ping" in wall["trouble"], wall
     assert wall["connected"] and wall["transport"] == "ws"
     assert proxy.swallowed >= 1 and proxy.upgrades >= 2
     assert got["errors"] == []
