@@ -41,8 +41,12 @@ export class Health extends EventTarget {
       this.ready = res.ok;
       if (!res.ok) {
         const body = await res.json().catch(() => ({}));
-        const bad = Object.entries(body.checks || {}).filter(([, c]) => !c.ok)
-          .map(([n, c]) => `${n}: ${c.detail}`);
+        // the public /readyz names what is not ready ("mqtt not ready") and keeps
+        // the details to the admin port: a check has no "detail" here ("mqtt:
+        // undefined" was shown, found by an outside check)
+        const bad = Array.isArray(body.reasons) ? body.reasons.filter((r) => typeof r === "string")
+          : Object.entries(body.checks || {}).filter(([, c]) => !c.ok)
+            .map(([n, c]) => (c.detail ? `${n}: ${c.detail}` : `${n} not ready`));
         this.readyDetail = bad.join("; ") || "not ready";
       }
     } catch {

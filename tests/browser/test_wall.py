@@ -305,6 +305,41 @@ async def test_a_hung_gateway_is_shown_as_a_lost_connection_not_as_live(chromium
     assert results["errors"] == []
 
 
+async def test_a_broker_outage_is_named_on_the_banner(
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto, chromium: str
+) -> None:
+    """The banner read "The gateway's data source is down (mqtt: undefined)": the
+    public /readyz keeps its details to the admin port (found by an outside check)."""
+    gw = await user_devices_gateway(gateway_factory, mosquitto)
+    for topic, fields in USER_DEVICES.items():
+        await mosquitto.publish(topic, json.dumps(fields), retain=True)
+    ready = trio.Event()
+    results: dict[str, Any] = {}
+
+    def visit() -> None:
+        with browser_page(chromium) as page:
+            page.goto(f"http://127.0.0.1:{gw.port}/?grace=2")
+            page.wait_for_function("() => window.wall?.tilesWithValues() >= 4", timeout=10_000)
+            trio.from_thread.run_sync(ready.set)
+            page.wait_for_function(
+                "() => document.getElementById('banner').innerText.includes('data source')",
+                timeout=20_000,
+            )
+            results["banner"] = page.inner_text("#banner")
+            results["errors"] = page.errors
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(in_browser, visit)
+        await ready.wait()
+        await mosquitto.stop()
+        with trio.fail_after(40):
+            while "errors" not in results:
+                await trio.sleep(0.1)
+    assert "The gateway's data source is down (mqtt not ready) since" in results["banner"]
+    assert "undefined" not in results["banner"]
+    assert results["errors"] == []
+
+
 LAYOUT_WALL = {
     "title": "Layout",
     "pages": [
