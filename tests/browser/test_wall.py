@@ -356,7 +356,10 @@ LAYOUT_WALL = {
                 {"type": "worst", "field": "v"},
                 {"type": "events"},
             ],
-        }
+        },
+        # grids only, no KPI row: the grids collapsed to one line (found by an outside
+        # check: the page's rows were "auto 1fr" and the body fell into the auto one)
+        {"name": "gridonly", "filter": "one/#", "panels": [{"type": "grid", "level": 2}]},
     ],
 }
 FLEETS = {
@@ -441,6 +444,13 @@ async def test_one_five_and_fifty_groups_fill_the_wall_without_overlap(
             )
             out["events"] = page.inner_text(".page:not([hidden]) .events ol")
             out["mixed"] = page.evaluate("() => window.wall?.boxes()")
+            page.evaluate("() => window.wall?.showPage(5)")
+            page.wait_for_function("() => window.wall?.layout()[0]?.side > 0", timeout=5000)
+            page.wait_for_timeout(300)
+            out["gridonly"] = page.evaluate(
+                "() => [document.querySelector('.page:not([hidden]) .blocks'),"
+                " document.querySelector('main')].map((e) => e.getBoundingClientRect().height)"
+            )
             out["errors"] = page.errors
             # kiosk rotation from the URL: the pages take turns by themselves
             page.goto(f"http://127.0.0.1:{gw.port}/?rotate=1#page=0")
@@ -456,7 +466,9 @@ async def test_one_five_and_fifty_groups_fill_the_wall_without_overlap(
 
     got = await in_browser(visit)
     assert got["title"] == "Layout"
-    assert got["pages"] == ["one", "five", "fifty", "tenk", "mixed"]
+    assert got["pages"] == ["one", "five", "fifty", "tenk", "mixed", "gridonly"]
+    blocks_h, main_h = got["gridonly"]
+    assert blocks_h >= 0.8 * main_h, got["gridonly"]  # the grid fills the page
     assert {0, 1, 2} <= set(got["rotated"])
     for fleet, groups in FLEETS.items():
         boxes, area = got[fleet]["boxes"], got[fleet]["area"]
