@@ -55,7 +55,9 @@ export class EventLog {
   // message, by}
   alarm({ state, topic, severity = "", message = "", by = "" }) {
     const who = by ? ` by ${by}` : "";
-    this.add(`${severity} alarm ${state}${who}: ${topic} ${message}`.trim(),
+    // a rule's message names its device already ("{device}: ..."): once is enough
+    const what = message && message.includes(topic) ? message : `${topic} ${message}`;
+    this.add(`${severity} alarm ${state}${who}: ${what}`.trim(),
              state === "raised" ? "bad" : state === "cleared" ? "ok" : "warn");
   }
 
@@ -63,7 +65,7 @@ export class EventLog {
     const li = document.createElement("li");
     li.className = cls;
     const time = document.createElement("time");
-    time.textContent = new Date().toLocaleTimeString();
+    time.textContent = new Date().toLocaleTimeString([], { hourCycle: "h23" }); // a control room's clock
     li.append(time, document.createTextNode(` ${text}`));
     this.el.insertBefore(li, this.el.firstChild);
     while (this.el.children.length > MAX) this.el.lastChild.remove();

@@ -247,6 +247,9 @@ async def test_an_alarm_shows_on_two_walls_is_refused_for_a_viewer_and_acked_by_
         assert "by operator" in rows[0]["text"]
         assert not rows[0]["button"]
     assert "critical alarm raised" in result["events"]
+    raised = next(x for x in result["events"].splitlines() if "alarm raised" in x)
+    assert raised.count("Pump 3") == 1, raised  # the message names the device: once
+    assert "AM" not in result["events"] and "PM" not in result["events"]  # a 24-hour clock
     assert "acknowledged by operator" in result["events"]
     assert result["errors"] == []
     alarms = await _api(gw, "/api/alarms")
