@@ -149,12 +149,17 @@ export class Meta {
 
   // normal | warning | alarm | offline | stale: the device's state from the gateway's
   // flags and, once served, its alarms. No thresholds are invented here.
+  // A critical or major alarm comes first, offline and stale included (an "offline"
+  // rule's alarm showed the offline look, not the alarm's: found by an outside check);
+  // minor and warning come after offline and stale.
   state(topic, st) {
     if (!st) return "unknown";
+    const alarm = this.alarmOf(topic);
+    const major = alarm && (alarm.severity === "critical" || alarm.severity === "major");
+    if (major) return "alarm";
     if (st.online === false) return "offline";
     if (st.stale) return "stale";
-    const alarm = this.alarmOf(topic);
-    if (alarm) return alarm.severity === "warning" ? "warning" : "alarm";
+    if (alarm) return "warning";
     return "normal";
   }
 

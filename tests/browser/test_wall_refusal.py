@@ -85,3 +85,27 @@ async def test_a_refused_token_is_named_on_the_banner_with_what_to_do(
     assert "give the wall a valid token" in got["expired"]
     assert got["closes"][-1] == 4001
     assert got["errors"] == []
+
+
+def test_a_major_alarm_shows_before_offline_and_stale_a_warning_after() -> None:
+    """A device whose `offline` rule raised a major alarm showed the offline look, not
+    the alarm's, although the docs say an alarm takes the tile (found by an outside
+    check)."""
+    meta = json.dumps(str(ROOT / "dashboard/js/meta.js"))
+    script = f"""
+      import {{ Meta }} from {meta};
+      const out = {{}};
+      for (const severity of ["critical", "major", "minor", "warning"]) {{
+        const m = new Meta();
+        m.alarmTopic("$alarms/r/plant/p1", {{ fields: {{ topic: "plant/p1", active: true,
+          severity, state: "active_unacked", raised_at: 0 }} }});
+        out[severity] = ["live", "offline", "stale"].map((how) => m.state("plant/p1",
+          {{ fields: {{}}, online: how !== "offline", stale: how === "stale" }}));
+      }}
+      out.none = new Meta().state("plant/p1", {{ fields: {{}}, online: false, stale: false }});
+      console.log(JSON.stringify(out));
+    """
+    got = run_module_script(script)
+    assert got["critical"] == got["major"] == ["alarm", "alarm", "alarm"]
+    assert got["minor"] == got["warning"] == ["warning", "offline", "stale"]
+    assert got["none"] == "offline"
