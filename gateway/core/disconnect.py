@@ -68,7 +68,8 @@ BAD_UTF8: Final = Disconnect(
 )
 INCOMPLETE: Final = Disconnect(
     1008, "a message must arrive whole within message_timeout_s", "protocol", False,
-    "a message did not arrive whole within the message deadline (`server.message_timeout_s`)",
+    "a message did not arrive whole within the message deadline (`server.message_timeout_s`), "
+    "or came in more than 128 frames",
     "fix the client or its network",
 )  # fmt: skip
 TOO_BIG: Final = Disconnect(

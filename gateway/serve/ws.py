@@ -75,7 +75,7 @@ class WsSession(StreamSession):
         self.history_hold = 0  # history being sent: live frames wait (insight.py)
         # wsproto inflates what the client compresses; our frames are deflated by
         # FanOut.framed, once per frame for every screen (gateway/serve/deflate.py)
-        self.guard = FrameGuard(ctx.cfg.max_message_bytes)
+        self.guard = FrameGuard(ctx.cfg.max_message_bytes, lambda: self.closing)
         extensions: list[Extension] = [self.guard, deflate] if deflate else [self.guard]
         self.ws = Connection(ConnectionType.SERVER, extensions=extensions)
         self.fast_in = True  # nothing went to wsproto yet (inbound.py)

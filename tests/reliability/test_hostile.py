@@ -166,6 +166,58 @@ async def test_a_ping_flood_without_reading_is_closed_4029_and_memory_stays_flat
     await tasks_settle(tasks)
 
 
+async def fragment_flood(port: int, seconds: float, payload: bytes) -> tuple[RawWs, int]:
+    """A text frame that never ends: ``payload`` continuation frames (FIN=0) as fast
+    as the socket takes them, never reading, for ``seconds`` or until hung up."""
+    ws = await RawWs.connect(port, rcvbuf=4096)
+    frames = RawWs.frame(payload, 1, fin=False) + b"".join(
+        RawWs.frame(payload, 0, fin=False) for _ in range(2000)
+    )
+    sent = 0
+    with trio.move_on_after(seconds):
+        while True:
+            try:
+                await ws.send_raw(frames)
+            except OSError:
+                break
+            sent += len(frames)
+            frames = b"".join(RawWs.frame(payload, 0, fin=False) for _ in range(2000))
+    return ws, sent
+
+
+@pytest.mark.parametrize("payload", [b"", b"x"], ids=["empty", "one-byte"])
+async def test_endless_fragments_with_no_token_are_closed_and_never_stall_the_loop(
+    gateway_factory: Callable[..., Any], payload: bytes
+) -> None:
+    """Frames outside the message budget were parsed a read at a time: four clients
+    with no token sending empty continuation frames held the loop over a second a
+    read (found by an outside check). A message now takes at most 128 frames (then
+    1008), and a screen with a token is served throughout."""
+    gw: Gateway = await gateway_factory(
+        simulator={"devices": 50, "rate_hz": 2}, auth={"mode": "jwt", "jwt_secret": "s" * 40}
+    )
+    done, screens, codes = trio.Event(), [0], []
+    with gw.looplag.window() as lag:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(jwt_screen_throughout, gw, done, screens)
+
+            async def attacker() -> None:
+                for _ in range(5):  # hung up on: it comes back
+                    ws, _ = await fragment_flood(gw.port, 1.0, payload)
+                    with trio.fail_after(5):
+                        codes.append(await ws.close_code_at_end())
+                    ws.close()
+
+            async with trio.open_nursery() as attackers:
+                for _ in range(4):
+                    attackers.start_soon(attacker)
+            done.set()
+    assert set(codes) == {1008}, codes  # each after 128 frames, not after 5 s
+    assert screens[0] >= 1
+    assert lag.max < LAG_BOUND_S, lag.max
+    assert gw.server.stats.internal_errors == 0
+
+
 @pytest.mark.parametrize("when", ["open", "closing"])
 async def test_bytes_after_a_frame_that_cannot_be_parsed_are_not_read(
     gateway_factory: Callable[..., Any], when: str
