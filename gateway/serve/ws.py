@@ -73,8 +73,7 @@ class WsSession(StreamSession):
         super().__init__(ctx, sock, out, ip)
         self.identity = identity
         self.history_hold = 0  # history being sent: live frames wait (insight.py)
-        # wsproto inflates what the client compresses; our frames are deflated by
-        # FanOut.framed, once per frame for every screen (gateway/serve/deflate.py)
+        # wsproto inflates what the client compresses; FanOut.framed deflates ours once
         self.guard = FrameGuard(ctx.cfg.max_message_bytes, lambda: self.closing)
         extensions: list[Extension] = [self.guard, deflate] if deflate else [self.guard]
         self.ws = Connection(ConnectionType.SERVER, extensions=extensions)
@@ -298,6 +297,7 @@ class WsSession(StreamSession):
         return False
 
     def _on_message(self, text: str) -> None:
+        self.partial_since = None  # a message came whole: the deadline is the next one's
         if not self._take_token():
             return
         try:
