@@ -587,3 +587,31 @@ async def test_a_client_streaming_large_messages_is_not_taken_for_a_slow_one(
     # the batch under way when the time ran out went partly: up to 8 more answers
     assert sent <= answers[0] <= sent + 8 and sent > 100, (answers, sent)
     assert gw.server.stats.inbound_rejected["incomplete"] == 0
+
+
+async def test_resume_positions_are_kept_only_for_topics_the_gateway_holds(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    """A connection sending resumes of made-up topics before subscribing held ~16 MB
+    of positions (found by an outside check): only held topics are kept, keyed by the
+    store's own strings."""
+    gw: Gateway = await gateway_factory(server={"messages_per_s": 1e6, "message_burst": 10**6})
+    for i in range(50):
+        gw.store.apply(f"site/d{i}", {"v": i}, gw.clock.wall())
+    ws = await RawWs.connect(gw.port)
+    await ws.recv_json()
+    epoch = gw.store.epoch
+    made_up = {f"nowhere/{i:06d}/a/rather/long/topic/name": 7 for i in range(1000)}
+    real = {f"site/d{i}": 1 for i in range(50)}
+    for _ in range(50):
+        await ws.send_json({"type": "resume", "epoch": epoch, "topics": made_up})
+    await ws.send_json({"type": "resume", "epoch": epoch, "topics": real})
+    with trio.fail_after(10):
+        for _ in range(51):
+            assert (await ws.recv_json())["op"] == "resume"
+    (session,) = gw.server.fanout.sessions
+    assert session.sub is not None
+    positions = session.sub.positions
+    assert positions == real
+    assert all(t is gw.store.get(t).topic for t in positions)  # type: ignore[union-attr]
+    ws.close()
