@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
@@ -46,6 +46,9 @@ __all__ = ["HISTORY_BUDGET_BYTES", "HISTORY_SAMPLE_MAX", "Insight"]
 audit = logging.getLogger("gateway.audit")
 
 HISTORY_BUDGET_BYTES: Final = 2 << 20
+#: a subscription's history waits while more than this is queued for its peer
+HISTORY_BACKLOG_BYTES: Final = 256 * 1024
+HISTORY_CONCURRENCY: Final = 2  # histories built at once (Insight.history_slots)
 HISTORY_SAMPLE_MAX: Final = 100  # topics in one /api/history?filter= answer
 HISTORY_SAMPLE_DEFAULT: Final = 25
 HISTORY_SAMPLE_STEP: Final = 500  # topics matched (x10 by prefix; 10 encoded) per checkpoint
@@ -71,6 +74,12 @@ class Insight:
     #: set in a worker of `gateway run --workers N`: ack_alarm goes to the parent's
     #: alarm engine, and its answer is written later (gateway/cluster/worker.py)
     forward_ack: Callable[[Identity, AckAlarm, Later], None] | None = None
+    #: subscriptions' histories being built at once, all connections together: each
+    #: takes a topic's window (up to ~10 ms) per turn, and a hundred of them runnable
+    #: at once made a scheduler batch of seconds (send_each)
+    history_slots: trio.CapacityLimiter = field(
+        default_factory=lambda: trio.CapacityLimiter(HISTORY_CONCURRENCY)
+    )
 
     @property
     def welcome(self) -> dict[str, Any]:
@@ -293,13 +302,24 @@ def _err(code: str, message: str) -> bytes:
     return orjson.dumps({"error": code, "message": message})
 
 
-async def send_each(
-    frames: Iterable[bytes], write: Callable[[bytes], None], closing: Callable[[], bool]
-) -> None:
-    """Write ``frames`` one per event-loop checkpoint (a subscription's history: a big
-    one never stalls the loop), until the stream closes."""
-    for frame in frames:
-        if closing():
-            return
-        write(frame)
-        await trio.lowlevel.checkpoint()
+async def send_each(frames: Iterable[bytes], session: Any, sub_id: str) -> None:
+    """Write a subscription's history ``frames`` one per event-loop checkpoint (a big
+    one never stalls the loop). It stops when the stream closes or the subscription is
+    gone, and waits while more than :data:`HISTORY_BACKLOG_BYTES` are queued for the
+    peer: the frames are built as they go, so ten connections subscribing and
+    unsubscribing ten times a second with ``history_s`` no longer build history for
+    subscriptions long gone (the loop stalled for seconds), and a peer that does not
+    read no longer gets 240 MB queued (found by an outside check). At most
+    :data:`HISTORY_CONCURRENCY` histories are built at once (the others wait their
+    turn), so the histories never hold the loop for more than a few topics' windows."""
+    async with session.ctx.insight.history_slots:
+        for frame in frames:
+            while True:
+                sub = session.sub
+                if session.closing or sub is None or sub_id not in sub.subs:
+                    return
+                if session.out.queued_bytes <= HISTORY_BACKLOG_BYTES:
+                    break
+                await trio.sleep(0.05)
+            session._write_text(frame)
+            await trio.lowlevel.checkpoint()

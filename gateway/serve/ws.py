@@ -367,7 +367,7 @@ class WsSession(StreamSession):
         assert self.ctx.insight is not None and self.identity is not None
         try:
             frames = self.ctx.insight.history_frames(self.identity, msg)
-            await send_each(frames, self._write_text, lambda: self.closing)
+            await send_each(frames, self, msg.id)
         finally:
             self.history_hold -= 1
         self.pump_soon()

@@ -615,3 +615,58 @@ async def test_resume_positions_are_kept_only_for_topics_the_gateway_holds(
     assert positions == real
     assert all(t is gw.store.get(t).topic for t in positions)  # type: ignore[union-attr]
     ws.close()
+
+
+async def test_history_churn_neither_stalls_the_loop_nor_queues_without_bound(
+    gateway_factory: Callable[..., Any],
+) -> None:
+    """Ten connections subscribing to `#` with history_s and unsubscribing, ten times
+    a second each (within the message rate), stalled the loop for seconds: every
+    history went on being built after its subscription was gone, a hundred of them
+    runnable at once; and a connection that did not read had hundreds of MB of
+    history queued (found by an outside check)."""
+    gw: Gateway = await gateway_factory(simulator={"devices": 400, "rate_hz": 2})
+    with trio.fail_after(10):
+        while len(gw.insight.history.topics()) < 400:
+            await trio.sleep(0.1)
+    await trio.sleep(2.0)  # a few seconds of history per topic
+    subscribe = {"type": "subscribe", "id": "h", "filters": ["#"], "history_s": 86400}
+    unsubscribe = {"type": "unsubscribe", "id": "h"}
+
+    async def churn(reading: bool) -> RawWs:
+        ws = await RawWs.connect(gw.port, rcvbuf=4096 if not reading else 1 << 20)
+        await ws.recv_json()
+
+        async def drain() -> None:
+            while reading and (await ws.recv_frame())[0] not in (8, -1):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            with trio.move_on_after(3.0):
+                while True:
+                    await ws.send_json(subscribe)
+                    await trio.sleep(0.05)
+                    await ws.send_json(unsubscribe)
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        return ws
+
+    before = rss()
+    sockets: list[RawWs] = []
+    with gw.looplag.window() as lag:
+        async with trio.open_nursery() as nursery:
+
+            async def one(reading: bool) -> None:
+                sockets.append(await churn(reading))
+
+            for i in range(10):
+                nursery.start_soon(one, i > 0)  # the first one never reads
+    queued = max(s.out.queued_bytes for s in gw.server.fanout.sessions)
+    growth = rss() - before
+    for ws in sockets:
+        ws.close()
+    print(f"history churn: lag max {lag.max * 1000:.0f} ms, RSS +{growth / MIB:.0f} MiB")
+    assert lag.max < LAG_BOUND_S, lag.max
+    assert queued < 4 * MIB, queued  # the backlog a history waits behind, and a frame
+    assert growth < 100 * MIB, growth / MIB
