@@ -87,7 +87,7 @@ def parse_sse_request(
     """Filters, rate and resume point of a ``/sse`` request, or :class:`HttpError` 400."""
     _, _, query = target.partition(b"?")
     try:
-        params = urllib.parse.parse_qs(query.decode("ascii"), max_num_fields=50)
+        params = urllib.parse.parse_qs(query.decode("ascii"), max_num_fields=50, errors="strict")
     except (UnicodeDecodeError, ValueError):
         raise HttpError(400, "the query string is malformed", "bad_request") from None
     raw = params.get("filter", [])

@@ -178,6 +178,7 @@ async def test_same_auth_grants_and_input_checks_as_the_websocket(
         ("filter=a/%23/b", {"Authorization": f"Bearer {token}"}, 400),
         ("", {"Authorization": f"Bearer {token}"}, 400),
         ("filter=%23&rate=-1", {"Authorization": f"Bearer {token}"}, 400),
+        ("filter=%ff%fe", {"Authorization": f"Bearer {token}"}, 400),  # not UTF-8
         # outside the grants: refused before the stream, as the WebSocket refuses the
         # subscribe (it was a 200 with an error event and heartbeats for ever)
         ("filter=site/paris/%23", {"Authorization": f"Bearer {token}"}, 403),
