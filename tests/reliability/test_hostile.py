@@ -666,9 +666,8 @@ async def test_history_churn_neither_stalls_the_loop_nor_queues_without_bound(
     growth = rss() - before
     for ws in sockets:
         ws.close()
-    print(
-        f"history churn: lag max {lag.max * 1000:.0f} ms, queued {queued} B, RSS +{growth / MIB:.0f} MiB"
-    )
+    ms, mib = lag.max * 1000, growth / MIB
+    print(f"history churn: lag max {ms:.0f} ms, queued {queued} B, RSS +{mib:.0f} MiB")
     assert lag.max < LAG_BOUND_S, lag.max
     assert queued < 4 * MIB, queued  # the backlog a history waits behind, and a frame
     assert growth < 100 * MIB, growth / MIB
