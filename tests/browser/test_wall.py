@@ -19,6 +19,7 @@ import trio
 from gateway.app import Gateway, serve
 from tests.broker import Mosquitto, free_port
 from tests.browser.test_dashboard import browser_page, in_browser
+from tests.conftest import stop_process
 from tests.gw import make_config
 from tests.serve.httpget import http_get
 
@@ -294,11 +295,8 @@ async def test_a_hung_gateway_is_shown_as_a_lost_connection_not_as_live(chromium
                     await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
     finally:
-        proc.terminate()
-        with trio.move_on_after(10):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
+        with trio.CancelScope(shield=True):
+            await stop_process(proc)
     assert "Connection to the gateway lost since" in results["banner"], results
     assert results["banner_after_s"] < 15, results  # 5 s quiet + 5 s for the ping's answer
     assert results["kpi_online"] == "?" and results["status"] != "open"
