@@ -8,7 +8,6 @@ port is taken); the traceback only with ``--log-level debug``.
 from __future__ import annotations
 
 import argparse
-import errno
 import functools
 import logging
 import os
@@ -19,6 +18,7 @@ import trio
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .errors import user_error
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -209,24 +209,6 @@ def _interrupted(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt)
 
 
-def _user_error(exc: BaseException) -> str | None:
-    """The one line to show for an error a user can fix, or None for a bug."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _user_error(inner)
-            if found is not None:
-                return found
-        return None
-    if isinstance(exc, OSError):
-        text = exc.strerror or str(exc)
-        if exc.errno == errno.EADDRINUSE:
-            text += " (another process has this port: choose another with --port/--admin-port)"
-        elif exc.errno == errno.EACCES:
-            text += " (ports below 1024 need privileges)"
-        return text
-    return None
-
-
 async def _serve_with_status(
     cfg: Config, interval_s: float, handler: StatusLogHandler | None, log_level: str = "info"
 ) -> str:
@@ -294,7 +276,7 @@ def _run(args: argparse.Namespace) -> int:
             handler.finish()
         if _interrupted(exc):  # Ctrl-C before the signal handlers were installed
             return 130
-        message = _user_error(exc)
+        message = user_error(exc)
         if message is None or args.log_level == "debug":
             raise
         print(f"gateway: {message}", file=sys.stderr)

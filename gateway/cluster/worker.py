@@ -47,6 +47,7 @@ from ..core.alarms import ALARM_PREFIX
 from ..core.history import HistoryMismatch
 from ..core.protocol import Ack, AckAlarm, Error, encode
 from ..core.snapshotfile import decode_records
+from ..errors import user_error
 from ..memory import tune_gc, tune_malloc
 from ..serve.insight import Later
 from .channel import BEAT_S, HEAD, Kind, Outbox, Reader
@@ -302,9 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = trio.run(run, sock)
     except BaseException as exc:
-        from ..__main__ import _user_error
-
-        message = _user_error(exc)  # one line for what a person can fix (a port in use)
+        message = user_error(exc)  # one line for what a person can fix (a port in use)
         if message is None or isinstance(exc, KeyboardInterrupt):
             raise
         log.error("worker cannot serve: %s; exiting (the parent restarts it)", message)

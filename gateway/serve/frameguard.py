@@ -15,10 +15,10 @@ our close crossed it): either refusal ends the parsing for good (close 1008)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+
+from .lifecycle import Lifecycle
 
 __all__ = ["AFTER_CLOSE", "MAX_FRAGMENTS", "FrameGuard"]
 
@@ -36,10 +36,12 @@ AFTER_CLOSE = 1024
 class FrameGuard(Extension):
     name = "x-gateway-frame-guard"  # internal: never offered, never in a header
 
-    def __init__(self, max_bytes: int, closing: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, max_bytes: int, life: Lifecycle | None = None) -> None:
         self.max_bytes = max_bytes
         self.in_frame = False  # a frame's header came, its payload is not complete
-        self.closing = closing  # the session has sent (or is sending) its close frame
+        #: the session's lifecycle (its ``ending``: closing, dropped or done); not the
+        #: session, which holds this guard: a cycle would outlive a screen that left
+        self.life = life
         self.fragments = 0  # frames of the message being received
         self.after_close = 0  # data frames parsed while closing
 
@@ -62,7 +64,7 @@ class FrameGuard(Extension):
             self.fragments = self.fragments + 1 if opcode is Opcode.CONTINUATION else 1
             if self.fragments > MAX_FRAGMENTS:
                 return CloseReason.POLICY_VIOLATION
-            if self.closing():
+            if self.life is not None and self.life.ending:
                 self.after_close += 1
                 if self.after_close > AFTER_CLOSE:
                     return CloseReason.POLICY_VIOLATION

@@ -74,7 +74,7 @@ class WsSession(StreamSession):
         self.identity = identity
         self.history_hold = 0  # history being sent: live frames wait (insight.py)
         # wsproto inflates what the client compresses; FanOut.framed deflates ours once
-        self.guard = FrameGuard(ctx.cfg.max_message_bytes, lambda: self.closing)
+        self.guard = FrameGuard(ctx.cfg.max_message_bytes, self.life)  # no cycle via self
         extensions: list[Extension] = [self.guard, deflate] if deflate else [self.guard]
         self.ws = Connection(ConnectionType.SERVER, extensions=extensions)
         self.fast_in = True  # nothing went to wsproto yet (inbound.py)
