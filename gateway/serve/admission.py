@@ -124,10 +124,19 @@ _LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 
 
 def _hostname(authority: str) -> str:
-    """``host`` of ``host[:port]`` (an IPv6 ``[address]`` kept in its brackets)."""
+    """``host`` of ``host[:port]`` (an IPv6 ``[address]`` kept in its brackets); "" for
+    what an Origin cannot be (RFC 6454 serializes one as ``scheme://host[:port]``):
+    ``localhost:1@evil.example`` and ``[::1]@evil`` passed as loopback names (found by
+    an outside check; browsers never send them, other clients may)."""
     if authority.startswith("["):
-        return authority.split("]")[0] + "]"
-    return authority.rsplit(":", 1)[0]
+        host, _, port = authority.partition("]")
+        host += "]"
+    else:
+        host, colon, port = authority.partition(":")
+        port = colon + port
+    if port and not (port[0] == ":" and port[1:].isdigit()):
+        return ""
+    return host
 
 
 class Admission:

@@ -62,6 +62,10 @@ async def jwt_gateway(gateway_factory: Callable[..., Any]) -> Gateway:
         ("null", 403),
         ("http://localhost:3000", 101),
         ("http://127.0.0.1:9999", 101),
+        ("http://[::1]:9999", 101),
+        ("http://localhost:1@evil.example", 403),  # userinfo: not an origin
+        ("http://[::1]@evil", 403),
+        ("http://localhost:3000/path", 403),
         (None, 101),  # non-browser clients send no Origin: allowed by default (documented)
     ],
 )
