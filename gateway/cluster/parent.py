@@ -74,6 +74,7 @@ MIN_BACKOFF_S: Final = 0.5
 MAX_BACKOFF_S: Final = 10.0
 HEALTHY_S: Final = 30.0  # a worker that served this long restarts without backoff
 STARTUP_S: Final = 30.0  # from the start of a worker process to its HELLO
+SILENT_S: Final = 3 * BEAT_S  # a worker not heard this long is not counted as serving
 
 
 @dataclass
@@ -128,14 +129,14 @@ class Cluster:
 
     @property
     def serving(self) -> int:
-        return sum(s.serving and s.silent_s() <= 3 * BEAT_S for s in self.slots)
+        return sum(s.serving and s.silent_s() <= SILENT_S for s in self.slots)
 
     def ready(self) -> tuple[bool, str]:
         def state(s: Slot) -> str:
             if not s.serving:
                 return "starting"
             silent = s.silent_s()
-            return "serving" if silent <= 3 * BEAT_S else f"silent for {silent:.0f} s"
+            return "serving" if silent <= SILENT_S else f"silent for {silent:.0f} s"
 
         parts = [f"{s.index}: {state(s)} (pid {s.pid}, admin {s.admin_port})" for s in self.slots]
         return self.serving > 0, f"{self.serving} of {len(self.slots)} serving; " + "; ".join(parts)

@@ -162,11 +162,9 @@ class SseSession(StreamSession):
             hub.resume(sub, Resume(ctx.store.epoch, positions))
         reply = hub.subscribe(sub, Subscribe("sse", self.request.filters, self.request.rate_hz))
         events.append(self._event(encode(reply)))
-        if type(reply) is Error:  # not expected: connection.py checked the grants and
-            self._head_sent = True  # limits; should one come, say so and end, not hang
-            self._write(events)
-            self.close(dc.NORMAL, f"subscription refused: {reply.code}")
-            return
+        # connection.py refused before the stream what subscribe could refuse (grants,
+        # filter limits, rate): a stream that starts has its subscription
+        assert type(reply) is not Error, reply
         ctx.attach(self)
         if self.request.wall and ctx.walls is not None:
             ctx.walls.stream_opened(self, self.request.wall)
