@@ -30,11 +30,12 @@ STEP_S = 0.02
 MAX_CATCH_UP_S = 0.04
 BATCH = 500  # messages applied between two checkpoints of the event loop at most
 SLICE_S = 0.001  # and time spent applying them (the gateway's loop-lag budget)
-APPLY_STEP = 16  # messages between two looks at the clock
+APPLY_STEP = 8  # messages between two looks at the clock
 BUILD_STEP = 32  # devices made between two checkpoints (~20 us each)
-#: device samples made between two checkpoints (~15 us each; 10 times that while a
-#: join wave writes gigabytes: cache misses)
-SAMPLE_STEP = 16
+#: device samples made between two checkpoints (~15 us each; 10 to 30 times that
+#: while a join wave writes gigabytes: cache misses; at 16, steps of 5 to 10 ms were
+#: the largest part of the 2,000-screen wave's late loop-lag samples)
+SAMPLE_STEP = 8
 
 
 async def build_fleet(cfg: SimulatorConfig, start_wall: float) -> Fleet:

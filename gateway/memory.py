@@ -18,7 +18,7 @@ after a protocol error, and finds none of their objects left in a cycle; a join 
 of 2,000 screens collected 0 objects in every generation). So once the gateway owns
 the process, :func:`tune_gc` makes the collector a young-objects-only one: what
 survives is frozen (``gc.freeze``: no collection walks it again) after every full
-collection, and :func:`freeze_survivors`, which the fan-out calls every 0.1 s, runs
+collection, and :func:`freeze_survivors`, which the fan-out calls every 0.05 s, runs
 one: it walks only what was made since the previous one (frozen objects are not
 walked), so it costs what the last tenth of a second allocated and kept (at 0.5 s, a
 wave of 2,000 joining screens made pauses of 30 ms). A freeze must

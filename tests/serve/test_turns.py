@@ -1,6 +1,7 @@
 """Connections take turns when many are ready at once (gateway/serve/turns.py): at
-most ``per_batch`` waiting handlings run per scheduler batch, all of them do run, a
-young batch with nobody waiting costs nothing, and a cancelled wait leaves the queue."""
+most ``per_batch`` waiting handlings run per scheduler batch, one when the batch has
+run its time, first come first served, all of them do run, a young batch with nobody
+waiting costs nothing, and a cancelled wait leaves the queue."""
 
 from __future__ import annotations
 
@@ -19,32 +20,58 @@ class BatchCount(trio.abc.Instrument):
         self.batches.append(0)
 
 
-async def test_at_most_per_batch_waiters_run_in_a_batch_and_all_run() -> None:
-    turns = Turns(seconds=0.0, per_batch=4)  # every batch counts as old: all wait
+async def _wave(
+    turns: Turns, n: int, *, then_seconds: float | None = None
+) -> tuple[list[int], list[int], BatchCount]:
+    """``n`` connections wait their turn (all park: the batch counts as old); with
+    ``then_seconds``, the batches they are woken into count as young by that."""
     counted = BatchCount()
     trio.lowlevel.add_instrument(turns)
     trio.lowlevel.add_instrument(counted)
+    arrived: list[int] = []
     done: list[int] = []
 
     async def connection(i: int) -> None:
+        arrived.append(i)
         await turns.wait()
         done.append(i)
         counted.batches[-1] += 1
 
     try:
         async with trio.open_nursery() as services:
-            services.start_soon(turns.run)
             async with trio.open_nursery() as connections:
-                for i in range(40):
+                for i in range(n):
                     connections.start_soon(connection, i)
+                await trio.testing.wait_all_tasks_blocked()
+                if then_seconds is not None:
+                    turns.seconds = then_seconds
+                services.start_soon(turns.run)
             services.cancel_scope.cancel()
     finally:
         trio.lowlevel.remove_instrument(counted)
         trio.lowlevel.remove_instrument(turns)
+    return arrived, done, counted
+
+
+async def test_at_most_per_batch_waiters_run_in_a_young_batch_and_all_run() -> None:
+    turns = Turns(seconds=0.0, per_batch=4)
+    _, done, counted = await _wave(turns, 40, then_seconds=60.0)
     assert sorted(done) == list(range(40))
-    assert turns.waited == 40
-    assert max(counted.batches) <= 4
-    assert sum(1 for n in counted.batches if n) >= 10
+    assert turns.waited == 40 and turns.returned == 0
+    assert max(counted.batches) == 4  # young batches: the count is the bound
+    assert sum(1 for n in counted.batches if n) == 10
+
+
+async def test_an_old_batch_lets_one_waiter_through_first_come_first_served() -> None:
+    """A count alone did not bound a batch (steps of 1 to 3 ms, eight to a batch): a
+    waiter woken into a batch that has run its time goes back to its place, unless
+    it is the first comer of its batch and nobody went on before it."""
+    turns = Turns(seconds=0.0, per_batch=4)  # every batch counts as old
+    arrived, done, counted = await _wave(turns, 40)
+    assert done == arrived  # the order survives the waiters' going back
+    assert max(counted.batches) == 1
+    assert sum(1 for n in counted.batches if n) == 40
+    assert turns.returned > 0
 
 
 async def test_a_young_batch_with_nobody_waiting_lets_a_handling_through_at_once() -> None:
