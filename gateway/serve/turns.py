@@ -8,15 +8,19 @@ timer waits for all of it: in a 2,000-screen wave the probe saw batches of up to
 
 So a connection handles what it has read at once only while the current batch is
 young (has run less than ``BATCH_S``) and nobody waits before it; otherwise it parks
-in a FIFO, and :meth:`Turns.run` wakes ``PER_BATCH`` of the waiters per batch. A
-woken waiter goes on only while its batch is still young, or if it is the first
-comer among those woken and nobody went on before it in this batch; else it goes back
-to its place at the head of the queue (so the order stays first come, first served). A count
-alone did not bound a batch: a joining screen's step (its subscribe's first write of
-a large join snapshot) takes 1 to 3 ms, and eight of them made batches of 25 ms
-(2,000 screens joining ``#`` at 10,000 topics: 4 % of the loop-lag samples over
-10 ms). A batch starts when Trio's I/O wait returns (an instrument's
-``after_io_wait``: one call per batch, nothing per task).
+in a FIFO, and :meth:`Turns.run` wakes ``PER_BATCH`` of the waiters per batch. The
+woken share ``BATCH_S`` of each batch: the first of them to run goes on, and the
+others while less than ``BATCH_S`` has passed since it started; the rest go back to
+their places at the head of the queue (those waiting longest are woken first; the
+order among those woken together is the scheduler's). A count alone did not bound a
+batch: a joining screen's step (its subscribe's first write of a large join snapshot)
+takes 1 to 3 ms, and eight of them made batches of 25 ms (2,000 screens joining ``#``
+at 10,000 topics: 4 % of the loop-lag samples over 10 ms). The time is counted from
+the first woken one's start, not the batch's: other tasks' steps (the tick loop's, a
+full collection) make most batches of a busy loop older than ``BATCH_S`` before any
+waiter runs, and the connections' share must not shrink to one step a batch then.
+A batch starts when Trio's I/O wait returns (an instrument's ``after_io_wait``: one
+call per batch, nothing per task).
 
 What waits its turn: the handling of bytes already read, a teardown, and each write
 of a drain (the bytes a full socket queued: in a wave of screens joining a large
@@ -50,18 +54,18 @@ class Turns(trio.abc.Instrument):
         self.per_batch = per_batch
         self.started = time.perf_counter()
         self.waited = 0  # handlings that waited their turn (a count, for tests)
-        self.returned = 0  # woken into an old batch and sent back (a count, for tests)
-        self._through = 0  # handlings let through in the current batch
+        self.returned = 0  # woken once the waiters' time was spent: back (for tests)
+        #: when the first woken waiter ran in the current batch (None: none yet)
+        self._turn_at: float | None = None
         self._arrivals = 0
         #: (arrival number, task): the order is kept when a woken waiter goes back
         self._queue: list[tuple[int, trio.lowlevel.Task]] = []
         self._gone: set[int] = set()  # arrivals cancelled while they waited
-        self._woken: set[int] = set()  # arrivals woken that have not run yet
         self._waiting = trio.Event()
 
     def after_io_wait(self, timeout: float) -> None:
         self.started = time.perf_counter()
-        self._through = 0
+        self._turn_at = None
 
     def _young(self) -> bool:
         return time.perf_counter() - self.started <= self.seconds
@@ -69,7 +73,6 @@ class Turns(trio.abc.Instrument):
     async def wait(self) -> None:
         """At once while the batch is young and nobody waits; else in turn."""
         if not self._queue and self._young():
-            self._through += 1
             return
         self.waited += 1
         self._arrivals += 1
@@ -78,12 +81,13 @@ class Turns(trio.abc.Instrument):
             heapq.heappush(self._queue, place)
             self._waiting.set()
             await self._park(place[0])
-            first = place[0] == min(self._woken)  # of those woken into this batch
-            self._woken.discard(place[0])
-            if self._young() or (first and not self._through):
-                self._through += 1
-                return
-            self.returned += 1  # the batch has run its time: back to the head
+            now = time.perf_counter()
+            if self._turn_at is None:  # the first of its batch to run: the turn starts
+                self._turn_at = now
+            elif now - self._turn_at > self.seconds:
+                self.returned += 1  # the waiters' time in this batch is spent: back
+                continue
+            return
 
     async def _park(self, arrival: int) -> None:
         def abort(_: object) -> trio.lowlevel.Abort:
@@ -96,17 +100,13 @@ class Turns(trio.abc.Instrument):
         """Wake ``per_batch`` waiters per batch, in the order they came."""
         while True:
             await self._waiting.wait()
-            while self._queue or self._woken:
-                if self._woken:  # not all have run yet (the batch ran this task first):
-                    await trio.lowlevel.checkpoint()  # those that go back come first
-                    continue
+            while self._queue:
                 woken = 0
                 while self._queue and woken < self.per_batch:
                     arrival, task = heapq.heappop(self._queue)
                     if arrival in self._gone:
                         self._gone.discard(arrival)
                         continue
-                    self._woken.add(arrival)
                     trio.lowlevel.reschedule(task)
                     woken += 1
                 await trio.lowlevel.checkpoint()  # they run in the next batch
