@@ -11,6 +11,10 @@ Scenarios (each against a fresh gateway with its embedded simulator):
 * ``joinwave``: 10,000 devices at 1 Hz; N screens (2,000; ``--quick``: 300) connect
   at once and subscribe to ``#``. Reports the loop lag during the wave and the time
   until every screen holds a snapshot of every topic.
+* ``heavyapi`` (only with ``--only heavyapi``): 2,000 devices at 1 Hz with chart
+  history; after 20 s of history, eight keep-alive clients pipeline
+  ``/api/history?filter=%23&limit=100`` five at a time for 10 s (an outside check's
+  attack). Reports the answers and the loop lag meanwhile.
 
     python bench/hub_stalls_bench.py [--quick] [--pin] [--probe] [--root DIR] [--json OUT]
 
@@ -301,6 +305,45 @@ async def joinwave(port: int, admin: int, pid: int, screens: int, topics: int) -
     }
 
 
+async def heavyapi(port: int, admin: int, seconds: float) -> dict[str, Any]:
+    request = b"GET /api/history?filter=%23&limit=100 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 5
+    status = b"HTTP/1.1 200"
+    answered = [0]
+    body = [0]
+
+    async def client() -> None:
+        sock = trio.socket.socket()
+        with sock:
+            await sock.connect(("127.0.0.1", port))
+            while True:
+                await sock.send(request)
+                seen, tail = 0, b""
+                while seen < 5 or not tail.endswith(b"}"):
+                    chunk = await sock.recv(1 << 20)
+                    if not chunk:
+                        raise ConnectionError("closed")
+                    body[0] += len(chunk)
+                    both = tail + chunk
+                    found = both.count(status) - tail.count(status)
+                    seen += found
+                    answered[0] += found
+                    tail = both[-len(status) :]
+
+    before = scrape(admin)
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(client)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+    after = scrape(admin)
+    return {
+        "answers": answered[0],
+        "mb_received": round(body[0] / 1e6, 1),
+        "seconds": seconds,
+        "loop_lag": lag_summary(before, after),
+    }
+
+
 @contextlib.contextmanager
 def probed(on: bool) -> Iterator[tuple[str, Any]]:
     """The path for perf_probe's records ("" when off), and a function adding their
@@ -333,7 +376,7 @@ def main() -> None:
     ap.add_argument(
         "--rate", type=float, default=1.0, help="device rate (Hz) in the join wave (default 1)"
     )
-    ap.add_argument("--only", choices=["subscribes", "joinwave"], default=None)
+    ap.add_argument("--only", choices=["subscribes", "joinwave", "heavyapi"], default=None)
     ap.add_argument("--json", default=None, help="write the results here too")
     ap.add_argument(
         "--pin", action="store_true",
@@ -377,6 +420,15 @@ def main() -> None:
                 t1 = time.monotonic()
             report(out["joinwave"], t0, t1)
         print(json.dumps({"joinwave": out["joinwave"]}), flush=True)
+    if args.only == "heavyapi":
+        with probed(args.probe) as (probe, report):
+            with gateway(root, 2_000, 1.0, probe=probe, pin=pin) as (port, admin, pid):
+                time.sleep(20.0)  # some history per topic
+                t0 = time.monotonic()
+                out["heavyapi"] = trio.run(heavyapi, port, admin, 10.0)
+                t1 = time.monotonic()
+            report(out["heavyapi"], t0, t1)
+        print(json.dumps({"heavyapi": out["heavyapi"]}), flush=True)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 

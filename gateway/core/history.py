@@ -141,6 +141,9 @@ class Series:
         before = [None] * max(0, min(lo, last + 1) - first)
         after = [None] * max(0, last - max(hi, first - 1))
         out: list[list[float | None]] = []
+        # float32 back to the decimal it was recorded as: formatting is most of a
+        # window's cost, and min, max and last mostly hold the same values
+        memo: dict[float, float] = {}
         for which in range(3):
             if lo > hi:
                 out.append([None] * (last - first + 1))
@@ -152,7 +155,14 @@ class Series:
             else:
                 vals = arr[3 * a + which :: 3].tolist() + arr[which : 3 * b + 3 : 3].tolist()
             col: list[float | None] = list(before)
-            col += [None if v != v else float("%.7g" % v) for v in vals]  # noqa: UP031
+            for v in vals:
+                if v != v:  # NaN: no value
+                    col.append(None)
+                    continue
+                r = memo.get(v)
+                if r is None:
+                    r = memo[v] = float("%.7g" % v)  # noqa: UP031
+                col.append(r)
             col += after
             out.append(col)
         return out[0], out[1], out[2]

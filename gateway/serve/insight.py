@@ -262,14 +262,26 @@ class Insight:
                 found.append(topic)
         spread = max(1.0, len(found) / limit)
         picked = [found[int(k * spread)] for k in range(min(limit, len(found)))]
-        items = []
+        # a field's window a step (~0.7 ms for 600 buckets), each item encoded on its
+        # own: a topic's window a step and one encoding of the whole answer (100 topics
+        # of 3 fields: 3 MB) made steps of up to 10 and 20 ms
+        items: list[bytes] = []
         for topic in picked:
-            await trio.lowlevel.checkpoint()  # a topic's window a step (up to ~10 ms each)
-            names = [name] if name else self.history.fields(topic)
-            doc = self.history_doc(topic, names, seconds, self.wall())
+            doc: dict[str, Any] | None = None
+            now = self.wall()  # one window for the topic's fields
+            for one in [name] if name else self.history.fields(topic):
+                await trio.lowlevel.checkpoint()
+                part = self.history_doc(topic, [one], seconds, now)
+                if part is None:
+                    continue
+                if doc is None:
+                    doc = part
+                else:
+                    doc["fields"].update(part["fields"])
             if doc is not None:
-                items.append(doc)
-        return 200, orjson.dumps({"matched": len(found), "items": items})
+                items.append(orjson.dumps(doc))
+        opening = b'{"matched":%d,"items":[' % len(found)
+        return 200, b"".join((opening, b",".join(items), b"]}"))
 
     def _seconds(self, query: dict[str, str]) -> float | None:
         try:
