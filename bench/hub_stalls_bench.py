@@ -15,6 +15,13 @@ Scenarios (each against a fresh gateway with its embedded simulator):
   history; after 20 s of history, eight keep-alive clients pipeline
   ``/api/history?filter=%23&limit=100`` five at a time for 10 s (an outside check's
   attack). Reports the answers and the loop lag meanwhile.
+* ``churn`` (only with ``--only churn``): 10,000 devices at 1 Hz; ten connections
+  (one of them never reads) subscribe to ``#`` and unsubscribe, ten times a second
+  each, for 10 s (an outside check's attack). Reports the loop lag meanwhile.
+* ``ackflood`` (only with ``--only ackflood``): 3,100 devices, a rule that puts every
+  humidity reading in alarm (over 1,000 alarms); twenty connections send ``ack_alarm``
+  messages naming 1,000 alarms each, the next as soon as the last is answered, for
+  10 s (an outside check's attack). Reports the answers and the loop lag meanwhile.
 
     python bench/hub_stalls_bench.py [--quick] [--pin] [--probe] [--root DIR] [--json OUT]
 
@@ -344,6 +351,89 @@ async def heavyapi(port: int, admin: int, seconds: float) -> dict[str, Any]:
     }
 
 
+async def churn(port: int, admin: int, seconds: float) -> dict[str, Any]:
+    acks = [0]
+
+    async def one(reading: bool) -> None:
+        conn = await Conn.open(port)
+        await conn.frame()  # welcome
+
+        async def read() -> None:
+            while True:
+                frame = await conn.frame()
+                acks[0] += frame.startswith(b'{"type":"ack"')
+
+        async with trio.open_nursery() as nursery:
+            if reading:
+                nursery.start_soon(read)
+            while True:
+                await conn.send({"type": "subscribe", "id": "c", "filters": ["#"]})
+                await trio.sleep(0.05)
+                await conn.send({"type": "unsubscribe", "id": "c"})
+                await trio.sleep(0.05)
+
+    before = scrape(admin)
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+            for k in range(10):
+                nursery.start_soon(one, k > 0)
+    after = scrape(admin)
+    return {"acks_read": acks[0], "seconds": seconds, "loop_lag": lag_summary(before, after)}
+
+
+ACK_RULE = """
+[[alarms.rules]]
+name = "humid"
+filter = "#"
+condition = "high"
+field = "humidity"
+threshold = 1.0
+"""
+
+
+def alarm_names(port: int, most: int) -> list[str]:
+    listing = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/alarms", timeout=10)
+    alarms = orjson.loads(listing.read())["alarms"]
+    return [f"$alarms/{a['rule']}/{a['topic']}" for a in alarms][:most]
+
+
+async def ackflood(port: int, admin: int, names: list[str], seconds: float) -> dict[str, Any]:
+    answers: dict[str, int] = {}
+
+    async def client(k: int) -> None:
+        conn = await Conn.open(port)
+        last = await conn.frame()  # welcome
+        n = 0
+        while True:
+            n += 1
+            await conn.send({"type": "ack_alarm", "id": f"c{k}-{n}", "alarms": names})
+            while True:
+                try:
+                    frame = await conn.frame()
+                except ConnectionError:
+                    print("closed after", repr(last[:80]), file=sys.stderr)
+                    raise
+                last = frame
+                if frame.startswith(b'{"type":"ack"') or frame.startswith(b'{"type":"error"'):
+                    kind = orjson.loads(frame).get("code", "ack")
+                    answers[kind] = answers.get(kind, 0) + 1
+                    break
+
+    before = scrape(admin)
+    async with trio.open_nursery() as nursery:
+        for k in range(20):
+            nursery.start_soon(client, k)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+    after = scrape(admin)
+    return {
+        "alarms_named": len(names),
+        "answers": answers,
+        "seconds": seconds,
+        "loop_lag": lag_summary(before, after),
+    }
+
+
 @contextlib.contextmanager
 def probed(on: bool) -> Iterator[tuple[str, Any]]:
     """The path for perf_probe's records ("" when off), and a function adding their
@@ -376,7 +466,9 @@ def main() -> None:
     ap.add_argument(
         "--rate", type=float, default=1.0, help="device rate (Hz) in the join wave (default 1)"
     )
-    ap.add_argument("--only", choices=["subscribes", "joinwave", "heavyapi"], default=None)
+    ap.add_argument(
+        "--only", choices=["subscribes", "joinwave", "heavyapi", "ackflood", "churn"], default=None
+    )
     ap.add_argument("--json", default=None, help="write the results here too")
     ap.add_argument(
         "--pin", action="store_true",
@@ -429,6 +521,25 @@ def main() -> None:
                 t1 = time.monotonic()
             report(out["heavyapi"], t0, t1)
         print(json.dumps({"heavyapi": out["heavyapi"]}), flush=True)
+    if args.only == "churn":
+        with probed(args.probe) as (probe, report):
+            with gateway(root, 10_000, 1.0, probe=probe, pin=pin) as (port, admin, pid):
+                time.sleep(2.0)
+                t0 = time.monotonic()
+                out["churn"] = trio.run(churn, port, admin, 10.0)
+                t1 = time.monotonic()
+            report(out["churn"], t0, t1)
+        print(json.dumps({"churn": out["churn"]}), flush=True)
+    if args.only == "ackflood":
+        with probed(args.probe) as (probe, report):
+            with gateway(root, 3_100, 1.0, ACK_RULE, probe, pin) as (port, admin, pid):
+                time.sleep(5.0)  # the alarms raised
+                t0 = time.monotonic()
+                names = alarm_names(port, 1000)
+                out["ackflood"] = trio.run(ackflood, port, admin, names, 10.0)
+                t1 = time.monotonic()
+            report(out["ackflood"], t0, t1)
+        print(json.dumps({"ackflood": out["ackflood"]}), flush=True)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
