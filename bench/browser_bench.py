@@ -428,6 +428,10 @@ def main() -> None:
         "frame_avg_ms": avg,
         "frame_p99_ms": p99,
         "frame_p99_with_forced_gc_ms": p99_all,
+        # the tail: intervals of two, three and four or more 60 Hz frames (the frames
+        # holding the bench's forced GC left out), to set beside the long animation
+        # frames (frames whose main-thread work took over 33 ms)
+        "frame_intervals_over_ms": {str(ms): sum(data["hist"][ms * 10 :]) for ms in (20, 40, 60)},
         "forced_gc_frames": data["gcFrames"],
         "query": args.query,
         "gateway_nice": args.gateway_nice,
@@ -452,6 +456,9 @@ def main() -> None:
     out = results_path(args.name, args.quick)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
+        f"  frame intervals over 20 / 40 / 60 ms: "
+        + " / ".join(str(n) for n in result["frame_intervals_over_ms"].values())
+        + "\n"
         f"  frame time avg {avg:.1f} ms, p99 {p99:.1f} ms ({nframes} frames; with the "
         f"{data['gcFrames']} holding the bench's forced GC p99 {p99_all:.1f} ms; "
         f"{data['longTasks']} long tasks); heap {heap[0][1] / 2**20:.1f} -> "
