@@ -338,7 +338,7 @@ function timed(fn) {
 }
 const tick = timed(() => {
   tickLongest = 0;
-  const stats = { total: 0, online: 0, offline: 0, stale: 0, alarms: 0, newestRx: 0, rate: updates,
+  const stats = { total: 0, online: 0, offline: 0, nopresence: 0, stale: 0, alarms: 0, newestRx: 0, rate: updates,
                   critical: 0, major: 0, minor: 0, warning: 0 };
   for (const a of meta.alarms.values()) if (a.active && a.severity in stats) stats[a.severity] += 1;
   updates = 0;
@@ -348,7 +348,10 @@ const tick = timed(() => {
   for (const [topic, st] of client.topics) {
     if (meta.isAlarmTopic(topic)) continue;
     stats.total += 1;
-    if (st.online === false) stats.offline += 1; else stats.online += 1;
+    // as the gateway's gateway_devices: a device that reports no presence is neither
+    if (st.online === true) stats.online += 1;
+    else if (st.online === false) stats.offline += 1;
+    else stats.nopresence += 1;
     if (st.stale) stats.stale += 1;
     if (meta.alarmOf(topic)) stats.alarms += 1;
     if (st.rx > stats.newestRx) stats.newestRx = st.rx;

@@ -11,7 +11,7 @@ export class KpiRow {
     this.el = el;
     el.classList.add("kpis");
     const items = [["total", "devices", ""], ["online", "online", "ok"], ["offline", "offline", "bad"],
-                   ["stale", "stale", "warn"],
+                   ["nopresence", "no presence", ""], ["stale", "stale", "warn"],
                    ...(alarms ? SEVERITIES.map((k) => [k, k, `sev-${k}`]) : []),
                    ["age", "data age", ""], ["rate", "updates/s", ""]];
     this.spans = {};
@@ -29,18 +29,36 @@ export class KpiRow {
     }
   }
 
-  // stats: {total, online, offline, stale, critical, major, minor, warning, rate}; age in s
+  // stats: {total, online, offline, nopresence, stale, critical, major, minor, warning,
+  // rate}; age in s
   // or null; unknown:
   // the wall cannot vouch for the counts (shown as "?", not as the last numbers)
   render(stats, age, unknown) {
     const set = (k, v) => { if (this.spans[k] && this.spans[k].textContent !== v) this.spans[k].textContent = v; };
-    for (const k of ["total", "online", "offline", "stale", ...SEVERITIES]) {
+    for (const k of ["total", "online", "offline", "nopresence", "stale", ...SEVERITIES]) {
       set(k, unknown ? "?" : String(stats[k] ?? 0));
     }
+    // devices that report no presence (no online/offline messages) are counted apart,
+    // as the gateway counts them; the count is shown only when there are some
+    const none = this.spans.nopresence?.parentElement;
+    if (none) none.hidden = !unknown && !stats.nopresence;
     set("age", age === null ? "?" : fmtAge(age));
     set("rate", unknown ? "?" : String(stats.rate ?? 0));
     this.el.classList.toggle("unknown", unknown);
   }
+}
+
+// What of `items` (elements in `box`, in order) fits in `box`: the elements that would
+// be cut at its bottom edge are removed (a half-shown row reads as something else),
+// and the count removed is returned for the panel's title to say. One layout read per
+// render; renders follow data (alarms, the once-a-second tick), not frames.
+function keepWhatFits(box, items) {
+  const bottom = box.getBoundingClientRect().bottom + 0.5;
+  let cut = items.findIndex((el) => el.getBoundingClientRect().bottom > bottom);
+  if (cut < 0) return 0;
+  const gone = items.length - cut;
+  for (; cut < items.length; cut++) items[cut].remove();
+  return gone;
 }
 
 export class WorstTable {
@@ -50,14 +68,20 @@ export class WorstTable {
     const h = document.createElement("h2");
     this.h = h;
     this.table = document.createElement("table");
+    this.box = el; // the panel: its bottom edge is where rows stop fitting
     el.append(h, this.table);
+    this._last = null; // the last render's arguments: a resized panel renders them again
+    if (typeof ResizeObserver !== "undefined") {
+      new ResizeObserver(() => { if (this._last) this.render(...this._last); }).observe(el);
+    }
   }
 
   // rows: [topic, st, state]; the worst `rows` by state, then by the highest value of
   // `field`, chosen in one pass (no sort of the fleet); `describe(topic)` gives
   // {name, group, text, unit} for the few shown.
   render(rows, field, describe) {
-    this.h.textContent = field ? `Worst devices (state, then highest ${field})` : "Worst devices";
+    this._last = [rows, field, describe];
+    const title = field ? `Worst devices (state, then highest ${field})` : "Worst devices";
     const top = []; // [rank, value, topic, state], best first, at most this.rows
     const worse = (a, b) => a[0] < b[0] || (a[0] === b[0] && a[1] > b[1]);
     for (const [topic, st, state] of rows) {
@@ -83,6 +107,8 @@ export class WorstTable {
       html.append(tr);
     }
     this.table.replaceChildren(html);
+    const cut = keepWhatFits(this.box, [...this.table.rows]);
+    this.h.textContent = cut ? `${title}: the worst ${top.length - cut} that fit` : title;
   }
 }
 
@@ -103,8 +129,12 @@ export class AlarmList {
     el.classList.add("alarms");
     const h = document.createElement("h2");
     h.textContent = "Alarms";
+    this.h = h;
     this.list = document.createElement("ol");
+    this.box = el;
     el.append(h, this.list);
+    // a resized panel shows more or fewer: count them again
+    if (typeof ResizeObserver !== "undefined") new ResizeObserver(() => this.render()).observe(el);
   }
 
   render() {
@@ -116,8 +146,22 @@ export class AlarmList {
       return;
     }
     delete this.list.dataset.empty;
-    const items = this.meta.alarmList().slice(0, MAX_SHOWN);
-    this.list.replaceChildren(...items.map((a) => this._item(a)));
+    const all = this.meta.alarmList();
+    const items = all.slice(0, MAX_SHOWN).map((a) => this._item(a));
+    this.list.replaceChildren(...items);
+    // never hide an alarm silently: what does not fit is counted in the title
+    const hidden = all.length - items.length + keepWhatFits(this.box, items);
+    const active = all.filter((a) => a.active).length;
+    const unacked = all.filter((a) => !a.acked).length;
+    // one line (style.css): what is not shown first, where an ellipsis cannot take it
+    let title = `Alarms: ${active} active, ${unacked} unacknowledged`;
+    if (hidden) {
+      const shown = new Set(items.filter((li) => li.isConnected).map((li) => li.dataset.alarm));
+      const moreActive = all.filter((a) => !shown.has(a.alarm) && a.active).length;
+      title = `Alarms: +${hidden} not shown (${moreActive} active); ${active} active, ${unacked} unacknowledged`;
+    }
+    this.h.textContent = title;
+    this.h.dataset.hidden = String(hidden);
   }
 
   _item(a) {

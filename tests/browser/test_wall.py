@@ -73,6 +73,16 @@ async def test_a_users_own_devices_appear_on_an_unconfigured_wall_with_names_and
                 timeout=10_000,
             )
             first = page.evaluate(MIRROR)
+            # these devices report no presence: counted apart, as gateway_devices does
+            page.wait_for_function(
+                "() => document.querySelector('[data-kpi=nopresence] span').textContent === "
+                f"'{len(USER_DEVICES)}'",
+                timeout=10_000,
+            )
+            kpis = page.evaluate(
+                """() => Object.fromEntries([...document.querySelectorAll('.kpi')].map(
+                     (k) => [k.dataset.kpi, k.hidden ? null : k.querySelector('span').textContent]))"""
+            )
             page.wait_for_function("() => document.querySelectorAll('#field option').length === 5")
             options = page.eval_on_selector_all("#field option", "os => os.map((o) => o.value)")
             # the viewer picks another field: remembered in the fragment, shown at once
@@ -103,11 +113,16 @@ async def test_a_users_own_devices_appear_on_an_unconfigured_wall_with_names_and
                 "options": options,
                 "fragment": fragment,
                 "legend": page.inner_text("#legend"),
+                "kpis": kpis,
                 "errors": page.errors,
             }
 
     got = await in_browser(visit)
     first, picked = got["first"], got["picked"]
+    # they were counted online while they said nothing about it
+    kpis = got["kpis"]
+    assert (kpis["total"], kpis["online"], kpis["offline"]) == ("4", "0", "0"), kpis
+    assert kpis["nopresence"] == "4", kpis
     assert set(first) == set(USER_DEVICES)
     assert {t: r["name"] for t, r in first.items()} == {
         "plant/line1/pump-3": "pump-3",

@@ -254,3 +254,58 @@ async def test_an_alarm_shows_on_two_walls_is_refused_for_a_viewer_and_acked_by_
     assert result["errors"] == []
     alarms = await _api(gw, "/api/alarms")
     assert [a["state"] for a in alarms["alarms"]] == ["active_acked"]
+
+
+async def test_alarms_that_do_not_fit_are_counted_in_the_title_never_cut_or_hidden(
+    gateway_factory: Callable[..., Any], mosquitto: Mosquitto, chromium: str
+) -> None:
+    """Forty active alarms on a 1920x1080 wall: the list clipped its last entries (one
+    of them cut in half) and nothing said that more existed. Now only entries that fit
+    whole are shown and the title counts the rest; the worst-devices table too shows
+    only whole rows."""
+    gw = await _gateway(gateway_factory, mosquitto)
+    pumps = [f"plant/line{i % 4 + 1}/pump-{i:02d}" for i in range(40)]
+    for topic in pumps:
+        await mosquitto.publish(topic, json.dumps({"pressure_bar": 9.0}), retain=True)
+    with trio.fail_after(20):
+        while sum(a["active"] for a in (await _api(gw, "/api/alarms"))["alarms"]) < 40:
+            await trio.sleep(0.2)
+
+    def visit() -> dict[str, Any]:
+        with browser_page(chromium) as page:
+            page.goto(f"http://127.0.0.1:{gw.port}/?token={OPERATOR}")
+            page.wait_for_function(
+                "() => document.querySelector('.alarms h2')?.textContent.includes('40 active')",
+                timeout=15_000,
+            )
+            page.wait_for_timeout(1500)  # a tick of the worst table
+            out: dict[str, Any] = page.evaluate(
+                """() => {
+                  const cutIn = (panel, sel) => {
+                    const bottom = panel.getBoundingClientRect().bottom + 0.5;
+                    return [...panel.querySelectorAll(sel)]
+                      .filter((el) => el.getBoundingClientRect().bottom > bottom).length;
+                  };
+                  const alarms = document.querySelector('.alarms');
+                  const worst = document.querySelector('.worst');
+                  return {
+                    title: alarms.querySelector('h2').textContent,
+                    hidden: Number(alarms.querySelector('h2').dataset.hidden),
+                    shown: alarms.querySelectorAll('li.alarm').length,
+                    cut: cutIn(alarms, 'li.alarm'),
+                    worstRows: worst.querySelectorAll('tr').length,
+                    worstCut: cutIn(worst, 'tr'),
+                  };
+                }"""
+            )
+            out["errors"] = page.errors
+            return out
+
+    result = await in_browser(visit)
+    assert result["shown"] > 0 and result["hidden"] > 0
+    assert result["shown"] + result["hidden"] == 40
+    assert result["cut"] == 0
+    assert f"+{result['hidden']} not shown ({result['hidden']} active)" in result["title"]
+    assert "40 active, 40 unacknowledged" in result["title"]
+    assert result["worstRows"] > 0 and result["worstCut"] == 0
+    assert result["errors"] == []
