@@ -456,7 +456,7 @@ def main() -> None:
     out = results_path(args.name, args.quick)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"  frame intervals over 20 / 40 / 60 ms: "
+        "  frame intervals over 20 / 40 / 60 ms: "
         + " / ".join(str(n) for n in result["frame_intervals_over_ms"].values())
         + "\n"
         f"  frame time avg {avg:.1f} ms, p99 {p99:.1f} ms ({nframes} frames; with the "

@@ -80,8 +80,8 @@ async def test_a_users_own_devices_appear_on_an_unconfigured_wall_with_names_and
                 timeout=10_000,
             )
             kpis = page.evaluate(
-                """() => Object.fromEntries([...document.querySelectorAll('.kpi')].map(
-                     (k) => [k.dataset.kpi, k.hidden ? null : k.querySelector('span').textContent]))"""
+                """() => Object.fromEntries([...document.querySelectorAll('.kpi')].map((k) =>
+                     [k.dataset.kpi, k.hidden ? null : k.querySelector('span').textContent]))"""
             )
             page.wait_for_function("() => document.querySelectorAll('#field option').length === 5")
             options = page.eval_on_selector_all("#field option", "os => os.map((o) => o.value)")
