@@ -279,12 +279,11 @@ export class WallReporter {
   _banner(text, ttlS) {
     clearTimeout(this.bannerTimer);
     if (!this.banner) {
+      // a row of its own below the wall (style.css): the wall gives it the room, it
+      // covers no tile (fixed over the bottom, it hid the bottom row's devices)
       const b = document.createElement("div");
       b.id = "wall-message";
       b.setAttribute("role", "alert");
-      Object.assign(b.style, { position: "fixed", left: "0", right: "0", bottom: "0",
-        padding: "0.6em 1em", font: "bold 2em system-ui, sans-serif", textAlign: "center",
-        background: "#1f4e99", color: "#fff", zIndex: "1000" });
       document.body.append(b);
       this.banner = b;
     }

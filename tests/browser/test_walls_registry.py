@@ -236,6 +236,16 @@ async def test_banner_and_page_actions_and_a_slow_wall_that_reloads_itself_when_
             wait_for(lambda: "kiosk" in registry(gw))
             banner = act("banner", text="Fire drill", ttl_s="0")
             page.wait_for_selector("#wall-message:has-text('Fire drill')", timeout=10_000)
+            page.wait_for_timeout(300)  # the grid laid out again in the smaller room
+            # the message takes a row of its own: the wall (main) ends above it (fixed
+            # over the bottom of the page, it hid the bottom row's devices)
+            out["under_message"] = page.evaluate(
+                """() => {
+                  const top = document.getElementById('wall-message').getBoundingClientRect().top;
+                  const wall = document.querySelector('main').getBoundingClientRect();
+                  return [wall.height, wall.bottom - top];
+                }"""
+            )
             bad_page = act("page", page="No such page")
             good_page = act("page", page="0")
 
@@ -268,6 +278,8 @@ async def test_banner_and_page_actions_and_a_slow_wall_that_reloads_itself_when_
     assert (bad_page["status"], bad_page["detail"]) == ("failed", "no page No such page")
     assert (good_page["status"], good_page["detail"]) == ("done", "showing 0")
     assert got["fresh_page"] and got["after"]["connected"]
+    height, under = got["under_message"]  # the wall's height; how far it reaches under
+    assert height > 300 and under <= 0.5, got["under_message"]
     assert got["errors"] == []
 
 
