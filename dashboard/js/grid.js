@@ -9,7 +9,17 @@
 // every MIRROR_VALUE_MS (the DOM work stays bounded with 10,000 devices at 10 Hz).
 
 import { planLayout, tileGap } from "./layout.js";
-import { STATE_COLOURS, paintShape, sequential, inkOn } from "./colour.js";
+import { STATE_COLOURS, frameWidth, paintShape, sequential, inkOn } from "./colour.js";
+
+// Where a wide tile's two lines go (name above, value below), inside the frame its
+// state draws: {pad (left and right), nameY, small, valueY, big}, relative to the tile.
+export function labelLayout(w, h, inset = 0) {
+  const pad = Math.max(h * 0.12, inset + 1);
+  const inner = h - 2 * pad; // the lines share what the frame leaves
+  const small = Math.round(Math.min(h * 0.27, inner * 0.4));
+  const big = Math.round(Math.min(h * 0.38, inner * 0.56));
+  return { pad, nameY: pad, small, valueY: h - pad - big, big };
+}
 
 // Text changes cost the browser accessibility and style work after the budgeted code
 // that makes them (measured: a 5,000-tile pass every 5 s made ~28 long tasks in 20 s):
@@ -214,13 +224,12 @@ export class DeviceGrid {
     const ctx = g.ctx;
     ctx.clearRect(x, y, tw, th);
     paintShape(ctx, x, y, tw, th, state, fill, novalue);
-    if (wide) this._label(ctx, t, x, y, tw, th, state, novalue ? 0 : frac);
+    if (wide) this._label(ctx, t, x, y, tw, th, state, novalue ? 0 : frac, frameWidth(state, tw, th, novalue));
   }
 
-  _label(ctx, t, x, y, w, h, state, frac) {
+  _label(ctx, t, x, y, w, h, state, frac, inset) {
     const ink = state === "offline" || state === "unknown" ? "#e5ecf4" : inkOn(frac ?? 0.3);
-    const pad = h * 0.12;
-    const small = Math.round(h * 0.27), big = Math.round(h * 0.38);
+    const { pad, small, big } = labelLayout(w, h, inset);
     ctx.save();
     ctx.beginPath();
     ctx.rect(x + pad, y, w - 2 * pad, h);

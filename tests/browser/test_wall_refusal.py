@@ -109,3 +109,34 @@ def test_a_major_alarm_shows_before_offline_and_stale_a_warning_after() -> None:
     assert got["critical"] == got["major"] == ["alarm", "alarm", "alarm"]
     assert got["minor"] == got["warning"] == ["warning", "offline", "stale"]
     assert got["none"] == "offline"
+
+
+def test_a_tiles_label_stays_inside_the_frame_its_state_draws() -> None:
+    """An alarm tile's frame (d/5 wide) crossed its name and value, drawn 0.12 h in
+    (found by an outside check). For every state and tile height, both lines lie
+    inside the frame and apart from each other."""
+    colour = json.dumps(str(ROOT / "dashboard/js/colour.js"))
+    grid = json.dumps(str(ROOT / "dashboard/js/grid.js"))
+    script = f"""
+      import {{ frameWidth }} from {colour};
+      import {{ labelLayout }} from {grid};
+      const out = [];
+      for (const state of ["normal", "warning", "alarm", "stale", "offline"]) {{
+        for (const novalue of [false, true]) {{
+          for (let h = 32; h <= 160; h += 2) {{  // wide tiles are 2.2 rem tall at least
+            const w = 3 * h, inset = frameWidth(state, w, h, novalue);
+            const l = labelLayout(w, h, inset);
+            out.push({{ state, novalue, h, inset, ...l }});
+          }}
+        }}
+      }}
+      console.log(JSON.stringify(out));
+    """
+    rows = run_module_script(script)
+    assert {r["state"] for r in rows if r["inset"] and not r["novalue"]} == {"alarm", "offline"}
+    for r in rows:
+        assert r["pad"] >= r["inset"] + 1, r  # inside the frame, left and right
+        assert r["nameY"] >= r["inset"] + 1, r  # the name below the frame's top
+        assert r["valueY"] + r["big"] <= r["h"] - r["inset"] - 1, r  # the value above its bottom
+        assert r["nameY"] + r["small"] <= r["valueY"], r  # the two lines apart
+        assert r["small"] >= 0.2 * r["h"] and r["big"] >= 0.3 * r["h"], r  # still readable
