@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -235,8 +235,9 @@ async def subscribes(port: int, admin: int, pid: int, settle_s: float) -> dict[s
         for i in range(32):
             filters = ["#", f"+/line{i % 4 + 1}/#"]
             rate = round(20 - i * 0.6, 2)
-            await screen.send({"type": "subscribe", "id": f"s{i}", "filters": filters,
-                               "rate_hz": rate})  # fmt: skip
+            await screen.send(
+                {"type": "subscribe", "id": f"s{i}", "filters": filters, "rate_hz": rate}
+            )
         answered_at = None
         quiet_until = None
         with trio.move_on_after(120):
@@ -471,16 +472,18 @@ def main() -> None:
     )
     ap.add_argument("--json", default=None, help="write the results here too")
     ap.add_argument(
-        "--pin", action="store_true",
+        "--pin",
+        action="store_true",
         help="the gateway on CPU 0, the clients (this process) on CPU 1: on a 2-core "
         "machine the clients otherwise take the gateway's core at times",
-    )  # fmt: skip
+    )
     ap.add_argument(
-        "--probe", action="store_true",
+        "--probe",
+        action="store_true",
         help="run the gateway under perf_probe's instruments and report, per scenario, "
         "its GC pauses, task steps over 5 ms and what ran during each loop-lag sample over "
         "10 ms (the instruments cost time per step: a diagnosis, not the figures)",
-    )  # fmt: skip
+    )
     args = ap.parse_args()
     pin = args.pin and len(os.sched_getaffinity(0)) >= 2
     if args.pin and not pin:
@@ -490,56 +493,75 @@ def main() -> None:
     root = pathlib.Path(args.root)
     screens = args.screens or (300 if args.quick else 2000)
     out: dict[str, Any] = {"root": str(root), "device_rate_hz": args.rate}
+
+    def scenario(
+        name: str,
+        devices: int,
+        rate: float,
+        extra: str,
+        settle_s: float,
+        body: Callable[[int, int, int], dict[str, Any]],
+    ) -> None:
+        """A fresh gateway, ``settle_s`` for its fleet, then ``body(port, admin, pid)``."""
+        with probed(args.probe) as (probe, report):
+            with gateway(root, devices, rate, extra, probe, pin) as (port, admin, pid):
+                time.sleep(settle_s)
+                t0 = time.monotonic()
+                out[name] = body(port, admin, pid)
+                t1 = time.monotonic()
+            report(out[name], t0, t1)  # the gateway has exited: its records are in
+        print(json.dumps({name: out[name]}), flush=True)
+
     if args.only in (None, "subscribes"):
         # without chart history: its buffers are made as the fleet's series appear and
         # take RSS up by ~200 MB in the first seconds, which would hide what the
         # subscribes cost
-        with probed(args.probe) as (probe, report):
-            with gateway(root, 20_000, 0.2, NO_HISTORY, probe, pin) as (port, admin, pid):
-                t0 = time.monotonic()
-                out["subscribes"] = trio.run(
-                    subscribes, port, admin, pid, 2.0 if args.quick else 5.0
-                )
-                t1 = time.monotonic()
-            report(out["subscribes"], t0, t1)  # the gateway has exited: its records are in
-        print(json.dumps({"subscribes": out["subscribes"]}), flush=True)
+        settle = 2.0 if args.quick else 5.0
+        scenario(
+            "subscribes",
+            20_000,
+            0.2,
+            NO_HISTORY,
+            0.0,
+            lambda port, admin, pid: trio.run(subscribes, port, admin, pid, settle),
+        )
     if args.only in (None, "joinwave"):
-        with probed(args.probe) as (probe, report):
-            with gateway(root, 10_000, args.rate, probe=probe, pin=pin) as (port, admin, pid):
-                time.sleep(2.0)  # let the fleet reach its steady rate
-                t0 = time.monotonic()
-                out["joinwave"] = trio.run(joinwave, port, admin, pid, screens, 10_000)
-                t1 = time.monotonic()
-            report(out["joinwave"], t0, t1)
-        print(json.dumps({"joinwave": out["joinwave"]}), flush=True)
-    if args.only == "heavyapi":
-        with probed(args.probe) as (probe, report):
-            with gateway(root, 2_000, 1.0, probe=probe, pin=pin) as (port, admin, pid):
-                time.sleep(20.0)  # some history per topic
-                t0 = time.monotonic()
-                out["heavyapi"] = trio.run(heavyapi, port, admin, 10.0)
-                t1 = time.monotonic()
-            report(out["heavyapi"], t0, t1)
-        print(json.dumps({"heavyapi": out["heavyapi"]}), flush=True)
+        # 2 s: let the fleet reach its steady rate
+        scenario(
+            "joinwave",
+            10_000,
+            args.rate,
+            "",
+            2.0,
+            lambda port, admin, pid: trio.run(joinwave, port, admin, pid, screens, 10_000),
+        )
+    if args.only == "heavyapi":  # 20 s: some history per topic
+        scenario(
+            "heavyapi",
+            2_000,
+            1.0,
+            "",
+            20.0,
+            lambda port, admin, pid: trio.run(heavyapi, port, admin, 10.0),
+        )
     if args.only == "churn":
-        with probed(args.probe) as (probe, report):
-            with gateway(root, 10_000, 1.0, probe=probe, pin=pin) as (port, admin, pid):
-                time.sleep(2.0)
-                t0 = time.monotonic()
-                out["churn"] = trio.run(churn, port, admin, 10.0)
-                t1 = time.monotonic()
-            report(out["churn"], t0, t1)
-        print(json.dumps({"churn": out["churn"]}), flush=True)
-    if args.only == "ackflood":
-        with probed(args.probe) as (probe, report):
-            with gateway(root, 3_100, 1.0, ACK_RULE, probe, pin) as (port, admin, pid):
-                time.sleep(5.0)  # the alarms raised
-                t0 = time.monotonic()
-                names = alarm_names(port, 1000)
-                out["ackflood"] = trio.run(ackflood, port, admin, names, 10.0)
-                t1 = time.monotonic()
-            report(out["ackflood"], t0, t1)
-        print(json.dumps({"ackflood": out["ackflood"]}), flush=True)
+        scenario(
+            "churn",
+            10_000,
+            1.0,
+            "",
+            2.0,
+            lambda port, admin, pid: trio.run(churn, port, admin, 10.0),
+        )
+    if args.only == "ackflood":  # 5 s: the alarms raised
+        scenario(
+            "ackflood",
+            3_100,
+            1.0,
+            ACK_RULE,
+            5.0,
+            lambda port, admin, pid: trio.run(ackflood, port, admin, alarm_names(port, 1000), 10.0),
+        )
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
 
