@@ -4,6 +4,8 @@
 // (raised, acknowledged, cleared) come through `alarm()` once the gateway has alarms.
 // The list keeps the last MAX entries: memory does not grow with time.
 
+import { fmtClock } from "./health.js";
+
 const MAX = 40;
 const FLUSH_MS = 1000;
 const VERB = { online: "came online", offline: "went offline", stale: "went stale",
@@ -65,7 +67,7 @@ export class EventLog {
     const li = document.createElement("li");
     li.className = cls;
     const time = document.createElement("time");
-    time.textContent = new Date().toLocaleTimeString([], { hourCycle: "h23" }); // a control room's clock
+    time.textContent = fmtClock(Date.now());
     li.append(time, document.createTextNode(` ${text}`));
     this.el.insertBefore(li, this.el.firstChild);
     while (this.el.children.length > MAX) this.el.lastChild.remove();

@@ -111,7 +111,7 @@ export class Health extends EventTarget {
 
   bannerText() {
     if (!this.reason || (this.reason === "connecting" && this.newestRx === 0)) return "";
-    const since = new Date(this.since).toLocaleTimeString();
+    const since = fmtClock(this.since);
     const age = this.age();
     const ageText = age === null ? "no data received yet" : `last data ${fmtAge(age)} old`;
     const what = {
@@ -124,6 +124,12 @@ export class Health extends EventTarget {
       `values shown as unknown after ${Math.round(this.grace / 1000)} s`;
     return `${what} since ${since} · ${ageText} · ${shown}`;
   }
+}
+
+// A control room's clock: 24 hours, whatever the browser's locale says (the alarm list
+// and the banner read "10:12:42 AM" while the event list said "10:12:42").
+export function fmtClock(ms) {
+  return new Date(ms).toLocaleTimeString([], { hourCycle: "h23" });
 }
 
 export function fmtAge(s) {

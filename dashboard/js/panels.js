@@ -1,7 +1,7 @@
 // The small panels: KPI row, worst devices, alarm list. Each renders from plain data
 // once a second (or when the honesty state changes); none keeps history.
 
-import { fmtAge } from "./health.js";
+import { fmtAge, fmtClock } from "./health.js";
 
 const SEVERITIES = ["critical", "major", "minor", "warning"]; // active alarms, per KPI
 const RANK = { alarm: 0, warning: 1, offline: 2, stale: 3, normal: 4, unknown: 5 };
@@ -169,7 +169,7 @@ export class AlarmList {
     li.className = `alarm sev-${a.severity || "warning"} ${a.state}`;
     li.dataset.alarm = a.alarm;
     li.dataset.state = a.state;
-    const time = a.raised_at ? new Date(a.raised_at * 1000).toLocaleTimeString() : "";
+    const time = a.raised_at ? fmtClock(a.raised_at * 1000) : "";
     const value = typeof a.raised_value === "number" ? ` at ${this.meta.format(a.field, a.raised_value)}` +
       `${this.meta.unit(a.field) ? ` ${this.meta.unit(a.field)}` : ""}` : "";
     const who = a.acked_by ? ` by ${a.acked_by}` : "";

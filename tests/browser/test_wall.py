@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -223,6 +224,7 @@ async def test_the_wall_tells_the_truth_when_the_gateway_goes_away_and_returns_o
     assert all(r["state"] == "normal" for r in results["before"].values())
     assert results["level_live"] == "ok"
     assert "Connection to the gateway lost since" in results["banner_early"]
+    assert re.search(r"since \d\d:\d\d:\d\d ·", results["banner_early"])  # a 24-hour clock
     assert "last data" in results["banner"] and "unknown" in results["banner"]
     assert results["kpi_online"] == "?"
     assert results["level_down"] == "bad"

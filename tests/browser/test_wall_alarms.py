@@ -8,6 +8,7 @@ acknowledged from the other."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -245,6 +246,7 @@ async def test_an_alarm_shows_on_two_walls_is_refused_for_a_viewer_and_acked_by_
         assert rows[0]["state"] == "active_acked"
         assert "Pump 3: pressure 9.2 bar above 8 bar" in rows[0]["text"]
         assert "by operator" in rows[0]["text"]
+        assert re.search(r"raised \d\d:\d\d:\d\d at", rows[0]["text"]), rows[0]["text"]  # 24 h
         assert not rows[0]["button"]
     assert "critical alarm raised" in result["events"]
     raised = next(x for x in result["events"].splitlines() if "alarm raised" in x)
