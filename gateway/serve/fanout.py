@@ -367,8 +367,8 @@ class FanOut:
         ``FREEZE_INTERVAL_S``: it walks what was allocated since the previous one, so
         the pause grows with the interval (in a wave of 2,000 joining screens, once
         every 0.5 s: up to 30 ms; every 0.1 s: up to 8 ms, and 1.6 to 1.9 % of the
-        loop-lag samples over 10 ms against 0.5 to 1.2 % every 0.05 s, interleaved
-        runs of ``bench/hub_stalls_bench.py --only joinwave --pin``)."""
+        loop-lag samples over 10 ms against 0.5 to 1.2 % every 0.05 s, three
+        interleaved pairs of ``bench/hub_stalls_bench.py --only joinwave --pin``)."""
         while True:
             await trio.sleep(FREEZE_INTERVAL_S)
             freeze_survivors()

@@ -236,7 +236,6 @@ async def test_banner_and_page_actions_and_a_slow_wall_that_reloads_itself_when_
             wait_for(lambda: "kiosk" in registry(gw))
             banner = act("banner", text="Fire drill", ttl_s="0")
             page.wait_for_selector("#wall-message:has-text('Fire drill')", timeout=10_000)
-            page.wait_for_timeout(300)  # the grid laid out again in the smaller room
             # the message takes a row of its own: the wall (main) ends above it (fixed
             # over the bottom of the page, it hid the bottom row's devices)
             out["under_message"] = page.evaluate(
