@@ -198,12 +198,12 @@ def _slow_steps(path: str) -> Any:
         now = time.monotonic()
         since = now - lag - 0.010  # the sampler's due time, and the step it ended
         by: dict[str, list[float]] = {}
-        for at, name, wall, cpu in recent:
+        for at, name, wall, step_cpu in recent:
             if at >= since:
                 one = by.setdefault(name, [0, 0.0, 0.0])
                 one[0] += 1
                 one[1] += wall * 1e3
-                one[2] += cpu * 1e3
+                one[2] += step_cpu * 1e3
         for at, state in list(kstates):
             if at >= since:
                 one = by.setdefault(f"(thread: {state})", [0, 0.0, 0.0])
@@ -272,9 +272,9 @@ def _slow_steps(path: str) -> Any:
 
     observe = looplag.LoopLag.observe
 
-    def observed(self: Any, lag: float, now: float) -> None:
+    def observed(self: Any, lag: float, now: float, ran: float | None = None) -> None:
         on_lag(lag)
-        observe(self, lag, now)
+        observe(self, lag, now, ran)
 
     looplag.LoopLag.observe = observed  # type: ignore[method-assign]
     return Steps()
@@ -681,6 +681,10 @@ def late_summary(path: pathlib.Path, t0: float, t1: float) -> dict[str, Any]:
         # lag minus the loop's CPU since the sampler's previous wake-up: at least this
         # long the loop was not running at all (ms), per sample, in the order of lags_ms
         "not_running_ms": [round(off * 1e3, 1) for _, off, _ in kept],
+        # when each was observed (CLOCK_MONOTONIC: to match records taken outside)
+        "at_monotonic": [
+            at for at, _, _, _ in sorted(found, key=lambda f: f[1]) if t0 <= at <= t1
+        ],
         "tasks": {
             name: {"in_samples": int(v[0]), "steps": int(v[1]), "wall_ms": round(v[2], 1),
                    "cpu_ms": round(v[3], 1)}
