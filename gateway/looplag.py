@@ -14,6 +14,21 @@ Readings:
 * :meth:`LoopLag.recent_max`: the exact maximum over the last minute
   (``gateway_event_loop_lag_max_seconds``), for alerts and for processes read
   only through ``/metrics``.
+* ``running`` (``gateway_event_loop_lag_running_seconds``, and its last minute's
+  maximum): each wake-up's lateness counting only what the loop's thread could have
+  spent running, ``min(lag, the thread's CPU time from the due time to the wake-up)``
+  (read at the start of each scheduler batch; a little more when the batch before the
+  wake-up started before the due time).
+  Between a timer's due time and the wake-up the loop is never idle: it runs, or its
+  thread is not run (the kernel gave the CPU to another process or to its own work,
+  or the hypervisor to another machine: CPU steal), or it is blocked in a system call.
+  So this is at most what the gateway's own work made the wake-up late by, and
+  ``lag - running`` is at least how long the thread was not running. On a shared or
+  virtual machine the two differ by the machine's stalls (a VM descheduled for 70 ms
+  makes a 70 ms lag sample whose running part is a few milliseconds); the gateway's
+  budget is about the running part, and both are exported so that a reader sees which
+  one a spike is. The gateway makes no blocking call on its loop thread (files are
+  read and written in worker threads), except its log lines.
 * :func:`from_metrics`: a :class:`LagWindow` rebuilt from a ``/metrics`` text;
   ``later.minus(earlier)`` is the window between two scrapes.
 """
@@ -23,6 +38,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -101,76 +117,122 @@ class LagWindow:
         return f"LagWindow({self.summary()})"
 
 
-class LoopLag:
-    """The sleeper. Start it with ``await nursery.start(monitor.run)``."""
+class LoopLag(trio.abc.Instrument):
+    """The sleeper. Start it with ``await nursery.start(monitor.run)``; while it runs
+    it is also an instrument of the loop (one hook a scheduler batch: the batch's start
+    time and the thread's CPU time then, for the running part of each lag)."""
 
     def __init__(self, interval_s: float = 0.01) -> None:
         if not interval_s > 0:
             raise ValueError("interval_s must be > 0")
         self.interval_s = interval_s
         self.total = LagWindow()
+        #: the lateness the loop's thread could have spent running (module docstring)
+        self.running = LagWindow()
         self._windows: set[LagWindow] = set()
-        self._recent = [0.0] * _RECENT_S  # max per whole second, ring indexed by second
-        self._recent_at = [-1] * _RECENT_S
+        self._running_windows: set[LagWindow] = set()
+        self._recent = _RecentMax()
+        self._recent_running = _RecentMax()
+        # (loop time, thread CPU time) at the start of this batch and of the one before
+        self._batch = self._previous = (0.0, 0.0)
+
+    def after_io_wait(self, timeout: float) -> None:
+        self._previous = self._batch
+        self._batch = (trio.current_time(), time.thread_time())
 
     @contextmanager
-    def window(self) -> Iterator[LagWindow]:
-        """Collect the samples taken while the ``with`` block runs."""
+    def window(self, *, running: bool = False) -> Iterator[LagWindow]:
+        """Collect the samples taken while the ``with`` block runs (with ``running``:
+        their running parts)."""
         w = LagWindow()
-        self._windows.add(w)
+        windows = self._running_windows if running else self._windows
+        windows.add(w)
         try:
             yield w
         finally:
-            self._windows.discard(w)
+            windows.discard(w)
 
-    def observe(self, lag: float, now: float) -> None:
+    def observe(self, lag: float, now: float, ran: float | None = None) -> None:
+        """One wake-up ``lag`` late at ``now``; ``ran``: what the loop's thread can have
+        run of it (None: unknown, all of the lag counts as running)."""
         self.total.observe(lag)
         for w in self._windows:
             w.observe(lag)
-        second = int(now)
-        slot = second % _RECENT_S
-        if self._recent_at[slot] != second:
-            self._recent_at[slot] = second
-            self._recent[slot] = 0.0
-        if lag > self._recent[slot]:
-            self._recent[slot] = lag
+        self._recent.observe(lag, now)
+        part = lag if ran is None else min(lag, max(0.0, ran))
+        self.running.observe(part)
+        for w in self._running_windows:
+            w.observe(part)
+        self._recent_running.observe(part, now)
 
-    def recent_max(self, now: float) -> float:
-        """The largest lag seen in the last minute."""
-        floor = int(now) - _RECENT_S
-        return max(
-            (v for v, at in zip(self._recent, self._recent_at, strict=True) if at > floor),
-            default=0.0,
-        )
+    def recent_max(self, now: float, *, running: bool = False) -> float:
+        """The largest lag (with ``running``: running part) seen in the last minute."""
+        return (self._recent_running if running else self._recent).max(now)
+
+    def _ran_since(self, due: float, cpu: float) -> float:
+        """The thread's CPU time from ``due`` to now, or a little more: all of it since
+        this batch started (the first to start after ``due``: the one whose deadline
+        check woke the sleeper), and of the batch before (which ran past ``due``) no
+        more than the time from ``due`` to this batch's start."""
+        (started, at_start), (_, at_previous) = self._batch, self._previous
+        return cpu - at_start + min(max(0.0, started - due), at_start - at_previous)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        interval = self.interval_s
-        while True:
-            due = trio.current_time() + interval
-            await trio.sleep_until(due)
-            now = trio.current_time()
-            self.observe(max(0.0, now - due), now)
+        trio.lowlevel.add_instrument(self)
+        try:
+            task_status.started()
+            interval = self.interval_s
+            while True:
+                due = trio.current_time() + interval
+                await trio.sleep_until(due)
+                now, cpu = trio.current_time(), time.thread_time()
+                self.observe(max(0.0, now - due), now, self._ran_since(due, cpu))
+        finally:
+            trio.lowlevel.remove_instrument(self)
 
 
-_SAMPLE = re.compile(
-    r'^gateway_event_loop_lag_seconds_(bucket\{le="([^"]+)"\}|sum|count)\s+(\S+)', re.MULTILINE
-)
+class _RecentMax:
+    """The largest value per whole second, over the last ``_RECENT_S`` seconds."""
+
+    __slots__ = ("_at", "_max")
+
+    def __init__(self) -> None:
+        self._max = [0.0] * _RECENT_S  # ring indexed by second
+        self._at = [-1] * _RECENT_S
+
+    def observe(self, value: float, now: float) -> None:
+        second = int(now)
+        slot = second % _RECENT_S
+        if self._at[slot] != second:
+            self._at[slot] = second
+            self._max[slot] = 0.0
+        if value > self._max[slot]:
+            self._max[slot] = value
+
+    def max(self, now: float) -> float:
+        floor = int(now) - _RECENT_S
+        return max(
+            (v for v, at in zip(self._max, self._at, strict=True) if at > floor), default=0.0
+        )
 
 
-def from_metrics(text: str) -> LagWindow:
-    """``gateway_event_loop_lag_seconds`` from a /metrics exposition, as a window
+def from_metrics(text: str, name: str = "gateway_event_loop_lag_seconds") -> LagWindow:
+    """A lag histogram (``name``: ``gateway_event_loop_lag_seconds`` or
+    ``gateway_event_loop_lag_running_seconds``) from a /metrics exposition, as a window
     (cumulative since the gateway started; subtract an earlier reading)."""
     cumulative: dict[float, float] = {}
     out = LagWindow()
-    for m in _SAMPLE.finditer(text):
+    sample = re.compile(
+        rf'^{re.escape(name)}_(bucket\{{le="([^"]+)"\}}|sum|count)\s+(\S+)', re.MULTILINE
+    )
+    for m in sample.finditer(text):
         kind, le, value = m.group(1), m.group(2), float(m.group(3))
         if le is not None:
             cumulative[float(le)] = value
         elif kind == "sum":
             out.sum = value
     if not cumulative:
-        raise ValueError("no gateway_event_loop_lag_seconds in this /metrics text")
+        raise ValueError(f"no {name} in this /metrics text")
     previous = 0.0
     for i, bound in enumerate([*BUCKETS, math.inf]):
         c = cumulative.get(bound, previous)

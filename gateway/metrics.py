@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .core.hub import Hub
     from .core.state import StateStore
     from .ingest.mqtt import MqttIngest
-    from .looplag import LoopLag
+    from .looplag import LagWindow, LoopLag
     from .persist import PersistStats
     from .serve.stats import ServerStats
 
@@ -343,26 +343,42 @@ class LoopLagCollector(Collector):
         self.now = now
 
     def collect(self) -> Iterator[Metric]:
-        from .looplag import BUCKETS
-
-        total = self.monitor.total
-        buckets: list[tuple[str, float]] = []
-        running = 0
-        for bound, n in zip([*BUCKETS, float("inf")], total.counts, strict=True):
-            running += n
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
-        yield HistogramMetricFamily(
+        monitor, now = self.monitor, self.now()
+        yield _lag_histogram(
             "gateway_event_loop_lag_seconds",
             "How late a periodic sleeper wakes (event-loop lag); every timer, accept, "
             "heartbeat and tick is late by as much.",
-            buckets=buckets,
-            sum_value=total.sum,
+            monitor.total,
         )
         yield GaugeMetricFamily(
             "gateway_event_loop_lag_max_seconds",
             "The largest event-loop lag seen in the last minute.",
-            value=self.monitor.recent_max(self.now()),
+            value=monitor.recent_max(now),
         )
+        yield _lag_histogram(
+            "gateway_event_loop_lag_running_seconds",
+            "Each wake-up's lateness counting only what the loop's thread could have spent "
+            "running (at most its CPU time since the previous wake-up): what the gateway's "
+            "own work can account for. The rest of the lag the thread was not run (CPU "
+            "steal, other processes, the kernel).",
+            monitor.running,
+        )
+        yield GaugeMetricFamily(
+            "gateway_event_loop_lag_running_max_seconds",
+            "The largest running part of an event-loop lag in the last minute.",
+            value=monitor.recent_max(now, running=True),
+        )
+
+
+def _lag_histogram(name: str, doc: str, window: LagWindow) -> HistogramMetricFamily:
+    from .looplag import BUCKETS
+
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, n in zip([*BUCKETS, float("inf")], window.counts, strict=True):
+        cumulative += n
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=window.sum)
 
 
 class PersistCollector(Collector):

@@ -51,11 +51,43 @@ async def test_a_blocked_loop_shows_as_lag() -> None:
     assert monitor.total.count >= quiet.count + blocked.count
 
 
+def spin(seconds: float) -> None:
+    """Hold the loop on the CPU (a step of pure Python work)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def test_the_running_part_tells_the_loops_own_work_from_time_it_was_not_run() -> None:
+    """A step that computes is the loop's own lag; a thread that is not run (here: one
+    that sleeps in a system call, as when the machine gives its CPU to someone else)
+    makes the same lag with no running part."""
+    monitor = LoopLag(interval_s=0.005)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(monitor.run)
+        await trio.sleep(0.02)
+        with monitor.window() as lag, monitor.window(running=True) as running:
+            spin(0.15)
+            await trio.sleep(0.02)
+        assert lag.max >= 0.14
+        assert running.max >= 0.12  # the thread ran through it
+        with monitor.window() as lag, monitor.window(running=True) as running:
+            time.sleep(0.15)  # noqa: ASYNC251 (the thread not running)
+            await trio.sleep(0.02)
+        assert lag.max >= 0.14
+        assert running.max < 0.05
+        assert monitor.recent_max(trio.current_time()) >= 0.14
+        assert monitor.recent_max(trio.current_time(), running=True) >= 0.12
+        nursery.cancel_scope.cancel()
+    assert monitor.running.count == monitor.total.count
+
+
 async def test_metrics_expose_the_histogram_and_the_recent_max(gateway) -> None:  # type: ignore[no-untyped-def]
     await trio.sleep(0.05)
     _, _, body = await http_get(gateway.admin_port, "/metrics")
     before = from_metrics(body.decode())
-    time.sleep(0.12)  # noqa: ASYNC251 (the loop held on purpose)
+    running_before = from_metrics(body.decode(), "gateway_event_loop_lag_running_seconds")
+    spin(0.12)  # the loop held on purpose
     await trio.sleep(0.05)
     _, _, body = await http_get(gateway.admin_port, "/metrics")
     text = body.decode()
@@ -63,6 +95,13 @@ async def test_metrics_expose_the_histogram_and_the_recent_max(gateway) -> None:
     between = after.minus(before)
     assert between.count >= 1
     assert between.max_bound() >= 0.1
+    running = from_metrics(text, "gateway_event_loop_lag_running_seconds").minus(running_before)
+    assert running.count == between.count
+    assert running.max_bound() >= 0.1
+    (line,) = [
+        ln for ln in text.splitlines() if ln.startswith("gateway_event_loop_lag_running_max")
+    ]
+    assert float(line.split()[1]) >= 0.1
     (line,) = [ln for ln in text.splitlines() if ln.startswith("gateway_event_loop_lag_max_s")]
     assert float(line.split()[1]) >= 0.11
     assert gateway.looplag.total.max >= 0.11
