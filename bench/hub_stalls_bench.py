@@ -23,6 +23,12 @@ Scenarios (each against a fresh gateway with its embedded simulator):
   messages naming 1,000 alarms each, the next as soon as the last is answered, for
   10 s (an outside check's attack). Reports the answers and the loop lag meanwhile.
 
+Every scenario's ``loop_lag`` has the lag's p50/p99/max and samples over 5 and 10 ms,
+and under ``running`` the same for its running part (what the gateway's thread can
+have spent running of each lateness: ``gateway_event_loop_lag_running_seconds``,
+gateway/looplag.py); ``machine`` has each CPU's steal, softirq and idle time over the
+scenario (``/proc/stat``): steal is time the hypervisor ran other machines instead.
+
     python bench/hub_stalls_bench.py [--quick] [--pin] [--probe] [--root DIR] [--json OUT]
 
 ``--root`` runs the gateway from another checkout (for before/after figures).
@@ -203,14 +209,54 @@ async def ping_loop(port: int, rtts: list[float], stop: trio.Event) -> None:
     conn.sock.close()
 
 
+RUNNING = "gateway_event_loop_lag_running_seconds"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks() -> dict[str, list[int]]:
+    """/proc/stat's per-CPU times (user nice system idle iowait irq softirq steal)."""
+    out = {}
+    for line in pathlib.Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            out[name] = [int(x) for x in fields[:8]]
+    return out
+
+
+def machine_summary(before: dict[str, list[int]], after: dict[str, list[int]]) -> dict[str, Any]:
+    """Per CPU over the window: the time the hypervisor ran other machines instead
+    (steal) and the kernel's interrupt work (softirq: on loopback, the receiving
+    side's network processing runs on the sender's CPU), in ms (10 ms ticks)."""
+    out = {}
+    for cpu, b in before.items():
+        a = after.get(cpu, b)
+        out[cpu] = {
+            "steal_ms": (a[7] - b[7]) * 1000 // CLK_TCK,
+            "softirq_ms": (a[6] - b[6]) * 1000 // CLK_TCK,
+            "idle_ms": (a[3] - b[3]) * 1000 // CLK_TCK,
+        }
+    return out
+
+
 def lag_summary(before: str, after: str) -> dict[str, Any]:
-    window = from_metrics(after).minus(from_metrics(before))
-    # beyond the last bucket (10 s) the bound is unknown: null, not Infinity (valid JSON)
-    out: dict[str, Any] = {k: None if v == math.inf else v for k, v in window.summary().items()}
-    # the buckets are coarse (10, then 25 ms): a p99 of 25 ms may be 1 % and one sample
-    for ms in (5, 10):
-        out[f"over_{ms}ms"] = sum(window.counts[BUCKETS.index(ms / 1000) + 1 :])
-    out["max_last_minute_ms"] = round(metric(after, "gateway_event_loop_lag_max_seconds") * 1000, 1)
+    """The window's loop lag (p50/p99/max, samples over 5 and 10 ms) and, under
+    ``running``, the same for its running part: what the gateway's thread could have
+    spent running of each lateness, the rest being time it was not run (looplag.py)."""
+
+    def summary(name: str, max_gauge: str) -> dict[str, Any]:
+        window = from_metrics(after, name).minus(from_metrics(before, name))
+        # beyond the last bucket (10 s) the bound is unknown: null, not Infinity
+        out: dict[str, Any] = {k: None if v == math.inf else v for k, v in window.summary().items()}
+        # the buckets are coarse (10, then 25 ms): a p99 of 25 ms may be 1 % and one sample
+        for ms in (5, 10):
+            out[f"over_{ms}ms"] = sum(window.counts[BUCKETS.index(ms / 1000) + 1 :])
+        out["max_last_minute_ms"] = round(metric(after, max_gauge) * 1000, 1)
+        return out
+
+    out = summary("gateway_event_loop_lag_seconds", "gateway_event_loop_lag_max_seconds")
+    if RUNNING in after:  # a gateway from before the running part: the lag alone
+        running = summary(RUNNING, "gateway_event_loop_lag_running_max_seconds")
+        out["running"] = {k: v for k, v in running.items() if k != "samples"}
     return out
 
 
@@ -506,9 +552,10 @@ def main() -> None:
         with probed(args.probe) as (probe, report):
             with gateway(root, devices, rate, extra, probe, pin) as (port, admin, pid):
                 time.sleep(settle_s)
-                t0 = time.monotonic()
+                t0, ticks = time.monotonic(), cpu_ticks()
                 out[name] = body(port, admin, pid)
                 t1 = time.monotonic()
+                out[name]["machine"] = machine_summary(ticks, cpu_ticks())
             report(out[name], t0, t1)  # the gateway has exited: its records are in
         print(json.dumps({name: out[name]}), flush=True)
 
