@@ -189,19 +189,31 @@ class Outbound:
         screens joining one 10,000-topic stream uncompressed drain 1.5 MB each, and
         when their sockets became writable together one batch ran their writes at
         once (up to 250 ms; each write of a large chunk also runs the loopback
-        receiver's kernel work in this thread)."""
+        receiver's kernel work in this thread).
+
+        The socket is waited for only when the kernel took less than a write offered
+        (it is full); after a write it took whole, the next one only waits its turn.
+        A drain waiting for its turn is not also waiting for the socket, so it is not
+        woken by the socket's readiness only to wait again: where every socket had
+        room (screens reading as fast as the gateway wrote), each 256 KiB was a wake-up
+        by epoll and then one by the turns, and the first alone, hundreds of drains
+        parking in one batch, made batches of 10 to 20 ms."""
+        full = True  # a drain starts when the kernel did not take a write whole
         while self.queue:
-            if stall_s == math.inf:
-                await trio.lowlevel.wait_writable(self.sock)
-            else:
-                with trio.move_on_after(stall_s) as waited:
+            if full:
+                if stall_s == math.inf:
                     await trio.lowlevel.wait_writable(self.sock)
-                if waited.cancelled_caught:
-                    raise SendFailed("stalled")
+                else:
+                    with trio.move_on_after(stall_s) as waited:
+                        await trio.lowlevel.wait_writable(self.sock)
+                    if waited.cancelled_caught:
+                        raise SendFailed("stalled")
             if turn is not None:
                 await turn()
                 if not self.queue:
                     return
+            elif not full:
+                await trio.lowlevel.checkpoint()  # no turns: still one write a step
             chunks: list[memoryview | bytes] = []
             room = step_bytes
             for chunk in self.queue[:_IOV_MAX]:
@@ -211,6 +223,7 @@ class Outbound:
                 chunks.append(chunk)
                 room -= len(chunk)
             sent = self._sendmsg(chunks)
+            full = sent < sum(len(c) for c in chunks)
             while sent and self.queue:
                 head = self.queue[0]
                 if len(head) <= sent:

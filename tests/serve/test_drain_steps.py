@@ -48,3 +48,55 @@ async def test_a_drain_writes_step_bytes_at_a_time_each_after_its_turn() -> None
     assert len(written_at_turns) >= queued_at_start // (64 * 1024)
     a.close()
     b.close()
+
+
+class Steps(trio.abc.Instrument):
+    """The steps of one task, counted."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.count += 1
+
+
+async def test_a_socket_with_room_is_not_waited_for_between_writes() -> None:
+    """A drain waits for the socket only when the kernel took less than a write
+    offered; after a write taken whole, the next waits only its turn. Waiting for the
+    socket as well, a drain parked in the turns was also woken by the socket's
+    readiness, only to park again: hundreds of such wake-ups in one batch when many
+    screens read as fast as the gateway writes."""
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.setblocking(False)
+    out = Outbound(a, Counter())
+    chunk = 4096
+    out.queue = [bytes([i]) * chunk for i in range(4)]  # 16 KiB: room in any buffer
+    out.queued_bytes = 4 * chunk
+    turns = 0
+    steps: list[int] = []
+
+    async def turn() -> None:  # a turn given at once (a young batch, nobody waiting)
+        nonlocal turns
+        turns += 1
+
+    async def drain() -> None:
+        probe = Steps(trio.lowlevel.current_task())
+        trio.lowlevel.add_instrument(probe)
+        try:
+            await out.drain(turn=turn, step_bytes=chunk)
+        finally:
+            trio.lowlevel.remove_instrument(probe)
+            steps.append(probe.count)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(drain)
+    assert turns == 4  # each write still waits its turn
+    # the first wait for the socket (a drain starts on a full one), then all four:
+    # a wait for the socket before each write made it five steps
+    assert steps == [1]
+    assert b.recv(1 << 16) == b"".join(bytes([i]) * chunk for i in range(4))
+    a.close()
+    b.close()
