@@ -333,7 +333,7 @@ async def joinwave(port: int, admin: int, pid: int, screens: int, topics: int) -
             keep = len(SNAPSHOT) - 1
             # a buffer of its own, read into again and again: a new 1 MB bytes object
             # a read was the load generator's main cost (a fresh mapping whose pages
-            # are faulted in: 1 to 3 ms a MB on this virtual machine), so the screens
+            # are faulted in: 0.7 to 2.7 ms a MB on this virtual machine), so the screens
             # read at the speed of the machine's page faults, not of the gateway's
             # writes (one buffer for all would not do: a read returns after a yield)
             buf = bytearray(64 << 10)
