@@ -1,23 +1,22 @@
 """Where one gateway core goes: a join wave, a steady big-screen load, a large fleet.
 
-A profiling aid for the per-frame and per-join work (not a benchmark of record: that
-is bench/e2e_bench.py). It runs the gateway as its own process (with the embedded
+A profiling aid for the per-frame and per-join work (not a benchmark of record: that is
+bench/e2e_bench.py). It runs the gateway as its own process (with the embedded
 simulator, or through mosquitto with ``--mqtt``), records every cyclic-GC collection
 inside it (``gc.callbacks``: generation, pause, objects collected), and drives screens
-from one other process on raw non-blocking sockets with permessage-deflate, as a
-browser would. Reported for the measured window: gateway CPU (cores) and CPU per
-frame handed to a screen, loop lag (from /metrics), GC pauses per generation, the
-task steps that held the loop over 5 ms (a Trio instrument: task, where it stopped,
-wall and CPU time), RSS,
-the load generator's own CPU (screens and fleet share CPU 1: near one core, the
-screens read late and the run measured the load generator, not the gateway), the
-gateway's own side of the data age (device timestamp, and its receipt, to frame
-written: its histograms on /metrics),
-and for the sampled screens (one in ``--sample-every``, which inflate and parse every
-message) the time until each holds a snapshot of every topic of its filter and the
-data age of the values received (receipt time minus the device timestamp; one value
-in ``AGE_STEP``). The other screens read and discard (``MSG_TRUNC``: no copy), so
-the load generator's core goes to reading, not to Python work per value.
+from one other process on raw non-blocking sockets with permessage-deflate, as a browser
+would. Reported for the measured window: gateway CPU (cores) and CPU per frame handed to
+a screen, loop lag and its running part (from /metrics), GC pauses per generation, the
+task steps that held the loop over 5 ms (a Trio instrument: task, where it stopped, wall
+and CPU time), RSS, the load generator's own CPU (screens and fleet share CPU 1: near
+one core, the screens read late and the run measured the load generator, not the
+gateway), the gateway's own side of the data age (device timestamp, and its receipt, to
+frame written: its histograms on /metrics), and for the sampled screens (one in
+``--sample-every``, which inflate and parse every message) the time until each holds a
+snapshot of every topic of its filter and the data age of the values received (receipt
+time minus the device timestamp; one value in ``AGE_STEP``). The other screens read and
+discard (``MSG_TRUNC``: no copy), so the load generator's core goes to reading, not to
+Python work per value.
 
     python bench/perf_probe.py joinwave --devices 10000 --screens 2000
     python bench/perf_probe.py steady --devices 10000 --screens 4000 --seconds 20
@@ -715,6 +714,9 @@ def steps_summary(path: pathlib.Path, t0: float, t1: float) -> list[dict[str, An
     return sorted(out, key=lambda g: -g["wall_total_ms"])[:12]
 
 
+RUNNING = "gateway_event_loop_lag_running_seconds"
+
+
 def lag_summary(window: Any) -> dict[str, float]:
     """p50/p99/max of a ``LagWindow``, and how many samples were over 5 and over
     10 ms: the buckets are coarse (10, then 25 ms), and a p99 of 25 ms may be 1 % and
@@ -852,6 +854,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # how the screens that fell behind were caught up (architecture.md)
             "outbox": {name: int(counter(after, name) - counter(before, name)) for name in OUTBOX},
             "loop_lag": lag_summary(from_metrics(after).minus(from_metrics(before))),
+            # what of each lateness the gateway's thread can have spent running (looplag.py)
+            "loop_lag_running": lag_summary(
+                from_metrics(after, RUNNING).minus(from_metrics(before, RUNNING))
+            ),
             # the gateway's side of the data age: device timestamp to frame written
             # (screens in sync; at most 256 topics a tick), without the screens' reading
             "device_to_send": hist_window(before, after, "gateway_device_to_send_seconds"),
