@@ -120,7 +120,8 @@ class LagWindow:
 class LoopLag(trio.abc.Instrument):
     """The sleeper. Start it with ``await nursery.start(monitor.run)``; while it runs
     it is also an instrument of the loop (one hook a scheduler batch: the batch's start
-    time and the thread's CPU time then, for the running part of each lag)."""
+    time and the thread's CPU time then, for the running part of each lag; ~0.6 µs a
+    batch here, the CPU-time clock being a system call)."""
 
     def __init__(self, interval_s: float = 0.01) -> None:
         if not interval_s > 0:
