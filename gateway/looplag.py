@@ -15,20 +15,27 @@ Readings:
   (``gateway_event_loop_lag_max_seconds``), for alerts and for processes read
   only through ``/metrics``.
 * ``running`` (``gateway_event_loop_lag_running_seconds``, and its last minute's
-  maximum): each wake-up's lateness counting only what the loop's thread could have
-  spent running, ``min(lag, the thread's CPU time from the due time to the wake-up)``
-  (read at the start of each scheduler batch; a little more when the batch before the
-  wake-up started before the due time).
-  Between a timer's due time and the wake-up the loop is never idle: it runs, or its
-  thread is not run (the kernel gave the CPU to another process or to its own work,
-  or the hypervisor to another machine: CPU steal), or it is blocked in a system call.
-  So this is at most what the gateway's own work made the wake-up late by, and
-  ``lag - running`` is at least how long the thread was not running. On a shared or
-  virtual machine the two differ by the machine's stalls (a VM descheduled for 70 ms
-  makes a 70 ms lag sample whose running part is a few milliseconds); the gateway's
-  budget is about the running part, and both are exported so that a reader sees which
-  one a spike is. The gateway makes no blocking call on its loop thread (files are
-  read and written in worker threads), except its log lines.
+  maximum): each wake-up's lateness counting only what the loop's thread can have
+  spent on the CPU, ``min(lag, an upper bound of the thread's CPU time from the due
+  time to the wake-up)``; the bound is read at the start of each scheduler batch and
+  counts all of the batch before the wake-up's CPU time since the sleeper went to
+  sleep, some of which may have come before the due time. Between a timer's due time
+  and its wake-up the loop is not idle (but for the up to 1 ms by which epoll rounds
+  its timeout up): its thread runs, or waits for a CPU, or is blocked. So the loop
+  thread's CPU time made the wake-up late by at most this, and the thread was not
+  running for at least ``lag - running``. Not running covers the machine's stalls
+  (the host running other machines: CPU steal, where the kernel has a steal clock;
+  other processes; kernel threads) and also some of the gateway's own: waiting for
+  the GIL while one of its worker threads holds it (a checkpoint's encoding, a
+  restore's parse), a CPU quota it has used up (a container's limit), its sibling
+  processes under ``--workers``, kernel work done for it in kernel threads, and
+  blocking calls (its log lines; a page fault that waits for I/O). And what the
+  kernel counts as the thread's CPU time depends on its configuration: without
+  ``CONFIG_IRQ_TIME_ACCOUNTING`` interrupts taken while the thread runs count as its
+  own. So a spike whose running part is small was not the loop's own computing, which
+  is what this tells; whether it was the machine's, the rest of the process's vital
+  signs (its threads' CPU, throttling) and the machine's say. The budget stays on the
+  lag itself.
 * :func:`from_metrics`: a :class:`LagWindow` rebuilt from a ``/metrics`` text;
   ``later.minus(earlier)`` is the window between two scrapes.
 """
@@ -128,14 +135,14 @@ class LoopLag(trio.abc.Instrument):
             raise ValueError("interval_s must be > 0")
         self.interval_s = interval_s
         self.total = LagWindow()
-        #: the lateness the loop's thread could have spent running (module docstring)
+        #: the lateness the loop's thread can have spent on the CPU (module docstring)
         self.running = LagWindow()
         self._windows: set[LagWindow] = set()
         self._running_windows: set[LagWindow] = set()
         self._recent = _RecentMax()
         self._recent_running = _RecentMax()
         # (loop time, thread CPU time) at the start of this batch and of the one before
-        self._batch = self._previous = (0.0, 0.0)
+        self._batch = self._previous = (-math.inf, -math.inf)
 
     def after_io_wait(self, timeout: float) -> None:
         self._previous = self._batch
@@ -170,24 +177,30 @@ class LoopLag(trio.abc.Instrument):
         """The largest lag (with ``running``: running part) seen in the last minute."""
         return (self._recent_running if running else self._recent).max(now)
 
-    def _ran_since(self, due: float, cpu: float) -> float:
-        """The thread's CPU time from ``due`` to now, or a little more: all of it since
-        this batch started (the first to start after ``due``: the one whose deadline
-        check woke the sleeper), and of the batch before (which ran past ``due``) no
-        more than the time from ``due`` to this batch's start."""
+    def _ran_since(self, due: float, cpu: float, asleep_cpu: float) -> float | None:
+        """An upper bound of the thread's CPU time from ``due`` to now (None: not
+        known yet): all of it since this batch started (the one whose deadline check
+        woke the sleeper), and of the batch before (which started before ``due``) its
+        CPU time since the sleeper went to sleep (``asleep_cpu``), but no more than the
+        time from ``due`` to this batch's start."""
         (started, at_start), (_, at_previous) = self._batch, self._previous
-        return cpu - at_start + min(max(0.0, started - due), at_start - at_previous)
+        if at_start < asleep_cpu:
+            return None  # the instrument was added after this batch started
+        before = at_start - max(at_previous, asleep_cpu)
+        return cpu - at_start + min(max(0.0, started - due), max(0.0, before))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # this thread's clock readings only (a monitor may run again, in another run)
+        self._batch = self._previous = (-math.inf, -math.inf)
         trio.lowlevel.add_instrument(self)
         try:
             task_status.started()
             interval = self.interval_s
             while True:
-                due = trio.current_time() + interval
+                due, asleep_cpu = trio.current_time() + interval, time.thread_time()
                 await trio.sleep_until(due)
                 now, cpu = trio.current_time(), time.thread_time()
-                self.observe(max(0.0, now - due), now, self._ran_since(due, cpu))
+                self.observe(max(0.0, now - due), now, self._ran_since(due, cpu, asleep_cpu))
         finally:
             trio.lowlevel.remove_instrument(self)
 

@@ -357,10 +357,11 @@ class LoopLagCollector(Collector):
         )
         yield _lag_histogram(
             "gateway_event_loop_lag_running_seconds",
-            "Each wake-up's lateness counting only what the loop's thread could have spent "
-            "running (at most its CPU time since the previous wake-up): what the gateway's "
-            "own work can account for. The rest of the lag the thread was not run (CPU "
-            "steal, other processes, the kernel).",
+            "Each wake-up's lateness counting only what the loop's thread can have spent "
+            "on the CPU (an upper bound of its CPU time from the due time to the wake-up): "
+            "what the loop's own computing can account for. For the rest the thread was "
+            "not on the CPU: the machine's stalls (CPU steal, other processes), or waiting "
+            "for the GIL, a CPU quota or a blocking call.",
             monitor.running,
         )
         yield GaugeMetricFamily(

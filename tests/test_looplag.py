@@ -58,10 +58,10 @@ def spin(seconds: float) -> None:
         pass
 
 
-async def test_the_running_part_tells_the_loops_own_work_from_time_it_was_not_run() -> None:
-    """A step that computes is the loop's own lag; a thread that is not run (here: one
-    that sleeps in a system call, as when the machine gives its CPU to someone else)
-    makes the same lag with no running part."""
+async def test_the_running_part_counts_the_loops_cpu_time_not_its_blocked_time() -> None:
+    """A step that computes makes lag with as large a running part; a thread that is
+    not on the CPU (here: blocked in a system call; the machine's stalls, or waiting
+    for the GIL, look the same) makes the same lag with none."""
     monitor = LoopLag(interval_s=0.005)
     async with trio.open_nursery() as nursery:
         await nursery.start(monitor.run)
@@ -105,3 +105,21 @@ async def test_metrics_expose_the_histogram_and_the_recent_max(gateway) -> None:
     (line,) = [ln for ln in text.splitlines() if ln.startswith("gateway_event_loop_lag_max_s")]
     assert float(line.split()[1]) >= 0.11
     assert gateway.looplag.total.max >= 0.11
+
+
+def test_the_running_part_does_not_count_cpu_time_from_before_the_sleeper_slept() -> None:
+    """One batch: a task computes 100 ms, the sleeper wakes and sleeps again (due 5 ms
+    later), another task blocks 200 ms; the next batch wakes the sleeper 195 ms late.
+    The thread's CPU time since the batch before started holds the 100 ms, all of it
+    from before the sleeper slept: the bound counts only what came after."""
+    monitor = LoopLag(interval_s=0.005)
+    monitor._previous = (0.0, 0.0)  # the batch before: started at t=0, CPU time 0
+    monitor._batch = (0.300, 0.101)  # this batch: t=0.3, after 101 ms of CPU time
+    ran = monitor._ran_since(due=0.105, cpu=0.1012, asleep_cpu=0.100)
+    assert ran is not None and ran < 0.002  # the blocked 195 ms were not the loop's CPU
+    # and all of it when it came after: the sleeper slept before the 100 ms
+    ran = monitor._ran_since(due=0.005, cpu=0.1012, asleep_cpu=0.0)
+    assert ran is not None and 0.1 <= ran < 0.102
+    # no batch seen since the sleeper slept (the instrument just added): unknown
+    monitor._batch = monitor._previous = (-math.inf, -math.inf)
+    assert monitor._ran_since(due=0.105, cpu=0.1012, asleep_cpu=0.100) is None
