@@ -194,10 +194,10 @@ class Outbound:
         The socket is waited for only when the kernel took less than a write offered
         (it is full); after a write it took whole, the next one only waits its turn.
         A drain waiting for its turn is not also waiting for the socket, so it is not
-        woken by the socket's readiness only to wait again: where every socket had
-        room (screens reading as fast as the gateway wrote), each 256 KiB was a wake-up
-        by epoll and then one by the turns, and the first alone, hundreds of drains
-        parking in one batch, made batches of 10 to 20 ms."""
+        woken by the socket's readiness only to wait again: where sockets had room
+        (screens reading as fast as the gateway writes), each 256 KiB was a wake-up by
+        epoll and then one by the turns (``bench/drain_bench.py``: a third fewer drain
+        steps; the scheduler batches over 5 ms no fewer)."""
         full = True  # a drain starts when the kernel did not take a write whole
         while self.queue:
             if full:

@@ -94,8 +94,9 @@ async def test_a_socket_with_room_is_not_waited_for_between_writes() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(drain)
     assert turns == 4  # each write still waits its turn
-    # the first wait for the socket (a drain starts on a full one), then all four:
-    # a wait for the socket before each write made it five steps
+    # counted from the drain's first wait for the socket (a drain starts on a full
+    # one): one step writes all four; a wait for the socket before each write made
+    # it four steps
     assert steps == [1]
     assert b.recv(1 << 16) == b"".join(bytes([i]) * chunk for i in range(4))
     a.close()
