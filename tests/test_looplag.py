@@ -52,9 +52,11 @@ async def test_a_blocked_loop_shows_as_lag() -> None:
 
 
 def spin(seconds: float) -> None:
-    """Hold the loop on the CPU (a step of pure Python work)."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    """Hold the loop on the CPU for ``seconds`` of its thread's CPU time (a step of
+    pure Python work): counted in CPU time, a machine that takes the CPU away meanwhile
+    makes the step longer, never its running part smaller."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
         pass
 
 
