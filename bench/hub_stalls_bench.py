@@ -24,8 +24,8 @@ Scenarios (each against a fresh gateway with its embedded simulator):
   10 s (an outside check's attack). Reports the answers and the loop lag meanwhile.
 
 Every scenario's ``loop_lag`` has the lag's p50/p99/max and samples over 5 and 10 ms,
-and under ``running`` the same for its running part (what the gateway's thread can
-have spent running of each lateness: ``gateway_event_loop_lag_running_seconds``,
+and under ``running`` the same for its running part (what of each lateness the loop's
+thread can have spent on the CPU: ``gateway_event_loop_lag_running_seconds``,
 gateway/looplag.py); ``machine`` has each CPU's steal, softirq and idle time over the
 scenario (``/proc/stat``): steal is time the hypervisor ran other machines instead.
 
@@ -240,8 +240,8 @@ def machine_summary(before: dict[str, list[int]], after: dict[str, list[int]]) -
 
 def lag_summary(before: str, after: str) -> dict[str, Any]:
     """The window's loop lag (p50/p99/max, samples over 5 and 10 ms) and, under
-    ``running``, the same for its running part: what the gateway's thread could have
-    spent running of each lateness, the rest being time it was not run (looplag.py)."""
+    ``running``, the same for its running part: what of each lateness the loop's thread
+    can have spent on the CPU; for the rest it was off the CPU (looplag.py)."""
 
     def summary(name: str, max_gauge: str) -> dict[str, Any]:
         window = from_metrics(after, name).minus(from_metrics(before, name))
