@@ -56,6 +56,17 @@ export const PING_QUIET_MS = 5000;
 export const PING_WAIT_MS = 5000;
 export const RESTART_GRACE_MS = 30000;
 
+// When transport "auto" gives up on WebSocket for Server-Sent Events: after two attempts
+// in a row that never opened (a network that refuses the upgrade). Once a WebSocket has
+// opened on this page the network lets upgrades through, and attempts that fail are the
+// gateway going away (a restart, a crash, a closed port): the wall stays on WebSocket
+// through them unless they keep failing for RESTART_GRACE_MS (the rule of centrifuge-js,
+// which keeps a transport that once opened; the grace is for a network that starts
+// refusing upgrades later). failingForMs: since the first of the failed attempts began.
+export function shouldFallBack({ failures, everOpened, failingForMs }) {
+  return failures >= 2 && (!everOpened || failingForMs >= RESTART_GRACE_MS);
+}
+
 // The wait before the next attempt and the attempt count after it. restarted: the
 // connection was just closed with 1012; opened: the last attempt opened a connection;
 // sinceRestartMs: time since the last 1012; random: a number in [0, 1).
@@ -84,6 +95,8 @@ export class GatewayClient extends EventTarget {
     this.transport = transport === "sse" ? "sse" : "ws";
     this.fallback = transport === "auto";
     this.wsFailures = 0; // WebSocket attempts in a row that never opened
+    this.wsFailingSince = null; // when the first of them began (Date.now())
+    this.wsEverOpened = false; // a WebSocket opened on this page: upgrades get through
     this.restartAt = -Infinity; // when the gateway last said "restarting" (close 1012)
     this.filters = filters;
     this.rateHz = rateHz;
@@ -202,7 +215,12 @@ export class GatewayClient extends EventTarget {
       welcomeTimer = null;
       if (this._ws === ws) ws.close(); // onclose follows: a failed attempt
     }, this.connectTimeoutMs);
-    ws.onopen = () => { opened = true; this.wsFailures = 0; };
+    ws.onopen = () => {
+      opened = true;
+      this.wsFailures = 0;
+      this.wsFailingSince = null;
+      this.wsEverOpened = true;
+    };
     ws.onmessage = (ev) => {
       if (welcomeTimer !== null) { clearTimeout(welcomeTimer); welcomeTimer = null; }
       this._onMessage(ev.data);
@@ -210,9 +228,14 @@ export class GatewayClient extends EventTarget {
     ws.onclose = (ev) => {
       if (welcomeTimer !== null) { clearTimeout(welcomeTimer); welcomeTimer = null; }
       this._clearTimers();
-      if (!opened && this.fallback && ++this.wsFailures >= 2) {
-        this.transport = "sse"; // the upgrade never succeeds here: events instead
-        this.attempt = 0;
+      if (!opened && this.fallback) {
+        this.wsFailures += 1;
+        this.wsFailingSince ??= openedAt;
+        if (shouldFallBack({ failures: this.wsFailures, everOpened: this.wsEverOpened,
+                             failingForMs: Date.now() - this.wsFailingSince })) {
+          this.transport = "sse"; // the upgrade does not succeed here: events instead
+          this.attempt = 0;
+        }
       }
       this.stats.closes.push(ev.code);
       if (this.stats.closes.length > 20) this.stats.closes.shift(); // bounded over days
@@ -263,6 +286,7 @@ export class GatewayClient extends EventTarget {
         if (es) es.close();
         this.transport = "ws";
         this.wsFailures = 0;
+        this.wsFailingSince = null;
         this.attempt = 0;
         this._connect();
       };

@@ -105,8 +105,16 @@ async def test_the_page_survives_a_gateway_restart_and_matches_its_snapshot(
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_function("() => window.gatewayClient?.topics.size >= 100", timeout=5000)
             epoch = page.evaluate("() => window.gatewayClient?.epoch")
+            # every status the header shows, kept: between refused attempts it says
+            # "disconnected", during each (a millisecond on a closed port) "connecting"
+            page.evaluate(
+                """() => { const conn = document.querySelector('#conn');
+                  window.shown = [conn.dataset.status];
+                  new MutationObserver(() => window.shown.push(conn.dataset.status))
+                    .observe(conn, { attributes: true, attributeFilter: ['data-status'] }); }"""
+            )
             trio.from_thread.run_sync(first_scope.cancel)  # the gateway goes away
-            page.wait_for_selector('#conn[data-status="disconnected"]', timeout=5000)
+            page.wait_for_function("() => window.shown.includes('disconnected')", timeout=5000)
             results["disconnected_shown"] = True
             trio.from_thread.run_sync(restarted.set)
             page.wait_for_function(
@@ -117,6 +125,7 @@ async def test_the_page_survives_a_gateway_restart_and_matches_its_snapshot(
             results["reloads"] = page.evaluate(
                 "() => performance.getEntriesByType('navigation').length"
             )
+            results["transport"] = page.evaluate("() => window.gatewayClient?.transport")
             # compare with the new gateway's snapshot (the fleet keeps publishing: retry)
             for _ in range(50):
                 snap = trio.from_thread.run(snapshot)
@@ -152,6 +161,7 @@ async def test_the_page_survives_a_gateway_restart_and_matches_its_snapshot(
     assert results["disconnected_shown"]
     assert results.get("matched") is True
     assert results["reloads"] == 1  # reconnected by itself, no reload
+    assert results["transport"] == "ws"  # a restart is no reason to fall back to events
     assert results["errors"] == []
 
 

@@ -226,3 +226,67 @@ def test_the_js_client_gives_up_on_an_attempt_that_gets_no_welcome() -> None:
     got = run_module_script(script)
     assert got["attempts"] >= 3, got  # each gave up after 50 ms and was followed by another
     assert all(n == 1 for n in got["closed"][:-1]), got
+
+
+def test_the_js_client_stays_on_websocket_through_a_restart_once_it_has_opened() -> None:
+    """Transport "auto" falls back to Server-Sent Events after two WebSocket attempts that
+    never opened (a network that refuses upgrades). A gateway that restarts fails the
+    attempts too (its port is closed for a moment): once a WebSocket has opened, the
+    client keeps WebSocket through such failures, and falls back only after 30 s of them.
+    The old rule moved a wall to events on every restart that took two attempts (found
+    by the restart test in Chromium, where it also hid the "disconnected" header)."""
+    module = Path(__file__).resolve().parents[2] / "dashboard/js/client.js"
+    script = f"""
+      import {{ GatewayClient }} from {json.dumps(str(module))};
+      let now = 1.7e12;
+      Date.now = () => now;  // the client's clock, moved by hand below
+      globalThis.location = {{ href: "http://127.0.0.1/" }};
+      globalThis.EventSource = class {{
+        static CLOSED = 2;
+        constructor(url) {{ this.url = url; this.readyState = 0; }}
+        close() {{ this.readyState = 2; }}
+      }};
+      let opens = 0;  // how many of the next sockets open before the gateway goes away
+      class Fake {{  // a gateway that accepts ``opens`` sockets, then refuses them all
+        constructor(url) {{
+          const open = opens > 0;
+          if (open) opens -= 1;
+          setTimeout(() => {{
+            if (open) this.onopen();
+            this.onclose({{ code: 1006, reason: "" }});
+          }}, 0);
+        }}
+        close() {{}}
+        send() {{}}
+      }}
+      function run(opensFirst, attempts, hoursLater = 0) {{
+        return new Promise((resolve) => {{
+          opens = opensFirst;
+          const c = new GatewayClient({{ url: "ws://127.0.0.1:1/ws", WebSocketImpl: Fake,
+                                         backoffBaseMs: 1, backoffCapMs: 2 }});
+          const seen = [];
+          c.addEventListener("status", (e) => {{
+            if (e.detail.status !== "connecting") return;
+            seen.push(c.transport);
+            if (seen.length === attempts - 1) now += hoursLater;
+            if (seen.length >= attempts || c.transport === "sse") {{
+              c.stop();
+              resolve(seen);
+            }}
+          }});
+          c.start();
+        }});
+      }}
+      console.log(JSON.stringify({{
+        never_opened: await run(0, 8),
+        restarting: await run(1, 12),
+        down_for_31_s: await run(1, 4, 31000),
+      }}));
+    """
+    got = run_module_script(script)
+    # never opened: the third attempt is on events
+    assert got["never_opened"] == ["ws", "ws", "sse"], got
+    # opened once, then eleven refused attempts within a moment: WebSocket throughout
+    assert got["restarting"] == ["ws"] * 12, got
+    # opened once, then attempts failing for more than 30 s: events, then the probe
+    assert got["down_for_31_s"] == ["ws", "ws", "ws", "sse"], got
