@@ -263,7 +263,9 @@ def _slow_steps(path: str) -> Any:
 
     last: dict[Any, int] = {}  # where each task's outermost coroutine stopped last
 
-    SLOW_BATCH = 0.02
+    # PROBE_SLOW_BATCH_S: the batches kept (20 ms; a late sample of 12 ms is often
+    # one batch of 7 to 13 ms: 0.006 shows them, with their time in the window)
+    SLOW_BATCH = float(os.environ.get("PROBE_SLOW_BATCH_S", "0.02"))
     atexit.register(lambda: pathlib.Path(path).write_text(json.dumps(kept)))
     atexit.register(lambda: pathlib.Path(path + ".batches").write_text(json.dumps(batches)))
     atexit.register(lambda: pathlib.Path(path + ".late").write_text(json.dumps(late)))
@@ -634,8 +636,9 @@ def gc_summary(gc_log: pathlib.Path, t0: float, t1: float) -> dict[str, Any]:
 
 def batches_summary(path: pathlib.Path, t0: float, t1: float) -> dict[str, Any]:
     """Scheduler batches (the ready tasks Trio runs between two I/O waits) over 20 ms
-    in the window: how many, the longest, and which tasks they ran (a long batch of
-    short steps holds every timer as long as one long step does)."""
+    (``PROBE_SLOW_BATCH_S``) in the window: how many, the longest, which tasks they ran
+    (a long batch of short steps holds every timer as long as one long step does), and
+    when each was."""
     found = json.loads(path.read_text()) if path.exists() else []
     # strictly inside: the screens leave at the end of the window (2,000 teardowns)
     mine = [(took, tasks) for at, took, tasks in found if t0 <= at <= t1]
@@ -651,6 +654,16 @@ def batches_summary(path: pathlib.Path, t0: float, t1: float) -> dict[str, Any]:
         "task_steps_in_them": dict(sorted(steps.items(), key=lambda kv: -kv[1])[:8]),
         # in their second half: where the steps stopped, and their wall time (ms)
         "late_steps_ms_by_stop": dict(sorted(where.items(), key=lambda kv: -kv[1])[:8]),
+        # the first 40: when in the window (s), how long (ms), the steps of each task
+        "at": [
+            (
+                round(at - t0, 3),
+                round(took * 1e3, 1),
+                {k: n for k, n in ran.items() if "@" not in k},
+            )
+            for at, took, ran in found
+            if t0 <= at <= t1
+        ][:40],
     }
 
 
