@@ -12,14 +12,16 @@
 // abandons the socket and reconnects when a ping brings nothing back within 5 s (a
 // half-open connection, a hung gateway), and reports its status.
 //
-// When the WebSocket cannot be opened at all (twice in a row, as behind a proxy that
-// refuses the upgrade), it falls back to Server-Sent Events at /sse (transport: "auto",
-// the default; "ws" or "sse" force one). The same messages arrive; EventSource resumes
-// with Last-Event-ID on its own; a gap there means a fresh stream (a snapshot).
-// After such a fallback the client keeps probing WebSocket in the background (after 2 s,
-// then doubling up to 60 s): once an upgrade succeeds it leaves the event stream and
-// reconnects over WebSocket (resuming by epoch and seq), so a gateway restart, which
-// also makes upgrades fail for a while, does not leave a wall on events for good.
+// When the WebSocket never gets an answer (twice in a row, as behind a proxy that
+// refuses the upgrade or passes no frames), it falls back to Server-Sent Events at /sse
+// (transport: "auto", the default; "ws" or "sse" force one); once a WebSocket was
+// answered on the page, failed attempts are the gateway going away (a restart), and only
+// 30 s of them make it fall back (shouldFallBack). The same messages arrive; EventSource
+// resumes with Last-Event-ID on its own; a gap there means a fresh stream (a snapshot).
+// After a fallback the client keeps probing WebSocket in the background (after 2 s,
+// then doubling up to 60 s): once a probe is answered it leaves the event stream and
+// reconnects over WebSocket (resuming by epoch and seq), so a fallback does not outlive
+// its cause.
 //
 // Usage:
 //   const client = new GatewayClient({ url, filters: ["#"], rateHz: 10, token });
@@ -57,14 +59,15 @@ export const PING_WAIT_MS = 5000;
 export const RESTART_GRACE_MS = 30000;
 
 // When transport "auto" gives up on WebSocket for Server-Sent Events: after two attempts
-// in a row that never opened (a network that refuses the upgrade). Once a WebSocket has
-// opened on this page the network lets upgrades through, and attempts that fail are the
-// gateway going away (a restart, a crash, a closed port): the wall stays on WebSocket
-// through them unless they keep failing for RESTART_GRACE_MS (the rule of centrifuge-js,
-// which keeps a transport that once opened; the grace is for a network that starts
-// refusing upgrades later). failingForMs: since the first of the failed attempts began.
-export function shouldFallBack({ failures, everOpened, failingForMs }) {
-  return failures >= 2 && (!everOpened || failingForMs >= RESTART_GRACE_MS);
+// in a row that got no answer (no welcome: a network that refuses the upgrade, or a
+// proxy that completes it and passes no frames). Once a WebSocket has been answered on
+// this page the network lets it through, and attempts that fail are the gateway going
+// away (a restart, a crash, a closed port): the wall stays on WebSocket through them
+// unless they keep failing for RESTART_GRACE_MS (the rule of centrifuge-js, which keeps
+// a transport that once worked; the grace is for a network that starts refusing
+// upgrades later). failingForMs: since the first of the failed attempts began.
+export function shouldFallBack({ failures, worked, failingForMs }) {
+  return failures >= 2 && (!worked || failingForMs >= RESTART_GRACE_MS);
 }
 
 // The wait before the next attempt and the attempt count after it. restarted: the
@@ -94,9 +97,9 @@ export class GatewayClient extends EventTarget {
     this.sseUrl = sseUrl;
     this.transport = transport === "sse" ? "sse" : "ws";
     this.fallback = transport === "auto";
-    this.wsFailures = 0; // WebSocket attempts in a row that never opened
+    this.wsFailures = 0; // WebSocket attempts in a row that got no answer (no welcome)
     this.wsFailingSince = null; // when the first of them began (Date.now())
-    this.wsEverOpened = false; // a WebSocket opened on this page: upgrades get through
+    this.wsWorked = false; // a WebSocket was answered on this page: the network lets it through
     this.restartAt = -Infinity; // when the gateway last said "restarting" (close 1012)
     this.filters = filters;
     this.rateHz = rateHz;
@@ -200,6 +203,7 @@ export class GatewayClient extends EventTarget {
 
   _connect() {
     this._setStatus("connecting", { attempt: this.attempt, transport: this.transport });
+    if (this._stopped) return; // by a listener of that status
     if (this.transport === "sse") return this._connectSse();
     const openedAt = Date.now();
     let opened = false;
@@ -215,23 +219,25 @@ export class GatewayClient extends EventTarget {
       welcomeTimer = null;
       if (this._ws === ws) ws.close(); // onclose follows: a failed attempt
     }, this.connectTimeoutMs);
-    ws.onopen = () => {
-      opened = true;
-      this.wsFailures = 0;
-      this.wsFailingSince = null;
-      this.wsEverOpened = true;
-    };
+    let answered = false; // the gateway's first message came over this socket
+    ws.onopen = () => { opened = true; };
     ws.onmessage = (ev) => {
       if (welcomeTimer !== null) { clearTimeout(welcomeTimer); welcomeTimer = null; }
+      if (!answered) {
+        answered = true;
+        this.wsFailures = 0;
+        this.wsFailingSince = null;
+        this.wsWorked = true;
+      }
       this._onMessage(ev.data);
     };
     ws.onclose = (ev) => {
       if (welcomeTimer !== null) { clearTimeout(welcomeTimer); welcomeTimer = null; }
       this._clearTimers();
-      if (!opened && this.fallback) {
+      if (!answered && this.fallback && !this._stopped) { // stop(): no failure
         this.wsFailures += 1;
         this.wsFailingSince ??= openedAt;
-        if (shouldFallBack({ failures: this.wsFailures, everOpened: this.wsEverOpened,
+        if (shouldFallBack({ failures: this.wsFailures, worked: this.wsWorked,
                              failingForMs: Date.now() - this.wsFailingSince })) {
           this.transport = "sse"; // the upgrade does not succeed here: events instead
           this.attempt = 0;
@@ -275,7 +281,12 @@ export class GatewayClient extends EventTarget {
         return;
       }
       probe.ws = ws;
-      ws.onopen = () => {
+      // the welcome, not the upgrade, says WebSocket works here (a proxy may complete
+      // the upgrade and pass no frames); none within the connect timeout: a failed probe
+      probe.timer = setTimeout(() => ws.close(), this.connectTimeoutMs);
+      ws.onmessage = () => {
+        clearTimeout(probe.timer);
+        ws.onmessage = null;
         ws.onclose = null;
         ws.close(1000, "probe");
         if (this._probe !== probe || this._stopped) return;
@@ -292,6 +303,7 @@ export class GatewayClient extends EventTarget {
       };
       ws.onerror = () => {};
       ws.onclose = () => {
+        clearTimeout(probe.timer);
         if (this._probe === probe) this._scheduleProbe(Math.min(60000, delay * 2));
       };
     }, delay * (0.5 + Math.random() / 2)); // jittered: a fleet of walls does not probe at once

@@ -228,13 +228,14 @@ def test_the_js_client_gives_up_on_an_attempt_that_gets_no_welcome() -> None:
     assert all(n == 1 for n in got["closed"][:-1]), got
 
 
-def test_the_js_client_stays_on_websocket_through_a_restart_once_it_has_opened() -> None:
-    """Transport "auto" falls back to Server-Sent Events after two WebSocket attempts that
-    never opened (a network that refuses upgrades). A gateway that restarts fails the
-    attempts too (its port is closed for a moment): once a WebSocket has opened, the
-    client keeps WebSocket through such failures, and falls back only after 30 s of them.
-    The old rule moved a wall to events on every restart that took two attempts (found
-    by the restart test in Chromium, where it also hid the "disconnected" header)."""
+def test_the_js_client_stays_on_websocket_through_a_restart_once_it_has_worked() -> None:
+    """Transport "auto" falls back to Server-Sent Events after two WebSocket attempts
+    that got no answer (a network that refuses upgrades, or a proxy that completes them
+    and passes no frames). A gateway that restarts fails the attempts too (its port is
+    closed for a moment): once a WebSocket was answered, the client keeps WebSocket
+    through such failures, and falls back only after 30 s of them. The old rule moved
+    a wall to events on every restart that took two attempts (found by the restart test
+    in Chromium, where it also hid the "disconnected" header)."""
     module = Path(__file__).resolve().parents[2] / "dashboard/js/client.js"
     script = f"""
       import {{ GatewayClient }} from {json.dumps(str(module))};
@@ -246,30 +247,35 @@ def test_the_js_client_stays_on_websocket_through_a_restart_once_it_has_opened()
         constructor(url) {{ this.url = url; this.readyState = 0; }}
         close() {{ this.readyState = 2; }}
       }};
-      let opens = 0;  // how many of the next sockets open before the gateway goes away
-      class Fake {{  // a gateway that accepts ``opens`` sockets, then refuses them all
+      const WELCOME = JSON.stringify({{ type: "welcome", epoch: "e1", heartbeat_s: 15 }});
+      let plan = "";  // what each next socket does, one letter an attempt:
+      class Fake {{  // O answered then lost, F refused, U upgraded but silent, P pending
         constructor(url) {{
-          const open = opens > 0;
-          if (open) opens -= 1;
+          const what = plan[0] || "F";
+          plan = plan.slice(1);
+          if (what === "P") return;  // until close()
           setTimeout(() => {{
-            if (open) this.onopen();
+            if (what !== "F") this.onopen();
+            if (what === "O") this.onmessage({{ data: WELCOME }});
             this.onclose({{ code: 1006, reason: "" }});
           }}, 0);
         }}
-        close() {{}}
+        close() {{ setTimeout(() => this.onclose({{ code: 1006, reason: "" }}), 0); }}
         send() {{}}
       }}
-      function run(opensFirst, attempts, hoursLater = 0) {{
+      // the transport of each attempt, the clock moved by stepMs before each but the first
+      function run(attempts, stepMs, then = null) {{
+        plan = attempts;
         return new Promise((resolve) => {{
-          opens = opensFirst;
           const c = new GatewayClient({{ url: "ws://127.0.0.1:1/ws", WebSocketImpl: Fake,
                                          backoffBaseMs: 1, backoffCapMs: 2 }});
           const seen = [];
           c.addEventListener("status", (e) => {{
             if (e.detail.status !== "connecting") return;
+            if (seen.length) now += stepMs;
             seen.push(c.transport);
-            if (seen.length === attempts - 1) now += hoursLater;
-            if (seen.length >= attempts || c.transport === "sse") {{
+            if (seen.length >= attempts.length || c.transport === "sse") {{
+              if (then) return then(c, seen, resolve);
               c.stop();
               resolve(seen);
             }}
@@ -278,15 +284,27 @@ def test_the_js_client_stays_on_websocket_through_a_restart_once_it_has_opened()
         }});
       }}
       console.log(JSON.stringify({{
-        never_opened: await run(0, 8),
-        restarting: await run(1, 12),
-        down_for_31_s: await run(1, 4, 31000),
+        never_answered: await run("FFFF", 1000),
+        upgraded_but_silent: await run("UUUU", 10000),
+        restarting_for_27_s: await run("O" + "F".repeat(11), 2500),
+        down_for_40_s: await run("OFFFFFF", 10000),
+        answered_between_failures: await run("OFOFFF", 20000),
+        stopped_while_pending: await run("FP", 1000, (c, seen, resolve) => {{
+          setTimeout(() => {{
+            c.stop();  // the pending attempt is closed: no failure of the network
+            setTimeout(() => resolve([...seen, c.transport]), 20);
+          }}, 0);
+        }}),
       }}));
     """
     got = run_module_script(script)
-    # never opened: the third attempt is on events
-    assert got["never_opened"] == ["ws", "ws", "sse"], got
-    # opened once, then eleven refused attempts within a moment: WebSocket throughout
-    assert got["restarting"] == ["ws"] * 12, got
-    # opened once, then attempts failing for more than 30 s: events, then the probe
-    assert got["down_for_31_s"] == ["ws", "ws", "ws", "sse"], got
+    # never answered: the third attempt is on events, whether refused or silent
+    assert got["never_answered"] == ["ws", "ws", "sse"], got
+    assert got["upgraded_but_silent"] == ["ws", "ws", "sse"], got
+    # answered once, then eleven refused attempts over 27.5 s: WebSocket throughout
+    assert got["restarting_for_27_s"] == ["ws"] * 12, got
+    # answered once, then refused for 30 s (the first failure at 10 s, the fifth at 40)
+    assert got["down_for_40_s"] == ["ws"] * 5 + ["sse"], got
+    # an answer in between starts the 30 s afresh
+    assert got["answered_between_failures"] == ["ws"] * 6, got
+    assert got["stopped_while_pending"] == ["ws", "ws", "ws"], got
