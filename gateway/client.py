@@ -5,7 +5,8 @@ the same rules as every client: docs/protocol.md), and:
 
 * reconnects by itself with exponential backoff and full jitter (``random(0,
   min(cap, base * 2**attempt))``), the attempt count reset once a connection has
-  stayed up for ``stable_s``, except after a close code after which reconnecting
+  stayed up for ``stable_s`` after its welcome (an attempt that timed out waiting
+  for one is a failure, however long it took), except after a close code after which reconnecting
   cannot help (``reconnect`` false in gateway/core/disconnect.py): then :meth:`run`
   raises :class:`Refused` (:class:`AuthRejected` for the token);
 * on a new connection, resumes with ``(epoch, seq)`` per topic when the gateway's
@@ -118,6 +119,7 @@ class GatewayClient:
         self.mirror = Mirror()
         self.connected = False
         self.connects = 0  # successful connections (welcome received)
+        self.welcomed_at = -math.inf  # trio time of the last welcome
         self.resumes = 0  # connections that resumed within the same epoch
         self.last_close: tuple[int | None, str | None] = (None, None)
         self._changed = trio.Event()
@@ -164,7 +166,6 @@ class GatewayClient:
         attempt = 0
         restart_at = -math.inf
         while not self._stop:
-            began = trio.current_time()
             connects = self.connects
             try:
                 # the first connection to get a welcome reports the start (once: a
@@ -191,7 +192,7 @@ class GatewayClient:
             restarted = opened and self.last_close[0] == 1012
             if restarted:
                 restart_at = now  # "service restart": the gateway will be back shortly
-            if now - began >= self.stable_s:
+            if opened and now - self.welcomed_at >= self.stable_s:
                 attempt = 0
             delay, attempt = self.next_delay(
                 attempt, opened=opened, since_restart=now - restart_at, restarted=restarted
@@ -267,6 +268,7 @@ class GatewayClient:
         await self._send(ws, sub)
         self.connected = True
         self.connects += 1
+        self.welcomed_at = trio.current_time()
         self._notify()
         if task_status is not None:
             task_status.started()

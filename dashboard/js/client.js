@@ -100,6 +100,7 @@ export class GatewayClient extends EventTarget {
     this.wsFailures = 0; // WebSocket attempts in a row that got no answer (no welcome)
     this.wsFailingSince = null; // when the first of them began (Date.now())
     this.wsWorked = false; // a WebSocket was answered on this page: the network lets it through
+    this._sseAnsweredAt = null; // the current event stream's first message (Date.now())
     this.restartAt = -Infinity; // when the gateway last said "restarting" (close 1012)
     this.filters = filters;
     this.rateHz = rateHz;
@@ -170,11 +171,12 @@ export class GatewayClient extends EventTarget {
   }
 
   _connectSse() {
-    const openedAt = Date.now();
     const es = new EventSource(this._sseStreamUrl());
     this._es = es;
+    this._sseAnsweredAt = null; // the stream's first message (its welcome)
     es.onmessage = (ev) => {
       if (this._es !== es) return;
+      this._sseAnsweredAt ??= Date.now();
       this._onMessage(ev.data);
     };
     es.onerror = () => {
@@ -183,7 +185,7 @@ export class GatewayClient extends EventTarget {
                       { transport: "sse" });
       if (es.readyState === EventSource.CLOSED) { // refused (401, 503...): our backoff
         this._es = null;
-        if (!this._stopped) this._scheduleReconnect(openedAt);
+        if (!this._stopped) this._scheduleReconnect(this._sseAnsweredAt);
       } // else EventSource reconnects by itself, with Last-Event-ID
     };
   }
@@ -198,20 +200,22 @@ export class GatewayClient extends EventTarget {
     this._setStatus("closed", { code, transport: "sse" });
     const restarted = code === 1012; // the same restart rule as on WebSocket
     if (restarted) this.restartAt = Date.now();
-    if (!this._stopped && shouldReconnect(code)) this._scheduleReconnect(Date.now(), true, restarted);
+    if (!this._stopped && shouldReconnect(code)) {
+      this._scheduleReconnect(this._sseAnsweredAt, true, restarted);
+    }
   }
 
   _connect() {
     this._setStatus("connecting", { attempt: this.attempt, transport: this.transport });
     if (this._stopped) return; // by a listener of that status
     if (this.transport === "sse") return this._connectSse();
-    const openedAt = Date.now();
+    const startedAt = Date.now();
     let opened = false;
     let ws;
     try {
       ws = new this.WebSocketImpl(this._wsUrl(), ["telemetry.v1"]);
     } catch (err) {
-      this._scheduleReconnect(openedAt);
+      this._scheduleReconnect(null);
       return;
     }
     this._ws = ws;
@@ -219,12 +223,12 @@ export class GatewayClient extends EventTarget {
       welcomeTimer = null;
       if (this._ws === ws) ws.close(); // onclose follows: a failed attempt
     }, this.connectTimeoutMs);
-    let answered = false; // the gateway's first message came over this socket
+    let answeredAt = null; // when the gateway's first message came over this socket
     ws.onopen = () => { opened = true; };
     ws.onmessage = (ev) => {
       if (welcomeTimer !== null) { clearTimeout(welcomeTimer); welcomeTimer = null; }
-      if (!answered) {
-        answered = true;
+      if (answeredAt === null) {
+        answeredAt = Date.now();
         this.wsFailures = 0;
         this.wsFailingSince = null;
         this.wsWorked = true;
@@ -234,9 +238,9 @@ export class GatewayClient extends EventTarget {
     ws.onclose = (ev) => {
       if (welcomeTimer !== null) { clearTimeout(welcomeTimer); welcomeTimer = null; }
       this._clearTimers();
-      if (!answered && this.fallback && !this._stopped) { // stop(): no failure
+      if (answeredAt === null && this.fallback && !this._stopped) { // stop(): no failure
         this.wsFailures += 1;
-        this.wsFailingSince ??= openedAt;
+        this.wsFailingSince ??= startedAt;
         if (shouldFallBack({ failures: this.wsFailures, worked: this.wsWorked,
                              failingForMs: Date.now() - this.wsFailingSince })) {
           this.transport = "sse"; // the upgrade does not succeed here: events instead
@@ -250,14 +254,19 @@ export class GatewayClient extends EventTarget {
       if (restarted) this.restartAt = Date.now(); // back shortly
       this._setStatus("closed", { code: ev.code, reason: ev.reason });
       if (!this._stopped && shouldReconnect(ev.code)) {
-        this._scheduleReconnect(openedAt, opened, restarted);
+        this._scheduleReconnect(answeredAt, opened, restarted);
       }
     };
     ws.onerror = () => {}; // onclose follows with the details
   }
 
-  _scheduleReconnect(openedAt, opened = true, restarted = false) {
-    if (Date.now() - openedAt >= this.stableMs) this.attempt = 0;
+  // answeredAt: when the connection that ended got its first message (null: none). The
+  // attempt count starts afresh only after a connection that was answered stayed up
+  // stableMs: an attempt that timed out waiting for its welcome (connectTimeoutMs) is a
+  // failure, and a hung gateway's walls back off to the cap instead of retrying it
+  // every connectTimeoutMs.
+  _scheduleReconnect(answeredAt, opened = true, restarted = false) {
+    if (answeredAt !== null && Date.now() - answeredAt >= this.stableMs) this.attempt = 0;
     const { delay, attempt } = reconnectDelay({
       attempt: this.attempt, opened, restarted, sinceRestartMs: Date.now() - this.restartAt,
       baseMs: this.backoffBaseMs, capMs: this.backoffCapMs,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import random
 import socket
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
+from trio_websocket import WebSocketRequest, serve_websocket
 
 from gateway.app import Gateway, serve
 from gateway.client import RESTART_WINDOW_S, GatewayClient
@@ -201,6 +204,56 @@ async def test_a_gateway_that_accepts_and_never_answers_is_a_failed_attempt(
         nursery.cancel_scope.cancel()
 
 
+async def test_only_a_connection_that_was_welcomed_and_stayed_up_resets_the_backoff(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An attempt that waits its whole connect timeout (10 s) for a welcome took as long
+    as a stable connection (``stable_s``, 10 s) but is a failure: the backoff grows
+    over a hung gateway's attempts (counting them as stable brought every client back
+    to it every 10 s). A connection that was welcomed and stayed up 10 s resets the
+    count; one welcomed and lost within it does not."""
+    plan = ["silent"] * 5 + ["held 15 s", "held 2 s", "held 2 s"]
+    attempts: list[float] = []
+    welcome = {
+        "type": "welcome", "protocol": 1, "epoch": "e", "server_time": 0.0,
+        "heartbeat_s": 15.0, "auth_required": False, "limits": {},
+    }  # fmt: skip
+    done = trio.Event()
+
+    async def handler(request: WebSocketRequest) -> None:
+        attempts.append(trio.current_time())
+        what = plan[len(attempts) - 1] if len(attempts) <= len(plan) else "silent"
+        if len(attempts) > len(plan):
+            done.set()
+        if what == "silent":  # accepted by TCP, the upgrade never answered
+            await trio.sleep_forever()
+        ws = await request.accept()
+        await ws.send_message(json.dumps(welcome))
+        await trio.sleep(float(what.split()[1]))
+        await ws.aclose(1011, "lost")  # any close after which one reconnects
+
+    caplog.set_level(logging.INFO, logger="gateway.client")
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        client = GatewayClient(f"ws://127.0.0.1:{server.port}/ws", ["#"], rng=random.Random(5))
+        assert client.connect_timeout_s == client.stable_s  # the case this is about
+        nursery.start_soon(client.run)
+        with trio.fail_after(600):
+            await done.wait()
+        client.stop()
+        nursery.cancel_scope.cancel()
+    counts = [
+        int(r.getMessage().rsplit("attempt ", 1)[1].rstrip(")"))
+        for r in caplog.records
+        if r.getMessage().startswith("reconnecting in")
+    ]
+    # five timed-out attempts: 1 to 5; held 15 s: afresh (1); held 2 s twice: 2, 3
+    assert counts[: len(plan)] == [1, 2, 3, 4, 5, 1, 2, 3], counts
+    # the backoff's waits grew over the silent attempts (each wait: after its 10 s)
+    waits = [b - a - client.connect_timeout_s for a, b in itertools.pairwise(attempts[:6])]
+    assert max(waits) > 2 * client.backoff_base_s, waits
+
+
 def test_the_js_client_gives_up_on_an_attempt_that_gets_no_welcome() -> None:
     """The same rule in the browser's client: a socket that never delivers a message
     is closed after connectTimeoutMs, and the close schedules the next attempt."""
@@ -226,6 +279,55 @@ def test_the_js_client_gives_up_on_an_attempt_that_gets_no_welcome() -> None:
     got = run_module_script(script)
     assert got["attempts"] >= 3, got  # each gave up after 50 ms and was followed by another
     assert all(n == 1 for n in got["closed"][:-1]), got
+
+
+def test_the_js_client_resets_its_backoff_only_after_a_welcomed_connection_stayed_up() -> None:
+    """The same rule in the wall's client: attempts closed for want of a welcome after
+    connectTimeoutMs (by default as long as stableMs: the fake clock moves 10 s for
+    each) grow the attempt count; a connection answered and held stableMs starts it
+    afresh; one lost sooner does not."""
+    module = Path(__file__).resolve().parents[2] / "dashboard/js/client.js"
+    script = f"""
+      import {{ GatewayClient }} from {json.dumps(str(module))};
+      let now = 1.7e12;
+      Date.now = () => now;  // the client's clock: each socket moves it as its time would
+      const WELCOME = JSON.stringify({{ type: "welcome", epoch: "e1", heartbeat_s: 15 }});
+      let plan = "PPPPHQQ";  // P: never answers; H: answered, lost 10 s later; Q: 1 s later
+      class Fake {{
+        constructor(url) {{
+          const what = plan[0] || "P";
+          plan = plan.slice(1);
+          if (what === "P") return;  // closed by the client's connect timeout
+          setTimeout(() => {{
+            this.onopen();
+            this.onmessage({{ data: WELCOME }});
+            now += what === "H" ? 10000 : 1000;
+            this.onclose({{ code: 1006, reason: "" }});
+          }}, 0);
+        }}
+        close() {{  // the connect timeout (20 ms here) stands for the default's 10 s
+          now += 10000;
+          setTimeout(() => this.onclose({{ code: 1006, reason: "" }}), 0);
+        }}
+        send() {{}}
+      }}
+      const c = new GatewayClient({{ url: "ws://127.0.0.1:1/ws", WebSocketImpl: Fake,
+                                     transport: "ws", connectTimeoutMs: 20, stableMs: 10000,
+                                     backoffBaseMs: 1, backoffCapMs: 4 }});
+      const counts = [];
+      await new Promise((resolve) => {{
+        c.addEventListener("status", (e) => {{
+          if (e.detail.status !== "connecting") return;
+          counts.push(e.detail.attempt);
+          if (counts.length === 8) {{ c.stop(); resolve(); }}
+        }});
+        c.start();
+      }});
+      console.log(JSON.stringify(counts));
+    """
+    got = run_module_script(script)
+    # the first attempt, four timed out (1 to 4), held: afresh (1), lost soon: 2, 3
+    assert got == [0, 1, 2, 3, 4, 1, 2, 3], got
 
 
 def test_the_js_client_stays_on_websocket_through_a_restart_once_it_has_worked() -> None:
