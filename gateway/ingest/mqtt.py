@@ -65,6 +65,7 @@ class MqttIngest:
         self.client_id = cfg.client_id or f"gateway-{secrets.token_hex(4)}"
         self._log = RateLimitedLog(log)
         self._session_obj: PahoSession | None = None
+        self.connected_at: float | None = None  # trio time of this session's CONNACK
         self._now = clock.wall()  # the receive time of the current read burst
 
     def ready(self) -> tuple[bool, str]:
@@ -77,7 +78,7 @@ class MqttIngest:
         attempt = 0
         first = True
         while True:
-            began = trio.current_time()
+            self.connected_at = None
             try:
                 await self._session()
             except* (MqttFailure, OSError, ssl.SSLError) as group:
@@ -107,7 +108,11 @@ class MqttIngest:
                 await trio.lowlevel.checkpoint()
             if stale:
                 log.info("MQTT down: %d topics marked stale until their devices report", stale)
-            if trio.current_time() - began >= self.cfg.stable_s:
+            # stable: connected (a CONNACK) that long, not an attempt that took that long
+            if (
+                self.connected_at is not None
+                and trio.current_time() - self.connected_at >= self.cfg.stable_s
+            ):
                 attempt = 0
             cap = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2**attempt)
             delay = self.rng.uniform(self.cfg.reconnect_min_s, max(cap, self.cfg.reconnect_min_s))
@@ -146,6 +151,7 @@ class MqttIngest:
         async with trio.open_nursery() as nursery:
             await nursery.start(session.run)
             self.connected = True
+            self.connected_at = trio.current_time()
             self.stats.connects += 1
             self.detail = f"connected to {self.broker}"
             log.info("MQTT: connected to %s as %s", self.broker, self.client_id)

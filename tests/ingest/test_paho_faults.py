@@ -13,6 +13,10 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 
+from gateway.clock import Clock
+from gateway.config import MqttConfig
+from gateway.core.state import StateStore
+from gateway.ingest.mqtt import MqttIngest
 from gateway.ingest.paho_trio import BrokerUrl, MqttFailure, PahoSession, new_client, parse_url
 
 CONNACK_OK = b"\x20\x02\x00\x00"
@@ -158,3 +162,59 @@ async def test_a_host_that_cannot_be_reached_or_named_is_an_mqtt_failure(host: s
     )
     err = await run_session(broker)
     assert "connect failed" in str(err)
+
+
+class CapsSeen:
+    """An rng for MqttIngest that notes each backoff cap it draws under and waits the
+    least it may (the caps are what the rule decides; the draws are not)."""
+
+    def __init__(self) -> None:
+        self.caps: list[float] = []
+
+    def uniform(self, low: float, high: float) -> float:
+        self.caps.append(round(high, 6))
+        return low
+
+
+async def test_only_a_session_connected_for_stable_s_resets_the_ingest_backoff() -> None:
+    """An attempt that waits its whole connect timeout for a CONNACK is a failure
+    however long it took: with ``connect_timeout_s`` as long as ``stable_s`` the
+    ingest counted it as a stable connection and never backed off from a hung broker.
+    A session connected for ``stable_s`` resets the count; one lost sooner does not."""
+    plan = ["silent"] * 4 + ["held 0.9", "held 0.05", "held 0.05"]
+    accepted = 0
+    done = trio.Event()
+
+    async def broker(stream: trio.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        if accepted > len(plan):
+            done.set()
+            await trio.sleep_forever()
+        what = plan[accepted - 1]
+        await read_connect(stream)
+        if what == "silent":
+            await trio.sleep_forever()
+        await stream.send_all(CONNACK_OK)
+        await trio.sleep(float(what.split()[1]))
+        reset(stream)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    cfg = MqttConfig(
+        url=f"mqtt://127.0.0.1:{port}",
+        connect_timeout_s=0.5,
+        stable_s=0.5,
+        reconnect_min_s=0.01,
+        reconnect_max_s=10.0,
+    )
+    rng = CapsSeen()
+    ingest = MqttIngest(cfg, StateStore("e"), Clock(), 1024, rng=rng)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, broker, listeners)
+        nursery.start_soon(ingest.run)
+        with trio.fail_after(20):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    # four timed out: 0.01 doubling; held 0.9 s: afresh; lost within 0.05 s: doubling on
+    assert rng.caps[: len(plan)] == [0.01, 0.02, 0.04, 0.08, 0.01, 0.02, 0.04], rng.caps
