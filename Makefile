@@ -61,6 +61,7 @@ bench: $(BENCH_STAMP) $(NPM_STAMP) ## run the benchmarks and rewrite docs/benchm
 	$(BIN)/python bench/e2e_bench.py --write
 	$(BIN)/python bench/history_bench.py --write
 	$(BIN)/python bench/hub_stalls_bench.py --pin --json bench/results/hub_stalls_latest.json
+	$(BIN)/python bench/fault_lag_bench.py --pin --json bench/results/fault_lag_latest.json
 	$(BIN)/python bench/walls_bench.py
 	$(BIN)/python bench/workers_bench.py
 
