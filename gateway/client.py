@@ -5,10 +5,10 @@ the same rules as every client: docs/protocol.md), and:
 
 * reconnects by itself with exponential backoff and full jitter (``random(0,
   min(cap, base * 2**attempt))``), the attempt count reset once a connection has
-  stayed up for ``stable_s`` after its welcome (an attempt that timed out waiting
-  for one is a failure, however long it took), except after a close code after which reconnecting
-  cannot help (``reconnect`` false in gateway/core/disconnect.py): then :meth:`run`
-  raises :class:`Refused` (:class:`AuthRejected` for the token);
+  stayed up for ``stable_s`` after its welcome (an attempt that timed out waiting for
+  one is a failure, however long it took), except after a close code after which
+  reconnecting cannot help (``reconnect`` false in gateway/core/disconnect.py): then
+  :meth:`run` raises :class:`Refused` (:class:`AuthRejected` for the token);
 * on a new connection, resumes with ``(epoch, seq)`` per topic when the gateway's
   epoch is the one it holds (and only receives the deltas), else drops its copy and
   receives snapshots;
