@@ -42,6 +42,13 @@ __all__ = ["ConnectError", "MqttPublisher", "PublishStats"]
 
 log = logging.getLogger("devices_sim.mqtt")
 STEP_S = 0.01
+#: a connection up this long: its next loss starts the backoff afresh (a broker that
+#: accepts and then drops each connection at once, an ACL or a duplicate client id,
+#: gets backed-off attempts, not one per connection every second)
+STABLE_S = 10.0
+#: reconnect waits: random(base, min(cap, base * 2**attempt))
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
 MAX_CATCH_UP_S = 0.1
 
 
@@ -253,6 +260,7 @@ class MqttPublisher:
         rng = random.Random(conn.name)
         attempt = 0
         while True:
+            connected_at: float | None = None
             client, tls = new_client(self.broker, conn.name, self.protocol)
             if conn.will_topic:
                 client.will_set(conn.will_topic, b"offline", qos=1, retain=True)
@@ -273,7 +281,7 @@ class MqttPublisher:
                         client.publish(conn.will_topic, b"online", qos=1, retain=True)
                         session.kick()
                     conn.ready.set()
-                    attempt = 0
+                    connected_at = trio.current_time()
             except* (MqttFailure, OSError) as group:
                 if not self._stopping:
                     self.stats.connect_failures += 1
@@ -285,6 +293,12 @@ class MqttPublisher:
                     self.stats.connected -= 1
             if self._stopping:
                 return
+            if connected_at is not None and trio.current_time() - connected_at >= STABLE_S:
+                attempt = 0
             attempt += 1
             self.stats.reconnects += 1
-            await trio.sleep(rng.uniform(0.5, min(30.0, 0.5 * 2**attempt)))
+            delay = rng.uniform(BACKOFF_BASE_S, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+            log.debug(
+                "MQTT connection %s: reconnecting in %.2f s (attempt %d)", conn.name, delay, attempt
+            )
+            await trio.sleep(delay)

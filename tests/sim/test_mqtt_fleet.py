@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -9,8 +10,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
 
+import devices_sim.mqtt
 from devices_sim.fleet import Fleet, FleetConfig
 from devices_sim.mqtt import MqttPublisher
 from gateway.app import Gateway
@@ -19,6 +22,7 @@ from gateway.ingest.paho_trio import parse_url
 from tests.broker import Mosquitto
 from tests.conftest import require_binary, stop_process
 from tests.ingest.test_mqtt import until_subscribed
+from tests.ingest.test_paho_faults import CONNACK_OK, read_connect, reset
 
 FAST = {"keepalive_s": 2.0, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
 
@@ -205,3 +209,47 @@ async def test_shared_connection_wills_do_not_become_devices(
         while "marker" not in gw.store:
             await trio.sleep(0.02)
     assert sorted(gw.store.topics()) == sorted([*(d.path for d in fleet.devices), "marker"])
+
+
+async def test_a_broker_that_drops_each_connection_at_once_gets_backed_off_attempts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection that came up and was lost at once (an ACL, a duplicate client id)
+    grows the backoff; only one that stayed up STABLE_S starts it afresh. The attempt
+    count was reset by every successful connect, so such a broker got every connection
+    of the fleet back about once a second. (Base, cap and STABLE_S are scaled down.)"""
+    monkeypatch.setattr(devices_sim.mqtt, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(devices_sim.mqtt, "STABLE_S", 0.5)
+    plan = [0.02, 0.02, 0.02, 1.5, 0.02, 0.02]  # how long each connection is held
+    accepted = 0
+    done = trio.Event()
+
+    async def broker(stream: trio.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        if accepted > len(plan):
+            done.set()
+            await trio.sleep_forever()
+        await read_connect(stream)
+        await stream.send_all(CONNACK_OK)
+        await trio.sleep(plan[accepted - 1])
+        reset(stream)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    fleet = Fleet(FleetConfig(devices=2, sites=1, rate_hz=1))
+    pub = MqttPublisher(fleet, parse_url(f"mqtt://127.0.0.1:{port}"), connections=1)
+    caplog.set_level(logging.DEBUG, logger="devices_sim.mqtt")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, broker, listeners)
+        nursery.start_soon(pub.run)
+        with trio.fail_after(20):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    counts = [
+        int(r.getMessage().rsplit("attempt ", 1)[1].rstrip(")"))
+        for r in caplog.records
+        if "reconnecting in" in r.getMessage()
+    ]
+    # three lost at once: 1, 2, 3; held past STABLE_S: afresh (1); then 2, 3
+    assert counts[: len(plan)] == [1, 2, 3, 1, 2, 3], counts
