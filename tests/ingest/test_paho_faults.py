@@ -164,6 +164,31 @@ async def test_a_host_that_cannot_be_reached_or_named_is_an_mqtt_failure(host: s
     assert "connect failed" in str(err)
 
 
+def planned_broker(
+    plan: list[float | None], done: trio.Event
+) -> Callable[[trio.SocketStream], Awaitable[None]]:
+    """A broker whose n-th connection reads the CONNECT and then, for ``plan[n]`` None,
+    never answers; else sends CONNACK, holds the connection ``plan[n]`` seconds and
+    resets it. The connection after the last: ``done`` is set, and it is never answered."""
+    accepted = 0
+
+    async def broker(stream: trio.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        if accepted > len(plan):
+            done.set()
+            await trio.sleep_forever()
+        held = plan[accepted - 1]
+        await read_connect(stream)
+        if held is None:
+            await trio.sleep_forever()
+        await stream.send_all(CONNACK_OK)
+        await trio.sleep(held)
+        reset(stream)
+
+    return broker
+
+
 class CapsSeen:
     """An rng for MqttIngest that notes each backoff cap it draws under and waits the
     least it may (the caps are what the rule decides; the draws are not)."""
@@ -181,23 +206,9 @@ async def test_only_a_session_connected_for_stable_s_resets_the_ingest_backoff()
     however long it took: with ``connect_timeout_s`` as long as ``stable_s`` the
     ingest counted it as a stable connection and never backed off from a hung broker.
     A session connected for ``stable_s`` resets the count; one lost sooner does not."""
-    plan = ["silent"] * 4 + ["held 0.9", "held 0.05", "held 0.05"]
-    accepted = 0
+    plan = [None] * 4 + [0.9, 0.05, 0.05]
     done = trio.Event()
-
-    async def broker(stream: trio.SocketStream) -> None:
-        nonlocal accepted
-        accepted += 1
-        if accepted > len(plan):
-            done.set()
-            await trio.sleep_forever()
-        what = plan[accepted - 1]
-        await read_connect(stream)
-        if what == "silent":
-            await trio.sleep_forever()
-        await stream.send_all(CONNACK_OK)
-        await trio.sleep(float(what.split()[1]))
-        reset(stream)
+    broker = planned_broker(plan, done)
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]

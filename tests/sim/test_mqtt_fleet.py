@@ -22,7 +22,7 @@ from gateway.ingest.paho_trio import parse_url
 from tests.broker import Mosquitto
 from tests.conftest import require_binary, stop_process
 from tests.ingest.test_mqtt import until_subscribed
-from tests.ingest.test_paho_faults import CONNACK_OK, read_connect, reset
+from tests.ingest.test_paho_faults import planned_broker
 
 FAST = {"keepalive_s": 2.0, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
 
@@ -220,20 +220,9 @@ async def test_a_broker_that_drops_each_connection_at_once_gets_backed_off_attem
     of the fleet back about once a second. (Base, cap and STABLE_S are scaled down.)"""
     monkeypatch.setattr(devices_sim.mqtt, "BACKOFF_BASE_S", 0.01)
     monkeypatch.setattr(devices_sim.mqtt, "STABLE_S", 0.5)
-    plan = [0.02, 0.02, 0.02, 1.5, 0.02, 0.02]  # how long each connection is held
-    accepted = 0
+    plan: list[float | None] = [0.02, 0.02, 0.02, 1.5, 0.02, 0.02]  # each held this long
     done = trio.Event()
-
-    async def broker(stream: trio.SocketStream) -> None:
-        nonlocal accepted
-        accepted += 1
-        if accepted > len(plan):
-            done.set()
-            await trio.sleep_forever()
-        await read_connect(stream)
-        await stream.send_all(CONNACK_OK)
-        await trio.sleep(plan[accepted - 1])
-        reset(stream)
+    broker = planned_broker(plan, done)
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
