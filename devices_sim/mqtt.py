@@ -34,6 +34,7 @@ import orjson
 import paho.mqtt.client as paho
 import trio
 
+from gateway.backoff import Backoff
 from gateway.ingest.paho_trio import BrokerUrl, MqttFailure, PahoSession, first_leaf, new_client
 
 from .fleet import Fleet, Message
@@ -42,13 +43,13 @@ __all__ = ["ConnectError", "MqttPublisher", "PublishStats"]
 
 log = logging.getLogger("devices_sim.mqtt")
 STEP_S = 0.01
-#: a connection up this long: its next loss starts the backoff afresh (a broker that
-#: accepts and then drops each connection at once, an ACL or a duplicate client id,
-#: gets backed-off attempts, not one per connection every second)
-STABLE_S = 10.0
-#: reconnect waits: random(base, min(cap, base * 2**attempt))
+#: reconnect waits (gateway/backoff.py): random(base, min(cap, base * 2**n)) after the
+#: n-th failure in a row; a connection up STABLE_S starts the count afresh (a broker
+#: that accepts and then drops each connection at once, an ACL or a duplicate client
+#: id, gets backed-off attempts, not one per connection every second)
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
+STABLE_S = 10.0
 MAX_CATCH_UP_S = 0.1
 
 
@@ -257,10 +258,8 @@ class MqttPublisher:
             await self._reconnect_loop(conn)
 
     async def _reconnect_loop(self, conn: _Conn) -> None:
-        rng = random.Random(conn.name)
-        attempt = 0
+        backoff = Backoff(BACKOFF_BASE_S, BACKOFF_CAP_S, STABLE_S, random.Random(conn.name))
         while True:
-            connected_at: float | None = None
             client, tls = new_client(self.broker, conn.name, self.protocol)
             if conn.will_topic:
                 client.will_set(conn.will_topic, b"offline", qos=1, retain=True)
@@ -281,7 +280,7 @@ class MqttPublisher:
                         client.publish(conn.will_topic, b"online", qos=1, retain=True)
                         session.kick()
                     conn.ready.set()
-                    connected_at = trio.current_time()
+                    backoff.up()
             except* (MqttFailure, OSError) as group:
                 if not self._stopping:
                     self.stats.connect_failures += 1
@@ -293,12 +292,12 @@ class MqttPublisher:
                     self.stats.connected -= 1
             if self._stopping:
                 return
-            if connected_at is not None and trio.current_time() - connected_at >= STABLE_S:
-                attempt = 0
-            attempt += 1
             self.stats.reconnects += 1
-            delay = rng.uniform(BACKOFF_BASE_S, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+            delay = backoff.next_delay()
             log.debug(
-                "MQTT connection %s: reconnecting in %.2f s (attempt %d)", conn.name, delay, attempt
+                "MQTT connection %s: reconnecting in %.2f s (attempt %d)",
+                conn.name,
+                delay,
+                backoff.failures,
             )
             await trio.sleep(delay)

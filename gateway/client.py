@@ -47,6 +47,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from .backoff import capped_doubling
 from .core.disconnect import DISCONNECTS, should_reconnect
 from .core.mirror import Mirror
 from .core.protocol import Ack, Error, ProtocolError, Welcome, decode_server
@@ -143,7 +144,8 @@ class GatewayClient:
     # -- the connection loop ---------------------------------------------------------------
 
     def backoff_delay(self, attempt: int) -> float:
-        return self.rng.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2**attempt))
+        cap = capped_doubling(self.backoff_base_s, self.backoff_cap_s, attempt)
+        return self.rng.uniform(0, cap)
 
     def next_delay(
         self, attempt: int, *, opened: bool, since_restart: float, restarted: bool = False

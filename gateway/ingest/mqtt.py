@@ -5,7 +5,7 @@ driven natively from Trio). This module adds the policy around it: messages go
 straight into the state store from the reader, so the ingest never waits on
 subscribers; failures reconnect with exponential backoff and full jitter
 (``reconnect_min_s`` up to ``reconnect_max_s``, the attempt count reset after
-``stable_s`` connected), re-subscribing each time; meanwhile the last state is
+``stable_s`` connected: gateway/backoff.py), re-subscribing each time; meanwhile the last state is
 served, marked stale, and ``/readyz`` says not ready. No broker or network fault ends
 :meth:`MqttIngest.run`: the session reports every one as MqttFailure, and anything
 else (a bug) is logged with its traceback and retried like a fault.
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ..backoff import Backoff
 from ..clock import Clock
 from ..config import MqttConfig
 from ..core.state import InvalidUpdate, StateStore
@@ -61,11 +62,10 @@ class MqttIngest:
         self.stats = IngestStats()
         self.connected = False
         self.detail = "not connected yet"
-        self.rng = rng or random.Random()
         self.client_id = cfg.client_id or f"gateway-{secrets.token_hex(4)}"
         self._log = RateLimitedLog(log)
         self._session_obj: PahoSession | None = None
-        self.connected_at: float | None = None  # trio time of this session's CONNACK
+        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, cfg.stable_s, rng)
         self._now = clock.wall()  # the receive time of the current read burst
 
     def ready(self) -> tuple[bool, str]:
@@ -75,10 +75,8 @@ class MqttIngest:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        attempt = 0
         first = True
         while True:
-            self.connected_at = None
             try:
                 await self._session()
             except* (MqttFailure, OSError, ssl.SSLError) as group:
@@ -108,15 +106,7 @@ class MqttIngest:
                 await trio.lowlevel.checkpoint()
             if stale:
                 log.info("MQTT down: %d topics marked stale until their devices report", stale)
-            # stable: connected (a CONNACK) that long, not an attempt that took that long
-            if (
-                self.connected_at is not None
-                and trio.current_time() - self.connected_at >= self.cfg.stable_s
-            ):
-                attempt = 0
-            cap = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2**attempt)
-            delay = self.rng.uniform(self.cfg.reconnect_min_s, max(cap, self.cfg.reconnect_min_s))
-            attempt += 1
+            delay = self._backoff.next_delay()
             if not first:
                 self.stats.reconnects += 1
             first = False
@@ -151,7 +141,7 @@ class MqttIngest:
         async with trio.open_nursery() as nursery:
             await nursery.start(session.run)
             self.connected = True
-            self.connected_at = trio.current_time()
+            self._backoff.up()  # stable_s counts from here (gateway/backoff.py)
             self.stats.connects += 1
             self.detail = f"connected to {self.broker}"
             log.info("MQTT: connected to %s as %s", self.broker, self.client_id)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
+import trio.testing
 
 from gateway.clock import Clock
 from gateway.config import MqttConfig
@@ -227,5 +228,22 @@ async def test_only_a_session_connected_for_stable_s_resets_the_ingest_backoff()
         with trio.fail_after(20):
             await done.wait()
         nursery.cancel_scope.cancel()
-    # four timed out: 0.01 doubling; held 0.9 s: afresh; lost within 0.05 s: doubling on
-    assert rng.caps[: len(plan)] == [0.01, 0.02, 0.04, 0.08, 0.01, 0.02, 0.04], rng.caps
+    # four timed out: 0.02 doubling; held 0.9 s: afresh; lost within 0.05 s: doubling on
+    assert rng.caps[: len(plan)] == [0.02, 0.04, 0.08, 0.16, 0.02, 0.04, 0.08], rng.caps
+
+
+async def test_the_ingest_outlives_a_broker_refusing_it_for_a_day(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A day of refused attempts at the default backoff (1 to 60 s): about 2,900. The
+    cap was computed as ``reconnect_min_s * 2**attempt``, which raises OverflowError at
+    attempt 1,024 (about nine hours in), outside the loop's error handling: the ingest,
+    and the gateway with it, would have ended."""
+    with socket.socket() as s:  # a port nobody listens on: every attempt refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ingest = MqttIngest(MqttConfig(url=f"mqtt://127.0.0.1:{port}"), StateStore("e"), Clock(), 1024)
+    with trio.move_on_after(24 * 3600):
+        await ingest.run()
+    assert ingest.stats.reconnects > 2_000
+    assert not ingest.connected and ingest.detail.startswith("disconnected")

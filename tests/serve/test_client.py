@@ -101,6 +101,7 @@ CASES = [
     (3, False, False, 31.0),  # long after the restart: the usual backoff
     (2, True, False, 1e9),  # any other close: the usual backoff
     (12, True, False, 1e9),  # ... capped
+    (5000, True, False, 1e9),  # hours of failures: capped, no overflow (2**1024 is no float)
 ]
 
 
