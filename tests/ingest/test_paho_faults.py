@@ -245,5 +245,9 @@ async def test_the_ingest_outlives_a_broker_refusing_it_for_a_day(
     ingest = MqttIngest(MqttConfig(url=f"mqtt://127.0.0.1:{port}"), StateStore("e"), Clock(), 1024)
     with trio.move_on_after(24 * 3600):
         await ingest.run()
-    assert ingest.stats.reconnects > 2_000
-    assert not ingest.connected and ingest.detail.startswith("disconnected")
+    # at least 86,400 / (60 + 10) = 1,234 attempts even if each waited out its connect
+    # timeout (the mock clock can jump while a connect runs on its thread)
+    assert ingest.stats.reconnects > 1_100
+    # the day may end in a backoff wait or in an attempt: either way it is still trying
+    assert not ingest.connected
+    assert ingest.detail.startswith(("disconnected:", "connecting to")), ingest.detail
